@@ -1,0 +1,606 @@
+"""On-device image augmentations for self-supervised learning.
+
+Every augmentation here is a pure JAX function of an explicit PRNG key that acts
+on a *single* image; :func:`augment_batch` splits the key per image and
+``jax.vmap``-s :func:`view` over the batch, so the whole pipeline can live inside
+a jitted train step (no host round-trip, no Python-side randomness).
+
+Conventions
+-----------
+* Images are ``float32`` in ``[0, 1]``, channels-last: ``[H, W, 3]`` per image,
+  ``[B, H, W, 3]`` per batch. :func:`augment_batch` also accepts ``uint8``
+  batches and divides by 255 first.
+* All shapes are static: crop output size and blur kernel size are Python ints
+  fixed at trace time; only the *values* (boxes, factors, coin flips) are traced.
+* Random application with probability ``p`` computes both branches and selects
+  with ``jnp.where`` (under ``vmap`` a ``lax.cond`` would become a select anyway).
+  A probability or strength that is a Python ``0`` skips the op at trace time,
+  so "all off" is the exact identity and costs nothing.
+
+The view recipe
+---------------
+:func:`view` follows SimCLR (Chen et al. 2020, "A Simple Framework for
+Contrastive Learning of Visual Representations", Appendix A):
+
+    random resized crop -> horizontal flip (p) -> colour jitter (p)
+    -> grayscale (p) -> Gaussian blur (p) -> solarize (p)
+
+with torchvision semantics for each op (crop box sampling, colour-jitter factor
+ranges and random op order, ITU-R 601 grayscale). Solarization is not in SimCLR;
+it is the BYOL (Grill et al. 2020) addition and defaults to ``p = 0``.
+:class:`ViewParams` defaults use colour strength s = 0.5 (brightness, contrast,
+saturation 0.8 * s = 0.4, hue 0.2 * s = 0.1) as in the SimCLR CIFAR recipes,
+jitter p = 0.8, grayscale p = 0.2, blur p = 0.5, flip p = 0.5 and a 224 crop.
+
+**Gaussian blur is usually disabled (``blur_prob=0``) for 32x32 images**, as in
+the CIFAR recipes of SimCLR (Appendix B.9) and solo-learn: with a kernel of 10%
+of the image side (3 px) blur mostly destroys the little detail there is. Set
+``crop_size=32`` and ``blur_prob=0`` for CIFAR.
+
+Asymmetric recipes (e.g. BYOL's blur p = 1.0 / 0.1 and solarize p = 0 / 0.2 for
+the two views) are expressed as two :class:`ViewParams` and two calls to
+:func:`augment_batch` with independent keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "ViewParams",
+    "sample_crop_box",
+    "crop_and_resize",
+    "random_resized_crop",
+    "horizontal_flip",
+    "to_grayscale",
+    "color_jitter",
+    "gaussian_blur",
+    "solarize",
+    "random_apply",
+    "view",
+    "augment_batch",
+    "normalize",
+]
+
+# Per-channel statistics of the training sets (RGB, images scaled to [0, 1]).
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+CIFAR10_MEAN: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+# ITU-R BT.601 luma weights (what PIL's convert("L") and torchvision use).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _is_static(x: Any, value: float) -> bool:
+    """True iff ``x`` is a Python number equal to ``value`` (known at trace time)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == value
+
+
+# --------------------------------------------------------------------------
+# Random resized crop
+# --------------------------------------------------------------------------
+
+
+def _fallback_box_size(height: int, width: int, ratio: Tuple[float, float]) -> Tuple[int, int]:
+    """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        h, w = height, width
+    return h, w
+
+
+def sample_crop_box(
+    rng: Array,
+    height: int,
+    width: int,
+    scale: Tuple[float, float] = (0.08, 1.0),
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+    num_tries: int = 10,
+) -> Tuple[Array, Array, Array, Array]:
+    """Samples a RandomResizedCrop box the way torchvision does.
+
+    Area fraction ~ U(scale), log aspect ratio (w / h) ~ U(log ratio); box sides
+    are rounded to integers. ``num_tries`` candidates are drawn at once and the
+    first one that fits inside the image is kept; if none fits, the fallback is
+    a centred crop of the whole image clipped to the ratio range.
+
+    Args:
+      rng: PRNG key.
+      height, width: static image size.
+      scale: (min, max) fraction of the image area.
+      ratio: (min, max) aspect ratio w / h.
+      num_tries: number of vectorised rejection-sampling candidates.
+
+    Returns:
+      ``(y0, x0, h, w)``, int32 scalars, with ``0 <= y0 <= height - h`` and
+      ``0 <= x0 <= width - w``.
+    """
+    area_key, ratio_key, y_key, x_key = jax.random.split(rng, 4)
+    area = float(height * width)
+    target_area = area * jax.random.uniform(
+        area_key, (num_tries,), minval=scale[0], maxval=scale[1]
+    )
+    log_ratio = jax.random.uniform(
+        ratio_key, (num_tries,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])
+    )
+    aspect = jnp.exp(log_ratio)
+    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(valid)  # index of the first True (0 if none)
+    any_valid = jnp.any(valid)
+
+    fb_h, fb_w = _fallback_box_size(height, width, ratio)
+    h = jnp.where(any_valid, h[first], fb_h)
+    w = jnp.where(any_valid, w[first], fb_w)
+    # Offsets uniform over all placements (inclusive), like torch.randint(0, H - h + 1).
+    y0 = jax.random.randint(y_key, (), 0, height - h + 1)
+    x0 = jax.random.randint(x_key, (), 0, width - w + 1)
+    y0 = jnp.where(any_valid, y0, (height - fb_h) // 2).astype(jnp.int32)
+    x0 = jnp.where(any_valid, x0, (width - fb_w) // 2).astype(jnp.int32)
+    return y0, x0, h.astype(jnp.int32), w.astype(jnp.int32)
+
+
+def crop_and_resize(image: Array, box: Sequence[Any], out_size: int) -> Array:
+    """Resamples the box ``(y0, x0, h, w)`` of ``image`` to ``out_size x out_size``.
+
+    Bilinear interpolation with pixel-centre alignment (antialiased when
+    shrinking, like PIL's bilinear resize); the box may be traced, ``out_size``
+    is static. An integer box resized to its own size is an exact copy.
+
+    Args:
+      image: ``[H, W, C]`` float image.
+      box: ``(y0, x0, h, w)`` scalars (ints or traced).
+      out_size: static output side.
+
+    Returns:
+      ``[out_size, out_size, C]`` float32.
+    """
+    y0, x0, h, w = (jnp.asarray(v, jnp.float32) for v in box)
+    image = jnp.asarray(image, jnp.float32)
+    scale = jnp.stack([out_size / h, out_size / w])
+    # Output pixel centre o + 0.5 maps to input coordinate y0 + (o + 0.5) / scale.
+    translation = jnp.stack([-y0, -x0]) * scale
+    return jax.image.scale_and_translate(
+        image,
+        (out_size, out_size, image.shape[-1]),
+        spatial_dims=(0, 1),
+        scale=scale,
+        translation=translation,
+        method="linear",
+        antialias=True,
+    )
+
+
+def random_resized_crop(
+    rng: Array,
+    image: Array,
+    out_size: int,
+    scale: Tuple[float, float] = (0.08, 1.0),
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+    num_tries: int = 10,
+) -> Array:
+    """torchvision-style RandomResizedCrop (SimCLR Appendix A: crop + resize).
+
+    Args:
+      rng: PRNG key.
+      image: ``[H, W, C]`` float image.
+      out_size: static output side.
+      scale, ratio, num_tries: see :func:`sample_crop_box`.
+
+    Returns:
+      ``[out_size, out_size, C]`` float32.
+    """
+    height, width = image.shape[0], image.shape[1]
+    box = sample_crop_box(rng, height, width, scale, ratio, num_tries)
+    return crop_and_resize(image, box, out_size)
+
+
+# --------------------------------------------------------------------------
+# Deterministic ops
+# --------------------------------------------------------------------------
+
+
+def horizontal_flip(image: Array) -> Array:
+    """Mirrors ``[H, W, C]`` left-right (``image[:, ::-1]``)."""
+    return image[:, ::-1]
+
+
+def _luma(image: Array) -> Array:
+    """ITU-R 601 luma, ``[H, W, 3] -> [H, W]``."""
+    return _LUMA[0] * image[..., 0] + _LUMA[1] * image[..., 1] + _LUMA[2] * image[..., 2]
+
+
+def to_grayscale(image: Array) -> Array:
+    """ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B`` replicated to 3 channels.
+
+    ``[H, W, 3] -> [H, W, 3]`` (also works on batches, any leading dims).
+    """
+    y = _luma(image)
+    return jnp.stack([y, y, y], axis=-1)
+
+
+def solarize(image: Array, threshold: float = 0.5) -> Array:
+    """Pixels ``>= threshold`` become ``1 - x``; others are unchanged."""
+    return jnp.where(image >= threshold, 1.0 - image, image)
+
+
+def random_apply(rng: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> Array:
+    """Returns ``fn(image)`` with probability ``p``, else ``image``.
+
+    Both branches are computed and selected with ``jnp.where``; ``p`` equal to a
+    Python 0 or 1 short-circuits at trace time.
+    """
+    if _is_static(p, 0):
+        return image
+    if _is_static(p, 1):
+        return fn(image)
+    apply = jax.random.uniform(rng) < p
+    return jnp.where(apply, fn(image), image)
+
+
+# --------------------------------------------------------------------------
+# Colour jitter (torchvision ColorJitter semantics)
+# --------------------------------------------------------------------------
+
+
+def _rgb_to_hsv(rgb: Array) -> Array:
+    """``[..., 3]`` RGB in [0, 1] -> HSV with all of h, s, v in [0, 1]."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc = jnp.maximum(jnp.maximum(r, g), b)
+    minc = jnp.minimum(jnp.minimum(r, g), b)
+    delta = maxc - minc
+    gray = delta == 0  # also covers black (maxc == 0)
+    safe_delta = jnp.where(gray, 1.0, delta)
+    s = jnp.where(gray, 0.0, delta / jnp.where(gray, 1.0, maxc))
+    # Hue sector (in units of 60 degrees), chosen by which channel is the max.
+    h_r = (g - b) / safe_delta
+    h_g = 2.0 + (b - r) / safe_delta
+    h_b = 4.0 + (r - g) / safe_delta
+    h = jnp.where(maxc == r, h_r, jnp.where(maxc == g, h_g, h_b))
+    h = jnp.where(gray, 0.0, h)
+    h = jnp.mod(h / 6.0, 1.0)
+    return jnp.stack([h, s, maxc], axis=-1)
+
+
+def _hsv_to_rgb(hsv: Array) -> Array:
+    """Inverse of :func:`_rgb_to_hsv`: ``[..., 3]`` HSV -> RGB."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    h6 = jnp.mod(h, 1.0) * 6.0
+    sector = jnp.floor(h6)
+    f = h6 - sector
+    sector = sector.astype(jnp.int32) % 6
+    p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+    q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+    t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+    # (r, g, b) for each of the six 60-degree sectors.
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = []
+    for c in range(3):
+        choices = jnp.stack([row[c] for row in table], axis=0)
+        out.append(jnp.take_along_axis(choices, sector[None], axis=0)[0])
+    return jnp.stack(out, axis=-1)
+
+
+def _blend(a: Array, b: Array, factor: Any) -> Array:
+    """``factor * a + (1 - factor) * b`` clipped to [0, 1] (torchvision ``_blend``)."""
+    return jnp.clip(factor * a + (1.0 - factor) * b, 0.0, 1.0)
+
+
+def _adjust_brightness(image: Array, factor: Any) -> Array:
+    """Multiplies by ``factor`` and clips: 0 -> black, 1 -> identity."""
+    return jnp.clip(image * factor, 0.0, 1.0)
+
+
+def _adjust_contrast(image: Array, factor: Any) -> Array:
+    """Blends with the (scalar) mean of the grayscale image: 0 -> flat mean gray."""
+    mean = jnp.mean(_luma(image))
+    return _blend(image, mean, factor)
+
+
+def _adjust_saturation(image: Array, factor: Any) -> Array:
+    """Blends with the grayscale image: 0 -> grayscale, 1 -> identity."""
+    return _blend(image, to_grayscale(image), factor)
+
+
+def _adjust_hue(image: Array, shift: Any) -> Array:
+    """Rotates hue by ``shift`` (fraction of a turn, in [-0.5, 0.5])."""
+    hsv = _rgb_to_hsv(image)
+    hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
+    return jnp.clip(_hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+_COLOR_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
+
+
+def _sample_color_jitter(
+    rng: Array, brightness: float, contrast: float, saturation: float, hue: float
+) -> Tuple[Array, Array, Tuple[int, ...]]:
+    """Samples torchvision ColorJitter factors and a random op order.
+
+    Returns:
+      factors: ``[4]`` float32 ``(brightness, contrast, saturation, hue_shift)``;
+        multiplicative factors ~ U[max(0, 1 - s), 1 + s], hue shift ~ U[-h, h].
+      order: ``[n_active]`` int32, a random permutation of ``range(n_active)``
+        indexing into ``active``.
+      active: static tuple of op ids (0 brightness, 1 contrast, 2 saturation,
+        3 hue) whose strength is not a Python 0; skipped ops never run.
+    """
+    strengths = (brightness, contrast, saturation, hue)
+    for name, s in zip(("brightness", "contrast", "saturation", "hue"), strengths):
+        if isinstance(s, (int, float)) and s < 0:
+            raise ValueError(f"color_jitter {name} must be >= 0, got {s}")
+    if isinstance(hue, (int, float)) and hue > 0.5:
+        raise ValueError(f"color_jitter hue must be <= 0.5, got {hue}")
+    keys = jax.random.split(rng, 5)
+    factors = []
+    for i, s in enumerate(strengths[:3]):
+        lo = jnp.maximum(0.0, 1.0 - jnp.asarray(s, jnp.float32))
+        hi = 1.0 + jnp.asarray(s, jnp.float32)
+        factors.append(jax.random.uniform(keys[i], (), minval=lo, maxval=hi))
+    factors.append(jax.random.uniform(keys[3], (), minval=-hue, maxval=hue))
+    active = tuple(i for i, s in enumerate(strengths) if not _is_static(s, 0))
+    order = jax.random.permutation(keys[4], len(active)).astype(jnp.int32)
+    return jnp.stack(factors).astype(jnp.float32), order, active
+
+
+def _apply_color_ops(
+    image: Array, factors: Array, order: Array, active: Tuple[int, ...] = (0, 1, 2, 3)
+) -> Array:
+    """Applies the ops ``active[order[0]], active[order[1]], ...`` in sequence.
+
+    ``order`` is traced, so each step is a ``lax.switch`` over the active ops.
+    """
+    if not active:
+        return image
+    branches = [
+        (lambda x, op=_COLOR_OPS[i], f=factors[i]: op(x, f)) for i in active
+    ]
+    for k in range(len(active)):
+        image = lax.switch(order[k], branches, image)
+    return image
+
+
+def color_jitter(
+    rng: Array,
+    image: Array,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> Array:
+    """torchvision ColorJitter on one ``[H, W, 3]`` image in [0, 1].
+
+    * brightness: ``x * f``, f ~ U[max(0, 1 - b), 1 + b];
+    * contrast: blend with the mean of the grayscale image, f ~ U[max(0, 1 - c), 1 + c];
+    * saturation: blend with the grayscale image, f ~ U[max(0, 1 - s), 1 + s];
+    * hue: hue rotated by U[-h, h] turns (RGB -> HSV -> RGB).
+
+    The four are applied in a random order per image (SimCLR Appendix A uses
+    torchvision's ColorJitter, which permutes them), clipping to [0, 1] after
+    each. A strength that is a Python 0 disables its op, so all-zero strengths
+    return the input unchanged.
+
+    Returns:
+      ``[H, W, 3]`` float32 in [0, 1].
+    """
+    factors, order, active = _sample_color_jitter(rng, brightness, contrast, saturation, hue)
+    return _apply_color_ops(image, factors, order, active)
+
+
+# --------------------------------------------------------------------------
+# Gaussian blur
+# --------------------------------------------------------------------------
+
+
+def _default_blur_kernel_size(side: int) -> int:
+    """Odd kernel of about 10% of the image side (SimCLR Appendix A), at least 3."""
+    k = int(round(0.1 * side))
+    if k % 2 == 0:
+        k += 1
+    return max(k, 3)
+
+
+def _gaussian_kernel1d(sigma: Any, kernel_size: int) -> Array:
+    """Normalised 1-D Gaussian taps, ``[kernel_size]``."""
+    radius = kernel_size // 2
+    x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * jnp.square(x / sigma))
+    return k / jnp.sum(k)
+
+
+def _blur_with_sigma(image: Array, sigma: Any, kernel_size: int) -> Array:
+    """Separable Gaussian blur of ``[H, W, C]`` with reflect padding."""
+    if kernel_size % 2 != 1:
+        raise ValueError(f"blur kernel_size must be odd, got {kernel_size}")
+    taps = _gaussian_kernel1d(sigma, kernel_size)
+    radius = kernel_size // 2
+    height, width = image.shape[0], image.shape[1]
+    # Vertical pass.
+    padded = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
+    out = sum(taps[i] * padded[i : i + height] for i in range(kernel_size))
+    # Horizontal pass.
+    padded = jnp.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+    return sum(taps[i] * padded[:, i : i + width] for i in range(kernel_size))
+
+
+def gaussian_blur(
+    rng: Array,
+    image: Array,
+    sigma: Tuple[float, float] = (0.1, 2.0),
+    kernel_size: Optional[int] = None,
+) -> Array:
+    """Gaussian blur with sigma ~ U(sigma) (SimCLR Appendix A).
+
+    Args:
+      rng: PRNG key.
+      image: ``[H, W, C]`` float image.
+      sigma: (min, max) standard deviation in pixels.
+      kernel_size: static odd kernel size; default about 10% of ``min(H, W)``.
+
+    Returns:
+      ``[H, W, C]`` float32.
+    """
+    if kernel_size is None:
+        kernel_size = _default_blur_kernel_size(min(image.shape[0], image.shape[1]))
+    s = jax.random.uniform(rng, (), minval=sigma[0], maxval=sigma[1])
+    return _blur_with_sigma(image, s, kernel_size)
+
+
+# --------------------------------------------------------------------------
+# View parameters and the composed pipeline
+# --------------------------------------------------------------------------
+
+
+def _pair(x: Any, name: str) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in x)
+    except (TypeError, ValueError):
+        raise ValueError(f"ViewParams.{name} must be a (min, max) pair, got {x!r}") from None
+    if lo > hi:
+        raise ValueError(f"ViewParams.{name} must have min <= max, got {x!r}")
+    return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewParams:
+    """Static, hashable description of one augmented view.
+
+    Safe to close over in jitted code or pass as a static argument. Defaults are
+    SimCLR's (Chen et al. 2020, Appendix A) with colour strength 0.5.
+    """
+
+    crop_size: int = 224
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    flip_prob: float = 0.5
+    solarize_prob: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def __post_init__(self):
+        # Normalise types (lists from configs -> tuples, ints -> floats) so the
+        # instance is hashable and equal configs compare equal.
+        crop_size = int(self.crop_size)
+        if crop_size <= 0:
+            raise ValueError(f"ViewParams.crop_size must be positive, got {self.crop_size}")
+        object.__setattr__(self, "crop_size", crop_size)
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name))
+        if self.crop_scale[0] <= 0:
+            raise ValueError(f"ViewParams.crop_scale must be > 0, got {self.crop_scale}")
+        if self.crop_ratio[0] <= 0:
+            raise ValueError(f"ViewParams.crop_ratio must be > 0, got {self.crop_ratio}")
+        for name in ("brightness", "contrast", "saturation", "hue", "solarize_threshold"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+            if getattr(self, name) < 0:
+                raise ValueError(f"ViewParams.{name} must be >= 0, got {getattr(self, name)}")
+        if self.hue > 0.5:
+            raise ValueError(f"ViewParams.hue must be <= 0.5, got {self.hue}")
+        for name in ("jitter_prob", "grayscale_prob", "blur_prob", "flip_prob", "solarize_prob"):
+            p = float(getattr(self, name))
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"ViewParams.{name} must be in [0, 1], got {p}")
+            object.__setattr__(self, name, p)
+
+    @classmethod
+    def field_names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_config(cls, cfg: Optional[Mapping[str, Any]]) -> "ViewParams":
+        """Builds from an ``ml_collections.ConfigDict`` (or any mapping).
+
+        Missing keys take the SimCLR defaults; an unknown key raises
+        ``ValueError`` naming it and listing the valid keys.
+        """
+        if cfg is None:
+            return cls()
+        items = dict(cfg.items())
+        valid = cls.field_names()
+        unknown = sorted(k for k in items if k not in valid)
+        if unknown:
+            raise ValueError(
+                f"Unknown augmentation key(s) {unknown}; valid keys are {list(valid)}"
+            )
+        return cls(**items)
+
+
+def view(rng: Array, image: Array, params: ViewParams) -> Array:
+    """One augmented view of one image, SimCLR order (Chen et al. 2020, App. A).
+
+    crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p) -> solarize (p).
+
+    Args:
+      rng: PRNG key.
+      image: ``[H, W, 3]`` float image in [0, 1].
+      params: static :class:`ViewParams`.
+
+    Returns:
+      ``[crop_size, crop_size, 3]`` float32 in [0, 1].
+    """
+    keys = jax.random.split(rng, 9)
+    p = params
+    x = random_resized_crop(keys[0], image, p.crop_size, p.crop_scale, p.crop_ratio)
+    x = random_apply(keys[1], x, horizontal_flip, p.flip_prob)
+    if not all(_is_static(s, 0) for s in (p.brightness, p.contrast, p.saturation, p.hue)):
+        jitter = lambda im: color_jitter(  # noqa: E731
+            keys[2], im, p.brightness, p.contrast, p.saturation, p.hue
+        )
+        x = random_apply(keys[3], x, jitter, p.jitter_prob)
+    x = random_apply(keys[4], x, to_grayscale, p.grayscale_prob)
+    x = random_apply(keys[6], x, lambda im: gaussian_blur(keys[5], im, p.blur_sigma), p.blur_prob)
+    x = random_apply(keys[7], x, lambda im: solarize(im, p.solarize_threshold), p.solarize_prob)
+    return x
+
+
+def augment_batch(rng: Array, images: Array, params: ViewParams) -> Array:
+    """Independent views of a batch: one key per image, ``vmap`` of :func:`view`.
+
+    Args:
+      rng: PRNG key.
+      images: ``[B, H, W, 3]`` float in [0, 1], or uint8 in [0, 255].
+      params: static :class:`ViewParams`.
+
+    Returns:
+      ``[B, crop_size, crop_size, 3]`` float32 in [0, 1].
+    """
+    images = jnp.asarray(images)
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+    else:
+        images = images.astype(jnp.float32)
+    keys = jax.random.split(rng, images.shape[0])
+    return jax.vmap(lambda k, im: view(k, im, params))(keys, images)
+
+
+def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:
+    """Per-channel ``(x - mean) / std`` on ``[..., 3]`` images."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return (images - mean) / std
