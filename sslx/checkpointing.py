@@ -1,0 +1,67 @@
+"""orbax checkpoints of the whole run: train state, data-iterator position and run identity.
+
+Each checkpoint step directory holds three items:
+  state: the TrainState pytree (sharded arrays, restored with the current shardings)
+  data:  the grain iterator state (JSON), so a resumed run sees the same batch sequence
+  meta:  {"method", "model", "dataset", "config"}, checked before resuming so a workdir is
+         never silently reused by a different method or model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+
+
+class IncompatibleCheckpoint(RuntimeError):
+  pass
+
+
+def manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
+def run_identity(config) -> dict:
+  return {"method": config.method.name, "model": config.model.name,
+          "dataset": config.dataset.name}
+
+
+def check_compatible(mngr: ocp.CheckpointManager, config) -> int | None:
+  """Returns the latest step, after checking it was written by the same method and model."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  mine = run_identity(config)
+  for key in ("method", "model"):
+    if meta.get(key) != mine[key]:
+      raise IncompatibleCheckpoint(
+          f"{mngr.directory} holds a checkpoint (step {step}) of {key}={meta.get(key)!r}, "
+          f"but this run has {key}={mine[key]!r}. Use a fresh --workdir, or delete that "
+          "directory to start over.")
+  return step
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config,
+         force: bool = False) -> bool:
+  meta = dict(run_identity(config), config=config.to_json_best_effort())
+  return mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any):
+  """Restores (state, data_state) at `step`; arrays land with `abstract_state`'s shardings."""
+  target = jax.tree.map(
+      lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x,
+      abstract_state)
+  out = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+  return out["state"], out["data"]

@@ -1,0 +1,71 @@
+"""Helpers for experiment configs: argument parsing, durations and up-front validation.
+
+Everything here runs before any data is read or any array is built, so a typo or an unknown
+name costs the user nothing but a clear message.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from sslx import methods, optim
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """Parses "cpu,variant=S/16,steps=10" into a ConfigDict over `defaults`.
+
+  A bare word sets a boolean flag to True; key=value parses value with the type of the
+  default. Unknown keys are an error naming the valid ones.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, eq, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r} is unknown; valid: {sorted(defaults)}")
+    if not eq:
+      out[key] = True
+      continue
+    typ = type(defaults[key])
+    if typ is bool:
+      out[key] = value.lower() in ("1", "true", "yes", "on")
+    else:
+      out[key] = typ(value) if defaults[key] is not None else value
+  return out
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  return max(num_examples // batch_size, 1)
+
+
+def total_steps(config, num_examples: int) -> int:
+  """`config.total_steps` if set (> 0), else `num_epochs` epochs of `batch_size`."""
+  if config.get("total_steps", 0):
+    return int(config.total_steps)
+  if not config.get("num_epochs", 0):
+    raise ValueError("set config.num_epochs or config.total_steps")
+  return int(round(config.num_epochs * steps_per_epoch(num_examples, config.batch_size)))
+
+
+def _check_choice(key: str, value, choices):
+  if value not in choices:
+    raise ValueError(f"{key}={value!r} is not valid; valid choices: {sorted(choices)}")
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Fails fast on unknown names and inconsistent sizes, naming the key."""
+  from sslx import data, evaluation, models  # local: keeps config files light to import
+
+  _check_choice("method.name", config.method.name, methods.available())
+  _check_choice("model.name", config.model.name, models.available())
+  _check_choice("dataset.name", config.dataset.name, data.DATASETS)
+  _check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
+  _check_choice("optimizer.lr_scaling", config.optimizer.get("lr_scaling", "linear"),
+                optim.LR_SCALINGS)
+  for name in config.get("evals", {}):
+    _check_choice("evals", name, evaluation.available())
+  if config.batch_size <= 0:
+    raise ValueError(f"batch_size={config.batch_size} must be positive")
+  if num_devices and config.batch_size % num_devices:
+    raise ValueError(f"batch_size={config.batch_size} (global, in images) must be divisible "
+                     f"by the number of devices in the mesh ({num_devices})")
+  if config.get("total_steps", 0) < 0 or config.get("num_epochs", 0) < 0:
+    raise ValueError("total_steps and num_epochs must be >= 0")

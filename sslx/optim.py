@@ -1,0 +1,75 @@
+"""Optimizers and schedules built from config, outside any jitted code.
+
+Config (`config.optimizer`):
+  name:           "lars" | "sgd" | "adamw"
+  base_lr:        learning rate at the reference batch size
+  lr_scaling:     "linear" (lr = base_lr · B / 256, Goyal et al. 2017), "sqrt"
+                  (lr = base_lr · sqrt(B), SimCLR appendix B.1 for small batches) or "none"
+  weight_decay, momentum, b1, b2, eps, trust_coefficient (LARS)
+  warmup_epochs or warmup_steps; final_lr_fraction (cosine floor)
+
+Biases and normalisation parameters (every leaf with ndim <= 1) get neither weight decay nor
+LARS trust-ratio adaptation (SimCLR, BYOL appendix).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import optax
+
+OPTIMIZERS = ("lars", "sgd", "adamw")
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+def decay_mask(params: Any) -> Any:
+  """True for leaves that get weight decay / LARS adaptation: kernels, not biases or norms."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def scaled_lr(opt_cfg, batch_size: int) -> float:
+  scaling = opt_cfg.get("lr_scaling", "linear")
+  if scaling == "linear":
+    return opt_cfg.base_lr * batch_size / 256.0
+  if scaling == "sqrt":
+    return opt_cfg.base_lr * math.sqrt(batch_size)
+  if scaling == "none":
+    return opt_cfg.base_lr
+  raise ValueError(f"optimizer.lr_scaling={scaling!r} is not one of {LR_SCALINGS}")
+
+
+def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int,
+                  final_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warm-up from 0 to `peak_lr`, then cosine decay to `final_fraction · peak_lr`."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=peak_lr * final_fraction)
+
+
+def warmup_steps_from(opt_cfg, steps_per_epoch: int) -> int:
+  if opt_cfg.get("warmup_steps", None) is not None:
+    return int(opt_cfg.warmup_steps)
+  return int(round(opt_cfg.get("warmup_epochs", 0.0) * steps_per_epoch))
+
+
+def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Builds the optax transformation named by `opt_cfg.name` with the decay mask."""
+  name = opt_cfg.name
+  wd = opt_cfg.get("weight_decay", 0.0)
+  # decay_all: weight decay on every parameter, as torch.optim does (benchmark parity only).
+  mask = None if opt_cfg.get("decay_all", False) else decay_mask
+  if name == "lars":
+    return optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask or decay_mask,
+                      trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
+                      trust_ratio_mask=decay_mask, momentum=opt_cfg.get("momentum", 0.9))
+  if name == "sgd":
+    return optax.chain(
+        optax.add_decayed_weights(wd, mask=mask),
+        optax.sgd(schedule, momentum=opt_cfg.get("momentum", 0.9),
+                  nesterov=opt_cfg.get("nesterov", False)))
+  if name == "adamw":
+    return optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
+                       eps=opt_cfg.get("eps", 1e-8), weight_decay=wd, mask=mask)
+  raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")

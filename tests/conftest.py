@@ -1,0 +1,26 @@
+"""Test-suite set-up: 8 fake CPU devices, so sharded code runs as on a real mesh.
+
+XLA_FLAGS must be set before jax initialises its backend, hence here, at import time.
+"""
+import os
+
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_CIFAR = os.path.join(os.path.dirname(REPO), "shared", "datasets", "cifar10")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end tests (minutes); run in CI too")
+
+
+@pytest.fixture(scope="session")
+def shared_cifar():
+  if not os.path.isdir(SHARED_CIFAR):
+    pytest.skip(f"{SHARED_CIFAR} not present")
+  return SHARED_CIFAR

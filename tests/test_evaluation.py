@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from sslx.evaluation import knn, linear
+
+
+def brute_force_knn(train, ytr, test, k, temperature, num_classes):
+  train = train / np.linalg.norm(train, axis=1, keepdims=True)
+  test = test / np.linalg.norm(test, axis=1, keepdims=True)
+  preds = []
+  for q in test:
+    sims = train @ q
+    idx = np.argsort(-sims, kind="stable")[:k]
+    votes = np.zeros(num_classes)
+    for i in idx:
+      votes[ytr[i]] += np.exp(sims[i] / temperature)
+    preds.append(votes.argmax())
+  return np.array(preds)
+
+
+def test_knn_matches_brute_force_and_chunking_is_invisible():
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(4, 8))
+  ytr = rng.integers(0, 4, 300)
+  yte = rng.integers(0, 4, 77)
+  train = centers[ytr] + 0.9 * rng.normal(size=(300, 8))
+  test = centers[yte] + 0.9 * rng.normal(size=(77, 8))
+  for k in (1, 5, 20):
+    expected = 100.0 * (brute_force_knn(train, ytr, test, k, 0.07, 4) == yte).mean()
+    got = knn.knn_accuracy(train, ytr, test, yte, 4, ks=(k,), chunk=16)[f"knn@{k}"]
+    assert got == pytest.approx(expected)
+  whole = knn.knn_accuracy(train, ytr, test, yte, 4, ks=(5, 20), chunk=1000)
+  chunked = knn.knn_accuracy(train, ytr, test, yte, 4, ks=(5, 20), chunk=10)
+  assert whole == chunked
+
+
+def test_knn_k_larger_than_train_set_uses_all():
+  train = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+  out = knn.knn_accuracy(train, np.array([0, 1, 0]), np.array([[1.0, 0.05]]), np.array([0]), 2,
+                         ks=(200,))
+  assert out["knn@200"] == 100.0
+
+
+def test_linear_probe_separates_separable_data_and_not_noise():
+  rng = np.random.default_rng(1)
+  ytr, yte = rng.integers(0, 3, 600), rng.integers(0, 3, 200)
+  w = rng.normal(size=(3, 16)) * 3
+  xtr = w[ytr] + rng.normal(size=(600, 16))
+  xte = w[yte] + rng.normal(size=(200, 16))
+  acc = linear.linear_probe_accuracy(xtr, ytr, xte, yte, 3, epochs=20, batch_size=64)
+  assert acc > 95.0
+  noise = linear.linear_probe_accuracy(rng.normal(size=(600, 16)), ytr,
+                                       rng.normal(size=(200, 16)), yte, 3, epochs=20,
+                                       batch_size=64)
+  assert noise < 50.0
