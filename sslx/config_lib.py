@@ -55,7 +55,7 @@ def validate(config, num_devices: int | None = None) -> None:
   from sslx import data, evaluation, models  # local: keeps config files light to import
 
   _check_choice("method.name", config.method.name, methods.available())
-  _check_choice("model.name", config.model.name, models.available())
+  _check_choice("model.name", config.model.name, models.available_models())
   _check_choice("dataset.name", config.dataset.name, data.DATASETS)
   _check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
   _check_choice("optimizer.lr_scaling", config.optimizer.get("lr_scaling", "linear"),
@@ -69,3 +69,45 @@ def validate(config, num_devices: int | None = None) -> None:
                      f"by the number of devices in the mesh ({num_devices})")
   if config.get("total_steps", 0) < 0 or config.get("num_epochs", 0) < 0:
     raise ValueError("total_steps and num_epochs must be >= 0")
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+  """Loads "path/to/experiment.py[:arg]" the way --config does."""
+  import importlib.util
+  import os
+
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={spec}: experiment file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_sslx_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_override_keys(argv: list[str]) -> str | None:
+  """Returns a clear message for the first `--config.a.b=v` whose key path does not exist in
+  the experiment's config (None if all exist). ml_collections would also refuse the key, but
+  with a bare AttributeError; this names the flag, the key and the valid keys."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  try:
+    config = load_experiment(spec)
+  except Exception as e:  # reported by the normal flag parsing, with its own message
+    del e
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node = config
+    parts = path.split(".")
+    for i, key in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        where = ".".join(parts[:i]) or "<top level>"
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        return (f"{arg.split('=', 1)[0]}: unknown config key {key!r} in {where} of {spec}; "
+                f"valid keys there: {valid}")
+      node = node[key]
+  return None

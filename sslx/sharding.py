@@ -34,6 +34,8 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None) -> Mesh:
       raise ValueError(f"config.mesh={list(mesh_spec)}: {len(devices)} devices are not divisible "
                        f"by the fixed axis sizes (product {known})")
     sizes[sizes.index(-1)] = len(devices) // known
+  elif known < len(devices):
+    devices = devices[:known]  # an explicit smaller mesh uses the first devices
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices; "
                      f"{len(devices)} are available")

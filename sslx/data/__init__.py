@@ -1,0 +1,39 @@
+"""Image data for sslx: random-access sources and the grain training pipeline.
+
+    source = build_source(config.dataset, "train")        # or EmbeddedSource("train"), ...
+    loader = make_train_loader(source, global_batch_size, seed)
+    batch = to_global_array(next(loader), batch_sharding)
+    images, labels = decode_all(build_source(config.dataset, "test"))   # evaluation
+
+Sources yield ``{"image": uint8[S, S, 3], "label": int32}`` (label -1 if unlabeled); see
+``sslx.data.sources`` for layouts and error handling and ``sslx.data.pipeline`` for the order of
+records and checkpointing.
+"""
+
+from sslx.data.pipeline import make_train_loader, steps_per_epoch, to_global_array
+from sslx.data.sources import (
+    DATASETS,
+    IMAGE_EXTENSIONS,
+    EmbeddedSource,
+    FlatFolderSource,
+    ImageFolderSource,
+    TfdsSource,
+    build_source,
+    decode_all,
+    decode_image,
+)
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "EmbeddedSource",
+    "FlatFolderSource",
+    "ImageFolderSource",
+    "TfdsSource",
+    "build_source",
+    "decode_all",
+    "decode_image",
+    "make_train_loader",
+    "steps_per_epoch",
+    "to_global_array",
+]

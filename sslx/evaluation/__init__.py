@@ -1,0 +1,130 @@
+"""Evaluation protocols on frozen features, chosen by `config.evals`.
+
+Each protocol is a module here with `run(cfg, feats) -> {name: value}`; `config.evals` maps a
+module name to its settings, e.g. `{"knn": {"ks": (20, 200)}, "linear": {"epochs": 100}}`.
+Features are extracted once per encoder and shared by every protocol.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import pkgutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslx import progress, sharding
+
+_NOT_PROTOCOLS = {"features"}
+
+
+def available() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if m.name not in _NOT_PROTOCOLS and not m.name.startswith("_"))
+
+
+@dataclasses.dataclass
+class Features:
+  train: np.ndarray          # [N, D]
+  train_labels: np.ndarray   # [N]
+  test: np.ndarray           # [M, D]
+  test_labels: np.ndarray    # [M]
+  num_classes: int
+
+
+def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
+  """Applies `encode_fn(images[B]) -> [B, D]` over `images` [N, H, W, 3] in fixed-size
+  batches sharded over the mesh (the last batch is padded, so it compiles once)."""
+  batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
+  data_sharding = sharding.batch_sharding(mesh)
+  fn = jax.jit(encode_fn, in_shardings=data_sharding)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(fn(jax.device_put(chunk, data_sharding)))[:n])
+  return np.concatenate(out).astype(np.float32)
+
+
+def run_protocols(evals_cfg, feats: Features) -> dict:
+  results = {}
+  for name in sorted(evals_cfg):
+    results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
+  return results
+
+
+def load_eval_data(config):
+  """(train images, train labels, test images, test labels, num_classes) or None."""
+  from sslx import data
+  train = data.build_source(config.dataset, config.dataset.train_split)
+  if not getattr(train, "num_classes", 0):
+    return None
+  test = data.build_source(config.dataset, config.dataset.eval_split)
+  xtr, ytr = data.decode_all(train)
+  xte, yte = data.decode_all(test)
+  limit = config.get("eval_train_limit", 0)
+  if limit and limit < len(xtr):
+    idx = np.random.default_rng(0).permutation(len(xtr))[:limit]
+    xtr, ytr = xtr[idx], ytr[idx]
+  return xtr, ytr, xte, yte, train.num_classes
+
+
+def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+  """Flattened pixels in [0, 1], centred by the training set's mean image (so cosine
+  similarity compares patterns, not overall brightness: the stronger baseline)."""
+  x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+  return x - (x.mean(0) if mean is None else mean)
+
+
+def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
+  """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
+  untrained initial encoder and on raw pixels). Returns flat results for the trained encoder
+  plus {"baselines": {...}}."""
+  if not config.get("evals"):
+    return {}
+  eval_data = eval_data or load_eval_data(config)
+  if eval_data is None:
+    progress.console("evals skipped: the dataset has no labels")
+    return {}
+  xtr, ytr, xte, yte, num_classes = eval_data
+  batch = config.get("eval_batch_size", 512)
+
+  def evaluate(encode_fn):
+    feats = Features(extract(encode_fn, xtr, mesh, batch), ytr,
+                     extract(encode_fn, xte, mesh, batch), yte, num_classes)
+    return run_protocols(config.evals, feats)
+
+  def encoder_of(params, batch_stats):
+    return functools.partial(method.encode, params, batch_stats)
+
+  results = evaluate(encoder_of(state.params["model"], state.batch_stats))
+  table = {"pretrained": results}
+  if config.get("eval_baselines", False):
+    # The encoder pretraining started from (same key split as train.init_state).
+    init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
+    init = method.init(init_rng, jnp.asarray(xtr[:2]))
+    table["random_init"] = evaluate(encoder_of(init.params, init.batch_stats))
+    pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
+    table["raw_pixels"] = run_protocols(config.evals, Features(
+        raw_pixel_features(xtr, pixel_mean), ytr, raw_pixel_features(xte, pixel_mean), yte,
+        num_classes))
+  if writer is not None:
+    writer.scalars(step, results, prefix="eval/")
+  progress.console(format_table(table))
+  out = dict(results)
+  if len(table) > 1:
+    out["baselines"] = {k: v for k, v in table.items() if k != "pretrained"}
+  return out
+
+
+def format_table(table: dict) -> str:
+  cols = sorted({k for row in table.values() for k in row})
+  lines = ["| encoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name, row in table.items():
+    lines.append(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.2f}" for c in cols)
+                 + " |")
+  return "\n".join(lines)

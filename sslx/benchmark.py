@@ -1,0 +1,141 @@
+r"""Times the jitted train step on random data, after compilation.
+
+    python -m sslx.benchmark --config=experiments/simclr.py --config.model.name=resnet18 \
+        --config.batch_size=256 --steps=5 [--peer_python=/tmp/torch-peer/bin/python]
+
+Prints one JSON line: images_per_sec (both views counted), step_time_s (median of --steps
+steps after one warm-up step), compile_s, peak_memory_mb. With --peer_python, the PyTorch
+peer (../shared/bench/torch_peer.py) runs the same workload in the same process tree, the two
+alternating --rounds times, and the line gains torch_images_per_sec and ratio.
+
+The default workload (--workload=peer) is the peer's, exactly: inputs already augmented
+(on-device augmentation off), ResNets with the CIFAR stem, ViTs with patch 4, projector
+Linear(d→2048, no bias)→BN→ReLU→Linear(→128), NT-Xent τ=0.5, SGD lr 0.3 momentum 0.9 weight
+decay 1e-6 on every parameter, fp32, no online probe. --workload=config times the experiment as
+configured (augmentation and probe included).
+"""
+from sslx import xla
+
+xla.configure_xla_for_cpu()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (median reported)")
+_WORKLOAD = flags.DEFINE_enum("workload", "peer", ["peer", "config"], "see module docstring")
+_PEER = flags.DEFINE_string("peer_python", None, "python of a venv with torch==2.13.0")
+_PEER_SCRIPT = flags.DEFINE_string(
+    "peer_script", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
+                                "torch_peer.py"), "path of torch_peer.py")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
+_THREADS = flags.DEFINE_integer("threads", 2, "threads given to the peer")
+
+
+def peer_workload(config):
+  """Overrides `config` (unlocked copy) to the torch peer's exact workload."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    name = c.model.name
+    if name.startswith("resnet"):
+      c.model.stem = "cifar"
+    if name.startswith("vit"):
+      c.model.patch_size = 4
+    c.augment.enabled = False
+    c.method.temperature = 0.5
+    c.method.projector_hidden = (2048,)
+    c.method.projector_dim = 128
+    c.optimizer = type(c.optimizer)(dict(
+        name="sgd", base_lr=0.3, lr_scaling="none", momentum=0.9, weight_decay=1e-6,
+        warmup_steps=0, decay_all=True))
+    c.online_probe.enabled = False
+  return c
+
+
+def time_sslx(config, steps: int) -> dict:
+  import jax
+  import numpy as np
+  from sslx import train
+
+  rng = np.random.default_rng(0)
+  b = config.batch_size
+  size = config.dataset.image_size
+  images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, (b,), dtype=np.int32)
+  setup = train.build(config, images[:2], num_examples=b * (steps + 2), num_classes=10)
+  state = train.create_state(setup, 0, images[:2])
+  step = train.compile_step(setup, config.online_probe.enabled)
+  batch = {"image": jax.device_put(images, setup.batch_sharding),
+           "label": jax.device_put(labels, setup.batch_sharding)}
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = float(cost.get("flops", 0.0)) if cost else None
+  t0 = time.perf_counter()
+  state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  first_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    peak = stats["peak_bytes_in_use"] / 2**20
+  else:  # CPU: the process's peak resident memory
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return {"framework": "sslx", "jax": jax.__version__, "device": dev.device_kind,
+          "num_devices": jax.device_count(), "model": config.model.name, "batch": b,
+          "images_per_sec": round(2 * b / med, 2), "step_time_s": round(med, 4),
+          "compile_s": round(compile_s, 2), "first_step_s": round(first_s, 3),
+          "peak_memory_mb": round(peak, 1), "flops_per_step": flops,
+          "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def time_peer(python: str, script: str, model: str, batch: int, steps: int, threads: int):
+  out = subprocess.run([python, script, "--model", model, "--batch", str(batch), "--steps",
+                        str(steps), "--threads", str(threads)],
+                       check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _WORKLOAD.value == "peer":
+    config = peer_workload(config)
+  result = None
+  peer_runs, ours = [], []
+  for _ in range(max(_ROUNDS.value, 1)):
+    result = time_sslx(config, _STEPS.value)
+    ours.append(result["images_per_sec"])
+    if _PEER.value:
+      peer_runs.append(time_peer(_PEER.value, os.path.abspath(_PEER_SCRIPT.value),
+                                 config.model.name, config.batch_size, _STEPS.value,
+                                 _THREADS.value)["images_per_sec"])
+  result["images_per_sec"] = statistics.median(ours)
+  if peer_runs:
+    result["torch_images_per_sec"] = statistics.median(peer_runs)
+    result["ratio"] = round(
+        statistics.median(o / p for o, p in zip(ours, peer_runs)), 3)
+  print(json.dumps(result), flush=True)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

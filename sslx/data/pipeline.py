@@ -1,0 +1,173 @@
+"""The training input pipeline: a checkpointable grain iterator of per-process numpy batches.
+
+    loader = make_train_loader(source, global_batch_size=256, seed=0)
+    batch = next(loader)                       # {"image": uint8[b, S, S, 3], "label": int32[b]}
+    batch = to_global_array(batch, sharding)   # global jax.Arrays, [B, S, S, 3] and [B]
+    state = loader.get_state()                 # a small JSON-serialisable dict, saved with the
+    loader.set_state(state)                    # checkpoint; restoring resumes the same batches
+
+Record order. Epoch e is a permutation of the records drawn from (seed, e): the same for a given
+seed, different in every epoch. Each epoch's permutation is cut to a whole number of global
+batches (``drop_remainder=True``; the records left over change from epoch to epoch) and process p
+of P takes positions p, p + P, p + 2P, ... of it. So at step k the P local batches together hold
+exactly the records at positions [k*B, (k+1)*B) of the epoch's permutation: the global batch
+does not depend on how many processes read it, and each epoch yields the same number of batches
+on every process, aligned with epoch boundaries.
+
+Unreadable images (the source returns ``None``) are dropped by ``to_iter_dataset``; the batch is
+then filled from the next records, so a corrupt file shifts the stream by one record instead of
+crashing it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+_PREFETCH_RECORDS = 512
+
+
+def default_read_threads(image_size: int) -> int:
+  """Threads that read and decode records ahead, for images of side ``image_size``.
+
+  PIL releases the GIL while decoding, so threads pay off for large images; a 32x32 JPEG decodes
+  in ~80 us, most of it Python header parsing under the GIL, and there threads only add
+  contention (measured on 2 cores: 7,600 img/s with 0 threads, 4,400 with 2, 2,800 with 16).
+  """
+  return 0 if image_size <= 64 else min(16, os.cpu_count() or 1)
+
+
+def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
+  """Full global batches in one pass over ``num_records`` records (the remainder is dropped)."""
+  if global_batch_size <= 0:
+    raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+  return num_records // global_batch_size
+
+
+def _shuffle_seed(seed: int) -> int:
+  # grain reshuffles epoch e with seed + e, so seeds 0 and 1 would give the same orders shifted
+  # by one epoch; hashing the user seed first keeps different seeds' orders unrelated.
+  return int(np.random.SeedSequence([int(seed) % 2**63, 0x55_4C_58]).generate_state(1)[0])
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """grain's worker processes read grain's absl flags (e.g. ``--grain_py_debug_mode``); outside
+  ``absl.app.run`` (tests, notebooks, library use) reading an unparsed flag raises
+  ``UnparsedFlagAccessError``. Marking the flags parsed makes their defaults readable; a program
+  that already parsed its flags is left alone."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(
+    source,
+    global_batch_size: int,
+    seed: int,
+    *,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int = 0,
+    drop_remainder: bool = True,
+    read_threads: int | None = None,
+) -> grain.DatasetIterator:
+  """A checkpointable iterator of this process's slice of each global batch.
+
+  Built with grain's dataset API (``MapDataset.source(...).shuffle(...)[...].repeat(...)
+  .to_iter_dataset().batch(...)``) rather than ``grain.DataLoader``: the record order is plain
+  index arithmetic (shuffle, slice, repeat are lazy index maps, with a new permutation per epoch
+  built in), the iterator state is one integer, ``{"next_index": i}`` (JSON as it is), and the
+  per-epoch truncation that keeps processes in step is a slice.
+
+  Args:
+    source: a random-access source (``len``, ``source[i]`` -> record dict or None).
+    global_batch_size: B, the batch over all processes; must divide by the process count.
+    seed: the shuffle seed (any int).
+    shuffle: False reads the records in source order every epoch.
+    num_epochs: None repeats forever (training by steps); an int stops after that many epochs.
+    process_index, process_count: this process's shard; default ``jax.process_index()`` /
+      ``jax.process_count()``.
+    num_workers: grain worker processes decoding records (0: threads of this process only).
+      Workers prefetch single records, and batches are put together here, so the sequence of
+      batches is the same for every ``num_workers``.
+    drop_remainder: True: every batch is full and each epoch is cut to whole global batches.
+      False: nothing of an epoch is dropped except up to P - 1 records (so that every process
+      gets as many); batches run across epoch boundaries and only the very last batch of a
+      finite ``num_epochs`` may be short.
+    read_threads: threads per process reading and decoding records ahead; None:
+      ``default_read_threads(source.image_size)``.
+
+  Returns:
+    A ``grain.DatasetIterator`` yielding ``{"image": uint8[b, S, S, 3], "label": int32[b]}`` with
+    b = B / process_count; it has ``get_state()`` / ``set_state(state)``.
+  """
+  num_records = len(source)
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"the process count ({process_count})")
+  if global_batch_size > num_records:
+    raise ValueError(f"global_batch_size={global_batch_size} is larger than the dataset "
+                     f"({num_records} records in {source!r})")
+  if num_epochs is not None and num_epochs <= 0:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=_shuffle_seed(seed))
+  if drop_remainder:
+    per_epoch = steps_per_epoch(num_records, global_batch_size) * global_batch_size
+  else:
+    per_epoch = num_records // process_count * process_count
+  if per_epoch < num_records:
+    ds = ds[:per_epoch]  # Slices are epoch-aware in grain: each epoch loses different records.
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  ds = ds.repeat(num_epochs)
+  if read_threads is None:
+    read_threads = default_read_threads(getattr(source, "image_size", 0) or 0)
+  # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=_PREFETCH_RECORDS))
+  if num_workers > 0:
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  it_ds = it_ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
+  return iter(it_ds)
+
+
+def to_global_array(local_batch: Any, sharding) -> Any:
+  """Assembles each process's local batch into global ``jax.Array``s.
+
+  Args:
+    local_batch: a pytree of numpy arrays, this process's rows ``[b, ...]``.
+    sharding: a ``jax.sharding.Sharding`` for every leaf (e.g. ``NamedSharding(mesh,
+      P("data"))``), or a pytree of them matching ``local_batch``.
+
+  Returns:
+    The same pytree of global arrays ``[b * process_count, ...]``.
+  """
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch,
+      sharding)
+
+
+__all__: Sequence[str] = ("make_train_loader", "steps_per_epoch", "to_global_array")

@@ -1,0 +1,46 @@
+"""Runs `config.evals` (k-NN, linear probe, ...) on the latest checkpoint in --workdir:
+
+    python -m sslx.evaluate --config=experiments/simclr.py --workdir=/tmp/sslx-demo
+
+The config must describe the same method and model the checkpoint was trained with (checked);
+the results are merged into workdir/results.json under "evaluate".
+"""
+from sslx import xla
+
+xla.configure_xla_for_cpu()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  import numpy as np
+
+  from sslx import checkpointing, config_lib, data, evaluation, progress, train
+
+  config_lib.validate(config)
+  mngr = checkpointing.manager(workdir, async_save=False)
+  step = checkpointing.check_compatible(mngr, config)
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
+                            f"python -m sslx.main --config=... --workdir={workdir}")
+  source = data.build_source(config.dataset, config.dataset.train_split)
+  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
+  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
+  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
+  results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
+  progress.write_results(workdir, {"evaluate": dict(results, step=step)})
+  return results
+
+
+def main(argv):
+  del argv
+  evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,39 @@
+"""Trains and evaluates one experiment:
+
+    python -m sslx.main --config=experiments/simclr.py --workdir=/tmp/sslx-demo
+    python -m sslx.main --config=experiments/simclr.py:cifar10 --config.dataset.path=... \
+        --config.batch_size=512 --workdir=...
+
+Kept short on purpose: it parses flags and calls `sslx.train.train_and_evaluate`; all logic
+lives in the library so tests and notebooks call the same code.
+"""
+from sslx import xla
+
+xla.configure_xla_for_cpu()  # before jax initialises its backend
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/simclr.py[:preset]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.json")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  from sslx import train  # after flags: jax backend starts here
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  import sys
+
+  from sslx import config_lib
+
+  problem = config_lib.check_override_keys(sys.argv[1:])
+  if problem:
+    sys.exit(f"error: {problem}")
+  app.run(main)

@@ -1,0 +1,262 @@
+"""Vision Transformer (ViT) encoder.
+
+Variants (dim, depth, heads): Tiny (192, 12, 3), Small (384, 12, 6), Base (768, 12, 12),
+Large (1024, 24, 16), Huge (1280, 32, 16); any ``patch_size``; ``mlp_dim = mlp_ratio * dim``
+(4 by default). Pre-norm blocks, LayerNorm eps 1e-6, exact (erf) GELU by default.
+
+Patch embedding is a dense layer on flattened non-overlapping patches (reshape + matmul; the
+same maths as a stride-p conv, faster on CPU). Its ``kernel`` is stored conv-shaped
+``[p, p, 3, dim]`` so conv checkpoints load as is. A learned CLS token is prepended; learned
+position embeddings (normal, std 0.02) are added to the patch tokens. The CLS token has no
+separate position embedding: ``cls + pos[0]`` of the usual formulation is a single free vector,
+so that is the same function class with one fewer redundant parameter vector (load a
+checkpoint's ``cls + pos[0]`` into ``cls_token``). If the input's patch grid differs from the
+grid the position embedding was created for, the embedding is resized bicubically (e.g. DINO's
+small local crops).
+
+Attention is written with einsums (no fused kernel), softmax in fp32.
+
+``__call__(x, train, mask=None, num_keep=None, return_attention=False)``:
+
+- ``mask``: optional ``[B, N]`` bool, True = drop the patch; every image must keep the same
+  number K of patches (static: give ``num_keep=K`` when ``mask`` is traced under jit, otherwise
+  it is read from the concrete mask). Or ``[B, K]`` int array of kept patch indices
+  (``ids_keep``). Kept tokens are gathered (in increasing index order for a bool mask), so the
+  transformer runs on K+1 tokens -- the MAE encoder.
+- ``return_attention``: also return the last block's attention weights under ``"attention"``
+  ``[B, heads, T, T]`` (T = tokens incl. CLS), for DINO attention maps.
+
+Outputs: ``pre_logits`` [B, D] (CLS after the final norm, or the mean of patch tokens with
+``pool="mean"``), ``tokens`` [B, T, D] (all tokens after the final norm), ``patch_tokens``
+[B, T-1, D], ``ids_keep`` [B, K] when masked, ``logits`` if ``num_classes > 0``.
+
+Parameter names: ``patch_embed/{kernel,bias}``, ``cls_token``, ``pos_embed``,
+``block{i}/{norm1,attn/{qkv,proj},norm2,mlp/{fc1,fc2}}``, ``norm``, ``head``.
+
+``gelu_approximate=True`` switches to the tanh GELU approximation: slightly faster, but
+*different maths* (not the exact GELU used by the reference ViT / PyTorch's default).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslx.models import register_model
+
+_DENSE_INIT = nn.initializers.xavier_uniform()
+
+
+def patchify(images, patch_size: int):
+    """``[B, H, W, C]`` -> ``[B, (H/p)*(W/p), p*p*C]`` (row-major patches, (py, px, c) inside)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {(h, w)} is not divisible by patch size {p}")
+    x = images.reshape(b, h // p, p, w // p, p, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches, patch_size: int, grid: tuple, channels: int = 3):
+    """Inverse of :func:`patchify` for a ``(gh, gw)`` grid."""
+    b = patches.shape[0]
+    gh, gw = grid
+    p = patch_size
+    x = patches.reshape(b, gh, gw, p, p, channels)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+    return x.reshape(b, gh * p, gw * p, channels)
+
+
+class PatchEmbed(nn.Module):
+    dim: int
+    patch_size: int
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch_size
+        c = x.shape[-1]
+        # conv-shaped kernel, xavier-uniform over the flattened (p*p*c, dim) matrix (MAE/timm)
+        kernel = self.param("kernel", _patch_init, (p, p, c, self.dim))
+        bias = self.param("bias", nn.initializers.zeros, (self.dim,))
+        tokens = patchify(x, p)
+        return tokens @ kernel.reshape(p * p * c, self.dim) + bias
+
+
+def _patch_init(key, shape, dtype=jnp.float32):
+    p, q, c, d = shape
+    return _DENSE_INIT(key, (p * q * c, d), dtype).reshape(shape)
+
+
+class Attention(nn.Module):
+    dim: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, d = x.shape
+        h = self.num_heads
+        hd = d // h
+        qkv = nn.Dense(3 * d, kernel_init=_DENSE_INIT, name="qkv")(x).reshape(b, t, 3, h, hd)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (hd ** -0.5), k)
+        attn = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, t, d)
+        return nn.Dense(d, kernel_init=_DENSE_INIT, name="proj")(out), attn
+
+
+class Mlp(nn.Module):
+    hidden: int
+    gelu_approximate: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        x = nn.Dense(self.hidden, kernel_init=_DENSE_INIT, name="fc1")(x)
+        x = nn.gelu(x, approximate=self.gelu_approximate)
+        return nn.Dense(d, kernel_init=_DENSE_INIT, name="fc2")(x)
+
+
+class Block(nn.Module):
+    dim: int
+    num_heads: int
+    mlp_dim: int
+    gelu_approximate: bool = False
+    drop_path: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y, attn = Attention(self.dim, self.num_heads, name="attn")(
+            nn.LayerNorm(epsilon=1e-6, name="norm1")(x))
+        x = x + self._drop_path(y, train)
+        y = Mlp(self.mlp_dim, self.gelu_approximate, name="mlp")(
+            nn.LayerNorm(epsilon=1e-6, name="norm2")(x))
+        return x + self._drop_path(y, train), attn
+
+    def _drop_path(self, y, train):
+        if not train or self.drop_path == 0.0:
+            return y
+        keep = 1.0 - self.drop_path
+        rng = self.make_rng("dropout")
+        m = jax.random.bernoulli(rng, keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+        return y * m / keep
+
+
+class ViT(nn.Module):
+    """ViT encoder; see the module docstring."""
+
+    patch_size: int = 16
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    gelu_approximate: bool = False
+    drop_path_rate: float = 0.0
+    pool: str = "cls"  # "cls" | "mean"
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, x, train: bool = True, mask=None, num_keep: Optional[int] = None,
+                 return_attention: bool = False):
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        x = jnp.asarray(x, jnp.float32)
+        b, hh, ww, _ = x.shape
+        p = self.patch_size
+        grid = (hh // p, ww // p)
+        tokens = PatchEmbed(self.dim, p, name="patch_embed")(x)  # [B, N, D]
+        tokens = tokens + self._pos_embed(grid)
+        out = {}
+        if mask is not None:
+            ids_keep = self._ids_keep(mask, num_keep, tokens.shape[1])
+            tokens = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
+            out["ids_keep"] = ids_keep
+        cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
+        tokens = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), tokens], axis=1)
+        mlp_dim = int(self.mlp_ratio * self.dim)
+        attn = None
+        for i in range(self.depth):
+            dp = self.drop_path_rate * i / max(self.depth - 1, 1)
+            tokens, attn = Block(self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp,
+                                 name=f"block{i}")(tokens, train)
+        tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
+        out["tokens"] = tokens
+        out["patch_tokens"] = tokens[:, 1:]
+        out["pre_logits"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)
+        if return_attention:
+            out["attention"] = attn
+        if self.num_classes:
+            out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
+        return out
+
+    def _pos_embed(self, grid):
+        n = grid[0] * grid[1]
+        if self.has_variable("params", "pos_embed"):
+            stored = self.get_variable("params", "pos_embed").shape
+        else:
+            stored = (1, n, self.dim)
+        pos = self.param("pos_embed", nn.initializers.normal(0.02), stored)
+        if stored[1] == n:
+            return pos
+        g0 = int(round(np.sqrt(stored[1])))
+        if g0 * g0 != stored[1]:
+            raise ValueError(f"cannot resize a non-square position embedding of {stored[1]} "
+                             f"tokens to grid {grid}")
+        pos = pos.reshape(1, g0, g0, self.dim)
+        pos = jax.image.resize(pos, (1, grid[0], grid[1], self.dim), "bicubic")
+        return pos.reshape(1, n, self.dim)
+
+    @staticmethod
+    def _ids_keep(mask, num_keep, n):
+        if not isinstance(mask, jax.Array):
+            mask = np.asarray(mask)
+        if jnp.issubdtype(mask.dtype, jnp.integer):
+            return mask.astype(jnp.int32)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"mask must be bool [B, N] or int ids_keep [B, K], got {mask.dtype}")
+        if mask.shape[1] != n:
+            raise ValueError(f"mask has {mask.shape[1]} tokens, the image has {n} patches")
+        if num_keep is None:
+            try:
+                counts = np.asarray(~mask).sum(axis=1)
+            except jax.errors.TracerArrayConversionError:
+                raise ValueError("mask is traced: pass num_keep (kept patches per image, "
+                                 "static) or ids_keep instead") from None
+            if not (counts == counts[0]).all():
+                raise ValueError(f"every image must keep the same number of patches, got "
+                                 f"{sorted(set(counts.tolist()))}")
+            num_keep = int(counts[0])
+        # stable argsort: kept (False) first, each group in increasing index order
+        return jnp.argsort(mask, axis=1, stable=True)[:, :num_keep].astype(jnp.int32)
+
+
+_VARIANTS = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+    "vit_huge": (1280, 32, 16),
+}
+
+
+def _factory(name):
+    d0, depth0, heads0 = _VARIANTS[name]
+
+    def make(patch_size: int = 16, dim: int = d0, depth: int = depth0, num_heads: int = heads0,
+             mlp_ratio: float = 4.0, gelu_approximate: bool = False, drop_path_rate: float = 0.0,
+             pool: str = "cls", num_classes: int = 0):
+        return ViT(patch_size=patch_size, dim=dim, depth=depth, num_heads=num_heads,
+                   mlp_ratio=mlp_ratio, gelu_approximate=gelu_approximate,
+                   drop_path_rate=drop_path_rate, pool=pool, num_classes=num_classes)
+
+    make.__name__ = name
+    return register_model(name)(make)
+
+
+for _n in _VARIANTS:
+    globals()[_n] = _factory(_n)
