@@ -1,0 +1,123 @@
+"""The trainer end to end on the embedded dataset with a tiny CNN."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sslx import checkpointing, data, losses, train
+from tests.helpers import REPO, tiny_simclr
+
+
+def final_state(config, workdir):
+  mngr = checkpointing.manager(workdir, async_save=False)
+  step = mngr.latest_step()
+  source = data.build_source(config.dataset, "train")
+  sample = np.zeros((2, 32, 32, 3), np.uint8)
+  setup = train.build(config, sample, len(source), source.num_classes)
+  state, data_state = checkpointing.restore(mngr, step, train.create_state(setup, 0, sample))
+  return step, jax.device_get(state), data_state
+
+
+def test_short_run_learns_and_writes_everything(tmp_path):
+  config = tiny_simclr(steps=24, batch=64)
+  config.optimizer.base_lr = 3e-3
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"] - 0.1
+  assert 10.0 < results["knn@5"] <= 100.0
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["steps"] == 24 and saved["knn@5"] == results["knn@5"]
+  assert saved["train_images_per_sec"] > 0
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert checkpointing.manager(str(tmp_path)).latest_step() == 24
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
+  config = tiny_simclr(steps=6, evals={})
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  # Crash after 4 steps (a checkpoint exists at step 3), then run again.
+  real = data.to_global_array
+  calls = {"n": 0}
+
+  def crashing(batch, sharding):
+    calls["n"] += 1
+    if calls["n"] == 5:
+      raise RuntimeError("simulated crash")
+    return real(batch, sharding)
+
+  monkeypatch.setattr(data, "to_global_array", crashing)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert checkpointing.manager(str(tmp_path / "resumed")).latest_step() == 3
+  monkeypatch.setattr(data, "to_global_array", real)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  step_a, a, data_a = final_state(config, str(tmp_path / "straight"))
+  step_b, b, data_b = final_state(config, str(tmp_path / "resumed"))
+  assert step_a == step_b == 6
+  assert data_a == data_b
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  config = tiny_simclr(steps=3, evals={})
+  train.train_and_evaluate(config, str(tmp_path))
+  _, good, _ = final_state(config, str(tmp_path))
+
+  real = losses.nt_xent
+  monkeypatch.setattr(losses, "nt_xent", lambda z, t: (real(z, t)[0] * np.nan, real(z, t)[1]))
+  config.total_steps = 9
+  with pytest.raises(train.NonFiniteLoss, match="non-finite loss at step 4"):
+    train.train_and_evaluate(config, str(tmp_path))
+  step, after, _ = final_state(config, str(tmp_path))
+  assert step == 3
+  for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_simclr(steps=3, evals={}), str(tmp_path))
+  other = tiny_simclr(steps=3, evals={})
+  other.model = {"name": "resnet18", "stem": "cifar"}
+  with pytest.raises(checkpointing.IncompatibleCheckpoint, match="model='convnet'"):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("method.name", "simclrr", "method.name='simclrr' is not valid; valid choices: \\["),
+    ("model.name", "resnet19", "model.name='resnet19' is not valid"),
+    ("dataset.name", "imagenette", "dataset.name='imagenette' is not valid"),
+    ("optimizer.name", "adam", "optimizer.name='adam' is not valid"),
+])
+def test_unknown_names_fail_before_any_work(tmp_path, key, value, expected):
+  config = tiny_simclr(**{key: value})
+  with pytest.raises(ValueError, match=expected):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "-m", "sslx.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_config_typo_on_the_command_line_names_the_key(tmp_path):
+  out = run_main("--config=experiments/simclr.py", "--config.optimizr.name=sgd",
+                 f"--workdir={tmp_path}")
+  assert out.returncode != 0
+  assert "unknown config key 'optimizr'" in out.stderr and "optimizer" in out.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path):
+  config = tiny_simclr(batch=30)  # the suite runs on 8 fake devices
+  config.mesh = [("data", 8)]
+  with pytest.raises(ValueError, match="divisible by the number of devices"):
+    train.train_and_evaluate(config, str(tmp_path))
