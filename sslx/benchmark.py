@@ -29,22 +29,31 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (median reported)")
-_WORKLOAD = flags.DEFINE_enum("workload", "peer", ["peer", "config"], "see module docstring")
-_PEER = flags.DEFINE_string("peer_python", None, "python of a venv with torch==2.13.0")
-_PEER_SCRIPT = flags.DEFINE_string(
-    "peer_script", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
-                                "torch_peer.py"), "path of torch_peer.py")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
-_THREADS = flags.DEFINE_integer("threads", 2, "threads given to the peer")
+FLAGS = flags.FLAGS
+DEFAULT_PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
+                                   "torch_peer.py")
+
+
+def define_flags():
+  """Flags exist only when this module runs as a program (importing it defines none)."""
+  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
+  flags.DEFINE_integer("steps", 5, "timed steps (median reported)")
+  flags.DEFINE_enum("workload", "peer", ["peer", "config"], "see module docstring")
+  flags.DEFINE_string("peer_python", None, "python of a venv with torch==2.13.0")
+  flags.DEFINE_string("peer_script", DEFAULT_PEER_SCRIPT, "path of torch_peer.py")
+  flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
+  flags.DEFINE_integer("threads", 2, "threads given to the peer")
+  flags.mark_flags_as_required(["config"])
 
 
 def peer_workload(config):
   """Overrides `config` (unlocked copy) to the torch peer's exact workload."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
+    # The peer's model exactly: the preset's model kwargs (e.g. the demo CNN's widths) are
+    # dropped, not passed on to another architecture.
     name = c.model.name
+    c.model = type(c.model)({"name": name})
     if name.startswith("resnet"):
       c.model.stem = "cifar"
     if name.startswith("vit"):
@@ -115,18 +124,18 @@ def time_peer(python: str, script: str, model: str, batch: int, steps: int, thre
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if _WORKLOAD.value == "peer":
+  config = FLAGS.config
+  if FLAGS.workload == "peer":
     config = peer_workload(config)
   result = None
   peer_runs, ours = [], []
-  for _ in range(max(_ROUNDS.value, 1)):
-    result = time_sslx(config, _STEPS.value)
+  for _ in range(max(FLAGS.rounds, 1)):
+    result = time_sslx(config, FLAGS.steps)
     ours.append(result["images_per_sec"])
-    if _PEER.value:
-      peer_runs.append(time_peer(_PEER.value, os.path.abspath(_PEER_SCRIPT.value),
-                                 config.model.name, config.batch_size, _STEPS.value,
-                                 _THREADS.value)["images_per_sec"])
+    if FLAGS.peer_python:
+      peer_runs.append(time_peer(FLAGS.peer_python, os.path.abspath(FLAGS.peer_script),
+                                 config.model.name, config.batch_size, FLAGS.steps,
+                                 FLAGS.threads)["images_per_sec"])
   result["images_per_sec"] = statistics.median(ours)
   if peer_runs:
     result["torch_images_per_sec"] = statistics.median(peer_runs)
@@ -137,5 +146,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  from sslx import config_lib
+
+  define_flags()
+  problem = config_lib.check_override_keys(sys.argv[1:])
+  if problem:
+    sys.exit(f"error: {problem}")
   app.run(main)

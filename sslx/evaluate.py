@@ -12,8 +12,7 @@ xla.configure_xla_for_cpu()
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
+FLAGS = flags.FLAGS
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
@@ -38,9 +37,18 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  import sys
+
+  from sslx import config_lib
+
+  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
   flags.mark_flags_as_required(["config", "workdir"])
+  problem = config_lib.check_override_keys(sys.argv[1:])
+  if problem:
+    sys.exit(f"error: {problem}")
   app.run(main)

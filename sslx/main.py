@@ -14,10 +14,7 @@ xla.configure_xla_for_cpu()  # before jax initialises its backend
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment file, e.g. experiments/simclr.py[:preset]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.json")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
@@ -25,7 +22,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   from sslx import train  # after flags: jax backend starts here
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -33,6 +30,10 @@ if __name__ == "__main__":
 
   from sslx import config_lib
 
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment file, e.g. experiments/simclr.py[:preset]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.json")
+  flags.mark_flags_as_required(["config", "workdir"])
   problem = config_lib.check_override_keys(sys.argv[1:])
   if problem:
     sys.exit(f"error: {problem}")

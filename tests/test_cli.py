@@ -1,0 +1,61 @@
+"""Entry points: benchmark, evaluate, experiment presets."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sslx import benchmark, evaluate, train
+from tests.helpers import REPO, experiment, tiny_simclr
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
+def test_simclr_presets_validate(preset):
+  from sslx import config_lib
+  c = experiment("simclr", preset)
+  config_lib.validate(c)
+  assert c.method.name == "simclr"
+
+
+def test_preset_arguments_and_bad_preset():
+  assert experiment("simclr", "cpu,steps=7").total_steps == 7
+  with pytest.raises(ValueError, match="unknown preset"):
+    experiment("simclr", "tpu")
+  with pytest.raises(ValueError, match="config argument 'stepz' is unknown"):
+    experiment("simclr", "cpu,stepz=7")
+
+
+def test_benchmark_peer_workload_matches_the_torch_peer():
+  c = benchmark.peer_workload(experiment("simclr"))
+  assert c.method.temperature == 0.5 and c.method.projector_hidden == (2048,)
+  assert c.optimizer.name == "sgd" and c.optimizer.base_lr == 0.3
+  assert c.optimizer.weight_decay == 1e-6 and not c.augment.enabled
+  assert not c.online_probe.enabled
+  assert c.model.to_dict() == {"name": "convnet"}  # the demo's widths are not carried over
+
+
+def test_benchmark_times_the_step_and_prints_json():
+  out = subprocess.run(
+      [sys.executable, "-m", "sslx.benchmark", "--config=experiments/simclr.py",
+       "--config.model.widths=(8,16)", "--config.batch_size=16", "--steps=2",
+       "--workload=config"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in ("images_per_sec", "step_time_s", "compile_s", "peak_memory_mb"):
+    assert result[key] > 0, key
+  assert result["images_per_sec"] == pytest.approx(32 / result["step_time_s"], rel=1e-2)
+
+
+def test_evaluate_reruns_evals_on_a_checkpoint(tmp_path):
+  config = tiny_simclr(steps=3)
+  trained = train.train_and_evaluate(config, str(tmp_path))
+  again = evaluate.evaluate_checkpoint(config, str(tmp_path))
+  assert again["knn@5"] == pytest.approx(trained["knn@5"])
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["evaluate"]["step"] == 3
+
+
+def test_evaluate_without_checkpoint_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    evaluate.evaluate_checkpoint(tiny_simclr(), str(tmp_path))
