@@ -1,0 +1,26 @@
+"""The README's demo, exactly as a new user runs it (slow: several minutes on 2 cores)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+
+@pytest.mark.slow
+def test_demo_beats_random_init_and_raw_pixels_by_five_points(tmp_path):
+  workdir = tmp_path / "demo"
+  out = subprocess.run([sys.executable, "-m", "sslx.main", "--config=experiments/simclr.py",
+                        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=1200)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "ETA" in out.stdout and "| pretrained |" in out.stdout
+  results = json.load(open(workdir / "results.json"))
+  knn = results["knn@20"]
+  assert knn >= results["baselines"]["random_init"]["knn@20"] + 5.0, results
+  assert knn >= results["baselines"]["raw_pixels"]["knn@20"] + 5.0, results
+  assert results["linear"] > results["baselines"]["random_init"]["linear"], results
+  assert os.listdir(workdir / "tensorboard")
+  assert os.listdir(workdir / "checkpoints")
