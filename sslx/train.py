@@ -95,9 +95,13 @@ def train_step(state: TrainState, batch: dict, *, method, tx, schedule,
 
   grads, (loss, aux, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      opt_state=opt_state, batch_stats=aux.batch_stats,
-                      method_state=aux.method_state)
+  params = optax.apply_updates(state.params, updates)
+  method_state = aux.method_state
+  if hasattr(method, "after_update"):
+    # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
+    method_state = method.after_update(params["model"], method_state, state.step)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                      batch_stats=aux.batch_stats, method_state=method_state)
   finite = jnp.isfinite(loss)
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
   metrics = dict(metrics, learning_rate=schedule(state.step), finite=finite)
@@ -108,9 +112,9 @@ def build(config, sample_images: np.ndarray, num_examples: int, num_classes: int
   """Mesh, method, optimizer and state shardings from config (no arrays allocated)."""
   mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
   config_lib.validate(config, num_devices=mesh.size)
-  method = methods.get(config.method.name).create(config)
   spe = config_lib.steps_per_epoch(num_examples, config.batch_size)
   total = config_lib.total_steps(config, num_examples)
+  method = methods.get(config.method.name).create(config, total_steps=total)
   peak = optim.scaled_lr(config.optimizer, config.batch_size)
   schedule = optim.warmup_cosine(peak, total, optim.warmup_steps_from(config.optimizer, spe),
                                  config.optimizer.get("final_lr_fraction", 0.0))

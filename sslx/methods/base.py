@@ -8,6 +8,15 @@ functions:
   loss(variables, images, rng, step) -> (loss, LossAux)
   encode(params, batch_stats, images) -> [B, D] features for evaluation (train=False)
 
+and optionally
+
+  after_update(params, method_state, step) -> method_state
+      called inside the jitted step after the optimizer update, with the updated params
+      (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher).
+
+Each method module exposes `create(config, total_steps) -> method`; `total_steps` lets a
+method build its schedules (EMA momentum, teacher temperature) as functions of the step.
+
 `images` are the raw uint8 [B, H, W, 3] batch; each method applies its own augmentations on
 device. All non-gradient state (queues, centers, EMA teachers) lives in `method_state`.
 """

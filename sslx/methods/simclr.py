@@ -69,7 +69,8 @@ class SimCLR:
                           self.preprocess(images), method=EncoderWithProjector.encode)
 
 
-def create(config) -> SimCLR:
+def create(config, total_steps: int) -> SimCLR:
+  del total_steps  # no schedule inside SimCLR's loss
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   projector = models.MLPHead(hidden_dims=tuple(m.get("projector_hidden", (2048,))),
