@@ -224,6 +224,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                           if k in ("loss", "probe_acc", "learning_rate")},
                                    rates))
         acc = None
+        warning = getattr(setup.method, "collapse_warning", lambda m: None)(values)
+        if warning:
+          log.warning("step %d: %s", step, warning)
+          progress.console(f"WARNING step {step}: {warning}")
       if ckpt_every and step % ckpt_every == 0 and step < setup.total_steps:
         checkpointing.save(mngr, step, state, loader.get_state(), config)
     if prev_metrics is not None and not bool(prev_metrics["finite"]):

@@ -14,6 +14,10 @@ and optionally
       called inside the jitted step after the optimizer update, with the updated params
       (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher).
 
+  collapse_warning(metrics: dict[str, float]) -> str | None
+      called on the host at every log step with the averaged metrics; a message is printed
+      as a warning (e.g. embedding std or teacher entropy falling toward collapse).
+
 Each method module exposes `create(config, total_steps) -> method`; `total_steps` lets a
 method build its schedules (EMA momentum, teacher temperature) as functions of the step.
 
