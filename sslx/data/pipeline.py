@@ -22,7 +22,6 @@ crashing it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -170,4 +169,4 @@ def to_global_array(local_batch: Any, sharding) -> Any:
       sharding)
 
 
-__all__: Sequence[str] = ("make_train_loader", "steps_per_epoch", "to_global_array")
+__all__ = ["default_read_threads", "make_train_loader", "steps_per_epoch", "to_global_array"]

@@ -572,23 +572,24 @@ class TfdsSource(_ImageSource):
     self.tfds_name, self.split = name, split
     self._image_key, self._label_key = image_key, label_key
     info = getattr(self._tfds_source, "dataset_info", None)
-    features = info.features if info is not None else {}
-    class_names: Sequence[str] = ()
-    if label_key is not None and label_key in features:
-      class_names = tuple(getattr(features[label_key], "names", None) or ())
+    label_feature = _tfds_feature(info, label_key)
+    class_names = tuple(getattr(label_feature, "names", None) or ())
     if image_size is None:
-      shape = getattr(features[image_key], "shape", None) if image_key in features else None
+      shape = getattr(_tfds_feature(info, image_key), "shape", None)
       if not shape or shape[0] is None or shape[1] is None:
         raise ValueError(f"tfds dataset {name!r}: images have no fixed size ({shape}); "
                          "set dataset.image_size")
       image_size = min(shape[0], shape[1])
-    n = len(self._tfds_source)
-    super().__init__(origin=f"tfds:{name}[{split}]", names=[str(i) for i in range(n)],
-                     labels=np.full(n, -1, dtype=np.int32), read=self._read_record,
-                     image_size=image_size, class_names=class_names)
+    # No per-record names or labels are built up front: ImageNet has 1.28M records.
+    super().__init__(origin=f"tfds:{name}[{split}]", names=(), labels=np.zeros(0, np.int32),
+                     read=self._tfds_source.__getitem__, image_size=image_size,
+                     class_names=class_names)
 
-  def _read_record(self, i: int) -> Any:
-    return self._tfds_source[i]
+  def __len__(self) -> int:
+    return len(self._tfds_source)
+
+  def name(self, index: int) -> str:
+    return f"{self._origin}#{index}"
 
   def __getitem__(self, index: int) -> Record | None:
     i = operator.index(index)
@@ -611,11 +612,19 @@ class TfdsSource(_ImageSource):
 
   @property
   def labels(self) -> np.ndarray:
-    raise NotImplementedError("TfdsSource reads labels with the records; use decode_all")
+    raise NotImplementedError("TfdsSource reads labels with the records; use decode_all(source)")
 
   def __repr__(self) -> str:
     return (f"TfdsSource(name={self.tfds_name!r}, split={self.split!r}, "
             f"{self._repr_fields()})")
+
+
+def _tfds_feature(info, key: str | None):
+  """``info.features[key]``, or None when the dataset info or the feature is not there."""
+  try:
+    return info.features[key] if key is not None else None
+  except (AttributeError, KeyError, TypeError):
+    return None
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
