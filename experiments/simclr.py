@@ -8,7 +8,7 @@ r"""SimCLR (Chen et al. 2020) experiment presets.
   cifar10: ResNet-18 (CIFAR stem), batch 512, LARS, 1000 epochs, τ=0.2 — the solo-learn
       recipe; ~92% k-NN / 91% linear reported there on the original CIFAR-10:
         python -m sslx.main --config=experiments/simclr.py:cifar10 \
-          --config.dataset.path=/data/cifar10-train.tar.gz --workdir=...
+          --config.dataset.path=/data/cifar10-{split}.tar.gz --workdir=...
   imagenet: ResNet-50, batch 4096, LARS lr 0.3·B/256, τ=0.1, 100 epochs (paper Table B.1).
 
 Flags: presets take extra words, e.g. `experiments/simclr.py:cpu,steps=50`. Any key can be
