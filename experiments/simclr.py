@@ -43,7 +43,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       name="adamw", base_lr=1e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1.0,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
   c.batch_size = 256
-  c.num_epochs = 12.0
+  c.num_epochs = 6.0
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200

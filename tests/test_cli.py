@@ -59,3 +59,14 @@ def test_evaluate_reruns_evals_on_a_checkpoint(tmp_path):
 def test_evaluate_without_checkpoint_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     evaluate.evaluate_checkpoint(tiny_simclr(), str(tmp_path))
+
+
+def test_cifar10_preset_reads_the_shared_archives_per_split(shared_cifar):
+  from sslx import data
+  c = experiment("simclr", "cifar10")
+  c.dataset.path = shared_cifar + "/cifar10-{split}.tar.gz"
+  train_source = data.build_source(c.dataset, c.dataset.train_split)
+  test_source = data.build_source(c.dataset, c.dataset.eval_split)
+  assert (len(train_source), len(test_source)) == (50_000, 10_000)
+  assert train_source.class_names == test_source.class_names
+  assert train_source[0]["image"].shape == (32, 32, 3)
