@@ -372,10 +372,18 @@ def test_loader_shards_disjoint_halves_per_process():
     assert all(b["label"].shape == (4,) for b in halves[p])
   seen = [set(np.concatenate([b["label"] for b in halves[p]]).tolist()) for p in (0, 1)]
   assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(32))
-  # Step by step, the two local batches together are the single-process global batch.
+  # Step by step, the two local batches laid out in process order ARE the single-process
+  # global batch, row for row (so a 2-process run takes the same steps as a 1-process one).
   for step in range(4):
-    both = set(halves[0][step]["label"].tolist()) | set(halves[1][step]["label"].tolist())
-    assert both == set(one[step]["label"].tolist())
+    both = np.concatenate([halves[0][step]["label"], halves[1][step]["label"]])
+    np.testing.assert_array_equal(both, one[step]["label"])
+  # ... and in the next epoch too (reshuffled, still aligned).
+  one = _take(data.make_train_loader(src, 8, 5, process_index=0, process_count=1), 12)
+  halves = [_take(data.make_train_loader(src, 8, 5, process_index=p, process_count=2), 12)
+            for p in (0, 1)]
+  for step in range(4, 12):
+    both = np.concatenate([halves[0][step]["label"], halves[1][step]["label"]])
+    np.testing.assert_array_equal(both, one[step]["label"])
 
 
 def test_loader_rejects_bad_batch_sizes():
