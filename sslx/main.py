@@ -21,7 +21,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  from sslx import train  # after flags: jax backend starts here
+  from sslx import distributed, train  # after flags: jax backend starts here
+  distributed.maybe_initialize()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -55,7 +55,7 @@ class Writer:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._tb = None
-    if enabled:
+    if enabled and _is_lead():
       from tensorboardX import SummaryWriter  # no TensorFlow import
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 
@@ -74,13 +74,22 @@ class Writer:
       self._tb.close()
 
 
+def _is_lead() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
 def console(msg: str):
-  print(msg, flush=True, file=sys.stdout)
+  """Prints on the lead process only (every process runs the same loop)."""
+  if _is_lead():
+    print(msg, flush=True, file=sys.stdout)
 
 
 def write_results(workdir: str, results: dict) -> str:
-  """Merges `results` into workdir/results.json (written atomically)."""
+  """Merges `results` into workdir/results.json (written atomically, by the lead process)."""
   path = os.path.join(workdir, "results.json")
+  if not _is_lead():
+    return path
   current = {}
   if os.path.exists(path):
     with open(path) as f:

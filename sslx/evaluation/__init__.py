@@ -39,14 +39,17 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
   batches sharded over the mesh (the last batch is padded, so it compiles once)."""
   batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
   data_sharding = sharding.batch_sharding(mesh)
-  fn = jax.jit(encode_fn, in_shardings=data_sharding)
+  # Every process holds all of `images`; each places the rows its devices own, and the
+  # features come back replicated so every process can read them (multi-host safe).
+  fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=sharding.replicated(mesh))
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(jax.device_put(chunk, data_sharding)))[:n])
+    x = jax.make_array_from_callback(chunk.shape, data_sharding, lambda idx, c=chunk: c[idx])
+    out.append(np.asarray(fn(x))[:n])
   return np.concatenate(out).astype(np.float32)
 
 

@@ -1,0 +1,46 @@
+"""One process of the two-process loopback test (tests/test_multihost.py).
+
+Runs two train steps of the tiny SimCLR config on the global mesh, reading this process's
+slice of every global batch, and prints one JSON line: the global batch labels (all
+processes' rows, gathered), the losses and a checksum of the updated parameters.
+"""
+import json
+import sys
+
+from sslx import distributed
+
+distributed.maybe_initialize()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from sslx import data, train  # noqa: E402
+from tests.helpers import tiny_simclr  # noqa: E402
+
+
+def main():
+  config = tiny_simclr(batch=16)
+  source = data.build_source(config.dataset, "train")
+  loader = data.make_train_loader(source, config.batch_size, seed=0)
+  sample = np.zeros((2, 32, 32, 3), np.uint8)
+  setup = train.build(config, sample, len(source), source.num_classes)
+  state = train.create_state(setup, 0, sample)
+  step = train.compile_step(setup, probe_enabled=True)
+  labels, losses = [], []
+  for _ in range(2):
+    local = next(loader)
+    batch = data.to_global_array(local, setup.batch_sharding)
+    labels.append(np.asarray(multihost_utils.process_allgather(local["label"], tiled=True)))
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  checksum = float(sum(np.abs(np.asarray(x.addressable_data(0), np.float64)).sum()
+                       for x in jax.tree.leaves(state.params)))
+  print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                    "devices": jax.device_count(), "local_rows": int(local["label"].shape[0]),
+                    "labels": [l.tolist() for l in labels], "losses": losses,
+                    "checksum": checksum}), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
