@@ -1,0 +1,180 @@
+"""Patch masking for masked image modeling (MAE, data2vec, BEiT).
+
+Every mask is a pure function of a PRNG key and *static* sizes: the number of masked patches
+per image is fixed by the config (not sampled), so shapes never change and the train step
+compiles once; the same key gives the same mask.
+
+  random_masking(rng, batch, num_patches, mask_ratio) -> RandomMask(ids_keep, ids_restore, mask)
+      MAE (He et al. 2022, §3 "Masking"): a uniform random subset of exactly
+      round(ratio · N) patches per image is masked ("random sampling" by shuffling).
+  blockwise_masking(rng, batch, grid, mask_ratio) -> [B, N] bool
+      BEiT (Bao et al. 2022, Algorithm 1): rectangular blocks of ≥ 16 patches (aspect ratio in
+      [0.3, 1/0.3]) are added until ≥ 40% of the patches are masked; here the count is then
+      made *exact* (random masked patches are un-masked, or random free ones masked, to reach
+      round(ratio · N)) so the shape of `ids` is static.
+  vit_forward(vit, params, images, mask=None, mask_token=None) -> dict
+      The ViT of sslx/models/vit.py applied submodule by submodule, so that masked patch
+      embeddings can be *replaced* by a learned mask token (BEiT §2.2, data2vec §3.2) while
+      all N tokens stay in the sequence, and per-block outputs are returned (data2vec targets).
+      With no mask it computes exactly `vit.apply(...)["tokens"]` (tested).
+
+Conventions: `mask` is [B, N] bool, True = masked (hidden from the encoder / predicted).
+Patches are numbered row-major over the (H/p, W/p) grid, as `vit.patchify` orders them.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sslx.models import vit as vit_lib
+
+
+class RandomMask(NamedTuple):
+  ids_keep: jax.Array     # [B, K] int32 indices of the visible patches (shuffled order)
+  ids_restore: jax.Array  # [B, N] int32: position of patch n in the [visible; masked] order
+  mask: jax.Array         # [B, N] bool, True = masked; exactly N - K per row
+
+
+def num_masked(num_patches: int, mask_ratio: float) -> int:
+  """The static number of masked patches: round(ratio · N), at most N - 1 (one stays visible
+  so the encoder always has an input) unless ratio is 0."""
+  m = int(round(mask_ratio * num_patches))
+  return min(max(m, 0), num_patches - 1) if mask_ratio > 0 else 0
+
+
+def random_masking(rng, batch: int, num_patches: int, mask_ratio: float) -> RandomMask:
+  """MAE's per-image uniform random masking (He et al. 2022, §3): argsort of uniform noise
+  gives a random permutation; its first K = N - round(ratio·N) entries are kept.
+
+  `ids_restore` undoes the shuffle: `take_along_axis(concat([visible, mask_tokens]),
+  ids_restore)` puts every token back at its patch position (the MAE decoder's input)."""
+  keep = num_patches - num_masked(num_patches, mask_ratio)
+  noise = jax.random.uniform(rng, (batch, num_patches))
+  ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
+  ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+  ids_keep = ids_shuffle[:, :keep]
+  mask = ids_restore >= keep  # a patch is masked iff its shuffled position is past K
+  return RandomMask(ids_keep, ids_restore, mask)
+
+
+def blockwise_masking(rng, batch: int, grid: tuple[int, int], mask_ratio: float = 0.4,
+                      min_block: int = 16, aspect: float = 0.3,
+                      max_blocks: int = 200) -> jax.Array:
+  """BEiT blockwise masking (Bao et al. 2022, Algorithm 1), [B, gh·gw] bool with exactly
+  round(ratio · N) True per row.
+
+  Repeat: s ~ U(min(min_block, R), R) with R = target − |M| the patches still to mask;
+  r ~ U(aspect, 1/aspect) (log-uniform as in the released code); a = √(s·r), b = √(s/r)
+  (rows, cols) at a random top-left; M ← M ∪ block unless that would exceed the target (the
+  released code also rejects such blocks); until |M| = target (at most `max_blocks` tries).
+  Allowing blocks smaller than `min_block` once fewer than `min_block` patches remain makes
+  the count exact; should the tries run out, random free patches complete it (rare)."""
+  gh, gw = grid
+  n = gh * gw
+  target = num_masked(n, mask_ratio)
+  lo_block = float(min(min_block, max(target, 1)))
+  log_lo, log_hi = math.log(aspect), math.log(1.0 / aspect)
+  rows = jnp.arange(gh)[:, None]
+  cols = jnp.arange(gw)[None, :]
+
+  def one(key):
+    loop_key, fix_key = jax.random.split(key)
+
+    def cond(carry):
+      m, _, i = carry
+      return (m.sum() < target) & (i < max_blocks)
+
+    def body(carry):
+      m, k, i = carry
+      k, ks, kr, kt, kl = jax.random.split(k, 5)
+      remaining = (target - m.sum()).astype(jnp.float32)
+      lo = jnp.minimum(lo_block, remaining)
+      hi = jnp.maximum(remaining, lo)
+      s = jax.random.uniform(ks, (), minval=lo, maxval=hi + 1e-6)
+      r = jnp.exp(jax.random.uniform(kr, (), minval=log_lo, maxval=log_hi))
+      a = jnp.clip(jnp.round(jnp.sqrt(s * r)), 1, gh).astype(jnp.int32)
+      b = jnp.clip(jnp.round(jnp.sqrt(s / r)), 1, gw).astype(jnp.int32)
+      top = jax.random.randint(kt, (), 0, gh - a + 1)
+      left = jax.random.randint(kl, (), 0, gw - b + 1)
+      block = (rows >= top) & (rows < top + a) & (cols >= left) & (cols < left + b)
+      new = m | block
+      # BEiT's code rejects a block that would exceed the budget; that keeps the count exact.
+      return jnp.where(new.sum() <= target, new, m), k, i + 1
+
+    m, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((gh, gw), bool), loop_key, 0))
+    m = m.reshape(n)
+    # Exact count: rank masked patches first (random order within each group), keep `target`.
+    score = m.astype(jnp.float32) + jax.random.uniform(fix_key, (n,))
+    ranks = jnp.argsort(jnp.argsort(-score))
+    return ranks < target
+
+  return jax.vmap(one)(jax.random.split(rng, batch))
+
+
+def ids_of_mask(mask: jax.Array, num_selected: int, value: bool = True) -> jax.Array:
+  """[B, K] int32 indices (increasing) of the positions where `mask == value`; `num_selected`
+  (static) must be the exact count per row."""
+  order = jnp.argsort(mask != value, axis=1, stable=True)
+  return order[:, :num_selected].astype(jnp.int32)
+
+
+class _LayerNorm(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(epsilon=1e-6)(x)
+
+
+def vit_forward(vit: vit_lib.ViT, params, images, mask=None, mask_token=None) -> dict:
+  """The ViT's forward (train=False maths, no drop-path) with optional mask-token replacement.
+
+  Args:
+    vit: the `ViT` module (only its hyperparameters are read).
+    params: its parameter tree (`patch_embed`, `cls_token`, `pos_embed`, `block{i}`, `norm`).
+    images: [B, H, W, 3] float, already normalised.
+    mask: optional [B, N] bool, True = replace that patch embedding by `mask_token` *before*
+      the position embedding is added (BEiT §2.2: "replace with a learnable embedding e[M]").
+    mask_token: [1, 1, D] (or [D]) learned vector, required with `mask`.
+
+  Returns: {"tokens": [B, N+1, D] after the final norm, "pre_logits": [B, D] (the ViT's pool),
+    "block_outputs": list of L residual-stream outputs [B, N+1, D],
+    "ffn_outputs": list of L FFN outputs *before* the last residual connection [B, N+1, D]
+    (data2vec §3.3 regresses these)}.
+  """
+  x = jnp.asarray(images, jnp.float32)
+  p = vit.patch_size
+  grid = (x.shape[1] // p, x.shape[2] // p)
+  tokens = vit_lib.PatchEmbed(vit.dim, p).apply({"params": params["patch_embed"]}, x)
+  if mask is not None:
+    tok = jnp.reshape(mask_token, (1, 1, vit.dim)).astype(tokens.dtype)
+    tokens = jnp.where(mask[:, :, None], tok, tokens)
+  pos = params["pos_embed"]
+  if pos.shape[1] != tokens.shape[1]:
+    raise ValueError(f"position embedding has {pos.shape[1]} tokens, the image {tokens.shape[1]}")
+  tokens = tokens + pos
+  b = tokens.shape[0]
+  cls = jnp.broadcast_to(params["cls_token"], (b, 1, vit.dim))
+  tokens = jnp.concatenate([cls, tokens], axis=1)
+  mlp_dim = int(vit.mlp_ratio * vit.dim)
+  ln = _LayerNorm()
+  attn_mod = vit_lib.Attention(vit.dim, vit.num_heads)
+  mlp_mod = vit_lib.Mlp(mlp_dim, vit.gelu_approximate)
+  block_outputs, ffn_outputs = [], []
+  for i in range(vit.depth):
+    bp = params[f"block{i}"]
+    # The same maths as vit.Block (pre-norm): x += attn(norm1(x)); x += mlp(norm2(x)).
+    y, _ = attn_mod.apply({"params": bp["attn"]},
+                          ln.apply({"params": {"LayerNorm_0": bp["norm1"]}}, tokens))
+    tokens = tokens + y
+    y = mlp_mod.apply({"params": bp["mlp"]},
+                      ln.apply({"params": {"LayerNorm_0": bp["norm2"]}}, tokens))
+    tokens = tokens + y
+    ffn_outputs.append(y)
+    block_outputs.append(tokens)
+  tokens = ln.apply({"params": {"LayerNorm_0": params["norm"]}}, tokens)
+  pre = tokens[:, 0] if vit.pool == "cls" else jnp.mean(tokens[:, 1:], axis=1)
+  return {"tokens": tokens, "pre_logits": pre, "block_outputs": block_outputs,
+          "ffn_outputs": ffn_outputs}
