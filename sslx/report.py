@@ -1,0 +1,120 @@
+r"""Side-by-side comparison of runs: a Markdown table and a bar chart from results.json files.
+
+    python -m sslx.report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
+
+Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN@200, linear,
+fine-tune, images/s) and report.png next to it (grouped bars of the accuracies; needs
+matplotlib: pip install 'sslx[plots]').
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+COLUMNS = (  # (header, results.json key, format)
+    ("method", "method", "{}"), ("encoder", "model", "{}"), ("epochs", "epochs", "{:.1f}"),
+    ("batch", "batch_size", "{}"), ("k-NN@20", "knn@20", "{:.2f}"),
+    ("k-NN@200", "knn@200", "{:.2f}"), ("linear", "linear", "{:.2f}"),
+    ("fine-tune", "finetune", "{:.2f}"), ("images/s", "train_images_per_sec", "{:.0f}"))
+ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
+
+
+def load_results(workdir: str) -> dict:
+  """workdir/results.json; a later `sslx.evaluate` pass (under "evaluate") overrides the
+  accuracies it re-measured."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run's workdir?")
+  with open(path) as f:
+    results = json.load(f)
+  later = results.get("evaluate", {})
+  results.update({k: later[k] for k in ACCURACIES if k in later})
+  results.setdefault("workdir", workdir)
+  return results
+
+
+def _cell(value, fmt: str) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "–"
+  try:
+    return fmt.format(value)
+  except (ValueError, TypeError):
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """One Markdown row per results dict; missing values shown as "–"."""
+  lines = ["| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
+           "|---" * (len(COLUMNS) + 1) + "|"]
+  for r in rows:
+    name = os.path.basename(os.path.normpath(r.get("workdir", ""))) or "-"
+    lines.append(f"| {name} | " + " | ".join(_cell(r.get(k), fmt) for _, k, fmt in COLUMNS)
+                 + " |")
+  return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: list[dict], out: str) -> str:
+  """Grouped bars: one group per run, one bar per accuracy present in any run."""
+  try:
+    import matplotlib
+  except ImportError as e:
+    raise ImportError("the report's bar chart needs matplotlib: pip install 'sslx[plots]'") from e
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  keys = [k for k in ACCURACIES if any(r.get(k) is not None for r in rows)]
+  names = [f"{os.path.basename(os.path.normpath(r.get('workdir', '')))}\n{r.get('method', '?')}"
+           for r in rows]
+  fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 4))
+  width = 0.8 / max(len(keys), 1)
+  x = np.arange(len(rows))
+  for i, k in enumerate(keys):
+    vals = [r.get(k) if r.get(k) is not None else 0.0 for r in rows]
+    ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=k)
+  ax.set_xticks(x)
+  ax.set_xticklabels(names)
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
+  """Writes the Markdown table to `out` (with the chart embedded when written) and the chart
+  to `out` with a .png suffix. Returns {"markdown": path, "chart": path or None}."""
+  if not workdirs:
+    raise ValueError("no workdirs given: pass --workdirs=run_a,run_b,...")
+  rows = [load_results(w) for w in workdirs]
+  png = None
+  if chart:
+    png = bar_chart(rows, os.path.splitext(out)[0] + ".png")
+  text = "# sslx runs\n\n" + markdown_table(rows)
+  if png:
+    text += f"\n![accuracies]({os.path.basename(png)})\n"
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    f.write(text)
+  return {"markdown": out, "chart": png}
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  paths = write_report([w for w in FLAGS.workdirs if w], FLAGS.out, chart=FLAGS.chart)
+  print(open(paths["markdown"]).read())
+  print(f"wrote {paths['markdown']}" + (f" and {paths['chart']}" if paths["chart"] else ""))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_list("workdirs", None, "comma-separated run directories holding results.json")
+  flags.DEFINE_string("out", "report.md", "Markdown file to write (the chart goes next to it)")
+  flags.DEFINE_bool("chart", True, "also write the bar chart PNG (needs matplotlib)")
+  flags.mark_flags_as_required(["workdirs"])
+  app.run(main)
