@@ -29,7 +29,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.sharding_rules = [(".*", "replicate")]
 
   c.method = ml_collections.ConfigDict(dict(
-      name="simclr", temperature=0.2, projector_hidden=(512,), projector_dim=128))
+      name="simclr", temperature=0.2, projector_hidden=(512,), projector_dim=128,
+      projector_bn=True, grad_cache_chunk=0))
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
   c.dataset = ml_collections.ConfigDict(dict(
       name="embedded", path="", train_split="train", eval_split="test", image_size=32,
