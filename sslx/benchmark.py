@@ -13,6 +13,13 @@ The default workload (--workload=peer) is the peer's, exactly: inputs already au
 Linear(d→2048, no bias)→BN→ReLU→Linear(→128), NT-Xent τ=0.5, SGD lr 0.3 momentum 0.9 weight
 decay 1e-6 on every parameter, fp32, no online probe. --workload=config times the experiment as
 configured (augmentation and probe included).
+
+MFU: model FLOPs per step from XLA's cost analysis of the compiled step, divided by the step
+time and the peak FLOP/s of the devices (a table of dense bf16 peaks by device kind, or
+--peak_tflops per device). CPUs have no table entry: MFU is then null unless --peak_tflops.
+
+--input_pipeline also times the host input pipeline (grain loader over config.dataset, decoding
+included) and reports the images/s it delivers next to the images/s the step consumes.
 """
 from sslx import xla
 
@@ -34,6 +41,47 @@ DEFAULT_PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "share
                                    "torch_peer.py")
 
 
+# Dense peak FLOP/s per device (bf16 on accelerators), by `device.device_kind` prefix.
+PEAK_FLOPS = {
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device_kind: str, override_tflops: float | None = None) -> float | None:
+  if override_tflops:
+    return override_tflops * 1e12
+  for prefix, peak in PEAK_FLOPS.items():
+    if device_kind.startswith(prefix):
+      return peak
+  return None
+
+
+def mfu(flops_per_step, step_time_s, device_kind, num_devices, override_tflops=None):
+  """Model FLOPs utilisation in [0, 1], or None where the peak is unknown (CPUs)."""
+  peak = peak_flops(device_kind, override_tflops)
+  if not flops_per_step or not peak or step_time_s <= 0:
+    return None
+  return flops_per_step / step_time_s / (peak * num_devices)
+
+
+def time_input_pipeline(config, batches: int = 20) -> dict:
+  """Images/s the host pipeline delivers (grain loader, decoding included), after 2 warm-up
+  batches."""
+  from sslx import data
+  source = data.build_source(config.dataset, config.dataset.train_split)
+  loader = data.make_train_loader(source, config.batch_size, config.seed,
+                                  num_workers=config.dataset.get("num_workers", 0))
+  for _ in range(2):
+    next(loader)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(loader)
+  dt = time.perf_counter() - t0
+  return {"input_images_per_sec": round(batches * config.batch_size / dt, 1)}
+
+
 def define_flags():
   """Flags exist only when this module runs as a program (importing it defines none)."""
   config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
@@ -43,6 +91,8 @@ def define_flags():
   flags.DEFINE_string("peer_script", DEFAULT_PEER_SCRIPT, "path of torch_peer.py")
   flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
   flags.DEFINE_integer("threads", 2, "threads given to the peer")
+  flags.DEFINE_float("peak_tflops", None, "peak TFLOP/s per device for MFU (overrides table)")
+  flags.DEFINE_bool("input_pipeline", False, "also time the host input pipeline")
   flags.mark_flags_as_required(["config"])
 
 
@@ -89,7 +139,9 @@ def time_sslx(config, steps: int) -> dict:
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-  flops = float(cost.get("flops", 0.0)) if cost else None
+  # The compiled module is the per-device SPMD program: its FLOPs times the device count are
+  # the step's model FLOPs.
+  flops = float(cost.get("flops", 0.0)) * len(setup.mesh.devices.flat) if cost else None
   t0 = time.perf_counter()
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
@@ -137,6 +189,14 @@ def main(argv):
                                  config.model.name, config.batch_size, FLAGS.steps,
                                  FLAGS.threads)["images_per_sec"])
   result["images_per_sec"] = statistics.median(ours)
+  result["mfu"] = mfu(result["flops_per_step"], result["step_time_s"], result["device"],
+                      result["num_devices"], FLAGS.peak_tflops)
+  if FLAGS.input_pipeline:
+    result.update(time_input_pipeline(config))
+    # The step consumes batch_size source images per step (2 views each).
+    consumed = result["images_per_sec"] / 2
+    result["step_source_images_per_sec"] = round(consumed, 1)
+    result["input_bound"] = result["input_images_per_sec"] < consumed
   if peer_runs:
     result["torch_images_per_sec"] = statistics.median(peer_runs)
     result["ratio"] = round(

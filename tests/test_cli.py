@@ -38,13 +38,26 @@ def test_benchmark_times_the_step_and_prints_json():
   out = subprocess.run(
       [sys.executable, "-m", "sslx.benchmark", "--config=experiments/simclr.py",
        "--config.model.widths=(8,16)", "--config.batch_size=16", "--steps=2",
-       "--workload=config"],
+       "--workload=config", "--input_pipeline", "--peak_tflops=0.05"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   for key in ("images_per_sec", "step_time_s", "compile_s", "peak_memory_mb"):
     assert result[key] > 0, key
   assert result["images_per_sec"] == pytest.approx(32 / result["step_time_s"], rel=1e-2)
+  # MFU from XLA's FLOP count over the given peak; the input pipeline's own rate.
+  assert result["flops_per_step"] > 0
+  expected_mfu = (result["flops_per_step"] / result["step_time_s"]
+                  / (0.05e12 * result["num_devices"]))
+  assert result["mfu"] == pytest.approx(expected_mfu, rel=1e-6)
+  assert result["input_images_per_sec"] > 0 and isinstance(result["input_bound"], bool)
+
+
+def test_mfu_table_and_unknown_devices():
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert benchmark.peak_flops("cpu") is None
+  assert benchmark.mfu(1e12, 1.0, "cpu", 1) is None
+  assert benchmark.mfu(989e12 / 2, 1.0, "NVIDIA H100 80GB HBM3", 1) == pytest.approx(0.5)
 
 
 def test_evaluate_reruns_evals_on_a_checkpoint(tmp_path):
