@@ -45,3 +45,17 @@ def test_tpu_vm_missing_argument_is_an_error(missing):
   flat = [x for kv in args.items() for x in kv]
   out = dry_run(*flat)
   assert out.returncode == 2 and f"missing {missing}" in out.stderr
+
+
+def test_colab_notebook_installs_runs_a_preset_and_plots():
+  import json
+  nb = json.load(open(os.path.join(REPO, "launch", "colab.ipynb")))
+  assert nb["nbformat"] == 4
+  code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+  assert "pip install" in code and "sslx.main" in code and "results.json" in code
+  for cell in nb["cells"]:
+    if cell["cell_type"] == "code":  # each cell is valid Python once IPython magics are removed
+      src = "".join(cell["source"])
+      lines = [(l[:len(l) - len(l.lstrip())] + "pass") if l.lstrip().startswith(("!", "%"))
+               else l for l in src.splitlines()]
+      compile("\n".join(lines), "<cell>", "exec")
