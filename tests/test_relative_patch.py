@@ -1,0 +1,107 @@
+"""Relative patch location (experiments/relative_patch.py): geometry and each shortcut guard."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import train
+from sslx.methods import relative_patch as rp
+from tests.helpers import experiment
+
+
+def tiny_config(steps=6):
+  c = experiment("relative_patch")
+  c.model.widths = (8, 16)
+  c.method.tile_dim = 16
+  c.method.head_hidden = (32,)
+  c.batch_size = 16
+  c.total_steps = steps
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 0
+  c.tensorboard = False
+  c.eval_baselines = False
+  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
+  c.eval_train_limit = 200
+  return c
+
+
+def corners(seed, gap, jitter, size=48, patch=12):
+  return np.asarray(rp.patch_corners(jax.random.PRNGKey(seed), size, patch, gap, jitter))
+
+
+def test_gap_separates_patches():
+  for gap in (0, 4, 6):
+    c = corners(0, gap, 0)
+    # Horizontal and vertical neighbours start patch + gap apart: `gap` px between them.
+    np.testing.assert_array_equal(c[:, 1:, 1] - c[:, :-1, 1], 12 + gap)
+    np.testing.assert_array_equal(c[1:, :, 0] - c[:-1, :, 0], 12 + gap)
+  # With jitter the space between patches is still at least gap − 2·jitter.
+  for seed in range(20):
+    c = corners(seed, 4, 1)
+    assert (c[:, 1:, 1] - c[:, :-1, 1] - 12 >= 4 - 2).all()
+    assert (c >= 0).all() and (c + 12 <= 48).all()
+
+
+def test_jitter_moves_patches_off_the_grid():
+  rel = lambda c: c - c[1, 1]
+  fixed = {tuple(rel(corners(s, 4, 0)).ravel()) for s in range(10)}
+  assert len(fixed) == 1  # no jitter: the layout is rigid
+  moved = [rel(corners(s, 4, 2)) - rel(corners(0, 4, 0)) for s in range(10)]
+  assert len({tuple(m.ravel()) for m in moved}) > 1
+  assert max(np.abs(m).max() for m in moved) <= 4 and any(np.abs(m).max() > 0 for m in moved)
+
+
+def test_pair_label_matches_neighbour_cell():
+  img = jnp.asarray(np.random.default_rng(0).random((48, 48, 3)), jnp.float32)
+  for seed in range(4):
+    key = jax.random.PRNGKey(seed)
+    patches, label = rp.make_pair(key, img, 48, 12, 4, 1, "none")
+    k_grid, _, _, _ = jax.random.split(key, 4)
+    c = np.asarray(rp.patch_corners(k_grid, 48, 12, 4, 1))
+    r, q = rp.NEIGHBOURS[int(label)]
+    np.testing.assert_array_equal(np.asarray(patches[0]),
+                                  np.asarray(img)[c[1, 1, 0]:c[1, 1, 0] + 12,
+                                                  c[1, 1, 1]:c[1, 1, 1] + 12])
+    np.testing.assert_array_equal(np.asarray(patches[1]),
+                                  np.asarray(img)[c[r, q, 0]:c[r, q, 0] + 12,
+                                                  c[r, q, 1]:c[r, q, 1] + 12])
+
+
+def test_chromatic_aberration_guards_act():
+  patch = jnp.asarray(np.random.default_rng(1).random((12, 12, 3)), jnp.float32)
+  key = jax.random.PRNGKey(0)
+  np.testing.assert_array_equal(np.asarray(rp.remove_chromatic_aberration(key, patch, "none")),
+                                np.asarray(patch))
+  projected = np.asarray(rp.remove_chromatic_aberration(key, patch, "project"))
+  assert np.abs(np.asarray(patch) @ rp.GREEN_MAGENTA).mean() > 0.1
+  np.testing.assert_allclose(projected @ rp.GREEN_MAGENTA, 0, atol=1e-5)
+  for seed in range(3):
+    dropped = np.asarray(rp.remove_chromatic_aberration(jax.random.PRNGKey(seed), patch,
+                                                        "drop"))
+    same = [np.array_equal(dropped[..., ch], np.asarray(patch)[..., ch]) for ch in range(3)]
+    assert sum(same) == 1  # one channel kept, two replaced
+    kept = int(np.argmax(same))
+    for ch in range(3):
+      if ch != kept:
+        assert dropped[..., ch].std() < 0.02 * dropped[..., kept].std()
+  with pytest.raises(ValueError, match="color_guard"):
+    rp.remove_chromatic_aberration(key, patch, "bogus")
+
+
+def test_loss_runs_and_encode_is_whole_image():
+  c = tiny_config()
+  method = rp.create(c, total_steps=6)
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
+  v = method.init(jax.random.PRNGKey(0), images)
+  loss, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
+                                   jax.random.PRNGKey(1), 0)
+  assert abs(float(loss) - np.log(8)) < 1.0 and aux.features.shape == (4, 16)
+
+
+@pytest.mark.slow
+def test_cpu_preset_short_run_learns(tmp_path):
+  c = tiny_config(steps=20)
+  c.optimizer.base_lr = 3e-3
+  results = train.train_and_evaluate(c, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"]
+  assert (tmp_path / "results.json").exists()
