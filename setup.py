@@ -21,8 +21,12 @@ EXTRAS = {
     # Reading prepared tfds datasets works without TensorFlow (array_record data_source);
     # *preparing* one needs TensorFlow, which we keep out of the base install (+1.45 GB).
     "tfds": ["tensorflow-datasets>=4.9", "array-record"],
-    "plots": ["matplotlib>=3.8"],
-    "dev": ["pytest>=8", "pytest-xdist>=3", "matplotlib>=3.8"],
+    # t-SNE (scikit-learn), UMAP (umap-learn), PNG plots and reports (matplotlib).
+    "plots": ["matplotlib>=3.8", "scikit-learn>=1.4", "umap-learn>=0.5"],
+    # Tests: plots without UMAP (numba is slow to install and compile), selenium for the
+    # simulation page in headless chromium (Debian's chromium + chromium-driver, see .ci/run).
+    "dev": ["pytest>=8", "pytest-xdist>=3", "matplotlib>=3.8", "scikit-learn>=1.4",
+            "selenium>=4.20"],
 }
 
 setup(

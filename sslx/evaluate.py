@@ -2,6 +2,11 @@
 
     python -m sslx.evaluate --config=experiments/simclr.py --workdir=/tmp/sslx-demo
 
+and, as a subcommand, draws the test features in 2-D (t-SNE or UMAP, `pip install
+'sslx[plots]'`):
+
+    python -m sslx.evaluate embed --config=... --workdir=... --method=umap|tsne [--out=x.png]
+
 The config must describe the same method and model the checkpoint was trained with (checked);
 the results are merged into workdir/results.json under "evaluate".
 """
@@ -36,7 +41,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    if argv[1:] != ["embed"]:
+      raise app.UsageError(f"unknown subcommand {argv[1:]}; valid: embed")
+    from sslx import embed
+    out = FLAGS.out or f"{FLAGS.workdir}/embed_{FLAGS.method}.png"
+    print(embed.embed_plot(FLAGS.config, FLAGS.workdir, FLAGS.method, out))
+    return
   evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
@@ -47,6 +58,8 @@ if __name__ == "__main__":
 
   config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
   flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
+  flags.DEFINE_enum("method", "umap", ["umap", "tsne"], "embed: 2-D projection")
+  flags.DEFINE_string("out", None, "embed: PNG path (default workdir/embed_<method>.png)")
   flags.mark_flags_as_required(["config", "workdir"])
   problem = config_lib.check_override_keys(sys.argv[1:])
   if problem:

@@ -18,6 +18,8 @@ import numpy as np
 from sslx import progress, sharding
 
 _NOT_PROTOCOLS = {"features"}
+# Protocols that are not frozen-feature evaluations are still run through config.evals:
+# finetune (trains the encoder; needs Features.context).
 
 
 def available() -> list[str]:
@@ -32,6 +34,9 @@ class Features:
   test: np.ndarray           # [M, D]
   test_labels: np.ndarray    # [M]
   num_classes: int
+  # Protocols that train the encoder (fine-tuning) need more than features: the method, its
+  # pretrained variables and the raw images. None for the raw-pixel baseline.
+  context: object = None
 
 
 def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
@@ -56,6 +61,8 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
 def run_protocols(evals_cfg, feats: Features) -> dict:
   results = {}
   for name in sorted(evals_cfg):
+    if name == "finetune" and feats.context is None:
+      continue  # nothing to fine-tune (raw pixels)
     results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
   return results
 
@@ -96,21 +103,23 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
   xtr, ytr, xte, yte, num_classes = eval_data
   batch = config.get("eval_batch_size", 512)
 
-  def evaluate(encode_fn):
+  def evaluate(params, batch_stats):
+    encode_fn = functools.partial(method.encode, params, batch_stats)
+    context = None
+    if "finetune" in config.evals:
+      from sslx.evaluation import finetune
+      context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes)
     feats = Features(extract(encode_fn, xtr, mesh, batch), ytr,
-                     extract(encode_fn, xte, mesh, batch), yte, num_classes)
+                     extract(encode_fn, xte, mesh, batch), yte, num_classes, context)
     return run_protocols(config.evals, feats)
 
-  def encoder_of(params, batch_stats):
-    return functools.partial(method.encode, params, batch_stats)
-
-  results = evaluate(encoder_of(state.params["model"], state.batch_stats))
+  results = evaluate(state.params["model"], state.batch_stats)
   table = {"pretrained": results}
   if config.get("eval_baselines", False):
     # The encoder pretraining started from (same key split as train.init_state).
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
-    table["random_init"] = evaluate(encoder_of(init.params, init.batch_stats))
+    table["random_init"] = evaluate(init.params, init.batch_stats)
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
     table["raw_pixels"] = run_protocols(config.evals, Features(
         raw_pixel_features(xtr, pixel_mean), ytr, raw_pixel_features(xte, pixel_mean), yte,
