@@ -1,0 +1,102 @@
+"""BEiT: the VQ-VAE tokenizer stage, loading it, blockwise masking, masked-only CE, a run."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import train
+from sslx.methods import beit, beit_tokenizer
+from tests.helpers import experiment
+
+
+def tokenizer_config(steps=2):
+  c = experiment("beit_tokenizer")
+  c.method.codebook_size = 16
+  c.method.code_dim = 8
+  c.method.hidden = 8
+  c.batch_size = 16
+  c.total_steps = steps
+  c.log_every_steps = 1
+  c.evals = {}
+  return c
+
+
+def beit_config(tok_dir, steps=4):
+  c = experiment("beit")
+  c.method.tokenizer_workdir = str(tok_dir)
+  c.model.dim = 32
+  c.model.depth = 2
+  c.model.num_heads = 2
+  c.batch_size = 16
+  c.total_steps = steps
+  c.log_every_steps = 1
+  c.eval_baselines = False
+  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
+  c.eval_train_limit = 500
+  return c
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tok")
+  results = train.train_and_evaluate(tokenizer_config(steps=6), str(d))
+  assert results["train_loss_last"] < results["train_loss_first"]
+  return d
+
+
+def images(n=4, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), np.uint8))
+
+
+def test_tokenizer_gives_one_code_per_patch():
+  tok = beit_tokenizer.create(tokenizer_config(), 0)
+  x = images()
+  v = tok.init(jax.random.PRNGKey(0), x)
+  codes = tok.tokenize(v.params, tok.preprocess(x))
+  assert codes.shape == (4, 64) and codes.dtype == jnp.int32
+  assert int(codes.min()) >= 0 and int(codes.max()) < 16
+  loss, aux = tok.loss(v.params, {}, {}, x, jax.random.PRNGKey(1), 0)
+  assert np.isfinite(float(loss)) and aux.features.shape == (4, 8)
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train it first"):
+    beit.create(beit_config(tmp_path / "nothing"), 0)
+  with pytest.raises(ValueError, match="tokenizer_workdir is empty"):
+    beit.create(beit_config(""), 0)
+
+
+def test_stage_two_loads_the_tokenizer_and_loss_is_masked_only(tok_dir):
+  method = beit.create(beit_config(tok_dir), 0)
+  x = images()
+  v = method.init(jax.random.PRNGKey(0), x)
+  xn = method.preprocess(x)
+  mask = method.mask(jax.random.PRNGKey(1), xn)
+  np.testing.assert_array_equal(np.asarray(mask).sum(1), round(0.4 * 64))
+  logits, codes, _ = method.forward(v.params, v.method_state, xn, mask)
+  assert logits.shape == (4, 64, 16) and codes.shape == (4, 64)
+  # Same tokens as the stage-one tokenizer on the same images.
+  tok, tok_params = beit.load_tokenizer(str(tok_dir))
+  np.testing.assert_array_equal(codes, tok.tokenize(tok_params, tok.preprocess(x)))
+  loss, _ = beit.masked_cross_entropy(logits, codes, mask)
+  other = jnp.where(mask, codes, (codes + 1) % 16)  # change targets at visible positions
+  np.testing.assert_allclose(beit.masked_cross_entropy(logits, other, mask)[0], loss, rtol=1e-6)
+  flipped = jnp.where(mask, (codes + 1) % 16, codes)
+  assert float(beit.masked_cross_entropy(logits, flipped, mask)[0]) != pytest.approx(float(loss))
+  # The exported encoder is the ViT alone.
+  assert set(v.params) == {"encoder", "mask_token", "head"}
+  assert method.encode(v.params, {}, x).shape == (4, 32)
+
+
+@pytest.mark.slow
+def test_short_cpu_run_learns(tok_dir, tmp_path):
+  config = beit_config(tok_dir, steps=12)
+  config.batch_size = 32
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.warmup_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"]
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["steps"] == 12 and "knn@5" in saved
