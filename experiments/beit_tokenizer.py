@@ -4,7 +4,7 @@ BEiT (Bao et al. 2022) uses the DALL-E dVAE (8192 codes, trained on 250M images)
 cannot be downloaded here, so this trains a small VQ-VAE with one code per ViT patch. Train it
 first, then point BEiT at its workdir:
 
-  cpu (default): 32 px, patch 4 → an 8 × 8 code grid, 256 codes of dim 32, conv widths 64, on
+  cpu (default): 32 px, patch 4 → an 8 × 8 code grid, 256 codes of dim 16, widths 64, on
       the embedded 10k-image CIFAR-10 subset; a couple of minutes on a 2-core CPU:
         python -m sslx.main --config=experiments/beit_tokenizer.py --workdir=/tmp/beit-tok
         python -m sslx.main --config=experiments/beit.py --workdir=/tmp/beit-cpu \
@@ -14,7 +14,7 @@ first, then point BEiT at its workdir:
   cifar10: the same VQ-VAE wider (128 channels), 1024 codes, 50 epochs (a tokenizer only has
       to capture local patch structure; BEiT §2.1 / Table 6 show tokenizer quality matters
       less than the masked-prediction stage).
-  imagenet: patch 16 (4 stride-2 stages), 8192 codes (DALL-E's vocabulary size), 224 px,
+  imagenet: patch 16, 8192 codes (DALL-E's vocabulary size), 224 px,
       batch 512, 20 epochs.
 
 `model` is unused by the tokenizer (its architecture is in `method`); it only names the run.
@@ -34,8 +34,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.sharding_rules = [(".*", "replicate")]
 
   c.method = ml_collections.ConfigDict(dict(
-      name="beit_tokenizer", patch_size=4, codebook_size=256, code_dim=32, hidden=64,
-      beta=0.25))
+      name="beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64,
+      beta=0.25, ema_decay=0.99, dead_threshold=0.03))
   c.model = ml_collections.ConfigDict(dict(name="convnet"))
   c.dataset = ml_collections.ConfigDict(dict(
       name="embedded", path="", train_split="train", eval_split="test", image_size=32,

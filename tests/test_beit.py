@@ -54,10 +54,11 @@ def test_tokenizer_gives_one_code_per_patch():
   tok = beit_tokenizer.create(tokenizer_config(), 0)
   x = images()
   v = tok.init(jax.random.PRNGKey(0), x)
-  codes = tok.tokenize(v.params, tok.preprocess(x))
+  codes = tok.tokenize(dict(v.params, codebook=v.method_state["codebook"]), tok.preprocess(x))
   assert codes.shape == (4, 64) and codes.dtype == jnp.int32
   assert int(codes.min()) >= 0 and int(codes.max()) < 16
-  loss, aux = tok.loss(v.params, {}, {}, x, jax.random.PRNGKey(1), 0)
+  loss, aux = tok.loss(v.params, {}, v.method_state, x, jax.random.PRNGKey(1), 0)
+  assert aux.method_state["codebook"].shape == (16, 8)
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 8)
 
 

@@ -36,7 +36,7 @@ from sslx.models import vit as vit_lib
 
 
 def load_tokenizer(workdir: str):
-  """(tokenizer method, its params as numpy) from a stage-one run directory."""
+  """(tokenizer method, {"encoder", "codebook"} as numpy) from a stage-one run directory."""
   from sslx import checkpointing
   import orbax.checkpoint as ocp
 
@@ -60,7 +60,9 @@ def load_tokenizer(workdir: str):
     raise ValueError(f"{workdir} holds a {tok_config.method.name!r} run, not a beit_tokenizer")
   tokenizer = beit_tokenizer.create(tok_config, total_steps=0)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  params = jax.tree.map(np.asarray, restored["state"]["params"]["model"])
+  state = restored["state"]
+  params = {"encoder": jax.tree.map(np.asarray, state["params"]["model"]["encoder"]),
+            "codebook": np.asarray(state["method_state"]["codebook"])}
   return tokenizer, params
 
 

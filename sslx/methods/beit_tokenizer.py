@@ -5,25 +5,27 @@ DALL-E dVAE; those weights cannot be downloaded here, so sslx trains its own tok
 (van den Oord et al. 2017) whose encoder maps an image to a (H/p) × (W/p) grid — one code per
 ViT patch, the grid BEiT predicts.
 
-  z_e = Enc(x)            [B, gh, gw, d]   strided convs (log2 p stride-2 stages), l2-normalised
+  z_e = Enc(x)            [B, gh, gw, d]   per-patch MLP + 3×3 conv on the grid, l2-normalised
   k   = argmax_j ⟨z_e, e_j⟩ over the l2-normalised codebook (cosine nearest neighbour: the
         normalised codes of Yu et al. 2022 "ViT-VQGAN" keep more of a small codebook in use)
   z_q = z_e + sg(e_k − z_e)          straight-through estimator (VQ-VAE eq. 3)
   x̂  = Dec(z_q)
-  L  = ‖x − x̂‖² + ‖sg(z_e) − e_k‖² + β‖z_e − sg(e_k)‖²    (VQ-VAE eq. 3, β = 0.25)
+  L  = ‖x − x̂‖² + β‖z_e − sg(e_k)‖²    (VQ-VAE eq. 3, β = 0.25; the codebook term is replaced
+       by EMA k-means updates of the codebook, VQ-VAE App. A.1, with dead-code restarts)
 
-Parameters: {"encoder", "codebook" [K, d], "decoder"}. `tokenize(params, images)` → [B, gh·gw]
+Parameters: {"encoder", "decoder"}; method_state: {"codebook" [K, d], "ema_sum", "ema_count"}
+(a small randomly initialised codebook trained by gradient collapsed to ~2 codes here). `tokenize({"encoder", "codebook"}, images)` → [B, gh·gw]
 int32 codes (row-major, as `vit.patchify` orders patches). `encode` (for the trainer's k-NN /
 linear probe) is the mean of z_e over the grid. Metrics: `perplexity` of the code histogram
 in the batch (how many codes are in use), `recon_mse`.
 
-Config (`config.method`): codebook_size, code_dim, hidden (conv widths), beta, patch_size
-(must equal BEiT's ViT patch size).
+Config (`config.method`): codebook_size, code_dim, hidden (widths), beta, ema_decay,
+dead_threshold, patch_size
+(must equal BEiT's ViT patch size; any size dividing the image).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 
 from sslx import augment
 from sslx.methods import base
+from sslx.models import vit as vit_lib
 
 
 def _l2n(x, eps=1e-6):
@@ -38,29 +41,37 @@ def _l2n(x, eps=1e-6):
 
 
 class VQEncoder(nn.Module):
+  """patchify ▸ per-patch MLP ▸ a 3 × 3 conv over the patch grid (context) ▸ 1 × 1 to d.
+  (Strided 4 × 4 convs / transposed convs were ~20× slower on the 2-core CPU.)"""
   hidden: int
   code_dim: int
-  stages: int
+  patch_size: int
 
   @nn.compact
   def __call__(self, x):
-    for i in range(self.stages):
-      x = nn.gelu(nn.Conv(self.hidden, (4, 4), strides=(2, 2), padding=1, name=f"down{i}")(x))
-    x = nn.gelu(nn.Conv(self.hidden, (3, 3), padding=1, name="mid")(x))
-    return nn.Conv(self.code_dim, (1, 1), name="out")(x)
+    b, h, w, _ = x.shape
+    p = self.patch_size
+    t = vit_lib.patchify(x, p)
+    t = nn.gelu(nn.Dense(self.hidden, name="fc1")(t))
+    t = nn.gelu(nn.Dense(self.hidden, name="fc2")(t))
+    g = t.reshape(b, h // p, w // p, self.hidden)
+    g = g + nn.gelu(nn.Conv(self.hidden, (3, 3), padding=1, name="ctx")(g))
+    return nn.Dense(self.code_dim, name="out")(g)
 
 
 class VQDecoder(nn.Module):
+  """3 × 3 conv over the code grid ▸ per-patch MLP to p²·3 pixels ▸ unpatchify."""
   hidden: int
-  stages: int
+  patch_size: int
 
   @nn.compact
   def __call__(self, z):
-    x = nn.gelu(nn.Conv(self.hidden, (3, 3), padding=1, name="in")(z))
-    for i in range(self.stages):
-      x = nn.gelu(nn.ConvTranspose(self.hidden, (4, 4), strides=(2, 2), padding="SAME",
-                                   name=f"up{i}")(x))
-    return nn.Conv(3, (3, 3), padding=1, name="out")(x)
+    b, gh, gw, _ = z.shape
+    p = self.patch_size
+    g = nn.gelu(nn.Conv(self.hidden, (3, 3), padding=1, name="ctx")(z))
+    g = nn.gelu(nn.Dense(self.hidden, name="fc1")(g))
+    t = nn.Dense(p * p * 3, name="out")(g).reshape(b, gh * gw, p * p * 3)
+    return vit_lib.unpatchify(t, p, (gh, gw))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +84,8 @@ class VQTokenizer:
   code_dim: int
   beta: float
   patch_size: int
+  ema_decay: float = 0.99
+  dead_threshold: float = 0.03
 
   def init(self, rng, images) -> base.Variables:
     s = self.view.crop_size if self.view is not None else images.shape[1]
@@ -82,10 +95,13 @@ class VQTokenizer:
     g = s // self.patch_size
     dec = self.dec.init(r2, jnp.zeros((1, g, g, self.code_dim)))["params"]
     codebook = _l2n(jax.random.normal(r3, (self.codebook_size, self.code_dim)))
-    return base.Variables({"encoder": enc, "codebook": codebook, "decoder": dec}, {}, {})
+    state = {"codebook": codebook, "ema_sum": codebook,
+             "ema_count": jnp.ones((self.codebook_size,), jnp.float32)}
+    return base.Variables({"encoder": enc, "decoder": dec}, {}, state)
 
   def quantize(self, params, x):
-    """(z_e [B, gh, gw, d], codes [B, gh, gw], e_k [B, gh, gw, d]) for normalised x."""
+    """(z_e [B, gh, gw, d], codes [B, gh, gw], e_k [B, gh, gw, d]) for normalised x;
+    `params` holds "encoder" and "codebook" (the codebook is method_state's)."""
     z_e = _l2n(self.enc.apply({"params": params["encoder"]}, x))
     book = _l2n(params["codebook"])
     codes = jnp.argmax(jnp.einsum("bhwd,kd->bhwk", z_e, book), axis=-1)
@@ -100,22 +116,42 @@ class VQTokenizer:
     del step
     x = (self.preprocess(images) if self.view is None
          else self.preprocess(augment.augment_batch(rng, images, self.view)))
-    z_e, codes, e_k = self.quantize(params, x)
+    z_e, codes, e_k = self.quantize(dict(params, codebook=method_state["codebook"]), x)
     z_q = z_e + jax.lax.stop_gradient(e_k - z_e)  # straight-through (VQ-VAE eq. 3)
     recon = self.dec.apply({"params": params["decoder"]}, z_q)
     recon_mse = jnp.mean(jnp.square(recon - x))
-    codebook_loss = jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z_e) - e_k), -1))
     commit = jnp.mean(jnp.sum(jnp.square(z_e - jax.lax.stop_gradient(e_k)), -1))
-    loss = recon_mse + codebook_loss + self.beta * commit
-    hist = jnp.mean(jax.nn.one_hot(codes.reshape(-1), self.codebook_size), axis=0)
+    loss = recon_mse + self.beta * commit
+    onehot = jax.nn.one_hot(codes.reshape(-1), self.codebook_size)
+    hist = jnp.mean(onehot, axis=0)
     perplexity = jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10)))
+    new_state = self.update_codebook(method_state, jax.lax.stop_gradient(z_e), onehot, rng)
     metrics = {"loss": loss, "recon_mse": recon_mse, "commitment": commit,
                "perplexity": perplexity}
-    return loss, base.LossAux(batch_stats, method_state, metrics, z_e.mean(axis=(1, 2)))
+    return loss, base.LossAux(batch_stats, new_state, metrics, z_e.mean(axis=(1, 2)))
+
+  def update_codebook(self, state, z_e, onehot, rng):
+    """EMA k-means codebook (VQ-VAE App. A.1 / VQ-VAE-2): N_k ← γN_k + (1−γ)n_k,
+    m_k ← γm_k + (1−γ)Σ z_e, e_k = m_k / N_k (l2-normalised). Codes whose N_k falls below
+    `dead_threshold`·(mean usage) are restarted at random encoder outputs of the batch
+    (a standard fix for dead codes), so the small codebook stays in use."""
+    flat = z_e.reshape(-1, self.code_dim)
+    g = self.ema_decay
+    count = g * state["ema_count"] + (1 - g) * onehot.sum(0)
+    total = g * state["ema_sum"] + (1 - g) * (onehot.T @ flat)
+    book = _l2n(total / count[:, None].clip(1e-6))
+    expected = flat.shape[0] / self.codebook_size
+    dead = count < self.dead_threshold * expected
+    picks = flat[jax.random.randint(jax.random.fold_in(rng, 7), (self.codebook_size,), 0,
+                                    flat.shape[0])]
+    book = jnp.where(dead[:, None], picks, book)
+    total = jnp.where(dead[:, None], picks * expected, total)
+    count = jnp.where(dead, expected, count)
+    return {"codebook": book, "ema_sum": total, "ema_count": count}
 
   def encode(self, params, batch_stats, images):
     del batch_stats
-    z_e, _, _ = self.quantize(params, self.preprocess(images))
+    z_e = _l2n(self.enc.apply({"params": params["encoder"]}, self.preprocess(images)))
     return z_e.mean(axis=(1, 2))
 
   def collapse_warning(self, metrics: dict) -> str | None:
@@ -129,12 +165,11 @@ def create(config, total_steps: int) -> VQTokenizer:
   del total_steps
   m = config.method
   p = int(m.patch_size)
-  stages = int(round(math.log2(p)))
-  if 2 ** stages != p:
-    raise ValueError(f"method.patch_size={p} must be a power of two (stride-2 stages)")
   hidden = int(m.hidden)
-  return VQTokenizer(enc=VQEncoder(hidden, int(m.code_dim), stages),
-                     dec=VQDecoder(hidden, stages), view=base.view_params(config.augment),
+  return VQTokenizer(enc=VQEncoder(hidden, int(m.code_dim), p),
+                     dec=VQDecoder(hidden, p), view=base.view_params(config.augment),
                      preprocess=base.Preprocess.from_config(config.dataset),
                      codebook_size=int(m.codebook_size), code_dim=int(m.code_dim),
-                     beta=float(m.get("beta", 0.25)), patch_size=p)
+                     beta=float(m.get("beta", 0.25)), patch_size=p,
+                     ema_decay=float(m.get("ema_decay", 0.99)),
+                     dead_threshold=float(m.get("dead_threshold", 0.03)))
