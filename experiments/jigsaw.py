@@ -59,7 +59,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, flip_prob=0.5,
       solarize_prob=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
+      name="adamw", base_lr=3e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
   c.batch_size = 64
   c.num_epochs = 1.0
