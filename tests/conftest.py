@@ -9,6 +9,15 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Many tests compile the same tiny train step: a persistent compilation cache shared by the
+# whole run (and by the subprocesses it starts, through the environment) compiles each once.
+import tempfile  # noqa: E402
+
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               tempfile.mkdtemp(prefix="sslx-test-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
