@@ -62,6 +62,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 # Importing the model files fills the registry (they import ``register_model`` from here,
 # which is already defined at this point).
 from sslx.models import convnet, heads, resnet, vit  # noqa: E402,F401
+from sslx.models import cpc_nets  # noqa: E402,F401
 from sslx.models.convnet import ConvNet  # noqa: E402,F401
 from sslx.models.heads import MLPHead  # noqa: E402,F401
 from sslx.models.resnet import ResNet  # noqa: E402,F401

@@ -27,7 +27,7 @@ Parameters are named and shaped identically in both cases (``kernel`` ``[kh, kw,
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax

@@ -1,0 +1,117 @@
+r"""CPC (Oord et al. 2018; Hénaff et al. 2019 for images) experiment presets.
+Method: sslx/methods/cpc.py; patch encoder and context network: sslx/models/cpc_nets.py.
+
+  cpu (default): the demo. A BN-free 4-conv CNN on 8x8 patches (a 7x7 grid at stride 4 on
+      32 px images), a row-causal context over 3 layers, predicting 1..3 rows ahead, on the
+      embedded 10k-image CIFAR-10 subset; a 2-core CPU in about 6 minutes with evaluation:
+        python -m sslx.main --config=experiments/cpc.py --workdir=/tmp/cpc-cpu
+      Prints k-NN and linear-probe accuracy for the pretrained encoder (mean-pooled patch
+      embeddings), the untrained one and raw pixels (figures: BUILD_NOTES.md).
+  cifar10: the same grid with a wider residual patch encoder (cpc_convnet widths
+      (64, 128, 256, 512), 2 blocks per stage), context 512, batch 512, Adam 2e-4 (Hénaff et
+      al.'s optimiser), 200 epochs:
+        python -m sslx.main --config=experiments/cpc.py:cifar10 \
+          --config.dataset.path=/data/cifar10 --workdir=...
+  imagenet: Oord et al.'s grid: 64 px patches at stride 32 on 256 px crops (7x7), K = 5 rows.
+
+Flags: presets take extra words, e.g. `experiments/cpc.py:cpu,steps=50`. Any key can be
+overridden with --config.<key>=value; an unknown key fails at once.
+"""
+import ml_collections
+
+from sslx import config_lib
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  preset = arg.split(",")[0] if arg else "cpu"
+  rest = ",".join(arg.split(",")[1:]) if arg else ""
+  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = [("data", -1)]
+  c.sharding_rules = [(".*", "replicate")]
+
+  c.method = ml_collections.ConfigDict(dict(
+      name="cpc", patch_size=8, patch_stride=4, steps_ahead=3, first_step=2, context_dim=256,
+      context_layers=3, context_kernel_rows=3, temperature=0.0,
+      # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
+      patch_augment=dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                         jitter_prob=0.8, grayscale_prob=0.5, blur_prob=0.0, flip_prob=0.0)))
+  # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
+  c.model = ml_collections.ConfigDict(dict(name="cpc_convnet", widths=(16, 32, 64, 128),
+                                           blocks=1))
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
+      num_workers=0, normalization="cifar10"))
+  # One view of the whole image before the patches are cut.
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_size=32, crop_scale=(0.3, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
+      hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.0, flip_prob=0.5,
+      solarize_prob=0.0))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", base_lr=1e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1.0,
+      final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
+  c.batch_size = 64
+  c.num_epochs = 0.0
+  c.total_steps = 400
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 2
+  c.tensorboard = True
+  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
+  c.evals = ml_collections.ConfigDict(dict(
+      knn=dict(ks=(20, 200), temperature=0.07),
+      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
+  c.eval_baselines = True
+  c.eval_batch_size = 500
+  c.eval_train_limit = 0
+
+  if preset == "cpu":
+    pass
+  elif preset == "cifar10":
+    c.model = ml_collections.ConfigDict(dict(name="cpc_convnet", widths=(64, 128, 256, 512),
+                                             blocks=2))
+    c.dataset.name = "image_folder"
+    c.method.context_dim = 512
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", base_lr=2e-4, lr_scaling="none", weight_decay=1e-4, warmup_epochs=5.0,
+        final_lr_fraction=0.0))
+    c.batch_size = 512
+    c.total_steps = 0
+    c.num_epochs = 200.0
+    c.checkpoint_every_steps = 2000
+    c.log_every_steps = 100
+    c.eval_baselines = False
+  elif preset == "imagenet":
+    c.model = ml_collections.ConfigDict(dict(name="cpc_convnet",
+                                             widths=(64, 128, 256, 512, 1024, 1024), blocks=2))
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="tfds", tfds_name="imagenet2012", data_dir="", path="", train_split="train",
+        eval_split="validation", image_size=256, num_workers=8, normalization="imagenet"))
+    c.augment = ml_collections.ConfigDict(dict(
+        crop_size=256, crop_scale=(0.3, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
+        hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.0, flip_prob=0.5,
+        solarize_prob=0.0))
+    c.method.patch_size = 64
+    c.method.patch_stride = 32
+    c.method.steps_ahead = 5
+    c.method.context_dim = 1024
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", base_lr=2e-4, lr_scaling="none", weight_decay=0.0, warmup_epochs=1.0,
+        final_lr_fraction=0.0))
+    c.batch_size = 512
+    c.total_steps = 0
+    c.num_epochs = 100.0
+    c.checkpoint_every_steps = 5000
+    c.log_every_steps = 100
+    c.eval_baselines = False
+    c.eval_train_limit = 100_000
+  else:
+    raise ValueError(f"unknown preset {preset!r} for experiments/cpc.py; valid: cpu, "
+                     "cifar10, imagenet")
+  if opts.steps:
+    c.total_steps = opts.steps
+  if opts.epochs:
+    c.num_epochs = opts.epochs
+    c.total_steps = 0
+  return c

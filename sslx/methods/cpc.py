@@ -1,0 +1,298 @@
+r"""CPC: Contrastive Predictive Coding (Oord et al. 2018, "Representation Learning with
+Contrastive Predictive Coding"; images as in Hénaff et al. 2019, "Data-Efficient Image
+Recognition with Contrastive Predictive Coding").
+
+An encoder maps each element of a sequence to z_t, an autoregressive network summarises
+z_{<=t} into a context c_t, and for every step k ahead a linear map W_k predicts z_{t+k}. The
+score of a candidate z is the log-bilinear f_k(z, c_t) = zᵀ W_k c_t (paper eq. 3) and InfoNCE
+picks the true z_{t+k} among the negatives (eq. 4):
+
+    L_k = −E log exp(z_{t+k}ᵀ W_k c_t) / Σ_{z_j ∈ Z_k} exp(z_jᵀ W_k c_t),   L = mean_k L_k
+
+where Z_k is every target at offset k in the global batch: the true one, the other positions
+of the same sequence and all positions of the other sequences ("negatives drawn from other
+positions and other images in the global batch"). For N_k = B·(T − k)·C targets this is one
+[N_k, N_k] logit matrix per k with the positives on its diagonal (`predictive_info_nce`).
+Memory grows as N_k²: 512 images x 6 rows x 7 columns at k = 1 is a 21,504² matrix (1.8 GB
+in float32); the cpu preset (batch 128, 7x7 grid) stays at 5,376².
+
+Images (this method, `create(config, total_steps)`):
+  x [B, S, S, 3] → overlapping P x P patches at stride s, a G x G grid with
+  G = (S − P) / s + 1 (Oord: 64 px patches at stride 32 on 256 px → 7 x 7; scaled down for
+  32 px images: 8 px at stride 4 → 7 x 7) → z [B, G, G, D] from the patch encoder
+  (`config.model`, applied to each patch independently; `cpc_convnet` by default) →
+  c [B, G, G, H] from `RowCausalContext`, a stack of convolutions padded only on top: c at row
+  r sees rows <= r, every column → W_k c at row r predicts z at row r + k, same column.
+  With P = 2s the patch k = 1 row below shares half its pixels with the context's own row;
+  `first_step=2` predicts only non-overlapping rows (k = 2..K).
+  The encoder must have no BatchNorm: batch statistics over all patches would let the future
+  rows leak into c_t (Hénaff et al. §4.1 use layer norm instead); `init` refuses one.
+  Augmentation: one SimCLR-style view of the whole image (`config.augment`) before cutting the
+  patches, then optionally every patch on its own (`method.patch_augment`, a dict of
+  `augment.ViewParams` fields; the crop defaults to the whole patch): Hénaff et al.'s
+  patch-wise augmentation, which stops the context from recognising an image's patches by
+  their shared colours instead of their content.
+
+Evaluation (`encode`): the mean over the G x G grid of the patch embeddings z of the
+unaugmented image, [B, D] (Hénaff et al. evaluate a classifier on the spatial grid of z; the
+mean is its linear-probe / k-NN analogue). The online probe watches the same pooled z.
+
+1-D sequences: `CPC1DNet` (a strided conv `SignalEncoder` and a `GRUContext`) and the pure
+function `cpc_1d_loss(net, params, signals)` for any [B, T, C] signal, e.g. raw audio; the
+same `predictive_info_nce` over time steps.
+
+Config (`config.method`):
+  patch_size, patch_stride:  P and s (8 and 4 for 32 px images)
+  steps_ahead:               K, the farthest row predicted (must be < G; `create` checks)
+  first_step:                the nearest row predicted (1, or 2 to skip overlapping patches)
+  patch_augment:             per-patch augmentation ({} or None: off)
+  temperature:               0 for the paper's score zᵀ W_k c; τ > 0 for cos(z, W_k c) / τ
+  context_dim, context_layers, context_kernel_rows: H and the depth/height of the masked
+                             convolutions of the context network
+Note: the trainer's images/s counts two views per image; CPC uses one, so images seen per
+second is half the figure it prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sslx import augment, losses, models
+from sslx.methods import base
+from sslx.models import cpc_nets
+
+
+def grid_size(image_size: int, patch_size: int, stride: int) -> int:
+  """Patches per side: G = (S − P) // s + 1."""
+  return (image_size - patch_size) // stride + 1
+
+
+def patch_grid(images: jax.Array, patch_size: int, stride: int) -> jax.Array:
+  """[B, S, S, C] → [B, G, G, P, P, C]: patch (i, j) is images[:, i·s:i·s + P, j·s:j·s + P]."""
+  g = grid_size(images.shape[1], patch_size, stride)
+  idx = (jnp.arange(g) * stride)[:, None] + jnp.arange(patch_size)[None, :]   # [G, P]
+  # One gather: out[b, i, j, u, v] = images[b, idx[i, u], idx[j, v]].
+  return images[:, idx[:, None, :, None], idx[None, :, None, :]]
+
+
+def predictive_info_nce(z: jax.Array, predictions: Sequence[jax.Array], steps: Sequence[int],
+                        temperature: float | None = None) -> tuple[jax.Array, jax.Array, list]:
+  """InfoNCE of predictions k steps ahead against all targets at that offset (eq. 4).
+
+  Args:
+    z: [B, T, ..., D] targets; axis 1 is time (image rows), further axes (image columns) are
+      positions at the same time.
+    predictions: one [B, T, ..., D] array per entry of `steps`: W_k c_t at every t.
+    steps: the offsets k (each 1 <= k < T).
+    temperature: None for the paper's log-bilinear score zᵀ W_k c_t; τ > 0 for the cosine
+      score cos(z, W_k c_t) / τ (both sides l2-normalised, as MoCo/SimCLR score).
+
+  Returns:
+    (loss, accuracy, per-step accuracies): the mean over k of the cross-entropy that picks, for
+    every valid (b, t, ...), the true z[b, t + k, ...] among all N_k = B·(T − k)·... targets
+    at offset k; accuracy is the fraction picked right (chance 1 / N_k).
+  """
+  t = z.shape[1]
+  d = z.shape[-1]
+  total, accs = 0.0, []
+  for k, pred in zip(steps, predictions):
+    if not 1 <= k < t:
+      raise ValueError(f"cannot predict {k} steps ahead on a sequence of {t} steps")
+    p = pred[:, :t - k].reshape(-1, d).astype(jnp.float32)     # [N_k, D]: W_k c_t
+    target = z[:, k:].reshape(-1, d).astype(jnp.float32)       # [N_k, D]: z_{t+k}, aligned
+    if temperature:
+      p = losses.l2_normalize(p) / temperature
+      target = losses.l2_normalize(target)
+    logits = p @ target.T                                      # f_k of every pair (eq. 3)
+    loss_k, acc_k = losses.softmax_cross_entropy(logits, jnp.arange(p.shape[0]))
+    total = total + loss_k
+    accs.append(acc_k)
+  return total / len(steps), sum(accs) / len(accs), accs
+
+
+class Predictors(nn.Module):
+  """One linear W_k (no bias) per step ahead: c [..., H] → [W_k c for k in steps]."""
+  steps: Sequence[int]
+  dim: int
+
+  @nn.compact
+  def __call__(self, c):
+    return [nn.Dense(self.dim, use_bias=False, name=f"W_{k}")(c) for k in self.steps]
+
+
+class CPCImageNet(nn.Module):
+  """Patch encoder + row-causal context + predictors over a [B, G, G, P, P, 3] patch grid."""
+  encoder: nn.Module
+  context: nn.Module
+  steps: Sequence[int]
+
+  def embed(self, patches):
+    """z [B, G, G, D]: every patch encoded on its own."""
+    b, g1, g2 = patches.shape[:3]
+    flat = patches.reshape((b * g1 * g2,) + patches.shape[3:])
+    return self.encoder(flat, train=True)["pre_logits"].reshape(b, g1, g2, -1)
+
+  def contexts(self, patches):
+    """c [B, G, G, H]; row r depends on patch rows <= r only."""
+    return self.context(self.embed(patches))
+
+  @nn.compact
+  def __call__(self, patches):
+    z = self.embed(patches)
+    c = self.context(z)
+    return z, c, Predictors(tuple(self.steps), z.shape[-1], name="predict")(c)
+
+  def pooled(self, patches):
+    """[B, D]: the mean of z over the grid (evaluation features)."""
+    return jnp.mean(self.embed(patches), axis=(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class CPC:
+  net: CPCImageNet
+  view: augment.ViewParams | None
+  patch_view: augment.ViewParams | None
+  preprocess: base.Preprocess
+  patch_size: int
+  patch_stride: int
+  steps: tuple
+  temperature: float | None
+
+  def _patches(self, x):
+    return patch_grid(x, self.patch_size, self.patch_stride)
+
+  def init(self, rng, images) -> base.Variables:
+    x = self.preprocess(images[:2])
+    if self.view is not None:
+      size = self.view.crop_size
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    variables = self.net.init(rng, self._patches(x))
+    if variables.get("batch_stats"):
+      raise ValueError(
+          "CPC needs a patch encoder without BatchNorm (statistics over all patches would leak "
+          "the rows below into the context); use model.name='cpc_convnet'")
+    return base.Variables(variables["params"], {}, {})
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    """Mean over k of InfoNCE of W_k c_t against every patch embedding k rows below.
+
+    Args:
+      images: [B, S, S, 3] uint8, the global batch.
+    """
+    del step
+    image_rng, patch_rng = jax.random.split(rng)
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+    if self.view is not None:
+      x = augment.augment_batch(image_rng, x, self.view)             # [B, S, S, 3] in [0, 1]
+    patches = self._patches(x)                                        # [B, G, G, P, P, 3]
+    if self.patch_view is not None:
+      # Every patch its own colour jitter / grayscale (Hénaff et al. §4.1): the patches of
+      # one image no longer share colour statistics the context could match instead of content.
+      flat = patches.reshape((-1,) + patches.shape[3:])
+      patches = augment.augment_batch(patch_rng, flat, self.patch_view).reshape(patches.shape)
+    z, c, predictions = self.net.apply({"params": params}, self.preprocess(patches))
+    loss, acc, accs = predictive_info_nce(z, predictions, self.steps, self.temperature)
+    metrics = {"loss": loss, "contrastive_acc": acc,
+               "context_std": jnp.mean(jnp.std(c.reshape(-1, c.shape[-1]), axis=0)),
+               "embedding_std": jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0))}
+    metrics.update({f"contrastive_acc_k{k}": a for k, a in zip(self.steps, accs)})
+    return loss, base.LossAux(batch_stats, method_state, metrics, jnp.mean(z, axis=(1, 2)))
+
+  def encode(self, params, batch_stats, images):
+    """[B, D]: patch embeddings of the unaugmented image, mean-pooled over the grid."""
+    del batch_stats
+    return self.net.apply({"params": params}, self._patches(self.preprocess(images)),
+                          method=CPCImageNet.pooled)
+
+
+def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tuple:
+  """The offsets k = first_step..steps_ahead, refused unless 1 <= first_step <= K < rows."""
+  if not 1 <= first_step <= steps_ahead:
+    raise ValueError(f"method.first_step={first_step} must be in [1, steps_ahead={steps_ahead}]")
+  if steps_ahead >= rows:
+    raise ValueError(
+        f"method.steps_ahead={steps_ahead} is larger than the grid allows: {what} has {rows} "
+        f"rows, so at most {rows - 1} rows ahead can be predicted; lower steps_ahead or use "
+        "a smaller patch_size / patch_stride")
+  return tuple(range(first_step, steps_ahead + 1))
+
+
+def create(config, total_steps: int) -> CPC:
+  del total_steps  # no schedule inside CPC's loss
+  m = config.method
+  view = base.view_params(config.augment)
+  size = view.crop_size if view is not None else int(config.dataset.image_size)
+  patch, stride = int(m.get("patch_size", 8)), int(m.get("patch_stride", 4))
+  if not 0 < patch <= size or stride <= 0:
+    raise ValueError(f"method.patch_size={patch} / patch_stride={stride} do not fit {size} px "
+                     "images")
+  g = grid_size(size, patch, stride)
+  steps = check_steps(int(m.get("first_step", 1)), int(m.get("steps_ahead", 3)), g,
+                      f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px "
+                      "images")
+  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  context = cpc_nets.RowCausalContext(features=int(m.get("context_dim", 256)),
+                                      layers=int(m.get("context_layers", 3)),
+                                      kernel_rows=int(m.get("context_kernel_rows", 3)))
+  patch_view = None
+  patch_cfg = m.get("patch_augment", None)
+  patch_cfg = patch_cfg.to_dict() if hasattr(patch_cfg, "to_dict") else dict(patch_cfg or {})
+  if patch_cfg:
+    patch_cfg.setdefault("crop_scale", (1.0, 1.0))
+    patch_cfg.setdefault("crop_ratio", (1.0, 1.0))
+    patch_view = augment.ViewParams(crop_size=patch, **patch_cfg)
+  return CPC(net=CPCImageNet(encoder, context, steps), view=view, patch_view=patch_view,
+             preprocess=base.Preprocess.from_config(config.dataset),
+             patch_size=patch, patch_stride=stride, steps=steps,
+             temperature=float(m.get("temperature", 0.0)) or None)
+
+
+# -- 1-D sequences ------------------------------------------------------------------------
+
+
+class CPC1DNet(nn.Module):
+  """CPC over [B, T, C] signals: z = encoder(x) [B, T', D], c = context(z) [B, T', H],
+  predictions W_k c for k in `steps` (Oord et al. 2018 §3.1, audio)."""
+  encoder: nn.Module   # e.g. cpc_nets.SignalEncoder()
+  context: nn.Module   # e.g. cpc_nets.GRUContext()
+  steps: Sequence[int] = (1, 2, 3)
+
+  @nn.compact
+  def __call__(self, signals):
+    z = self.encoder(signals)
+    c = self.context(z)
+    return z, c, Predictors(tuple(self.steps), z.shape[-1], name="predict")(c)
+
+  def contexts(self, signals):
+    return self.context(self.encoder(signals))
+
+
+def cpc_1d_loss(net: CPC1DNet, params, signals: jax.Array,
+                temperature: float | None = None) -> tuple[jax.Array, dict]:
+  """CPC's InfoNCE on a batch of 1-D signals, a pure function of `params`.
+
+  Args:
+    net: a `CPC1DNet`; `params = net.init(rng, signals)["params"]`.
+    signals: [B, T, C] float.
+    temperature: None (the paper's bilinear score) or τ of a cosine score, see
+      `predictive_info_nce`.
+
+  Returns:
+    (loss, metrics) with metrics {"loss", "accuracy", "accuracy_k{k}"}: accuracy is the
+    fraction of (sequence, t, k) whose true z_{t+k} scores highest among the N_k targets at
+    that offset in the batch (chance 1 / N_k; `metrics["chance"]`).
+  """
+  z, _, predictions = net.apply({"params": params}, signals)
+  steps = tuple(net.steps)
+  check_steps(min(steps), max(steps), z.shape[1],
+              f"the encoded sequence ({signals.shape[1]} samples → {z.shape[1]} steps)")
+  loss, acc, accs = predictive_info_nce(z, predictions, steps, temperature)
+  metrics = {"loss": loss, "accuracy": acc,
+             "chance": jnp.mean(jnp.asarray([1.0 / (z.shape[0] * (z.shape[1] - k))
+                                             for k in steps]))}
+  metrics.update({f"accuracy_k{k}": a for k, a in zip(steps, accs)})
+  return loss, metrics

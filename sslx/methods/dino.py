@@ -1,0 +1,287 @@
+"""DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers").
+
+Self-distillation with no labels: a student g_θs and a teacher g_θt of the same architecture
+(backbone — a ViT, or a ResNet — plus :class:`sslx.models.dino_head.DINOHead` with K outputs)
+both output K-dim logits; the student is trained to match the teacher's distribution
+
+    P_t(x) = softmax((g_θt(x) − c) / τ_t),   P_s(x) = softmax(g_θs(x) / τ_s)        (eq. 1)
+
+across views (multi-crop, §3.1): the teacher sees only the G = 2 global crops, the student all
+G + N crops, and the loss sums the cross-entropy over every (teacher global view i, student
+view j ≠ i) pair (eq. 3), here averaged over the G·(G + N − 1) pairs and the batch:
+
+    L = 1/|pairs| · Σ_{(i, j), j≠i} mean_b [ −Σ_k P_t(x_i)_k · log P_s(x_j)_k ].
+
+Collapse is avoided by *centering* and *sharpening* the teacher (§3.1, "Avoiding collapse"):
+c is an EMA of the mean teacher logits over the (global) batch,
+
+    c ← m·c + (1 − m)·1/(G·B) Σ_b g_θt(x_b)                                      (eq. 4)
+
+(m = 0.9), and τ_t = 0.04 is low (optionally warmed up linearly from 0.04 to 0.07), τ_s = 0.1.
+Centering alone pushes toward the uniform distribution and sharpening alone toward one
+dominant dimension; together they balance. A collapsed network (constant output) gets, once
+c has caught up with that constant, a *uniform* teacher and a loss of exactly log K.
+
+The teacher is an EMA of the student, θt ← λ·θt + (1 − λ)·θs, λ on a cosine schedule from
+0.996 to 1 (§3.1, as BYOL), in :meth:`DINO.after_update`; it gets no gradient. Teacher
+params, teacher BatchNorm statistics (ResNet backbones) and the center are explicit pytrees in
+``method_state`` and so are checkpointed with everything else:
+
+  params        {"backbone", "head"}                      the student
+  method_state  {"teacher": {"params", "batch_stats"}, "center": [1, K]}
+
+Evaluation (k-NN / linear) uses the student backbone's ``pre_logits`` (the CLS token for a
+ViT): the trainer's ``encode`` sees only params. Attention maps (sslx.visualize) use the
+teacher, like the paper's figures.
+
+Config (``config.method``):
+  out_dim (K, 65536), hidden_dim (2048), bottleneck_dim (256), head_layers (3), head_bn,
+  norm_last_layer (True), freeze_last_layer_steps (0; DINO freezes the prototypes for the
+  first epoch), student_temp (0.1), teacher_temp (0.04), warmup_teacher_temp (0.04),
+  warmup_teacher_temp_fraction (fraction of training for the linear τ_t warm-up; 0 = none),
+  center_momentum (0.9), base_momentum (0.996), collapse_std (0.05).
+Views come from ``config.augment`` via :class:`sslx.multicrop.MultiCrop` (2 global crops +
+``num_local_crops``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslx import models, multicrop
+from sslx.methods import base
+from sslx.methods.byol import cosine_momentum, ema, embedding_std_metrics, std_warning
+from sslx.models.dino_head import DINOHead
+
+
+class DINONet(nn.Module):
+  """Backbone + DINO head; local crops (another resolution) go through the backbone in a
+  second pass and the head sees all views at once (DINO's MultiCropWrapper)."""
+  backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, global_x, local_x=None, train: bool = True, freeze_last_layer=False):
+    """global_x [G·B, Sg, Sg, 3], local_x [N·B, Sl, Sl, 3] or None →
+    (backbone features of the global crops [G·B, D], head logits [(G + N)·B, K])."""
+    feats = self.backbone(global_x, train=train)["pre_logits"]
+    allf = feats
+    if local_x is not None:
+      allf = jnp.concatenate([feats, self.backbone(local_x, train=train)["pre_logits"]], 0)
+    return feats, self.head(allf, train=train, freeze_last_layer=freeze_last_layer)
+
+  def encode(self, x, train: bool = False):
+    return self.backbone(x, train=train)["pre_logits"]
+
+  def attention(self, x):
+    """Last block's attention [B, heads, T, T] (ViT backbones only)."""
+    return self.backbone(x, train=False, return_attention=True)["attention"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss, as pure functions (tested against numpy).
+
+
+def teacher_softmax(teacher_logits: jax.Array, center: jax.Array, temperature) -> jax.Array:
+  """Centering and sharpening (eq. 1 with the center of §3.1): softmax((t − c) / τ_t).
+
+  teacher_logits [M, K], center [1, K] → probabilities [M, K]."""
+  return jax.nn.softmax((teacher_logits.astype(jnp.float32) - center) / temperature, axis=-1)
+
+
+def cross_view_loss(student_logits: jax.Array, teacher_probs: jax.Array, num_global: int,
+                    student_temp: float) -> jax.Array:
+  """DINO eq. 3 averaged over pairs: mean over (i, j ≠ i) and the batch of
+  H(P_t(x_i), P_s(x_j)).
+
+  Args:
+    student_logits: [V·B, K], view-major (row v·B + b is view v of image b); the first
+      G views are the global crops.
+    teacher_probs: [G·B, K] centred and sharpened teacher distributions of the global crops.
+    num_global: G.
+    student_temp: τ_s.
+  """
+  k = student_logits.shape[-1]
+  g = num_global
+  b = teacher_probs.shape[0] // g
+  v = student_logits.shape[0] // b
+  log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
+  ce = -jnp.einsum("ibk,jbk->ij", teacher_probs.reshape(g, b, k), log_p.reshape(v, b, k)) / b
+  pairs = multicrop.teacher_student_pairs(g, v)
+  mask = np.zeros((g, v), np.float32)
+  mask[tuple(np.array(pairs).T)] = 1.0                                  # j ≠ i
+  return jnp.sum(ce * mask) / len(pairs)
+
+
+def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float) -> jax.Array:
+  """Eq. 4: c ← m·c + (1 − m)·mean over the global batch of the teacher logits. [1, K]."""
+  mean = jnp.mean(teacher_logits.astype(jnp.float32), axis=0, keepdims=True)
+  return momentum * center + (1.0 - momentum) * mean
+
+
+def teacher_temperature(step, total_steps: int, start: float, end: float,
+                        warmup_fraction: float):
+  """τ_t: linear from `start` to `end` over the first `warmup_fraction` of training, then
+  `end` (DINO: 0.04 → 0.07 over 30 epochs as an option; constant 0.04 by default)."""
+  warm = int(round(warmup_fraction * total_steps))
+  if warm <= 0:
+    return jnp.asarray(end, jnp.float32)
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / warm, 0.0, 1.0)
+  return start + (end - start) * frac
+
+
+def entropy_fraction(probs: jax.Array) -> jax.Array:
+  """Mean entropy of the rows of probs [M, K] divided by log K: 1 for uniform (collapse by
+  centering), 0 for one-hot on one dimension (collapse by sharpening)."""
+  h = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
+  return jnp.mean(h) / math.log(probs.shape[-1])
+
+
+def entropy_warning(metrics: dict, low: float = 0.01, high: float = 0.995) -> str | None:
+  h = metrics.get("teacher_entropy")
+  if h is None:
+    return None
+  if h > high:
+    return (f"teacher collapse toward uniform: its entropy is {h:.3f}·log K (centering "
+            "dominates; lower teacher_temp or raise center_momentum)")
+  if h < low:
+    return (f"teacher collapse toward one dimension: its entropy is {h:.3g}·log K "
+            "(sharpening dominates)")
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _drop_rng(rng):
+  return {"dropout": rng}
+
+
+@dataclasses.dataclass(frozen=True)
+class DINO:
+  net: DINONet
+  teacher_net: DINONet       # same parameters; no stochastic depth in the teacher
+  views: multicrop.MultiCrop
+  preprocess: base.Preprocess
+  total_steps: int
+  out_dim: int
+  student_temp: float = 0.1
+  teacher_temp: float = 0.04
+  warmup_teacher_temp: float = 0.04
+  warmup_teacher_temp_fraction: float = 0.0
+  center_momentum: float = 0.9
+  base_momentum: float = 0.996
+  freeze_last_layer_steps: int = 0
+  collapse_std: float = 0.05
+
+  def _crops(self, rng, images):
+    crops = self.views(rng, images)
+    local = crops.local_crops
+    return (self.preprocess(crops.global_crops),
+            None if local is None else self.preprocess(local))
+
+  def init(self, rng, images) -> base.Variables:
+    x = self.preprocess(images[:2])
+    size = self.views.global_size
+    if x.shape[1] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    p_rng, d_rng = jax.random.split(rng)
+    variables = self.net.init({"params": p_rng, "dropout": d_rng}, x, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    state = {"teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
+             "center": jnp.zeros((1, self.out_dim), jnp.float32)}
+    return base.Variables(params, batch_stats, state)
+
+  def momentum(self, step):
+    return cosine_momentum(step, self.total_steps, self.base_momentum)
+
+  def temperature(self, step):
+    return teacher_temperature(step, self.total_steps, self.warmup_teacher_temp,
+                               self.teacher_temp, self.warmup_teacher_temp_fraction)
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    """DINO loss on multi-crop views of `images` [B, H, W, 3] (uint8)."""
+    n = images.shape[0]
+    aug_rng, drop_rng = jax.random.split(rng)
+    g, loc = self._crops(aug_rng, images)
+    freeze = jnp.asarray(step) < self.freeze_last_layer_steps
+    (feats, s_out), updates = self.net.apply(
+        {"params": params, "batch_stats": batch_stats}, g, loc, train=True,
+        freeze_last_layer=freeze, mutable=["batch_stats"], rngs=_drop_rng(drop_rng))
+    method_state = jax.lax.stop_gradient(method_state)   # teacher and centers: no gradient
+    teacher = method_state["teacher"]
+    (_, t_out), t_updates = self.teacher_net.apply(
+        {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}, g, None,
+        train=True, mutable=["batch_stats"])
+    t_out = jax.lax.stop_gradient(t_out)                                 # no teacher gradient
+    center = method_state["center"]
+    temp = self.temperature(step)
+    probs = teacher_softmax(t_out, center, temp)
+    loss = cross_view_loss(s_out, probs, self.views.num_global, self.student_temp)
+    new_state = {"teacher": {"params": teacher["params"],
+                             "batch_stats": t_updates.get("batch_stats", {})},
+                 "center": update_center(center, t_out, self.center_momentum)}
+    metrics = {"loss": loss, "teacher_temp": temp, "teacher_entropy": entropy_fraction(probs),
+               "teacher_momentum": self.momentum(step), **embedding_std_metrics(feats)}
+    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, feats[:n])
+
+  def after_update(self, params, method_state, step):
+    """θt ← λ_k·θt + (1 − λ_k)·θs with the updated student θs (§3.1)."""
+    teacher = method_state["teacher"]
+    new = ema(teacher["params"], params, self.momentum(step))
+    return dict(method_state, teacher=dict(teacher, params=new))
+
+  def encode(self, params, batch_stats, images):
+    return self.net.apply({"params": params, "batch_stats": batch_stats},
+                          self.preprocess(images), method=DINONet.encode)
+
+  def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
+    """Last-layer attention [B, heads, T, T] of the teacher (default) or student ViT."""
+    variables = ({"params": method_state["teacher"]["params"],
+                  "batch_stats": method_state["teacher"]["batch_stats"]}
+                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
+    return self.net.apply(variables, self.preprocess(images), method=DINONet.attention)
+
+  def collapse_warning(self, metrics: dict) -> str | None:
+    return entropy_warning(metrics) or std_warning(metrics, self.collapse_std)
+
+
+def no_drop_path(backbone: nn.Module) -> nn.Module:
+  """The teacher's copy of a backbone: same parameters, stochastic depth off (DINO builds
+  its teacher without drop-path)."""
+  if getattr(backbone, "drop_path_rate", 0.0):
+    return backbone.clone(drop_path_rate=0.0)
+  return backbone
+
+
+def head_from_config(m, prefix: str = "") -> DINOHead:
+  return DINOHead(out_dim=int(m.get(prefix + "out_dim", 65536)),
+                  hidden_dim=int(m.get("hidden_dim", 2048)),
+                  bottleneck_dim=int(m.get("bottleneck_dim", 256)),
+                  nlayers=int(m.get("head_layers", 3)), use_bn=bool(m.get("head_bn", False)),
+                  norm_last_layer=bool(m.get("norm_last_layer", True)))
+
+
+def create(config, total_steps: int) -> DINO:
+  m = config.method
+  views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
+  backbone = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  head = head_from_config(m)
+  return DINO(
+      net=DINONet(backbone, head), teacher_net=DINONet(no_drop_path(backbone), head),
+      views=views, preprocess=base.Preprocess.from_config(config.dataset),
+      total_steps=int(total_steps), out_dim=head.out_dim,
+      student_temp=float(m.get("student_temp", 0.1)),
+      teacher_temp=float(m.get("teacher_temp", 0.04)),
+      warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
+      warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
+      center_momentum=float(m.get("center_momentum", 0.9)),
+      base_momentum=float(m.get("base_momentum", 0.996)),
+      freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
+      collapse_std=float(m.get("collapse_std", 0.05)))

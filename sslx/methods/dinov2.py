@@ -1,0 +1,437 @@
+"""DINOv2-style self-distillation (Oquab et al. 2023, "DINOv2: Learning Robust Visual Features
+without Supervision", §4), i.e. DINO + iBOT + KoLeo, with Sinkhorn-Knopp centering optional.
+
+Student and EMA teacher are ViTs with a :class:`~sslx.models.dino_head.DINOHead` on the CLS
+token and an iBOT head on the patch tokens (shared with the DINO head unless
+``separate_ibot_head``). The loss is
+
+    L = w_dino·L_DINO + w_ibot·L_iBOT + w_koleo·Σ_{global crops} L_KoLeo
+
+* **L_DINO** (image level): DINO's cross-view loss (sslx.methods.dino, eq. 3 there): teacher
+  CLS distributions of the 2 *unmasked* global crops against the student CLS distributions of
+  every other view (its masked global crops and the N local crops), averaged over pairs.
+* **L_iBOT** (patch level; Zhou et al. 2022, "iBOT", eq. 2): random patches of the student's
+  global crops are replaced by a learned mask token (BEiT/iBOT, before the position embedding);
+  the teacher sees the same crops unmasked. At each *masked* position the student's patch
+  distribution is trained toward the teacher's at the same position of the same crop:
+
+      L_iBOT = mean over crops and images of
+               [ Σ_{n masked} −P_t(patch n)·log P_s(masked patch n) ] / max(#masked, 1).
+
+  Unmasked positions do not enter the loss. Masks: each global crop is masked with
+  probability ``mask_probability`` (0.5), then a fraction r ~ U(``mask_ratio``) = U(0.1, 0.5)
+  of its patches (random positions; DINOv2 samples blocks — random positions keep the shapes
+  trivially static). For compute, the heads run only on the ⌊r_max·N⌋ first masked positions
+  of each crop (a static count), with a validity weight.
+* **L_KoLeo** (Sablayrolles et al. 2019; DINOv2 §4, eq. 5) spreads the student's L2-normalised
+  CLS features of each global crop over the batch:
+  L_KoLeo = −1/n Σ_i log(d_{n,i}), d_{n,i} = min_{j≠i} ||x_i − x_j||, over the global batch.
+* **Centering**: ``centering="center"`` (DINO: running center c, eq. 4 there; a separate center
+  for the patch distributions, updated with the masked teacher patches) or
+  ``centering="sinkhorn_knopp"`` (SwAV's Sinkhorn-Knopp, DINOv2's choice): the teacher
+  distributions Q = exp(t/τ_t) are alternately normalised over prototypes and over samples
+  (3 iterations) so every sample's row sums to 1 and every prototype gets an equal share
+  B/K of the batch — over the *global* batch.
+
+Layout: params {"backbone", "dino_head"[, "ibot_head"]}; method_state {"teacher": {"params",
+"batch_stats"}, "center": [1, K], "patch_center": [1, K_patch]}. The teacher moves only by EMA
+(:meth:`DINOv2.after_update`); evaluation uses the student backbone's CLS token.
+
+DINOv2 recipe pieces not reproduced here: block masking, layer-wise lr decay, weight-decay
+schedule, gradient clipping, SwiGLU FFN and registers (the trainer and ViT do not have them).
+
+Config (``config.method``): DINO's keys (out_dim, hidden_dim, bottleneck_dim, head_layers,
+norm_last_layer, freeze_last_layer_steps, student_temp, teacher_temp, warmup_teacher_temp,
+warmup_teacher_temp_fraction, center_momentum, base_momentum) plus patch_out_dim (= out_dim),
+separate_ibot_head (False), centering ("center" | "sinkhorn_knopp"), sinkhorn_iterations (3),
+dino_loss_weight (1), ibot_loss_weight (1), koleo_loss_weight (0.1), mask_probability (0.5),
+mask_ratio ((0.1, 0.5)).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sslx import losses, models, multicrop
+from sslx.methods import base
+from sslx.methods.byol import cosine_momentum, ema, embedding_std_metrics, std_warning
+from sslx.methods.dino import (cross_view_loss, entropy_fraction, entropy_warning,
+                               head_from_config, no_drop_path, teacher_softmax,
+                               teacher_temperature, update_center)
+from sslx.models.vit import Block, PatchEmbed, ViT
+
+
+class MaskedViT(ViT):
+  """:class:`sslx.models.vit.ViT` plus iBOT's mask-token replacement.
+
+  ``token_mask`` [B, N] bool (True = masked): the embeddings of masked patches are replaced by
+  a learned ``mask_token`` (zeros at init, as DINOv2) before the position embedding is added,
+  so the transformer still sees all N + 1 tokens and outputs a token at every masked position.
+  Parameters are the ViT's (same names) plus ``mask_token`` [1, 1, dim]; with no mask the
+  function is exactly the ViT's.
+  """
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, token_mask=None, return_attention: bool = False):
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
+    x = jnp.asarray(x, jnp.float32)
+    b, hh, ww, _ = x.shape
+    p = self.patch_size
+    grid = (hh // p, ww // p)
+    tokens = PatchEmbed(self.dim, p, name="patch_embed")(x)                 # [B, N, D]
+    mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
+    if token_mask is not None:
+      tokens = jnp.where(token_mask[..., None], mask_token, tokens)
+    tokens = tokens + self._pos_embed(grid)
+    cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
+    tokens = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), tokens], axis=1)
+    mlp_dim = int(self.mlp_ratio * self.dim)
+    attn = None
+    for i in range(self.depth):
+      dp = self.drop_path_rate * i / max(self.depth - 1, 1)
+      tokens, attn = Block(self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp,
+                           name=f"block{i}")(tokens, train)
+    tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
+    out = {"tokens": tokens, "patch_tokens": tokens[:, 1:], "cls": tokens[:, 0],
+           "pre_logits": tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)}
+    if return_attention:
+      out["attention"] = attn
+    return out
+
+
+def masked_vit(vit: ViT) -> MaskedViT:
+  if not isinstance(vit, ViT):
+    raise ValueError(f"DINOv2 needs a ViT backbone (model.name=vit_*), got {type(vit).__name__}")
+  fields = {f.name: getattr(vit, f.name) for f in dataclasses.fields(ViT)
+            if f.name not in ("parent", "name")}
+  fields["num_classes"] = 0
+  return MaskedViT(**fields)
+
+
+class DINOv2Net(nn.Module):
+  backbone: MaskedViT
+  dino_head: nn.Module
+  ibot_head: Optional[nn.Module] = None   # None: the DINO head also maps patch tokens
+
+  def __call__(self, global_x, local_x=None, token_mask=None, patch_ids=None,
+               train: bool = True, freeze_last_layer=False):
+    """Args:
+      global_x [G·B, S, S, 3]; local_x [N·B, s, s, 3] or None;
+      token_mask [G·B, P] bool (student: masked patches) or None (teacher);
+      patch_ids [G·B, M] int: the patch positions whose head outputs are returned.
+
+    Returns: (CLS features of the global crops [G·B, D], CLS logits [(G + N)·B, K],
+      patch logits [G·B, M, K_patch] at `patch_ids`, or None when patch_ids is None).
+    """
+    out = self.backbone(global_x, train=train, token_mask=token_mask)
+    cls = out["cls"]
+    allc = cls
+    if local_x is not None:
+      allc = jnp.concatenate([cls, self.backbone(local_x, train=train)["cls"]], axis=0)
+    cls_logits = self.dino_head(allc, train=train, freeze_last_layer=freeze_last_layer)
+    patch_logits = None
+    if patch_ids is not None:
+      patches = jnp.take_along_axis(out["patch_tokens"], patch_ids[..., None], axis=1)
+      m, k, d = patches.shape
+      head = self.ibot_head if self.ibot_head is not None else self.dino_head
+      patch_logits = head(patches.reshape(m * k, d), train=train,
+                          freeze_last_layer=freeze_last_layer).reshape(m, k, -1)
+    return cls, cls_logits, patch_logits
+
+  def encode(self, x, train: bool = False):
+    return self.backbone(x, train=train)["cls"]
+
+  def attention(self, x):
+    return self.backbone(x, train=False, return_attention=True)["attention"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss pieces (pure; tested against numpy).
+
+
+def sinkhorn_knopp(teacher_logits: jax.Array, temperature, num_iters: int = 3,
+                   weights: jax.Array | None = None) -> jax.Array:
+  """Sinkhorn-Knopp teacher distributions (SwAV, Caron et al. 2020, §3.1 and Alg. 1; DINOv2).
+
+  Q = exp(t / τ) over M samples × K prototypes, normalised to total mass 1, then `num_iters`
+  times: each prototype's column scaled to mass 1/K, then each sample's row to mass 1/M;
+  finally rows are scaled by M so that each sample's distribution sums to 1 (and each
+  prototype's column sums to ≈ M/K).
+
+  Args:
+    teacher_logits: [M, K] over the global batch.
+    temperature: τ_t.
+    num_iters: iterations (3 in SwAV/DINOv2).
+    weights: optional [M] 0/1 validity (iBOT's masked patches); invalid rows come back 0 and
+      M is the number of valid rows.
+  Returns:
+    [M, K] distributions (rows sum to 1).
+  """
+  t = teacher_logits.astype(jnp.float32) / temperature
+  # A global shift leaves the normalised result unchanged and keeps exp() finite.
+  t = t - jax.lax.stop_gradient(jnp.max(t))
+  q = jnp.exp(t)
+  m, k = q.shape
+  if weights is None:
+    n = jnp.asarray(m, jnp.float32)
+  else:
+    w = weights.astype(jnp.float32)
+    q = q * w[:, None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+  tiny = 1e-30
+  q = q / jnp.maximum(jnp.sum(q), tiny)
+  for _ in range(num_iters):
+    q = q / jnp.maximum(jnp.sum(q, axis=0, keepdims=True), tiny) / k   # prototypes: 1/K each
+    q = q / jnp.maximum(jnp.sum(q, axis=1, keepdims=True), tiny) / n   # samples: 1/M each
+  return q * n
+
+
+def ibot_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array,
+              mask: jax.Array, student_temp: float) -> jax.Array:
+  """iBOT's masked-patch loss (Zhou et al. 2022, eq. 2; DINOv2's normalisation).
+
+  Args:
+    student_patch_logits: [M, P, K] student logits at P patch positions of M crops.
+    teacher_patch_probs: [M, P, K] teacher distributions at the same positions.
+    mask: [M, P] bool/0-1: True where the student's patch was masked. Only these positions
+      enter the loss.
+    student_temp: τ_s.
+  Returns:
+    mean over the M crops of Σ_{masked n} H(P_t, P_s)_n / max(#masked, 1).
+  """
+  w = mask.astype(jnp.float32)
+  log_p = jax.nn.log_softmax(student_patch_logits.astype(jnp.float32) / student_temp, -1)
+  ce = -jnp.sum(teacher_patch_probs * log_p, axis=-1)                    # [M, P]
+  ce = jnp.where(w > 0, ce, 0.0)                                         # no leak from others
+  per_crop = jnp.sum(ce * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+  return jnp.mean(per_crop)
+
+
+def koleo_loss(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """KoLeo (Sablayrolles et al. 2019; DINOv2 eq. 5): −mean_i log(min_{j≠i} ||x̂_i − x̂_j||)
+  over the rows of x [n, D] after L2 normalisation (the global batch)."""
+  x = losses.l2_normalize(x.astype(jnp.float32), eps=eps * eps)
+  dots = x @ x.T
+  n = x.shape[0]
+  dots = jnp.where(jnp.eye(n, dtype=bool), -2.0, dots)                   # never yourself
+  nearest = jax.lax.stop_gradient(jnp.argmax(dots, axis=1))              # max cos = min dist
+  dist = jnp.linalg.norm(x - x[nearest] + eps, axis=-1)                  # torch pairwise_distance
+  return -jnp.mean(jnp.log(dist + eps))
+
+
+def random_token_masks(rng, num_images: int, num_patches: int, probability: float,
+                       ratio: tuple[float, float]) -> jax.Array:
+  """[num_images, num_patches] bool: each image is masked with `probability`, then
+  ⌊r·P⌋ random patches with r ~ U(ratio)."""
+  k_apply, k_ratio, k_pos = jax.random.split(rng, 3)
+  apply = jax.random.uniform(k_apply, (num_images,)) < probability
+  r = jax.random.uniform(k_ratio, (num_images,), minval=ratio[0], maxval=ratio[1])
+  count = jnp.where(apply, jnp.floor(r * num_patches), 0.0).astype(jnp.int32)
+  scores = jax.random.uniform(k_pos, (num_images, num_patches))
+  rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+  return rank < count[:, None]
+
+
+def masked_positions(token_mask: jax.Array, max_masked: int) -> tuple[jax.Array, jax.Array]:
+  """The first `max_masked` masked positions of each row (in index order), padded with
+  unmasked ones: (ids [M, max_masked] int32, valid [M, max_masked] bool)."""
+  ids = jnp.argsort(~token_mask, axis=1, stable=True)[:, :max_masked].astype(jnp.int32)
+  return ids, jnp.take_along_axis(token_mask, ids, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DINOv2:
+  net: DINOv2Net
+  teacher_net: DINOv2Net
+  views: multicrop.MultiCrop
+  preprocess: base.Preprocess
+  total_steps: int
+  out_dim: int
+  patch_out_dim: int
+  patch_size: int
+  student_temp: float = 0.1
+  teacher_temp: float = 0.07
+  warmup_teacher_temp: float = 0.04
+  warmup_teacher_temp_fraction: float = 0.0
+  center_momentum: float = 0.9
+  base_momentum: float = 0.992
+  freeze_last_layer_steps: int = 0
+  centering: str = "center"
+  sinkhorn_iterations: int = 3
+  dino_loss_weight: float = 1.0
+  ibot_loss_weight: float = 1.0
+  koleo_loss_weight: float = 0.1
+  mask_probability: float = 0.5
+  mask_ratio: tuple[float, float] = (0.1, 0.5)
+  collapse_std: float = 0.05
+
+  @property
+  def num_patches(self) -> int:
+    return (self.views.global_size // self.patch_size) ** 2
+
+  @property
+  def max_masked(self) -> int:
+    return int(self.mask_ratio[1] * self.num_patches)
+
+  def init(self, rng, images) -> base.Variables:
+    x = self.preprocess(images[:2])
+    size = self.views.global_size
+    if x.shape[1] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    p_rng, d_rng = jax.random.split(rng)
+    ids = jnp.zeros((2, max(self.max_masked, 1)), jnp.int32)
+    variables = self.net.init({"params": p_rng, "dropout": d_rng}, x,
+                              token_mask=jnp.zeros((2, self.num_patches), bool),
+                              patch_ids=ids, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    state = {"teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
+             "center": jnp.zeros((1, self.out_dim), jnp.float32),
+             "patch_center": jnp.zeros((1, self.patch_out_dim), jnp.float32)}
+    return base.Variables(params, batch_stats, state)
+
+  def momentum(self, step):
+    return cosine_momentum(step, self.total_steps, self.base_momentum)
+
+  def temperature(self, step):
+    return teacher_temperature(step, self.total_steps, self.warmup_teacher_temp,
+                               self.teacher_temp, self.warmup_teacher_temp_fraction)
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    n = images.shape[0]
+    aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
+    crops = self.views(aug_rng, images)
+    g = self.preprocess(crops.global_crops)
+    loc = None if crops.local_crops is None else self.preprocess(crops.local_crops)
+    num_g = self.views.num_global
+    token_mask = random_token_masks(mask_rng, num_g * n, self.num_patches,
+                                    self.mask_probability, self.mask_ratio)
+    use_ibot = self.max_masked > 0 and self.ibot_loss_weight > 0
+    ids = valid = None
+    if use_ibot:
+      ids, valid = masked_positions(token_mask, self.max_masked)
+    freeze = jnp.asarray(step) < self.freeze_last_layer_steps
+    (cls, s_cls, s_patch), updates = self.net.apply(
+        {"params": params, "batch_stats": batch_stats}, g, loc, token_mask=token_mask,
+        patch_ids=ids, train=True, freeze_last_layer=freeze, mutable=["batch_stats"],
+        rngs={"dropout": drop_rng})
+    method_state = jax.lax.stop_gradient(method_state)   # teacher and centers: no gradient
+    teacher = method_state["teacher"]
+    (_, t_cls, t_patch), t_updates = self.teacher_net.apply(
+        {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}, g, None,
+        token_mask=None, patch_ids=ids, train=True, mutable=["batch_stats"])
+    t_cls = jax.lax.stop_gradient(t_cls)
+    temp = self.temperature(step)
+    center, patch_center = method_state["center"], method_state["patch_center"]
+    if self.centering == "sinkhorn_knopp":
+      t_probs = sinkhorn_knopp(t_cls, temp, self.sinkhorn_iterations)
+    else:
+      t_probs = teacher_softmax(t_cls, center, temp)
+    dino = cross_view_loss(s_cls, t_probs, num_g, self.student_temp)
+    metrics = {"dino_loss": dino, "teacher_temp": temp,
+               "teacher_entropy": entropy_fraction(t_probs),
+               "teacher_momentum": self.momentum(step),
+               "masked_fraction": jnp.mean(token_mask.astype(jnp.float32)),
+               **embedding_std_metrics(cls)}
+    loss = self.dino_loss_weight * dino
+    new_center = update_center(center, t_cls, self.center_momentum)
+    new_patch_center = patch_center
+    if use_ibot:
+      t_patch = jax.lax.stop_gradient(t_patch)
+      m, k, kp = t_patch.shape
+      flat, w = t_patch.reshape(m * k, kp), valid.reshape(m * k)
+      if self.centering == "sinkhorn_knopp":
+        tp_probs = sinkhorn_knopp(flat, temp, self.sinkhorn_iterations, weights=w)
+      else:
+        tp_probs = teacher_softmax(flat, patch_center, temp)
+      ibot = ibot_loss(s_patch, tp_probs.reshape(m, k, kp), valid, self.student_temp)
+      # The patch center follows the masked teacher patches (DINOv2).
+      wf = w.astype(jnp.float32)[:, None]
+      mean = jnp.sum(flat * wf, 0, keepdims=True) / jnp.maximum(jnp.sum(wf), 1.0)
+      has = jnp.sum(wf) > 0
+      new_patch_center = jnp.where(
+          has, self.center_momentum * patch_center + (1 - self.center_momentum) * mean,
+          patch_center)
+      loss = loss + self.ibot_loss_weight * ibot
+      metrics["ibot_loss"] = ibot
+    if self.koleo_loss_weight > 0:
+      koleo = sum(koleo_loss(cls[i * n:(i + 1) * n]) for i in range(num_g))
+      loss = loss + self.koleo_loss_weight * koleo
+      metrics["koleo_loss"] = koleo
+    metrics["loss"] = loss
+    new_state = {"teacher": {"params": teacher["params"],
+                             "batch_stats": t_updates.get("batch_stats", {})},
+                 "center": new_center, "patch_center": new_patch_center}
+    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, cls[:n])
+
+  def after_update(self, params, method_state, step):
+    teacher = method_state["teacher"]
+    new = ema(teacher["params"], params, self.momentum(step))
+    return dict(method_state, teacher=dict(teacher, params=new))
+
+  def encode(self, params, batch_stats, images):
+    return self.net.apply({"params": params, "batch_stats": batch_stats},
+                          self.preprocess(images), method=DINOv2Net.encode)
+
+  def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
+    variables = ({"params": method_state["teacher"]["params"],
+                  "batch_stats": method_state["teacher"]["batch_stats"]}
+                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
+    return self.net.apply(variables, self.preprocess(images), method=DINOv2Net.attention)
+
+  def collapse_warning(self, metrics: dict) -> str | None:
+    if self.centering == "sinkhorn_knopp":
+      return std_warning(metrics, self.collapse_std)   # SK keeps the entropy high by design
+    return entropy_warning(metrics) or std_warning(metrics, self.collapse_std)
+
+
+CENTERINGS = ("center", "sinkhorn_knopp")
+
+
+def create(config, total_steps: int) -> DINOv2:
+  m = config.method
+  views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
+  backbone = masked_vit(models.create_model(config.model.name, **base.model_kwargs(config.model)))
+  centering = m.get("centering", "center")
+  if centering not in CENTERINGS:
+    raise ValueError(f"method.centering={centering!r}; valid choices: {list(CENTERINGS)}")
+  if views.global_size % backbone.patch_size:
+    raise ValueError(f"global crop size {views.global_size} is not divisible by the patch "
+                     f"size {backbone.patch_size}")
+  dino_head = head_from_config(m)
+  separate = bool(m.get("separate_ibot_head", False))
+  patch_out = int(m.get("patch_out_dim", dino_head.out_dim))
+  ibot_head = None
+  if separate:
+    ibot_head = head_from_config(dict(m.to_dict(), out_dim=patch_out))
+  elif patch_out != dino_head.out_dim:
+    raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
+  ratio = tuple(float(r) for r in m.get("mask_ratio", (0.1, 0.5)))
+  return DINOv2(
+      net=DINOv2Net(backbone, dino_head, ibot_head),
+      teacher_net=DINOv2Net(no_drop_path(backbone), dino_head, ibot_head),
+      views=views, preprocess=base.Preprocess.from_config(config.dataset),
+      total_steps=int(total_steps), out_dim=dino_head.out_dim, patch_out_dim=patch_out,
+      patch_size=backbone.patch_size,
+      student_temp=float(m.get("student_temp", 0.1)),
+      teacher_temp=float(m.get("teacher_temp", 0.07)),
+      warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
+      warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
+      center_momentum=float(m.get("center_momentum", 0.9)),
+      base_momentum=float(m.get("base_momentum", 0.992)),
+      freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
+      centering=centering, sinkhorn_iterations=int(m.get("sinkhorn_iterations", 3)),
+      dino_loss_weight=float(m.get("dino_loss_weight", 1.0)),
+      ibot_loss_weight=float(m.get("ibot_loss_weight", 1.0)),
+      koleo_loss_weight=float(m.get("koleo_loss_weight", 0.1)),
+      mask_probability=float(m.get("mask_probability", 0.5)), mask_ratio=ratio,
+      collapse_std=float(m.get("collapse_std", 0.05)))

@@ -1,0 +1,271 @@
+r"""MoCo: Momentum Contrast (He et al. 2020, "Momentum Contrast for Unsupervised Visual
+Representation Learning"; v2: Chen et al. 2020, "Improved Baselines with Momentum Contrastive
+Learning").
+
+A query encoder f_q (parameters θ_q, trained by gradient) and a key encoder f_k (θ_k, never
+trained by gradient) embed two augmented views of each image; the key of the query's own image
+is its positive and a FIFO queue of the K most recent keys supplies the negatives:
+
+    q = normalize(f_q(x_q)),  k+ = normalize(f_k(x_k))                     [B, D]
+    L = −log exp(q·k+ / τ) / (exp(q·k+ / τ) + Σ_{i=1..K} exp(q·queue_i / τ))   (eq. 1)
+    θ_k ← m·θ_k + (1 − m)·θ_q                                             (paper eq. 2)
+
+after every optimizer step (`after_update`), and the B new keys replace the oldest B entries of
+the queue. m = 0.999 by default; `momentum_schedule="cosine"` raises it to 1 over training,
+m_t = 1 − (1 − m)·(cos(π t / T) + 1) / 2 (BYOL's schedule, used by solo-learn's MoCo v2+).
+
+v1 vs v2 (`config.method.version` sets the defaults; any key given explicitly wins):
+  v1: a linear fc to 128 after the pooled features (`projector_hidden=()`), τ = 0.07, weaker
+      augmentation (crop, grayscale, colour jitter 0.4 always applied; set in the experiment).
+  v2: a 2-layer MLP head 2048 → ReLU → 128 (`projector_hidden=(2048,)`, no BN as in the
+      paper), τ = 0.2, SimCLR's augmentation plus blur, cosine learning-rate schedule.
+Evaluation (`encode`) uses the query encoder's pooled features before the head (paper §4.1).
+
+State (`method_state`, an explicit pytree checkpointed with the rest of the TrainState):
+  key_params:      θ_k, same tree as the trained params (encoder and head)
+  key_batch_stats: the key encoder's own BatchNorm running statistics (its forward pass runs in
+                   train mode, as in the reference implementation; they are never used for
+                   evaluation, which uses the query encoder)
+  queue:           [K, D] float32, unit-norm keys; initialised to random unit vectors
+  queue_ptr:       int32 scalar, the row where the next batch of keys is written
+K must be a positive multiple of the global batch size B: every step writes rows
+[ptr, ptr + B) and advances ptr by B modulo K, so the write never wraps and the queue is
+exactly FIFO over batches (`create` refuses other sizes before training starts).
+
+The queue is *replicated* across the mesh (the presets' rule `.*` → replicate): K·D·4 bytes
+(65,536 × 128 → 32 MiB) fits every device, each device's shard of queries multiplies the whole
+queue locally (q @ queueᵀ needs no communication), and the enqueue of the batch-sharded keys is
+an all-gather XLA inserts. Everything is written over the global batch with no axis names, so a
+sharded step equals an unsharded one (tests/test_moco.py).
+
+Shuffling BN — why this implementation does not shuffle
+--------------------------------------------------------
+The paper (§3.3) trains with per-GPU BatchNorm: a query q_i and its positive key k_i are both
+normalised with the statistics of *the same* sub-batch of 32 images on one GPU, while the queue
+negatives were normalised with other sub-batches' statistics. The shared sub-batch statistics
+are a signature that lets the model pick the positive without learning content ("cheating").
+Shuffling BN permutes the key batch across GPUs before f_k and un-permutes after, so k_i is
+normalised over a different random sub-batch than q_i.
+
+Here BatchNorm has no axis name and the step is jitted over the globally-sharded batch, so XLA
+computes BN statistics over the *whole global batch* (global BN). BN is then equivariant to any
+permutation of the batch: f_k(P x)= P f_k(x) exactly. Permuting the global key batch, running
+f_k and un-permuting gives bit-for-bit the same keys and the same statistics — Shuffling BN
+reduces to a no-op and is therefore not implemented (it would cost a gather for nothing).
+What remains is what the paper's shuffled version also keeps: the current batch's keys share
+statistics taken over the current B images (and the queries' over the same images in the
+other view), while queue keys were normalised over earlier batches. That batch-level signature
+fluctuates like 1/√B of the feature spread (B = 256–512 here versus the per-GPU sub-batch of
+32 whose signature the paper removes), and it is exactly the global-batch residual that
+Shuffling BN leaves in the paper's own setup. What matters for the leak, and what is kept and
+tested, is that
+  * the key encoder runs in its own forward pass over the key views only, so key statistics
+    never see the query views (and vice versa): q_i and k_i are never normalised together
+    with themselves as one batch;
+  * the key pass is permutation-equivariant, i.e. shuffling would change nothing.
+Both are checked in tests/test_moco.py. With the symmetric loss each pass normalises over both
+views of the batch (2B images), so query and key statistics are taken over the same image set;
+that is again only a batch-level signature shared by every current key (the same one any
+global-BN two-view method such as SimCLR has), not one that singles out a positive pair.
+
+Config (`config.method`):
+  version:            "v1" | "v2" (defaults for the three keys below)
+  temperature:        τ (0.07 v1, 0.2 v2)
+  projector_hidden:   hidden widths of the head (() v1, (2048,) v2)
+  projector_dim:      D, the embedding width (128)
+  projector_bn:       BatchNorm in the head's hidden layers (False, as in the paper)
+  queue_size:         K (65,536 in the paper; a few thousand for CIFAR)
+  momentum:           m (0.999)
+  momentum_schedule:  "constant" | "cosine" (m → 1 over training)
+  symmetric:          also use the second view as query against the first view's key and
+                      average the two losses (False in the paper; lightly's and solo-learn's
+                      CIFAR recipes use it). The queue always receives the second view's keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sslx import augment, losses, models
+from sslx.methods import base
+
+VERSIONS = {
+    "v1": dict(temperature=0.07, projector_hidden=()),
+    "v2": dict(temperature=0.2, projector_hidden=(2048,)),
+}
+SCHEDULES = ("constant", "cosine")
+
+
+class EncoderWithHead(nn.Module):
+  """f(x) = head(encoder(x)["pre_logits"]): returns (features [B, F], embedding [B, D])."""
+  encoder: nn.Module
+  head: nn.Module
+
+  def __call__(self, x, train: bool = True):
+    features = self.encoder(x, train=train)["pre_logits"]
+    return features, self.head(features, train=train)
+
+  def encode(self, x, train: bool = False):
+    return self.encoder(x, train=train)["pre_logits"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MoCo:
+  net: EncoderWithHead
+  view: augment.ViewParams | None
+  preprocess: base.Preprocess
+  temperature: float
+  queue_size: int
+  embed_dim: int
+  momentum: float
+  momentum_schedule: str
+  total_steps: int
+  symmetric: bool
+
+  def init(self, rng, images) -> base.Variables:
+    """θ_q from `rng`, θ_k = θ_q (paper: "initialized as the same"), a queue of K random unit
+    vectors [K, D] and a pointer at 0."""
+    params_rng, queue_rng = jax.random.split(rng)
+    x = self.preprocess(images[:2])
+    if self.view is not None:
+      size = self.view.crop_size
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    variables = self.net.init(params_rng, x, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    queue = losses.l2_normalize(
+        jax.random.normal(queue_rng, (self.queue_size, self.embed_dim), jnp.float32))
+    # Copies, so that no buffer is shared between the trained and the momentum tree.
+    copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)  # noqa: E731
+    state = {"key_params": copy(params), "key_batch_stats": copy(batch_stats),
+             "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+    return base.Variables(params, batch_stats, state)
+
+  # -- the two encoders ------------------------------------------------------------------
+
+  def queries(self, params, batch_stats, x):
+    """Query pass (train mode, BN over `x` only): (features [N, F], q [N, D] unit-norm,
+    updated batch_stats)."""
+    (features, q), updates = self.net.apply({"params": params, "batch_stats": batch_stats},
+                                            x, train=True, mutable=["batch_stats"])
+    return features, losses.l2_normalize(q), updates.get("batch_stats", {})
+
+  def keys(self, method_state, x):
+    """Key pass with θ_k, its own forward pass (train mode, BN statistics over the key views
+    `x` only): (k [N, D] unit-norm, no gradient; updated key batch_stats)."""
+    k, updates = self.net.apply(
+        {"params": method_state["key_params"], "batch_stats": method_state["key_batch_stats"]},
+        x, train=True, mutable=["batch_stats"])
+    return (jax.lax.stop_gradient(losses.l2_normalize(k[1])),
+            jax.lax.stop_gradient(updates.get("batch_stats", {})))
+
+  # -- the method contract ---------------------------------------------------------------
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    """InfoNCE of B queries against 1 positive + K queue negatives.
+
+    Args:
+      images: [B, H, W, 3] uint8, the global batch.
+    Returns:
+      (loss, LossAux) with method_state's queue holding the B new keys at
+      [ptr, ptr + B) and ptr advanced by B (mod K); key_params are untouched here
+      (`after_update` moves them).
+    """
+    del step
+    n = images.shape[0]
+    views = base.two_views(rng, images, self.view, self.preprocess)  # [2B]: x_q then x_k
+    if self.symmetric:
+      x_q = views                                                     # q1 | q2
+      x_k = jnp.concatenate([views[n:], views[:n]], axis=0)           # k2 | k1
+    else:
+      x_q, x_k = views[:n], views[n:]
+    features, q, new_bs = self.queries(params, batch_stats, x_q)
+    k, new_key_bs = self.keys(method_state, x_k)
+    queue = jax.lax.stop_gradient(method_state["queue"])
+    # Logits of eq. (1): column 0 the positive q·k+, columns 1..K the queue negatives q·queue_i.
+    l_pos = jnp.sum(q * k, axis=-1, keepdims=True)                    # [N, 1]
+    l_neg = q @ queue.T                                               # [N, K]
+    sims = jnp.concatenate([l_pos, l_neg], axis=1)                    # [N, 1 + K]
+    loss = losses.info_nce(sims, self.temperature)
+    # Enqueue the second view's B keys over the oldest B, advance the pointer (FIFO).
+    ptr = method_state["queue_ptr"]
+    new_queue = jax.lax.dynamic_update_slice(queue, k[:n].astype(queue.dtype), (ptr, 0))
+    new_state = dict(method_state, key_batch_stats=new_key_bs, queue=new_queue,
+                     queue_ptr=(ptr + n) % self.queue_size)
+    metrics = {"loss": loss,
+               "contrastive_acc": jnp.mean(jnp.argmax(sims, axis=-1) == 0),
+               "positive_sim": jnp.mean(l_pos),
+               "negative_sim": jnp.mean(l_neg),
+               "embedding_std": jnp.mean(jnp.std(q, axis=0))}
+    return loss, base.LossAux(new_bs, new_state, metrics, features[:n])
+
+  def momentum_at(self, step) -> jax.Array:
+    """m_t: constant m, or the cosine ramp 1 − (1 − m)(cos(πt/T) + 1)/2 to 1 at t = T."""
+    if self.momentum_schedule == "constant":
+      return jnp.asarray(self.momentum, jnp.float32)
+    t = jnp.minimum(jnp.asarray(step, jnp.float32) / max(self.total_steps, 1), 1.0)
+    return 1.0 - (1.0 - self.momentum) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
+
+  def after_update(self, params, method_state, step):
+    """Eq. (2): θ_k ← m·θ_k + (1 − m)·θ_q with the freshly updated θ_q (`params`)."""
+    m = self.momentum_at(step)
+    key_params = jax.tree.map(lambda k, q: m * k + (1.0 - m) * q,
+                              method_state["key_params"], params)
+    return dict(method_state, key_params=key_params)
+
+  def encode(self, params, batch_stats, images):
+    """[B, F] query-encoder features before the head (train=False, running BN stats)."""
+    return self.net.apply({"params": params, "batch_stats": batch_stats},
+                          self.preprocess(images), method=EncoderWithHead.encode)
+
+  def collapse_warning(self, metrics: dict) -> str | None:
+    # Unit vectors spread over D dimensions have a per-dimension std near 1/√D.
+    std, spread = metrics.get("embedding_std"), 1.0 / math.sqrt(self.embed_dim)
+    if std is not None and std < 0.2 * spread:
+      return (f"query embeddings are collapsing: per-dimension std {std:.4f} << 1/sqrt(D) = "
+              f"{spread:.4f}; lower the learning rate or raise the temperature")
+    return None
+
+
+def check_queue_size(queue_size: int, batch_size: int) -> None:
+  """K must be a positive multiple of the global batch: each step writes B whole rows."""
+  if queue_size <= 0 or queue_size % batch_size:
+    lower = max(queue_size // batch_size, 1) * batch_size
+    raise ValueError(
+        f"method.queue_size={queue_size} must be a positive multiple of the global "
+        f"batch_size={batch_size} (every step enqueues the whole global batch of keys); "
+        f"use e.g. {lower} or {lower + batch_size}")
+
+
+def create(config, total_steps: int) -> MoCo:
+  m = config.method
+  version = m.get("version", "v2")
+  if version not in VERSIONS:
+    raise ValueError(f"method.version={version!r}; valid choices: {sorted(VERSIONS)}")
+  get = lambda key: m.get(key, VERSIONS[version][key])  # noqa: E731
+  queue_size = int(m.get("queue_size", 65536))
+  check_queue_size(queue_size, int(config.batch_size))
+  schedule = m.get("momentum_schedule", "constant")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"method.momentum_schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
+  momentum = float(m.get("momentum", 0.999))
+  if not 0.0 <= momentum <= 1.0:
+    raise ValueError(f"method.momentum={momentum} must be in [0, 1]")
+  embed_dim = int(m.get("projector_dim", 128))
+  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  head = models.MLPHead(hidden_dims=tuple(get("projector_hidden")), out_dim=embed_dim,
+                        use_bn=bool(m.get("projector_bn", False)))
+  return MoCo(net=EncoderWithHead(encoder, head),
+              view=base.view_params(config.augment),
+              preprocess=base.Preprocess.from_config(config.dataset),
+              temperature=float(get("temperature")),
+              queue_size=queue_size,
+              embed_dim=embed_dim,
+              momentum=momentum,
+              momentum_schedule=schedule,
+              total_steps=int(total_steps),
+              symmetric=bool(m.get("symmetric", False)))

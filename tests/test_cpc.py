@@ -1,0 +1,305 @@
+"""CPC on image patch grids and on 1-D signals: shapes, causality, loss, bad settings."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sslx import config_lib, data, methods, models, train
+from sslx.methods import cpc
+from sslx.models import cpc_nets
+from tests.helpers import experiment
+
+
+def tiny_cpc(steps: int = 4, batch: int = 16, **overrides):
+  """The cpc preset shrunk to seconds."""
+  c = experiment("cpc")
+  c.model.widths = (8, 16)
+  c.method.context_dim = 16
+  c.method.context_layers = 2
+  c.method.first_step = 1
+  c.batch_size = batch
+  c.total_steps = steps
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 0
+  c.eval_baselines = False
+  c.evals = {}
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def make(config):
+  return cpc.create(config, total_steps=config.total_steps)
+
+
+def some_images(n=4):
+  source = data.build_source(tiny_cpc().dataset, "train")
+  return jnp.asarray(np.stack([source[i]["image"] for i in range(n)]))
+
+
+# -- presets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
+def test_presets_validate_and_build_a_seven_by_seven_grid(preset):
+  c = experiment("cpc", preset)
+  config_lib.validate(c)
+  method = methods.get("cpc").create(c, total_steps=10)
+  size = c.augment.crop_size
+  assert cpc.grid_size(size, method.patch_size, method.patch_stride) == 7
+  assert method.steps == tuple(range(c.method.first_step, c.method.steps_ahead + 1))
+  assert method.patch_view is not None and method.patch_view.crop_size == method.patch_size
+  assert "cpc_convnet" in models.available_models()
+  assert experiment("cpc", f"{preset},steps=7").total_steps == 7
+
+
+# -- shapes ----------------------------------------------------------------------------
+
+
+def test_patch_grid_cuts_overlapping_patches():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  p = cpc.patch_grid(x, 8, 4)
+  assert p.shape == (2, 7, 7, 8, 8, 3)
+  for i, j in [(0, 0), (3, 5), (6, 6)]:
+    np.testing.assert_array_equal(np.asarray(p[:, i, j]),
+                                  np.asarray(x[:, 4 * i:4 * i + 8, 4 * j:4 * j + 8]))
+  assert cpc.patch_grid(x, 16, 8).shape == (2, 3, 3, 16, 16, 3)
+
+
+def test_image_shapes_encode_and_loss():
+  method = make(tiny_cpc())
+  images = some_images(4)
+  v = method.init(jax.random.PRNGKey(0), images)
+  assert v.batch_stats == {} and v.method_state == {}
+  assert sorted(v.params["predict"]) == ["W_1", "W_2", "W_3"]
+  patches = cpc.patch_grid(method.preprocess(images), 8, 4)
+  z, c, preds = jax.jit(method.net.apply)({"params": v.params}, patches)
+  assert z.shape == (4, 7, 7, 16) and c.shape == (4, 7, 7, 16)
+  assert len(preds) == 3 and all(p.shape == (4, 7, 7, 16) for p in preds)
+  feats = jax.jit(method.encode)(v.params, {}, images)
+  assert feats.shape == (4, 16)
+  np.testing.assert_allclose(np.asarray(feats), np.asarray(z.mean(axis=(1, 2))), rtol=1e-5,
+                             atol=1e-6)
+  loss, aux = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
+  assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
+  assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1",
+                              "contrastive_acc_k3"}
+
+
+# -- causality -------------------------------------------------------------------------
+
+
+def test_image_context_never_sees_rows_below():
+  """c at row r has zero gradient w.r.t. every patch in rows > r (and a nonzero one w.r.t.
+  row r); perturbing rows > r leaves c[:, :r + 1] unchanged."""
+  method = make(tiny_cpc())
+  images = some_images(2)
+  v = method.init(jax.random.PRNGKey(0), images)
+  patches = cpc.patch_grid(method.preprocess(images), 8, 4)
+
+  def contexts(p):
+    return method.net.apply({"params": v.params}, p, method=cpc.CPCImageNet.contexts)
+
+  weights = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 7, 16))
+
+  @jax.jit
+  def row_grads(p):  # [r of c, B, row, col, P, P, 3]: d(weighted c at row r) / d patches
+    one_row = lambda r: jax.grad(lambda q: jnp.sum((contexts(q) * weights)[:, r]))(p)  # noqa
+    return jax.vmap(one_row)(jnp.arange(7))
+
+  per_row = np.abs(np.asarray(row_grads(patches))).sum(axis=(1, 3, 4, 5, 6))  # [r, patch row]
+  # 2 layers of 3-row kernels: row r sees rows r − 4 .. r, never one below.
+  for r in range(7):
+    assert np.all(per_row[r, r + 1:] == 0.0), (r, per_row[r])
+    assert np.all(per_row[r, max(0, r - 4):r + 1] > 0), (r, per_row[r])
+    assert np.all(per_row[r, :max(0, r - 4)] == 0.0), (r, per_row[r])
+
+  c0 = jax.jit(contexts)(patches)
+  for r in (0, 3, 5):
+    noise = jax.random.normal(jax.random.PRNGKey(r), patches.shape)
+    changed = patches.at[:, r + 1:].add(noise[:, r + 1:])
+    c1 = jax.jit(contexts)(changed)
+    np.testing.assert_allclose(np.asarray(c1[:, :r + 1]), np.asarray(c0[:, :r + 1]), atol=1e-6)
+    assert not np.allclose(np.asarray(c1[:, r + 1:]), np.asarray(c0[:, r + 1:]))
+
+
+def tiny_1d_net(steps=(1, 2, 3)):
+  # kernel == stride: z_t sees samples [8t, 8t + 8) only, disjoint from every other z.
+  return cpc.CPC1DNet(cpc_nets.SignalEncoder(widths=(32, 32), kernels=(4, 2), strides=(4, 2)),
+                      cpc_nets.GRUContext(32), steps=steps)
+
+
+def test_1d_shapes_and_context_never_sees_the_future():
+  net = tiny_1d_net()
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 64, 2))
+  params = net.init(jax.random.PRNGKey(1), x)["params"]
+  z, c, preds = jax.jit(net.apply)({"params": params}, x)
+  assert z.shape == (3, 8, 32) and c.shape == (3, 8, 32) and len(preds) == 3
+  assert net.encoder.receptive_field() == (8, 8)
+  contexts = jax.jit(lambda s: net.apply({"params": params}, s, method=cpc.CPC1DNet.contexts))
+  c0 = contexts(x)
+  for t in (0, 3, 6):  # c_t covers samples [0, 8t + 8): change everything after
+    changed = x.at[:, 8 * t + 8:].set(jax.random.normal(jax.random.PRNGKey(t), (3, 56 - 8 * t, 2)))
+    c1 = contexts(changed)
+    np.testing.assert_allclose(np.asarray(c1[:, :t + 1]), np.asarray(c0[:, :t + 1]), atol=1e-6)
+    assert not np.allclose(np.asarray(c1[:, t + 1:]), np.asarray(c0[:, t + 1:]))
+  g = jax.jit(jax.grad(lambda s: jnp.sum(contexts(s)[:, 2])))(x)
+  assert np.all(np.asarray(g)[:, 24:] == 0) and np.abs(np.asarray(g)[:, :24]).sum() > 0
+
+
+# -- the loss against numpy ------------------------------------------------------------
+
+
+def numpy_cpc_loss(z, preds, steps, temperature=None):
+  z = np.asarray(z, np.float64)
+  t, d = z.shape[1], z.shape[-1]
+  out = []
+  for k, p in zip(steps, preds):
+    p = np.asarray(p, np.float64)[:, :t - k].reshape(-1, d)
+    target = z[:, k:].reshape(-1, d)
+    if temperature:
+      p = p / np.linalg.norm(p, axis=1, keepdims=True) / temperature
+      target = target / np.linalg.norm(target, axis=1, keepdims=True)
+    logits = p @ target.T
+    m = logits.max(1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(1)) + m[:, 0]
+    out.append(np.mean(lse - np.diag(logits)))
+  return np.mean(out)
+
+
+def test_predictive_info_nce_matches_numpy_on_a_small_case():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)        # B=2, T=4 rows, 3 columns, D=5
+  preds = [rng.normal(size=(2, 4, 3, 5)).astype(np.float32) for _ in range(2)]
+  loss, acc, accs = cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(p) for p in preds],
+                                            (1, 2))
+  assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2)), rel=1e-5)
+  cos_loss, _, _ = cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(p) for p in preds],
+                                           (1, 2), temperature=0.1)
+  assert float(cos_loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2), 0.1), rel=1e-5)
+  # Hand check of one term: k = 2 has 2·2·3 = 12 targets; row 0 is (b=0, t=0, col 0).
+  p, tg = preds[1][:, :2].reshape(-1, 5), z[:, 2:].reshape(-1, 5)
+  assert tg.shape == (12, 5)
+  np.testing.assert_array_equal(tg[0], z[0, 2, 0])
+  np.testing.assert_array_equal(p[0], preds[1][0, 0, 0])
+  assert 0.0 <= float(acc) <= 1.0 and len(accs) == 2
+  with pytest.raises(ValueError, match="cannot predict 4 steps ahead"):
+    cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(preds[0])], (4,))
+
+
+def test_image_loss_equals_numpy_on_the_networks_outputs():
+  method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}}))
+  assert method.view is None and method.patch_view is None
+  images = some_images(3)
+  v = method.init(jax.random.PRNGKey(0), images)
+  loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
+  z, _, preds = jax.jit(method.net.apply)({"params": v.params},
+                                          cpc.patch_grid(method.preprocess(images), 8, 4))
+  assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2, 3)), rel=1e-5)
+
+
+# -- bad settings ----------------------------------------------------------------------
+
+
+def test_steps_ahead_beyond_the_grid_fails_before_training(tmp_path):
+  config = tiny_cpc(**{"method.steps_ahead": 7})  # a 7x7 grid allows at most 6 rows ahead
+  with pytest.raises(ValueError, match="steps_ahead=7 is larger than the grid allows: the 7x7 "
+                     "grid .* at most 6 rows ahead"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "config.json").exists()
+  with pytest.raises(ValueError, match="steps_ahead=3 is larger than the grid allows: the 3x3"):
+    make(tiny_cpc(**{"method.patch_size": 16, "method.patch_stride": 8}))
+  with pytest.raises(ValueError, match="first_step=4 must be in"):
+    make(tiny_cpc(**{"method.first_step": 4}))
+  assert make(tiny_cpc(**{"method.first_step": 2})).steps == (2, 3)
+  net = tiny_1d_net(steps=(1, 8))
+  x = jnp.zeros((2, 64, 1))
+  with pytest.raises(ValueError, match="steps_ahead=8 is larger than the grid allows: the "
+                     "encoded sequence \\(64 samples → 8 steps\\)"):
+    cpc.cpc_1d_loss(net, net.init(jax.random.PRNGKey(0), x)["params"], x)
+
+
+def test_batchnorm_patch_encoder_is_refused():
+  method = make(tiny_cpc(model={"name": "convnet", "widths": (8, 16)}))
+  with pytest.raises(ValueError, match="without BatchNorm"):
+    method.init(jax.random.PRNGKey(0), some_images(2))
+
+
+# -- 1-D: learning what is predictable, and nothing else ----------------------------------
+
+B, T = 16, 128
+
+
+def sines(key):
+  """Each sequence a sinusoid of its own frequency and phase: the future follows the past."""
+  kf, kp = jax.random.split(key)
+  f = jax.random.uniform(kf, (B, 1, 1), minval=0.01, maxval=0.12)
+  phase = jax.random.uniform(kp, (B, 1, 1), maxval=2 * jnp.pi)
+  return jnp.sin(2 * jnp.pi * f * jnp.arange(T)[None, :, None] + phase)
+
+
+def white_noise(key):
+  """I.i.d. samples: z_{t+k} (disjoint windows) is independent of everything before."""
+  return jax.random.normal(key, (B, T, 1))
+
+
+def train_and_score(make_signals, steps=120):
+  net = tiny_1d_net()
+  params = net.init(jax.random.PRNGKey(0), make_signals(jax.random.PRNGKey(0)))["params"]
+  tx = optax.adam(3e-3)
+
+  def update(carry, key):
+    params, opt = carry
+    grads = jax.grad(lambda p: cpc.cpc_1d_loss(net, p, make_signals(key))[0])(params)
+    updates, opt = tx.update(grads, opt, params)
+    return (optax.apply_updates(params, updates), opt), None
+
+  @jax.jit
+  def fit_and_evaluate(params):
+    (params, _), _ = jax.lax.scan(update, (params, tx.init(params)),
+                                  jax.random.split(jax.random.PRNGKey(1), steps))
+    # Fresh held-out batches: nothing seen in training.
+    return jax.vmap(lambda k: cpc.cpc_1d_loss(net, params, make_signals(k))[1])(
+        jax.random.split(jax.random.PRNGKey(99), 4))
+
+  metrics = fit_and_evaluate(params)
+  return {k: float(np.mean(v)) for k, v in metrics.items()}
+
+
+def test_1d_cpc_predicts_a_predictable_future_and_not_noise():
+  predictable = train_and_score(sines)
+  noise = train_and_score(white_noise)
+  chance = predictable["chance"]  # 1 / (16 sequences x (16 − k) steps), about 0.45%
+  assert chance == pytest.approx(noise["chance"]) and chance < 0.005
+  assert predictable["accuracy"] > 20 * chance, predictable
+  assert noise["accuracy"] < 3 * chance, noise
+  # On noise the loss stays at log N_k: the model can do no better than a uniform guess.
+  log_n = np.mean([np.log(B * (16 - k)) for k in (1, 2, 3)])
+  assert noise["loss"] == pytest.approx(log_n, rel=0.03)
+  assert predictable["loss"] < 0.7 * log_n
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
+  config = experiment("cpc", "cpu,steps=30")
+  config.batch_size = 32
+  config.optimizer.warmup_epochs = 0.02  # 6 of 312 steps: the short run must learn at once
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 0
+  config.eval_baselines = False
+  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
+  config.eval_train_limit = 2000
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"] - 0.1
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["method"] == "cpc" and saved["steps"] == 30 and saved["knn@20"] > 10.0

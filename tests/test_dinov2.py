@@ -1,0 +1,200 @@
+"""DINOv2-style: Sinkhorn-Knopp, KoLeo, iBOT's masked-patch loss, the masked ViT, the EMA
+teacher, sharding and a short learning run."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import models, train
+from sslx.methods import dinov2
+from tests.helpers import experiment
+from tests.test_dino import batches, one_step, sgd, tiny_dino
+
+
+def tiny_dinov2(**overrides):
+  return tiny_dino(name="dinov2", **overrides)
+
+
+def numpy_sinkhorn(logits, temp, iters, weights=None):
+  q = np.exp((logits - logits.max()) / temp).astype(np.float64)
+  w = np.ones(len(q)) if weights is None else weights.astype(np.float64)
+  q = q * w[:, None]
+  n, k = w.sum(), q.shape[1]
+  q /= q.sum()
+  for _ in range(iters):
+    q /= q.sum(0, keepdims=True)
+    q /= k
+    q /= np.maximum(q.sum(1, keepdims=True), 1e-300)
+    q /= n
+  return q * n
+
+
+def test_sinkhorn_knopp_rows_and_columns():
+  rng = np.random.default_rng(0)
+  m, k = 48, 6
+  logits = rng.normal(size=(m, k)).astype(np.float32)
+  logits[:, 0] += 2.0                              # one prototype favoured by every sample
+  q3 = np.asarray(dinov2.sinkhorn_knopp(jnp.asarray(logits), 0.5, 3))
+  np.testing.assert_allclose(q3, numpy_sinkhorn(logits, 0.5, 3), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(q3.sum(1), 1.0, rtol=1e-5)          # each sample: a distribution
+  q50 = np.asarray(dinov2.sinkhorn_knopp(jnp.asarray(logits), 0.5, 50))
+  np.testing.assert_allclose(q50.sum(1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(q50.sum(0), m / k, rtol=1e-3)       # equal share per prototype
+  # Plain softmax would give prototype 0 most of the mass; SK equalises it.
+  soft = jax.nn.softmax(logits / 0.5, axis=-1).sum(0)
+  assert soft[0] > 2 * m / k and abs(q3.sum(0)[0] - m / k) < abs(soft[0] - m / k)
+  # Weights: invalid rows come back zero and M counts the valid ones only.
+  w = (np.arange(m) % 3 != 0).astype(np.float32)
+  qw = np.asarray(dinov2.sinkhorn_knopp(jnp.asarray(logits), 0.5, 50, weights=jnp.asarray(w)))
+  assert np.all(qw[w == 0] == 0)
+  np.testing.assert_allclose(qw[w == 1].sum(1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(qw.sum(0), w.sum() / k, rtol=1e-3)
+  np.testing.assert_allclose(qw, numpy_sinkhorn(logits, 0.5, 50, w), rtol=1e-4, atol=1e-7)
+
+
+def test_koleo_against_numpy():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(10, 5)).astype(np.float32)
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  dist = np.linalg.norm(xn[:, None] - xn[None], axis=-1)
+  np.fill_diagonal(dist, np.inf)
+  ref = -np.mean(np.log(dist.min(1) + 1e-8))
+  np.testing.assert_allclose(float(dinov2.koleo_loss(jnp.asarray(x))), ref, rtol=1e-4)
+  # Spreading the points out lowers it: it rewards a uniform spread over the sphere.
+  bunched = x * 0.05 + np.array([5.0, 0, 0, 0, 0], np.float32)
+  assert float(dinov2.koleo_loss(jnp.asarray(bunched))) > float(dinov2.koleo_loss(x))
+
+
+def test_ibot_loss_only_on_masked_positions():
+  rng = np.random.default_rng(2)
+  m, p, k = 3, 6, 5
+  s = rng.normal(size=(m, p, k)).astype(np.float32)
+  t = rng.dirichlet(np.ones(k), size=(m, p)).astype(np.float32)
+  mask = np.zeros((m, p), bool)
+  mask[0, [1, 4]] = True
+  mask[1, [0]] = True                                 # crop 2 has no masked patch
+  loss = float(dinov2.ibot_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask), 0.1))
+  logp = s / 0.1 - np.log(np.exp(s / 0.1).sum(-1, keepdims=True))
+  ce = -(t * logp).sum(-1)
+  ref = np.mean([ce[i][mask[i]].sum() / max(mask[i].sum(), 1) for i in range(m)])
+  np.testing.assert_allclose(loss, ref, rtol=1e-5)
+  # Unmasked positions do not matter, even if their logits are wild (or non-finite).
+  s2 = np.where(mask[..., None], s, rng.normal(size=s.shape) * 100).astype(np.float32)
+  s2[2, 3] = np.inf
+  np.testing.assert_allclose(
+      float(dinov2.ibot_loss(jnp.asarray(s2), jnp.asarray(t), jnp.asarray(mask), 0.1)), loss,
+      rtol=1e-6)
+  g = jax.grad(lambda x: dinov2.ibot_loss(x, jnp.asarray(t), jnp.asarray(mask), 0.1))(
+      jnp.asarray(s))
+  assert float(jnp.abs(g[~mask]).max()) == 0.0 and float(jnp.abs(g[mask]).min()) > 0.0
+
+
+def test_masks_and_masked_positions():
+  masks = np.asarray(dinov2.random_token_masks(jax.random.PRNGKey(0), 400, 64, 0.5, (0.1, 0.5)))
+  counts = masks.sum(1)
+  assert 0.35 < np.mean(counts > 0) < 0.65                       # about half the crops
+  assert counts.max() <= 32 and counts[counts > 0].min() >= 6    # ⌊r·64⌋, r ∈ [0.1, 0.5)
+  ids, valid = dinov2.masked_positions(jnp.asarray(masks), 32)
+  ids, valid = np.asarray(ids), np.asarray(valid)
+  for i in range(20):
+    np.testing.assert_array_equal(ids[i][valid[i]], np.flatnonzero(masks[i]))
+    assert valid[i].sum() == counts[i]
+
+
+def test_masked_vit_is_the_vit_plus_a_mask_token():
+  vit = models.create_model("vit_tiny", patch_size=8, dim=16, depth=2, num_heads=2)
+  mvit = dinov2.masked_vit(vit)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  mask = jnp.zeros((2, 16), bool).at[0, 3].set(True)
+  params = mvit.init(jax.random.PRNGKey(1), x, train=False, token_mask=mask)["params"]
+  assert set(params) == set(vit.init(jax.random.PRNGKey(1), x, train=False)["params"]) | {
+      "mask_token"}
+  plain = {k: v for k, v in params.items() if k != "mask_token"}
+  ref = vit.apply({"params": plain}, x, train=False)["tokens"]
+  np.testing.assert_allclose(mvit.apply({"params": params}, x, train=False)["tokens"], ref,
+                             rtol=1e-5, atol=1e-6)
+  masked = mvit.apply({"params": params}, x, train=False, token_mask=mask)["tokens"]
+  assert not np.allclose(masked[0], ref[0]) and np.allclose(masked[1], ref[1], atol=1e-6)
+  g = jax.grad(lambda p: jnp.sum(mvit.apply({"params": p}, x, train=False,
+                                            token_mask=mask)["tokens"] ** 2))(params)
+  assert float(jnp.abs(g["mask_token"]).max()) > 0
+  with pytest.raises(ValueError, match="ViT backbone"):
+    dinov2.masked_vit(models.create_model("convnet"))
+
+
+@pytest.fixture(scope="module")
+def dinov2_step():
+  config = tiny_dinov2()
+  return (config,) + one_step(config, batches(config)[0], mesh=[("data", 1)])
+
+
+def test_teacher_moves_only_by_ema_and_gets_no_gradient(dinov2_step):
+  config, setup, before, after, metrics = dinov2_step
+  m = float(setup.method.momentum(0))
+  for a, s, b in zip(jax.tree.leaves(before.method_state["teacher"]["params"]),
+                     jax.tree.leaves(after.params["model"]),
+                     jax.tree.leaves(after.method_state["teacher"]["params"])):
+    np.testing.assert_allclose(b, m * a + (1 - m) * s, rtol=1e-6, atol=1e-7)
+  for key in ("dino_loss", "ibot_loss", "koleo_loss", "masked_fraction"):
+    assert np.isfinite(metrics[key]), key
+  assert metrics["masked_fraction"] > 0
+  assert np.any(after.method_state["center"]) and np.any(after.method_state["patch_center"])
+  images = jnp.asarray(batches(config)[0]["image"])
+  grads = jax.grad(lambda ms: setup.method.loss(
+      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0)[0])(
+          before.method_state)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_sharded_step_equals_single_device_with_sinkhorn_knopp():
+  over = {"method.centering": "sinkhorn_knopp", "method.separate_ibot_head": True,
+          "method.patch_out_dim": 32}
+  batch = batches(tiny_dinov2(**over))[0]
+  _, _, one, m1 = one_step(sgd(tiny_dinov2(**over)), batch, mesh=[("data", 1)])
+  _, _, eight, m8 = one_step(sgd(tiny_dinov2(**over)), batch, mesh=[("data", 8)])
+  assert "ibot_head" in one.params["model"]
+  for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
+  for tree in ("params", "method_state"):
+    for a, b in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
+def test_presets_validate_and_build(preset):
+  from sslx import config_lib, methods
+  c = experiment("dinov2", preset)
+  config_lib.validate(c)
+  assert c.method.name == "dinov2"
+  method = methods.get("dinov2").create(c, total_steps=10)
+  assert method.views.num_global == 2
+
+
+def test_variants_give_the_vit_sizes():
+  g = experiment("dinov2", "imagenet,variant=g,patch=14")
+  assert (g.model.name, g.model.dim, g.model.depth, g.model.num_heads) == ("vit_huge", 1536,
+                                                                          40, 24)
+  assert g.model.patch_size == 14 and g.augment.local_crop_size == 98
+  assert experiment("dinov2", "imagenet").model.name == "vit_large"
+  assert experiment("dinov2", "cifar10,variant=B").model.name == "vit_base"
+  with pytest.raises(ValueError, match="variant"):
+    experiment("dinov2", "cpu,variant=XL")
+
+
+@pytest.mark.slow
+def test_short_cpu_run_learns(tmp_path):
+  config = experiment("dinov2")
+  config.total_steps = 12
+  config.batch_size = 32
+  config.log_every_steps = 4
+  config.model.depth = 2
+  config.augment.num_local_crops = 2
+  config.eval_baselines = False
+  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
+  config.eval_train_limit = 1000
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"]
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["steps"] == 12 and "knn@20" in saved

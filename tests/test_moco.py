@@ -1,0 +1,343 @@
+"""MoCo v1/v2: queue, momentum encoder, loss, shuffle-BN argument, sharding, presets."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import checkpointing, config_lib, data, methods, train
+from sslx.methods import base, moco
+from tests.helpers import experiment
+from tests.test_sharding import run_steps
+from tests.test_train import final_state
+
+
+def tiny_moco(steps: int = 6, batch: int = 32, queue: int = 128, version: str = "v2",
+              **overrides):
+  """A moco_v1/moco_v2 preset shrunk to seconds: a narrow CNN, few steps, k-NN only."""
+  c = experiment(f"moco_{version}")
+  c.model.widths = (8, 16)
+  if c.method.projector_hidden:
+    c.method.projector_hidden = (32,)
+  c.method.projector_dim = 16
+  c.method.queue_size = queue
+  c.batch_size = batch
+  c.total_steps = steps
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 3
+  c.eval_baselines = False
+  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
+  c.eval_train_limit = 500
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def make(config):
+  return moco.create(config, total_steps=config.total_steps)
+
+
+def batches(n, batch=32, seed=0):
+  source = data.build_source(tiny_moco().dataset, "train")
+  loader = data.make_train_loader(source, batch, seed=seed)
+  return [next(loader) for _ in range(n)]
+
+
+# -- presets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
+@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
+def test_presets_validate_and_build(name, preset):
+  c = experiment(name, preset)
+  config_lib.validate(c)
+  assert c.method.name == "moco" and c.method.version == name[-2:]
+  method = methods.get("moco").create(c, total_steps=100)
+  assert method.queue_size % c.batch_size == 0
+  if name == "moco_v1":  # no head (a linear fc), τ = 0.07, no blur
+    assert method.net.head.hidden_dims == () and method.temperature == 0.07
+    assert method.view.blur_prob == 0.0 and method.view.jitter_prob == 1.0
+  else:                   # a 2-layer MLP head
+    assert len(method.net.head.hidden_dims) == 1
+  if preset == "imagenet":
+    assert method.queue_size == 65536 and method.momentum == 0.999
+    assert method.temperature == (0.07 if name == "moco_v1" else 0.2)
+    assert method.view.blur_prob == (0.0 if name == "moco_v1" else 0.5)
+  assert experiment(name, f"{preset},steps=7").total_steps == 7
+
+
+def test_version_sets_defaults_and_explicit_keys_win():
+  c = tiny_moco()
+  del c.method["temperature"], c.method["projector_hidden"]
+  c.method.version = "v1"
+  assert make(c).temperature == 0.07 and make(c).net.head.hidden_dims == ()
+  c.method.version = "v2"
+  assert make(c).temperature == 0.2 and make(c).net.head.hidden_dims == (2048,)
+  c.method.temperature = 0.5
+  assert make(c).temperature == 0.5
+  c.method.version = "v3"
+  with pytest.raises(ValueError, match="method.version='v3'"):
+    make(c)
+
+
+def test_bad_queue_size_fails_before_training(tmp_path):
+  config = tiny_moco(batch=32, queue=100)
+  with pytest.raises(ValueError, match="queue_size=100 must be a positive multiple of the "
+                     "global batch_size=32.*use e.g. 96 or 128"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "config.json").exists()  # written only once training starts
+  assert checkpointing.manager(str(tmp_path / "w")).latest_step() is None
+  with pytest.raises(ValueError, match="queue_size=16 must be a positive multiple"):
+    make(tiny_moco(batch=32, queue=16))
+
+
+# -- the queue -------------------------------------------------------------------------
+
+
+def test_queue_is_fifo_across_steps():
+  """Each step writes its B keys (the key encoder's unit-norm outputs of the second view)
+  over the oldest B rows; after K/B steps the first batch's keys are the first dropped."""
+  config = tiny_moco(batch=8, queue=32, **{"augment.enabled": False})
+  method = make(config)
+  imgs = [b["image"] for b in batches(6, batch=8)]
+  v = method.init(jax.random.PRNGKey(0), jnp.asarray(imgs[0]))
+  initial = np.asarray(v.method_state["queue"])
+  np.testing.assert_allclose(np.linalg.norm(initial, axis=1), 1.0, rtol=1e-5)
+  loss_fn = jax.jit(method.loss)
+  keys_fn = jax.jit(lambda s, x: method.keys(s, method.preprocess(x))[0])
+  state, written = v.method_state, []
+  for t, x in enumerate(imgs):
+    expected_keys = np.asarray(keys_fn(state, x))
+    _, aux = loss_fn(v.params, v.batch_stats, state, x, jax.random.PRNGKey(t), t)
+    new = aux.method_state
+    ptr = (t * 8) % 32
+    assert int(state["queue_ptr"]) == ptr and int(new["queue_ptr"]) == (ptr + 8) % 32
+    queue = np.asarray(new["queue"])
+    np.testing.assert_allclose(queue[ptr:ptr + 8], expected_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(queue[ptr:ptr + 8], axis=1), 1.0, rtol=1e-5)
+    others = np.ones(32, bool)
+    others[ptr:ptr + 8] = False
+    np.testing.assert_array_equal(queue[others], np.asarray(state["queue"])[others])
+    written.append(expected_keys)
+    state = new
+  # After 6 steps of 8 into 32 rows: rows 0-7 hold step 4, 8-15 step 5, 16-31 steps 2 and 3;
+  # steps 0 and 1 (the oldest) were dropped.
+  queue = np.asarray(state["queue"])
+  order = [4, 5, 2, 3]
+  for slot, t in enumerate(order):
+    np.testing.assert_allclose(queue[slot * 8:(slot + 1) * 8], written[t], rtol=1e-5,
+                               atol=1e-6)
+  assert not np.allclose(written[0], written[4])
+
+
+def test_queue_fifo_and_state_survive_checkpoint_resume(tmp_path, monkeypatch):
+  """Crash after 4 steps (checkpoint at 3), resume: the queue, pointer and key encoder equal
+  an uninterrupted run's bit for bit, and rows written before the checkpoint stay in place."""
+  config = tiny_moco(steps=6, batch=32, queue=128, evals={})
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  real = data.to_global_array
+  calls = {"n": 0}
+
+  def crashing(batch, sharding):
+    calls["n"] += 1
+    if calls["n"] == 5:
+      raise RuntimeError("simulated crash")
+    return real(batch, sharding)
+
+  monkeypatch.setattr(data, "to_global_array", crashing)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  step3, at3, _ = final_state(config, str(tmp_path / "resumed"))
+  assert step3 == 3 and int(at3.method_state["queue_ptr"]) == 96
+  monkeypatch.setattr(data, "to_global_array", real)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  step_a, a, _ = final_state(config, str(tmp_path / "straight"))
+  step_b, b, _ = final_state(config, str(tmp_path / "resumed"))
+  assert step_a == step_b == 6
+  assert sorted(a.method_state) == ["key_batch_stats", "key_params", "queue", "queue_ptr"]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Steps 1..6 wrote rows [0,32) [32,64) [64,96) [96,128) [0,32) [32,64): after the step-3
+  # checkpoint, steps 4-6 rewrote rows 96-128, 0-32 and 32-64; rows 64-96 (step 3) stayed.
+  assert int(b.method_state["queue_ptr"]) == (6 * 32) % 128
+  q3, q6 = np.asarray(at3.method_state["queue"]), np.asarray(b.method_state["queue"])
+  np.testing.assert_array_equal(q6[64:96], q3[64:96])
+  for rows in (slice(0, 32), slice(32, 64), slice(96, 128)):
+    assert not np.allclose(q6[rows], q3[rows])
+
+
+# -- the momentum (key) encoder ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,moved", [(1000, 0.632), (256, 0.226)])
+def test_momentum_update_moves_key_params_by_one_minus_m_to_the_n(n, moved):
+  """θ_q fixed: n updates θ_k ← mθ_k + (1−m)θ_q leave θ_k − θ_q = m^n (θ_k⁰ − θ_q)."""
+  method = make(tiny_moco(**{"method.momentum": 0.999}))
+  v = method.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3), jnp.uint8))
+  query = v.params
+  other = method.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3), jnp.uint8)).params
+  state = dict(v.method_state, key_params=other)  # a key encoder away from the query's
+
+  @jax.jit
+  def run(state):
+    return jax.lax.fori_loop(0, n, lambda i, s: method.after_update(query, s, i), state)
+
+  out = run(state)
+  fraction = 1.0 - 0.999 ** n
+  assert fraction == pytest.approx(moved, abs=1e-3)
+  gap, travelled = 0.0, 0.0
+  for k0, kn, q in zip(jax.tree.leaves(other), jax.tree.leaves(out["key_params"]),
+                       jax.tree.leaves(query)):
+    k0, kn, q = (np.asarray(a, np.float64) for a in (k0, kn, q))
+    np.testing.assert_allclose(kn, k0 + fraction * (q - k0), atol=2e-5)
+    gap += np.sum((q - k0) ** 2)
+    travelled += np.sum((kn - k0) * (q - k0))
+  assert travelled / gap == pytest.approx(fraction, abs=1e-4)
+  # The queue, pointer and the query parameters are not touched by the momentum update.
+  np.testing.assert_array_equal(np.asarray(out["queue"]), np.asarray(state["queue"]))
+  assert int(out["queue_ptr"]) == 0
+
+
+def test_cosine_momentum_schedule_rises_to_one():
+  method = make(tiny_moco(**{"method.momentum": 0.99, "method.momentum_schedule": "cosine"}))
+  m = [float(method.momentum_at(t)) for t in (0, method.total_steps // 2, method.total_steps)]
+  assert m == pytest.approx([0.99, 0.995, 1.0], abs=1e-6)
+  assert float(make(tiny_moco()).momentum_at(5)) == pytest.approx(0.99)  # constant
+  with pytest.raises(ValueError, match="momentum_schedule='linear'"):
+    make(tiny_moco(**{"method.momentum_schedule": "linear"}))
+
+
+# -- the loss --------------------------------------------------------------------------
+
+
+def numpy_info_nce(q, k, queue, temperature):
+  q, k, queue = (np.asarray(a, np.float64) for a in (q, k, queue))
+  logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / temperature
+  m = logits.max(1, keepdims=True)
+  lse = np.log(np.exp(logits - m).sum(1)) + m[:, 0]
+  return np.mean(lse - logits[:, 0])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_loss_equals_numpy_info_nce_over_queue_negatives(symmetric):
+  config = tiny_moco(batch=16, queue=64, **{"method.symmetric": symmetric})
+  method = make(config)
+  images = jnp.asarray(batches(1, batch=16)[0]["image"])
+  v = method.init(jax.random.PRNGKey(0), images)
+  state = dict(v.method_state, key_params=method.init(jax.random.PRNGKey(3), images).params)
+  rng = jax.random.PRNGKey(7)
+
+  @jax.jit
+  def run(params):
+    loss_fn = lambda p: method.loss(p, v.batch_stats, state, images, rng, 0)  # noqa: E731
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    views = base.two_views(rng, images, method.view, method.preprocess)
+    if symmetric:  # one query pass over both views (BN over 2B), one key pass over both
+      x_q, x_k = views, jnp.concatenate([views[16:], views[:16]])
+    else:
+      x_q, x_k = views[:16], views[16:]
+    return loss, aux, grads, method.queries(params, v.batch_stats, x_q)[1], \
+        method.keys(state, x_k)[0]
+
+  loss, aux, grads, q, k = run(v.params)
+  expected = numpy_info_nce(q, k, state["queue"], 0.2)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(aux.metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+  # The keys enqueued are the second view's; the gradient reaches the query encoder.
+  np.testing.assert_allclose(np.asarray(aux.method_state["queue"])[:16], np.asarray(k[:16]),
+                             rtol=1e-5, atol=1e-6)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0
+
+
+# -- shuffling BN: the documented choice ---------------------------------------------------
+
+
+def test_shuffling_bn_is_a_no_op_under_global_bn_and_keys_see_only_the_key_batch():
+  """methods/moco.py's argument, checked: (1) the key pass is its own forward pass, its BN
+  statistics come from the key views only, never from the query views;
+  (2) it is permutation-equivariant, so Shuffling BN over the global batch would change
+  nothing; (3) key BN uses batch statistics (train mode), not running averages."""
+  config = tiny_moco(batch=16, queue=64)
+  method = make(config)
+  images = jnp.asarray(batches(1, batch=16)[0]["image"])
+  v = method.init(jax.random.PRNGKey(0), images)
+  views = jax.jit(base.two_views, static_argnums=(2, 3))(
+      jax.random.PRNGKey(1), images, method.view, method.preprocess)
+  x_q, x_k = views[:16], views[16:]
+  keys = jax.jit(lambda x: method.keys(v.method_state, x))
+
+  k_alone, stats_alone = keys(x_k)
+  # (1) In the loss, the keys enqueued and the key BN statistics are those of a pass over the
+  # key views alone; a pass that also saw the query views would give other keys (control).
+  _, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
+                                jax.random.PRNGKey(1), 0)
+  np.testing.assert_allclose(np.asarray(aux.method_state["queue"])[:16], np.asarray(k_alone),
+                             rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(aux.method_state["key_batch_stats"]),
+                  jax.tree.leaves(stats_alone)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  k_joint, _ = keys(jnp.concatenate([x_q, x_k]))
+  assert not np.allclose(np.asarray(k_joint[16:]), np.asarray(k_alone), atol=1e-4)
+  # (2) Shuffle → key encoder → unshuffle gives the same keys: global BN is permutation
+  # equivariant, so Shuffling BN would be a no-op.
+  perm = jax.random.permutation(jax.random.PRNGKey(2), 16)
+  k_shuffled, stats_shuffled = keys(x_k[perm])
+  unshuffled = jnp.zeros_like(k_shuffled).at[perm].set(k_shuffled)
+  np.testing.assert_allclose(np.asarray(unshuffled), np.asarray(k_alone), atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_shuffled), jax.tree.leaves(stats_alone)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # (3) Train-mode BN: a key depends on the rest of the key batch (its statistics).
+  k_half, _ = keys(x_k[:8])
+  assert not np.allclose(np.asarray(k_half), np.asarray(k_alone[:8]), atol=1e-4)
+
+
+# -- sharding --------------------------------------------------------------------------
+
+
+def test_train_step_on_eight_devices_equals_one_device():
+  bs = batches(2, batch=32)
+  config8, config1 = tiny_moco(queue=64), tiny_moco(queue=64)
+  config8.mesh, config1.mesh = [("data", 8)], [("data", 1)]
+  loss8, state8, setup8 = run_steps(config8, bs)
+  loss1, state1, setup1 = run_steps(config1, bs)
+  assert setup8.mesh.size == 8 and setup1.mesh.size == 1
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  for tree in ("params", "batch_stats", "method_state"):
+    for a, b in zip(jax.tree.leaves(getattr(state8, tree)), jax.tree.leaves(getattr(state1, tree))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert int(state8.method_state["queue_ptr"]) == 0  # 2 steps x 32 = 64 = K: wrapped
+  # The queue is replicated across the mesh, deliberately (see methods/moco.py).
+  assert setup8.state_sharding.method_state["queue"].spec == jax.sharding.PartitionSpec()
+
+
+def test_collapse_warning():
+  method = make(tiny_moco())
+  assert method.collapse_warning({"embedding_std": 0.25}) is None
+  assert "collapsing" in method.collapse_warning({"embedding_std": 0.001})
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
+  config = experiment("moco_v2", "cpu,steps=40")
+  config.batch_size = 64
+  config.method.queue_size = 128
+  config.optimizer.warmup_epochs = 0.05  # 8 of 156 steps: the short run must learn at once
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 0
+  config.eval_baselines = False
+  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
+  config.eval_train_limit = 2000
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["train_loss_last"] < results["train_loss_first"] - 0.1
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["method"] == "moco" and saved["steps"] == 40 and saved["knn@20"] > 10.0
