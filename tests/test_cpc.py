@@ -74,9 +74,10 @@ def test_patch_grid_cuts_overlapping_patches():
 
 
 def test_image_shapes_encode_and_loss():
-  method = make(tiny_cpc())
+  # Augmentations off here (compiled in the tests below and end to end): shapes only.
+  method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}}))
   images = some_images(4)
-  v = method.init(jax.random.PRNGKey(0), images)
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
   assert v.batch_stats == {} and v.method_state == {}
   assert sorted(v.params["predict"]) == ["W_1", "W_2", "W_3"]
   patches = cpc.patch_grid(method.preprocess(images), 8, 4)
@@ -101,7 +102,7 @@ def test_image_context_never_sees_rows_below():
   row r); perturbing rows > r leaves c[:, :r + 1] unchanged."""
   method = make(tiny_cpc())
   images = some_images(2)
-  v = method.init(jax.random.PRNGKey(0), images)
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
   patches = cpc.patch_grid(method.preprocess(images), 8, 4)
 
   def contexts(p):
@@ -139,7 +140,7 @@ def tiny_1d_net(steps=(1, 2, 3)):
 def test_1d_shapes_and_context_never_sees_the_future():
   net = tiny_1d_net()
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 64, 2))
-  params = net.init(jax.random.PRNGKey(1), x)["params"]
+  params = jax.jit(net.init)(jax.random.PRNGKey(1), x)["params"]
   z, c, preds = jax.jit(net.apply)({"params": params}, x)
   assert z.shape == (3, 8, 32) and c.shape == (3, 8, 32) and len(preds) == 3
   assert net.encoder.receptive_field() == (8, 8)
@@ -198,11 +199,31 @@ def test_image_loss_equals_numpy_on_the_networks_outputs():
   method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}}))
   assert method.view is None and method.patch_view is None
   images = some_images(3)
-  v = method.init(jax.random.PRNGKey(0), images)
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
   loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
   z, _, preds = jax.jit(method.net.apply)({"params": v.params},
                                           cpc.patch_grid(method.preprocess(images), 8, 4))
+  assert method.temperature == 0.1  # the cpu preset's cosine score
+  assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2, 3), 0.1), rel=1e-5)
+  method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {},
+                            "method.temperature": 0.0}))         # the paper's bilinear score
+  loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
   assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2, 3)), rel=1e-5)
+
+
+def test_patch_augmentation_is_the_only_randomness_when_image_augmentation_is_off():
+  images = some_images(2)
+  for patch_augment, random in [({}, False), (None, True)]:
+    overrides = {"augment.enabled": False}
+    if patch_augment is not None:
+      overrides["method.patch_augment"] = patch_augment
+    method = make(tiny_cpc(**overrides))
+    assert (method.patch_view is not None) == random
+    v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
+    loss_fn = jax.jit(method.loss)
+    a = float(loss_fn(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)[0])
+    b = float(loss_fn(v.params, {}, {}, images, jax.random.PRNGKey(2), 0)[0])
+    assert (a != b) == random, (a, b)
 
 
 # -- bad settings ----------------------------------------------------------------------
@@ -229,7 +250,7 @@ def test_steps_ahead_beyond_the_grid_fails_before_training(tmp_path):
 def test_batchnorm_patch_encoder_is_refused():
   method = make(tiny_cpc(model={"name": "convnet", "widths": (8, 16)}))
   with pytest.raises(ValueError, match="without BatchNorm"):
-    method.init(jax.random.PRNGKey(0), some_images(2))
+    jax.jit(method.init)(jax.random.PRNGKey(0), some_images(2))
 
 
 # -- 1-D: learning what is predictable, and nothing else ----------------------------------
@@ -252,7 +273,8 @@ def white_noise(key):
 
 def train_and_score(make_signals, steps=120):
   net = tiny_1d_net()
-  params = net.init(jax.random.PRNGKey(0), make_signals(jax.random.PRNGKey(0)))["params"]
+  sample = make_signals(jax.random.PRNGKey(0))
+  params = jax.jit(net.init)(jax.random.PRNGKey(0), sample)["params"]
   tx = optax.adam(3e-3)
 
   def update(carry, key):

@@ -33,6 +33,12 @@ Images (this method, `create(config, total_steps)`):
   patch-wise augmentation, which stops the context from recognising an image's patches by
   their shared colours instead of their content.
 
+Score: the paper's zᵀ W_k c_t is unchanged, for a given prediction, when the same vector is
+added to every candidate z (all logits of a row shift together), so nothing stops z from
+drifting along a shared direction, and cosine k-NN on z then mostly measures that drift (in the
+cpu demo, k-NN of the learned z stayed at the random-init level). `temperature=τ` scores
+cos(z, W_k c_t) / τ instead, shaping the angles k-NN reads; the cpu preset uses τ = 0.1.
+
 Evaluation (`encode`): the mean over the G x G grid of the patch embeddings z of the
 unaugmented image, [B, D] (Hénaff et al. evaluate a classifier on the spatial grid of z; the
 mean is its linear-probe / k-NN analogue). The online probe watches the same pooled z.
