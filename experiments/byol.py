@@ -1,10 +1,13 @@
 r"""BYOL (Grill et al. 2020) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) on the embedded
-      10k-image CIFAR-10 subset, a 2-core CPU, a few minutes:
+      10k-image CIFAR-10 subset, batch 64, AdamW 2e-3, τ_base 0.99, 3 epochs (468 steps):
         python -m sslx.main --config=experiments/byol.py --workdir=/tmp/byol-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
-      one and raw pixels; the pretrained k-NN beats random init (figures in BUILD_NOTES.md).
+      one and raw pixels. Measured with --config.total_steps=400 (8m44s in all on a shared
+      2-core CPU, 128 img/s): k-NN@20/200 42.3/39.7 vs 41.2/37.3 at random init, linear
+      51.4 vs 46.7. BYOL starts slower than SimCLR (no negatives): below ~300 steps its k-NN
+      is still under the random-init encoder's (whose colour statistics alone give 41%).
   cifar10: ResNet-18 (CIFAR stem), batch 512, LARS, τ_base 0.99, projector/predictor
       4096→256, asymmetric solarization (0 / 0.2), no blur at 32 px — the solo-learn CIFAR
       recipe (solo-learn reports ~92.6% linear after 1000 epochs at batch 256; lightly's
@@ -45,10 +48,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       global_solarize_prob=(0.0, 0.2), num_local_crops=0, brightness=0.4, contrast=0.4,
       saturation=0.2, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, flip_prob=0.5))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1.0,
+      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
-  c.batch_size = 256
-  c.num_epochs = 8.0
+  # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
+  c.batch_size = 64
+  c.num_epochs = 3.0
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200

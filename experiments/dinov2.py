@@ -60,8 +60,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       base_momentum=0.99, centering="center", sinkhorn_iterations=3, dino_loss_weight=1.0,
       ibot_loss_weight=1.0, koleo_loss_weight=0.1, mask_probability=0.5,
       mask_ratio=(0.1, 0.5), collapse_std=0.05))
+  # Patch 8 on 32 px (a 4x4 grid; 2x2 on the 16 px local crops): ~4x cheaper than patch 4,
+  # so ~4x more steps fit a few CPU minutes, which is what the ViT needs to beat random init.
   c.model = ml_collections.ConfigDict(dict(
-      name="vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3))
+      name="vit_tiny", patch_size=8, dim=96, depth=4, num_heads=3))
   c.dataset = ml_collections.ConfigDict(dict(
       name="embedded", path="", train_split="train", eval_split="test", image_size=32,
       num_workers=0, normalization="cifar10"))
@@ -72,10 +74,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_prob=0.8,
       grayscale_prob=0.2, flip_prob=0.5))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, lr_scaling="none", weight_decay=0.04, warmup_epochs=1.0,
+      name="adamw", base_lr=5e-4, lr_scaling="none", weight_decay=0.04, warmup_epochs=0.2,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
-  c.batch_size = 128
-  c.num_epochs = 4.0
+  c.batch_size = 64
+  c.num_epochs = 2.5
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
@@ -91,7 +93,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
 
   if preset == "cpu":
     if opts.variant:
-      c.model = _vit(opts.variant, opts.patch or 4)
+      c.model = _vit(opts.variant, opts.patch or 8)
   elif preset == "cifar10":
     c.model = _vit(opts.variant or "S", opts.patch or 4, drop_path_rate=0.1)
     c.dataset.name = "image_folder"

@@ -1,11 +1,13 @@
 r"""VICReg (Bardes, Ponce & LeCun 2022) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) with a 3-layer
-      expander 512-512-512 on the embedded 10k-image CIFAR-10 subset, a 2-core CPU, a few
-      minutes:
+      expander 512-512-512 on the embedded 10k-image CIFAR-10 subset, batch 64, AdamW 2e-3,
+      3 epochs (468 steps):
         python -m sslx.main --config=experiments/vicreg.py --workdir=/tmp/vicreg-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
-      one and raw pixels; the pretrained k-NN beats random init (figures in BUILD_NOTES.md).
+      one and raw pixels. Measured with --config.total_steps=400 (7m46s in all on a shared
+      2-core CPU, 148 img/s): k-NN@20/200 45.3/42.7 vs 41.2/37.3 at random init, linear
+      50.7 vs 46.7.
   cifar10: ResNet-18 (CIFAR stem), expander 2048-2048-2048, λ = μ = 25, ν = 1, LARS lr 0.3
       (× B/256), weight decay 1e-4, batch 512, 1000 epochs, solarize p 0.1 on both views, no
       blur — the solo-learn CIFAR recipe (~92% linear reported there after 1000 epochs):
@@ -45,10 +47,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       global_solarize_prob=(0.0, 0.2), num_local_crops=0, brightness=0.4, contrast=0.4,
       saturation=0.2, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, flip_prob=0.5))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1.0,
+      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
-  c.batch_size = 256
-  c.num_epochs = 8.0
+  # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
+  c.batch_size = 64
+  c.num_epochs = 3.0
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
