@@ -103,7 +103,9 @@ def peer_workload(config):
     # The peer's model exactly: the preset's model kwargs (e.g. the demo CNN's widths) are
     # dropped, not passed on to another architecture.
     name = c.model.name
-    c.model = type(c.model)({"name": name})
+    # ... except the precision/memory switches, which change how, not what, it computes.
+    keep = {k: c.model[k] for k in ("dtype", "remat") if k in c.model}
+    c.model = type(c.model)(dict(keep, name=name))
     if name.startswith("resnet"):
       c.model.stem = "cifar"
     if name.startswith("vit"):

@@ -29,7 +29,7 @@ Values and gradients equal ``lax.conv_general_dilated``'s to 1e-5 (tests/test_mo
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -100,9 +100,10 @@ class FastConv(nn.Module):
     kernel_size: Tuple[int, int] = (3, 3)
     strides: int = 1
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32  # compute dtype; the kernel is stored in float32
 
     @nn.compact
     def __call__(self, x):
         w = self.param("kernel", self.kernel_init,
                        tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
-        return conv2d(jnp.asarray(x, jnp.float32), w, self.strides)
+        return conv2d(jnp.asarray(x, self.dtype), w.astype(self.dtype), self.strides)

@@ -23,6 +23,9 @@ uses :mod:`sslx.models.fast_conv`, whose custom VJP computes the weight gradient
 XLA:CPU runs much faster (values and gradients equal ``lax.conv`` to 1e-5, see the tests);
 ``"auto"`` (default) picks ``"fast"`` when the default backend is CPU and ``"xla"`` otherwise.
 Parameters are named and shaped identically in both cases (``kernel`` ``[kh, kw, in, out]``).
+
+``dtype="bfloat16"``: bf16 convolutions with float32 parameters, BN statistics and outputs;
+``remat="block"|"dots"``: rematerialise each residual block (see :mod:`sslx.models.precision`).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx.models import register_model
+from sslx.models import precision, register_model
 from sslx.models.fast_conv import FastConv
 
 ModuleDef = Any
@@ -94,14 +97,15 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
-def _make_conv(impl: str):
+def _make_conv(impl: str, dtype=jnp.float32):
     def conv(features, kernel_size, strides, name):
         if impl == "fast":
-            return FastConv(features, tuple(kernel_size), strides, kernel_init=_KAIMING, name=name)
+            return FastConv(features, tuple(kernel_size), strides, kernel_init=_KAIMING,
+                            dtype=dtype, name=name)
         k = tuple(kernel_size)
         return nn.Conv(features, k, (strides, strides),
                        padding=[(k[0] // 2, k[0] // 2), (k[1] // 2, k[1] // 2)], use_bias=False,
-                       kernel_init=_KAIMING, name=name)
+                       kernel_init=_KAIMING, dtype=dtype, name=name)
     return conv
 
 
@@ -117,6 +121,8 @@ class ResNet(nn.Module):
     num_classes: int = 0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
+    remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -125,10 +131,13 @@ class ResNet(nn.Module):
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes "
                              f"{tuple(self.stage_sizes)} must have the same length")
+        dtype = precision.compute_dtype(self.dtype)
         block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
-        conv = _make_conv(resolve_conv_impl(self.conv_impl))
+        block_cls = precision.maybe_remat(block_cls, self.remat)
+        conv = _make_conv(resolve_conv_impl(self.conv_impl), dtype)
+        # BN statistics are reduced in float32 whatever `dtype` (flax's float32 reductions)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon)
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=dtype)
         x = jnp.asarray(x, jnp.float32)
         if self.stem == "imagenet":
             x = conv(self.widths[0], (7, 7), 2, name="stem_conv")(x)
@@ -142,6 +151,7 @@ class ResNet(nn.Module):
                 x = block_cls(w, 2 if (i > 0 and j == 0) else 1, conv=conv, norm=norm,
                               zero_init_last=self.zero_init_last_bn,
                               name=f"stage{i + 1}_block{j + 1}")(x)
+        x = x.astype(jnp.float32)
         out = {"feature_map": x, "pre_logits": jnp.mean(x, axis=(1, 2))}
         if self.num_classes:
             out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
@@ -154,23 +164,28 @@ _DEFAULT_WIDTHS = (64, 128, 256, 512)
 def _resnet(stage_sizes, block, *, stem="imagenet", width: float = 1.0,
             widths: Optional[Sequence[int]] = None, zero_init_last_bn: bool = False,
             conv_impl: str = "auto", num_classes: int = 0, bn_momentum: float = 0.9,
-            bn_epsilon: float = 1e-5):
+            bn_epsilon: float = 1e-5, dtype: str = "float32", remat: str = "none"):
+    precision.compute_dtype(dtype)
+    precision.check_remat(remat)
     if widths is None:
         widths = tuple(int(round(c * width)) for c in _DEFAULT_WIDTHS)
     elif width != 1.0:
         raise ValueError("give either widths or width, not both")
     return ResNet(stage_sizes=tuple(stage_sizes), block=block, widths=tuple(widths), stem=stem,
                   zero_init_last_bn=zero_init_last_bn, conv_impl=conv_impl,
-                  num_classes=num_classes, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+                  num_classes=num_classes, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                  dtype=dtype, remat=remat)
 
 
 def _factory(stage_sizes, block):
     def make(stem: str = "imagenet", width: float = 1.0, widths: Optional[Sequence[int]] = None,
              zero_init_last_bn: bool = False, conv_impl: str = "auto", num_classes: int = 0,
-             bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
+             bn_momentum: float = 0.9, bn_epsilon: float = 1e-5, dtype: str = "float32",
+             remat: str = "none"):
         return _resnet(stage_sizes, block, stem=stem, width=width, widths=widths,
                        zero_init_last_bn=zero_init_last_bn, conv_impl=conv_impl,
-                       num_classes=num_classes, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+                       num_classes=num_classes, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                       dtype=dtype, remat=remat)
     return make
 
 

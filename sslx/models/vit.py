@@ -1,7 +1,8 @@
 """Vision Transformer (ViT) encoder.
 
 Variants (dim, depth, heads): Tiny (192, 12, 3), Small (384, 12, 6), Base (768, 12, 12),
-Large (1024, 24, 16), Huge (1280, 32, 16); any ``patch_size``; ``mlp_dim = mlp_ratio * dim``
+Large (1024, 24, 16), Huge (1280, 32, 16), giant (1536, 40, 24: DINOv2's ViT-g width, depth
+and heads with the plain 4x MLP, 1.1B parameters); any ``patch_size``; ``mlp_dim = mlp_ratio * dim``
 (4 by default). Pre-norm blocks, LayerNorm eps 1e-6, exact (erf) GELU by default.
 
 Patch embedding is a dense layer on flattened non-overlapping patches (reshape + matmul; the
@@ -36,17 +37,20 @@ Parameter names: ``patch_embed/{kernel,bias}``, ``cls_token``, ``pos_embed``,
 
 ``gelu_approximate=True`` switches to the tanh GELU approximation: slightly faster, but
 *different maths* (not the exact GELU used by the reference ViT / PyTorch's default).
+
+``dtype="bfloat16"``: bf16 compute with float32 parameters, LayerNorm statistics, softmax and
+outputs; ``remat="block"|"dots"``: rematerialise each block (see :mod:`sslx.models.precision`).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx.models import register_model
+from sslx.models import precision, register_model
 
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
@@ -85,6 +89,7 @@ def gelu(x, approximate: bool = False):
 class PatchEmbed(nn.Module):
     dim: int
     patch_size: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -93,8 +98,8 @@ class PatchEmbed(nn.Module):
         # conv-shaped kernel, xavier-uniform over the flattened (p*p*c, dim) matrix (MAE/timm)
         kernel = self.param("kernel", _patch_init, (p, p, c, self.dim))
         bias = self.param("bias", nn.initializers.zeros, (self.dim,))
-        tokens = patchify(x, p)
-        return tokens @ kernel.reshape(p * p * c, self.dim) + bias
+        tokens = patchify(x, p).astype(self.dtype)
+        return tokens @ kernel.reshape(p * p * c, self.dim).astype(self.dtype) + bias.astype(self.dtype)
 
 
 def _patch_init(key, shape, dtype=jnp.float32):
@@ -120,6 +125,7 @@ class Attention(nn.Module):
     batched matmuls (no per-head slicing or transposes of q/k/v)."""
     dim: int
     num_heads: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -127,25 +133,29 @@ class Attention(nn.Module):
         h = self.num_heads
         hd = d // h
         kernel, bias = _DenseParams(3 * d, name="qkv")(d)
-        qkv = jnp.einsum("btd,dshe->sbhte", x, kernel.reshape(d, 3, h, hd))
-        qkv = qkv + bias.reshape(3, 1, h, 1, hd)
+        x = x.astype(self.dtype)
+        qkv = jnp.einsum("btd,dshe->sbhte", x, kernel.reshape(d, 3, h, hd).astype(self.dtype))
+        qkv = qkv + bias.reshape(3, 1, h, 1, hd).astype(self.dtype)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        logits = jnp.einsum("bhqe,bhke->bhqk", q * np.float32(hd ** -0.5), k)
-        attn = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bhke->bqhe", attn, v).reshape(b, t, d)
-        return nn.Dense(d, kernel_init=_DENSE_INIT, name="proj")(out), attn
+        logits = jnp.einsum("bhqe,bhke->bhqk", q * jnp.asarray(hd ** -0.5, self.dtype), k)
+        # softmax in float32 whatever the compute dtype (bf16 exponentials lose the tail)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        out = jnp.einsum("bhqk,bhke->bqhe", attn.astype(self.dtype), v).reshape(b, t, d)
+        proj = nn.Dense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="proj")(out)
+        return proj, attn
 
 
 class Mlp(nn.Module):
     hidden: int
     gelu_approximate: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        x = nn.Dense(self.hidden, kernel_init=_DENSE_INIT, name="fc1")(x)
+        x = nn.Dense(self.hidden, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc1")(x)
         x = gelu(x, self.gelu_approximate)
-        return nn.Dense(d, kernel_init=_DENSE_INIT, name="fc2")(x)
+        return nn.Dense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc2")(x)
 
 
 class Block(nn.Module):
@@ -154,14 +164,15 @@ class Block(nn.Module):
     mlp_dim: int
     gelu_approximate: bool = False
     drop_path: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y, attn = Attention(self.dim, self.num_heads, name="attn")(
-            nn.LayerNorm(epsilon=1e-6, name="norm1")(x))
+        y, attn = Attention(self.dim, self.num_heads, self.dtype, name="attn")(
+            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x))
         x = x + self._drop_path(y, train)
-        y = Mlp(self.mlp_dim, self.gelu_approximate, name="mlp")(
-            nn.LayerNorm(epsilon=1e-6, name="norm2")(x))
+        y = Mlp(self.mlp_dim, self.gelu_approximate, self.dtype, name="mlp")(
+            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x))
         return x + self._drop_path(y, train), attn
 
     def _drop_path(self, y, train):
@@ -185,6 +196,8 @@ class ViT(nn.Module):
     drop_path_rate: float = 0.0
     pool: str = "cls"  # "cls" | "mean"
     num_classes: int = 0
+    dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
+    remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
 
     @nn.compact
     def __call__(self, x, train: bool = True, mask=None, num_keep: Optional[int] = None,
@@ -193,31 +206,35 @@ class ViT(nn.Module):
             raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        dtype = precision.compute_dtype(self.dtype)
+        block_cls = precision.maybe_remat(Block, self.remat, static_argnums=(2,))
         x = jnp.asarray(x, jnp.float32)
         b, hh, ww, _ = x.shape
         p = self.patch_size
         grid = (hh // p, ww // p)
-        tokens = PatchEmbed(self.dim, p, name="patch_embed")(x)  # [B, N, D]
-        tokens = tokens + self._pos_embed(grid)
+        tokens = PatchEmbed(self.dim, p, dtype, name="patch_embed")(x)  # [B, N, D]
+        tokens = tokens + self._pos_embed(grid).astype(dtype)
         out = {}
         if mask is not None:
             ids_keep = self._ids_keep(mask, num_keep, tokens.shape[1])
             tokens = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
             out["ids_keep"] = ids_keep
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
-        tokens = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), tokens], axis=1)
+        tokens = jnp.concatenate(
+            [jnp.broadcast_to(cls.astype(dtype), (b, 1, self.dim)), tokens], axis=1)
         mlp_dim = int(self.mlp_ratio * self.dim)
         attn = None
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
-            tokens, attn = Block(self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp,
-                                 name=f"block{i}")(tokens, train)
-        tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
+            tokens, attn = block_cls(self.dim, self.num_heads, mlp_dim, self.gelu_approximate,
+                                     dp, dtype, name=f"block{i}")(tokens, train)
+        # the final norm's output in float32: heads, losses and evaluation see float32
+        tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens.astype(jnp.float32))
         out["tokens"] = tokens
         out["patch_tokens"] = tokens[:, 1:]
         out["pre_logits"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)
         if return_attention:
-            out["attention"] = attn
+            out["attention"] = attn.astype(jnp.float32)
         if self.num_classes:
             out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
         return out
@@ -269,6 +286,8 @@ _VARIANTS = {
     "vit_base": (768, 12, 12),
     "vit_large": (1024, 24, 16),
     "vit_huge": (1280, 32, 16),
+    # ViT-g as in DINOv2 (width 1536, depth 40, 24 heads; here with the plain 4x MLP): 1.1B
+    "vit_giant": (1536, 40, 24),
 }
 
 
@@ -277,10 +296,14 @@ def _factory(name):
 
     def make(patch_size: int = 16, dim: int = d0, depth: int = depth0, num_heads: int = heads0,
              mlp_ratio: float = 4.0, gelu_approximate: bool = False, drop_path_rate: float = 0.0,
-             pool: str = "cls", num_classes: int = 0):
+             pool: str = "cls", num_classes: int = 0, dtype: str = "float32",
+             remat: str = "none"):
+        precision.compute_dtype(dtype)
+        precision.check_remat(remat)
         return ViT(patch_size=patch_size, dim=dim, depth=depth, num_heads=num_heads,
                    mlp_ratio=mlp_ratio, gelu_approximate=gelu_approximate,
-                   drop_path_rate=drop_path_rate, pool=pool, num_classes=num_classes)
+                   drop_path_rate=drop_path_rate, pool=pool, num_classes=num_classes,
+                   dtype=dtype, remat=remat)
 
     make.__name__ = name
     return register_model(name)(make)
