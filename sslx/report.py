@@ -3,7 +3,7 @@ r"""Side-by-side comparison of runs: a Markdown table and a bar chart from resul
     python -m sslx.report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
 
 Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN@200, linear,
-fine-tune, images/s) and report.png next to it (grouped bars of the accuracies; needs
+fine-tune, the untrained encoder's k-NN@20 and linear, images/s) and report.png next to it (grouped bars of the accuracies; needs
 matplotlib: pip install 'sslx[plots]').
 """
 from __future__ import annotations
@@ -16,7 +16,11 @@ COLUMNS = (  # (header, results.json key, format)
     ("method", "method", "{}"), ("encoder", "model", "{}"), ("epochs", "epochs", "{:.1f}"),
     ("batch", "batch_size", "{}"), ("k-NN@20", "knn@20", "{:.2f}"),
     ("k-NN@200", "knn@200", "{:.2f}"), ("linear", "linear", "{:.2f}"),
-    ("fine-tune", "finetune", "{:.2f}"), ("images/s", "train_images_per_sec", "{:.0f}"))
+    ("fine-tune", "finetune", "{:.2f}"),
+    # the same encoder untrained (the run's `eval_baselines`): what pretraining added
+    ("k-NN@20 untrained", "baselines.random_init.knn@20", "{:.2f}"),
+    ("linear untrained", "baselines.random_init.linear", "{:.2f}"),
+    ("images/s", "train_images_per_sec", "{:.0f}"))
 ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
 
 
@@ -43,13 +47,23 @@ def _cell(value, fmt: str) -> str:
     return str(value)
 
 
+def _get(results: dict, key: str):
+  """results[key], where a dotted key walks into nested dicts ("baselines.random_init.linear")."""
+  node = results
+  for part in key.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
 def markdown_table(rows: list[dict]) -> str:
   """One Markdown row per results dict; missing values shown as "–"."""
   lines = ["| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for r in rows:
     name = os.path.basename(os.path.normpath(r.get("workdir", ""))) or "-"
-    lines.append(f"| {name} | " + " | ".join(_cell(r.get(k), fmt) for _, k, fmt in COLUMNS)
+    lines.append(f"| {name} | " + " | ".join(_cell(_get(r, k), fmt) for _, k, fmt in COLUMNS)
                  + " |")
   return "\n".join(lines) + "\n"
 
@@ -65,19 +79,34 @@ def bar_chart(rows: list[dict], out: str) -> str:
   import numpy as np
 
   keys = [k for k in ACCURACIES if any(r.get(k) is not None for r in rows)]
-  names = [f"{os.path.basename(os.path.normpath(r.get('workdir', '')))}\n{r.get('method', '?')}"
-           for r in rows]
-  fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 4))
+  names = []
+  for r in rows:
+    run, method = os.path.basename(os.path.normpath(r.get("workdir", ""))), r.get("method", "?")
+    names.append(run if run == method else f"{run}\n{method}")
+  fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(rows) + 2), 4))
   width = 0.8 / max(len(keys), 1)
   x = np.arange(len(rows))
+  top = 0.0
+  marked = False
   for i, k in enumerate(keys):
     vals = [r.get(k) if r.get(k) is not None else 0.0 for r in rows]
-    ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=k)
+    pos = x + (i - (len(keys) - 1) / 2) * width
+    ax.bar(pos, vals, width, label=k)
+    # the untrained encoder's figure as a black tick on each bar: what pretraining added
+    base = [_get(r, f"baselines.random_init.{k}") for r in rows]
+    pts = [(p, b) for p, b in zip(pos, base) if b is not None]
+    if pts:
+      ax.scatter([p for p, _ in pts], [b for _, b in pts], marker="_", s=120, color="black",
+                 zorder=3, label=None if marked else "untrained encoder")
+      marked = True
+    top = max([top] + vals + [b for _, b in pts])
   ax.set_xticks(x)
-  ax.set_xticklabels(names)
+  ax.set_xticklabels(names, rotation=30 if len(rows) > 6 else 0,
+                     ha="right" if len(rows) > 6 else "center")
   ax.set_ylabel("top-1 accuracy (%)")
-  ax.set_ylim(0, 100)
-  ax.legend()
+  ax.set_ylim(0, min(100.0, top * 1.15 + 1.0))
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize="small", ncol=len(keys) + 1)
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)

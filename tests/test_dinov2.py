@@ -1,5 +1,6 @@
 """DINOv2-style: Sinkhorn-Knopp, KoLeo, iBOT's masked-patch loss, the masked ViT, the EMA
 teacher, sharding and a short learning run."""
+import functools
 import json
 
 import jax
@@ -106,19 +107,23 @@ def test_masks_and_masked_positions():
 def test_masked_vit_is_the_vit_plus_a_mask_token():
   vit = models.create_model("vit_tiny", patch_size=8, dim=16, depth=2, num_heads=2)
   mvit = dinov2.masked_vit(vit)
+  # jitted: op-by-op dispatch of even a tiny ViT costs tens of seconds on 8 fake devices
+  minit = jax.jit(mvit.init, static_argnames="train")
+  mapply = jax.jit(mvit.apply, static_argnames="train")
+  vapply = jax.jit(vit.apply, static_argnames="train")
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   mask = jnp.zeros((2, 16), bool).at[0, 3].set(True)
-  params = mvit.init(jax.random.PRNGKey(1), x, train=False, token_mask=mask)["params"]
-  assert set(params) == set(vit.init(jax.random.PRNGKey(1), x, train=False)["params"]) | {
-      "mask_token"}
+  params = minit(jax.random.PRNGKey(1), x, train=False, token_mask=mask)["params"]
+  plain_init = jax.eval_shape(functools.partial(vit.init, train=False), jax.random.PRNGKey(1), x)
+  assert set(params) == set(plain_init["params"]) | {"mask_token"}
   plain = {k: v for k, v in params.items() if k != "mask_token"}
-  ref = vit.apply({"params": plain}, x, train=False)["tokens"]
-  np.testing.assert_allclose(mvit.apply({"params": params}, x, train=False)["tokens"], ref,
+  ref = vapply({"params": plain}, x, train=False)["tokens"]
+  np.testing.assert_allclose(mapply({"params": params}, x, train=False)["tokens"], ref,
                              rtol=1e-5, atol=1e-6)
-  masked = mvit.apply({"params": params}, x, train=False, token_mask=mask)["tokens"]
+  masked = mapply({"params": params}, x, train=False, token_mask=mask)["tokens"]
   assert not np.allclose(masked[0], ref[0]) and np.allclose(masked[1], ref[1], atol=1e-6)
-  g = jax.grad(lambda p: jnp.sum(mvit.apply({"params": p}, x, train=False,
-                                            token_mask=mask)["tokens"] ** 2))(params)
+  g = jax.jit(jax.grad(lambda p: jnp.sum(mapply({"params": p}, x, train=False,
+                                                token_mask=mask)["tokens"] ** 2)))(params)
   assert float(jnp.abs(g["mask_token"]).max()) > 0
   with pytest.raises(ValueError, match="ViT backbone"):
     dinov2.masked_vit(models.create_model("convnet"))
@@ -142,8 +147,8 @@ def test_teacher_moves_only_by_ema_and_gets_no_gradient(dinov2_step):
   assert metrics["masked_fraction"] > 0
   assert np.any(after.method_state["center"]) and np.any(after.method_state["patch_center"])
   images = jnp.asarray(batches(config)[0]["image"])
-  grads = jax.grad(lambda ms: setup.method.loss(
-      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0)[0])(
+  grads = jax.jit(jax.grad(lambda ms: setup.method.loss(
+      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0)[0]))(
           before.method_state)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 

@@ -1,4 +1,7 @@
 """Fine-tuning protocol: end-to-end training of a pretrained encoder; LLRD scales."""
+import types
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,12 +28,12 @@ def test_finetune_a_tiny_checkpoint_changes_encoder_and_beats_chance(tmp_path):
   te = np.random.default_rng(1).permutation(len(xte))[:300]  # splits may be sorted by class
   ctx = finetune.Context(setup.method, state.params["model"], state.batch_stats,
                          xtr[tr], ytr[tr], xte[te], yte[te], nc)
-  results, tuned = finetune.finetune(ctx, dict(steps=30, batch_size=64, lr=3e-3,
+  results, tuned = finetune.finetune(ctx, dict(steps=150, batch_size=64, lr=3e-3,
                                                mixup_alpha=0.0))
-  # 10 classes: chance is 10%. After 30 steps BatchNorm's running statistics (momentum 0.99)
-  # still lag, so the held-out figure is noisy; the training batches show the learning.
+  # 10 classes: chance is 10% (measured: 23.7% held out, 30% on the last training batches).
+  # The held-out figure uses BatchNorm statistics re-estimated for the final weights.
   assert results["finetune_train_acc"] > 15.0, results
-  assert 0.0 <= results["finetune"] <= 100.0
+  assert results["finetune"] > 15.0, results
   before = state.params["model"]["encoder"]
   after = tuned["model"]["encoder"]
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
@@ -61,3 +64,34 @@ def test_llrd_scales_per_vit_block():
   cp = jax.eval_shape(lambda: conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
                                         train=False))["params"]
   assert set(jax.tree.leaves(finetune.llrd_scales(cp, 0.5))) == {1.0}
+
+
+class _BNNet(nn.Module):
+  """A BatchNorm on the flattened pixels: its batch statistics are the pixels' own."""
+
+  def setup(self):
+    self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+
+  def __call__(self, x, train: bool = True):
+    return self.encode(x, train)
+
+  def encode(self, x, train: bool = True):
+    return self.bn(x.reshape(x.shape[0], -1), use_running_average=not train)
+
+
+def test_precise_bn_is_the_mean_of_per_batch_statistics():
+  net = _BNNet()
+  method = types.SimpleNamespace(net=net, preprocess=lambda x: x)
+  images = np.random.default_rng(0).integers(0, 256, (40, 2, 2, 1)).astype(np.uint8)
+  v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 2, 2, 1)), train=False)
+  stale = jax.tree.map(lambda a: a + 3.0, v["batch_stats"])  # far from the data's
+  got = finetune.recompute_batch_stats(method, v["params"], stale, images, batch=10,
+                                       num_batches=3, seed=5)
+  order = np.random.default_rng(5).permutation(40)
+  x = [images[order[i * 10:(i + 1) * 10]].reshape(10, -1) / 255.0 for i in range(3)]
+  np.testing.assert_allclose(np.asarray(got["bn"]["mean"]),
+                             np.mean([b.mean(0) for b in x], 0), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["bn"]["var"]),
+                             np.mean([b.var(0) for b in x], 0), rtol=1e-4)
+  # encoders without BatchNorm (ViTs) pass through untouched
+  assert finetune.recompute_batch_stats(method, v["params"], {}, images, 10) == {}
