@@ -3,11 +3,14 @@ Learning by Context Prediction") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) as the siamese patch encoder on the
       embedded 10k-image CIFAR-10 subset: images upsampled to 48 px, 12 px patches, 4 px
-      gaps, ±1 px jitter, chromatic-aberration projection:
+      gaps, ±1 px jitter, chromatic-aberration projection, 8 epochs of batch 64 (1248 steps,
+      ~1.5 minutes of training on a quiet 2-core CPU, ~1900 img/s):
         python -m sslx.main --config=experiments/relative_patch.py --workdir=/tmp/rp-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
-      (the encoder on the whole 32 px image). Expected: linear probe above the random-init
-      encoder (figures in BUILD_NOTES.md).
+      (the encoder on the whole 32 px image). Measured (loss 2.06 -> 1.72; chance is ln 8 = 2.08):
+        pretrained   k-NN@20 41.8  k-NN@200 39.2  linear 48.3
+        random init  k-NN@20 41.2  k-NN@200 37.3  linear 46.7   (raw pixels 38.8 / 36.8 / 26.7)
+      One epoch is not enough: the loss stays near chance and the probe at random init.
   cifar10: ResNet-18 (CIFAR stem), images upsampled to 96 px, 24 px patches, 12 px gaps
       (the paper's gap = patch/2), ±3 px jitter, colour dropping; SGD. No published CIFAR
       figure for this protocol:
@@ -57,7 +60,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
   c.batch_size = 64
-  c.num_epochs = 1.0
+  c.num_epochs = 8.0
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
