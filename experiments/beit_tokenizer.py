@@ -25,21 +25,13 @@ from sslx import config_lib
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset = arg.split(",")[0] if arg else "cpu"
-  rest = ",".join(arg.split(",")[1:]) if arg else ""
-  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = [("data", -1)]
-  c.sharding_rules = [(".*", "replicate")]
+  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
+  c = config_lib.base_config()
 
   c.method = ml_collections.ConfigDict(dict(
       name="beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64,
       beta=0.25, ema_decay=0.99, dead_threshold=0.03))
   c.model = ml_collections.ConfigDict(dict(name="convnet"))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
   c.augment = ml_collections.ConfigDict(dict(
       crop_size=32, crop_scale=(0.5, 1.0), brightness=0.0, contrast=0.0, saturation=0.0,
       hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, flip_prob=0.5,
@@ -49,15 +41,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       warmup_epochs=0.1, final_lr_fraction=0.1))
   c.batch_size = 64
   c.num_epochs = 1.0
-  c.total_steps = 0
-  c.log_every_steps = 20
   c.checkpoint_every_steps = 0
   c.keep_checkpoints = 1
-  c.tensorboard = True
   c.online_probe = ml_collections.ConfigDict(dict(enabled=False, lr=1e-3))
   c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(20,), temperature=0.07)))
   c.eval_baselines = False
-  c.eval_batch_size = 500
   c.eval_train_limit = 2000
 
   if preset == "cpu":
@@ -88,8 +76,4 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r} for experiments/beit_tokenizer.py; valid: "
                      "cpu, cifar10, imagenet")
-  if opts.steps:
-    c.total_steps = opts.steps
-  if opts.epochs:
-    c.num_epochs = opts.epochs
-  return c
+  return config_lib.with_duration(c, opts)

@@ -31,13 +31,8 @@ from sslx import config_lib
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset = arg.split(",")[0] if arg else "cpu"
-  rest = ",".join(arg.split(",")[1:]) if arg else ""
-  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = [("data", -1)]
-  c.sharding_rules = [(".*", "replicate")]
+  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
+  c = config_lib.base_config()
 
   c.method = ml_collections.ConfigDict(dict(
       name="cpc", patch_size=8, patch_stride=4, steps_ahead=3, first_step=2, context_dim=256,
@@ -50,9 +45,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
   c.model = ml_collections.ConfigDict(dict(name="cpc_convnet", widths=(16, 32, 64, 128),
                                            blocks=1))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
   # One view of the whole image before the patches are cut.
   c.augment = ml_collections.ConfigDict(dict(
       crop_size=32, crop_scale=(0.3, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
@@ -65,16 +57,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.num_epochs = 0.0
   c.total_steps = 400
   c.log_every_steps = 25
-  c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
-  c.tensorboard = True
-  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
-  c.evals = ml_collections.ConfigDict(dict(
-      knn=dict(ks=(20, 200), temperature=0.07),
-      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
-  c.eval_baselines = True
-  c.eval_batch_size = 500
-  c.eval_train_limit = 0
 
   if preset == "cpu":
     pass
@@ -119,9 +101,4 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r} for experiments/cpc.py; valid: cpu, "
                      "cifar10, imagenet")
-  if opts.steps:
-    c.total_steps = opts.steps
-  if opts.epochs:
-    c.num_epochs = opts.epochs
-    c.total_steps = 0
-  return c
+  return config_lib.with_duration(c, opts)

@@ -44,13 +44,8 @@ def _vit(variant: str, patch: int, **extra) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset = arg.split(",")[0] if arg else "cpu"
-  rest = ",".join(arg.split(",")[1:]) if arg else ""
-  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0, variant="", patch=0)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = [("data", -1)]
-  c.sharding_rules = [(".*", "replicate")]
+  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0, variant="", patch=0)
+  c = config_lib.base_config()
 
   c.method = ml_collections.ConfigDict(dict(
       name="dinov2", out_dim=1024, patch_out_dim=1024, separate_ibot_head=False,
@@ -64,9 +59,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # so ~4x more steps fit a few CPU minutes, which is what the ViT needs to beat random init.
   c.model = ml_collections.ConfigDict(dict(
       name="vit_tiny", patch_size=8, dim=96, depth=4, num_heads=3))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
   c.augment = ml_collections.ConfigDict(dict(
       global_crop_size=32, global_crop_scale=(0.3, 1.0), global_blur_prob=(0.0, 0.0),
       global_solarize_prob=(0.0, 0.2), num_local_crops=4, local_crop_size=16,
@@ -78,18 +70,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
   c.batch_size = 64
   c.num_epochs = 2.5
-  c.total_steps = 0
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
-  c.tensorboard = True
-  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
-  c.evals = ml_collections.ConfigDict(dict(
-      knn=dict(ks=(20, 200), temperature=0.07),
-      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
-  c.eval_baselines = True
-  c.eval_batch_size = 500
-  c.eval_train_limit = 0
 
   if preset == "cpu":
     if opts.variant:
@@ -150,8 +130,4 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r} for experiments/dinov2.py; valid: cpu, "
                      "cifar10, imagenet")
-  if opts.steps:
-    c.total_steps = opts.steps
-  if opts.epochs:
-    c.num_epochs = opts.epochs
-  return c
+  return config_lib.with_duration(c, opts)

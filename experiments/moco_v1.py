@@ -31,23 +31,15 @@ from sslx import config_lib
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset = arg.split(",")[0] if arg else "cpu"
-  rest = ",".join(arg.split(",")[1:]) if arg else ""
-  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = [("data", -1)]
+  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
+  c = config_lib.base_config()
   # Everything replicated, the queue included (see the module docstring of methods/moco.py).
-  c.sharding_rules = [(".*", "replicate")]
 
   c.method = ml_collections.ConfigDict(dict(
       name="moco", version="v1", temperature=0.07, projector_hidden=(), projector_dim=128,
       projector_bn=False, queue_size=4096, momentum=0.99, momentum_schedule="constant",
       symmetric=False))
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
   # The paper's v1 augmentation (torchvision ColorJitter(0.4, 0.4, 0.4, 0.4), always on).
   c.augment = ml_collections.ConfigDict(dict(
       crop_size=32, crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
@@ -61,15 +53,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.total_steps = 600
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 2
-  c.tensorboard = True
-  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
-  c.evals = ml_collections.ConfigDict(dict(
-      knn=dict(ks=(20, 200), temperature=0.07),
-      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
-  c.eval_baselines = True
-  c.eval_batch_size = 500
-  c.eval_train_limit = 0
 
   if preset == "cpu":
     pass
@@ -108,9 +91,4 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r} for experiments/moco_v1.py; valid: cpu, "
                      "cifar10, imagenet")
-  if opts.steps:
-    c.total_steps = opts.steps
-  if opts.epochs:
-    c.num_epochs = opts.epochs
-    c.total_steps = 0
-  return c
+  return config_lib.with_duration(c, opts)

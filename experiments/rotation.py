@@ -33,19 +33,11 @@ from sslx import config_lib
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset = arg.split(",")[0] if arg else "cpu"
-  rest = ",".join(arg.split(",")[1:]) if arg else ""
-  opts = config_lib.parse_arg(rest, steps=0, epochs=0.0)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = [("data", -1)]
-  c.sharding_rules = [(".*", "replicate")]
+  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
+  c = config_lib.base_config()
 
   c.method = ml_collections.ConfigDict(dict(name="rotation", head_hidden=()))
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
   # The paper's CIFAR augmentation: random crop and horizontal flip, no colour jitter.
   c.augment = ml_collections.ConfigDict(dict(
       crop_size=32, crop_scale=(0.5, 1.0), brightness=0.0, contrast=0.0, saturation=0.0,
@@ -56,18 +48,6 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
   c.batch_size = 64
   c.num_epochs = 1.0
-  c.total_steps = 0
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
-  c.tensorboard = True
-  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
-  c.evals = ml_collections.ConfigDict(dict(
-      knn=dict(ks=(20, 200), temperature=0.07),
-      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
-  c.eval_baselines = True
-  c.eval_batch_size = 500
-  c.eval_train_limit = 0
 
   if preset == "cpu":
     pass
@@ -86,8 +66,4 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r} for experiments/rotation.py; valid: cpu, "
                      "cifar10")
-  if opts.steps:
-    c.total_steps = opts.steps
-  if opts.epochs:
-    c.num_epochs = opts.epochs
-  return c
+  return config_lib.with_duration(c, opts)

@@ -32,6 +32,53 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def split_arg(arg: str, **defaults) -> tuple[str, ml_collections.ConfigDict]:
+  """"cifar10,steps=50" -> ("cifar10", parse_arg("steps=50", **defaults)); "" -> "cpu"."""
+  words = (arg or "cpu").split(",")
+  return words[0] or "cpu", parse_arg(",".join(words[1:]), **defaults)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """What every experiment file shares before it names its method, model, augmentations,
+  optimizer and schedule: one data-parallel mesh axis with replicated parameters, the
+  embedded dataset, logging/checkpoint cadence, the online probe, and the end-of-run
+  evaluations (k-NN@20/200 and a linear probe, with the untrained-encoder and raw-pixel
+  baselines). Experiment files override any of it."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # tuples, not lists: ml_collections can override tuples from the command line
+  # (--config.mesh='(("data", -1), ("fsdp", 8))')
+  c.mesh = (("data", -1),)
+  c.sharding_rules = ((".*", "replicate"),)
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
+      num_workers=0, normalization="cifar10"))
+  c.total_steps = 0
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 2
+  c.tensorboard = True
+  c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
+  c.evals = ml_collections.ConfigDict(dict(
+      knn=dict(ks=(20, 200), temperature=0.07),
+      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
+  c.eval_baselines = True
+  c.eval_batch_size = 500
+  c.eval_train_limit = 0
+  return c
+
+
+def with_duration(c: ml_collections.ConfigDict, opts) -> ml_collections.ConfigDict:
+  """Applies a preset's `epochs=` / `steps=` words (when given) and returns `c`. `epochs=`
+  replaces a preset's fixed step count; `steps=` wins over both."""
+  if opts.get("epochs"):
+    c.num_epochs = opts.epochs
+    c.total_steps = 0
+  if opts.get("steps"):
+    c.total_steps = opts.steps
+  return c
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(num_examples // batch_size, 1)
 

@@ -95,3 +95,23 @@ def test_precise_bn_is_the_mean_of_per_batch_statistics():
                              np.mean([b.var(0) for b in x], 0), rtol=1e-4)
   # encoders without BatchNorm (ViTs) pass through untouched
   assert finetune.recompute_batch_stats(method, v["params"], {}, images, 10) == {}
+
+
+def test_masked_modeling_checkpoints_fine_tune_their_encoder_alone():
+  """MAE (like data2vec and BEiT) keeps its ViT in `method.encoder`: fine-tuning trains that
+  encoder and drops the decoder, as the paper does after pretraining."""
+  from sslx.methods import mae
+  from tests.test_mae import tiny_config
+  method = mae.create(tiny_config(), total_steps=4)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
+  y = (x[:, :, :, 0].mean((1, 2)) > 127).astype(np.int32)  # a learnable label: brightness
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), x[:2])
+  assert set(v.params) > {"encoder"}  # the decoder and mask token are there before
+  ctx = finetune.Context(method, v.params, v.batch_stats, x, y, x, y, 2)
+  results, tuned = finetune.finetune(ctx, dict(steps=40, batch_size=32, lr=3e-3, flip=False))
+  assert set(tuned["model"]) == {"encoder"}
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(v.params["encoder"]),
+                                                     jax.tree.leaves(tuned["model"]["encoder"]))]
+  assert all(changed)
+  assert results["finetune"] > 70.0, results  # brightness is easy; chance is ~50%

@@ -27,6 +27,7 @@ import functools
 import re
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,10 +58,17 @@ class Context:
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
   """The encoder's features [B, D] of uint8 (or float) images [B, H, W, 3] and the updated
   batch_stats. Uses `method.encoder_apply` when the method provides it (the proposed hook),
-  else the `net.encode(x, train)` convention of SimCLR / BYOL / DINO networks."""
+  else the `net.encode(x, train)` convention of SimCLR / BYOL / DINO networks, else the
+  masked-modeling convention (MAE, data2vec, BEiT): the ViT in `method.encoder`, its
+  parameters under params["encoder"]."""
   if hasattr(method, "encoder_apply"):
     return method.encoder_apply(params, batch_stats, images, train, rng)
   net = getattr(method, "net", None)
+  if net is None and _has_bare_encoder(method, params):
+    rngs = {"dropout": rng} if rng is not None else {}
+    out = method.encoder.apply({"params": params["encoder"]}, method.preprocess(images),
+                               train=train, rngs=rngs)
+    return out["pre_logits"], batch_stats
   if net is None or not hasattr(type(net), "encode"):
     raise NotImplementedError(
         f"fine-tuning needs the encoder in training mode, but {type(method).__name__} has "
@@ -74,6 +82,20 @@ def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
                                mutable=["batch_stats"], rngs=rngs)
     return feats, updates.get("batch_stats", batch_stats)
   return net.apply(variables, x, train=False, method=type(net).encode), batch_stats
+
+
+def _has_bare_encoder(method, params) -> bool:
+  return (isinstance(getattr(method, "encoder", None), nn.Module) and isinstance(params, dict)
+          and "encoder" in params)
+
+
+def finetuned_params(method, params):
+  """The part of a method's parameters that fine-tuning trains: for masked-modeling methods
+  the encoder alone (the decoder, mask token and prediction heads are dropped, as the papers
+  do after pretraining); otherwise everything (the unused heads get no gradient)."""
+  if getattr(method, "net", None) is None and _has_bare_encoder(method, params):
+    return {"encoder": params["encoder"]}
+  return params
 
 
 def layer_ids(params) -> tuple[Any, int]:
@@ -214,9 +236,10 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   steps = int(cfg["steps"])
   if steps <= 0:
     raise ValueError(f"evals.finetune.steps={steps} must be positive")
+  model_params = finetuned_params(ctx.method, ctx.params)
   dim = jax.eval_shape(lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
-                       ctx.params, ctx.batch_stats, jnp.asarray(xtr[:2])).shape[-1]
-  params = {"model": ctx.params,
+                       model_params, ctx.batch_stats, jnp.asarray(xtr[:2])).shape[-1]
+  params = {"model": model_params,
             "head": {"kernel": jnp.zeros((dim, ctx.num_classes), jnp.float32),
                      "bias": jnp.zeros((ctx.num_classes,), jnp.float32)}}
   tx = make_tx(params, cfg, steps)
@@ -226,6 +249,9 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   rng = jax.random.PRNGKey(cfg["seed"])
   order = np.random.default_rng(cfg["seed"])
   perm, pos, loss, accs = order.permutation(len(xtr)), 0, None, []
+  from sslx import progress  # local: progress imports nothing heavy, but keep this module lean
+  prog = progress.Progress(steps, 0, batch)
+  report_every = max(steps // 10, 1)
   for i in range(steps):
     if pos + batch > len(perm):
       perm, pos = order.permutation(len(xtr)), 0
@@ -234,6 +260,10 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     state, (loss, acc) = step_fn(state, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx], jnp.int32),
                                jax.random.fold_in(rng, i))
     accs.append(acc)
+    if (i + 1) % report_every == 0 or i + 1 == steps:
+      rates = prog.update(i + 1)
+      progress.console("fine-tune " + prog.line(i + 1, {"loss": float(loss),
+                                                        "train_acc": float(acc)}, rates))
 
   # BatchNorm's running statistics trail the weights (momentum 0.9-0.99 over a few hundred
   # steps of a moving network): re-estimate them for the final weights before testing.

@@ -161,8 +161,32 @@ def _drop_rng(rng):
   return {"dropout": rng}
 
 
+class EMATeacher:
+  """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
+  features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
+  `self.preprocess` and `self.momentum(step)`; `method_state["teacher"]` holds the teacher's
+  params and batch_stats."""
+
+  def after_update(self, params, method_state, step):
+    """θt ← λ_k·θt + (1 − λ_k)·θs with the updated student θs (DINO §3.1)."""
+    teacher = method_state["teacher"]
+    new = ema(teacher["params"], params, self.momentum(step))
+    return dict(method_state, teacher=dict(teacher, params=new))
+
+  def encode(self, params, batch_stats, images):
+    return self.net.apply({"params": params, "batch_stats": batch_stats},
+                          self.preprocess(images), method=type(self.net).encode)
+
+  def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
+    """Last-layer attention [B, heads, T, T] of the teacher (default) or student ViT."""
+    variables = ({"params": method_state["teacher"]["params"],
+                  "batch_stats": method_state["teacher"]["batch_stats"]}
+                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
+    return self.net.apply(variables, self.preprocess(images), method=type(self.net).attention)
+
+
 @dataclasses.dataclass(frozen=True)
-class DINO:
+class DINO(EMATeacher):
   net: DINONet
   teacher_net: DINONet       # same parameters; no stochastic depth in the teacher
   views: multicrop.MultiCrop
@@ -230,23 +254,6 @@ class DINO:
     metrics = {"loss": loss, "teacher_temp": temp, "teacher_entropy": entropy_fraction(probs),
                "teacher_momentum": self.momentum(step), **embedding_std_metrics(feats)}
     return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, feats[:n])
-
-  def after_update(self, params, method_state, step):
-    """θt ← λ_k·θt + (1 − λ_k)·θs with the updated student θs (§3.1)."""
-    teacher = method_state["teacher"]
-    new = ema(teacher["params"], params, self.momentum(step))
-    return dict(method_state, teacher=dict(teacher, params=new))
-
-  def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=DINONet.encode)
-
-  def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
-    """Last-layer attention [B, heads, T, T] of the teacher (default) or student ViT."""
-    variables = ({"params": method_state["teacher"]["params"],
-                  "batch_stats": method_state["teacher"]["batch_stats"]}
-                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
-    return self.net.apply(variables, self.preprocess(images), method=DINONet.attention)
 
   def collapse_warning(self, metrics: dict) -> str | None:
     return entropy_warning(metrics) or std_warning(metrics, self.collapse_std)

@@ -58,63 +58,26 @@ import jax.numpy as jnp
 
 from sslx import losses, models, multicrop
 from sslx.methods import base
-from sslx.methods.byol import cosine_momentum, ema, embedding_std_metrics, std_warning
-from sslx.methods.dino import (cross_view_loss, entropy_fraction, entropy_warning,
+from sslx.methods.byol import cosine_momentum, embedding_std_metrics, std_warning
+from sslx.methods.dino import (EMATeacher, cross_view_loss, entropy_fraction, entropy_warning,
                                head_from_config, no_drop_path, teacher_softmax,
                                teacher_temperature, update_center)
-from sslx.models.vit import Block, PatchEmbed, ViT
+from sslx.models.vit import ViT
 
 
-class MaskedViT(ViT):
-  """:class:`sslx.models.vit.ViT` plus iBOT's mask-token replacement.
-
-  ``token_mask`` [B, N] bool (True = masked): the embeddings of masked patches are replaced by
-  a learned ``mask_token`` (zeros at init, as DINOv2) before the position embedding is added,
-  so the transformer still sees all N + 1 tokens and outputs a token at every masked position.
-  Parameters are the ViT's (same names) plus ``mask_token`` [1, 1, dim]; with no mask the
-  function is exactly the ViT's.
-  """
-
-  @nn.compact
-  def __call__(self, x, train: bool = True, token_mask=None, return_attention: bool = False):
-    if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
-    x = jnp.asarray(x, jnp.float32)
-    b, hh, ww, _ = x.shape
-    p = self.patch_size
-    grid = (hh // p, ww // p)
-    tokens = PatchEmbed(self.dim, p, name="patch_embed")(x)                 # [B, N, D]
-    mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
-    if token_mask is not None:
-      tokens = jnp.where(token_mask[..., None], mask_token, tokens)
-    tokens = tokens + self._pos_embed(grid)
-    cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
-    tokens = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), tokens], axis=1)
-    mlp_dim = int(self.mlp_ratio * self.dim)
-    attn = None
-    for i in range(self.depth):
-      dp = self.drop_path_rate * i / max(self.depth - 1, 1)
-      tokens, attn = Block(self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp,
-                           name=f"block{i}")(tokens, train)
-    tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
-    out = {"tokens": tokens, "patch_tokens": tokens[:, 1:], "cls": tokens[:, 0],
-           "pre_logits": tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)}
-    if return_attention:
-      out["attention"] = attn
-    return out
-
-
-def masked_vit(vit: ViT) -> MaskedViT:
+def masked_vit(vit: ViT) -> ViT:
+  """`vit` with iBOT's learned mask token: ``token_mask`` [B, N] bool (True = masked) replaces
+  those patch embeddings by ``mask_token`` (zeros at init, as DINOv2) before the position
+  embedding, so the transformer still outputs a token at every masked position. Parameters are
+  the ViT's (same names) plus ``mask_token`` [1, 1, dim]; with no mask the function is exactly
+  the ViT's (and it keeps the ViT's dtype and remat settings)."""
   if not isinstance(vit, ViT):
     raise ValueError(f"DINOv2 needs a ViT backbone (model.name=vit_*), got {type(vit).__name__}")
-  fields = {f.name: getattr(vit, f.name) for f in dataclasses.fields(ViT)
-            if f.name not in ("parent", "name")}
-  fields["num_classes"] = 0
-  return MaskedViT(**fields)
+  return vit.clone(mask_token=True, num_classes=0)
 
 
 class DINOv2Net(nn.Module):
-  backbone: MaskedViT
+  backbone: ViT
   dino_head: nn.Module
   ibot_head: Optional[nn.Module] = None   # None: the DINO head also maps patch tokens
 
@@ -129,10 +92,10 @@ class DINOv2Net(nn.Module):
       patch logits [G·B, M, K_patch] at `patch_ids`, or None when patch_ids is None).
     """
     out = self.backbone(global_x, train=train, token_mask=token_mask)
-    cls = out["cls"]
+    cls = out["tokens"][:, 0]
     allc = cls
     if local_x is not None:
-      allc = jnp.concatenate([cls, self.backbone(local_x, train=train)["cls"]], axis=0)
+      allc = jnp.concatenate([cls, self.backbone(local_x, train=train)["tokens"][:, 0]], axis=0)
     cls_logits = self.dino_head(allc, train=train, freeze_last_layer=freeze_last_layer)
     patch_logits = None
     if patch_ids is not None:
@@ -144,7 +107,7 @@ class DINOv2Net(nn.Module):
     return cls, cls_logits, patch_logits
 
   def encode(self, x, train: bool = False):
-    return self.backbone(x, train=train)["cls"]
+    return self.backbone(x, train=train)["tokens"][:, 0]
 
   def attention(self, x):
     return self.backbone(x, train=False, return_attention=True)["attention"]
@@ -248,7 +211,7 @@ def masked_positions(token_mask: jax.Array, max_masked: int) -> tuple[jax.Array,
 
 
 @dataclasses.dataclass(frozen=True)
-class DINOv2:
+class DINOv2(EMATeacher):
   net: DINOv2Net
   teacher_net: DINOv2Net
   views: multicrop.MultiCrop
@@ -372,21 +335,6 @@ class DINOv2:
                              "batch_stats": t_updates.get("batch_stats", {})},
                  "center": new_center, "patch_center": new_patch_center}
     return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, cls[:n])
-
-  def after_update(self, params, method_state, step):
-    teacher = method_state["teacher"]
-    new = ema(teacher["params"], params, self.momentum(step))
-    return dict(method_state, teacher=dict(teacher, params=new))
-
-  def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=DINOv2Net.encode)
-
-  def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
-    variables = ({"params": method_state["teacher"]["params"],
-                  "batch_stats": method_state["teacher"]["batch_stats"]}
-                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
-    return self.net.apply(variables, self.preprocess(images), method=DINOv2Net.attention)
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if self.centering == "sinkhorn_knopp":

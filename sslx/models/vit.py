@@ -25,6 +25,9 @@ into a [3, B, heads, T, head_dim] layout so both attention matmuls are plain bat
   it is read from the concrete mask). Or ``[B, K]`` int array of kept patch indices
   (``ids_keep``). Kept tokens are gathered (in increasing index order for a bool mask), so the
   transformer runs on K+1 tokens -- the MAE encoder.
+- ``token_mask`` (with ``mask_token=True``): ``[B, N]`` bool, True = replace that patch's
+  embedding by a learned ``mask_token`` (zeros at init) before the position embedding; the
+  transformer still sees all N + 1 tokens (iBOT / DINOv2's masked student).
 - ``return_attention``: also return the last block's attention weights under ``"attention"``
   ``[B, heads, T, T]`` (T = tokens incl. CLS), for DINO attention maps.
 
@@ -198,10 +201,11 @@ class ViT(nn.Module):
     num_classes: int = 0
     dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
     remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
+    mask_token: bool = False  # a learned [MASK] embedding for `token_mask` (iBOT / DINOv2)
 
     @nn.compact
     def __call__(self, x, train: bool = True, mask=None, num_keep: Optional[int] = None,
-                 return_attention: bool = False):
+                 return_attention: bool = False, token_mask=None):
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
         if self.pool not in ("cls", "mean"):
@@ -213,6 +217,13 @@ class ViT(nn.Module):
         p = self.patch_size
         grid = (hh // p, ww // p)
         tokens = PatchEmbed(self.dim, p, dtype, name="patch_embed")(x)  # [B, N, D]
+        if self.mask_token:
+            # zeros at init, as DINOv2; replaces masked patch embeddings before the positions
+            mask_emb = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
+            if token_mask is not None:
+                tokens = jnp.where(token_mask[..., None], mask_emb.astype(dtype), tokens)
+        elif token_mask is not None:
+            raise ValueError("token_mask needs a ViT built with mask_token=True")
         tokens = tokens + self._pos_embed(grid).astype(dtype)
         out = {}
         if mask is not None:
