@@ -18,6 +18,13 @@ MFU: model FLOPs per step from XLA's cost analysis of the compiled step, divided
 time and the peak FLOP/s of the devices (a table of dense bf16 peaks by device kind, or
 --peak_tflops per device). CPUs have no table entry: MFU is then null unless --peak_tflops.
 
+--mae_mask_ratios=0,0.75 measures MAE's asymmetry instead: the encoder's FLOPs (XLA cost
+analysis), sequence length and forward+backward time at each mask ratio, for config.model at
+config.dataset.image_size, e.g.
+
+    python -m sslx.benchmark --config=experiments/mae.py:imagenet --config.batch_size=8 \
+        --mae_mask_ratios=0,0.75 --steps=3
+
 --input_pipeline also times the host input pipeline (grain loader over config.dataset, decoding
 included) and reports the images/s it delivers next to the images/s the step consumes.
 """
@@ -93,6 +100,9 @@ def define_flags():
   flags.DEFINE_integer("threads", 2, "threads given to the peer")
   flags.DEFINE_float("peak_tflops", None, "peak TFLOP/s per device for MFU (overrides table)")
   flags.DEFINE_bool("input_pipeline", False, "also time the host input pipeline")
+  flags.DEFINE_list("mae_mask_ratios", [], "instead of the SimCLR step: the MAE encoder's "
+                    "FLOPs and forward+backward time at each mask ratio (e.g. 0,0.75) for "
+                    "config.model (a ViT) at config.dataset.image_size, batch_size images")
   flags.mark_flags_as_required(["config"])
 
 
@@ -176,9 +186,30 @@ def time_peer(python: str, script: str, model: str, batch: int, steps: int, thre
   return json.loads(out.strip().splitlines()[-1])
 
 
+def time_mae_encoder(config, ratios, steps: int) -> dict:
+  """MAE's asymmetry measured: the encoder on the visible patches only, at each mask ratio."""
+  from sslx import models
+  from sslx.methods import base, mae
+  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  size = config.dataset.image_size
+  per_ratio = {str(r): mae.encoder_cost(encoder, size, config.batch_size, float(r), steps)
+               for r in ratios}
+  out = {"workload": "mae_encoder", "model": config.model.name, "image_size": size,
+         "batch": config.batch_size, "ratios": per_ratio}
+  lo, hi = str(min(ratios, key=float)), str(max(ratios, key=float))
+  if lo != hi:
+    out["flops_reduction"] = round(per_ratio[lo]["flops"] / per_ratio[hi]["flops"], 3)
+    if steps:
+      out["speedup"] = round(per_ratio[lo]["step_s"] / per_ratio[hi]["step_s"], 3)
+  return out
+
+
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.mae_mask_ratios:
+    print(json.dumps(time_mae_encoder(config, FLAGS.mae_mask_ratios, FLAGS.steps)), flush=True)
+    return
   if FLAGS.workload == "peer":
     config = peer_workload(config)
   result = None

@@ -28,14 +28,6 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end tests (minutes); run in CI too")
 
 
-def pytest_collection_modifyitems(config, items):
-  """The slow end-to-end tests first (stable order otherwise): with `-n 2` the two workers
-  start on the long tests and the many short ones fill in behind them, instead of one long
-  test starting last and running alone."""
-  del config
-  items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
-
-
 @pytest.fixture(scope="session")
 def shared_cifar():
   if not os.path.isdir(SHARED_CIFAR):

@@ -7,7 +7,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiment(name: str, arg: str = "cpu"):
-  return config_lib.load_experiment(os.path.join(REPO, "experiments", f"{name}.py") + ":" + arg)
+  """An experiment preset on a one-device mesh: end-to-end tests compile and run ~25% faster
+  than on the suite's 8 fake devices. Sharding has its own tests (each method's sharded step
+  equals its one-device step), which set their meshes explicitly."""
+  c = config_lib.load_experiment(os.path.join(REPO, "experiments", f"{name}.py") + ":" + arg)
+  c.mesh = (("data", 1),)
+  return c
 
 
 def tiny_simclr(steps: int = 6, batch: int = 32, **overrides):

@@ -53,6 +53,20 @@ def test_benchmark_times_the_step_and_prints_json():
   assert result["input_images_per_sec"] > 0 and isinstance(result["input_bound"], bool)
 
 
+def test_benchmark_reports_mae_encoder_asymmetry():
+  out = subprocess.run(
+      [sys.executable, "-m", "sslx.benchmark", "--config=experiments/mae.py",
+       "--config.model.dim=32", "--config.model.depth=2", "--config.model.num_heads=2",
+       "--config.batch_size=8", "--steps=1", "--mae_mask_ratios=0,0.75"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  # 32 px / patch 4: 64 patches; at 0.75 the encoder sees 16 of them plus CLS.
+  assert result["ratios"]["0"]["seq_len"] == 65 and result["ratios"]["0.75"]["seq_len"] == 17
+  assert result["flops_reduction"] > 3.0 and result["ratios"]["0.75"]["step_s"] > 0
+  assert result["speedup"] > 0
+
+
 def test_mfu_table_and_unknown_devices():
   assert benchmark.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
   assert benchmark.peak_flops("cpu") is None

@@ -12,11 +12,16 @@ from tests.helpers import REPO
 @pytest.mark.slow
 def test_demo_beats_random_init_and_raw_pixels_by_five_points(tmp_path):
   workdir = tmp_path / "demo"
+  # As a user runs it: one CPU device, not the suite's 8 fake ones (tests/conftest.py).
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
   out = subprocess.run([sys.executable, "-m", "sslx.main", "--config=experiments/simclr.py",
                         f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=1200)
+                       timeout=1200, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "ETA" in out.stdout and "| pretrained |" in out.stdout
+  assert "mesh {'data': 1}" in out.stdout
   results = json.load(open(workdir / "results.json"))
   knn = results["knn@20"]
   assert knn >= results["baselines"]["random_init"]["knn@20"] + 5.0, results

@@ -27,6 +27,23 @@ def test_very_weak_augmentation_learns_no_classes():
   assert result["separation"] < 0.1, result["separation"]
 
 
+def groups_per_class(result) -> float:
+  theta, y = result["theta"], result["labels"]
+  return float(np.mean([simulate.count_clusters(theta[y == c]) for c in np.unique(y)]))
+
+
+def test_temperature_extremes_fragment_or_blend():
+  """The seed's picture: τ ≈ 0.1-0.2 gives clean class clusters; a very low τ splits each
+  class into fragments (measured 5.5 groups of points per class at τ=0.02 against ~2 at 0.15),
+  a high τ blends the classes (no separation, each class spread round the circle)."""
+  runs = {t: simulate.simulate(simulate.SimConfig(temperature=t, strength=0.25), steps=600)
+          for t in (0.02, 0.15, 1.0)}
+  assert runs[0.15]["separation"] > 0.4
+  assert runs[0.02]["separation"] < 0.1 and runs[1.0]["separation"] < 0.1
+  assert groups_per_class(runs[0.02]) > 2 * groups_per_class(runs[0.15])
+  assert groups_per_class(runs[1.0]) > 2 * groups_per_class(runs[0.15])
+
+
 def test_separation_score_extremes():
   y = np.repeat(np.arange(4), 10)
   tight = np.repeat(np.arange(4) * np.pi / 2, 10)
