@@ -21,6 +21,7 @@ from tests.helpers import tiny_simclr  # noqa: E402
 
 def main():
   config = tiny_simclr(batch=16)
+  config.mesh = (("data", -1),)  # every device of every process (the helpers default to one)
   source = data.build_source(config.dataset, "train")
   loader = data.make_train_loader(source, config.batch_size, seed=0)
   sample = np.zeros((2, 32, 32, 3), np.uint8)
