@@ -34,14 +34,18 @@ def test_benchmark_peer_workload_matches_the_torch_peer():
   assert c.model.to_dict() == {"name": "convnet"}  # the demo's widths are not carried over
 
 
-def test_benchmark_times_the_step_and_prints_json():
-  out = subprocess.run(
-      [sys.executable, "-m", "sslx.benchmark", "--config=experiments/simclr.py",
-       "--config.model.widths=(8,16)", "--config.batch_size=16", "--steps=2",
-       "--workload=config", "--input_pipeline", "--peak_tflops=0.05"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+def run_benchmark(*args) -> dict:
+  """`python -m sslx.benchmark ARGS`: its JSON line, after checking it succeeded."""
+  out = subprocess.run([sys.executable, "-m", "sslx.benchmark", *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_times_the_step_and_prints_json():
+  result = run_benchmark("--config=experiments/simclr.py", "--config.model.widths=(8,16)",
+                         "--config.batch_size=16", "--steps=2", "--workload=config",
+                         "--input_pipeline", "--peak_tflops=0.05")
   for key in ("images_per_sec", "step_time_s", "compile_s", "peak_memory_mb"):
     assert result[key] > 0, key
   assert result["images_per_sec"] == pytest.approx(32 / result["step_time_s"], rel=1e-2)
@@ -54,13 +58,9 @@ def test_benchmark_times_the_step_and_prints_json():
 
 
 def test_benchmark_reports_mae_encoder_asymmetry():
-  out = subprocess.run(
-      [sys.executable, "-m", "sslx.benchmark", "--config=experiments/mae.py",
-       "--config.model.dim=32", "--config.model.depth=2", "--config.model.num_heads=2",
-       "--config.batch_size=8", "--steps=1", "--mae_mask_ratios=0,0.75"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = run_benchmark("--config=experiments/mae.py", "--config.model.dim=32",
+                         "--config.model.depth=2", "--config.model.num_heads=2",
+                         "--config.batch_size=8", "--steps=1", "--mae_mask_ratios=0,0.75")
   # 32 px / patch 4: 64 patches; at 0.75 the encoder sees 16 of them plus CLS.
   assert result["ratios"]["0"]["seq_len"] == 65 and result["ratios"]["0.75"]["seq_len"] == 17
   assert result["flops_reduction"] > 3.0 and result["ratios"]["0.75"]["step_s"] > 0

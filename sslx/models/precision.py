@@ -53,9 +53,3 @@ def maybe_remat(block_cls, remat: str, static_argnums=()):
   if check_remat(remat) == "none":
     return block_cls
   return nn.remat(block_cls, policy=_POLICIES[remat], static_argnums=static_argnums)
-
-
-def to_float32(tree):
-  """Cast every floating leaf of an output dict back to float32."""
-  return jax.tree.map(
-      lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
