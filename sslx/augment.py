@@ -70,6 +70,7 @@ __all__ = [
     "random_apply",
     "view",
     "augment_batch",
+    "augment_views",
     "normalize",
 ]
 
@@ -133,15 +134,21 @@ def sample_crop_box(
       ``(y0, x0, h, w)``, int32 scalars, with ``0 <= y0 <= height - h`` and
       ``0 <= x0 <= width - w``.
     """
-    area_key, ratio_key, y_key, x_key = jax.random.split(rng, 4)
+    u = jax.random.uniform(rng, (_crop_draws(num_tries),))
+    return _crop_box_from_uniforms(u, height, width, scale, ratio)
+
+
+def _crop_draws(num_tries: int) -> int:
+    return 2 * num_tries + 2
+
+
+def _crop_box_from_uniforms(u: Array, height: int, width: int, scale, ratio):
+    """:func:`sample_crop_box` given its ``2 * num_tries + 2`` U[0, 1) draws."""
+    num_tries = (u.shape[0] - 2) // 2
     area = float(height * width)
-    target_area = area * jax.random.uniform(
-        area_key, (num_tries,), minval=scale[0], maxval=scale[1]
-    )
-    log_ratio = jax.random.uniform(
-        ratio_key, (num_tries,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])
-    )
-    aspect = jnp.exp(log_ratio)
+    target_area = area * (scale[0] + u[:num_tries] * (scale[1] - scale[0]))
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(lo + u[num_tries:2 * num_tries] * (hi - lo))
     w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
     h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -152,8 +159,8 @@ def sample_crop_box(
     h = jnp.where(any_valid, h[first], fb_h)
     w = jnp.where(any_valid, w[first], fb_w)
     # Offsets uniform over all placements (inclusive), like torch.randint(0, H - h + 1).
-    y0 = jax.random.randint(y_key, (), 0, height - h + 1)
-    x0 = jax.random.randint(x_key, (), 0, width - w + 1)
+    y0 = jnp.minimum(jnp.floor(u[-2] * (height - h + 1)).astype(jnp.int32), height - h)
+    x0 = jnp.minimum(jnp.floor(u[-1] * (width - w + 1)).astype(jnp.int32), width - w)
     y0 = jnp.where(any_valid, y0, (height - fb_h) // 2).astype(jnp.int32)
     x0 = jnp.where(any_valid, x0, (width - fb_w) // 2).astype(jnp.int32)
     return y0, x0, h.astype(jnp.int32), w.astype(jnp.int32)
@@ -176,18 +183,32 @@ def crop_and_resize(image: Array, box: Sequence[Any], out_size: int) -> Array:
     """
     y0, x0, h, w = (jnp.asarray(v, jnp.float32) for v in box)
     image = jnp.asarray(image, jnp.float32)
-    scale = jnp.stack([out_size / h, out_size / w])
-    # Output pixel centre o + 0.5 maps to input coordinate y0 + (o + 0.5) / scale.
-    translation = jnp.stack([-y0, -x0]) * scale
-    return jax.image.scale_and_translate(
-        image,
-        (out_size, out_size, image.shape[-1]),
-        spatial_dims=(0, 1),
-        scale=scale,
-        translation=translation,
-        method="linear",
-        antialias=True,
-    )
+    rows = _resample_matrix(image.shape[0], out_size, y0, h)
+    cols = _resample_matrix(image.shape[1], out_size, x0, w)
+    hp = lax.Precision.HIGHEST
+    out = jnp.einsum("oh,hwc->owc", rows, image, precision=hp)
+    return jnp.einsum("pw,owc->opc", cols, out, precision=hp)
+
+
+def _resample_matrix(in_size: int, out_size: int, start: Any, length: Any) -> Array:
+    """``[out_size, in_size]`` weights resampling ``[start, start + length)`` to ``out_size``.
+
+    The triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialias),
+    each row normalised to sum to 1; output pixel centre ``o + 0.5`` samples input coordinate
+    ``start + (o + 0.5) * length / out_size``. The same weights as
+    ``jax.image.scale_and_translate(method="linear", antialias=True)``, written directly: that
+    general routine's graph takes ~5x longer to compile inside every train step.
+    """
+    inv_scale = length / out_size                      # input pixels per output pixel
+    kernel_scale = jnp.maximum(inv_scale, 1.0)
+    sample = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - 0.5
+    dist = jnp.abs(sample[:, None] - jnp.arange(in_size, dtype=jnp.float32)[None, :])
+    weights = jnp.maximum(0.0, 1.0 - dist / kernel_scale)
+    total = jnp.sum(weights, axis=1, keepdims=True)
+    weights = jnp.where(total > 1000.0 * 1.1920929e-07, weights / jnp.where(total != 0, total, 1.0),
+                        0.0)
+    inside = (sample >= -0.5) & (sample <= in_size - 0.5)
+    return jnp.where(inside[:, None], weights, 0.0)
 
 
 def random_resized_crop(
@@ -253,8 +274,16 @@ def random_apply(rng: Array, image: Array, fn: Callable[[Array], Array], p: Any)
         return image
     if _is_static(p, 1):
         return fn(image)
-    apply = jax.random.uniform(rng) < p
-    return jnp.where(apply, fn(image), image)
+    return _apply_if(jax.random.uniform(rng), image, fn, p)
+
+
+def _apply_if(u: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> Array:
+    """:func:`random_apply` given its U[0, 1) draw ``u``."""
+    if _is_static(p, 0):
+        return image
+    if _is_static(p, 1):
+        return fn(image)
+    return jnp.where(u < p, fn(image), image)
 
 
 # --------------------------------------------------------------------------
@@ -350,15 +379,25 @@ def _sample_color_jitter(
             raise ValueError(f"color_jitter {name} must be >= 0, got {s}")
     if isinstance(hue, (int, float)) and hue > 0.5:
         raise ValueError(f"color_jitter hue must be <= 0.5, got {hue}")
-    keys = jax.random.split(rng, 5)
+    u = jax.random.uniform(rng, (_JITTER_DRAWS,))
+    return _color_jitter_from_uniforms(u, brightness, contrast, saturation, hue)
+
+
+_JITTER_DRAWS = 8   # four factors, four sort keys for the order
+
+
+def _color_jitter_from_uniforms(u: Array, brightness, contrast, saturation, hue):
+    """:func:`_sample_color_jitter` given its ``_JITTER_DRAWS`` U[0, 1) draws."""
+    strengths = (brightness, contrast, saturation, hue)
     factors = []
     for i, s in enumerate(strengths[:3]):
         lo = jnp.maximum(0.0, 1.0 - jnp.asarray(s, jnp.float32))
         hi = 1.0 + jnp.asarray(s, jnp.float32)
-        factors.append(jax.random.uniform(keys[i], (), minval=lo, maxval=hi))
-    factors.append(jax.random.uniform(keys[3], (), minval=-hue, maxval=hue))
+        factors.append(lo + u[i] * (hi - lo))
+    factors.append(-hue + u[3] * (2 * hue))
     active = tuple(i for i, s in enumerate(strengths) if not _is_static(s, 0))
-    order = jax.random.permutation(keys[4], len(active)).astype(jnp.int32)
+    # Sorting i.i.d. uniforms gives a uniformly random permutation.
+    order = jnp.argsort(u[4:4 + len(active)]).astype(jnp.int32)
     return jnp.stack(factors).astype(jnp.float32), order, active
 
 
@@ -367,15 +406,16 @@ def _apply_color_ops(
 ) -> Array:
     """Applies the ops ``active[order[0]], active[order[1]], ...`` in sequence.
 
-    ``order`` is traced, so each step is a ``lax.switch`` over the active ops.
+    ``order`` is traced, so each position is a ``lax.switch`` over the active ops; the
+    positions are one ``lax.scan`` so the graph holds each op once, not once per position
+    (under ``vmap`` a switch evaluates every branch and selects, whichever way it is written).
     """
     if not active:
         return image
     branches = [
         (lambda x, op=_COLOR_OPS[i], f=factors[i]: op(x, f)) for i in active
     ]
-    for k in range(len(active)):
-        image = lax.switch(order[k], branches, image)
+    image, _ = lax.scan(lambda x, k: (lax.switch(k, branches, x), None), image, order)
     return image
 
 
@@ -551,7 +591,8 @@ class ViewParams:
         return cls(**items)
 
 
-def view(rng: Array, image: Array, params: ViewParams) -> Array:
+def view(rng: Array, image: Array, params: ViewParams,
+         probs: Optional[Mapping[str, Array]] = None) -> Array:
     """One augmented view of one image, SimCLR order (Chen et al. 2020, App. A).
 
     crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p) -> solarize (p).
@@ -560,22 +601,42 @@ def view(rng: Array, image: Array, params: ViewParams) -> Array:
       rng: PRNG key.
       image: ``[H, W, 3]`` float image in [0, 1].
       params: static :class:`ViewParams`.
+      probs: optional traced overrides of ``params``' probabilities (``"blur_prob"``...),
+        used by :func:`augment_views` to run views that differ only in those in one pipeline.
 
     Returns:
       ``[crop_size, crop_size, 3]`` float32 in [0, 1].
     """
-    keys = jax.random.split(rng, 9)
+    probs = dict(probs or {})
+    prob = lambda name: probs.get(name, getattr(params, name))  # noqa: E731
+    # All of a view's randomness comes from ONE draw of uniforms: every separate
+    # jax.random call inlines its own threefry graph, and a dozen of them made the
+    # augmentation the largest, slowest-to-compile part of a small train step.
     p = params
-    x = random_resized_crop(keys[0], image, p.crop_size, p.crop_scale, p.crop_ratio)
-    x = random_apply(keys[1], x, horizontal_flip, p.flip_prob)
+    tries = 10
+    layout = {"crop": _crop_draws(tries), "flip": 1, "jitter_coin": 1, "jitter": _JITTER_DRAWS,
+              "gray": 1, "blur_coin": 1, "sigma": 1, "solarize": 1}
+    u = jax.random.uniform(rng, (sum(layout.values()),))
+    draws, start = {}, 0
+    for name, n in layout.items():
+        draws[name] = u[start:start + n] if n > 1 else u[start]
+        start += n
+    box = _crop_box_from_uniforms(draws["crop"], image.shape[0], image.shape[1], p.crop_scale,
+                                  p.crop_ratio)
+    x = crop_and_resize(image, box, p.crop_size)
+    x = _apply_if(draws["flip"], x, horizontal_flip, prob("flip_prob"))
     if not all(_is_static(s, 0) for s in (p.brightness, p.contrast, p.saturation, p.hue)):
-        jitter = lambda im: color_jitter(  # noqa: E731
-            keys[2], im, p.brightness, p.contrast, p.saturation, p.hue
-        )
-        x = random_apply(keys[3], x, jitter, p.jitter_prob)
-    x = random_apply(keys[4], x, to_grayscale, p.grayscale_prob)
-    x = random_apply(keys[6], x, lambda im: gaussian_blur(keys[5], im, p.blur_sigma), p.blur_prob)
-    x = random_apply(keys[7], x, lambda im: solarize(im, p.solarize_threshold), p.solarize_prob)
+        jitter = lambda im: _apply_color_ops(  # noqa: E731
+            im, *_color_jitter_from_uniforms(draws["jitter"], p.brightness, p.contrast,
+                                             p.saturation, p.hue))
+        x = _apply_if(draws["jitter_coin"], x, jitter, prob("jitter_prob"))
+    x = _apply_if(draws["gray"], x, to_grayscale, prob("grayscale_prob"))
+    blur = lambda im: _blur_with_sigma(  # noqa: E731
+        im, p.blur_sigma[0] + draws["sigma"] * (p.blur_sigma[1] - p.blur_sigma[0]),
+        _default_blur_kernel_size(min(im.shape[0], im.shape[1])))
+    x = _apply_if(draws["blur_coin"], x, blur, prob("blur_prob"))
+    x = _apply_if(draws["solarize"], x, lambda im: solarize(im, p.solarize_threshold),
+                  prob("solarize_prob"))
     return x
 
 
@@ -597,6 +658,38 @@ def augment_batch(rng: Array, images: Array, params: ViewParams) -> Array:
         images = images.astype(jnp.float32)
     keys = jax.random.split(rng, images.shape[0])
     return jax.vmap(lambda k, im: view(k, im, params))(keys, images)
+
+
+_PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
+
+
+def augment_views(rng: Array, images: Array, views: Sequence[ViewParams]) -> Array:
+    """One view per :class:`ViewParams` of every image: ``[V * B, S, S, 3]``, rows
+    ``v * B ... v * B + B - 1`` holding view ``v`` of images ``0 ... B - 1``.
+
+    Views are augmented in ONE vmapped pipeline over the tiled batch whenever they differ at
+    most in their probabilities (SimCLR's identical views; BYOL's and DINO's blur 1.0 / 0.1,
+    solarize 0 / 0.2): those become per-row traced values. Views differing in anything else
+    (crop size, scales, strengths) are augmented one call each.
+    """
+    views = tuple(views)
+    images = jnp.asarray(images)
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+    b = images.shape[0]
+    tiled = jnp.concatenate([images] * len(views), axis=0)
+    differing = [f for f in ViewParams.field_names()
+                 if len({getattr(v, f) for v in views}) > 1]
+    if not differing:
+        return augment_batch(rng, tiled, views[0])
+    if not set(differing) <= set(_PROB_FIELDS):
+        keys = jax.random.split(rng, len(views))
+        return jnp.concatenate([augment_batch(k, images, v) for k, v in zip(keys, views)], 0)
+    probs = {f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b)
+             for f in differing}
+    keys = jax.random.split(rng, tiled.shape[0])
+    return jax.vmap(lambda k, im, pr: view(k, im, views[0], pr))(
+        keys, tiled.astype(jnp.float32), probs)
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:

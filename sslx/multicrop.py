@@ -113,8 +113,7 @@ class MultiCrop:
         local = jnp.concatenate([_resize(x, self.local_size)] * self.num_local, axis=0)
       return Crops(glob, local)
     keys = jax.random.split(rng, self.num_global + 1)
-    glob = jnp.concatenate([augment.augment_batch(k, x, v)
-                            for k, v in zip(keys[:-1], self.global_views)], axis=0)
+    glob = augment.augment_views(keys[0], x, self.global_views)
     local = None
     if self.num_local:
       # The N local views share one ViewParams: vmap over their keys (traced once).

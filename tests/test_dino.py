@@ -282,11 +282,15 @@ def test_short_cpu_run_learns_and_checkpoints_the_center(tmp_path):
   config.log_every_steps = 4
   config.model.depth = 2
   config.augment.num_local_crops = 2
+  # No warm-up and a larger rate: the preset's warm-up spans ~60 steps, so 12 of its steps
+  # barely move the weights and the loss change would be noise.
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.base_lr = 2e-3
   config.eval_baselines = False
   config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
   config.eval_train_limit = 1000
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  assert results["train_loss_last"] < results["train_loss_first"] - 0.3
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@20" in saved
   from sslx import checkpointing
