@@ -4,9 +4,12 @@ XLA_FLAGS must be set before jax initialises its backend, hence here, at import 
 """
 import os
 
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# Compilation, not execution, dominates this suite (hundreds of small train steps, each run a
+# few times): LLVM optimisation level 1 compiles a small step ~35% faster and runs it ~5%
+# slower (level 0 halves compile time but doubles run time). Results are unchanged.
+for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=1"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Many tests compile the same tiny train step: a persistent compilation cache shared by the

@@ -311,16 +311,17 @@ def test_augment_views_row_layout_and_per_view_probabilities():
                         grayscale_prob=0, blur_prob=0, flip_prob=0)
     imgs = jnp.full((3, 24, 24, 3), 0.8, jnp.float32).at[1].set(0.3)
     v0, v1 = (dataclasses.replace(base, solarize_prob=p) for p in (1.0, 0.0))
-    out = np.asarray(A.augment_views(jax.random.key(0), imgs, (v0, v1)))
+    views = jax.jit(A.augment_views, static_argnums=2)
+    out = np.asarray(views(jax.random.key(0), imgs, (v0, v1)))
     expected = np.concatenate([np.where(imgs >= 0.5, 1 - imgs, imgs), imgs])
     np.testing.assert_allclose(out, expected, atol=1e-5)
     # Identical views: two independent views per image, image i in rows i and i + B.
-    same = np.asarray(A.augment_views(jax.random.key(1), _batch(), (_PARAMS, _PARAMS)))
+    same = np.asarray(views(jax.random.key(1), _batch(), (_PARAMS, _PARAMS)))
     assert same.shape == (12, 16, 16, 3)
     assert np.abs(same[:6] - same[6:]).max() > 1e-2
     # Views differing in more than probabilities (here the crop scale) are augmented one
     # call each: view 1 is then exactly augment_batch of its own key.
     tight = dataclasses.replace(_PARAMS, crop_scale=(0.9, 1.0))
-    mixed = np.asarray(A.augment_views(jax.random.key(2), _batch(), (_PARAMS, tight)))
+    mixed = np.asarray(views(jax.random.key(2), _batch(), (_PARAMS, tight)))
     k0, k1 = jax.random.split(jax.random.key(2))
     np.testing.assert_allclose(mixed[6:], np.asarray(_augment(k1, _batch(), tight)), atol=1e-6)

@@ -81,7 +81,8 @@ def test_asymmetric_views_and_collapse_warning():
 
 @pytest.fixture(scope="module")
 def byol_step():
-  config = tiny_byol()
+  """One one-device step, shared by the target tests and the sharding comparison."""
+  config = sgd(tiny_byol())
   return (config,) + one_step(config, batches(config)[0], mesh=[("data", 1)])
 
 
@@ -114,10 +115,9 @@ def test_target_receives_no_gradient(byol_step):
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
-def test_sharded_step_equals_single_device():
-  batch = batches(tiny_byol())[0]
-  _, _, one, m1 = one_step(sgd(tiny_byol()), batch, mesh=[("data", 1)])
-  _, _, eight, m8 = one_step(sgd(tiny_byol()), batch, mesh=[("data", 8)])
+def test_sharded_step_equals_single_device(byol_step):
+  config, _, _, one, m1 = byol_step
+  _, _, eight, m8 = one_step(sgd(tiny_byol()), batches(config)[0], mesh=[("data", 8)])
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   for tree in ("params", "batch_stats", "method_state"):
     for a, b in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree))):

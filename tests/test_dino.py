@@ -199,10 +199,15 @@ def test_dino_head_weight_norm_and_frozen_prototypes():
 # ---------------------------------------------------------------------- the teacher and EMA
 
 
+def _dino_step_config():
+  return sgd(tiny_dino(batch=16, **{"method.warmup_teacher_temp_fraction": 0.5,
+                                    "method.teacher_temp": 0.07}))
+
+
 @pytest.fixture(scope="module")
 def dino_step():
-  config = tiny_dino(batch=16, **{"method.warmup_teacher_temp_fraction": 0.5,
-                                  "method.teacher_temp": 0.07})
+  """One one-device step, shared by the teacher tests and the sharding comparison."""
+  config = _dino_step_config()
   return (config,) + one_step(config, batches(config)[0], mesh=[("data", 1)])
 
 
@@ -253,11 +258,9 @@ def sgd(config, lr: float = 0.5):
   return config
 
 
-def test_sharded_step_equals_single_device():
-  config = tiny_dino(batch=16)
-  batch = batches(config)[0]
-  _, _, one, m1 = one_step(sgd(tiny_dino(batch=16)), batch, mesh=[("data", 1)])
-  _, _, eight, m8 = one_step(sgd(tiny_dino(batch=16)), batch, mesh=[("data", 8)])
+def test_sharded_step_equals_single_device(dino_step):
+  config, _, _, one, m1 = dino_step
+  _, _, eight, m8 = one_step(_dino_step_config(), batches(config)[0], mesh=[("data", 8)])
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   for tree in ("params", "method_state"):
     for a, b in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree))):
