@@ -389,7 +389,7 @@ out = {"flags": os.environ.get("XLA_FLAGS", "")}
 x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
 for name, m in [("resnet", ResNet(stage_sizes=(1, 1), widths=(8, 16), stem="cifar")),
                 ("vit_tiny", create_model("vit_tiny", patch_size=4, depth=1, dim=32, num_heads=2))]:
-    v = m.init(jax.random.PRNGKey(0), x, train=False)
+    v = jax.jit(lambda k: m.init(k, x, train=False))(jax.random.PRNGKey(0))
     def loss(p):
         o, _ = m.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
         return jnp.mean(o["pre_logits"] ** 2)
@@ -403,15 +403,35 @@ print(json.dumps(out))
 def test_xla_flags_do_not_change_results():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SSLX_NO_XLA_FLAGS")}
     env["JAX_PLATFORMS"] = "cpu"
+    # Both processes at once: each is mostly single-threaded start-up and compilation.
+    procs = {mode: subprocess.Popen([sys.executable, "-c", _FLAG_SCRIPT, mode], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for mode in ("on", "off")}
     res = {}
-    for mode in ("on", "off"):
-        r = subprocess.run([sys.executable, "-c", _FLAG_SCRIPT, mode], env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        res[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    for mode, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        res[mode] = json.loads(stdout.strip().splitlines()[-1])
     assert res["off"]["flags"] == ""
     assert "--xla_cpu_experimental_ynn_fusion_type" in res["on"]["flags"]
     for name in ("resnet", "vit_tiny"):
         on, off = np.asarray(res["on"][name]), np.asarray(res["off"][name])
         np.testing.assert_allclose(on[0], off[0], rtol=1e-5)  # loss
         np.testing.assert_allclose(on[1:], off[1:], rtol=1e-4, atol=1e-5 * np.abs(off[1:]).max())
+
+
+def test_convnet_max_pool_gradient_equals_flax():
+    from sslx.models.convnet import max_pool_2x2
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    for shape in ((2, 8, 8, 3), (2, 7, 5, 4)):   # odd sides: the last row/column is dropped
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        g = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])),
+                        jnp.float32)
+        ref = lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) * g)  # noqa: E731
+        ours = lambda x: jnp.sum(max_pool_2x2(x) * g)  # noqa: E731
+        np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+        np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
+    # Ties (ReLU zeros) share the gradient evenly, as the gradient of jnp.max does.
+    x = jnp.zeros((1, 2, 2, 1))
+    np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(x), 0.25)

@@ -141,9 +141,11 @@ def test_vit_giant_initialises_born_sharded_over_an_fsdp_mesh():
   # Compile (never run) the sharded initialiser: its per-device outputs are the 1/8 shards and
   # its scratch space stays far below one unsharded copy of the parameters (4.5 GB; measured
   # 0.58 GB, the largest per-layer random draws).
+  # (never run, so LLVM need not optimise it: level 0 compiles in about half the time)
   init = jax.jit(lambda rng, x: train.init_state(setup.method, setup.tx, rng, x,
                                                  num_classes=10),
-                 out_shardings=setup.state_sharding)
+                 out_shardings=setup.state_sharding,
+                 compiler_options={"xla_backend_optimization_level": 0})
   mem = init.lower(jax.random.PRNGKey(0), sample).compile().memory_analysis()
   assert mem.output_size_in_bytes < full / 8 * 1.01
   assert mem.temp_size_in_bytes < 0.25 * n_params * 4, mem.temp_size_in_bytes
