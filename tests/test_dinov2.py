@@ -161,15 +161,19 @@ def test_teacher_moves_only_by_ema_and_gets_no_gradient(dinov2_step):
 
 
 def test_sharded_step_equals_single_device_with_sinkhorn_knopp(dinov2_step):
-  config, _, _, one, m1 = dinov2_step
+  config, _, before, one, m1 = dinov2_step
   _, _, eight, m8 = one_step(sgd(tiny_dinov2(**_STEP_VARIANT)), batches(config)[0],
                              mesh=[("data", 8)])
   assert "ibot_head" in one.params["model"]
   for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
   for tree in ("params", "method_state"):
-    for a, b in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree))):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b, b0 in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree)),
+                        jax.tree.leaves(getattr(before, tree))):
+      # The heads' last biases move by hundreds in this one SGD step (lr 0.5): float32
+      # summation order alone then shifts an element by ~1e-6 of the leaf's largest update.
+      scale = float(np.abs(np.asarray(b) - np.asarray(b0)).max())
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5, 2e-6 * scale))
 
 
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])

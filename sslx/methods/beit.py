@@ -140,7 +140,7 @@ def create(config, total_steps: int) -> BEiT:
   if tokenizer.patch_size != encoder.patch_size:
     raise ValueError(f"the tokenizer has one code per {tokenizer.patch_size} px patch, the "
                      f"ViT patch size is {encoder.patch_size}: they must match")
-  return BEiT(encoder=encoder, head=nn.Dense(tokenizer.codebook_size), tokenizer=tokenizer,
+  return BEiT(encoder=encoder, head=vit_lib.FlatDense(tokenizer.codebook_size), tokenizer=tokenizer,
               tokenizer_params=tok_params, view=base.view_params(config.augment),
               preprocess=base.Preprocess.from_config(config.dataset),
               mask_ratio=float(m.get("mask_ratio", 0.4)), min_block=int(m.get("min_block", 16)))

@@ -161,7 +161,7 @@ def create(config, total_steps: int) -> Data2Vec:
   if norm not in ("instance", "layer"):
     raise ValueError(f"method.target_norm={norm!r}; valid: 'instance', 'layer'")
   anneal = int(m.get("ema_anneal_steps", 0)) or int(total_steps)
-  return Data2Vec(encoder=encoder, head=nn.Dense(encoder.dim),
+  return Data2Vec(encoder=encoder, head=vit_lib.FlatDense(encoder.dim),
                   view=base.view_params(config.augment),
                   preprocess=base.Preprocess.from_config(config.dataset),
                   mask_ratio=float(m.mask_ratio), top_k=top_k, target_norm=norm,

@@ -72,7 +72,7 @@ class MAEDecoder(nn.Module):
   def __call__(self, latent, ids_restore):
     b = latent.shape[0]
     n = ids_restore.shape[1]
-    x = nn.Dense(self.dim, kernel_init=nn.initializers.xavier_uniform(), name="embed")(latent)
+    x = vit_lib.FlatDense(self.dim, kernel_init=nn.initializers.xavier_uniform(), name="embed")(latent)
     mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.dim))
     visible = x[:, 1:]
     tokens = jnp.concatenate(
@@ -84,7 +84,7 @@ class MAEDecoder(nn.Module):
       tokens, _ = vit_lib.Block(self.dim, self.num_heads, int(self.mlp_ratio * self.dim),
                                 name=f"block{i}")(tokens)
     tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
-    pred = nn.Dense(self.patch_size ** 2 * 3, kernel_init=nn.initializers.xavier_uniform(),
+    pred = vit_lib.FlatDense(self.patch_size ** 2 * 3, kernel_init=nn.initializers.xavier_uniform(),
                     name="pred")(tokens)
     return pred[:, 1:]
 

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslx.models.vit import FlatDense
+
 _TRUNC_002 = nn.initializers.truncated_normal(stddev=0.02)
 _TORCH_LINEAR = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -59,7 +61,7 @@ class DINOHead(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     widths = [self.hidden_dim] * (self.nlayers - 1) + [self.bottleneck_dim]
     for i, w in enumerate(widths):
-      x = nn.Dense(w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros,
+      x = FlatDense(w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros,
                    name=f"fc{i}")(x)
       if i < len(widths) - 1:
         if self.use_bn:
