@@ -258,13 +258,24 @@ def sgd(config, lr: float = 0.5):
   return config
 
 
+def assert_steps_close(eight, one, before, trees=("params", "method_state")):
+  """The 8-device state after one step equals the one-device state. Tolerance: rtol 1e-4,
+  and an absolute 1e-5 or 2e-6 of the leaf's largest update, whichever is larger: at lr 0.5
+  one SGD step moves some head weights by tens to hundreds, and float32 summation order alone
+  (which differs across shardings and Eigen's thread split) then shifts a small element of
+  the same leaf by ~1e-6 of that update."""
+  for tree in trees:
+    for a, b, b0 in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree)),
+                        jax.tree.leaves(getattr(before, tree))):
+      scale = float(np.abs(np.asarray(b) - np.asarray(b0)).max()) if np.size(b) else 0.0
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5, 2e-6 * scale))
+
+
 def test_sharded_step_equals_single_device(dino_step):
-  config, _, _, one, m1 = dino_step
+  config, _, before, one, m1 = dino_step
   _, _, eight, m8 = one_step(_dino_step_config(), batches(config)[0], mesh=[("data", 8)])
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  for tree in ("params", "method_state"):
-    for a, b in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree))):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_steps_close(eight, one, before)
 
 
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
