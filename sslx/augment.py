@@ -270,11 +270,7 @@ def random_apply(rng: Array, image: Array, fn: Callable[[Array], Array], p: Any)
     Both branches are computed and selected with ``jnp.where``; ``p`` equal to a
     Python 0 or 1 short-circuits at trace time.
     """
-    if _is_static(p, 0):
-        return image
-    if _is_static(p, 1):
-        return fn(image)
-    return _apply_if(jax.random.uniform(rng), image, fn, p)
+    return _apply_if(jax.random.uniform(rng), image, fn, p)  # an unused draw is compiled away
 
 
 def _apply_if(u: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> Array:
@@ -640,13 +636,16 @@ def view(rng: Array, image: Array, params: ViewParams,
     return x
 
 
-def augment_batch(rng: Array, images: Array, params: ViewParams) -> Array:
+def augment_batch(rng: Array, images: Array, params: ViewParams,
+                  probs: Optional[Mapping[str, Array]] = None) -> Array:
     """Independent views of a batch: one key per image, ``vmap`` of :func:`view`.
 
     Args:
       rng: PRNG key.
       images: ``[B, H, W, 3]`` float in [0, 1], or uint8 in [0, 255].
       params: static :class:`ViewParams`.
+      probs: optional per-image ``[B]`` overrides of ``params``' probabilities (see
+        :func:`augment_views`).
 
     Returns:
       ``[B, crop_size, crop_size, 3]`` float32 in [0, 1].
@@ -657,7 +656,7 @@ def augment_batch(rng: Array, images: Array, params: ViewParams) -> Array:
     else:
         images = images.astype(jnp.float32)
     keys = jax.random.split(rng, images.shape[0])
-    return jax.vmap(lambda k, im: view(k, im, params))(keys, images)
+    return jax.vmap(lambda k, im, pr: view(k, im, params, pr))(keys, images, dict(probs or {}))
 
 
 _PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
@@ -687,9 +686,7 @@ def augment_views(rng: Array, images: Array, views: Sequence[ViewParams]) -> Arr
         return jnp.concatenate([augment_batch(k, images, v) for k, v in zip(keys, views)], 0)
     probs = {f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b)
              for f in differing}
-    keys = jax.random.split(rng, tiled.shape[0])
-    return jax.vmap(lambda k, im, pr: view(k, im, views[0], pr))(
-        keys, tiled.astype(jnp.float32), probs)
+    return augment_batch(rng, tiled, views[0], probs)
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:

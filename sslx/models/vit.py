@@ -172,12 +172,10 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])   # 2-D matmuls (see Attention)
-        x = nn.Dense(self.hidden, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc1")(x)
+        d = x.shape[-1]
+        x = FlatDense(self.hidden, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc1")(x)
         x = gelu(x, self.gelu_approximate)
-        x = nn.Dense(shape[-1], kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc2")(x)
-        return x.reshape(shape)
+        return FlatDense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc2")(x)
 
 
 class Block(nn.Module):
