@@ -19,6 +19,7 @@ first, then point BEiT at its workdir:
 
 `model` is unused by the tokenizer (its architecture is in `method`); it only names the run.
 """
+
 import ml_collections
 
 from sslx import config_lib
@@ -28,17 +29,46 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
   c = config_lib.base_config()
 
-  c.method = ml_collections.ConfigDict(dict(
-      name="beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64,
-      beta=0.25, ema_decay=0.99, dead_threshold=0.03))
+  c.method = ml_collections.ConfigDict(
+    dict(
+      name="beit_tokenizer",
+      patch_size=4,
+      codebook_size=256,
+      code_dim=16,
+      hidden=64,
+      beta=0.25,
+      ema_decay=0.99,
+      dead_threshold=0.03,
+    )
+  )
   c.model = ml_collections.ConfigDict(dict(name="convnet"))
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_size=32, crop_scale=(0.5, 1.0), brightness=0.0, contrast=0.0, saturation=0.0,
-      hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, flip_prob=0.5,
-      solarize_prob=0.0))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", b1=0.9, b2=0.99, weight_decay=0.0,
-      warmup_epochs=0.1, final_lr_fraction=0.1))
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      crop_size=32,
+      crop_scale=(0.5, 1.0),
+      brightness=0.0,
+      contrast=0.0,
+      saturation=0.0,
+      hue=0.0,
+      jitter_prob=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      flip_prob=0.5,
+      solarize_prob=0.0,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=2e-3,
+      lr_scaling="none",
+      b1=0.9,
+      b2=0.99,
+      weight_decay=0.0,
+      warmup_epochs=0.1,
+      final_lr_fraction=0.1,
+    )
+  )
   c.batch_size = 64
   c.num_epochs = 1.0
   c.checkpoint_every_steps = 0
@@ -60,9 +90,19 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2000
     c.log_every_steps = 100
   elif preset == "imagenet":
-    c.dataset = ml_collections.ConfigDict(dict(
-        name="tfds", tfds_name="imagenet2012", data_dir="", path="", train_split="train",
-        eval_split="validation", image_size=224, num_workers=8, normalization="imagenet"))
+    c.dataset = ml_collections.ConfigDict(
+      dict(
+        name="tfds",
+        tfds_name="imagenet2012",
+        data_dir="",
+        path="",
+        train_split="train",
+        eval_split="validation",
+        image_size=224,
+        num_workers=8,
+        normalization="imagenet",
+      )
+    )
     c.augment.crop_size = 224
     c.method.patch_size = 16
     c.method.hidden = 256
@@ -74,6 +114,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_train_limit = 20_000
   else:
-    raise ValueError(f"unknown preset {preset!r} for experiments/beit_tokenizer.py; valid: "
-                     "cpu, cifar10, imagenet")
+    raise ValueError(
+      f"unknown preset {preset!r} for experiments/beit_tokenizer.py; valid: cpu, cifar10, imagenet"
+    )
   return config_lib.with_duration(c, opts)

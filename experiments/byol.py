@@ -21,6 +21,7 @@ r"""BYOL (Grill et al. 2020) experiment presets.
 Flags: presets take extra words, e.g. `experiments/byol.py:cpu,steps=50`. Any key can be
 overridden with --config.<key>=value; an unknown key fails at once.
 """
+
 import ml_collections
 
 from sslx import config_lib
@@ -30,18 +31,46 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
   c = config_lib.base_config()
 
-  c.method = ml_collections.ConfigDict(dict(
-      name="byol", projector_hidden=(512,), projector_dim=128, predictor_hidden=(512,),
-      base_momentum=0.99, collapse_std=0.05))
+  c.method = ml_collections.ConfigDict(
+    dict(
+      name="byol",
+      projector_hidden=(512,),
+      projector_dim=128,
+      predictor_hidden=(512,),
+      base_momentum=0.99,
+      collapse_std=0.05,
+    )
+  )
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
   # Two global views with BYOL's asymmetric recipe (Table 6); no blur at 32x32.
-  c.augment = ml_collections.ConfigDict(dict(
-      global_crop_size=32, global_crop_scale=(0.2, 1.0), global_blur_prob=(0.0, 0.0),
-      global_solarize_prob=(0.0, 0.2), num_local_crops=0, brightness=0.4, contrast=0.4,
-      saturation=0.2, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, flip_prob=0.5))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
-      final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      global_crop_size=32,
+      global_crop_scale=(0.2, 1.0),
+      global_blur_prob=(0.0, 0.0),
+      global_solarize_prob=(0.0, 0.2),
+      num_local_crops=0,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.2,
+      hue=0.1,
+      jitter_prob=0.8,
+      grayscale_prob=0.2,
+      flip_prob=0.5,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=2e-3,
+      lr_scaling="none",
+      weight_decay=1e-4,
+      warmup_epochs=0.2,
+      final_lr_fraction=0.0,
+      momentum=0.9,
+      trust_coefficient=0.001,
+    )
+  )
   # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
   c.batch_size = 64
   c.num_epochs = 3.0
@@ -56,9 +85,18 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.method.projector_dim = 256
     c.method.predictor_hidden = (4096,)
     c.method.base_momentum = 0.99
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="lars", base_lr=1.0, lr_scaling="linear", weight_decay=1e-5, momentum=0.9,
-        trust_coefficient=0.02, warmup_epochs=10.0, final_lr_fraction=0.0))
+    c.optimizer = ml_collections.ConfigDict(
+      dict(
+        name="lars",
+        base_lr=1.0,
+        lr_scaling="linear",
+        weight_decay=1e-5,
+        momentum=0.9,
+        trust_coefficient=0.02,
+        warmup_epochs=10.0,
+        final_lr_fraction=0.0,
+      )
+    )
     c.batch_size = 512
     c.num_epochs = 1000.0
     c.checkpoint_every_steps = 2000
@@ -66,20 +104,51 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.eval_baselines = False
   elif preset == "imagenet":
     c.model = ml_collections.ConfigDict(dict(name="resnet50", stem="imagenet"))
-    c.dataset = ml_collections.ConfigDict(dict(
-        name="tfds", tfds_name="imagenet2012", data_dir="", path="", train_split="train",
-        eval_split="validation", image_size=224, num_workers=8, normalization="imagenet"))
-    c.augment = ml_collections.ConfigDict(dict(
-        global_crop_size=224, global_crop_scale=(0.08, 1.0), global_blur_prob=(1.0, 0.1),
-        global_solarize_prob=(0.0, 0.2), num_local_crops=0, brightness=0.4, contrast=0.4,
-        saturation=0.2, hue=0.1, jitter_prob=0.8, grayscale_prob=0.2, flip_prob=0.5))
+    c.dataset = ml_collections.ConfigDict(
+      dict(
+        name="tfds",
+        tfds_name="imagenet2012",
+        data_dir="",
+        path="",
+        train_split="train",
+        eval_split="validation",
+        image_size=224,
+        num_workers=8,
+        normalization="imagenet",
+      )
+    )
+    c.augment = ml_collections.ConfigDict(
+      dict(
+        global_crop_size=224,
+        global_crop_scale=(0.08, 1.0),
+        global_blur_prob=(1.0, 0.1),
+        global_solarize_prob=(0.0, 0.2),
+        num_local_crops=0,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_prob=0.8,
+        grayscale_prob=0.2,
+        flip_prob=0.5,
+      )
+    )
     c.method.projector_hidden = (4096,)
     c.method.projector_dim = 256
     c.method.predictor_hidden = (4096,)
     c.method.base_momentum = 0.996
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
-        trust_coefficient=0.001, warmup_epochs=10.0, final_lr_fraction=0.0))
+    c.optimizer = ml_collections.ConfigDict(
+      dict(
+        name="lars",
+        base_lr=0.2,
+        lr_scaling="linear",
+        weight_decay=1.5e-6,
+        momentum=0.9,
+        trust_coefficient=0.001,
+        warmup_epochs=10.0,
+        final_lr_fraction=0.0,
+      )
+    )
     c.batch_size = 4096
     c.num_epochs = 300.0
     c.checkpoint_every_steps = 5000
@@ -87,6 +156,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.eval_baselines = False
     c.eval_train_limit = 100_000
   else:
-    raise ValueError(f"unknown preset {preset!r} for experiments/byol.py; valid: cpu, "
-                     "cifar10, imagenet")
+    raise ValueError(
+      f"unknown preset {preset!r} for experiments/byol.py; valid: cpu, cifar10, imagenet"
+    )
   return config_lib.with_duration(c, opts)

@@ -32,6 +32,7 @@ Shortcuts and guards (paper §3.2):
 
 Flags: presets take extra words, e.g. `experiments/jigsaw.py:cpu,steps=50`.
 """
+
 import ml_collections
 
 from sslx import config_lib
@@ -41,18 +42,46 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
   c = config_lib.base_config()
 
-  c.method = ml_collections.ConfigDict(dict(
-      name="jigsaw", num_permutations=100, permutation_seed=0, image_size=48, tile_size=12,
-      tile_dim=128, head_hidden=(256,)))
+  c.method = ml_collections.ConfigDict(
+    dict(
+      name="jigsaw",
+      num_permutations=100,
+      permutation_seed=0,
+      image_size=48,
+      tile_size=12,
+      tile_dim=128,
+      head_hidden=(256,),
+    )
+  )
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
   # A mild random crop and flip before tiling; no colour jitter (tiles are normalised).
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_size=32, crop_scale=(0.6, 1.0), brightness=0.0, contrast=0.0, saturation=0.0,
-      hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, flip_prob=0.5,
-      solarize_prob=0.0))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=3e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
-      final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      crop_size=32,
+      crop_scale=(0.6, 1.0),
+      brightness=0.0,
+      contrast=0.0,
+      saturation=0.0,
+      hue=0.0,
+      jitter_prob=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      flip_prob=0.5,
+      solarize_prob=0.0,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=3e-3,
+      lr_scaling="none",
+      weight_decay=1e-4,
+      warmup_epochs=0.2,
+      final_lr_fraction=0.0,
+      momentum=0.9,
+      trust_coefficient=0.001,
+    )
+  )
   c.batch_size = 64
   c.num_epochs = 1.0
 
@@ -66,15 +95,23 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.method.tile_size = 24
     c.method.tile_dim = 512
     c.method.head_hidden = (4096,)
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="sgd", base_lr=0.01, lr_scaling="linear", weight_decay=5e-4, momentum=0.9,
-        warmup_epochs=1.0, final_lr_fraction=0.0, trust_coefficient=0.001))
+    c.optimizer = ml_collections.ConfigDict(
+      dict(
+        name="sgd",
+        base_lr=0.01,
+        lr_scaling="linear",
+        weight_decay=5e-4,
+        momentum=0.9,
+        warmup_epochs=1.0,
+        final_lr_fraction=0.0,
+        trust_coefficient=0.001,
+      )
+    )
     c.batch_size = 256
     c.num_epochs = 200.0
     c.checkpoint_every_steps = 2000
     c.log_every_steps = 100
     c.eval_baselines = False
   else:
-    raise ValueError(f"unknown preset {preset!r} for experiments/jigsaw.py; valid: cpu, "
-                     "cifar10")
+    raise ValueError(f"unknown preset {preset!r} for experiments/jigsaw.py; valid: cpu, cifar10")
   return config_lib.with_duration(c, opts)

@@ -30,6 +30,7 @@ Shortcuts and guards (paper §3.1):
 
 Flags: presets take extra words, e.g. `experiments/relative_patch.py:cpu,steps=50`.
 """
+
 import ml_collections
 
 from sslx import config_lib
@@ -39,18 +40,47 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
   c = config_lib.base_config()
 
-  c.method = ml_collections.ConfigDict(dict(
-      name="relative_patch", image_size=48, patch_size=12, gap=4, jitter=1,
-      color_guard="project", tile_dim=128, head_hidden=(256,)))
+  c.method = ml_collections.ConfigDict(
+    dict(
+      name="relative_patch",
+      image_size=48,
+      patch_size=12,
+      gap=4,
+      jitter=1,
+      color_guard="project",
+      tile_dim=128,
+      head_hidden=(256,),
+    )
+  )
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
   # A mild random crop and flip before cutting patches; no colour jitter.
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_size=32, crop_scale=(0.6, 1.0), brightness=0.0, contrast=0.0, saturation=0.0,
-      hue=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, flip_prob=0.5,
-      solarize_prob=0.0))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=0.2,
-      final_lr_fraction=0.0, momentum=0.9, trust_coefficient=0.001))
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      crop_size=32,
+      crop_scale=(0.6, 1.0),
+      brightness=0.0,
+      contrast=0.0,
+      saturation=0.0,
+      hue=0.0,
+      jitter_prob=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      flip_prob=0.5,
+      solarize_prob=0.0,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=2e-3,
+      lr_scaling="none",
+      weight_decay=1e-4,
+      warmup_epochs=0.2,
+      final_lr_fraction=0.0,
+      momentum=0.9,
+      trust_coefficient=0.001,
+    )
+  )
   c.batch_size = 64
   c.num_epochs = 8.0
 
@@ -66,15 +96,25 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.method.color_guard = "drop"
     c.method.tile_dim = 512
     c.method.head_hidden = (4096,)
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="sgd", base_lr=0.01, lr_scaling="linear", weight_decay=5e-4, momentum=0.9,
-        warmup_epochs=1.0, final_lr_fraction=0.0, trust_coefficient=0.001))
+    c.optimizer = ml_collections.ConfigDict(
+      dict(
+        name="sgd",
+        base_lr=0.01,
+        lr_scaling="linear",
+        weight_decay=5e-4,
+        momentum=0.9,
+        warmup_epochs=1.0,
+        final_lr_fraction=0.0,
+        trust_coefficient=0.001,
+      )
+    )
     c.batch_size = 256
     c.num_epochs = 200.0
     c.checkpoint_every_steps = 2000
     c.log_every_steps = 100
     c.eval_baselines = False
   else:
-    raise ValueError(f"unknown preset {preset!r} for experiments/relative_patch.py; valid: cpu, "
-                     "cifar10")
+    raise ValueError(
+      f"unknown preset {preset!r} for experiments/relative_patch.py; valid: cpu, cifar10"
+    )
   return config_lib.with_duration(c, opts)

@@ -41,11 +41,13 @@ Asymmetric recipes (e.g. BYOL's blur p = 1.0 / 0.1 and solarize p = 0 / 0.2 for
 the two views) are expressed as two :class:`ViewParams` and two calls to
 :func:`augment_batch` with independent keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,39 +56,39 @@ from jax import lax
 Array = jax.Array
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "ViewParams",
-    "sample_crop_box",
-    "crop_and_resize",
-    "random_resized_crop",
-    "horizontal_flip",
-    "to_grayscale",
-    "color_jitter",
-    "gaussian_blur",
-    "solarize",
-    "random_apply",
-    "view",
-    "augment_batch",
-    "augment_views",
-    "normalize",
+  "IMAGENET_MEAN",
+  "IMAGENET_STD",
+  "CIFAR10_MEAN",
+  "CIFAR10_STD",
+  "ViewParams",
+  "sample_crop_box",
+  "crop_and_resize",
+  "random_resized_crop",
+  "horizontal_flip",
+  "to_grayscale",
+  "color_jitter",
+  "gaussian_blur",
+  "solarize",
+  "random_apply",
+  "view",
+  "augment_batch",
+  "augment_views",
+  "normalize",
 ]
 
 # Per-channel statistics of the training sets (RGB, images scaled to [0, 1]).
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-CIFAR10_MEAN: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 # ITU-R BT.601 luma weights (what PIL's convert("L") and torchvision use).
 _LUMA = (0.299, 0.587, 0.114)
 
 
 def _is_static(x: Any, value: float) -> bool:
-    """True iff ``x`` is a Python number equal to ``value`` (known at trace time)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == value
+  """True iff ``x`` is a Python number equal to ``value`` (known at trace time)."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == value
 
 
 # --------------------------------------------------------------------------
@@ -94,145 +96,146 @@ def _is_static(x: Any, value: float) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _fallback_box_size(height: int, width: int, ratio: Tuple[float, float]) -> Tuple[int, int]:
-    """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:
-        h, w = height, width
-    return h, w
+def _fallback_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+  """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w = width
+    h = int(round(w / min(ratio)))
+  elif in_ratio > max(ratio):
+    h = height
+    w = int(round(h * max(ratio)))
+  else:
+    h, w = height, width
+  return h, w
 
 
 def sample_crop_box(
-    rng: Array,
-    height: int,
-    width: int,
-    scale: Tuple[float, float] = (0.08, 1.0),
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-    num_tries: int = 10,
-) -> Tuple[Array, Array, Array, Array]:
-    """Samples a RandomResizedCrop box the way torchvision does.
+  rng: Array,
+  height: int,
+  width: int,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  num_tries: int = 10,
+) -> tuple[Array, Array, Array, Array]:
+  """Samples a RandomResizedCrop box the way torchvision does.
 
-    Area fraction ~ U(scale), log aspect ratio (w / h) ~ U(log ratio); box sides
-    are rounded to integers. ``num_tries`` candidates are drawn at once and the
-    first one that fits inside the image is kept; if none fits, the fallback is
-    a centred crop of the whole image clipped to the ratio range.
+  Area fraction ~ U(scale), log aspect ratio (w / h) ~ U(log ratio); box sides
+  are rounded to integers. ``num_tries`` candidates are drawn at once and the
+  first one that fits inside the image is kept; if none fits, the fallback is
+  a centred crop of the whole image clipped to the ratio range.
 
-    Args:
-      rng: PRNG key.
-      height, width: static image size.
-      scale: (min, max) fraction of the image area.
-      ratio: (min, max) aspect ratio w / h.
-      num_tries: number of vectorised rejection-sampling candidates.
+  Args:
+    rng: PRNG key.
+    height, width: static image size.
+    scale: (min, max) fraction of the image area.
+    ratio: (min, max) aspect ratio w / h.
+    num_tries: number of vectorised rejection-sampling candidates.
 
-    Returns:
-      ``(y0, x0, h, w)``, int32 scalars, with ``0 <= y0 <= height - h`` and
-      ``0 <= x0 <= width - w``.
-    """
-    u = jax.random.uniform(rng, (_crop_draws(num_tries),))
-    return _crop_box_from_uniforms(u, height, width, scale, ratio)
+  Returns:
+    ``(y0, x0, h, w)``, int32 scalars, with ``0 <= y0 <= height - h`` and
+    ``0 <= x0 <= width - w``.
+  """
+  u = jax.random.uniform(rng, (_crop_draws(num_tries),))
+  return _crop_box_from_uniforms(u, height, width, scale, ratio)
 
 
 def _crop_draws(num_tries: int) -> int:
-    return 2 * num_tries + 2
+  return 2 * num_tries + 2
 
 
 def _crop_box_from_uniforms(u: Array, height: int, width: int, scale, ratio):
-    """:func:`sample_crop_box` given its ``2 * num_tries + 2`` U[0, 1) draws."""
-    num_tries = (u.shape[0] - 2) // 2
-    area = float(height * width)
-    target_area = area * (scale[0] + u[:num_tries] * (scale[1] - scale[0]))
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(lo + u[num_tries:2 * num_tries] * (hi - lo))
-    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = jnp.argmax(valid)  # index of the first True (0 if none)
-    any_valid = jnp.any(valid)
+  """:func:`sample_crop_box` given its ``2 * num_tries + 2`` U[0, 1) draws."""
+  num_tries = (u.shape[0] - 2) // 2
+  area = float(height * width)
+  target_area = area * (scale[0] + u[:num_tries] * (scale[1] - scale[0]))
+  lo, hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = jnp.exp(lo + u[num_tries : 2 * num_tries] * (hi - lo))
+  w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+  h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+  valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = jnp.argmax(valid)  # index of the first True (0 if none)
+  any_valid = jnp.any(valid)
 
-    fb_h, fb_w = _fallback_box_size(height, width, ratio)
-    h = jnp.where(any_valid, h[first], fb_h)
-    w = jnp.where(any_valid, w[first], fb_w)
-    # Offsets uniform over all placements (inclusive), like torch.randint(0, H - h + 1).
-    y0 = jnp.minimum(jnp.floor(u[-2] * (height - h + 1)).astype(jnp.int32), height - h)
-    x0 = jnp.minimum(jnp.floor(u[-1] * (width - w + 1)).astype(jnp.int32), width - w)
-    y0 = jnp.where(any_valid, y0, (height - fb_h) // 2).astype(jnp.int32)
-    x0 = jnp.where(any_valid, x0, (width - fb_w) // 2).astype(jnp.int32)
-    return y0, x0, h.astype(jnp.int32), w.astype(jnp.int32)
+  fb_h, fb_w = _fallback_box_size(height, width, ratio)
+  h = jnp.where(any_valid, h[first], fb_h)
+  w = jnp.where(any_valid, w[first], fb_w)
+  # Offsets uniform over all placements (inclusive), like torch.randint(0, H - h + 1).
+  y0 = jnp.minimum(jnp.floor(u[-2] * (height - h + 1)).astype(jnp.int32), height - h)
+  x0 = jnp.minimum(jnp.floor(u[-1] * (width - w + 1)).astype(jnp.int32), width - w)
+  y0 = jnp.where(any_valid, y0, (height - fb_h) // 2).astype(jnp.int32)
+  x0 = jnp.where(any_valid, x0, (width - fb_w) // 2).astype(jnp.int32)
+  return y0, x0, h.astype(jnp.int32), w.astype(jnp.int32)
 
 
 def crop_and_resize(image: Array, box: Sequence[Any], out_size: int) -> Array:
-    """Resamples the box ``(y0, x0, h, w)`` of ``image`` to ``out_size x out_size``.
+  """Resamples the box ``(y0, x0, h, w)`` of ``image`` to ``out_size x out_size``.
 
-    Bilinear interpolation with pixel-centre alignment (antialiased when
-    shrinking, like PIL's bilinear resize); the box may be traced, ``out_size``
-    is static. An integer box resized to its own size is an exact copy.
+  Bilinear interpolation with pixel-centre alignment (antialiased when
+  shrinking, like PIL's bilinear resize); the box may be traced, ``out_size``
+  is static. An integer box resized to its own size is an exact copy.
 
-    Args:
-      image: ``[H, W, C]`` float image.
-      box: ``(y0, x0, h, w)`` scalars (ints or traced).
-      out_size: static output side.
+  Args:
+    image: ``[H, W, C]`` float image.
+    box: ``(y0, x0, h, w)`` scalars (ints or traced).
+    out_size: static output side.
 
-    Returns:
-      ``[out_size, out_size, C]`` float32.
-    """
-    y0, x0, h, w = (jnp.asarray(v, jnp.float32) for v in box)
-    image = jnp.asarray(image, jnp.float32)
-    rows = _resample_matrix(image.shape[0], out_size, y0, h)
-    cols = _resample_matrix(image.shape[1], out_size, x0, w)
-    hp = lax.Precision.HIGHEST
-    out = jnp.einsum("oh,hwc->owc", rows, image, precision=hp)
-    return jnp.einsum("pw,owc->opc", cols, out, precision=hp)
+  Returns:
+    ``[out_size, out_size, C]`` float32.
+  """
+  y0, x0, h, w = (jnp.asarray(v, jnp.float32) for v in box)
+  image = jnp.asarray(image, jnp.float32)
+  rows = _resample_matrix(image.shape[0], out_size, y0, h)
+  cols = _resample_matrix(image.shape[1], out_size, x0, w)
+  hp = lax.Precision.HIGHEST
+  out = jnp.einsum("oh,hwc->owc", rows, image, precision=hp)
+  return jnp.einsum("pw,owc->opc", cols, out, precision=hp)
 
 
 def _resample_matrix(in_size: int, out_size: int, start: Any, length: Any) -> Array:
-    """``[out_size, in_size]`` weights resampling ``[start, start + length)`` to ``out_size``.
+  """``[out_size, in_size]`` weights resampling ``[start, start + length)`` to ``out_size``.
 
-    The triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialias),
-    each row normalised to sum to 1; output pixel centre ``o + 0.5`` samples input coordinate
-    ``start + (o + 0.5) * length / out_size``. The same weights as
-    ``jax.image.scale_and_translate(method="linear", antialias=True)``, written directly: that
-    general routine's graph takes ~5x longer to compile inside every train step.
-    """
-    inv_scale = length / out_size                      # input pixels per output pixel
-    kernel_scale = jnp.maximum(inv_scale, 1.0)
-    sample = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - 0.5
-    dist = jnp.abs(sample[:, None] - jnp.arange(in_size, dtype=jnp.float32)[None, :])
-    weights = jnp.maximum(0.0, 1.0 - dist / kernel_scale)
-    total = jnp.sum(weights, axis=1, keepdims=True)
-    weights = jnp.where(total > 1000.0 * 1.1920929e-07, weights / jnp.where(total != 0, total, 1.0),
-                        0.0)
-    inside = (sample >= -0.5) & (sample <= in_size - 0.5)
-    return jnp.where(inside[:, None], weights, 0.0)
+  The triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialias),
+  each row normalised to sum to 1; output pixel centre ``o + 0.5`` samples input coordinate
+  ``start + (o + 0.5) * length / out_size``. The same weights as
+  ``jax.image.scale_and_translate(method="linear", antialias=True)``, written directly: that
+  general routine's graph takes ~5x longer to compile inside every train step.
+  """
+  inv_scale = length / out_size  # input pixels per output pixel
+  kernel_scale = jnp.maximum(inv_scale, 1.0)
+  sample = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - 0.5
+  dist = jnp.abs(sample[:, None] - jnp.arange(in_size, dtype=jnp.float32)[None, :])
+  weights = jnp.maximum(0.0, 1.0 - dist / kernel_scale)
+  total = jnp.sum(weights, axis=1, keepdims=True)
+  weights = jnp.where(
+    total > 1000.0 * 1.1920929e-07, weights / jnp.where(total != 0, total, 1.0), 0.0
+  )
+  inside = (sample >= -0.5) & (sample <= in_size - 0.5)
+  return jnp.where(inside[:, None], weights, 0.0)
 
 
 def random_resized_crop(
-    rng: Array,
-    image: Array,
-    out_size: int,
-    scale: Tuple[float, float] = (0.08, 1.0),
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-    num_tries: int = 10,
+  rng: Array,
+  image: Array,
+  out_size: int,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  num_tries: int = 10,
 ) -> Array:
-    """torchvision-style RandomResizedCrop (SimCLR Appendix A: crop + resize).
+  """torchvision-style RandomResizedCrop (SimCLR Appendix A: crop + resize).
 
-    Args:
-      rng: PRNG key.
-      image: ``[H, W, C]`` float image.
-      out_size: static output side.
-      scale, ratio, num_tries: see :func:`sample_crop_box`.
+  Args:
+    rng: PRNG key.
+    image: ``[H, W, C]`` float image.
+    out_size: static output side.
+    scale, ratio, num_tries: see :func:`sample_crop_box`.
 
-    Returns:
-      ``[out_size, out_size, C]`` float32.
-    """
-    height, width = image.shape[0], image.shape[1]
-    box = sample_crop_box(rng, height, width, scale, ratio, num_tries)
-    return crop_and_resize(image, box, out_size)
+  Returns:
+    ``[out_size, out_size, C]`` float32.
+  """
+  height, width = image.shape[0], image.shape[1]
+  box = sample_crop_box(rng, height, width, scale, ratio, num_tries)
+  return crop_and_resize(image, box, out_size)
 
 
 # --------------------------------------------------------------------------
@@ -241,45 +244,45 @@ def random_resized_crop(
 
 
 def horizontal_flip(image: Array) -> Array:
-    """Mirrors ``[H, W, C]`` left-right (``image[:, ::-1]``)."""
-    return image[:, ::-1]
+  """Mirrors ``[H, W, C]`` left-right (``image[:, ::-1]``)."""
+  return image[:, ::-1]
 
 
 def _luma(image: Array) -> Array:
-    """ITU-R 601 luma, ``[H, W, 3] -> [H, W]``."""
-    return _LUMA[0] * image[..., 0] + _LUMA[1] * image[..., 1] + _LUMA[2] * image[..., 2]
+  """ITU-R 601 luma, ``[H, W, 3] -> [H, W]``."""
+  return _LUMA[0] * image[..., 0] + _LUMA[1] * image[..., 1] + _LUMA[2] * image[..., 2]
 
 
 def to_grayscale(image: Array) -> Array:
-    """ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B`` replicated to 3 channels.
+  """ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B`` replicated to 3 channels.
 
-    ``[H, W, 3] -> [H, W, 3]`` (also works on batches, any leading dims).
-    """
-    y = _luma(image)
-    return jnp.stack([y, y, y], axis=-1)
+  ``[H, W, 3] -> [H, W, 3]`` (also works on batches, any leading dims).
+  """
+  y = _luma(image)
+  return jnp.stack([y, y, y], axis=-1)
 
 
 def solarize(image: Array, threshold: float = 0.5) -> Array:
-    """Pixels ``>= threshold`` become ``1 - x``; others are unchanged."""
-    return jnp.where(image >= threshold, 1.0 - image, image)
+  """Pixels ``>= threshold`` become ``1 - x``; others are unchanged."""
+  return jnp.where(image >= threshold, 1.0 - image, image)
 
 
 def random_apply(rng: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> Array:
-    """Returns ``fn(image)`` with probability ``p``, else ``image``.
+  """Returns ``fn(image)`` with probability ``p``, else ``image``.
 
-    Both branches are computed and selected with ``jnp.where``; ``p`` equal to a
-    Python 0 or 1 short-circuits at trace time.
-    """
-    return _apply_if(jax.random.uniform(rng), image, fn, p)  # an unused draw is compiled away
+  Both branches are computed and selected with ``jnp.where``; ``p`` equal to a
+  Python 0 or 1 short-circuits at trace time.
+  """
+  return _apply_if(jax.random.uniform(rng), image, fn, p)  # an unused draw is compiled away
 
 
 def _apply_if(u: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> Array:
-    """:func:`random_apply` given its U[0, 1) draw ``u``."""
-    if _is_static(p, 0):
-        return image
-    if _is_static(p, 1):
-        return fn(image)
-    return jnp.where(u < p, fn(image), image)
+  """:func:`random_apply` given its U[0, 1) draw ``u``."""
+  if _is_static(p, 0):
+    return image
+  if _is_static(p, 1):
+    return fn(image)
+  return jnp.where(u < p, fn(image), image)
 
 
 # --------------------------------------------------------------------------
@@ -288,158 +291,156 @@ def _apply_if(u: Array, image: Array, fn: Callable[[Array], Array], p: Any) -> A
 
 
 def _rgb_to_hsv(rgb: Array) -> Array:
-    """``[..., 3]`` RGB in [0, 1] -> HSV with all of h, s, v in [0, 1]."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    maxc = jnp.maximum(jnp.maximum(r, g), b)
-    minc = jnp.minimum(jnp.minimum(r, g), b)
-    delta = maxc - minc
-    gray = delta == 0  # also covers black (maxc == 0)
-    safe_delta = jnp.where(gray, 1.0, delta)
-    s = jnp.where(gray, 0.0, delta / jnp.where(gray, 1.0, maxc))
-    # Hue sector (in units of 60 degrees), chosen by which channel is the max.
-    h_r = (g - b) / safe_delta
-    h_g = 2.0 + (b - r) / safe_delta
-    h_b = 4.0 + (r - g) / safe_delta
-    h = jnp.where(maxc == r, h_r, jnp.where(maxc == g, h_g, h_b))
-    h = jnp.where(gray, 0.0, h)
-    h = jnp.mod(h / 6.0, 1.0)
-    return jnp.stack([h, s, maxc], axis=-1)
+  """``[..., 3]`` RGB in [0, 1] -> HSV with all of h, s, v in [0, 1]."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  maxc = jnp.maximum(jnp.maximum(r, g), b)
+  minc = jnp.minimum(jnp.minimum(r, g), b)
+  delta = maxc - minc
+  gray = delta == 0  # also covers black (maxc == 0)
+  safe_delta = jnp.where(gray, 1.0, delta)
+  s = jnp.where(gray, 0.0, delta / jnp.where(gray, 1.0, maxc))
+  # Hue sector (in units of 60 degrees), chosen by which channel is the max.
+  h_r = (g - b) / safe_delta
+  h_g = 2.0 + (b - r) / safe_delta
+  h_b = 4.0 + (r - g) / safe_delta
+  h = jnp.where(maxc == r, h_r, jnp.where(maxc == g, h_g, h_b))
+  h = jnp.where(gray, 0.0, h)
+  h = jnp.mod(h / 6.0, 1.0)
+  return jnp.stack([h, s, maxc], axis=-1)
 
 
 def _hsv_to_rgb(hsv: Array) -> Array:
-    """Inverse of :func:`_rgb_to_hsv`: ``[..., 3]`` HSV -> RGB."""
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    h6 = jnp.mod(h, 1.0) * 6.0
-    sector = jnp.floor(h6)
-    f = h6 - sector
-    sector = sector.astype(jnp.int32) % 6
-    p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
-    q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
-    t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
-    # (r, g, b) for each of the six 60-degree sectors.
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = []
-    for c in range(3):
-        choices = jnp.stack([row[c] for row in table], axis=0)
-        out.append(jnp.take_along_axis(choices, sector[None], axis=0)[0])
-    return jnp.stack(out, axis=-1)
+  """Inverse of :func:`_rgb_to_hsv`: ``[..., 3]`` HSV -> RGB."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  h6 = jnp.mod(h, 1.0) * 6.0
+  sector = jnp.floor(h6)
+  f = h6 - sector
+  sector = sector.astype(jnp.int32) % 6
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  # (r, g, b) for each of the six 60-degree sectors.
+  table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+  out = []
+  for c in range(3):
+    choices = jnp.stack([row[c] for row in table], axis=0)
+    out.append(jnp.take_along_axis(choices, sector[None], axis=0)[0])
+  return jnp.stack(out, axis=-1)
 
 
 def _blend(a: Array, b: Array, factor: Any) -> Array:
-    """``factor * a + (1 - factor) * b`` clipped to [0, 1] (torchvision ``_blend``)."""
-    return jnp.clip(factor * a + (1.0 - factor) * b, 0.0, 1.0)
+  """``factor * a + (1 - factor) * b`` clipped to [0, 1] (torchvision ``_blend``)."""
+  return jnp.clip(factor * a + (1.0 - factor) * b, 0.0, 1.0)
 
 
 def _adjust_brightness(image: Array, factor: Any) -> Array:
-    """Multiplies by ``factor`` and clips: 0 -> black, 1 -> identity."""
-    return jnp.clip(image * factor, 0.0, 1.0)
+  """Multiplies by ``factor`` and clips: 0 -> black, 1 -> identity."""
+  return jnp.clip(image * factor, 0.0, 1.0)
 
 
 def _adjust_contrast(image: Array, factor: Any) -> Array:
-    """Blends with the (scalar) mean of the grayscale image: 0 -> flat mean gray."""
-    mean = jnp.mean(_luma(image))
-    return _blend(image, mean, factor)
+  """Blends with the (scalar) mean of the grayscale image: 0 -> flat mean gray."""
+  mean = jnp.mean(_luma(image))
+  return _blend(image, mean, factor)
 
 
 def _adjust_saturation(image: Array, factor: Any) -> Array:
-    """Blends with the grayscale image: 0 -> grayscale, 1 -> identity."""
-    return _blend(image, to_grayscale(image), factor)
+  """Blends with the grayscale image: 0 -> grayscale, 1 -> identity."""
+  return _blend(image, to_grayscale(image), factor)
 
 
 def _adjust_hue(image: Array, shift: Any) -> Array:
-    """Rotates hue by ``shift`` (fraction of a turn, in [-0.5, 0.5])."""
-    hsv = _rgb_to_hsv(image)
-    hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
-    return jnp.clip(_hsv_to_rgb(hsv), 0.0, 1.0)
+  """Rotates hue by ``shift`` (fraction of a turn, in [-0.5, 0.5])."""
+  hsv = _rgb_to_hsv(image)
+  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
+  return jnp.clip(_hsv_to_rgb(hsv), 0.0, 1.0)
 
 
 _COLOR_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
 
 
 def _sample_color_jitter(
-    rng: Array, brightness: float, contrast: float, saturation: float, hue: float
-) -> Tuple[Array, Array, Tuple[int, ...]]:
-    """Samples torchvision ColorJitter factors and a random op order.
+  rng: Array, brightness: float, contrast: float, saturation: float, hue: float
+) -> tuple[Array, Array, tuple[int, ...]]:
+  """Samples torchvision ColorJitter factors and a random op order.
 
-    Returns:
-      factors: ``[4]`` float32 ``(brightness, contrast, saturation, hue_shift)``;
-        multiplicative factors ~ U[max(0, 1 - s), 1 + s], hue shift ~ U[-h, h].
-      order: ``[n_active]`` int32, a random permutation of ``range(n_active)``
-        indexing into ``active``.
-      active: static tuple of op ids (0 brightness, 1 contrast, 2 saturation,
-        3 hue) whose strength is not a Python 0; skipped ops never run.
-    """
-    strengths = (brightness, contrast, saturation, hue)
-    for name, s in zip(("brightness", "contrast", "saturation", "hue"), strengths):
-        if isinstance(s, (int, float)) and s < 0:
-            raise ValueError(f"color_jitter {name} must be >= 0, got {s}")
-    if isinstance(hue, (int, float)) and hue > 0.5:
-        raise ValueError(f"color_jitter hue must be <= 0.5, got {hue}")
-    u = jax.random.uniform(rng, (_JITTER_DRAWS,))
-    return _color_jitter_from_uniforms(u, brightness, contrast, saturation, hue)
+  Returns:
+    factors: ``[4]`` float32 ``(brightness, contrast, saturation, hue_shift)``;
+      multiplicative factors ~ U[max(0, 1 - s), 1 + s], hue shift ~ U[-h, h].
+    order: ``[n_active]`` int32, a random permutation of ``range(n_active)``
+      indexing into ``active``.
+    active: static tuple of op ids (0 brightness, 1 contrast, 2 saturation,
+      3 hue) whose strength is not a Python 0; skipped ops never run.
+  """
+  strengths = (brightness, contrast, saturation, hue)
+  for name, s in zip(("brightness", "contrast", "saturation", "hue"), strengths):
+    if isinstance(s, (int, float)) and s < 0:
+      raise ValueError(f"color_jitter {name} must be >= 0, got {s}")
+  if isinstance(hue, (int, float)) and hue > 0.5:
+    raise ValueError(f"color_jitter hue must be <= 0.5, got {hue}")
+  u = jax.random.uniform(rng, (_JITTER_DRAWS,))
+  return _color_jitter_from_uniforms(u, brightness, contrast, saturation, hue)
 
 
-_JITTER_DRAWS = 8   # four factors, four sort keys for the order
+_JITTER_DRAWS = 8  # four factors, four sort keys for the order
 
 
 def _color_jitter_from_uniforms(u: Array, brightness, contrast, saturation, hue):
-    """:func:`_sample_color_jitter` given its ``_JITTER_DRAWS`` U[0, 1) draws."""
-    strengths = (brightness, contrast, saturation, hue)
-    factors = []
-    for i, s in enumerate(strengths[:3]):
-        lo = jnp.maximum(0.0, 1.0 - jnp.asarray(s, jnp.float32))
-        hi = 1.0 + jnp.asarray(s, jnp.float32)
-        factors.append(lo + u[i] * (hi - lo))
-    factors.append(-hue + u[3] * (2 * hue))
-    active = tuple(i for i, s in enumerate(strengths) if not _is_static(s, 0))
-    # Sorting i.i.d. uniforms gives a uniformly random permutation.
-    order = jnp.argsort(u[4:4 + len(active)]).astype(jnp.int32)
-    return jnp.stack(factors).astype(jnp.float32), order, active
+  """:func:`_sample_color_jitter` given its ``_JITTER_DRAWS`` U[0, 1) draws."""
+  strengths = (brightness, contrast, saturation, hue)
+  factors = []
+  for i, s in enumerate(strengths[:3]):
+    lo = jnp.maximum(0.0, 1.0 - jnp.asarray(s, jnp.float32))
+    hi = 1.0 + jnp.asarray(s, jnp.float32)
+    factors.append(lo + u[i] * (hi - lo))
+  factors.append(-hue + u[3] * (2 * hue))
+  active = tuple(i for i, s in enumerate(strengths) if not _is_static(s, 0))
+  # Sorting i.i.d. uniforms gives a uniformly random permutation.
+  order = jnp.argsort(u[4 : 4 + len(active)]).astype(jnp.int32)
+  return jnp.stack(factors).astype(jnp.float32), order, active
 
 
 def _apply_color_ops(
-    image: Array, factors: Array, order: Array, active: Tuple[int, ...] = (0, 1, 2, 3)
+  image: Array, factors: Array, order: Array, active: tuple[int, ...] = (0, 1, 2, 3)
 ) -> Array:
-    """Applies the ops ``active[order[0]], active[order[1]], ...`` in sequence.
+  """Applies the ops ``active[order[0]], active[order[1]], ...`` in sequence.
 
-    ``order`` is traced, so each position is a ``lax.switch`` over the active ops; the
-    positions are one ``lax.scan`` so the graph holds each op once, not once per position
-    (under ``vmap`` a switch evaluates every branch and selects, whichever way it is written).
-    """
-    if not active:
-        return image
-    branches = [
-        (lambda x, op=_COLOR_OPS[i], f=factors[i]: op(x, f)) for i in active
-    ]
-    image, _ = lax.scan(lambda x, k: (lax.switch(k, branches, x), None), image, order)
+  ``order`` is traced, so each position is a ``lax.switch`` over the active ops; the
+  positions are one ``lax.scan`` so the graph holds each op once, not once per position
+  (under ``vmap`` a switch evaluates every branch and selects, whichever way it is written).
+  """
+  if not active:
     return image
+  branches = [(lambda x, op=_COLOR_OPS[i], f=factors[i]: op(x, f)) for i in active]
+  image, _ = lax.scan(lambda x, k: (lax.switch(k, branches, x), None), image, order)
+  return image
 
 
 def color_jitter(
-    rng: Array,
-    image: Array,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
+  rng: Array,
+  image: Array,
+  brightness: float,
+  contrast: float,
+  saturation: float,
+  hue: float,
 ) -> Array:
-    """torchvision ColorJitter on one ``[H, W, 3]`` image in [0, 1].
+  """torchvision ColorJitter on one ``[H, W, 3]`` image in [0, 1].
 
-    * brightness: ``x * f``, f ~ U[max(0, 1 - b), 1 + b];
-    * contrast: blend with the mean of the grayscale image, f ~ U[max(0, 1 - c), 1 + c];
-    * saturation: blend with the grayscale image, f ~ U[max(0, 1 - s), 1 + s];
-    * hue: hue rotated by U[-h, h] turns (RGB -> HSV -> RGB).
+  * brightness: ``x * f``, f ~ U[max(0, 1 - b), 1 + b];
+  * contrast: blend with the mean of the grayscale image, f ~ U[max(0, 1 - c), 1 + c];
+  * saturation: blend with the grayscale image, f ~ U[max(0, 1 - s), 1 + s];
+  * hue: hue rotated by U[-h, h] turns (RGB -> HSV -> RGB).
 
-    The four are applied in a random order per image (SimCLR Appendix A uses
-    torchvision's ColorJitter, which permutes them), clipping to [0, 1] after
-    each. A strength that is a Python 0 disables its op, so all-zero strengths
-    return the input unchanged.
+  The four are applied in a random order per image (SimCLR Appendix A uses
+  torchvision's ColorJitter, which permutes them), clipping to [0, 1] after
+  each. A strength that is a Python 0 disables its op, so all-zero strengths
+  return the input unchanged.
 
-    Returns:
-      ``[H, W, 3]`` float32 in [0, 1].
-    """
-    factors, order, active = _sample_color_jitter(rng, brightness, contrast, saturation, hue)
-    return _apply_color_ops(image, factors, order, active)
+  Returns:
+    ``[H, W, 3]`` float32 in [0, 1].
+  """
+  factors, order, active = _sample_color_jitter(rng, brightness, contrast, saturation, hue)
+  return _apply_color_ops(image, factors, order, active)
 
 
 # --------------------------------------------------------------------------
@@ -448,57 +449,57 @@ def color_jitter(
 
 
 def _default_blur_kernel_size(side: int) -> int:
-    """Odd kernel of about 10% of the image side (SimCLR Appendix A), at least 3."""
-    k = int(round(0.1 * side))
-    if k % 2 == 0:
-        k += 1
-    return max(k, 3)
+  """Odd kernel of about 10% of the image side (SimCLR Appendix A), at least 3."""
+  k = int(round(0.1 * side))
+  if k % 2 == 0:
+    k += 1
+  return max(k, 3)
 
 
 def _gaussian_kernel1d(sigma: Any, kernel_size: int) -> Array:
-    """Normalised 1-D Gaussian taps, ``[kernel_size]``."""
-    radius = kernel_size // 2
-    x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    k = jnp.exp(-0.5 * jnp.square(x / sigma))
-    return k / jnp.sum(k)
+  """Normalised 1-D Gaussian taps, ``[kernel_size]``."""
+  radius = kernel_size // 2
+  x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * jnp.square(x / sigma))
+  return k / jnp.sum(k)
 
 
 def _blur_with_sigma(image: Array, sigma: Any, kernel_size: int) -> Array:
-    """Separable Gaussian blur of ``[H, W, C]`` with reflect padding."""
-    if kernel_size % 2 != 1:
-        raise ValueError(f"blur kernel_size must be odd, got {kernel_size}")
-    taps = _gaussian_kernel1d(sigma, kernel_size)
-    radius = kernel_size // 2
-    height, width = image.shape[0], image.shape[1]
-    # Vertical pass.
-    padded = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-    out = sum(taps[i] * padded[i : i + height] for i in range(kernel_size))
-    # Horizontal pass.
-    padded = jnp.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-    return sum(taps[i] * padded[:, i : i + width] for i in range(kernel_size))
+  """Separable Gaussian blur of ``[H, W, C]`` with reflect padding."""
+  if kernel_size % 2 != 1:
+    raise ValueError(f"blur kernel_size must be odd, got {kernel_size}")
+  taps = _gaussian_kernel1d(sigma, kernel_size)
+  radius = kernel_size // 2
+  height, width = image.shape[0], image.shape[1]
+  # Vertical pass.
+  padded = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
+  out = sum(taps[i] * padded[i : i + height] for i in range(kernel_size))
+  # Horizontal pass.
+  padded = jnp.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+  return sum(taps[i] * padded[:, i : i + width] for i in range(kernel_size))
 
 
 def gaussian_blur(
-    rng: Array,
-    image: Array,
-    sigma: Tuple[float, float] = (0.1, 2.0),
-    kernel_size: Optional[int] = None,
+  rng: Array,
+  image: Array,
+  sigma: tuple[float, float] = (0.1, 2.0),
+  kernel_size: int | None = None,
 ) -> Array:
-    """Gaussian blur with sigma ~ U(sigma) (SimCLR Appendix A).
+  """Gaussian blur with sigma ~ U(sigma) (SimCLR Appendix A).
 
-    Args:
-      rng: PRNG key.
-      image: ``[H, W, C]`` float image.
-      sigma: (min, max) standard deviation in pixels.
-      kernel_size: static odd kernel size; default about 10% of ``min(H, W)``.
+  Args:
+    rng: PRNG key.
+    image: ``[H, W, C]`` float image.
+    sigma: (min, max) standard deviation in pixels.
+    kernel_size: static odd kernel size; default about 10% of ``min(H, W)``.
 
-    Returns:
-      ``[H, W, C]`` float32.
-    """
-    if kernel_size is None:
-        kernel_size = _default_blur_kernel_size(min(image.shape[0], image.shape[1]))
-    s = jax.random.uniform(rng, (), minval=sigma[0], maxval=sigma[1])
-    return _blur_with_sigma(image, s, kernel_size)
+  Returns:
+    ``[H, W, C]`` float32.
+  """
+  if kernel_size is None:
+    kernel_size = _default_blur_kernel_size(min(image.shape[0], image.shape[1]))
+  s = jax.random.uniform(rng, (), minval=sigma[0], maxval=sigma[1])
+  return _blur_with_sigma(image, s, kernel_size)
 
 
 # --------------------------------------------------------------------------
@@ -506,191 +507,204 @@ def gaussian_blur(
 # --------------------------------------------------------------------------
 
 
-def _pair(x: Any, name: str) -> Tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in x)
-    except (TypeError, ValueError):
-        raise ValueError(f"ViewParams.{name} must be a (min, max) pair, got {x!r}") from None
-    if lo > hi:
-        raise ValueError(f"ViewParams.{name} must have min <= max, got {x!r}")
-    return lo, hi
+def _pair(x: Any, name: str) -> tuple[float, float]:
+  try:
+    lo, hi = (float(v) for v in x)
+  except (TypeError, ValueError):
+    raise ValueError(f"ViewParams.{name} must be a (min, max) pair, got {x!r}") from None
+  if lo > hi:
+    raise ValueError(f"ViewParams.{name} must have min <= max, got {x!r}")
+  return lo, hi
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewParams:
-    """Static, hashable description of one augmented view.
+  """Static, hashable description of one augmented view.
 
-    Safe to close over in jitted code or pass as a static argument. Defaults are
-    SimCLR's (Chen et al. 2020, Appendix A) with colour strength 0.5.
+  Safe to close over in jitted code or pass as a static argument. Defaults are
+  SimCLR's (Chen et al. 2020, Appendix A) with colour strength 0.5.
+  """
+
+  crop_size: int = 224
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  brightness: float = 0.4
+  contrast: float = 0.4
+  saturation: float = 0.4
+  hue: float = 0.1
+  jitter_prob: float = 0.8
+  grayscale_prob: float = 0.2
+  blur_prob: float = 0.5
+  blur_sigma: tuple[float, float] = (0.1, 2.0)
+  flip_prob: float = 0.5
+  solarize_prob: float = 0.0
+  solarize_threshold: float = 0.5
+
+  def __post_init__(self):
+    # Normalise types (lists from configs -> tuples, ints -> floats) so the
+    # instance is hashable and equal configs compare equal.
+    crop_size = int(self.crop_size)
+    if crop_size <= 0:
+      raise ValueError(f"ViewParams.crop_size must be positive, got {self.crop_size}")
+    object.__setattr__(self, "crop_size", crop_size)
+    for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+      object.__setattr__(self, name, _pair(getattr(self, name), name))
+    if self.crop_scale[0] <= 0:
+      raise ValueError(f"ViewParams.crop_scale must be > 0, got {self.crop_scale}")
+    if self.crop_ratio[0] <= 0:
+      raise ValueError(f"ViewParams.crop_ratio must be > 0, got {self.crop_ratio}")
+    for name in ("brightness", "contrast", "saturation", "hue", "solarize_threshold"):
+      object.__setattr__(self, name, float(getattr(self, name)))
+      if getattr(self, name) < 0:
+        raise ValueError(f"ViewParams.{name} must be >= 0, got {getattr(self, name)}")
+    if self.hue > 0.5:
+      raise ValueError(f"ViewParams.hue must be <= 0.5, got {self.hue}")
+    for name in ("jitter_prob", "grayscale_prob", "blur_prob", "flip_prob", "solarize_prob"):
+      p = float(getattr(self, name))
+      if not 0.0 <= p <= 1.0:
+        raise ValueError(f"ViewParams.{name} must be in [0, 1], got {p}")
+      object.__setattr__(self, name, p)
+
+  @classmethod
+  def field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | None) -> ViewParams:
+    """Builds from an ``ml_collections.ConfigDict`` (or any mapping).
+
+    Missing keys take the SimCLR defaults; an unknown key raises
+    ``ValueError`` naming it and listing the valid keys.
     """
-
-    crop_size: int = 224
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
-    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    blur_sigma: Tuple[float, float] = (0.1, 2.0)
-    flip_prob: float = 0.5
-    solarize_prob: float = 0.0
-    solarize_threshold: float = 0.5
-
-    def __post_init__(self):
-        # Normalise types (lists from configs -> tuples, ints -> floats) so the
-        # instance is hashable and equal configs compare equal.
-        crop_size = int(self.crop_size)
-        if crop_size <= 0:
-            raise ValueError(f"ViewParams.crop_size must be positive, got {self.crop_size}")
-        object.__setattr__(self, "crop_size", crop_size)
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            object.__setattr__(self, name, _pair(getattr(self, name), name))
-        if self.crop_scale[0] <= 0:
-            raise ValueError(f"ViewParams.crop_scale must be > 0, got {self.crop_scale}")
-        if self.crop_ratio[0] <= 0:
-            raise ValueError(f"ViewParams.crop_ratio must be > 0, got {self.crop_ratio}")
-        for name in ("brightness", "contrast", "saturation", "hue", "solarize_threshold"):
-            object.__setattr__(self, name, float(getattr(self, name)))
-            if getattr(self, name) < 0:
-                raise ValueError(f"ViewParams.{name} must be >= 0, got {getattr(self, name)}")
-        if self.hue > 0.5:
-            raise ValueError(f"ViewParams.hue must be <= 0.5, got {self.hue}")
-        for name in ("jitter_prob", "grayscale_prob", "blur_prob", "flip_prob", "solarize_prob"):
-            p = float(getattr(self, name))
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"ViewParams.{name} must be in [0, 1], got {p}")
-            object.__setattr__(self, name, p)
-
-    @classmethod
-    def field_names(cls) -> Tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_config(cls, cfg: Optional[Mapping[str, Any]]) -> "ViewParams":
-        """Builds from an ``ml_collections.ConfigDict`` (or any mapping).
-
-        Missing keys take the SimCLR defaults; an unknown key raises
-        ``ValueError`` naming it and listing the valid keys.
-        """
-        if cfg is None:
-            return cls()
-        items = dict(cfg.items())
-        valid = cls.field_names()
-        unknown = sorted(k for k in items if k not in valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown augmentation key(s) {unknown}; valid keys are {list(valid)}"
-            )
-        return cls(**items)
+    if cfg is None:
+      return cls()
+    items = dict(cfg.items())
+    valid = cls.field_names()
+    unknown = sorted(k for k in items if k not in valid)
+    if unknown:
+      raise ValueError(f"Unknown augmentation key(s) {unknown}; valid keys are {list(valid)}")
+    return cls(**items)
 
 
-def view(rng: Array, image: Array, params: ViewParams,
-         probs: Optional[Mapping[str, Array]] = None) -> Array:
-    """One augmented view of one image, SimCLR order (Chen et al. 2020, App. A).
+def view(
+  rng: Array, image: Array, params: ViewParams, probs: Mapping[str, Array] | None = None
+) -> Array:
+  """One augmented view of one image, SimCLR order (Chen et al. 2020, App. A).
 
-    crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p) -> solarize (p).
+  crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p) -> solarize (p).
 
-    Args:
-      rng: PRNG key.
-      image: ``[H, W, 3]`` float image in [0, 1].
-      params: static :class:`ViewParams`.
-      probs: optional traced overrides of ``params``' probabilities (``"blur_prob"``...),
-        used by :func:`augment_views` to run views that differ only in those in one pipeline.
+  Args:
+    rng: PRNG key.
+    image: ``[H, W, 3]`` float image in [0, 1].
+    params: static :class:`ViewParams`.
+    probs: optional traced overrides of ``params``' probabilities (``"blur_prob"``...),
+      used by :func:`augment_views` to run views that differ only in those in one pipeline.
 
-    Returns:
-      ``[crop_size, crop_size, 3]`` float32 in [0, 1].
-    """
-    probs = dict(probs or {})
-    prob = lambda name: probs.get(name, getattr(params, name))  # noqa: E731
-    # All of a view's randomness comes from ONE draw of uniforms: every separate
-    # jax.random call inlines its own threefry graph, and a dozen of them made the
-    # augmentation the largest, slowest-to-compile part of a small train step.
-    p = params
-    tries = 10
-    layout = {"crop": _crop_draws(tries), "flip": 1, "jitter_coin": 1, "jitter": _JITTER_DRAWS,
-              "gray": 1, "blur_coin": 1, "sigma": 1, "solarize": 1}
-    u = jax.random.uniform(rng, (sum(layout.values()),))
-    draws, start = {}, 0
-    for name, n in layout.items():
-        draws[name] = u[start:start + n] if n > 1 else u[start]
-        start += n
-    box = _crop_box_from_uniforms(draws["crop"], image.shape[0], image.shape[1], p.crop_scale,
-                                  p.crop_ratio)
-    x = crop_and_resize(image, box, p.crop_size)
-    x = _apply_if(draws["flip"], x, horizontal_flip, prob("flip_prob"))
-    if not all(_is_static(s, 0) for s in (p.brightness, p.contrast, p.saturation, p.hue)):
-        jitter = lambda im: _apply_color_ops(  # noqa: E731
-            im, *_color_jitter_from_uniforms(draws["jitter"], p.brightness, p.contrast,
-                                             p.saturation, p.hue))
-        x = _apply_if(draws["jitter_coin"], x, jitter, prob("jitter_prob"))
-    x = _apply_if(draws["gray"], x, to_grayscale, prob("grayscale_prob"))
-    blur = lambda im: _blur_with_sigma(  # noqa: E731
-        im, p.blur_sigma[0] + draws["sigma"] * (p.blur_sigma[1] - p.blur_sigma[0]),
-        _default_blur_kernel_size(min(im.shape[0], im.shape[1])))
-    x = _apply_if(draws["blur_coin"], x, blur, prob("blur_prob"))
-    x = _apply_if(draws["solarize"], x, lambda im: solarize(im, p.solarize_threshold),
-                  prob("solarize_prob"))
-    return x
+  Returns:
+    ``[crop_size, crop_size, 3]`` float32 in [0, 1].
+  """
+  probs = dict(probs or {})
+  prob = lambda name: probs.get(name, getattr(params, name))  # noqa: E731
+  # All of a view's randomness comes from ONE draw of uniforms: every separate
+  # jax.random call inlines its own threefry graph, and a dozen of them made the
+  # augmentation the largest, slowest-to-compile part of a small train step.
+  p = params
+  tries = 10
+  layout = {
+    "crop": _crop_draws(tries),
+    "flip": 1,
+    "jitter_coin": 1,
+    "jitter": _JITTER_DRAWS,
+    "gray": 1,
+    "blur_coin": 1,
+    "sigma": 1,
+    "solarize": 1,
+  }
+  u = jax.random.uniform(rng, (sum(layout.values()),))
+  draws, start = {}, 0
+  for name, n in layout.items():
+    draws[name] = u[start : start + n] if n > 1 else u[start]
+    start += n
+  box = _crop_box_from_uniforms(
+    draws["crop"], image.shape[0], image.shape[1], p.crop_scale, p.crop_ratio
+  )
+  x = crop_and_resize(image, box, p.crop_size)
+  x = _apply_if(draws["flip"], x, horizontal_flip, prob("flip_prob"))
+  if not all(_is_static(s, 0) for s in (p.brightness, p.contrast, p.saturation, p.hue)):
+    jitter = lambda im: _apply_color_ops(  # noqa: E731
+      im,
+      *_color_jitter_from_uniforms(draws["jitter"], p.brightness, p.contrast, p.saturation, p.hue),
+    )
+    x = _apply_if(draws["jitter_coin"], x, jitter, prob("jitter_prob"))
+  x = _apply_if(draws["gray"], x, to_grayscale, prob("grayscale_prob"))
+  blur = lambda im: _blur_with_sigma(  # noqa: E731
+    im,
+    p.blur_sigma[0] + draws["sigma"] * (p.blur_sigma[1] - p.blur_sigma[0]),
+    _default_blur_kernel_size(min(im.shape[0], im.shape[1])),
+  )
+  x = _apply_if(draws["blur_coin"], x, blur, prob("blur_prob"))
+  x = _apply_if(
+    draws["solarize"], x, lambda im: solarize(im, p.solarize_threshold), prob("solarize_prob")
+  )
+  return x
 
 
-def augment_batch(rng: Array, images: Array, params: ViewParams,
-                  probs: Optional[Mapping[str, Array]] = None) -> Array:
-    """Independent views of a batch: one key per image, ``vmap`` of :func:`view`.
+def augment_batch(
+  rng: Array, images: Array, params: ViewParams, probs: Mapping[str, Array] | None = None
+) -> Array:
+  """Independent views of a batch: one key per image, ``vmap`` of :func:`view`.
 
-    Args:
-      rng: PRNG key.
-      images: ``[B, H, W, 3]`` float in [0, 1], or uint8 in [0, 255].
-      params: static :class:`ViewParams`.
-      probs: optional per-image ``[B]`` overrides of ``params``' probabilities (see
-        :func:`augment_views`).
+  Args:
+    rng: PRNG key.
+    images: ``[B, H, W, 3]`` float in [0, 1], or uint8 in [0, 255].
+    params: static :class:`ViewParams`.
+    probs: optional per-image ``[B]`` overrides of ``params``' probabilities (see
+      :func:`augment_views`).
 
-    Returns:
-      ``[B, crop_size, crop_size, 3]`` float32 in [0, 1].
-    """
-    images = jnp.asarray(images)
-    if images.dtype == jnp.uint8:
-        images = images.astype(jnp.float32) / 255.0
-    else:
-        images = images.astype(jnp.float32)
-    keys = jax.random.split(rng, images.shape[0])
-    return jax.vmap(lambda k, im, pr: view(k, im, params, pr))(keys, images, dict(probs or {}))
+  Returns:
+    ``[B, crop_size, crop_size, 3]`` float32 in [0, 1].
+  """
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  else:
+    images = images.astype(jnp.float32)
+  keys = jax.random.split(rng, images.shape[0])
+  return jax.vmap(lambda k, im, pr: view(k, im, params, pr))(keys, images, dict(probs or {}))
 
 
 _PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
 
 
 def augment_views(rng: Array, images: Array, views: Sequence[ViewParams]) -> Array:
-    """One view per :class:`ViewParams` of every image: ``[V * B, S, S, 3]``, rows
-    ``v * B ... v * B + B - 1`` holding view ``v`` of images ``0 ... B - 1``.
+  """One view per :class:`ViewParams` of every image: ``[V * B, S, S, 3]``, rows
+  ``v * B ... v * B + B - 1`` holding view ``v`` of images ``0 ... B - 1``.
 
-    Views are augmented in ONE vmapped pipeline over the tiled batch whenever they differ at
-    most in their probabilities (SimCLR's identical views; BYOL's and DINO's blur 1.0 / 0.1,
-    solarize 0 / 0.2): those become per-row traced values. Views differing in anything else
-    (crop size, scales, strengths) are augmented one call each.
-    """
-    views = tuple(views)
-    images = jnp.asarray(images)
-    if images.dtype == jnp.uint8:
-        images = images.astype(jnp.float32) / 255.0
-    b = images.shape[0]
-    tiled = jnp.concatenate([images] * len(views), axis=0)
-    differing = [f for f in ViewParams.field_names()
-                 if len({getattr(v, f) for v in views}) > 1]
-    if not differing:
-        return augment_batch(rng, tiled, views[0])
-    if not set(differing) <= set(_PROB_FIELDS):
-        keys = jax.random.split(rng, len(views))
-        return jnp.concatenate([augment_batch(k, images, v) for k, v in zip(keys, views)], 0)
-    probs = {f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b)
-             for f in differing}
-    return augment_batch(rng, tiled, views[0], probs)
+  Views are augmented in ONE vmapped pipeline over the tiled batch whenever they differ at
+  most in their probabilities (SimCLR's identical views; BYOL's and DINO's blur 1.0 / 0.1,
+  solarize 0 / 0.2): those become per-row traced values. Views differing in anything else
+  (crop size, scales, strengths) are augmented one call each.
+  """
+  views = tuple(views)
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  b = images.shape[0]
+  tiled = jnp.concatenate([images] * len(views), axis=0)
+  differing = [f for f in ViewParams.field_names() if len({getattr(v, f) for v in views}) > 1]
+  if not differing:
+    return augment_batch(rng, tiled, views[0])
+  if not set(differing) <= set(_PROB_FIELDS):
+    keys = jax.random.split(rng, len(views))
+    return jnp.concatenate([augment_batch(k, images, v) for k, v in zip(keys, views)], 0)
+  probs = {
+    f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b) for f in differing
+  }
+  return augment_batch(rng, tiled, views[0], probs)
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:
-    """Per-channel ``(x - mean) / std`` on ``[..., 3]`` images."""
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return (images - mean) / std
+  """Per-channel ``(x - mean) / std`` on ``[..., 3]`` images."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images - mean) / std

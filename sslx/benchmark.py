@@ -28,6 +28,7 @@ config.dataset.image_size, e.g.
 --input_pipeline also times the host input pipeline (grain loader over config.dataset, decoding
 included) and reports the images/s it delivers next to the images/s the step consumes.
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()
@@ -44,15 +45,23 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-DEFAULT_PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
-                                   "torch_peer.py")
+DEFAULT_PEER_SCRIPT = os.path.join(
+  os.path.dirname(__file__), "..", "..", "shared", "bench", "torch_peer.py"
+)
 
 
 # Dense peak FLOP/s per device (bf16 on accelerators), by `device.device_kind` prefix.
 PEAK_FLOPS = {
-    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
+  "NVIDIA L4": 121e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
 }
 
 
@@ -77,9 +86,11 @@ def time_input_pipeline(config, batches: int = 20) -> dict:
   """Images/s the host pipeline delivers (grain loader, decoding included), after 2 warm-up
   batches."""
   from sslx import data
+
   source = data.build_source(config.dataset, config.dataset.train_split)
-  loader = data.make_train_loader(source, config.batch_size, config.seed,
-                                  num_workers=config.dataset.get("num_workers", 0))
+  loader = data.make_train_loader(
+    source, config.batch_size, config.seed, num_workers=config.dataset.get("num_workers", 0)
+  )
   for _ in range(2):
     next(loader)
   t0 = time.perf_counter()
@@ -100,9 +111,13 @@ def define_flags():
   flags.DEFINE_integer("threads", 2, "threads given to the peer")
   flags.DEFINE_float("peak_tflops", None, "peak TFLOP/s per device for MFU (overrides table)")
   flags.DEFINE_bool("input_pipeline", False, "also time the host input pipeline")
-  flags.DEFINE_list("mae_mask_ratios", [], "instead of the SimCLR step: the MAE encoder's "
-                    "FLOPs and forward+backward time at each mask ratio (e.g. 0,0.75) for "
-                    "config.model (a ViT) at config.dataset.image_size, batch_size images")
+  flags.DEFINE_list(
+    "mae_mask_ratios",
+    [],
+    "instead of the SimCLR step: the MAE encoder's "
+    "FLOPs and forward+backward time at each mask ratio (e.g. 0,0.75) for "
+    "config.model (a ViT) at config.dataset.image_size, batch_size images",
+  )
   flags.mark_flags_as_required(["config"])
 
 
@@ -124,9 +139,17 @@ def peer_workload(config):
     c.method.temperature = 0.5
     c.method.projector_hidden = (2048,)
     c.method.projector_dim = 128
-    c.optimizer = type(c.optimizer)(dict(
-        name="sgd", base_lr=0.3, lr_scaling="none", momentum=0.9, weight_decay=1e-6,
-        warmup_steps=0, decay_all=True))
+    c.optimizer = type(c.optimizer)(
+      dict(
+        name="sgd",
+        base_lr=0.3,
+        lr_scaling="none",
+        momentum=0.9,
+        weight_decay=1e-6,
+        warmup_steps=0,
+        decay_all=True,
+      )
+    )
     c.online_probe.enabled = False
   return c
 
@@ -134,6 +157,7 @@ def peer_workload(config):
 def time_sslx(config, steps: int) -> dict:
   import jax
   import numpy as np
+
   from sslx import train
 
   rng = np.random.default_rng(0)
@@ -144,8 +168,10 @@ def time_sslx(config, steps: int) -> dict:
   setup = train.build(config, images[:2], num_examples=b * (steps + 2), num_classes=10)
   state = train.create_state(setup, 0, images[:2])
   step = train.compile_step(setup, config.online_probe.enabled)
-  batch = {"image": jax.device_put(images, setup.batch_sharding),
-           "label": jax.device_put(labels, setup.batch_sharding)}
+  batch = {
+    "image": jax.device_put(images, setup.batch_sharding),
+    "label": jax.device_put(labels, setup.batch_sharding),
+  }
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -171,18 +197,42 @@ def time_sslx(config, steps: int) -> dict:
     peak = stats["peak_bytes_in_use"] / 2**20
   else:  # CPU: the process's peak resident memory
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  return {"framework": "sslx", "jax": jax.__version__, "device": dev.device_kind,
-          "num_devices": jax.device_count(), "model": config.model.name, "batch": b,
-          "images_per_sec": round(2 * b / med, 2), "step_time_s": round(med, 4),
-          "compile_s": round(compile_s, 2), "first_step_s": round(first_s, 3),
-          "peak_memory_mb": round(peak, 1), "flops_per_step": flops,
-          "loss": float(m["loss"]), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return {
+    "framework": "sslx",
+    "jax": jax.__version__,
+    "device": dev.device_kind,
+    "num_devices": jax.device_count(),
+    "model": config.model.name,
+    "batch": b,
+    "images_per_sec": round(2 * b / med, 2),
+    "step_time_s": round(med, 4),
+    "compile_s": round(compile_s, 2),
+    "first_step_s": round(first_s, 3),
+    "peak_memory_mb": round(peak, 1),
+    "flops_per_step": flops,
+    "loss": float(m["loss"]),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
 
 
 def time_peer(python: str, script: str, model: str, batch: int, steps: int, threads: int):
-  out = subprocess.run([python, script, "--model", model, "--batch", str(batch), "--steps",
-                        str(steps), "--threads", str(threads)],
-                       check=True, capture_output=True, text=True).stdout
+  out = subprocess.run(
+    [
+      python,
+      script,
+      "--model",
+      model,
+      "--batch",
+      str(batch),
+      "--steps",
+      str(steps),
+      "--threads",
+      str(threads),
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
@@ -190,12 +240,19 @@ def time_mae_encoder(config, ratios, steps: int) -> dict:
   """MAE's asymmetry measured: the encoder on the visible patches only, at each mask ratio."""
   from sslx import models
   from sslx.methods import base, mae
+
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   size = config.dataset.image_size
-  per_ratio = {str(r): mae.encoder_cost(encoder, size, config.batch_size, float(r), steps)
-               for r in ratios}
-  out = {"workload": "mae_encoder", "model": config.model.name, "image_size": size,
-         "batch": config.batch_size, "ratios": per_ratio}
+  per_ratio = {
+    str(r): mae.encoder_cost(encoder, size, config.batch_size, float(r), steps) for r in ratios
+  }
+  out = {
+    "workload": "mae_encoder",
+    "model": config.model.name,
+    "image_size": size,
+    "batch": config.batch_size,
+    "ratios": per_ratio,
+  }
   lo, hi = str(min(ratios, key=float)), str(max(ratios, key=float))
   if lo != hi:
     out["flops_reduction"] = round(per_ratio[lo]["flops"] / per_ratio[hi]["flops"], 3)
@@ -218,12 +275,24 @@ def main(argv):
     result = time_sslx(config, FLAGS.steps)
     ours.append(result["images_per_sec"])
     if FLAGS.peer_python:
-      peer_runs.append(time_peer(FLAGS.peer_python, os.path.abspath(FLAGS.peer_script),
-                                 config.model.name, config.batch_size, FLAGS.steps,
-                                 FLAGS.threads)["images_per_sec"])
+      peer_runs.append(
+        time_peer(
+          FLAGS.peer_python,
+          os.path.abspath(FLAGS.peer_script),
+          config.model.name,
+          config.batch_size,
+          FLAGS.steps,
+          FLAGS.threads,
+        )["images_per_sec"]
+      )
   result["images_per_sec"] = statistics.median(ours)
-  result["mfu"] = mfu(result["flops_per_step"], result["step_time_s"], result["device"],
-                      result["num_devices"], FLAGS.peak_tflops)
+  result["mfu"] = mfu(
+    result["flops_per_step"],
+    result["step_time_s"],
+    result["device"],
+    result["num_devices"],
+    FLAGS.peak_tflops,
+  )
   if FLAGS.input_pipeline:
     result.update(time_input_pipeline(config))
     # The step consumes batch_size source images per step (2 views each).
@@ -232,8 +301,7 @@ def main(argv):
     result["input_bound"] = result["input_images_per_sec"] < consumed
   if peer_runs:
     result["torch_images_per_sec"] = statistics.median(peer_runs)
-    result["ratio"] = round(
-        statistics.median(o / p for o, p in zip(ours, peer_runs)), 3)
+    result["ratio"] = round(statistics.median(o / p for o, p in zip(ours, peer_runs)), 3)
   print(json.dumps(result), flush=True)
   sys.stdout.flush()
 

@@ -6,6 +6,7 @@ Each checkpoint step directory holds three items:
   meta:  {"method", "model", "dataset", "config"}, checked before resuming so a workdir is
          never silently reused by a different method or model.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,14 +24,14 @@ class IncompatibleCheckpoint(RuntimeError):
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 def run_identity(config) -> dict:
-  return {"method": config.method.name, "model": config.model.name,
-          "dataset": config.dataset.name}
+  return {"method": config.method.name, "model": config.model.name, "dataset": config.dataset.name}
 
 
 def check_compatible(mngr: ocp.CheckpointManager, config) -> int | None:
@@ -43,25 +44,35 @@ def check_compatible(mngr: ocp.CheckpointManager, config) -> int | None:
   for key in ("method", "model"):
     if meta.get(key) != mine[key]:
       raise IncompatibleCheckpoint(
-          f"{mngr.directory} holds a checkpoint (step {step}) of {key}={meta.get(key)!r}, "
-          f"but this run has {key}={mine[key]!r}. Use a fresh --workdir, or delete that "
-          "directory to start over.")
+        f"{mngr.directory} holds a checkpoint (step {step}) of {key}={meta.get(key)!r}, "
+        f"but this run has {key}={mine[key]!r}. Use a fresh --workdir, or delete that "
+        "directory to start over."
+      )
   return step
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config,
-         force: bool = False) -> bool:
+def save(
+  mngr: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config, force: bool = False
+) -> bool:
   meta = dict(run_identity(config), config=config.to_json_best_effort())
-  return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-      meta=ocp.args.JsonSave(meta)), force=force)
+  return mngr.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_state),
+      meta=ocp.args.JsonSave(meta),
+    ),
+    force=force,
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any):
   """Restores (state, data_state) at `step`; arrays land with `abstract_state`'s shardings."""
   target = jax.tree.map(
-      lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x,
-      abstract_state)
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x, abstract_state
+  )
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+  )
   return out["state"], out["data"]

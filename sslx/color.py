@@ -21,6 +21,7 @@
   annealed_mean               decoding (§2.3): H(Z) = E[f_T(Z)] with f_T(z) = exp(log z / T)
                               / Σ exp(log z / T), T = 0.38.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,9 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 # sRGB primaries / D65 (IEC 61966-2-1), rows X, Y, Z.
-_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]], np.float64)
+_RGB_TO_XYZ = np.array(
+  [
+    [0.4124564, 0.3575761, 0.1804375],
+    [0.2126729, 0.7151522, 0.0721750],
+    [0.0193339, 0.1191920, 0.9503041],
+  ],
+  np.float64,
+)
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
 _WHITE = np.array([0.95047, 1.0, 1.08883], np.float64)  # D65, Y = 1
 _DELTA = 6.0 / 29.0
@@ -44,16 +50,18 @@ def _srgb_to_linear(c):
 
 def _linear_to_srgb(c):
   c = jnp.clip(c, 0.0, 1.0)
-  return jnp.where(c <= 0.0031308, 12.92 * c,
-                   1.055 * jnp.maximum(c, 0.0031308) ** (1.0 / 2.4) - 0.055)
+  return jnp.where(
+    c <= 0.0031308, 12.92 * c, 1.055 * jnp.maximum(c, 0.0031308) ** (1.0 / 2.4) - 0.055
+  )
 
 
 def srgb_to_lab(rgb: jax.Array) -> jax.Array:
   """[..., 3] sRGB in [0, 1] -> [..., 3] (L in [0, 100], a, b roughly in [−110, 110])."""
   rgb = jnp.asarray(rgb, jnp.float32)
   xyz = _srgb_to_linear(rgb) @ jnp.asarray(_RGB_TO_XYZ.T / _WHITE, jnp.float32)
-  f = jnp.where(xyz > _DELTA ** 3, jnp.cbrt(jnp.maximum(xyz, _DELTA ** 3)),
-                xyz / (3 * _DELTA ** 2) + 4.0 / 29.0)
+  f = jnp.where(
+    xyz > _DELTA**3, jnp.cbrt(jnp.maximum(xyz, _DELTA**3)), xyz / (3 * _DELTA**2) + 4.0 / 29.0
+  )
   fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
   return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
@@ -63,7 +71,7 @@ def lab_to_srgb(lab: jax.Array) -> jax.Array:
   lab = jnp.asarray(lab, jnp.float32)
   fy = (lab[..., 0] + 16.0) / 116.0
   f = jnp.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
-  xyz = jnp.where(f > _DELTA, f ** 3, 3 * _DELTA ** 2 * (f - 4.0 / 29.0))
+  xyz = jnp.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0))
   lin = xyz @ jnp.asarray((_XYZ_TO_RGB * _WHITE[None, :]).T, jnp.float32)
   return _linear_to_srgb(lin)
 
@@ -71,9 +79,8 @@ def lab_to_srgb(lab: jax.Array) -> jax.Array:
 def _srgb_to_lab_np(rgb: np.ndarray) -> np.ndarray:
   lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
   xyz = lin @ (_RGB_TO_XYZ.T / _WHITE)
-  f = np.where(xyz > _DELTA ** 3, np.cbrt(xyz), xyz / (3 * _DELTA ** 2) + 4.0 / 29.0)
-  return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])],
-                  -1)
+  f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4.0 / 29.0)
+  return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], -1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,9 +98,9 @@ def ab_bins(grid: int = 10, lattice: int = 64) -> np.ndarray:
 def soft_encode(ab: jax.Array, bins: jax.Array, k: int = 5, sigma: float = 5.0) -> jax.Array:
   """[..., 2] ab -> [..., Q] soft targets: Gaussian(σ) weights on the k nearest bins, summing
   to 1 (Zhang et al. §2.1: 5 nearest neighbours, σ = 5)."""
-  d2 = jnp.sum(jnp.square(ab[..., None, :] - bins), axis=-1)            # [..., Q]
-  neg, idx = jax.lax.top_k(-d2, k)                                        # k nearest
-  w = jax.nn.softmax(neg / (2.0 * sigma ** 2), axis=-1)                  # ∝ exp(−d²/2σ²)
+  d2 = jnp.sum(jnp.square(ab[..., None, :] - bins), axis=-1)  # [..., Q]
+  neg, idx = jax.lax.top_k(-d2, k)  # k nearest
+  w = jax.nn.softmax(neg / (2.0 * sigma**2), axis=-1)  # ∝ exp(−d²/2σ²)
   q = bins.shape[0]
   return jnp.sum(jax.nn.one_hot(idx, q, dtype=w.dtype) * w[..., None], axis=-2)
 
@@ -101,7 +108,7 @@ def soft_encode(ab: jax.Array, bins: jax.Array, k: int = 5, sigma: float = 5.0) 
 def smooth_prior(prior: jax.Array, bins: jax.Array, sigma: float = 5.0) -> jax.Array:
   """p̃: the empirical bin distribution [Q] smoothed by a Gaussian of σ over ab, renormalised."""
   d2 = jnp.sum(jnp.square(bins[:, None, :] - bins[None, :, :]), axis=-1)
-  kernel = jnp.exp(-d2 / (2.0 * sigma ** 2))
+  kernel = jnp.exp(-d2 / (2.0 * sigma**2))
   kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)
   p = prior / jnp.maximum(jnp.sum(prior), 1e-12)
   smoothed = p @ kernel

@@ -3,6 +3,7 @@
 Everything here runs before any data is read or any array is built, so a typo or an unknown
 name costs the user nothing but a clear message.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -33,7 +34,7 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
 
 
 def split_arg(arg: str, **defaults) -> tuple[str, ml_collections.ConfigDict]:
-  """"cifar10,steps=50" -> ("cifar10", parse_arg("steps=50", **defaults)); "" -> "cpu"."""
+  """ "cifar10,steps=50" -> ("cifar10", parse_arg("steps=50", **defaults)); "" -> "cpu"."""
   words = (arg or "cpu").split(",")
   return words[0] or "cpu", parse_arg(",".join(words[1:]), **defaults)
 
@@ -50,18 +51,29 @@ def base_config() -> ml_collections.ConfigDict:
   # (--config.mesh='(("data", -1), ("fsdp", 8))')
   c.mesh = (("data", -1),)
   c.sharding_rules = ((".*", "replicate"),)
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="embedded", path="", train_split="train", eval_split="test", image_size=32,
-      num_workers=0, normalization="cifar10"))
+  c.dataset = ml_collections.ConfigDict(
+    dict(
+      name="embedded",
+      path="",
+      train_split="train",
+      eval_split="test",
+      image_size=32,
+      num_workers=0,
+      normalization="cifar10",
+    )
+  )
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
   c.tensorboard = True
   c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
-  c.evals = ml_collections.ConfigDict(dict(
+  c.evals = ml_collections.ConfigDict(
+    dict(
       knn=dict(ks=(20, 200), temperature=0.07),
-      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0)))
+      linear=dict(epochs=100, batch_size=256, lr=0.1, weight_decay=0.0),
+    )
+  )
   c.eval_baselines = True
   c.eval_batch_size = 500
   c.eval_train_limit = 0
@@ -105,15 +117,18 @@ def validate(config, num_devices: int | None = None) -> None:
   _check_choice("model.name", config.model.name, models.available_models())
   _check_choice("dataset.name", config.dataset.name, data.DATASETS)
   _check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-  _check_choice("optimizer.lr_scaling", config.optimizer.get("lr_scaling", "linear"),
-                optim.LR_SCALINGS)
+  _check_choice(
+    "optimizer.lr_scaling", config.optimizer.get("lr_scaling", "linear"), optim.LR_SCALINGS
+  )
   for name in config.get("evals", {}):
     _check_choice("evals", name, evaluation.available())
   if config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size} must be positive")
   if num_devices and config.batch_size % num_devices:
-    raise ValueError(f"batch_size={config.batch_size} (global, in images) must be divisible "
-                     f"by the number of devices in the mesh ({num_devices})")
+    raise ValueError(
+      f"batch_size={config.batch_size} (global, in images) must be divisible "
+      f"by the number of devices in the mesh ({num_devices})"
+    )
   if config.get("total_steps", 0) < 0 or config.get("num_epochs", 0) < 0:
     raise ValueError("total_steps and num_epochs must be >= 0")
 
@@ -147,14 +162,16 @@ def check_override_keys(argv: list[str]) -> str | None:
   for arg in argv:
     if not arg.startswith("--config."):
       continue
-    path = arg[len("--config."):].split("=", 1)[0]
+    path = arg[len("--config.") :].split("=", 1)[0]
     node = config
     parts = path.split(".")
     for i, key in enumerate(parts):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         where = ".".join(parts[:i]) or "<top level>"
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        return (f"{arg.split('=', 1)[0]}: unknown config key {key!r} in {where} of {spec}; "
-                f"valid keys there: {valid}")
+        return (
+          f"{arg.split('=', 1)[0]}: unknown config key {key!r} in {where} of {spec}; "
+          f"valid keys there: {valid}"
+        )
       node = node[key]
   return None

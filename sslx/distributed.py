@@ -10,6 +10,7 @@ environment describes more than one process:
 
 On CPU, cross-process collectives go through gloo. Nothing here is needed for one process.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,11 @@ def maybe_initialize() -> bool:
   if address:
     if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=address,
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(
+      coordinator_address=address,
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
     return True
   if len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
     jax.distributed.initialize()
@@ -36,4 +39,5 @@ def maybe_initialize() -> bool:
 def is_lead() -> bool:
   """True on the process that prints, writes TensorBoard events and results.json."""
   import jax
+
   return jax.process_index() == 0

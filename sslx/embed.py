@@ -8,6 +8,7 @@ model, as for sslx.evaluate), encodes the test split with the frozen encoder (`m
 sharded over the mesh), reduces the features to 2-D and writes a scatter plot coloured by class
 with a legend. scikit-learn, umap-learn and matplotlib are optional: pip install 'sslx[plots]'.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,18 +32,21 @@ def reduce_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     except ImportError as e:
       raise ImportError(f"t-SNE needs scikit-learn, which is not installed: {_EXTRA}") from e
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca",
-                random_state=seed).fit_transform(x)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+      x
+    )
   try:
     import umap
   except ImportError as e:
     raise ImportError(f"UMAP needs umap-learn, which is not installed: {_EXTRA}") from e
-  return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed
-                   ).fit_transform(x)
+  return umap.UMAP(
+    n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed
+  ).fit_transform(x)
 
 
-def plot_2d(points: np.ndarray, labels: np.ndarray, out: str, title: str = "",
-            class_names=None) -> str:
+def plot_2d(
+  points: np.ndarray, labels: np.ndarray, out: str, title: str = "", class_names=None
+) -> str:
   """Scatter of points [N, 2] coloured by labels [N], one legend entry per class; PNG."""
   try:
     import matplotlib
@@ -80,8 +84,10 @@ def checkpoint_features(config, workdir: str, split: str | None = None, limit: i
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
-                            f"python -m sslx.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
@@ -99,8 +105,9 @@ def checkpoint_features(config, workdir: str, split: str | None = None, limit: i
   return feats, labels, getattr(test, "class_names", None), step
 
 
-def embed_plot(config, workdir: str, method: str = "umap", out: str | None = None,
-               limit: int = 5000) -> str:
+def embed_plot(
+  config, workdir: str, method: str = "umap", out: str | None = None, limit: int = 5000
+) -> str:
   """Writes the 2-D `method` picture of the latest checkpoint's test features to `out`
   (default workdir/<method>.png) and returns its path."""
   if method not in METHODS:  # before any work
@@ -108,8 +115,10 @@ def embed_plot(config, workdir: str, method: str = "umap", out: str | None = Non
   feats, labels, names, step = checkpoint_features(config, workdir, limit=limit)
   points = reduce_2d(feats, method, seed=config.get("seed", 0))
   out = out or os.path.join(workdir, f"{method}.png")
-  title = (f"{config.method.name} / {config.model.name}, step {step}: {method.upper()} of "
-           f"{len(feats)} test features")
+  title = (
+    f"{config.method.name} / {config.model.name}, step {step}: {method.upper()} of "
+    f"{len(feats)} test features"
+  )
   return plot_2d(points, labels, out, title, names)
 
 
@@ -124,6 +133,7 @@ if __name__ == "__main__":
   import sys
 
   from sslx import xla
+
   xla.configure_xla_for_cpu()
 
   from absl import app, flags

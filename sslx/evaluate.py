@@ -10,6 +10,7 @@ and, as a subcommand, draws the test features in 2-D (t-SNE or UMAP, `pip instal
 The config must describe the same method and model the checkpoint was trained with (checked);
 the results are merged into workdir/results.json under "evaluate".
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()
@@ -29,8 +30,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
-                            f"python -m sslx.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
@@ -45,6 +48,7 @@ def main(argv):
     if argv[1:] != ["embed"]:
       raise app.UsageError(f"unknown subcommand {argv[1:]}; valid: embed")
     from sslx import embed
+
     out = FLAGS.out or f"{FLAGS.workdir}/embed_{FLAGS.method}.png"
     print(embed.embed_plot(FLAGS.config, FLAGS.workdir, FLAGS.method, out))
     return

@@ -4,6 +4,7 @@ No collective axis names appear here: under `jax.jit` with the batch sharded ove
 mesh, XLA inserts the all-gathers a global similarity matrix needs, so the sharded value
 equals the single-device value (tests/test_sharding.py checks this).
 """
+
 from __future__ import annotations
 
 import jax
@@ -57,8 +58,9 @@ def nt_xent(z: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
   return loss, accuracy
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
-                          valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def softmax_cross_entropy(
+  logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Mean cross-entropy and accuracy of integer `labels` [B] under `logits` [B, C].
 
   `valid` [B] (bool) excludes rows from both means (e.g. unlabeled images, label −1).

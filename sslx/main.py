@@ -7,6 +7,7 @@
 Kept short on purpose: it parses flags and calls `sslx.train.train_and_evaluate`; all logic
 lives in the library so tests and notebooks call the same code.
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()  # before jax initialises its backend
@@ -22,6 +23,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   from sslx import distributed, train  # after flags: jax backend starts here
+
   distributed.maybe_initialize()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
@@ -32,7 +34,8 @@ if __name__ == "__main__":
   from sslx import config_lib
 
   config_flags.DEFINE_config_file(
-      "config", None, "Experiment file, e.g. experiments/simclr.py[:preset]", lock_config=True)
+    "config", None, "Experiment file, e.g. experiments/simclr.py[:preset]", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.json")
   flags.mark_flags_as_required(["config", "workdir"])
   problem = config_lib.check_override_keys(sys.argv[1:])

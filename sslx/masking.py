@@ -21,6 +21,7 @@ compiles once; the same key gives the same mask.
 Conventions: `mask` is [B, N] bool, True = masked (hidden from the encoder / predicted).
 Patches are numbered row-major over the (H/p, W/p) grid, as `vit.patchify` orders them.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,9 @@ from sslx.models import vit as vit_lib
 
 
 class RandomMask(NamedTuple):
-  ids_keep: jax.Array     # [B, K] int32 indices of the visible patches (shuffled order)
+  ids_keep: jax.Array  # [B, K] int32 indices of the visible patches (shuffled order)
   ids_restore: jax.Array  # [B, N] int32: position of patch n in the [visible; masked] order
-  mask: jax.Array         # [B, N] bool, True = masked; exactly N - K per row
+  mask: jax.Array  # [B, N] bool, True = masked; exactly N - K per row
 
 
 def num_masked(num_patches: int, mask_ratio: float) -> int:
@@ -61,9 +62,15 @@ def random_masking(rng, batch: int, num_patches: int, mask_ratio: float) -> Rand
   return RandomMask(ids_keep, ids_restore, mask)
 
 
-def blockwise_masking(rng, batch: int, grid: tuple[int, int], mask_ratio: float = 0.4,
-                      min_block: int = 16, aspect: float = 0.3,
-                      max_blocks: int = 200) -> jax.Array:
+def blockwise_masking(
+  rng,
+  batch: int,
+  grid: tuple[int, int],
+  mask_ratio: float = 0.4,
+  min_block: int = 16,
+  aspect: float = 0.3,
+  max_blocks: int = 200,
+) -> jax.Array:
   """BEiT blockwise masking (Bao et al. 2022, Algorithm 1), [B, gh·gw] bool with exactly
   round(ratio · N) True per row.
 
@@ -146,7 +153,6 @@ def vit_forward(vit: vit_lib.ViT, params, images, mask=None, mask_token=None) ->
   """
   x = jnp.asarray(images, jnp.float32)
   p = vit.patch_size
-  grid = (x.shape[1] // p, x.shape[2] // p)
   tokens = vit_lib.PatchEmbed(vit.dim, p).apply({"params": params["patch_embed"]}, x)
   if mask is not None:
     tok = jnp.reshape(mask_token, (1, 1, vit.dim)).astype(tokens.dtype)
@@ -166,15 +172,21 @@ def vit_forward(vit: vit_lib.ViT, params, images, mask=None, mask_token=None) ->
   for i in range(vit.depth):
     bp = params[f"block{i}"]
     # The same maths as vit.Block (pre-norm): x += attn(norm1(x)); x += mlp(norm2(x)).
-    y, _ = attn_mod.apply({"params": bp["attn"]},
-                          ln.apply({"params": {"LayerNorm_0": bp["norm1"]}}, tokens))
+    y, _ = attn_mod.apply(
+      {"params": bp["attn"]}, ln.apply({"params": {"LayerNorm_0": bp["norm1"]}}, tokens)
+    )
     tokens = tokens + y
-    y = mlp_mod.apply({"params": bp["mlp"]},
-                      ln.apply({"params": {"LayerNorm_0": bp["norm2"]}}, tokens))
+    y = mlp_mod.apply(
+      {"params": bp["mlp"]}, ln.apply({"params": {"LayerNorm_0": bp["norm2"]}}, tokens)
+    )
     tokens = tokens + y
     ffn_outputs.append(y)
     block_outputs.append(tokens)
   tokens = ln.apply({"params": {"LayerNorm_0": params["norm"]}}, tokens)
   pre = tokens[:, 0] if vit.pool == "cls" else jnp.mean(tokens[:, 1:], axis=1)
-  return {"tokens": tokens, "pre_logits": pre, "block_outputs": block_outputs,
-          "ffn_outputs": ffn_outputs}
+  return {
+    "tokens": tokens,
+    "pre_logits": pre,
+    "block_outputs": block_outputs,
+    "ffn_outputs": ffn_outputs,
+  }

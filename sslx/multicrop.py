@@ -25,10 +25,12 @@ per-view ones are given as
 ``crop_size``, ``crop_scale``, ``blur_prob`` and ``solarize_prob`` are refused there: they would
 be ambiguous between the global and local views.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,15 +38,25 @@ import jax.numpy as jnp
 from sslx import augment
 
 _PER_VIEW = ("crop_size", "crop_scale", "blur_prob", "solarize_prob")
-_MULTICROP_KEYS = ("enabled", "global_crop_size", "global_crop_scale", "global_blur_prob",
-                   "global_solarize_prob", "num_local_crops", "local_crop_size",
-                   "local_crop_scale", "local_blur_prob", "local_solarize_prob")
+_MULTICROP_KEYS = (
+  "enabled",
+  "global_crop_size",
+  "global_crop_scale",
+  "global_blur_prob",
+  "global_solarize_prob",
+  "num_local_crops",
+  "local_crop_size",
+  "local_crop_scale",
+  "local_blur_prob",
+  "local_solarize_prob",
+)
 
 
 class Crops(NamedTuple):
   """Float32 crops in [0, 1] (not yet mean/std-normalised), view-major (see module doc)."""
-  global_crops: jax.Array            # [G·B, Sg, Sg, 3]
-  local_crops: jax.Array | None      # [N·B, Sl, Sl, 3], None when N = 0
+
+  global_crops: jax.Array  # [G·B, Sg, Sg, 3]
+  local_crops: jax.Array | None  # [N·B, Sl, Sl, 3], None when N = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +70,7 @@ class MultiCrop:
     enabled: False: no augmentation at all, every "crop" is the whole image resized to the
       view's size (benchmarks time the step on pre-augmented inputs this way).
   """
+
   global_views: tuple[augment.ViewParams, ...]
   local_view: augment.ViewParams | None = None
   num_local: int = 0
@@ -123,7 +136,7 @@ class MultiCrop:
     return Crops(glob, local)
 
   @classmethod
-  def from_config(cls, cfg: Mapping[str, Any] | None, num_global: int = 2) -> "MultiCrop":
+  def from_config(cls, cfg: Mapping[str, Any] | None, num_global: int = 2) -> MultiCrop:
     """Builds from ``config.augment`` (see the module docstring for the keys).
 
     Defaults: DINO's ImageNet recipe (global 224 px, scale (0.4, 1), blur (1.0, 0.1),
@@ -133,8 +146,9 @@ class MultiCrop:
     bad = sorted(k for k in items if k in _PER_VIEW)
     if bad:
       raise ValueError(
-          f"augment key(s) {bad} are per-view in multi-crop configs: use global_crop_size, "
-          "global_crop_scale, global_blur_prob, global_solarize_prob and the local_* keys")
+        f"augment key(s) {bad} are per-view in multi-crop configs: use global_crop_size, "
+        "global_crop_scale, global_blur_prob, global_solarize_prob and the local_* keys"
+      )
     valid = set(augment.ViewParams.field_names()) | set(_MULTICROP_KEYS)
     unknown = sorted(k for k in items if k not in valid)
     if unknown:
@@ -143,19 +157,25 @@ class MultiCrop:
     gsize = int(items.get("global_crop_size", 224))
     gscale = tuple(items.get("global_crop_scale", (0.4, 1.0)))
     gblur = _per_global(items.get("global_blur_prob", (1.0, 0.1)), num_global, "global_blur_prob")
-    gsol = _per_global(items.get("global_solarize_prob", (0.0, 0.2)), num_global,
-                       "global_solarize_prob")
+    gsol = _per_global(
+      items.get("global_solarize_prob", (0.0, 0.2)), num_global, "global_solarize_prob"
+    )
     global_views = tuple(
-        augment.ViewParams(**shared, crop_size=gsize, crop_scale=gscale, blur_prob=gblur[i],
-                           solarize_prob=gsol[i]) for i in range(num_global))
+      augment.ViewParams(
+        **shared, crop_size=gsize, crop_scale=gscale, blur_prob=gblur[i], solarize_prob=gsol[i]
+      )
+      for i in range(num_global)
+    )
     num_local = int(items.get("num_local_crops", 0))
     local_view = None
     if num_local:
       local_view = augment.ViewParams(
-          **shared, crop_size=int(items.get("local_crop_size", 96)),
-          crop_scale=tuple(items.get("local_crop_scale", (0.05, 0.4))),
-          blur_prob=float(items.get("local_blur_prob", 0.5)),
-          solarize_prob=float(items.get("local_solarize_prob", 0.0)))
+        **shared,
+        crop_size=int(items.get("local_crop_size", 96)),
+        crop_scale=tuple(items.get("local_crop_scale", (0.05, 0.4))),
+        blur_prob=float(items.get("local_blur_prob", 0.5)),
+        solarize_prob=float(items.get("local_solarize_prob", 0.0)),
+      )
     return cls(global_views, local_view, num_local, bool(items.get("enabled", True)))
 
 
@@ -164,8 +184,7 @@ def _per_global(value, num_global: int, name: str) -> tuple[float, ...]:
     return (float(value),) * num_global
   value = tuple(float(v) for v in value)
   if len(value) != num_global:
-    raise ValueError(f"augment.{name} needs one value per global view ({num_global}), "
-                     f"got {value}")
+    raise ValueError(f"augment.{name} needs one value per global view ({num_global}), got {value}")
   return value
 
 

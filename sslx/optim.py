@@ -11,6 +11,7 @@ Config (`config.optimizer`):
 Biases and normalisation parameters (every leaf with ndim <= 1) get neither weight decay nor
 LARS trust-ratio adaptation (SimCLR, BYOL appendix).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,18 @@ def scaled_lr(opt_cfg, batch_size: int) -> float:
   raise ValueError(f"optimizer.lr_scaling={scaling!r} is not one of {LR_SCALINGS}")
 
 
-def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int,
-                  final_fraction: float = 0.0) -> optax.Schedule:
+def warmup_cosine(
+  peak_lr: float, total_steps: int, warmup_steps: int, final_fraction: float = 0.0
+) -> optax.Schedule:
   """Linear warm-up from 0 to `peak_lr`, then cosine decay to `final_fraction · peak_lr`."""
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=peak_lr * final_fraction)
+    init_value=0.0,
+    peak_value=peak_lr,
+    warmup_steps=warmup_steps,
+    decay_steps=max(total_steps, warmup_steps + 1),
+    end_value=peak_lr * final_fraction,
+  )
 
 
 def warmup_steps_from(opt_cfg, steps_per_epoch: int) -> int:
@@ -61,15 +67,28 @@ def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransform
   # decay_all: weight decay on every parameter, as torch.optim does (benchmark parity only).
   mask = None if opt_cfg.get("decay_all", False) else decay_mask
   if name == "lars":
-    return optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask or decay_mask,
-                      trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
-                      trust_ratio_mask=decay_mask, momentum=opt_cfg.get("momentum", 0.9))
+    return optax.lars(
+      schedule,
+      weight_decay=wd,
+      weight_decay_mask=mask or decay_mask,
+      trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
+      trust_ratio_mask=decay_mask,
+      momentum=opt_cfg.get("momentum", 0.9),
+    )
   if name == "sgd":
     return optax.chain(
-        optax.add_decayed_weights(wd, mask=mask),
-        optax.sgd(schedule, momentum=opt_cfg.get("momentum", 0.9),
-                  nesterov=opt_cfg.get("nesterov", False)))
+      optax.add_decayed_weights(wd, mask=mask),
+      optax.sgd(
+        schedule, momentum=opt_cfg.get("momentum", 0.9), nesterov=opt_cfg.get("nesterov", False)
+      ),
+    )
   if name == "adamw":
-    return optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
-                       eps=opt_cfg.get("eps", 1e-8), weight_decay=wd, mask=mask)
+    return optax.adamw(
+      schedule,
+      b1=opt_cfg.get("b1", 0.9),
+      b2=opt_cfg.get("b2", 0.999),
+      eps=opt_cfg.get("eps", 1e-8),
+      weight_decay=wd,
+      mask=mask,
+    )
   raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")

@@ -14,6 +14,7 @@ so each new permutation is the one farthest, on average, from those already chos
 depends only on (num_permutations, seed, num_tiles): `generate` is deterministic and
 `fingerprint` is a short hash of the set for run records.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,7 @@ def _generate(num_permutations: int, seed: int, num_tiles: int) -> np.ndarray:
   if not 1 <= num_permutations <= total:
     raise ValueError(f"num_permutations={num_permutations} must be in [1, {total}]")
   chosen = np.zeros(total, bool)
-  summed = np.zeros(total, np.int64)   # D̄: summed Hamming distance to the chosen set
+  summed = np.zeros(total, np.int64)  # D̄: summed Hamming distance to the chosen set
   j = int(np.random.default_rng(seed).integers(total))
   order = []
   for _ in range(num_permutations):

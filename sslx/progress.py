@@ -1,5 +1,6 @@
 """Console progress with ETA, TensorBoard event files (tensorboardX: no TensorFlow needed)
 and results.json."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ class Progress:
     self.last_step, self.last_time = step, now
     out = {}
     if self.rate:
-      out = {"steps_per_sec": self.rate, "images_per_sec": self.rate * self.images_per_step,
-             "eta_s": (self.total - step) / self.rate}
+      out = {
+        "steps_per_sec": self.rate,
+        "images_per_sec": self.rate * self.images_per_step,
+        "eta_s": (self.total - step) / self.rate,
+      }
     return out
 
   def line(self, step: int, metrics: dict, rates: dict) -> str:
@@ -57,6 +61,7 @@ class Writer:
     self._tb = None
     if enabled and _is_lead():
       from tensorboardX import SummaryWriter  # no TensorFlow import
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 
   def scalars(self, step: int, values: dict, prefix: str = ""):
@@ -76,6 +81,7 @@ class Writer:
 
 def _is_lead() -> bool:
   import jax
+
   return jax.process_index() == 0
 
 

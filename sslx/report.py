@@ -6,6 +6,7 @@ Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN
 fine-tune, the untrained encoder's k-NN@20 and linear, images/s) and report.png next to it (grouped bars of the accuracies; needs
 matplotlib: pip install 'sslx[plots]').
 """
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,19 @@ import math
 import os
 
 COLUMNS = (  # (header, results.json key, format)
-    ("method", "method", "{}"), ("encoder", "model", "{}"), ("epochs", "epochs", "{:.1f}"),
-    ("batch", "batch_size", "{}"), ("k-NN@20", "knn@20", "{:.2f}"),
-    ("k-NN@200", "knn@200", "{:.2f}"), ("linear", "linear", "{:.2f}"),
-    ("fine-tune", "finetune", "{:.2f}"),
-    # the same encoder untrained (the run's `eval_baselines`): what pretraining added
-    ("k-NN@20 untrained", "baselines.random_init.knn@20", "{:.2f}"),
-    ("linear untrained", "baselines.random_init.linear", "{:.2f}"),
-    ("images/s", "train_images_per_sec", "{:.0f}"))
+  ("method", "method", "{}"),
+  ("encoder", "model", "{}"),
+  ("epochs", "epochs", "{:.1f}"),
+  ("batch", "batch_size", "{}"),
+  ("k-NN@20", "knn@20", "{:.2f}"),
+  ("k-NN@200", "knn@200", "{:.2f}"),
+  ("linear", "linear", "{:.2f}"),
+  ("fine-tune", "finetune", "{:.2f}"),
+  # the same encoder untrained (the run's `eval_baselines`): what pretraining added
+  ("k-NN@20 untrained", "baselines.random_init.knn@20", "{:.2f}"),
+  ("linear untrained", "baselines.random_init.linear", "{:.2f}"),
+  ("images/s", "train_images_per_sec", "{:.0f}"),
+)
 ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
 
 
@@ -59,12 +65,15 @@ def _get(results: dict, key: str):
 
 def markdown_table(rows: list[dict]) -> str:
   """One Markdown row per results dict; missing values shown as "–"."""
-  lines = ["| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-           "|---" * (len(COLUMNS) + 1) + "|"]
+  lines = [
+    "| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
+    "|---" * (len(COLUMNS) + 1) + "|",
+  ]
   for r in rows:
     name = os.path.basename(os.path.normpath(r.get("workdir", ""))) or "-"
-    lines.append(f"| {name} | " + " | ".join(_cell(_get(r, k), fmt) for _, k, fmt in COLUMNS)
-                 + " |")
+    lines.append(
+      f"| {name} | " + " | ".join(_cell(_get(r, k), fmt) for _, k, fmt in COLUMNS) + " |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -96,13 +105,21 @@ def bar_chart(rows: list[dict], out: str) -> str:
     base = [_get(r, f"baselines.random_init.{k}") for r in rows]
     pts = [(p, b) for p, b in zip(pos, base) if b is not None]
     if pts:
-      ax.scatter([p for p, _ in pts], [b for _, b in pts], marker="_", s=120, color="black",
-                 zorder=3, label=None if marked else "untrained encoder")
+      ax.scatter(
+        [p for p, _ in pts],
+        [b for _, b in pts],
+        marker="_",
+        s=120,
+        color="black",
+        zorder=3,
+        label=None if marked else "untrained encoder",
+      )
       marked = True
     top = max([top] + vals + [b for _, b in pts])
   ax.set_xticks(x)
-  ax.set_xticklabels(names, rotation=30 if len(rows) > 6 else 0,
-                     ha="right" if len(rows) > 6 else "center")
+  ax.set_xticklabels(
+    names, rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center"
+  )
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_ylim(0, min(100.0, top * 1.15 + 1.0))
   ax.grid(axis="y", alpha=0.3)

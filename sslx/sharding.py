@@ -7,14 +7,17 @@ sharded over every mesh axis; parameters follow `config.sharding_rules`, a list 
 largest dimension divisible by the fsdp axis size). The first matching rule wins; leaves that
 match none are replicated.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 RULES = ("replicate", "fsdp")
 
@@ -31,14 +34,18 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None) -> Mesh:
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"config.mesh={list(mesh_spec)}: {len(devices)} devices are not divisible "
-                       f"by the fixed axis sizes (product {known})")
+      raise ValueError(
+        f"config.mesh={list(mesh_spec)}: {len(devices)} devices are not divisible "
+        f"by the fixed axis sizes (product {known})"
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   elif known < len(devices):
     devices = devices[:known]  # an explicit smaller mesh uses the first devices
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices; "
-                     f"{len(devices)} are available")
+    raise ValueError(
+      f"config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices; "
+      f"{len(devices)} are available"
+    )
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
@@ -81,8 +88,7 @@ def _spec_for(shape: tuple[int, ...], rule: str, mesh: Mesh) -> P:
   return P(*spec)
 
 
-def tree_shardings(abstract_tree: Any, mesh: Mesh,
-                   rules: Sequence[tuple[str, str]] = ()) -> Any:
+def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()) -> Any:
   """NamedShardings for every leaf of `abstract_tree` (arrays or ShapeDtypeStructs)."""
   compiled = []
   for pattern, rule in rules:

@@ -26,6 +26,7 @@ negatives: low τ (0.05) gives sharp clumps that break classes into fragments, �
 clean class clusters, high τ (≥ 0.5) gives soft, weak gradients (they scale as 1/τ) under which
 the classes stay blended. The page (JavaScript) and `simulate` (JAX) run the same dynamics.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,13 +43,13 @@ import numpy as np
 class SimConfig:
   num_classes: int = 8
   points_per_class: int = 40
-  class_std: float = 0.3        # spread of a class's sources in the input plane
-  radius: float = 2.0           # class centres sit on a circle of this radius
-  temperature: float = 0.15     # τ of InfoNCE
-  strength: float = 0.25        # std of the augmentation noise around a source
-  batch_size: int = 64          # B sources → 2B views per step
-  lr: float = 0.3               # SGD step on the angles (times N / B, so a point moves alike
-                                # whatever the batch size)
+  class_std: float = 0.3  # spread of a class's sources in the input plane
+  radius: float = 2.0  # class centres sit on a circle of this radius
+  temperature: float = 0.15  # τ of InfoNCE
+  strength: float = 0.25  # std of the augmentation noise around a source
+  batch_size: int = 64  # B sources → 2B views per step
+  lr: float = 0.3  # SGD step on the angles (times N / B, so a point moves alike
+  # whatever the batch size)
   seed: int = 0
 
 
@@ -74,7 +75,7 @@ def info_nce(theta, idx, temperature):
   t = theta[idx]
   m = t.shape[0]
   b = m // 2
-  sims = jnp.cos(t[:, None] - t[None, :])                      # [2B, 2B] cosine similarity
+  sims = jnp.cos(t[:, None] - t[None, :])  # [2B, 2B] cosine similarity
   logits = jnp.where(jnp.eye(m, dtype=bool), -jnp.inf, sims / temperature)
   pos = jnp.concatenate([jnp.arange(b, m), jnp.arange(b)])
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -87,8 +88,12 @@ def sgd_step(theta, x, rng, temperature, strength, lr, batch_size: int):
   n = x.shape[0]
   k_batch, k1, k2 = jax.random.split(rng, 3)
   src = jax.random.permutation(k_batch, n)[:batch_size]
-  views = jnp.concatenate([x[src] + strength * jax.random.normal(k1, (batch_size, 2)),
-                           x[src] + strength * jax.random.normal(k2, (batch_size, 2))])
+  views = jnp.concatenate(
+    [
+      x[src] + strength * jax.random.normal(k1, (batch_size, 2)),
+      x[src] + strength * jax.random.normal(k2, (batch_size, 2)),
+    ]
+  )
   # The encoder: each view is embedded by its nearest source point's angle.
   idx = jnp.argmin(jnp.sum((views[:, None, :] - x[None, :, :]) ** 2, -1), axis=1)
   loss, grad = jax.value_and_grad(info_nce)(theta, idx, temperature)
@@ -104,11 +109,11 @@ def separation_score(theta, labels) -> float:
   e = np.stack([np.cos(theta), np.sin(theta)], 1)
   d = np.sqrt(np.maximum(2.0 - 2.0 * e @ e.T, 0.0))
   classes = np.unique(labels)
-  onehot = (labels[:, None] == classes[None, :]).astype(np.float64)   # [N, K]
+  onehot = (labels[:, None] == classes[None, :]).astype(np.float64)  # [N, K]
   counts = onehot.sum(0)
-  sums = d @ onehot                                                    # [N, K]
-  own = (labels[:, None] == classes[None, :])
-  a = (sums[own] / np.maximum(counts[np.argmax(own, 1)] - 1, 1))
+  sums = d @ onehot  # [N, K]
+  own = labels[:, None] == classes[None, :]
+  a = sums[own] / np.maximum(counts[np.argmax(own, 1)] - 1, 1)
   others = np.where(own, np.inf, sums / counts)
   b = others.min(1)
   return float(np.mean((b - a) / np.maximum(np.maximum(a, b), 1e-12)))
@@ -133,19 +138,28 @@ def simulate(cfg: SimConfig = SimConfig(), steps: int = 1500, record_every: int 
   b = min(cfg.batch_size, len(y))
   losses, frames = [], [(0, np.asarray(theta))] if record_every else []
   for i in range(steps):
-    theta, loss = sgd_step(theta, xj, jax.random.fold_in(rng, i), cfg.temperature,
-                           cfg.strength, cfg.lr, b)
+    theta, loss = sgd_step(
+      theta, xj, jax.random.fold_in(rng, i), cfg.temperature, cfg.strength, cfg.lr, b
+    )
     losses.append(loss)
     if record_every and (i + 1) % record_every == 0:
       frames.append((i + 1, np.asarray(theta)))
   theta = np.asarray(theta)
-  return {"x": x, "labels": y, "theta": theta, "losses": np.asarray(jnp.stack(losses)),
-          "separation": separation_score(theta, y), "clusters": count_clusters(theta),
-          "frames": frames, "config": cfg}
+  return {
+    "x": x,
+    "labels": y,
+    "theta": theta,
+    "losses": np.asarray(jnp.stack(losses)),
+    "separation": separation_score(theta, y),
+    "clusters": count_clusters(theta),
+    "frames": frames,
+    "config": cfg,
+  }
 
 
 def _draw(fig, x, y, theta, title):
   import matplotlib.pyplot as plt
+
   fig.clf()
   ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
   cmap = plt.get_cmap("tab10")
@@ -153,7 +167,7 @@ def _draw(fig, x, y, theta, title):
   ax1.set_title("input plane (colour = true class)")
   ax1.set_aspect("equal")
   ax2.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.8"))
-  r = 1.0 + 0.04 * (np.arange(len(y)) % 5)            # small radial jitter: overlaps visible
+  r = 1.0 + 0.04 * (np.arange(len(y)) % 5)  # small radial jitter: overlaps visible
   ax2.scatter(r * np.cos(theta), r * np.sin(theta), c=[cmap(c % 10) for c in y], s=10)
   ax2.set_xlim(-1.35, 1.35)
   ax2.set_ylim(-1.35, 1.35)
@@ -166,10 +180,12 @@ def _matplotlib():
   try:
     import matplotlib
   except ImportError as e:
-    raise ImportError("sslx.simulate PNG/GIF output needs matplotlib: "
-                      "pip install 'sslx[plots]'") from e
+    raise ImportError(
+      "sslx.simulate PNG/GIF output needs matplotlib: pip install 'sslx[plots]'"
+    ) from e
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -178,9 +194,14 @@ def save_png(result: dict, out: str) -> str:
   plt = _matplotlib()
   cfg = result["config"]
   fig = plt.figure(figsize=(9, 4.5))
-  _draw(fig, result["x"], result["labels"], result["theta"],
-        f"τ={cfg.temperature:g}, strength={cfg.strength:g}: separation "
-        f"{result['separation']:.2f}, {result['clusters']} groups")
+  _draw(
+    fig,
+    result["x"],
+    result["labels"],
+    result["theta"],
+    f"τ={cfg.temperature:g}, strength={cfg.strength:g}: separation "
+    f"{result['separation']:.2f}, {result['clusters']} groups",
+  )
   fig.tight_layout()
   fig.savefig(out, dpi=80)
   plt.close(fig)
@@ -191,14 +212,20 @@ def save_gif(result: dict, out: str, ms_per_frame: int = 120) -> str:
   """Animates result["frames"] (run `simulate` with record_every > 0)."""
   plt = _matplotlib()
   from PIL import Image
+
   if not result["frames"]:
     raise ValueError("no frames recorded: call simulate(..., record_every=N) with N > 0")
   cfg = result["config"]
   fig = plt.figure(figsize=(8, 4))
   images = []
   for step, theta in result["frames"]:
-    _draw(fig, result["x"], result["labels"], theta,
-          f"τ={cfg.temperature:g} strength={cfg.strength:g} step {step}")
+    _draw(
+      fig,
+      result["x"],
+      result["labels"],
+      theta,
+      f"τ={cfg.temperature:g} strength={cfg.strength:g} step {step}",
+    )
     fig.canvas.draw()
     images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
   plt.close(fig)
@@ -436,14 +463,20 @@ reset();
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  cfg = SimConfig(temperature=FLAGS.temperature, strength=FLAGS.strength,
-                  batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  cfg = SimConfig(
+    temperature=FLAGS.temperature,
+    strength=FLAGS.strength,
+    batch_size=FLAGS.batch_size,
+    seed=FLAGS.seed,
+  )
   if FLAGS.out:
     print(f"wrote {write_html(FLAGS.out, cfg)} (open it in a browser; no network needed)")
   if FLAGS.png or FLAGS.gif:
     result = simulate(cfg, FLAGS.steps, record_every=max(FLAGS.steps // 30, 1) if FLAGS.gif else 0)
-    print(f"τ={cfg.temperature:g} strength={cfg.strength:g}: separation "
-          f"{result['separation']:.3f}, {result['clusters']} groups")
+    print(
+      f"τ={cfg.temperature:g} strength={cfg.strength:g}: separation "
+      f"{result['separation']:.3f}, {result['clusters']} groups"
+    )
     if FLAGS.png:
       print(f"wrote {save_png(result, FLAGS.png)}")
     if FLAGS.gif:

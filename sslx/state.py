@@ -1,4 +1,5 @@
 """The one train-state pytree every method shares."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,6 +22,7 @@ class TrainState:
     rng: base PRNG key; the key of step t is `fold_in(rng, t)`, so a resumed run draws
       the same randomness as an uninterrupted one.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any

@@ -7,6 +7,7 @@ to values (e.g. {"method.temperature": 0.1, "batch_size": 128}). Point i trains 
 <workdir>/<i> (resuming there if it holds a checkpoint) with its overrides applied on top of
 the preset; then `python -m sslx.report --workdirs=<workdir>/0,<workdir>/1,...` compares them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,12 +41,13 @@ def apply_overrides(config, overrides: dict):
     *parents, leaf = key.split(".")
     for i, p in enumerate(parents):
       if p not in node:
-        raise KeyError(f"sweep override {key!r}: unknown key {p!r} in "
-                       f"{'.'.join(parents[:i]) or '<top level>'}; valid: {sorted(node.keys())}")
+        raise KeyError(
+          f"sweep override {key!r}: unknown key {p!r} in "
+          f"{'.'.join(parents[:i]) or '<top level>'}; valid: {sorted(node.keys())}"
+        )
       node = node[p]
     if leaf not in node:
-      raise KeyError(f"sweep override {key!r}: unknown key {leaf!r}; valid: "
-                     f"{sorted(node.keys())}")
+      raise KeyError(f"sweep override {key!r}: unknown key {leaf!r}; valid: {sorted(node.keys())}")
     node[leaf] = value
   return config
 
@@ -54,8 +56,10 @@ def run_sweep(config_spec: str, workdir: str, train_fn=None) -> list[dict]:
   """Trains each sweep point in workdir/<i>; returns their results (in order). `train_fn`
   (config, workdir) -> results defaults to sslx.train.train_and_evaluate."""
   from sslx import config_lib
+
   if train_fn is None:
     from sslx import train
+
     train_fn = train.train_and_evaluate
   base = config_lib.load_experiment(config_spec)
   points = load_sweep(config_spec)
@@ -77,12 +81,15 @@ def main(argv):
   FLAGS = flags.FLAGS
   results = run_sweep(FLAGS.config, FLAGS.workdir)
   dirs = ",".join(os.path.join(FLAGS.workdir, str(i)) for i in range(len(results)))
-  print(f"done: compare with python -m sslx.report --workdirs={dirs} "
-        f"--out={os.path.join(FLAGS.workdir, 'report.md')}")
+  print(
+    f"done: compare with python -m sslx.report --workdirs={dirs} "
+    f"--out={os.path.join(FLAGS.workdir, 'report.md')}"
+  )
 
 
 if __name__ == "__main__":
   from sslx import xla
+
   xla.configure_xla_for_cpu()
 
   from absl import app, flags

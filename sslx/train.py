@@ -8,11 +8,11 @@
 A method contributes only `init`, `loss` and `encode` (see methods/base.py); nothing here
 branches on which method runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -37,6 +37,7 @@ class NonFiniteLoss(FloatingPointError):
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything built from config before the loop: static, outside jitted code."""
+
   method: Any
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -64,31 +65,41 @@ def init_state(method, tx, rng, sample_images, num_classes: int) -> TrainState:
   init_rng, probe_rng, state_rng = jax.random.split(rng, 3)
   variables = method.init(init_rng, sample_images)
   feat = jax.eval_shape(method.encode, variables.params, variables.batch_stats, sample_images)
-  probe = {"kernel": jnp.zeros((feat.shape[-1], max(num_classes, 1)), jnp.float32),
-           "bias": jnp.zeros((max(num_classes, 1),), jnp.float32)}
+  probe = {
+    "kernel": jnp.zeros((feat.shape[-1], max(num_classes, 1)), jnp.float32),
+    "bias": jnp.zeros((max(num_classes, 1),), jnp.float32),
+  }
   del probe_rng
   params = {"model": variables.params, "probe": probe}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.batch_stats, opt_state=tx.init(params),
-                    method_state=variables.method_state, rng=state_rng)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.batch_stats,
+    opt_state=tx.init(params),
+    method_state=variables.method_state,
+    rng=state_rng,
+  )
 
 
-def train_step(state: TrainState, batch: dict, *, method, tx, schedule,
-               probe_enabled: bool) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState, batch: dict, *, method, tx, schedule, probe_enabled: bool
+) -> tuple[TrainState, dict]:
   """One update of the method and the online probe. Non-finite loss → state unchanged."""
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    loss, aux = method.loss(params["model"], state.batch_stats, state.method_state,
-                            batch["image"], rng, state.step)
+    loss, aux = method.loss(
+      params["model"], state.batch_stats, state.method_state, batch["image"], rng, state.step
+    )
     total = loss
     metrics = dict(aux.metrics)
     if probe_enabled:
       # Stop-gradient: the probe watches the representation without shaping it.
       feats = jax.lax.stop_gradient(aux.features)
       logits = feats @ params["probe"]["kernel"] + params["probe"]["bias"]
-      probe_loss, probe_acc = losses.softmax_cross_entropy(logits, batch["label"],
-                                                           valid=batch["label"] >= 0)
+      probe_loss, probe_acc = losses.softmax_cross_entropy(
+        logits, batch["label"], valid=batch["label"] >= 0
+      )
       total = total + probe_loss
       metrics.update(probe_loss=probe_loss, probe_acc=probe_acc)
     return total, (loss, aux, metrics)
@@ -100,8 +111,13 @@ def train_step(state: TrainState, batch: dict, *, method, tx, schedule,
   if hasattr(method, "after_update"):
     # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
     method_state = method.after_update(params["model"], method_state, state.step)
-  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                      batch_stats=aux.batch_stats, method_state=method_state)
+  new = state.replace(
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    batch_stats=aux.batch_stats,
+    method_state=method_state,
+  )
   finite = jnp.isfinite(loss)
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
   metrics = dict(metrics, learning_rate=schedule(state.step), finite=finite)
@@ -116,37 +132,64 @@ def build(config, sample_images: np.ndarray, num_examples: int, num_classes: int
   total = config_lib.total_steps(config, num_examples)
   method = methods.get(config.method.name).create(config, total_steps=total)
   peak = optim.scaled_lr(config.optimizer, config.batch_size)
-  schedule = optim.warmup_cosine(peak, total, optim.warmup_steps_from(config.optimizer, spe),
-                                 config.optimizer.get("final_lr_fraction", 0.0))
+  schedule = optim.warmup_cosine(
+    peak,
+    total,
+    optim.warmup_steps_from(config.optimizer, spe),
+    config.optimizer.get("final_lr_fraction", 0.0),
+  )
   tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3))
   sample = jax.ShapeDtypeStruct(sample_images.shape, sample_images.dtype)
-  abstract = jax.eval_shape(functools.partial(init_state, method, tx, num_classes=num_classes),
-                            jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
+  abstract = jax.eval_shape(
+    functools.partial(init_state, method, tx, num_classes=num_classes),
+    jax.ShapeDtypeStruct((2,), jnp.uint32),
+    sample,
+  )
   state_sharding = sharding.tree_shardings(abstract, mesh, config.get("sharding_rules", ()))
   feature_dim = abstract.params["probe"]["kernel"].shape[0]
-  return Setup(method, tx, schedule, mesh, state_sharding, sharding.batch_sharding(mesh),
-               total, spe, num_classes, feature_dim)
+  return Setup(
+    method,
+    tx,
+    schedule,
+    mesh,
+    state_sharding,
+    sharding.batch_sharding(mesh),
+    total,
+    spe,
+    num_classes,
+    feature_dim,
+  )
 
 
 def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainState:
-  init = jax.jit(functools.partial(init_state, setup.method, setup.tx,
-                                   num_classes=setup.num_classes),
-                 out_shardings=setup.state_sharding)
+  init = jax.jit(
+    functools.partial(init_state, setup.method, setup.tx, num_classes=setup.num_classes),
+    out_shardings=setup.state_sharding,
+  )
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
 
 
 def compile_step(setup: Setup, probe_enabled: bool):
-  step = functools.partial(train_step, method=setup.method, tx=setup.tx,
-                           schedule=setup.schedule, probe_enabled=probe_enabled)
+  step = functools.partial(
+    train_step,
+    method=setup.method,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    probe_enabled=probe_enabled,
+  )
   batch_shardings = {"image": setup.batch_sharding, "label": setup.batch_sharding}
-  return jax.jit(step, in_shardings=(setup.state_sharding, batch_shardings),
-                 out_shardings=(setup.state_sharding, sharding.replicated(setup.mesh)),
-                 donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(setup.state_sharding, batch_shardings),
+    out_shardings=(setup.state_sharding, sharding.replicated(setup.mesh)),
+    donate_argnums=0,
+  )
 
 
 def _average(collection, metrics: dict):
-  update = {k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items()
-            if k != "finite"}
+  update = {
+    k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items() if k != "finite"
+  }
   if collection is None:
     return update
   return {k: collection[k].merge(v) for k, v in update.items()}
@@ -164,8 +207,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_source = data.build_source(config.dataset, config.dataset.train_split)
   num_classes = getattr(train_source, "num_classes", 0)
-  loader = data.make_train_loader(train_source, config.batch_size, config.seed,
-                                  num_workers=config.dataset.get("num_workers", 0))
+  loader = data.make_train_loader(
+    train_source, config.batch_size, config.seed, num_workers=config.dataset.get("num_workers", 0)
+  )
   size = train_source.image_size
   sample = np.zeros((2, size, size, 3), np.uint8)
   setup = build(config, sample, len(train_source), num_classes)
@@ -186,9 +230,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log_every = max(int(config.get("log_every_steps", 50)), 1)
   ckpt_every = int(config.get("checkpoint_every_steps", 0))
   progress.console(
-      f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
-      f"({len(train_source)} images, {num_classes} classes), batch {config.batch_size}, "
-      f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}")
+    f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
+    f"({len(train_source)} images, {num_classes} classes), batch {config.batch_size}, "
+    f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
+  )
 
   acc, prev_metrics, step, t_train, t_compile = None, None, start, 0.0, None
   first_loss = last_loss = None
@@ -201,8 +246,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # and a non-finite loss still stops the run within one step (the update was skipped).
       if prev_metrics is not None and not bool(prev_metrics["finite"]):
         raise NonFiniteLoss(
-            f"non-finite loss at step {step} (loss={float(prev_metrics['loss'])}); stopping. "
-            f"The last good checkpoint in {mngr.directory} is intact.")
+          f"non-finite loss at step {step} (loss={float(prev_metrics['loss'])}); stopping. "
+          f"The last good checkpoint in {mngr.directory} is intact."
+        )
       prev_metrics = metrics
       step += 1
       acc = _average(acc, metrics)
@@ -218,11 +264,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if not bool(metrics["finite"]):
           continue  # reported by the check above on the next iteration or after the loop
         rates = prog.update(step)
-        writer.scalars(step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}),
-                       prefix="train/")
-        progress.console(prog.line(step, {k: values[k] for k in sorted(values)
-                                          if k in ("loss", "probe_acc", "learning_rate")},
-                                   rates))
+        writer.scalars(
+          step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}), prefix="train/"
+        )
+        progress.console(
+          prog.line(
+            step,
+            {k: values[k] for k in sorted(values) if k in ("loss", "probe_acc", "learning_rate")},
+            rates,
+          )
+        )
         acc = None
         warning = getattr(setup.method, "collapse_warning", lambda m: None)(values)
         if warning:
@@ -231,8 +282,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if ckpt_every and step % ckpt_every == 0 and step < setup.total_steps:
         checkpointing.save(mngr, step, state, loader.get_state(), config)
     if prev_metrics is not None and not bool(prev_metrics["finite"]):
-      raise NonFiniteLoss(f"non-finite loss at step {step}; stopping. The last good "
-                          f"checkpoint in {mngr.directory} is intact.")
+      raise NonFiniteLoss(
+        f"non-finite loss at step {step}; stopping. The last good "
+        f"checkpoint in {mngr.directory} is intact."
+      )
     if step > start:
       t_train = time.perf_counter() - t_loop
       if mngr.latest_step() != step:
@@ -249,11 +302,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   images_per_sec = None
   if step - start > 1 and t_train > 0:
     images_per_sec = (step - start - 1) * 2 * config.batch_size / t_train
-  results = {"method": config.method.name, "model": config.model.name,
-             "dataset": config.dataset.name, "batch_size": config.batch_size,
-             "steps": int(step), "epochs": step / setup.steps_per_epoch,
-             "train_images_per_sec": images_per_sec, "compile_s": t_compile,
-             "train_loss_first": first_loss, "train_loss_last": last_loss}
+  results = {
+    "method": config.method.name,
+    "model": config.model.name,
+    "dataset": config.dataset.name,
+    "batch_size": config.batch_size,
+    "steps": int(step),
+    "epochs": step / setup.steps_per_epoch,
+    "train_images_per_sec": images_per_sec,
+    "compile_s": t_compile,
+    "train_loss_first": first_loss,
+    "train_loss_last": last_loss,
+  }
   results.update(evaluation.run_all(config, setup.method, state, setup.mesh, writer, step))
   writer.close()
   path = progress.write_results(workdir, results)

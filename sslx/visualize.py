@@ -24,11 +24,13 @@ are shared.
 PNGs are rendered with matplotlib (the ``[plots]``/``[dev]`` extras) when importable, else
 with PIL; both give exactly ``columns × panel`` by ``rows × panel`` pixels.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +44,7 @@ class Flag:
   name: str
   default: Any
   help: str
-  type: type = str          # str | int | float | bool
+  type: type = str  # str | int | float | bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +56,21 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
-COMMON_FLAGS = (Flag("workdir", None, "run directory holding checkpoints/"),
-                Flag("out", "visualization.png", "output PNG path"))
+COMMON_FLAGS = (
+  Flag("workdir", None, "run directory holding checkpoints/"),
+  Flag("out", "visualization.png", "output PNG path"),
+)
 
 
 def register(name: str, help: str, flags: Sequence[Flag] = ()):  # noqa: A002
   """Decorator: makes `fn(config, workdir, args) -> path` the subcommand `name`."""
+
   def deco(fn):
     if name in SUBCOMMANDS:
       raise ValueError(f"visualize subcommand {name!r} registered twice")
     SUBCOMMANDS[name] = Subcommand(name, fn, help, tuple(flags))
     return fn
+
   return deco
 
 
@@ -93,8 +99,10 @@ def restore_latest(config, workdir: str):
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
-                            f"python -m sslx.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
@@ -106,6 +114,7 @@ def load_image(path: str, size: int) -> np.ndarray:
   """uint8 [size, size, 3]: shorter side resized to `size`, centre-cropped (as the data
   pipeline does)."""
   from sslx import data
+
   with open(path, "rb") as f:
     return data.decode_image(f.read(), size)
 
@@ -115,10 +124,12 @@ def _colormap(x: np.ndarray) -> np.ndarray:
   similar black→purple→orange→yellow ramp."""
   try:
     from matplotlib import colormaps
+
     return colormaps["inferno"](np.clip(x, 0, 1))[..., :3]
   except ImportError:
-    stops = np.array([[0, 0, 0.02], [0.34, 0.06, 0.43], [0.73, 0.21, 0.33],
-                      [0.98, 0.55, 0.04], [0.99, 1.0, 0.64]])
+    stops = np.array(
+      [[0, 0, 0.02], [0.34, 0.06, 0.43], [0.73, 0.21, 0.33], [0.98, 0.55, 0.04], [0.99, 1.0, 0.64]]
+    )
     pos = np.clip(x, 0, 1) * (len(stops) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
     t = (pos - lo)[..., None]
@@ -128,15 +139,21 @@ def _colormap(x: np.ndarray) -> np.ndarray:
 def upsample(x: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
   """[h, w] float or [h, w, 3] uint8 → `size` × `size` (bilinear, or nearest for masks)."""
   from PIL import Image
+
   resample = Image.NEAREST if nearest else Image.BILINEAR
   if x.ndim == 2:
-    return np.asarray(Image.fromarray(x.astype(np.float32), mode="F").resize(
-        (size, size), resample))
+    return np.asarray(
+      Image.fromarray(x.astype(np.float32), mode="F").resize((size, size), resample)
+    )
   return np.asarray(Image.fromarray(x).resize((size, size), resample))
 
 
-def save_png(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]],
-             path: str, backend: str = "auto") -> str:
+def save_png(
+  panels: Sequence[Sequence[np.ndarray]],
+  titles: Sequence[Sequence[str]],
+  path: str,
+  backend: str = "auto",
+) -> str:
   """Writes a grid of equally sized uint8 RGB panels [P, P, 3] with a caption on each.
 
   The PNG is exactly (columns·P) × (rows·P) pixels with either backend ("matplotlib", "pil"
@@ -146,6 +163,7 @@ def save_png(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
   if backend == "auto":
     try:
       import matplotlib  # noqa: F401
+
       backend = "matplotlib"
     except ImportError:
       backend = "pil"
@@ -154,6 +172,7 @@ def save_png(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
     # The object API (no pyplot): no global backend state, nothing shown.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     dpi = 100
     fig = Figure(figsize=(cols * p / dpi, rows * p / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -162,12 +181,21 @@ def save_png(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
         ax = fig.add_axes((c / cols, 1 - (r + 1) / rows, 1 / cols, 1 / rows))
         ax.imshow(img, interpolation="nearest")
         ax.set_axis_off()
-        ax.text(0.03, 0.97, titles[r][c], transform=ax.transAxes, va="top", ha="left",
-                fontsize=max(6, p // 16), color="white",
-                bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
+        ax.text(
+          0.03,
+          0.97,
+          titles[r][c],
+          transform=ax.transAxes,
+          va="top",
+          ha="left",
+          fontsize=max(6, p // 16),
+          color="white",
+          bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0),
+        )
     fig.savefig(path, dpi=dpi)
   elif backend == "pil":
     from PIL import Image, ImageDraw
+
     canvas = Image.new("RGB", (cols * p, rows * p), "black")
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(panels):
@@ -193,7 +221,7 @@ def mass_mask(attn: np.ndarray, mass: float = 0.6) -> np.ndarray:
   order = np.argsort(-attn, axis=-1, kind="stable")
   sorted_ = np.take_along_axis(attn, order, axis=-1)
   total = np.maximum(sorted_.sum(-1, keepdims=True), 1e-30)
-  before = (np.cumsum(sorted_, axis=-1) - sorted_) / total      # mass of the larger ones
+  before = (np.cumsum(sorted_, axis=-1) - sorted_) / total  # mass of the larger ones
   keep_sorted = before < mass
   mask = np.zeros_like(keep_sorted)
   np.put_along_axis(mask, order, keep_sorted, axis=-1)
@@ -205,35 +233,41 @@ def _vit_attention_fn(method, which: str):
   if hasattr(method, "attention_maps"):
     return lambda p, b, s, x: method.attention_maps(p, b, s, x, which=which)
   from sslx.models import ViT
+
   net = getattr(method, "net", None)
   for field in ("encoder", "backbone"):
     module = getattr(net, field, None)
     if isinstance(module, ViT):
+
       def fn(p, b, s, x, field=field):
         del s
-        return net.apply({"params": p, "batch_stats": b}, method.preprocess(x),
-                         method=lambda m, y: getattr(m, field)(
-                             y, train=False, return_attention=True)["attention"])
+        return net.apply(
+          {"params": p, "batch_stats": b},
+          method.preprocess(x),
+          method=lambda m, y: getattr(m, field)(y, train=False, return_attention=True)["attention"],
+        )
+
       return fn
-  raise ValueError(f"{type(method).__name__}'s network has no ViT encoder: attention maps "
-                   "need model.name=vit_*")
+  raise ValueError(
+    f"{type(method).__name__}'s network has no ViT encoder: attention maps need model.name=vit_*"
+  )
 
 
 def cls_attention(method, state, image: np.ndarray, which: str = "teacher") -> np.ndarray:
   """Last-layer attention of the CLS token to every patch, [heads, gh, gw] (rows sum to ≤ 1:
   the CLS→CLS weight is left out)."""
   import jax
+
   fn = jax.jit(_vit_attention_fn(method, which))
   attn = fn(state.params["model"], state.batch_stats, state.method_state, image[None])
-  attn = np.asarray(attn)[0, :, 0, 1:]                                  # [heads, N]
+  attn = np.asarray(attn)[0, :, 0, 1:]  # [heads, N]
   grid = int(round(np.sqrt(attn.shape[-1])))
   if grid * grid != attn.shape[-1]:
     raise ValueError(f"{attn.shape[-1]} patch tokens do not form a square grid")
   return attn.reshape(attn.shape[0], grid, grid)
 
 
-def attention_panels(image: np.ndarray, attn: np.ndarray, mass: float = 0.6,
-                     panel: int = 160):
+def attention_panels(image: np.ndarray, attn: np.ndarray, mass: float = 0.6, panel: int = 160):
   """(panels, titles) for :func:`save_png`: row 0 the image and each head's attention over
   it; row 1 the mean-over-heads mask and each head's mask (`mass` of the attention)."""
   heads = attn.shape[0]
@@ -255,8 +289,10 @@ def attention_panels(image: np.ndarray, attn: np.ndarray, mass: float = 0.6,
   row0 = [to_u8(base)] + [overlay(attn[h]) for h in range(heads)]
   row1 = [masked(mean_mask)] + [masked(masks[h]) for h in range(heads)]
   pct = int(round(100 * mass))
-  titles = [["image"] + [f"head {h}" for h in range(heads)],
-            [f"mean {pct}%"] + [f"head {h} {pct}%" for h in range(heads)]]
+  titles = [
+    ["image"] + [f"head {h}" for h in range(heads)],
+    [f"mean {pct}%"] + [f"head {h} {pct}%" for h in range(heads)],
+  ]
   return [row0, row1], titles
 
 
@@ -265,16 +301,24 @@ def figure_size(num_heads: int, panel: int) -> tuple[int, int]:
   return ((num_heads + 1) * panel, 2 * panel)
 
 
-@register("attention", "DINO attention maps: each head's last-layer CLS attention and the "
-          "masks keeping a fraction of its mass", flags=(
-              Flag("image", None, "input image file (any format PIL reads)"),
-              Flag("mass", 0.6, "fraction of the attention mass the masks keep", float),
-              Flag("which", "teacher", "teacher | student (EMA-teacher methods)"),
-              Flag("image_size", 0, "side the image is resized to (0: the training crop "
-                   "size); a multiple of the patch size", int),
-              Flag("panel", 160, "pixels per panel side", int),
-              Flag("backend", "auto", "auto | matplotlib | pil"),
-          ))
+@register(
+  "attention",
+  "DINO attention maps: each head's last-layer CLS attention and the "
+  "masks keeping a fraction of its mass",
+  flags=(
+    Flag("image", None, "input image file (any format PIL reads)"),
+    Flag("mass", 0.6, "fraction of the attention mass the masks keep", float),
+    Flag("which", "teacher", "teacher | student (EMA-teacher methods)"),
+    Flag(
+      "image_size",
+      0,
+      "side the image is resized to (0: the training crop size); a multiple of the patch size",
+      int,
+    ),
+    Flag("panel", 160, "pixels per panel side", int),
+    Flag("backend", "auto", "auto | matplotlib | pil"),
+  ),
+)
 def attention(config, workdir: str, args: dict) -> str:
   if not args.get("image"):
     raise ValueError("attention needs --image=PATH")
@@ -299,6 +343,7 @@ def attention(config, workdir: str, args: dict) -> str:
 def _register_visualizer_modules():
   import importlib
   import pkgutil
+
   try:
     package = importlib.import_module("sslx.visualizers")
   except ImportError:
@@ -310,8 +355,12 @@ def _register_visualizer_modules():
     def run_module(config, workdir, args, name=info.name):
       module = importlib.import_module(f"sslx.visualizers.{name}")
       return module.render(config, workdir, args["out"], num_images=int(args["num_images"]))
-    register(info.name, f"sslx.visualizers.{info.name}.render",
-             flags=(Flag("num_images", 8, "test images to show", int),))(run_module)
+
+    register(
+      info.name,
+      f"sslx.visualizers.{info.name}.render",
+      flags=(Flag("num_images", 8, "test images to show", int),),
+    )(run_module)
 
 
 _register_visualizer_modules()
@@ -327,8 +376,12 @@ def _define_flags():
 
   config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
   defined = set()
-  definers = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
-              float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+  definers = {
+    str: flags.DEFINE_string,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    bool: flags.DEFINE_bool,
+  }
   for f in COMMON_FLAGS + tuple(f for s in SUBCOMMANDS.values() for f in s.flags):
     if f.name not in defined:
       definers[f.type](f.name, f.default, f.help)
@@ -337,20 +390,25 @@ def _define_flags():
 
 
 def _usage() -> str:
-  lines = ["usage: python -m sslx.visualize SUBCOMMAND --config=EXPERIMENT --workdir=DIR "
-           "[--out=PNG] [flags]", "subcommands:"]
+  lines = [
+    "usage: python -m sslx.visualize SUBCOMMAND --config=EXPERIMENT --workdir=DIR "
+    "[--out=PNG] [flags]",
+    "subcommands:",
+  ]
   lines += [f"  {s.name}: {s.help}" for s in SUBCOMMANDS.values()]
   return "\n".join(lines)
 
 
 def main(argv):
   from absl import app, flags
+
   args = argv[1:]
   if len(args) != 1 or args[0] not in SUBCOMMANDS:
     raise app.UsageError(f"expected one subcommand, got {args}\n{_usage()}")
   sub = SUBCOMMANDS[args[0]]
-  values = {f.name: flags.FLAGS[f.name].value for f in COMMON_FLAGS + sub.flags
-            if f.name != "workdir"}
+  values = {
+    f.name: flags.FLAGS[f.name].value for f in COMMON_FLAGS + sub.flags if f.name != "workdir"
+  }
   path = sub.run(flags.FLAGS.config, flags.FLAGS.workdir, values)
   print(f"wrote {path}", flush=True)
 

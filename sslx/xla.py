@@ -33,70 +33,76 @@ them and compares loss and gradients).
 
 Set ``SSLX_NO_XLA_FLAGS=1`` to skip the set-up entirely.
 """
+
 from __future__ import annotations
 
 import os
 import shlex
 import sys
-from typing import Dict, List, Optional
 
-CPU_FLAGS: Dict[str, str] = {
-    "--xla_cpu_experimental_ynn_fusion_type": "reduce",  # YNNPACK for reductions only
-    "--xla_disable_hlo_passes": "tree_reduction_rewriter",
+CPU_FLAGS: dict[str, str] = {
+  "--xla_cpu_experimental_ynn_fusion_type": "reduce",  # YNNPACK for reductions only
+  "--xla_disable_hlo_passes": "tree_reduction_rewriter",
 }
 
 
 def _flag_name(token: str) -> str:
-    return token.split("=", 1)[0]
+  return token.split("=", 1)[0]
 
 
 def _targets_cpu(env) -> bool:
-    plat = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
-    plat = plat.strip().lower()
-    if not plat:
-        return True  # nothing requested: on the CPU-only machines this project targets
-    return plat.split(",")[0].strip() == "cpu"
+  plat = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
+  plat = plat.strip().lower()
+  if not plat:
+    return True  # nothing requested: on the CPU-only machines this project targets
+  return plat.split(",")[0].strip() == "cpu"
 
 
-def merge_flags(existing: str, extra: Dict[str, str]) -> str:
-    """Append ``extra`` flags to the ``existing`` XLA_FLAGS string, skipping any flag name
-    the string already sets (the user's setting wins)."""
-    tokens: List[str] = shlex.split(existing) if existing else []
-    present = {_flag_name(t) for t in tokens}
-    for name, value in extra.items():
-        if name not in present:
-            tokens.append(f"{name}={value}")
-    return " ".join(shlex.quote(t) if (" " in t or t == "") else t for t in tokens)
+def merge_flags(existing: str, extra: dict[str, str]) -> str:
+  """Append ``extra`` flags to the ``existing`` XLA_FLAGS string, skipping any flag name
+  the string already sets (the user's setting wins)."""
+  tokens: list[str] = shlex.split(existing) if existing else []
+  present = {_flag_name(t) for t in tokens}
+  for name, value in extra.items():
+    if name not in present:
+      tokens.append(f"{name}={value}")
+  return " ".join(shlex.quote(t) if (" " in t or t == "") else t for t in tokens)
 
 
 def backend_initialized() -> bool:
-    """True if jax has already created a backend (then new XLA_FLAGS would be ignored)."""
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-        return bool(getattr(xla_bridge, "_backends", {}))
-    except Exception:  # pragma: no cover - private API moved
-        return False
+  """True if jax has already created a backend (then new XLA_FLAGS would be ignored)."""
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge
+
+    return bool(getattr(xla_bridge, "_backends", {}))
+  except Exception:  # pragma: no cover - private API moved
+    return False
 
 
-def configure_xla_for_cpu(env: Optional[dict] = None, flags: Optional[Dict[str, str]] = None,
-                          warn: bool = True) -> str:
-    """Add the beneficial CPU flags to ``XLA_FLAGS`` (keeping the user's). Returns the new value.
+def configure_xla_for_cpu(
+  env: dict | None = None, flags: dict[str, str] | None = None, warn: bool = True
+) -> str:
+  """Add the beneficial CPU flags to ``XLA_FLAGS`` (keeping the user's). Returns the new value.
 
-    ``env`` defaults to ``os.environ`` (a dict may be given for testing). Does nothing when the
-    platform requested is not CPU or ``SSLX_NO_XLA_FLAGS`` is set. Warns if jax's backend is
-    already initialised, since the flags then have no effect in this process.
-    """
-    env = os.environ if env is None else env
-    current = env.get("XLA_FLAGS", "")
-    if env.get("SSLX_NO_XLA_FLAGS") or not _targets_cpu(env):
-        return current
-    new = merge_flags(current, CPU_FLAGS if flags is None else flags)
-    if new != current:
-        if warn and env is os.environ and backend_initialized():
-            import warnings
-            warnings.warn("configure_xla_for_cpu() called after jax initialised its backend; "
-                          "the XLA flags will not take effect in this process", stacklevel=2)
-        env["XLA_FLAGS"] = new
-    return new
+  ``env`` defaults to ``os.environ`` (a dict may be given for testing). Does nothing when the
+  platform requested is not CPU or ``SSLX_NO_XLA_FLAGS`` is set. Warns if jax's backend is
+  already initialised, since the flags then have no effect in this process.
+  """
+  env = os.environ if env is None else env
+  current = env.get("XLA_FLAGS", "")
+  if env.get("SSLX_NO_XLA_FLAGS") or not _targets_cpu(env):
+    return current
+  new = merge_flags(current, CPU_FLAGS if flags is None else flags)
+  if new != current:
+    if warn and env is os.environ and backend_initialized():
+      import warnings
+
+      warnings.warn(
+        "configure_xla_for_cpu() called after jax initialised its backend; "
+        "the XLA flags will not take effect in this process",
+        stacklevel=2,
+      )
+    env["XLA_FLAGS"] = new
+  return new

@@ -2,6 +2,7 @@
 
 XLA_FLAGS must be set before jax initialises its backend, hence here, at import time.
 """
+
 import os
 
 # Compilation, not execution, dominates this suite (hundreds of small train steps, each run a
@@ -16,8 +17,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # whole run (and by the subprocesses it starts, through the environment) compiles each once.
 import tempfile  # noqa: E402
 
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                               tempfile.mkdtemp(prefix="sslx-test-jax-cache-"))
+_CACHE = os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sslx-test-jax-cache-")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -25,10 +27,6 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CIFAR = os.path.join(os.path.dirname(REPO), "shared", "datasets", "cifar10")
-
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end tests (minutes); run in CI too")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Small configs shared by the trainer tests."""
+
 import os
 
 from sslx import config_lib

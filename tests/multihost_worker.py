@@ -4,6 +4,7 @@ Runs two train steps of the tiny SimCLR config on the global mesh, reading this 
 slice of every global batch, and prints one JSON line: the global batch labels (all
 processes' rows, gathered), the losses and a checksum of the updated parameters.
 """
+
 import json
 import sys
 
@@ -35,12 +36,26 @@ def main():
     labels.append(np.asarray(multihost_utils.process_allgather(local["label"], tiled=True)))
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-  checksum = float(sum(np.abs(np.asarray(x.addressable_data(0), np.float64)).sum()
-                       for x in jax.tree.leaves(state.params)))
-  print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                    "devices": jax.device_count(), "local_rows": int(local["label"].shape[0]),
-                    "labels": [l.tolist() for l in labels], "losses": losses,
-                    "checksum": checksum}), flush=True)
+  checksum = float(
+    sum(
+      np.abs(np.asarray(x.addressable_data(0), np.float64)).sum()
+      for x in jax.tree.leaves(state.params)
+    )
+  )
+  print(
+    json.dumps(
+      {
+        "process": jax.process_index(),
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_rows": int(local["label"].shape[0]),
+        "labels": [l.tolist() for l in labels],
+        "losses": losses,
+        "checksum": checksum,
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """BEiT: the VQ-VAE tokenizer stage, loading it, blockwise masking, masked-only CE, a run."""
+
 import json
 
 import jax

@@ -1,4 +1,5 @@
 """BYOL: the τ schedule, the loss, the EMA target, sharding and a short learning run."""
+
 import json
 
 import jax
@@ -23,7 +24,7 @@ def tiny_byol(steps: int = 3, batch: int = 16, name: str = "byol", **overrides):
   else:
     c.method.expander_hidden = (32, 32)
     c.method.expander_dim = 32
-  c.optimizer.warmup_epochs = 0.0   # a non-zero learning rate at step 0
+  c.optimizer.warmup_epochs = 0.0  # a non-zero learning rate at step 0
   c.batch_size = batch
   c.total_steps = steps
   c.log_every_steps = 1
@@ -46,8 +47,8 @@ def test_tau_schedule_endpoints_and_shape():
   taus = np.array([float(byol.cosine_momentum(k, total, base)) for k in range(total + 1)])
   assert taus[0] == pytest.approx(base, abs=1e-7)
   assert taus[-1] == pytest.approx(1.0, abs=1e-7)
-  assert taus[50] == pytest.approx(1 - (1 - base) / 2, abs=1e-7)   # cosine midpoint
-  assert np.all(np.diff(taus) >= -1e-7)                               # rises monotonically
+  assert taus[50] == pytest.approx(1 - (1 - base) / 2, abs=1e-7)  # cosine midpoint
+  assert np.all(np.diff(taus) >= -1e-7)  # rises monotonically
   assert float(byol.cosine_momentum(10 * total, total, base)) == pytest.approx(1.0)
   method = byol.create(tiny_byol(), total_steps=40)
   assert float(method.momentum(0)) == pytest.approx(0.99)
@@ -63,10 +64,8 @@ def test_normalised_mse_is_two_minus_two_cosine():
   np.testing.assert_allclose(got, ((pn - zn) ** 2).sum(1), rtol=1e-5)
   np.testing.assert_allclose(got, 2 - 2 * (pn * zn).sum(1), rtol=1e-5)
   # Scale-invariant, 0 for the same direction, 4 for the opposite one.
-  np.testing.assert_allclose(byol.regression_loss(jnp.asarray(p), jnp.asarray(3 * p)), 0,
-                             atol=1e-6)
-  np.testing.assert_allclose(byol.regression_loss(jnp.asarray(p), jnp.asarray(-p)), 4,
-                             rtol=1e-6)
+  np.testing.assert_allclose(byol.regression_loss(jnp.asarray(p), jnp.asarray(3 * p)), 0, atol=1e-6)
+  np.testing.assert_allclose(byol.regression_loss(jnp.asarray(p), jnp.asarray(-p)), 4, rtol=1e-6)
 
 
 def test_asymmetric_views_and_collapse_warning():
@@ -90,15 +89,15 @@ def test_target_is_encoder_and_projector_and_moves_only_by_ema(byol_step):
   config, setup, before, after, metrics = byol_step
   target0 = before.method_state["target"]["params"]
   target1 = after.method_state["target"]["params"]
-  assert set(target0) == {"encoder", "projector"}                     # no predictor
+  assert set(target0) == {"encoder", "projector"}  # no predictor
   assert set(before.params["model"]) == {"encoder", "projector", "predictor"}
   online1 = byol.subtree(after.params["model"], ("encoder", "projector"))
   tau = float(setup.method.momentum(0))
-  for a, s, b in zip(jax.tree.leaves(target0), jax.tree.leaves(online1),
-                     jax.tree.leaves(target1)):
+  for a, s, b in zip(jax.tree.leaves(target0), jax.tree.leaves(online1), jax.tree.leaves(target1)):
     np.testing.assert_allclose(b, tau * a + (1 - tau) * s, rtol=1e-6, atol=1e-7)
-  assert any(not np.array_equal(a, b)
-             for a, b in zip(jax.tree.leaves(target0), jax.tree.leaves(target1)))
+  assert any(
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(target0), jax.tree.leaves(target1))
+  )
   # The target's own BatchNorm statistics moved (it runs in training mode).
   bs0 = jax.tree.leaves(before.method_state["target"]["batch_stats"])
   bs1 = jax.tree.leaves(after.method_state["target"]["batch_stats"])
@@ -109,9 +108,13 @@ def test_target_is_encoder_and_projector_and_moves_only_by_ema(byol_step):
 def test_target_receives_no_gradient(byol_step):
   config, setup, before, _, _ = byol_step
   images = jnp.asarray(batches(config)[0]["image"])
-  grads = jax.jit(jax.grad(lambda ms: setup.method.loss(
-      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0)[0]))(
-          before.method_state)
+  grads = jax.jit(
+    jax.grad(
+      lambda ms: setup.method.loss(
+        before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0
+      )[0]
+    )
+  )(before.method_state)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
@@ -125,6 +128,7 @@ def test_sharded_step_equals_single_device(byol_step):
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
 def test_presets_validate_and_build(preset):
   from sslx import config_lib, methods
+
   c = experiment("byol", preset)
   config_lib.validate(c)
   assert c.method.name == "byol"

@@ -1,4 +1,5 @@
 """Entry points: benchmark, evaluate, experiment presets."""
+
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from tests.helpers import REPO, experiment, tiny_simclr
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
 def test_simclr_presets_validate(preset):
   from sslx import config_lib
+
   c = experiment("simclr", preset)
   config_lib.validate(c)
   assert c.method.name == "simclr"
@@ -36,31 +38,49 @@ def test_benchmark_peer_workload_matches_the_torch_peer():
 
 def run_benchmark(*args) -> dict:
   """`python -m sslx.benchmark ARGS`: its JSON line, after checking it succeeded."""
-  out = subprocess.run([sys.executable, "-m", "sslx.benchmark", *args], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-m", "sslx.benchmark", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_benchmark_times_the_step_and_prints_json():
-  result = run_benchmark("--config=experiments/simclr.py", "--config.model.widths=(8,16)",
-                         "--config.batch_size=16", "--steps=2", "--workload=config",
-                         "--input_pipeline", "--peak_tflops=0.05")
+  result = run_benchmark(
+    "--config=experiments/simclr.py",
+    "--config.model.widths=(8,16)",
+    "--config.batch_size=16",
+    "--steps=2",
+    "--workload=config",
+    "--input_pipeline",
+    "--peak_tflops=0.05",
+  )
   for key in ("images_per_sec", "step_time_s", "compile_s", "peak_memory_mb"):
     assert result[key] > 0, key
   assert result["images_per_sec"] == pytest.approx(32 / result["step_time_s"], rel=1e-2)
   # MFU from XLA's FLOP count over the given peak; the input pipeline's own rate.
   assert result["flops_per_step"] > 0
-  expected_mfu = (result["flops_per_step"] / result["step_time_s"]
-                  / (0.05e12 * result["num_devices"]))
+  expected_mfu = (
+    result["flops_per_step"] / result["step_time_s"] / (0.05e12 * result["num_devices"])
+  )
   assert result["mfu"] == pytest.approx(expected_mfu, rel=1e-6)
   assert result["input_images_per_sec"] > 0 and isinstance(result["input_bound"], bool)
 
 
 def test_benchmark_reports_mae_encoder_asymmetry():
-  result = run_benchmark("--config=experiments/mae.py", "--config.model.dim=32",
-                         "--config.model.depth=2", "--config.model.num_heads=2",
-                         "--config.batch_size=8", "--steps=1", "--mae_mask_ratios=0,0.75")
+  result = run_benchmark(
+    "--config=experiments/mae.py",
+    "--config.model.dim=32",
+    "--config.model.depth=2",
+    "--config.model.num_heads=2",
+    "--config.batch_size=8",
+    "--steps=1",
+    "--mae_mask_ratios=0,0.75",
+  )
   # 32 px / patch 4: 64 patches; at 0.75 the encoder sees 16 of them plus CLS.
   assert result["ratios"]["0"]["seq_len"] == 65 and result["ratios"]["0.75"]["seq_len"] == 17
   assert result["flops_reduction"] > 3.0 and result["ratios"]["0.75"]["step_s"] > 0
@@ -90,6 +110,7 @@ def test_evaluate_without_checkpoint_says_so(tmp_path):
 
 def test_cifar10_preset_reads_the_shared_archives_per_split(shared_cifar):
   from sslx import data
+
   c = experiment("simclr", "cifar10")
   c.dataset.path = shared_cifar + "/cifar10-{split}.tar.gz"
   train_source = data.build_source(c.dataset, c.dataset.train_split)

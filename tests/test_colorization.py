@@ -1,4 +1,5 @@
 """Colorization (experiments/colorization.py): Lab, bins, soft targets, rebalancing, decoding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,16 +26,16 @@ def tiny_config(steps=6):
 
 
 def test_srgb_to_lab_known_values_and_round_trip():
-  lab = np.asarray(color.srgb_to_lab(jnp.array([[1.0, 1, 1], [1, 0, 0], [0, 0, 0],
-                                                [0, 0, 1], [0.5, 0.5, 0.5]])))
+  lab = np.asarray(
+    color.srgb_to_lab(jnp.array([[1.0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1], [0.5, 0.5, 0.5]]))
+  )
   np.testing.assert_allclose(lab[0], [100, 0, 0], atol=0.01)
   np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.01)
   np.testing.assert_allclose(lab[2], [0, 0, 0], atol=0.01)
   np.testing.assert_allclose(lab[3], [32.30, 79.19, -107.86], atol=0.02)
   np.testing.assert_allclose(lab[4], [53.39, 0, 0], atol=0.01)
   x = np.random.default_rng(0).random((100, 3)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(color.lab_to_srgb(color.srgb_to_lab(x))), x,
-                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(color.lab_to_srgb(color.srgb_to_lab(x))), x, atol=1e-4)
 
 
 def test_bins_soft_encoding_rebalancing_and_annealed_mean():
@@ -48,7 +49,7 @@ def test_bins_soft_encoding_rebalancing_and_annealed_mean():
   assert np.argmax(z[0]) == bins.tolist().index([0.0, 0.0])
   d = np.linalg.norm(bins - [23.0, -41.0], axis=1)
   np.testing.assert_array_equal(np.sort(np.flatnonzero(z[1])), np.sort(np.argsort(d)[:5]))
-  w = np.exp(-np.sort(d)[:5] ** 2 / 50)
+  w = np.exp(-(np.sort(d)[:5] ** 2) / 50)
   np.testing.assert_allclose(np.sort(z[1][z[1] > 0])[::-1], w / w.sum(), rtol=1e-4)
   # Rebalancing: rare bins weigh more, E_p̃[w] = 1, λ = 1 is uniform.
   counts = jnp.ones(len(bins)).at[0].set(1000.0)
@@ -58,10 +59,12 @@ def test_bins_soft_encoding_rebalancing_and_annealed_mean():
   np.testing.assert_allclose(np.asarray(color.rebalance_weights(p, 1.0)), 1.0, rtol=1e-5)
   # Annealed mean: T→0 is the mode, T=1 the mean.
   logits = jnp.log(jnp.asarray(z[1]) + 1e-12)
-  np.testing.assert_allclose(np.asarray(color.annealed_mean(logits, jb, 1.0)),
-                             z[1] @ bins, atol=1e-3)
-  np.testing.assert_allclose(np.asarray(color.annealed_mean(logits, jb, 0.01)),
-                             bins[np.argmax(z[1])], atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(color.annealed_mean(logits, jb, 1.0)), z[1] @ bins, atol=1e-3
+  )
+  np.testing.assert_allclose(
+    np.asarray(color.annealed_mean(logits, jb, 0.01)), bins[np.argmax(z[1])], atol=1e-3
+  )
 
 
 def test_network_sees_only_lightness_and_prior_updates():
@@ -71,8 +74,9 @@ def test_network_sees_only_lightness_and_prior_updates():
   v = method.init(jax.random.PRNGKey(0), rgb)
   x = np.asarray(colorization.to_lightness_input(jnp.asarray(rgb, jnp.float32) / 255))
   assert x.shape == (4, 32, 32, 1) and -1 <= x.min() and x.max() <= 1
-  loss, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, rgb,
-                                   jax.random.PRNGKey(1), 0)
+  loss, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, rgb, jax.random.PRNGKey(1), 0
+  )
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
   grown = np.asarray(aux.method_state["bin_counts"]) - np.asarray(v.method_state["bin_counts"])
   np.testing.assert_allclose(grown.sum(), 4 * 8 * 8, rtol=1e-4)  # one unit per target pixel

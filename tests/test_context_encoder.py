@@ -1,6 +1,6 @@
 """Context encoder (experiments/context_encoder.py): masks, the G/D gradient split, a run."""
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,8 +34,7 @@ def test_center_mask_and_overlap_weights():
   assert not weights[0].any() and weights[1:15, 1:15].all()
   block = np.asarray(ce.random_block_mask(jax.random.PRNGKey(0), 32, 4))
   assert 64 <= block.sum() <= 4 * 64
-  assert not np.array_equal(block, np.asarray(ce.random_block_mask(jax.random.PRNGKey(1), 32,
-                                                                    4)))
+  assert not np.array_equal(block, np.asarray(ce.random_block_mask(jax.random.PRNGKey(1), 32, 4)))
 
 
 @pytest.mark.parametrize("mode", ["center", "random_block"])
@@ -54,8 +53,9 @@ def test_each_subtree_gets_exactly_its_own_gradient(mode):
     return total, jax.grad(part(0))(p), jax.grad(part(1))(p)
 
   total, g_only, d_only = grads(v.params)
-  for a, b in zip(jax.tree.leaves(total["discriminator"]),
-                  jax.tree.leaves(d_only["discriminator"])):
+  for a, b in zip(
+    jax.tree.leaves(total["discriminator"]), jax.tree.leaves(d_only["discriminator"])
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   for a, b in zip(jax.tree.leaves(total["generator"]), jax.tree.leaves(g_only["generator"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

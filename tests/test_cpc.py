@@ -1,4 +1,5 @@
 """CPC on image patch grids and on 1-D signals: shapes, causality, loss, bad settings."""
+
 import json
 
 import jax
@@ -68,8 +69,9 @@ def test_patch_grid_cuts_overlapping_patches():
   p = cpc.patch_grid(x, 8, 4)
   assert p.shape == (2, 7, 7, 8, 8, 3)
   for i, j in [(0, 0), (3, 5), (6, 6)]:
-    np.testing.assert_array_equal(np.asarray(p[:, i, j]),
-                                  np.asarray(x[:, 4 * i:4 * i + 8, 4 * j:4 * j + 8]))
+    np.testing.assert_array_equal(
+      np.asarray(p[:, i, j]), np.asarray(x[:, 4 * i : 4 * i + 8, 4 * j : 4 * j + 8])
+    )
   assert cpc.patch_grid(x, 16, 8).shape == (2, 3, 3, 16, 16, 3)
 
 
@@ -86,12 +88,12 @@ def test_image_shapes_encode_and_loss():
   assert len(preds) == 3 and all(p.shape == (4, 7, 7, 16) for p in preds)
   feats = jax.jit(method.encode)(v.params, {}, images)
   assert feats.shape == (4, 16)
-  np.testing.assert_allclose(np.asarray(feats), np.asarray(z.mean(axis=(1, 2))), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(feats), np.asarray(z.mean(axis=(1, 2))), rtol=1e-5, atol=1e-6
+  )
   loss, aux = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
-  assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1",
-                              "contrastive_acc_k3"}
+  assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1", "contrastive_acc_k3"}
 
 
 # -- causality -------------------------------------------------------------------------
@@ -118,23 +120,26 @@ def test_image_context_never_sees_rows_below():
   per_row = np.abs(np.asarray(row_grads(patches))).sum(axis=(1, 3, 4, 5, 6))  # [r, patch row]
   # 2 layers of 3-row kernels: row r sees rows r − 4 .. r, never one below.
   for r in range(7):
-    assert np.all(per_row[r, r + 1:] == 0.0), (r, per_row[r])
-    assert np.all(per_row[r, max(0, r - 4):r + 1] > 0), (r, per_row[r])
-    assert np.all(per_row[r, :max(0, r - 4)] == 0.0), (r, per_row[r])
+    assert np.all(per_row[r, r + 1 :] == 0.0), (r, per_row[r])
+    assert np.all(per_row[r, max(0, r - 4) : r + 1] > 0), (r, per_row[r])
+    assert np.all(per_row[r, : max(0, r - 4)] == 0.0), (r, per_row[r])
 
   c0 = jax.jit(contexts)(patches)
   for r in (0, 3, 5):
     noise = jax.random.normal(jax.random.PRNGKey(r), patches.shape)
-    changed = patches.at[:, r + 1:].add(noise[:, r + 1:])
+    changed = patches.at[:, r + 1 :].add(noise[:, r + 1 :])
     c1 = jax.jit(contexts)(changed)
-    np.testing.assert_allclose(np.asarray(c1[:, :r + 1]), np.asarray(c0[:, :r + 1]), atol=1e-6)
-    assert not np.allclose(np.asarray(c1[:, r + 1:]), np.asarray(c0[:, r + 1:]))
+    np.testing.assert_allclose(np.asarray(c1[:, : r + 1]), np.asarray(c0[:, : r + 1]), atol=1e-6)
+    assert not np.allclose(np.asarray(c1[:, r + 1 :]), np.asarray(c0[:, r + 1 :]))
 
 
 def tiny_1d_net(steps=(1, 2, 3)):
   # kernel == stride: z_t sees samples [8t, 8t + 8) only, disjoint from every other z.
-  return cpc.CPC1DNet(cpc_nets.SignalEncoder(widths=(32, 32), kernels=(4, 2), strides=(4, 2)),
-                      cpc_nets.GRUContext(32), steps=steps)
+  return cpc.CPC1DNet(
+    cpc_nets.SignalEncoder(widths=(32, 32), kernels=(4, 2), strides=(4, 2)),
+    cpc_nets.GRUContext(32),
+    steps=steps,
+  )
 
 
 def test_1d_shapes_and_context_never_sees_the_future():
@@ -147,10 +152,10 @@ def test_1d_shapes_and_context_never_sees_the_future():
   contexts = jax.jit(lambda s: net.apply({"params": params}, s, method=cpc.CPC1DNet.contexts))
   c0 = contexts(x)
   for t in (0, 3, 6):  # c_t covers samples [0, 8t + 8): change everything after
-    changed = x.at[:, 8 * t + 8:].set(jax.random.normal(jax.random.PRNGKey(t), (3, 56 - 8 * t, 2)))
+    changed = x.at[:, 8 * t + 8 :].set(jax.random.normal(jax.random.PRNGKey(t), (3, 56 - 8 * t, 2)))
     c1 = contexts(changed)
-    np.testing.assert_allclose(np.asarray(c1[:, :t + 1]), np.asarray(c0[:, :t + 1]), atol=1e-6)
-    assert not np.allclose(np.asarray(c1[:, t + 1:]), np.asarray(c0[:, t + 1:]))
+    np.testing.assert_allclose(np.asarray(c1[:, : t + 1]), np.asarray(c0[:, : t + 1]), atol=1e-6)
+    assert not np.allclose(np.asarray(c1[:, t + 1 :]), np.asarray(c0[:, t + 1 :]))
   g = jax.jit(jax.grad(lambda s: jnp.sum(contexts(s)[:, 2])))(x)
   assert np.all(np.asarray(g)[:, 24:] == 0) and np.abs(np.asarray(g)[:, :24]).sum() > 0
 
@@ -163,7 +168,7 @@ def numpy_cpc_loss(z, preds, steps, temperature=None):
   t, d = z.shape[1], z.shape[-1]
   out = []
   for k, p in zip(steps, preds):
-    p = np.asarray(p, np.float64)[:, :t - k].reshape(-1, d)
+    p = np.asarray(p, np.float64)[:, : t - k].reshape(-1, d)
     target = z[:, k:].reshape(-1, d)
     if temperature:
       p = p / np.linalg.norm(p, axis=1, keepdims=True) / temperature
@@ -177,13 +182,13 @@ def numpy_cpc_loss(z, preds, steps, temperature=None):
 
 def test_predictive_info_nce_matches_numpy_on_a_small_case():
   rng = np.random.default_rng(0)
-  z = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)        # B=2, T=4 rows, 3 columns, D=5
+  z = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)  # B=2, T=4 rows, 3 columns, D=5
   preds = [rng.normal(size=(2, 4, 3, 5)).astype(np.float32) for _ in range(2)]
-  loss, acc, accs = cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(p) for p in preds],
-                                            (1, 2))
+  loss, acc, accs = cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(p) for p in preds], (1, 2))
   assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2)), rel=1e-5)
-  cos_loss, _, _ = cpc.predictive_info_nce(jnp.asarray(z), [jnp.asarray(p) for p in preds],
-                                           (1, 2), temperature=0.1)
+  cos_loss, _, _ = cpc.predictive_info_nce(
+    jnp.asarray(z), [jnp.asarray(p) for p in preds], (1, 2), temperature=0.1
+  )
   assert float(cos_loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2), 0.1), rel=1e-5)
   # Hand check of one term: k = 2 has 2·2·3 = 12 targets; row 0 is (b=0, t=0, col 0).
   p, tg = preds[1][:, :2].reshape(-1, 5), z[:, 2:].reshape(-1, 5)
@@ -201,12 +206,14 @@ def test_image_loss_equals_numpy_on_the_networks_outputs():
   images = some_images(3)
   v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
   loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
-  z, _, preds = jax.jit(method.net.apply)({"params": v.params},
-                                          cpc.patch_grid(method.preprocess(images), 8, 4))
+  z, _, preds = jax.jit(method.net.apply)(
+    {"params": v.params}, cpc.patch_grid(method.preprocess(images), 8, 4)
+  )
   assert method.temperature == 0.1  # the cpu preset's cosine score
   assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2, 3), 0.1), rel=1e-5)
-  method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {},
-                            "method.temperature": 0.0}))         # the paper's bilinear score
+  method = make(
+    tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}, "method.temperature": 0.0})
+  )  # the paper's bilinear score
   loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
   assert float(loss) == pytest.approx(numpy_cpc_loss(z, preds, (1, 2, 3)), rel=1e-5)
 
@@ -231,8 +238,10 @@ def test_patch_augmentation_is_the_only_randomness_when_image_augmentation_is_of
 
 def test_steps_ahead_beyond_the_grid_fails_before_training(tmp_path):
   config = tiny_cpc(**{"method.steps_ahead": 7})  # a 7x7 grid allows at most 6 rows ahead
-  with pytest.raises(ValueError, match="steps_ahead=7 is larger than the grid allows: the 7x7 "
-                     "grid .* at most 6 rows ahead"):
+  with pytest.raises(
+    ValueError,
+    match="steps_ahead=7 is larger than the grid allows: the 7x7 grid .* at most 6 rows ahead",
+  ):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "config.json").exists()
   with pytest.raises(ValueError, match="steps_ahead=3 is larger than the grid allows: the 3x3"):
@@ -242,8 +251,11 @@ def test_steps_ahead_beyond_the_grid_fails_before_training(tmp_path):
   assert make(tiny_cpc(**{"method.first_step": 2})).steps == (2, 3)
   net = tiny_1d_net(steps=(1, 8))
   x = jnp.zeros((2, 64, 1))
-  with pytest.raises(ValueError, match="steps_ahead=8 is larger than the grid allows: the "
-                     "encoded sequence \\(64 samples → 8 steps\\)"):
+  with pytest.raises(
+    ValueError,
+    match="steps_ahead=8 is larger than the grid allows: the "
+    "encoded sequence \\(64 samples → 8 steps\\)",
+  ):
     cpc.cpc_1d_loss(net, net.init(jax.random.PRNGKey(0), x)["params"], x)
 
 
@@ -285,11 +297,13 @@ def train_and_score(make_signals, steps=120):
 
   @jax.jit
   def fit_and_evaluate(params):
-    (params, _), _ = jax.lax.scan(update, (params, tx.init(params)),
-                                  jax.random.split(jax.random.PRNGKey(1), steps))
+    (params, _), _ = jax.lax.scan(
+      update, (params, tx.init(params)), jax.random.split(jax.random.PRNGKey(1), steps)
+    )
     # Fresh held-out batches: nothing seen in training.
     return jax.vmap(lambda k: cpc.cpc_1d_loss(net, params, make_signals(k))[1])(
-        jax.random.split(jax.random.PRNGKey(99), 4))
+      jax.random.split(jax.random.PRNGKey(99), 4)
+    )
 
   metrics = fit_and_evaluate(params)
   return {k: float(np.mean(v)) for k, v in metrics.items()}

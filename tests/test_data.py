@@ -22,13 +22,24 @@ from sslx.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_DIR = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
+CIFAR_CLASSES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
 SIZE = 8  # The side of the tiny test images.
 
 needs_cifar = pytest.mark.skipif(
-    not os.path.exists(os.path.join(CIFAR_DIR, "cifar10-train.tar.gz")),
-    reason=f"full CIFAR-10 archives not found in {CIFAR_DIR}")
+  not os.path.exists(os.path.join(CIFAR_DIR, "cifar10-train.tar.gz")),
+  reason=f"full CIFAR-10 archives not found in {CIFAR_DIR}",
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,12 +61,15 @@ def _tiny_images() -> dict[str, bytes]:
     files[f"{split}/dog/a.jpg"] = _encode(rgb(), "JPEG")
     files[f"{split}/dog/b.png"] = _encode(rgb(), "PNG")
     files[f"{split}/cat/gray.png"] = _encode(
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), "L"), "PNG")
+      Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), "L"), "PNG"
+    )
     files[f"{split}/cat/rgba.png"] = _encode(
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8), "RGBA"), "PNG")
+      Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8), "RGBA"), "PNG"
+    )
     files[f"{split}/cat/palette.PNG"] = _encode(rgb().convert("P"), "PNG")  # Upper-case ext.
     files[f"{split}/cat/wide.bmp"] = _encode(  # 20x10: resized and center-cropped to SIZE.
-        Image.fromarray(rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)), "BMP")
+      Image.fromarray(rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)), "BMP"
+    )
     files[f"{split}/cat/notes.txt"] = b"not an image, ignored"
   files["train/ant/sub/deep.gif"] = _encode(rgb().convert("P"), "GIF")  # In a class sub-folder.
   files["train/.hidden/x.jpg"] = b"hidden folders are ignored"
@@ -139,8 +153,18 @@ def test_embedded_source_is_the_balanced_cifar_subset():
 @needs_cifar
 def test_embedded_tar_is_reproducible_from_the_tool(tmp_path):
   out = tmp_path / "subset.tar"
-  subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_embedded_dataset.py"),
-                  "--src", CIFAR_DIR, "--out", str(out)], check=True, capture_output=True)
+  subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "tools", "make_embedded_dataset.py"),
+      "--src",
+      CIFAR_DIR,
+      "--out",
+      str(out),
+    ],
+    check=True,
+    capture_output=True,
+  )
   digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
   assert digest(out) == digest(sources.embedded_archive_path())
 
@@ -158,8 +182,15 @@ def test_image_folder_from_directory_converts_every_mode_to_rgb(tmp_path):
     assert r["image"].shape == (SIZE, SIZE, 3) and r["image"].dtype == np.uint8, src.name(i)
   names = [os.path.basename(src.name(i)) for i in range(len(src))]
   labels = dict(zip(names, src.labels.tolist()))
-  assert labels == {"deep.gif": 0, "gray.png": 1, "palette.PNG": 1, "rgba.png": 1, "wide.bmp": 1,
-                    "a.jpg": 2, "b.png": 2}
+  assert labels == {
+    "deep.gif": 0,
+    "gray.png": 1,
+    "palette.PNG": 1,
+    "rgba.png": 1,
+    "wide.bmp": 1,
+    "a.jpg": 2,
+    "b.png": 2,
+  }
   gray = src[names.index("gray.png")]["image"]
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])  # L -> RGB replicates the channel.
   assert src.name(0).startswith(root)
@@ -170,8 +201,12 @@ def test_image_folder_from_directory_converts_every_mode_to_rgb(tmp_path):
 def test_image_folder_tar_and_tar_gz_match_the_directory(tmp_path):
   files = _tiny_images()
   from_dir = data.ImageFolderSource(_write_tree(tmp_path / "ds", files), "test", SIZE)
-  for name, prefix in [("ds.tar", ""), ("ds.tar.gz", ""), ("ds.tgz", "./"),
-                       ("nested.tar.gz", "cifar10/")]:  # One extra top-level folder.
+  for name, prefix in [
+    ("ds.tar", ""),
+    ("ds.tar.gz", ""),
+    ("ds.tgz", "./"),
+    ("nested.tar.gz", "cifar10/"),
+  ]:  # One extra top-level folder.
     archive = data.ImageFolderSource(_write_tar(tmp_path / name, files, prefix), "test", SIZE)
     _assert_same_records(from_dir, archive)
     assert archive.name(0).startswith(str(tmp_path / name))
@@ -198,9 +233,14 @@ def test_full_cifar_archives_load_as_they_are():
   start = time.perf_counter()
   train = data.ImageFolderSource(os.path.join(CIFAR_DIR, "cifar10-train.tar.gz"), "train")
   seconds = time.perf_counter() - start
-  test = data.build_source(ml_collections.ConfigDict(dict(
-      name="image_folder", path=os.path.join(CIFAR_DIR, "cifar10-{split}.tar.gz"),
-      image_size=32)), "test")
+  test = data.build_source(
+    ml_collections.ConfigDict(
+      dict(
+        name="image_folder", path=os.path.join(CIFAR_DIR, "cifar10-{split}.tar.gz"), image_size=32
+      )
+    ),
+    "test",
+  )
   assert (len(train), len(test)) == (50_000, 10_000)
   assert train.class_names == test.class_names == CIFAR_CLASSES  # Alphabetical == CIFAR order.
   np.testing.assert_array_equal(np.bincount(train.labels), [5000] * 10)
@@ -213,8 +253,11 @@ def test_full_cifar_archives_load_as_they_are():
 
 
 def test_flat_folder_is_unlabeled(tmp_path):
-  files = {k.replace("/", "_"): v for k, v in _tiny_images().items()
-           if k.startswith("train/") and ".hidden" not in k}
+  files = {
+    k.replace("/", "_"): v
+    for k, v in _tiny_images().items()
+    if k.startswith("train/") and ".hidden" not in k
+  }
   files["deeper/x.png"] = files["train_dog_b.png"]
   src = data.FlatFolderSource(_write_tree(tmp_path / "flat", files), image_size=SIZE)
   assert len(src) == 8 and src.num_classes == 0 and src.class_names == ()
@@ -231,7 +274,7 @@ def test_corrupt_files_are_skipped_counted_and_named(tmp_path, caplog):
   files = _tiny_images()
   good_jpeg = files["train/dog/a.jpg"]
   files["train/dog/x.jpg"] = np.random.default_rng(1).bytes(700)  # Random bytes.
-  files["train/cat/truncated.jpg"] = good_jpeg[:len(good_jpeg) // 2]
+  files["train/cat/truncated.jpg"] = good_jpeg[: len(good_jpeg) // 2]
   root = _write_tree(tmp_path / "ds", files)
   src = data.ImageFolderSource(root, "train", SIZE)
   assert len(src) == 9
@@ -245,8 +288,9 @@ def test_corrupt_files_are_skipped_counted_and_named(tmp_path, caplog):
   assert "skipped 2 unreadable files" in caplog.text
   assert images.shape == (7, SIZE, SIZE, 3) and len(labels) == 7
   # The loader yields the 7 good images only (one epoch, nothing dropped).
-  loader = data.make_train_loader(src, 2, 0, num_epochs=1, drop_remainder=False,
-                                  process_index=0, process_count=1)
+  loader = data.make_train_loader(
+    src, 2, 0, num_epochs=1, drop_remainder=False, process_index=0, process_count=1
+  )
   batches = list(loader)
   assert sum(len(b["label"]) for b in batches) == 7
   got = sorted(map(bytes, np.concatenate([b["image"] for b in batches])))
@@ -255,8 +299,10 @@ def test_corrupt_files_are_skipped_counted_and_named(tmp_path, caplog):
 
 def test_missing_path_raises_file_not_found(tmp_path):
   missing = str(tmp_path / "no_such_dataset")
-  for make in (lambda: data.ImageFolderSource(missing, "train"),
-               lambda: data.FlatFolderSource(missing)):
+  for make in (
+    lambda: data.ImageFolderSource(missing, "train"),
+    lambda: data.FlatFolderSource(missing),
+  ):
     with pytest.raises(FileNotFoundError, match="no_such_dataset"):
       make()
 
@@ -264,8 +310,10 @@ def test_missing_path_raises_file_not_found(tmp_path):
 def test_empty_or_misshapen_dataset_raises_value_error(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
-  for make in (lambda: data.ImageFolderSource(empty, "train"),
-               lambda: data.FlatFolderSource(empty)):
+  for make in (
+    lambda: data.ImageFolderSource(empty, "train"),
+    lambda: data.FlatFolderSource(empty),
+  ):
     with pytest.raises(ValueError, match=re.escape(str(empty)) + ".*nothing"):
       make()
   # Images, but not in <split>/<class>/<image>: the message lists what is there.
@@ -276,8 +324,9 @@ def test_empty_or_misshapen_dataset_raises_value_error(tmp_path):
   with pytest.raises(ValueError, match="empty.tar.gz.*train/"):
     data.ImageFolderSource(empty_tar, "train")
   with pytest.raises(ValueError, match="not a readable tar"):
-    data.ImageFolderSource(_write_tree(tmp_path / "b", {"bad.tar": b"junk" * 200})
-                           + "/bad.tar", "train")
+    data.ImageFolderSource(
+      _write_tree(tmp_path / "b", {"bad.tar": b"junk" * 200}) + "/bad.tar", "train"
+    )
 
 
 def test_build_source_by_name_and_errors(tmp_path):
@@ -289,15 +338,16 @@ def test_build_source_by_name_and_errors(tmp_path):
   cfg.name = "flat_folder"
   assert data.build_source(cfg, "train").num_classes == 0
   cfg.name = "imagenet_folder"
-  with pytest.raises(ValueError, match="dataset.name.*'imagenet_folder'.*embedded, "
-                                       "image_folder, flat_folder, tfds"):
+  with pytest.raises(
+    ValueError, match="dataset.name.*'imagenet_folder'.*embedded, image_folder, flat_folder, tfds"
+  ):
     data.build_source(cfg, "train")
   assert set(data.DATASETS) == {"embedded", "image_folder", "flat_folder", "tfds"}
 
 
 def test_tfds_source_without_tensorflow_datasets_says_how_to_install():
   try:
-    import tensorflow_datasets  # pylint: disable=unused-import,import-outside-toplevel
+    import tensorflow_datasets  # noqa: F401
   except ImportError:
     with pytest.raises(ImportError, match=r"pip install 'sslx\[tfds\]'"):
       data.TfdsSource("cifar10", "train", data_dir=None)
@@ -325,23 +375,28 @@ def test_loader_batches_cover_each_epoch_once_and_reshuffle():
 
 
 def test_loader_is_deterministic_in_the_seed():
-  labels = lambda seed: [b["label"].tolist() for b in _take(
-      data.make_train_loader(_IndexSource(50), 10, seed, process_index=0, process_count=1), 8)]
+  labels = lambda seed: [
+    b["label"].tolist()
+    for b in _take(
+      data.make_train_loader(_IndexSource(50), 10, seed, process_index=0, process_count=1), 8
+    )
+  ]
   assert labels(7) == labels(7)
   assert labels(7) != labels(8)
 
 
 def test_loader_drop_remainder_cuts_each_epoch_to_whole_batches():
   src = _IndexSource(25)
-  batches = list(data.make_train_loader(src, 8, 0, num_epochs=2, process_index=0,
-                                        process_count=1))
+  batches = list(data.make_train_loader(src, 8, 0, num_epochs=2, process_index=0, process_count=1))
   assert len(batches) == 2 * data.steps_per_epoch(25, 8)
   for epoch in (batches[:3], batches[3:]):
     seen = np.concatenate([b["label"] for b in epoch])
     assert len(set(seen.tolist())) == 24  # Each record at most once per epoch.
-  unshuffled = list(data.make_train_loader(src, 8, 0, shuffle=False, num_epochs=1,
-                                           drop_remainder=False, process_index=0,
-                                           process_count=1))
+  unshuffled = list(
+    data.make_train_loader(
+      src, 8, 0, shuffle=False, num_epochs=1, drop_remainder=False, process_index=0, process_count=1
+    )
+  )
   assert [len(b["label"]) for b in unshuffled] == [8, 8, 8, 1]
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in unshuffled]), np.arange(25))
 
@@ -366,8 +421,9 @@ def test_loader_state_round_trips_through_json():
 def test_loader_shards_disjoint_halves_per_process():
   src = _IndexSource(32)
   one = _take(data.make_train_loader(src, 8, 5, process_index=0, process_count=1), 4)
-  halves = [_take(data.make_train_loader(src, 8, 5, process_index=p, process_count=2), 4)
-            for p in (0, 1)]
+  halves = [
+    _take(data.make_train_loader(src, 8, 5, process_index=p, process_count=2), 4) for p in (0, 1)
+  ]
   for p in (0, 1):
     assert all(b["label"].shape == (4,) for b in halves[p])
   seen = [set(np.concatenate([b["label"] for b in halves[p]]).tolist()) for p in (0, 1)]
@@ -379,8 +435,9 @@ def test_loader_shards_disjoint_halves_per_process():
     np.testing.assert_array_equal(both, one[step]["label"])
   # ... and in the next epoch too (reshuffled, still aligned).
   one = _take(data.make_train_loader(src, 8, 5, process_index=0, process_count=1), 12)
-  halves = [_take(data.make_train_loader(src, 8, 5, process_index=p, process_count=2), 12)
-            for p in (0, 1)]
+  halves = [
+    _take(data.make_train_loader(src, 8, 5, process_index=p, process_count=2), 12) for p in (0, 1)
+  ]
   for step in range(4, 12):
     both = np.concatenate([halves[0][step]["label"], halves[1][step]["label"]])
     np.testing.assert_array_equal(both, one[step]["label"])
@@ -444,12 +501,22 @@ _GLOBAL_ARRAY_CHECK = textwrap.dedent("""
 
 def test_to_global_array_on_8_devices():
   import jax  # pylint: disable=import-outside-toplevel
+
   if jax.device_count() >= 8:  # A conftest already gives this process 8 (fake) devices.
     exec(_GLOBAL_ARRAY_CHECK, {})  # pylint: disable=exec-used
     return
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                        + " --xla_force_host_platform_device_count=8").strip())
-  result = subprocess.run([sys.executable, "-c", _GLOBAL_ARRAY_CHECK], env=env,
-                          capture_output=True, text=True, timeout=120)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=(
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip(),
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", _GLOBAL_ARRAY_CHECK],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

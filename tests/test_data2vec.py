@@ -1,4 +1,5 @@
 """data2vec: the manual ViT forward, targets, masked-only loss, EMA teacher, a short run."""
+
 import json
 
 import jax
@@ -55,8 +56,9 @@ def test_mask_token_replaces_only_masked_patches():
   a = masking.vit_forward(method.encoder, v.params["encoder"], xn, mask, v.params["mask_token"])
   # Changing the pixels of masked patches does not change the student's output.
   pix = jnp.repeat(jnp.repeat(mask.reshape(4, 8, 8), 4, 1), 4, 2)[..., None]
-  b = masking.vit_forward(method.encoder, v.params["encoder"], jnp.where(pix, 7.0, xn), mask,
-                          v.params["mask_token"])
+  b = masking.vit_forward(
+    method.encoder, v.params["encoder"], jnp.where(pix, 7.0, xn), mask, v.params["mask_token"]
+  )
   np.testing.assert_allclose(a["tokens"], b["tokens"], atol=1e-5)
 
 
@@ -74,16 +76,18 @@ def test_loss_only_at_masked_positions():
   mask = jnp.arange(16)[None, :].repeat(2, 0) % 3 == 0
   base = data2vec.masked_smooth_l1(pred, target, mask, 2.0)
   changed = target + 5.0 * (~mask)[:, :, None]
-  np.testing.assert_allclose(data2vec.masked_smooth_l1(pred, changed, mask, 2.0), base,
-                             rtol=1e-6)
-  assert float(data2vec.masked_smooth_l1(pred, target + 5.0 * mask[:, :, None], mask, 2.0)) \
-      > float(base) + 1.0
+  np.testing.assert_allclose(data2vec.masked_smooth_l1(pred, changed, mask, 2.0), base, rtol=1e-6)
+  assert (
+    float(data2vec.masked_smooth_l1(pred, target + 5.0 * mask[:, :, None], mask, 2.0))
+    > float(base) + 1.0
+  )
 
 
 def test_ema_teacher_moves_toward_the_student_and_has_no_gradient():
   method, x, v = setup()
-  grads = jax.jit(jax.grad(lambda p: method.loss(p, {}, v.method_state, x,
-                                                 jax.random.PRNGKey(2), 0)[0]))(v.params)
+  grads = jax.jit(
+    jax.grad(lambda p: method.loss(p, {}, v.method_state, x, jax.random.PRNGKey(2), 0)[0])
+  )(v.params)
   assert float(jnp.abs(grads["mask_token"]).sum()) > 0
   student = jax.tree.map(lambda p: p + 1.0, v.params)
   tau = float(data2vec.ema_decay(0, method.ema_start, method.ema_end, method.ema_anneal_steps))

@@ -1,4 +1,5 @@
 """The README's demo, exactly as a new user runs it (slow: several minutes on 2 cores)."""
+
 import json
 import os
 import subprocess
@@ -16,12 +17,19 @@ def test_demo_beats_random_init_and_raw_pixels_by_five_points(tmp_path):
   # 8 fake devices and faster-compiling level (tests/conftest.py).
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(
-      f for f in env.get("XLA_FLAGS", "").split()
-      if f.split("=")[0] not in ("--xla_force_host_platform_device_count",
-                                 "--xla_backend_optimization_level"))
-  out = subprocess.run([sys.executable, "-m", "sslx.main", "--config=experiments/simclr.py",
-                        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=1200, env=env)
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if f.split("=")[0]
+    not in ("--xla_force_host_platform_device_count", "--xla_backend_optimization_level")
+  )
+  out = subprocess.run(
+    [sys.executable, "-m", "sslx.main", "--config=experiments/simclr.py", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+    env=env,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "ETA" in out.stdout and "| pretrained |" in out.stdout
   assert "mesh {'data': 1}" in out.stdout

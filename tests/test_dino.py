@@ -1,5 +1,6 @@
 """DINO: multi-crop, the head, centering/sharpening maths, the collapse argument, the EMA
 teacher, sharding, and a short learning run."""
+
 import json
 import math
 
@@ -24,7 +25,7 @@ def tiny_dino(steps: int = 3, batch: int = 16, name: str = "dino", **overrides):
   c.method.hidden_dim = 32
   c.method.bottleneck_dim = 16
   c.augment.num_local_crops = 2
-  c.optimizer.warmup_epochs = 0.0   # a non-zero learning rate at step 0
+  c.optimizer.warmup_epochs = 0.0  # a non-zero learning rate at step 0
   c.batch_size = batch
   c.total_steps = steps
   c.log_every_steps = 1
@@ -65,9 +66,17 @@ def one_step(config, batch, mesh=None):
 
 
 def test_multicrop_shapes_per_view_params_and_view_major_order():
-  cfg = dict(global_crop_size=16, global_crop_scale=(0.4, 1.0), global_blur_prob=(1.0, 0.1),
-             global_solarize_prob=(0.0, 0.2), num_local_crops=3, local_crop_size=8,
-             local_crop_scale=(0.05, 0.4), local_blur_prob=0.5, grayscale_prob=0.3)
+  cfg = dict(
+    global_crop_size=16,
+    global_crop_scale=(0.4, 1.0),
+    global_blur_prob=(1.0, 0.1),
+    global_solarize_prob=(0.0, 0.2),
+    num_local_crops=3,
+    local_crop_size=8,
+    local_crop_scale=(0.05, 0.4),
+    local_blur_prob=0.5,
+    grayscale_prob=0.3,
+  )
   mc = multicrop.MultiCrop.from_config(cfg)
   assert (mc.num_global, mc.num_local, mc.num_views) == (2, 3, 5)
   g1, g2 = mc.global_views
@@ -85,9 +94,11 @@ def test_multicrop_shapes_per_view_params_and_view_major_order():
   off = multicrop.MultiCrop.from_config(dict(cfg, enabled=False))
   plain = off(jax.random.PRNGKey(0), images)
   for v in range(2):
-    np.testing.assert_allclose(plain.global_crops[4 * v:4 * v + 4],
-                               jax.image.resize(images / 255.0, (4, 16, 16, 3), "bilinear"),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      plain.global_crops[4 * v : 4 * v + 4],
+      jax.image.resize(images / 255.0, (4, 16, 16, 3), "bilinear"),
+      atol=1e-6,
+    )
   np.testing.assert_allclose(plain.local_crops[8:12], plain.local_crops[0:4])
 
 
@@ -113,8 +124,9 @@ def test_pair_count_and_loss_uses_exactly_those_pairs(num_local):
   t = rng.dirichlet(np.ones(k), size=2 * b).astype(np.float32)
   loss = float(dino.cross_view_loss(jnp.asarray(s), jnp.asarray(t), 2, 0.1))
   logp = s / 0.1 - np.log(np.exp(s / 0.1).sum(-1, keepdims=True))
-  expected = np.mean([np.mean(-(t[i * b:(i + 1) * b] * logp[j * b:(j + 1) * b]).sum(-1))
-                      for i, j in pairs])
+  expected = np.mean(
+    [np.mean(-(t[i * b : (i + 1) * b] * logp[j * b : (j + 1) * b]).sum(-1)) for i, j in pairs]
+  )
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
@@ -148,7 +160,7 @@ def test_constant_output_gives_uniform_teacher_and_loss_exactly_log_k():
   const = np.random.default_rng(1).normal(size=(k,)).astype(np.float32)
   teacher = jnp.tile(jnp.asarray(const), (2 * b, 1))
   center = jnp.zeros((1, k))
-  for _ in range(400):                             # c ← 0.9·c + 0.1·const → const
+  for _ in range(400):  # c ← 0.9·c + 0.1·const → const
     center = dino.update_center(center, teacher, 0.9)
   np.testing.assert_allclose(center[0], const, atol=1e-5)
   probs = dino.teacher_softmax(teacher, center, 0.04)
@@ -161,8 +173,10 @@ def test_constant_output_gives_uniform_teacher_and_loss_exactly_log_k():
   np.testing.assert_allclose(loss, math.log(k), rtol=1e-6)
   # ... and every other student more: against a centred collapsed teacher there is no
   # solution below log K, so collapse is not a minimum the student can settle into.
-  for other in (jnp.tile(jnp.asarray(const), ((2 + n_local) * b, 1)),
-                student + jax.random.normal(jax.random.PRNGKey(0), student.shape)):
+  for other in (
+    jnp.tile(jnp.asarray(const), ((2 + n_local) * b, 1)),
+    student + jax.random.normal(jax.random.PRNGKey(0), student.shape),
+  ):
     assert float(dino.cross_view_loss(other, probs, 2, 0.1)) > math.log(k) + 1e-3
   # The warning fires for the uniform teacher.
   assert "uniform" in dino.entropy_warning({"teacher_entropy": 0.999})
@@ -181,14 +195,16 @@ def test_dino_head_weight_norm_and_frozen_prototypes():
   assert params["last_v"].shape == (8, 32)
   out = head.apply({"params": params}, x)
   assert out.shape == (5, 32)
-  assert float(jnp.max(jnp.abs(out))) <= 1.0 + 1e-5   # cosines: unit features, unit prototypes
+  assert float(jnp.max(jnp.abs(out))) <= 1.0 + 1e-5  # cosines: unit features, unit prototypes
   # Scaling a prototype's raw weights changes nothing (weight normalisation).
   scaled = dict(params, last_v=params["last_v"] * jnp.linspace(0.5, 3.0, 32))
   np.testing.assert_allclose(head.apply({"params": scaled}, x), out, rtol=1e-5, atol=1e-6)
 
   def grad_v(freeze):
-    return jax.grad(lambda p: jnp.sum(head.apply({"params": p}, x, freeze_last_layer=freeze)
-                                      ** 2))(params)
+    return jax.grad(lambda p: jnp.sum(head.apply({"params": p}, x, freeze_last_layer=freeze) ** 2))(
+      params
+    )
+
   assert float(jnp.abs(grad_v(True)["last_v"]).max()) == 0.0
   assert float(jnp.abs(grad_v(True)["fc0"]["kernel"]).max()) > 0.0
   assert float(jnp.abs(grad_v(False)["last_v"]).max()) > 0.0
@@ -200,8 +216,9 @@ def test_dino_head_weight_norm_and_frozen_prototypes():
 
 
 def _dino_step_config():
-  return sgd(tiny_dino(batch=16, **{"method.warmup_teacher_temp_fraction": 0.5,
-                                    "method.teacher_temp": 0.07}))
+  return sgd(
+    tiny_dino(batch=16, **{"method.warmup_teacher_temp_fraction": 0.5, "method.teacher_temp": 0.07})
+  )
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +241,13 @@ def test_teacher_moves_only_by_ema_and_center_updates(dino_step):
   for a, s, b in zip(jax.tree.leaves(t0), jax.tree.leaves(student), jax.tree.leaves(t1)):
     np.testing.assert_allclose(b, m * a + (1 - m) * s, rtol=1e-6, atol=1e-7)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(t0), jax.tree.leaves(t1)))
-  assert any(not np.array_equal(a, b)
-             for a, b in zip(jax.tree.leaves(before.params["model"]), jax.tree.leaves(student)))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(before.params["model"]), jax.tree.leaves(student))
+  )
   c0, c1 = before.method_state["center"], after.method_state["center"]
   assert c0.shape == c1.shape == (1, 64) and not np.any(c0) and np.any(c1)
-  assert metrics["teacher_temp"] == pytest.approx(0.04)     # warm-up starts at 0.04
+  assert metrics["teacher_temp"] == pytest.approx(0.04)  # warm-up starts at 0.04
   assert 0.0 < metrics["teacher_entropy"] < 1.0
   assert np.isfinite(metrics["loss"])
 
@@ -239,13 +258,17 @@ def test_teacher_receives_no_gradient(dino_step):
   state = before.method_state
 
   def loss_of_state(ms):
-    return setup.method.loss(before.params["model"], before.batch_stats, ms, images,
-                             jax.random.PRNGKey(0), 0)[0]
+    return setup.method.loss(
+      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0
+    )[0]
+
   grads = jax.jit(jax.grad(loss_of_state))(state)
-  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))   # teacher, center
-  student_grads = jax.jit(jax.grad(lambda p: setup.method.loss(
-      p, before.batch_stats, state, images, jax.random.PRNGKey(0), 0)[0]))(
-          before.params["model"])
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))  # teacher, center
+  student_grads = jax.jit(
+    jax.grad(
+      lambda p: setup.method.loss(p, before.batch_stats, state, images, jax.random.PRNGKey(0), 0)[0]
+    )
+  )(before.params["model"])
   assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(student_grads)) > 0
 
 
@@ -253,8 +276,14 @@ def sgd(config, lr: float = 0.5):
   """Plain SGD for the sharding comparisons: Adam's first step lr·g/(|g| + ε) turns the
   rounding noise of parameters whose true gradient is 0 (e.g. attention key biases) into
   lr-sized differences; SGD keeps the update proportional to the gradient being compared."""
-  config.optimizer = {"name": "sgd", "base_lr": lr, "lr_scaling": "none", "momentum": 0.9,
-                      "weight_decay": 0.0, "warmup_steps": 0}
+  config.optimizer = {
+    "name": "sgd",
+    "base_lr": lr,
+    "lr_scaling": "none",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+  }
   return config
 
 
@@ -265,8 +294,11 @@ def assert_steps_close(eight, one, before, trees=("params", "method_state")):
   (which differs across shardings and Eigen's thread split) then shifts a small element of
   the same leaf by ~1e-6 of that update."""
   for tree in trees:
-    for a, b, b0 in zip(jax.tree.leaves(getattr(eight, tree)), jax.tree.leaves(getattr(one, tree)),
-                        jax.tree.leaves(getattr(before, tree))):
+    for a, b, b0 in zip(
+      jax.tree.leaves(getattr(eight, tree)),
+      jax.tree.leaves(getattr(one, tree)),
+      jax.tree.leaves(getattr(before, tree)),
+    ):
       scale = float(np.abs(np.asarray(b) - np.asarray(b0)).max()) if np.size(b) else 0.0
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5, 2e-6 * scale))
 
@@ -281,6 +313,7 @@ def test_sharded_step_equals_single_device(dino_step):
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
 def test_presets_validate_and_build(preset):
   from sslx import config_lib, methods
+
   c = experiment("dino", preset)
   config_lib.validate(c)
   assert c.method.name == "dino"
@@ -308,6 +341,7 @@ def test_short_cpu_run_learns_and_checkpoints_the_center(tmp_path):
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@20" in saved
   from sslx import checkpointing
+
   mngr = checkpointing.manager(str(tmp_path), async_save=False)
   sample = np.zeros((2, 32, 32, 3), np.uint8)
   setup = train.build(config, sample, 10000, 10)

@@ -1,5 +1,6 @@
 """DINOv2-style: Sinkhorn-Knopp, KoLeo, iBOT's masked-patch loss, the masked ViT, the EMA
 teacher, sharding and a short learning run."""
+
 import functools
 import json
 
@@ -36,13 +37,13 @@ def test_sinkhorn_knopp_rows_and_columns():
   rng = np.random.default_rng(0)
   m, k = 48, 6
   logits = rng.normal(size=(m, k)).astype(np.float32)
-  logits[:, 0] += 2.0                              # one prototype favoured by every sample
+  logits[:, 0] += 2.0  # one prototype favoured by every sample
   q3 = np.asarray(dinov2.sinkhorn_knopp(jnp.asarray(logits), 0.5, 3))
   np.testing.assert_allclose(q3, numpy_sinkhorn(logits, 0.5, 3), rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(q3.sum(1), 1.0, rtol=1e-5)          # each sample: a distribution
+  np.testing.assert_allclose(q3.sum(1), 1.0, rtol=1e-5)  # each sample: a distribution
   q50 = np.asarray(dinov2.sinkhorn_knopp(jnp.asarray(logits), 0.5, 50))
   np.testing.assert_allclose(q50.sum(1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(q50.sum(0), m / k, rtol=1e-3)       # equal share per prototype
+  np.testing.assert_allclose(q50.sum(0), m / k, rtol=1e-3)  # equal share per prototype
   # Plain softmax would give prototype 0 most of the mass; SK equalises it.
   soft = jax.nn.softmax(logits / 0.5, axis=-1).sum(0)
   assert soft[0] > 2 * m / k and abs(q3.sum(0)[0] - m / k) < abs(soft[0] - m / k)
@@ -75,7 +76,7 @@ def test_ibot_loss_only_on_masked_positions():
   t = rng.dirichlet(np.ones(k), size=(m, p)).astype(np.float32)
   mask = np.zeros((m, p), bool)
   mask[0, [1, 4]] = True
-  mask[1, [0]] = True                                 # crop 2 has no masked patch
+  mask[1, [0]] = True  # crop 2 has no masked patch
   loss = float(dinov2.ibot_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask), 0.1))
   logp = s / 0.1 - np.log(np.exp(s / 0.1).sum(-1, keepdims=True))
   ce = -(t * logp).sum(-1)
@@ -85,18 +86,21 @@ def test_ibot_loss_only_on_masked_positions():
   s2 = np.where(mask[..., None], s, rng.normal(size=s.shape) * 100).astype(np.float32)
   s2[2, 3] = np.inf
   np.testing.assert_allclose(
-      float(dinov2.ibot_loss(jnp.asarray(s2), jnp.asarray(t), jnp.asarray(mask), 0.1)), loss,
-      rtol=1e-6)
+    float(dinov2.ibot_loss(jnp.asarray(s2), jnp.asarray(t), jnp.asarray(mask), 0.1)),
+    loss,
+    rtol=1e-6,
+  )
   g = jax.grad(lambda x: dinov2.ibot_loss(x, jnp.asarray(t), jnp.asarray(mask), 0.1))(
-      jnp.asarray(s))
+    jnp.asarray(s)
+  )
   assert float(jnp.abs(g[~mask]).max()) == 0.0 and float(jnp.abs(g[mask]).min()) > 0.0
 
 
 def test_masks_and_masked_positions():
   masks = np.asarray(dinov2.random_token_masks(jax.random.PRNGKey(0), 400, 64, 0.5, (0.1, 0.5)))
   counts = masks.sum(1)
-  assert 0.35 < np.mean(counts > 0) < 0.65                       # about half the crops
-  assert counts.max() <= 32 and counts[counts > 0].min() >= 6    # ⌊r·64⌋, r ∈ [0.1, 0.5)
+  assert 0.35 < np.mean(counts > 0) < 0.65  # about half the crops
+  assert counts.max() <= 32 and counts[counts > 0].min() >= 6  # ⌊r·64⌋, r ∈ [0.1, 0.5)
   ids, valid = dinov2.masked_positions(jnp.asarray(masks), 32)
   ids, valid = np.asarray(ids), np.asarray(valid)
   for i in range(20):
@@ -118,12 +122,16 @@ def test_masked_vit_is_the_vit_plus_a_mask_token():
   assert set(params) == set(plain_init["params"]) | {"mask_token"}
   plain = {k: v for k, v in params.items() if k != "mask_token"}
   ref = vapply({"params": plain}, x, train=False)["tokens"]
-  np.testing.assert_allclose(mapply({"params": params}, x, train=False)["tokens"], ref,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    mapply({"params": params}, x, train=False)["tokens"], ref, rtol=1e-5, atol=1e-6
+  )
   masked = mapply({"params": params}, x, train=False, token_mask=mask)["tokens"]
   assert not np.allclose(masked[0], ref[0]) and np.allclose(masked[1], ref[1], atol=1e-6)
-  g = jax.jit(jax.grad(lambda p: jnp.sum(mapply({"params": p}, x, train=False,
-                                                token_mask=mask)["tokens"] ** 2)))(params)
+  g = jax.jit(
+    jax.grad(
+      lambda p: jnp.sum(mapply({"params": p}, x, train=False, token_mask=mask)["tokens"] ** 2)
+    )
+  )(params)
   assert float(jnp.abs(g["mask_token"]).max()) > 0
   with pytest.raises(ValueError, match="ViT backbone"):
     dinov2.masked_vit(models.create_model("convnet"))
@@ -131,8 +139,11 @@ def test_masked_vit_is_the_vit_plus_a_mask_token():
 
 # DINOv2's own choices (Sinkhorn-Knopp, a separate iBOT head); the preset's centering runs in
 # the short end-to-end test.
-_STEP_VARIANT = {"method.centering": "sinkhorn_knopp", "method.separate_ibot_head": True,
-                 "method.patch_out_dim": 32}
+_STEP_VARIANT = {
+  "method.centering": "sinkhorn_knopp",
+  "method.separate_ibot_head": True,
+  "method.patch_out_dim": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -145,25 +156,32 @@ def dinov2_step():
 def test_teacher_moves_only_by_ema_and_gets_no_gradient(dinov2_step):
   config, setup, before, after, metrics = dinov2_step
   m = float(setup.method.momentum(0))
-  for a, s, b in zip(jax.tree.leaves(before.method_state["teacher"]["params"]),
-                     jax.tree.leaves(after.params["model"]),
-                     jax.tree.leaves(after.method_state["teacher"]["params"])):
+  for a, s, b in zip(
+    jax.tree.leaves(before.method_state["teacher"]["params"]),
+    jax.tree.leaves(after.params["model"]),
+    jax.tree.leaves(after.method_state["teacher"]["params"]),
+  ):
     np.testing.assert_allclose(b, m * a + (1 - m) * s, rtol=1e-6, atol=1e-7)
   for key in ("dino_loss", "ibot_loss", "koleo_loss", "masked_fraction"):
     assert np.isfinite(metrics[key]), key
   assert metrics["masked_fraction"] > 0
   assert np.any(after.method_state["center"]) and np.any(after.method_state["patch_center"])
   images = jnp.asarray(batches(config)[0]["image"])
-  grads = jax.jit(jax.grad(lambda ms: setup.method.loss(
-      before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0)[0]))(
-          before.method_state)
+  grads = jax.jit(
+    jax.grad(
+      lambda ms: setup.method.loss(
+        before.params["model"], before.batch_stats, ms, images, jax.random.PRNGKey(0), 0
+      )[0]
+    )
+  )(before.method_state)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
 def test_sharded_step_equals_single_device_with_sinkhorn_knopp(dinov2_step):
   config, _, before, one, m1 = dinov2_step
-  _, _, eight, m8 = one_step(sgd(tiny_dinov2(**_STEP_VARIANT)), batches(config)[0],
-                             mesh=[("data", 8)])
+  _, _, eight, m8 = one_step(
+    sgd(tiny_dinov2(**_STEP_VARIANT)), batches(config)[0], mesh=[("data", 8)]
+  )
   assert "ibot_head" in one.params["model"]
   for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
@@ -173,6 +191,7 @@ def test_sharded_step_equals_single_device_with_sinkhorn_knopp(dinov2_step):
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
 def test_presets_validate_and_build(preset):
   from sslx import config_lib, methods
+
   c = experiment("dinov2", preset)
   config_lib.validate(c)
   assert c.method.name == "dinov2"
@@ -182,8 +201,7 @@ def test_presets_validate_and_build(preset):
 
 def test_variants_give_the_vit_sizes():
   g = experiment("dinov2", "imagenet,variant=g,patch=14")
-  assert (g.model.name, g.model.dim, g.model.depth, g.model.num_heads) == ("vit_huge", 1536,
-                                                                          40, 24)
+  assert (g.model.name, g.model.dim, g.model.depth, g.model.num_heads) == ("vit_huge", 1536, 40, 24)
   assert g.model.patch_size == 14 and g.augment.local_crop_size == 98
   assert experiment("dinov2", "imagenet").model.name == "vit_large"
   assert experiment("dinov2", "cifar10,variant=B").model.name == "vit_base"

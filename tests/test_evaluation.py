@@ -36,8 +36,9 @@ def test_knn_matches_brute_force_and_chunking_is_invisible():
 
 def test_knn_k_larger_than_train_set_uses_all():
   train = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
-  out = knn.knn_accuracy(train, np.array([0, 1, 0]), np.array([[1.0, 0.05]]), np.array([0]), 2,
-                         ks=(200,))
+  out = knn.knn_accuracy(
+    train, np.array([0, 1, 0]), np.array([[1.0, 0.05]]), np.array([0]), 2, ks=(200,)
+  )
   assert out["knn@200"] == 100.0
 
 
@@ -49,7 +50,7 @@ def test_linear_probe_separates_separable_data_and_not_noise():
   xte = w[yte] + rng.normal(size=(200, 16))
   acc = linear.linear_probe_accuracy(xtr, ytr, xte, yte, 3, epochs=20, batch_size=64)
   assert acc > 95.0
-  noise = linear.linear_probe_accuracy(rng.normal(size=(600, 16)), ytr,
-                                       rng.normal(size=(200, 16)), yte, 3, epochs=20,
-                                       batch_size=64)
+  noise = linear.linear_probe_accuracy(
+    rng.normal(size=(600, 16)), ytr, rng.normal(size=(200, 16)), yte, 3, epochs=20, batch_size=64
+  )
   assert noise < 50.0

@@ -1,4 +1,5 @@
 """Fine-tuning protocol: end-to-end training of a pretrained encoder; LLRD scales."""
+
 import types
 
 import flax.linen as nn
@@ -14,30 +15,30 @@ from tests.helpers import tiny_simclr
 
 def test_finetune_a_tiny_checkpoint_changes_encoder_and_beats_chance(tmp_path):
   from sslx import train
+
   config = tiny_simclr(steps=2, evals={})
   train.train_and_evaluate(config, str(tmp_path))
-  from sslx import checkpointing, data, evaluation
+  from sslx import checkpointing, evaluation
+
   mngr = checkpointing.manager(str(tmp_path), async_save=False)
   xtr, ytr, xte, yte, nc = evaluation.load_eval_data(config)
   sample = np.zeros((2, 32, 32, 3), np.uint8)
   setup = train.build(config, sample, len(xtr), nc)
-  state, _ = checkpointing.restore(mngr, mngr.latest_step(),
-                                   train.create_state(setup, 0, sample))
+  state, _ = checkpointing.restore(mngr, mngr.latest_step(), train.create_state(setup, 0, sample))
   state = jax.device_get(state)
   tr = np.random.default_rng(0).permutation(len(xtr))[:1000]
   te = np.random.default_rng(1).permutation(len(xte))[:300]  # splits may be sorted by class
-  ctx = finetune.Context(setup.method, state.params["model"], state.batch_stats,
-                         xtr[tr], ytr[tr], xte[te], yte[te], nc)
-  results, tuned = finetune.finetune(ctx, dict(steps=150, batch_size=64, lr=3e-3,
-                                               mixup_alpha=0.0))
+  ctx = finetune.Context(
+    setup.method, state.params["model"], state.batch_stats, xtr[tr], ytr[tr], xte[te], yte[te], nc
+  )
+  results, tuned = finetune.finetune(ctx, dict(steps=150, batch_size=64, lr=3e-3, mixup_alpha=0.0))
   # 10 classes: chance is 10% (measured: 23.7% held out, 30% on the last training batches).
   # The held-out figure uses BatchNorm statistics re-estimated for the final weights.
   assert results["finetune_train_acc"] > 15.0, results
   assert results["finetune"] > 15.0, results
   before = state.params["model"]["encoder"]
   after = tuned["model"]["encoder"]
-  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
-                                                     jax.tree.leaves(after))]
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
   assert all(changed)
 
 
@@ -48,21 +49,22 @@ def test_protocol_needs_the_context():
 
 def test_llrd_scales_per_vit_block():
   vit = models.create_model("vit_tiny", patch_size=8, depth=3)
-  params = jax.eval_shape(lambda: vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)),
-                                           train=False))["params"]
+  params = jax.eval_shape(
+    lambda: vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  )["params"]
   scales = finetune.llrd_scales(params, 0.5)
   # L = 3 blocks: embeddings 0.5^4, block i 0.5^(3 - i), final norm 1.
-  assert all(s == 0.5 ** 4 for s in jax.tree.leaves(scales["patch_embed"]))
+  assert all(s == 0.5**4 for s in jax.tree.leaves(scales["patch_embed"]))
   for i in range(3):
     assert set(jax.tree.leaves(scales[f"block{i}"])) == {0.5 ** (3 - i)}
   assert set(jax.tree.leaves(scales["norm"])) == {1.0}
-  flat = {jax.tree_util.keystr(p): s for p, s in
-          jax.tree_util.tree_flatten_with_path(scales)[0]}
-  assert max(flat.values()) == 1.0 and min(flat.values()) == 0.5 ** 4
+  flat = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(scales)[0]}
+  assert max(flat.values()) == 1.0 and min(flat.values()) == 0.5**4
   # A ConvNet has no blocks: every scale is 1.
   conv = models.create_model("convnet", widths=(4, 8))
-  cp = jax.eval_shape(lambda: conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
-                                        train=False))["params"]
+  cp = jax.eval_shape(
+    lambda: conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  )["params"]
   assert set(jax.tree.leaves(finetune.llrd_scales(cp, 0.5))) == {1.0}
 
 
@@ -85,14 +87,17 @@ def test_precise_bn_is_the_mean_of_per_batch_statistics():
   images = np.random.default_rng(0).integers(0, 256, (40, 2, 2, 1)).astype(np.uint8)
   v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 2, 2, 1)), train=False)
   stale = jax.tree.map(lambda a: a + 3.0, v["batch_stats"])  # far from the data's
-  got = finetune.recompute_batch_stats(method, v["params"], stale, images, batch=10,
-                                       num_batches=3, seed=5)
+  got = finetune.recompute_batch_stats(
+    method, v["params"], stale, images, batch=10, num_batches=3, seed=5
+  )
   order = np.random.default_rng(5).permutation(40)
-  x = [images[order[i * 10:(i + 1) * 10]].reshape(10, -1) / 255.0 for i in range(3)]
-  np.testing.assert_allclose(np.asarray(got["bn"]["mean"]),
-                             np.mean([b.mean(0) for b in x], 0), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(got["bn"]["var"]),
-                             np.mean([b.var(0) for b in x], 0), rtol=1e-4)
+  x = [images[order[i * 10 : (i + 1) * 10]].reshape(10, -1) / 255.0 for i in range(3)]
+  np.testing.assert_allclose(
+    np.asarray(got["bn"]["mean"]), np.mean([b.mean(0) for b in x], 0), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(got["bn"]["var"]), np.mean([b.var(0) for b in x], 0), rtol=1e-4
+  )
   # encoders without BatchNorm (ViTs) pass through untouched
   assert finetune.recompute_batch_stats(method, v["params"], {}, images, 10) == {}
 
@@ -102,6 +107,7 @@ def test_masked_modeling_checkpoints_fine_tune_their_encoder_alone():
   encoder and drops the decoder, as the paper does after pretraining."""
   from sslx.methods import mae
   from tests.test_mae import tiny_config
+
   method = mae.create(tiny_config(), total_steps=4)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
@@ -111,7 +117,11 @@ def test_masked_modeling_checkpoints_fine_tune_their_encoder_alone():
   ctx = finetune.Context(method, v.params, v.batch_stats, x, y, x, y, 2)
   results, tuned = finetune.finetune(ctx, dict(steps=40, batch_size=32, lr=3e-3, flip=False))
   assert set(tuned["model"]) == {"encoder"}
-  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(v.params["encoder"]),
-                                                     jax.tree.leaves(tuned["model"]["encoder"]))]
+  changed = [
+    not np.allclose(a, b)
+    for a, b in zip(
+      jax.tree.leaves(v.params["encoder"]), jax.tree.leaves(tuned["model"]["encoder"])
+    )
+  ]
   assert all(changed)
   assert results["finetune"] > 70.0, results  # brightness is easy; chance is ~50%

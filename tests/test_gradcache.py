@@ -1,4 +1,5 @@
 """GradCache (Gao et al. 2021) in SimCLR: chunked embedding, full-batch loss."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,15 +50,17 @@ def temp_bytes(batch: int, chunk: int) -> int:
   sample = np.zeros((2, 32, 32, 3), np.uint8)
   setup = train.build(c, sample, num_examples=10 * batch, num_classes=10)
   state = jax.eval_shape(lambda: train.create_state(setup, 0, sample))
-  batch_spec = {"image": jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.uint8),
-                "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+  batch_spec = {
+    "image": jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.uint8),
+    "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+  }
   compiled = train.compile_step(setup, probe_enabled=True).lower(state, batch_spec).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 
 def test_large_batch_needs_about_one_chunks_memory():
-  small = temp_bytes(64, 0)        # what a device must hold for a 64-image step
-  big = temp_bytes(1024, 0)        # the 1024-image step, unchunked
-  cached = temp_bytes(1024, 128)   # the 1024-image step in chunks of 128 views (64 images)
+  small = temp_bytes(64, 0)  # what a device must hold for a 64-image step
+  big = temp_bytes(1024, 0)  # the 1024-image step, unchunked
+  cached = temp_bytes(1024, 128)  # the 1024-image step in chunks of 128 views (64 images)
   assert big > 8 * small
   assert cached < 3 * small, (small, big, cached)

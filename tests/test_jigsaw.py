@@ -1,4 +1,5 @@
 """Jigsaw (experiments/jigsaw.py): the greedy permutation set, tiles, per-tile normalisation."""
+
 import itertools
 
 import jax
@@ -36,7 +37,8 @@ def test_permutation_set_is_the_greedy_construction():
   # Deterministic from the seed; another seed starts elsewhere.
   np.testing.assert_array_equal(perms, permutations.generate(100, seed=0))
   assert permutations.fingerprint(perms) == permutations.fingerprint(
-      permutations.generate(100, seed=0))
+    permutations.generate(100, seed=0)
+  )
   assert not np.array_equal(perms, permutations.generate(100, seed=1))
   # The greedy invariant, checked independently over all 9! permutations: each chosen
   # permutation k >= 1 maximises the summed Hamming distance to perms[:k] among those not
@@ -68,7 +70,7 @@ def test_tiles_have_random_gaps_and_are_normalised_per_tile():
   assert not np.array_equal(offsets, other)  # the gaps are random
   tiles = jigsaw.cut_tiles(img, jnp.asarray(offsets), 12)
   r, c = offsets[4]
-  np.testing.assert_array_equal(np.asarray(tiles[4]), np.asarray(img)[r:r + 12, c:c + 12])
+  np.testing.assert_array_equal(np.asarray(tiles[4]), np.asarray(img)[r : r + 12, c : c + 12])
   normed = np.asarray(jigsaw.normalize_tiles(tiles * 3.0 + 7.0))
   np.testing.assert_allclose(normed.mean(axis=(1, 2, 3)), 0, atol=1e-4)
   np.testing.assert_allclose(normed.std(axis=(1, 2, 3)), 1, atol=1e-3)
@@ -88,10 +90,12 @@ def test_method_state_carries_the_permutation_set():
   method = jigsaw.create(c, total_steps=6)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
-  np.testing.assert_array_equal(np.asarray(v.method_state["permutations"]),
-                                permutations.generate(10, 0))
-  loss, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
-                                   jax.random.PRNGKey(1), 0)
+  np.testing.assert_array_equal(
+    np.asarray(v.method_state["permutations"]), permutations.generate(10, 0)
+  )
+  loss, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
 
 

@@ -2,6 +2,7 @@
 
 The test runs 20k × 20k (the time budget); the 50k × 50k figure is measured by hand with
 `python tests/test_knn_large.py 50000` (see the module's __main__)."""
+
 import resource
 import sys
 import threading
@@ -44,8 +45,13 @@ def measure(n: int, dim: int = 128, classes: int = 10, chunk: int = 1024) -> dic
   seconds = time.perf_counter() - t0
   done.set()
   t.join()
-  return {"n": n, "seconds": seconds, "rss_growth_mb": peak[0] - base, "acc": acc,
-          "features_mb": 2 * train.nbytes / 2**20}
+  return {
+    "n": n,
+    "seconds": seconds,
+    "rss_growth_mb": peak[0] - base,
+    "acc": acc,
+    "features_mb": 2 * train.nbytes / 2**20,
+  }
 
 
 def test_20k_by_20k_knn_memory_stays_bounded():

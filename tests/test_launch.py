@@ -1,4 +1,5 @@
 """Launchers: the TPU VM script's dry run prints the gcloud commands it would run."""
+
 import os
 import subprocess
 
@@ -11,13 +12,25 @@ SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 
 def dry_run(*args):
   # --dry-run first: everything after "--" is passed through to sslx.main.
-  return subprocess.run(["bash", SCRIPT, "--dry-run", *args], capture_output=True, text=True,
-                        timeout=60)
+  return subprocess.run(
+    ["bash", SCRIPT, "--dry-run", *args], capture_output=True, text=True, timeout=60
+  )
 
 
 def test_tpu_vm_dry_run_prints_create_copy_install_and_train_on_all_workers():
-  out = dry_run("--name", "sslx-t", "--zone", "us-central2-b", "--type", "v4-16", "--spot",
-                "--config", "experiments/simclr.py:imagenet", "--workdir", "gs://bkt/run")
+  out = dry_run(
+    "--name",
+    "sslx-t",
+    "--zone",
+    "us-central2-b",
+    "--type",
+    "v4-16",
+    "--spot",
+    "--config",
+    "experiments/simclr.py:imagenet",
+    "--workdir",
+    "gs://bkt/run",
+  )
   assert out.returncode == 0, out.stderr
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 4
@@ -30,8 +43,21 @@ def test_tpu_vm_dry_run_prints_create_copy_install_and_train_on_all_workers():
 
 
 def test_tpu_vm_resume_loop_and_extra_overrides():
-  out = dry_run("--name", "n", "--zone", "z", "--type", "v4-8", "--config", "experiments/simclr.py",
-                "--workdir", "gs://b/w", "--resume-loop", "--", "--config.batch_size=1024")
+  out = dry_run(
+    "--name",
+    "n",
+    "--zone",
+    "z",
+    "--type",
+    "v4-8",
+    "--config",
+    "experiments/simclr.py",
+    "--workdir",
+    "gs://b/w",
+    "--resume-loop",
+    "--",
+    "--config.batch_size=1024",
+  )
   assert out.returncode == 0, out.stderr
   last = out.stdout.strip().splitlines()[-1]
   assert "seq" in last and "break" in last and "batch_size=1024" in last
@@ -49,6 +75,7 @@ def test_tpu_vm_missing_argument_is_an_error(missing):
 
 def test_colab_notebook_installs_runs_a_preset_and_plots():
   import json
+
   nb = json.load(open(os.path.join(REPO, "launch", "colab.ipynb")))
   assert nb["nbformat"] == 4
   code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
@@ -56,6 +83,8 @@ def test_colab_notebook_installs_runs_a_preset_and_plots():
   for cell in nb["cells"]:
     if cell["cell_type"] == "code":  # each cell is valid Python once IPython magics are removed
       src = "".join(cell["source"])
-      lines = [(l[:len(l) - len(l.lstrip())] + "pass") if l.lstrip().startswith(("!", "%"))
-               else l for l in src.splitlines()]
+      lines = [
+        (l[: len(l) - len(l.lstrip())] + "pass") if l.lstrip().startswith(("!", "%")) else l
+        for l in src.splitlines()
+      ]
       compile("\n".join(lines), "<cell>", "exec")

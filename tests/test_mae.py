@@ -1,4 +1,5 @@
 """MAE: the asymmetric encoder, the masked-only loss, the exported encoder, a short run."""
+
 import json
 
 import jax
@@ -55,14 +56,12 @@ def test_loss_ignores_visible_targets():
   noise = jax.random.normal(jax.random.PRNGKey(2), f.target.shape) * 10
   visible_changed = f.target + noise * (~f.mask)[:, :, None]
   masked_changed = f.target + noise * f.mask[:, :, None]
-  np.testing.assert_allclose(mae.masked_mse(f.pred, visible_changed, f.mask), base_loss,
-                             rtol=1e-6)
+  np.testing.assert_allclose(mae.masked_mse(f.pred, visible_changed, f.mask), base_loss, rtol=1e-6)
   assert abs(float(mae.masked_mse(f.pred, masked_changed, f.mask)) - float(base_loss)) > 1.0
 
 
 def test_norm_pix_targets_are_standardised_per_patch():
-  t = mae.patch_targets(jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3)) * 3 + 1, 4,
-                        True)
+  t = mae.patch_targets(jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3)) * 3 + 1, 4, True)
   np.testing.assert_allclose(t.mean(-1), 0.0, atol=1e-4)
   np.testing.assert_allclose(t.std(-1), 1.0, atol=1e-3)
 

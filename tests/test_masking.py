@@ -1,4 +1,5 @@
 """Masks: exact counts per image, pure functions of the rng, consistent index arrays."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +20,9 @@ def test_random_mask_ratio_is_exact_per_image(n, ratio):
   shuffled = jnp.concatenate([m.ids_keep, jnp.full((8, masked), -1, jnp.int32)], 1)
   restored = jnp.take_along_axis(shuffled, m.ids_restore, 1)
   visible = np.asarray(~m.mask)
-  np.testing.assert_array_equal(np.asarray(restored)[visible],
-                                np.tile(np.arange(n), (8, 1))[visible])
+  np.testing.assert_array_equal(
+    np.asarray(restored)[visible], np.tile(np.arange(n), (8, 1))[visible]
+  )
 
 
 def test_random_mask_is_a_pure_function_of_the_rng():
@@ -32,8 +34,9 @@ def test_random_mask_is_a_pure_function_of_the_rng():
   assert not np.array_equal(a.mask[0], a.mask[1])  # independent per image
 
 
-@pytest.mark.parametrize("grid,ratio", [((8, 8), 0.4), ((14, 14), 0.4), ((4, 4), 0.4),
-                                        ((8, 8), 0.6)])
+@pytest.mark.parametrize(
+  "grid,ratio", [((8, 8), 0.4), ((14, 14), 0.4), ((4, 4), 0.4), ((8, 8), 0.6)]
+)
 def test_blockwise_mask_count_is_exact_and_jittable(grid, ratio):
   fn = jax.jit(lambda k: masking.blockwise_masking(k, 6, grid, ratio))
   m = np.asarray(fn(jax.random.PRNGKey(0)))
@@ -48,8 +51,9 @@ def test_blockwise_masks_are_blocky():
   m = np.asarray(masking.blockwise_masking(jax.random.PRNGKey(3), 16, (14, 14), 0.4))
   m = m.reshape(16, 14, 14)
   padded = np.pad(m, ((0, 0), (1, 1), (1, 1)))
-  neighbour = (padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2]
-               | padded[:, 1:-1, 2:])
+  neighbour = (
+    padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2] | padded[:, 1:-1, 2:]
+  )
   assert (neighbour & m).sum() / m.sum() > 0.9
 
 

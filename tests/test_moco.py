@@ -1,4 +1,5 @@
 """MoCo v1/v2: queue, momentum encoder, loss, shuffle-BN argument, sharding, presets."""
+
 import json
 
 import jax
@@ -13,8 +14,7 @@ from tests.test_sharding import run_steps
 from tests.test_train import final_state
 
 
-def tiny_moco(steps: int = 6, batch: int = 32, queue: int = 128, version: str = "v2",
-              **overrides):
+def tiny_moco(steps: int = 6, batch: int = 32, queue: int = 128, version: str = "v2", **overrides):
   """A moco_v1/moco_v2 preset shrunk to seconds: a narrow CNN, few steps, k-NN only."""
   c = experiment(f"moco_{version}")
   c.model.widths = (8, 16)
@@ -62,7 +62,7 @@ def test_presets_validate_and_build(name, preset):
   if name == "moco_v1":  # no head (a linear fc), τ = 0.07, no blur
     assert method.net.head.hidden_dims == () and method.temperature == 0.07
     assert method.view.blur_prob == 0.0 and method.view.jitter_prob == 1.0
-  else:                   # a 2-layer MLP head
+  else:  # a 2-layer MLP head
     assert len(method.net.head.hidden_dims) == 1
   if preset == "imagenet":
     assert method.queue_size == 65536 and method.momentum == 0.999
@@ -87,8 +87,11 @@ def test_version_sets_defaults_and_explicit_keys_win():
 
 def test_bad_queue_size_fails_before_training(tmp_path):
   config = tiny_moco(batch=32, queue=100)
-  with pytest.raises(ValueError, match="queue_size=100 must be a positive multiple of the "
-                     "global batch_size=32.*use e.g. 96 or 128"):
+  with pytest.raises(
+    ValueError,
+    match="queue_size=100 must be a positive multiple of the "
+    "global batch_size=32.*use e.g. 96 or 128",
+  ):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "config.json").exists()  # written only once training starts
   assert checkpointing.manager(str(tmp_path / "w")).latest_step() is None
@@ -118,10 +121,10 @@ def test_queue_is_fifo_across_steps():
     ptr = (t * 8) % 32
     assert int(state["queue_ptr"]) == ptr and int(new["queue_ptr"]) == (ptr + 8) % 32
     queue = np.asarray(new["queue"])
-    np.testing.assert_allclose(queue[ptr:ptr + 8], expected_keys, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(queue[ptr:ptr + 8], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(queue[ptr : ptr + 8], expected_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(queue[ptr : ptr + 8], axis=1), 1.0, rtol=1e-5)
     others = np.ones(32, bool)
-    others[ptr:ptr + 8] = False
+    others[ptr : ptr + 8] = False
     np.testing.assert_array_equal(queue[others], np.asarray(state["queue"])[others])
     written.append(expected_keys)
     state = new
@@ -130,8 +133,7 @@ def test_queue_is_fifo_across_steps():
   queue = np.asarray(state["queue"])
   order = [4, 5, 2, 3]
   for slot, t in enumerate(order):
-    np.testing.assert_allclose(queue[slot * 8:(slot + 1) * 8], written[t], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(queue[slot * 8 : (slot + 1) * 8], written[t], rtol=1e-5, atol=1e-6)
   assert not np.allclose(written[0], written[4])
 
 
@@ -189,11 +191,12 @@ def test_momentum_update_moves_key_params_by_one_minus_m_to_the_n(n, moved):
     return jax.lax.fori_loop(0, n, lambda i, s: method.after_update(query, s, i), state)
 
   out = run(state)
-  fraction = 1.0 - 0.999 ** n
+  fraction = 1.0 - 0.999**n
   assert fraction == pytest.approx(moved, abs=1e-3)
   gap, travelled = 0.0, 0.0
-  for k0, kn, q in zip(jax.tree.leaves(other), jax.tree.leaves(out["key_params"]),
-                       jax.tree.leaves(query)):
+  for k0, kn, q in zip(
+    jax.tree.leaves(other), jax.tree.leaves(out["key_params"]), jax.tree.leaves(query)
+  ):
     k0, kn, q = (np.asarray(a, np.float64) for a in (k0, kn, q))
     np.testing.assert_allclose(kn, k0 + fraction * (q - k0), atol=2e-5)
     gap += np.sum((q - k0) ** 2)
@@ -242,16 +245,22 @@ def test_loss_equals_numpy_info_nce_over_queue_negatives(symmetric):
       x_q, x_k = views, jnp.concatenate([views[16:], views[:16]])
     else:
       x_q, x_k = views[:16], views[16:]
-    return loss, aux, grads, method.queries(params, v.batch_stats, x_q)[1], \
-        method.keys(state, x_k)[0]
+    return (
+      loss,
+      aux,
+      grads,
+      method.queries(params, v.batch_stats, x_q)[1],
+      method.keys(state, x_k)[0],
+    )
 
   loss, aux, grads, q, k = run(v.params)
   expected = numpy_info_nce(q, k, state["queue"], 0.2)
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert float(aux.metrics["loss"]) == pytest.approx(expected, rel=1e-5)
   # The keys enqueued are the second view's; the gradient reaches the query encoder.
-  np.testing.assert_allclose(np.asarray(aux.method_state["queue"])[:16], np.asarray(k[:16]),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(aux.method_state["queue"])[:16], np.asarray(k[:16]), rtol=1e-5, atol=1e-6
+  )
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0
 
@@ -269,19 +278,23 @@ def test_shuffling_bn_is_a_no_op_under_global_bn_and_keys_see_only_the_key_batch
   images = jnp.asarray(batches(1, batch=16)[0]["image"])
   v = method.init(jax.random.PRNGKey(0), images)
   views = jax.jit(base.two_views, static_argnums=(2, 3))(
-      jax.random.PRNGKey(1), images, method.view, method.preprocess)
+    jax.random.PRNGKey(1), images, method.view, method.preprocess
+  )
   x_q, x_k = views[:16], views[16:]
   keys = jax.jit(lambda x: method.keys(v.method_state, x))
 
   k_alone, stats_alone = keys(x_k)
   # (1) In the loss, the keys enqueued and the key BN statistics are those of a pass over the
   # key views alone; a pass that also saw the query views would give other keys (control).
-  _, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
-                                jax.random.PRNGKey(1), 0)
-  np.testing.assert_allclose(np.asarray(aux.method_state["queue"])[:16], np.asarray(k_alone),
-                             rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(aux.method_state["key_batch_stats"]),
-                  jax.tree.leaves(stats_alone)):
+  _, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
+  np.testing.assert_allclose(
+    np.asarray(aux.method_state["queue"])[:16], np.asarray(k_alone), rtol=1e-5, atol=1e-6
+  )
+  for a, b in zip(
+    jax.tree.leaves(aux.method_state["key_batch_stats"]), jax.tree.leaves(stats_alone)
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   k_joint, _ = keys(jnp.concatenate([x_q, x_k]))
   assert not np.allclose(np.asarray(k_joint[16:]), np.asarray(k_alone), atol=1e-4)
@@ -337,7 +350,7 @@ def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   config.eval_baselines = False
   config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
   config.eval_train_limit = 2000
-  results = train.train_and_evaluate(config, str(tmp_path))
+  train.train_and_evaluate(config, str(tmp_path))
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["method"] == "moco" and saved["steps"] == 40 and saved["knn@20"] > 10.0
   # MoCo's logged loss is no measure of learning over 40 steps: it starts against a queue of
@@ -356,8 +369,7 @@ def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   rng = jax.random.PRNGKey(7)
 
   def infonce(params):
-    return float(loss(params["model"], final.batch_stats, final.method_state, images, rng,
-                      40)[0])
+    return float(loss(params["model"], final.batch_stats, final.method_state, images, rng, 40)[0])
 
   trained, untrained = infonce(final.params), infonce(initial.params)
   assert trained < untrained - 0.3, (trained, untrained)

@@ -1,4 +1,5 @@
 """Tests for sslx.models (encoders, heads, fast conv) and sslx.xla. Tiny inputs, narrow widths."""
+
 import json
 import os
 import subprocess
@@ -9,180 +10,197 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx.models import MLPHead, ResNet, available_models, create_model
-from sslx.models import fast_conv
 from sslx import xla as sxla
+from sslx.models import MLPHead, ResNet, available_models, create_model, fast_conv
 
 KEY = jax.random.PRNGKey(0)
 SMALL_RESNET = dict(widths=(8, 16, 32, 64))
 
 
 def _init(model, x, **kw):
-    return jax.jit(lambda k, a: model.init(k, a, train=False, **kw))(KEY, x)
+  return jax.jit(lambda k, a: model.init(k, a, train=False, **kw))(KEY, x)
 
 
 def _shapes(model, x, **kw):
-    """Output shapes of init + apply, by tracing only (no compilation)."""
-    return jax.eval_shape(lambda: model.apply(model.init(KEY, x, train=False), x, train=False,
-                                              **kw))
+  """Output shapes of init + apply, by tracing only (no compilation)."""
+  return jax.eval_shape(lambda: model.apply(model.init(KEY, x, train=False), x, train=False, **kw))
 
 
 def _count(tree):
-    return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def _param_count(name, size, **kw):
-    model = create_model(name, **kw)
-    shapes = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, size, size, 3)), train=False))
-    return _count(shapes["params"])
+  model = create_model(name, **kw)
+  shapes = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, size, size, 3)), train=False))
+  return _count(shapes["params"])
 
 
 # ---------------------------------------------------------------------------------- registry
 
+
 def test_registry_names():
-    assert set(available_models()) >= {
-        "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base", "vit_large",
-        "vit_huge", "convnet"}
-    assert available_models() == sorted(available_models())
+  assert set(available_models()) >= {
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny",
+    "vit_small",
+    "vit_base",
+    "vit_large",
+    "vit_huge",
+    "convnet",
+  }
+  assert available_models() == sorted(available_models())
 
 
 def test_unknown_model_name_lists_choices():
-    with pytest.raises(ValueError) as e:
-        create_model("resnet19")
-    msg = str(e.value)
-    assert "model.name" in msg and "'resnet19'" in msg
-    assert ", ".join(available_models()) in msg
+  with pytest.raises(ValueError) as e:
+    create_model("resnet19")
+  msg = str(e.value)
+  assert "model.name" in msg and "'resnet19'" in msg
+  assert ", ".join(available_models()) in msg
 
 
 def test_unknown_kwarg_is_named():
-    with pytest.raises(TypeError, match="'depht'"):
-        create_model("vit_tiny", depht=2)
-    with pytest.raises(TypeError, match="'stemm'"):
-        create_model("resnet18", stemm="cifar")
+  with pytest.raises(TypeError, match="'depht'"):
+    create_model("vit_tiny", depht=2)
+  with pytest.raises(TypeError, match="'stemm'"):
+    create_model("resnet18", stemm="cifar")
 
 
 # ---------------------------------------------------------------------------------- ResNet
 
+
 @pytest.mark.parametrize("name,mult", [("resnet18", 1), ("resnet34", 1), ("resnet50", 4)])
 def test_resnet_shapes_cifar_stem(name, mult):
-    x = jnp.ones((2, 16, 16, 3))
-    model = create_model(name, stem="cifar", **SMALL_RESNET)
-    out = _shapes(model, x)
-    assert set(out) == {"pre_logits", "feature_map"}
-    assert out["pre_logits"].shape == (2, 64 * mult)
-    # CIFAR stem keeps 16x16 through stage 1; stages 2-4 halve: 16 -> 8 -> 4 -> 2
-    assert out["feature_map"].shape == (2, 2, 2, 64 * mult)
-    params = jax.eval_shape(lambda: model.init(KEY, x, train=False))["params"]
-    assert {"stem_conv", "stem_bn", "stage1_block1", "stage4_block2"} <= set(params)
+  x = jnp.ones((2, 16, 16, 3))
+  model = create_model(name, stem="cifar", **SMALL_RESNET)
+  out = _shapes(model, x)
+  assert set(out) == {"pre_logits", "feature_map"}
+  assert out["pre_logits"].shape == (2, 64 * mult)
+  # CIFAR stem keeps 16x16 through stage 1; stages 2-4 halve: 16 -> 8 -> 4 -> 2
+  assert out["feature_map"].shape == (2, 2, 2, 64 * mult)
+  params = jax.eval_shape(lambda: model.init(KEY, x, train=False))["params"]
+  assert {"stem_conv", "stem_bn", "stage1_block1", "stage4_block2"} <= set(params)
 
 
 def test_cifar_stem_keeps_resolution_until_stage2():
-    x = jnp.ones((1, 16, 16, 3))
-    model = create_model("resnet18", stem="cifar", widths=(8, 16, 32, 64))
-    _, inter = _shapes(model, x, capture_intermediates=True)
-    inter = inter["intermediates"]
-    assert inter["stage1_block2"]["__call__"][0].shape == (1, 16, 16, 8)
-    assert inter["stage2_block1"]["__call__"][0].shape == (1, 8, 8, 16)
+  x = jnp.ones((1, 16, 16, 3))
+  model = create_model("resnet18", stem="cifar", widths=(8, 16, 32, 64))
+  _, inter = _shapes(model, x, capture_intermediates=True)
+  inter = inter["intermediates"]
+  assert inter["stage1_block2"]["__call__"][0].shape == (1, 16, 16, 8)
+  assert inter["stage2_block1"]["__call__"][0].shape == (1, 8, 8, 16)
 
 
 def test_imagenet_stem_downsamples_by_4():
-    x = jnp.ones((1, 32, 32, 3))
-    model = create_model("resnet18", stem="imagenet", widths=(8, 16, 32, 64))
-    out, inter = _shapes(model, x, capture_intermediates=True)
-    assert inter["intermediates"]["stage1_block2"]["__call__"][0].shape == (1, 8, 8, 8)
-    assert out["feature_map"].shape == (1, 1, 1, 64)
+  x = jnp.ones((1, 32, 32, 3))
+  model = create_model("resnet18", stem="imagenet", widths=(8, 16, 32, 64))
+  out, inter = _shapes(model, x, capture_intermediates=True)
+  assert inter["intermediates"]["stage1_block2"]["__call__"][0].shape == (1, 8, 8, 8)
+  assert out["feature_map"].shape == (1, 1, 1, 64)
 
 
 def test_resnet_width_multiplier_and_logits():
-    x = jnp.ones((2, 16, 16, 3))
-    model = create_model("resnet18", stem="cifar", width=0.125, num_classes=10)
-    out = _shapes(model, x)
-    assert out["pre_logits"].shape == (2, 64)
-    assert out["logits"].shape == (2, 10)
+  x = jnp.ones((2, 16, 16, 3))
+  model = create_model("resnet18", stem="cifar", width=0.125, num_classes=10)
+  out = _shapes(model, x)
+  assert out["pre_logits"].shape == (2, 64)
+  assert out["logits"].shape == (2, 10)
 
 
 def test_resnet_param_counts_match_torchvision():
-    # torchvision resnet18 / resnet50 without the fc layer (BN affine included, stats not)
-    assert _param_count("resnet18", 64, conv_impl="xla") == 11_689_512 - 513_000
-    assert _param_count("resnet50", 64, conv_impl="xla") == 25_557_032 - 2_049_000
+  # torchvision resnet18 / resnet50 without the fc layer (BN affine included, stats not)
+  assert _param_count("resnet18", 64, conv_impl="xla") == 11_689_512 - 513_000
+  assert _param_count("resnet50", 64, conv_impl="xla") == 25_557_032 - 2_049_000
 
 
 def test_zero_init_last_bn():
-    x = jnp.ones((1, 8, 8, 3))
-    model = ResNet(stage_sizes=(1, 1), widths=(4, 8), stem="cifar", zero_init_last_bn=True)
-    p = jax.eval_shape(lambda: model.init(KEY, x, train=False))  # structure first (cheap)
-    assert "bn2" in p["params"]["stage1_block1"]
-    p = _init(model, x)["params"]
-    assert float(jnp.abs(p["stage1_block1"]["bn2"]["scale"]).max()) == 0.0
-    assert float(jnp.abs(p["stage1_block1"]["bn1"]["scale"]).min()) == 1.0
+  x = jnp.ones((1, 8, 8, 3))
+  model = ResNet(stage_sizes=(1, 1), widths=(4, 8), stem="cifar", zero_init_last_bn=True)
+  p = jax.eval_shape(lambda: model.init(KEY, x, train=False))  # structure first (cheap)
+  assert "bn2" in p["params"]["stage1_block1"]
+  p = _init(model, x)["params"]
+  assert float(jnp.abs(p["stage1_block1"]["bn2"]["scale"]).max()) == 0.0
+  assert float(jnp.abs(p["stage1_block1"]["bn1"]["scale"]).min()) == 1.0
 
 
 def test_batchnorm_train_vs_eval_and_stats_update():
-    x = jax.random.normal(KEY, (4, 8, 8, 3)) * 3 + 1
-    model = ResNet(stage_sizes=(1, 1), widths=(4, 8), stem="cifar", conv_impl="xla")
-    v = _init(model, x)
-    out_train, upd = model.apply(v, x, train=True, mutable=["batch_stats"],
-                                 capture_intermediates=True)
-    inter = upd
-    out_eval = model.apply(v, x, train=False)
-    assert not np.allclose(out_train["pre_logits"], out_eval["pre_logits"], atol=1e-4)
-    old = v["batch_stats"]["stem_bn"]
-    new = upd["batch_stats"]["stem_bn"]
-    # momentum 0.9: running = 0.9 * running + 0.1 * batch statistic (over the whole batch)
-    conv_out = inter["intermediates"]["stem_conv"]["__call__"][0]
-    np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * conv_out.mean((0, 1, 2)),
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * conv_out.var((0, 1, 2)),
-                               rtol=1e-4, atol=1e-6)
-    # eval mode uses the running statistics and leaves them alone
-    out_eval2, upd2 = model.apply(v, x, train=False, mutable=["batch_stats"])
-    np.testing.assert_allclose(out_eval2["pre_logits"], out_eval["pre_logits"], rtol=1e-6)
-    np.testing.assert_array_equal(upd2["batch_stats"]["stem_bn"]["mean"], old["mean"])
+  x = jax.random.normal(KEY, (4, 8, 8, 3)) * 3 + 1
+  model = ResNet(stage_sizes=(1, 1), widths=(4, 8), stem="cifar", conv_impl="xla")
+  v = _init(model, x)
+  out_train, upd = model.apply(
+    v, x, train=True, mutable=["batch_stats"], capture_intermediates=True
+  )
+  inter = upd
+  out_eval = model.apply(v, x, train=False)
+  assert not np.allclose(out_train["pre_logits"], out_eval["pre_logits"], atol=1e-4)
+  old = v["batch_stats"]["stem_bn"]
+  new = upd["batch_stats"]["stem_bn"]
+  # momentum 0.9: running = 0.9 * running + 0.1 * batch statistic (over the whole batch)
+  conv_out = inter["intermediates"]["stem_conv"]["__call__"][0]
+  np.testing.assert_allclose(
+    new["mean"], 0.9 * old["mean"] + 0.1 * conv_out.mean((0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    new["var"], 0.9 * old["var"] + 0.1 * conv_out.var((0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  # eval mode uses the running statistics and leaves them alone
+  out_eval2, upd2 = model.apply(v, x, train=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(out_eval2["pre_logits"], out_eval["pre_logits"], rtol=1e-6)
+  np.testing.assert_array_equal(upd2["batch_stats"]["stem_bn"]["mean"], old["mean"])
 
 
 # ---------------------------------------------------------------------------------- fast conv
 
-@pytest.mark.parametrize("k,stride,hw", [(3, 1, 8), (3, 2, 8), (1, 1, 8), (1, 2, 8), (3, 2, 7),
-                                         (7, 2, 12)])
+
+@pytest.mark.parametrize(
+  "k,stride,hw", [(3, 1, 8), (3, 2, 8), (1, 1, 8), (1, 2, 8), (3, 2, 7), (7, 2, 12)]
+)
 def test_fast_conv_matches_lax_conv(k, stride, hw):
-    kx, kw, kd = jax.random.split(jax.random.PRNGKey(k * 10 + stride), 3)
-    x = jax.random.normal(kx, (3, hw, hw, 5))
-    w = jax.random.normal(kw, (k, k, 5, 6)) * 0.3
+  kx, kw, kd = jax.random.split(jax.random.PRNGKey(k * 10 + stride), 3)
+  x = jax.random.normal(kx, (3, hw, hw, 5))
+  w = jax.random.normal(kw, (k, k, 5, 6)) * 0.3
 
-    def ref(x, w):
-        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(k // 2, k // 2)] * 2,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  def ref(x, w):
+    return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), [(k // 2, k // 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
-    y_ref = ref(x, w)
-    y = jax.jit(fast_conv.conv2d, static_argnums=2)(x, w, stride)
-    np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
-    dy = jax.random.normal(kd, y_ref.shape)
-    g_ref = jax.vjp(ref, x, w)[1](dy)
-    g = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: fast_conv.conv2d(a, b, stride), x, w)[1](dy))(
-        x, w, dy)
-    for a, b in zip(g, g_ref):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  y_ref = ref(x, w)
+  y = jax.jit(fast_conv.conv2d, static_argnums=2)(x, w, stride)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+  dy = jax.random.normal(kd, y_ref.shape)
+  g_ref = jax.vjp(ref, x, w)[1](dy)
+  g = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: fast_conv.conv2d(a, b, stride), x, w)[1](dy))(
+    x, w, dy
+  )
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_resnet_fast_and_xla_conv_agree():
-    # one block per stage: 3x3 and 1x1 convs, strides 1 and 2, identity and projection shortcuts
-    x = jax.random.normal(KEY, (4, 8, 8, 3))
-    m_fast = ResNet(stage_sizes=(1, 1, 1), widths=(4, 8, 8), stem="cifar", conv_impl="fast")
-    m_xla = ResNet(stage_sizes=(1, 1, 1), widths=(4, 8, 8), stem="cifar", conv_impl="xla")
-    v = _init(m_xla, x)
-    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(_init(m_fast, x))
+  # one block per stage: 3x3 and 1x1 convs, strides 1 and 2, identity and projection shortcuts
+  x = jax.random.normal(KEY, (4, 8, 8, 3))
+  m_fast = ResNet(stage_sizes=(1, 1, 1), widths=(4, 8, 8), stem="cifar", conv_impl="fast")
+  m_xla = ResNet(stage_sizes=(1, 1, 1), widths=(4, 8, 8), stem="cifar", conv_impl="xla")
+  v = _init(m_xla, x)
+  assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(_init(m_fast, x))
 
-    def loss(m):
-        def f(p):
-            out, _ = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                             mutable=["batch_stats"])
-            return jnp.sum(out["pre_logits"] ** 2)
-        return jax.jit(jax.value_and_grad(f))(v["params"])
+  def loss(m):
+    def f(p):
+      out, _ = m.apply(
+        {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+      )
+      return jnp.sum(out["pre_logits"] ** 2)
 
-    (l1, g1), (l2, g2) = loss(m_fast), loss(m_xla)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    return jax.jit(jax.value_and_grad(f))(v["params"])
+
+  (l1, g1), (l2, g2) = loss(m_fast), loss(m_xla)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- ViT
@@ -191,191 +209,196 @@ TINY_VIT = dict(patch_size=4, depth=2)
 
 
 def test_vit_shapes_and_param_names():
-    x = jnp.ones((2, 16, 16, 3))
-    model = create_model("vit_tiny", **TINY_VIT)
-    v = jax.eval_shape(lambda: model.init(KEY, x, train=False))
-    out = _shapes(model, x)
-    assert set(out) == {"pre_logits", "tokens", "patch_tokens"}
-    assert out["pre_logits"].shape == (2, 192)
-    assert out["tokens"].shape == (2, 17, 192)
-    assert out["patch_tokens"].shape == (2, 16, 192)
-    p = v["params"]
-    assert set(p) == {"patch_embed", "cls_token", "pos_embed", "block0", "block1", "norm"}
-    assert set(p["block0"]) == {"norm1", "attn", "norm2", "mlp"}
-    assert set(p["block0"]["attn"]) == {"qkv", "proj"}
-    assert set(p["block0"]["mlp"]) == {"fc1", "fc2"}
-    assert p["patch_embed"]["kernel"].shape == (4, 4, 3, 192)
-    assert p["block0"]["mlp"]["fc1"]["kernel"].shape == (192, 768)
+  x = jnp.ones((2, 16, 16, 3))
+  model = create_model("vit_tiny", **TINY_VIT)
+  v = jax.eval_shape(lambda: model.init(KEY, x, train=False))
+  out = _shapes(model, x)
+  assert set(out) == {"pre_logits", "tokens", "patch_tokens"}
+  assert out["pre_logits"].shape == (2, 192)
+  assert out["tokens"].shape == (2, 17, 192)
+  assert out["patch_tokens"].shape == (2, 16, 192)
+  p = v["params"]
+  assert set(p) == {"patch_embed", "cls_token", "pos_embed", "block0", "block1", "norm"}
+  assert set(p["block0"]) == {"norm1", "attn", "norm2", "mlp"}
+  assert set(p["block0"]["attn"]) == {"qkv", "proj"}
+  assert set(p["block0"]["mlp"]) == {"fc1", "fc2"}
+  assert p["patch_embed"]["kernel"].shape == (4, 4, 3, 192)
+  assert p["block0"]["mlp"]["fc1"]["kernel"].shape == (192, 768)
 
 
-@pytest.mark.parametrize("name,dim,heads", [("vit_small", 384, 6), ("vit_base", 768, 12),
-                                            ("vit_large", 1024, 16), ("vit_huge", 1280, 16)])
+@pytest.mark.parametrize(
+  "name,dim,heads",
+  [("vit_small", 384, 6), ("vit_base", 768, 12), ("vit_large", 1024, 16), ("vit_huge", 1280, 16)],
+)
 def test_vit_variants(name, dim, heads):
-    model = create_model(name)
-    assert (model.dim, model.num_heads) == (dim, heads)
-    out = _shapes(model, jnp.zeros((1, 32, 32, 3)))
-    assert out["pre_logits"].shape == (1, dim)
+  model = create_model(name)
+  assert (model.dim, model.num_heads) == (dim, heads)
+  out = _shapes(model, jnp.zeros((1, 32, 32, 3)))
+  assert out["pre_logits"].shape == (1, dim)
 
 
 def test_vit_base_param_count():
-    # timm vit_base_patch16_224 without head: 85,798,656; we fold the CLS position embedding
-    # into the CLS token (768 fewer parameters, same function class)
-    assert _param_count("vit_base", 224, patch_size=16) == 85_798_656 - 768
+  # timm vit_base_patch16_224 without head: 85,798,656; we fold the CLS position embedding
+  # into the CLS token (768 fewer parameters, same function class)
+  assert _param_count("vit_base", 224, patch_size=16) == 85_798_656 - 768
 
 
 def test_vit_mask_gathers_kept_tokens():
-    x = jax.random.normal(KEY, (2, 16, 16, 3))
-    model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
-    v = _init(model, x)
-    n, k = 16, 5
-    mask = np.ones((2, n), bool)
-    mask[0, [1, 4, 6, 9, 15]] = False
-    mask[1, [0, 2, 3, 10, 11]] = False
-    out = model.apply(v, x, train=False, mask=mask)
-    assert out["tokens"].shape == (2, k + 1, 64)
-    ids = np.asarray(out["ids_keep"])
-    np.testing.assert_array_equal(ids, [[1, 4, 6, 9, 15], [0, 2, 3, 10, 11]])
-    # same under jit with a traced mask (num_keep static) and with ids_keep
-    f = jax.jit(lambda v, x, m: model.apply(v, x, train=False, mask=m, num_keep=k))
-    np.testing.assert_allclose(f(v, x, mask)["tokens"], out["tokens"], atol=1e-5)
-    out_ids = model.apply(v, x, train=False, mask=jnp.asarray(ids))
-    np.testing.assert_allclose(out_ids["tokens"], out["tokens"], atol=1e-5)
-    # equals running the transformer on the gathered tokens only: zero the patches'
-    # contribution is impossible, so check against a manual recomputation
-    ref = _manual_vit(v["params"], x, ids, model)
-    np.testing.assert_allclose(out["tokens"], ref, atol=1e-4, rtol=1e-4)
-    # traced bool mask without num_keep is an error, unequal counts too
-    with pytest.raises(ValueError, match="num_keep"):
-        jax.jit(lambda v, x, m: model.apply(v, x, train=False, mask=m))(v, x, mask)
-    bad = mask.copy()
-    bad[0, 0] = False
-    with pytest.raises(ValueError, match="same number"):
-        model.apply(v, x, train=False, mask=bad)
+  x = jax.random.normal(KEY, (2, 16, 16, 3))
+  model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
+  v = _init(model, x)
+  n, k = 16, 5
+  mask = np.ones((2, n), bool)
+  mask[0, [1, 4, 6, 9, 15]] = False
+  mask[1, [0, 2, 3, 10, 11]] = False
+  out = model.apply(v, x, train=False, mask=mask)
+  assert out["tokens"].shape == (2, k + 1, 64)
+  ids = np.asarray(out["ids_keep"])
+  np.testing.assert_array_equal(ids, [[1, 4, 6, 9, 15], [0, 2, 3, 10, 11]])
+  # same under jit with a traced mask (num_keep static) and with ids_keep
+  f = jax.jit(lambda v, x, m: model.apply(v, x, train=False, mask=m, num_keep=k))
+  np.testing.assert_allclose(f(v, x, mask)["tokens"], out["tokens"], atol=1e-5)
+  out_ids = model.apply(v, x, train=False, mask=jnp.asarray(ids))
+  np.testing.assert_allclose(out_ids["tokens"], out["tokens"], atol=1e-5)
+  # equals running the transformer on the gathered tokens only: zero the patches'
+  # contribution is impossible, so check against a manual recomputation
+  ref = _manual_vit(v["params"], x, ids, model)
+  np.testing.assert_allclose(out["tokens"], ref, atol=1e-4, rtol=1e-4)
+  # traced bool mask without num_keep is an error, unequal counts too
+  with pytest.raises(ValueError, match="num_keep"):
+    jax.jit(lambda v, x, m: model.apply(v, x, train=False, mask=m))(v, x, mask)
+  bad = mask.copy()
+  bad[0, 0] = False
+  with pytest.raises(ValueError, match="same number"):
+    model.apply(v, x, train=False, mask=bad)
 
 
 def _manual_vit(p, x, ids, model):
-    """Independent numpy-ish re-implementation of the ViT forward on kept patches."""
-    from sslx.models.vit import patchify
-    d, h = model.dim, model.num_heads
-    t = patchify(x, 4) @ p["patch_embed"]["kernel"].reshape(-1, d) + p["patch_embed"]["bias"]
-    t = t + p["pos_embed"]
-    t = jnp.take_along_axis(t, jnp.asarray(ids)[:, :, None], axis=1)
-    t = jnp.concatenate([jnp.broadcast_to(p["cls_token"], (x.shape[0], 1, d)), t], 1)
+  """Independent numpy-ish re-implementation of the ViT forward on kept patches."""
+  from sslx.models.vit import patchify
 
-    def ln(z, q):
-        mu = z.mean(-1, keepdims=True)
-        var = ((z - mu) ** 2).mean(-1, keepdims=True)
-        return (z - mu) / jnp.sqrt(var + 1e-6) * q["scale"] + q["bias"]
+  d, h = model.dim, model.num_heads
+  t = patchify(x, 4) @ p["patch_embed"]["kernel"].reshape(-1, d) + p["patch_embed"]["bias"]
+  t = t + p["pos_embed"]
+  t = jnp.take_along_axis(t, jnp.asarray(ids)[:, :, None], axis=1)
+  t = jnp.concatenate([jnp.broadcast_to(p["cls_token"], (x.shape[0], 1, d)), t], 1)
 
-    def dense(z, q):
-        return z @ q["kernel"] + q["bias"]
+  def ln(z, q):
+    mu = z.mean(-1, keepdims=True)
+    var = ((z - mu) ** 2).mean(-1, keepdims=True)
+    return (z - mu) / jnp.sqrt(var + 1e-6) * q["scale"] + q["bias"]
 
-    for i in range(model.depth):
-        q = p[f"block{i}"]
-        y = dense(ln(t, q["norm1"]), q["attn"]["qkv"])
-        b, n, _ = y.shape
-        y = y.reshape(b, n, 3, h, d // h).transpose(2, 0, 3, 1, 4)
-        a = jax.nn.softmax(y[0] @ y[1].transpose(0, 1, 3, 2) / np.sqrt(d // h), -1)
-        o = (a @ y[2]).transpose(0, 2, 1, 3).reshape(b, n, d)
-        t = t + dense(o, q["attn"]["proj"])
-        z = dense(ln(t, q["norm2"]), q["mlp"]["fc1"])
-        z = 0.5 * z * (1 + jax.scipy.special.erf(z / np.sqrt(2)))
-        t = t + dense(z, q["mlp"]["fc2"])
-    return ln(t, p["norm"])
+  def dense(z, q):
+    return z @ q["kernel"] + q["bias"]
+
+  for i in range(model.depth):
+    q = p[f"block{i}"]
+    y = dense(ln(t, q["norm1"]), q["attn"]["qkv"])
+    b, n, _ = y.shape
+    y = y.reshape(b, n, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+    a = jax.nn.softmax(y[0] @ y[1].transpose(0, 1, 3, 2) / np.sqrt(d // h), -1)
+    o = (a @ y[2]).transpose(0, 2, 1, 3).reshape(b, n, d)
+    t = t + dense(o, q["attn"]["proj"])
+    z = dense(ln(t, q["norm2"]), q["mlp"]["fc1"])
+    z = 0.5 * z * (1 + jax.scipy.special.erf(z / np.sqrt(2)))
+    t = t + dense(z, q["mlp"]["fc2"])
+  return ln(t, p["norm"])
 
 
 def test_vit_unmasked_matches_manual():
-    x = jax.random.normal(KEY, (2, 16, 16, 3))
-    model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
-    v = _init(model, x)
-    out = model.apply(v, x, train=False)
-    ref = _manual_vit(v["params"], x, np.tile(np.arange(16), (2, 1)), model)
-    np.testing.assert_allclose(out["tokens"], ref, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(out["pre_logits"], ref[:, 0], atol=1e-4, rtol=1e-4)
+  x = jax.random.normal(KEY, (2, 16, 16, 3))
+  model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
+  v = _init(model, x)
+  out = model.apply(v, x, train=False)
+  ref = _manual_vit(v["params"], x, np.tile(np.arange(16), (2, 1)), model)
+  np.testing.assert_allclose(out["tokens"], ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(out["pre_logits"], ref[:, 0], atol=1e-4, rtol=1e-4)
 
 
 def test_vit_attention_weights():
-    x = jax.random.normal(KEY, (2, 16, 16, 3))
-    model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
-    v = _init(model, x)
-    out = model.apply(v, x, train=False, return_attention=True)
-    att = out["attention"]
-    assert att.shape == (2, 2, 17, 17)
-    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)
-    assert float(att.min()) >= 0.0
+  x = jax.random.normal(KEY, (2, 16, 16, 3))
+  model = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
+  v = _init(model, x)
+  out = model.apply(v, x, train=False, return_attention=True)
+  att = out["attention"]
+  assert att.shape == (2, 2, 17, 17)
+  np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)
+  assert float(att.min()) >= 0.0
 
 
 def test_vit_position_embedding_resizes():
-    model = create_model("vit_tiny", dim=32, num_heads=2, **TINY_VIT)
-    v = _init(model, jnp.ones((1, 16, 16, 3)))
-    out = jax.eval_shape(lambda: model.apply(v, jnp.ones((1, 8, 8, 3)), train=False))
-    assert out["tokens"].shape == (1, 5, 32)
+  model = create_model("vit_tiny", dim=32, num_heads=2, **TINY_VIT)
+  v = _init(model, jnp.ones((1, 16, 16, 3)))
+  out = jax.eval_shape(lambda: model.apply(v, jnp.ones((1, 8, 8, 3)), train=False))
+  assert out["tokens"].shape == (1, 5, 32)
 
 
 def test_vit_tanh_gelu_option_differs():
-    x = jax.random.normal(KEY, (1, 8, 8, 3))
-    m1 = create_model("vit_tiny", dim=32, num_heads=2, **TINY_VIT)
-    m2 = create_model("vit_tiny", dim=32, num_heads=2, gelu_approximate=True, **TINY_VIT)
-    v = _init(m1, x)
-    a = m1.apply(v, x, train=False)["pre_logits"]
-    b = m2.apply(v, x, train=False)["pre_logits"]
-    assert not np.array_equal(a, b)
-    np.testing.assert_allclose(a, b, atol=1e-2)
+  x = jax.random.normal(KEY, (1, 8, 8, 3))
+  m1 = create_model("vit_tiny", dim=32, num_heads=2, **TINY_VIT)
+  m2 = create_model("vit_tiny", dim=32, num_heads=2, gelu_approximate=True, **TINY_VIT)
+  v = _init(m1, x)
+  a = m1.apply(v, x, train=False)["pre_logits"]
+  b = m2.apply(v, x, train=False)["pre_logits"]
+  assert not np.array_equal(a, b)
+  np.testing.assert_allclose(a, b, atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------- convnet, heads
 
+
 def test_convnet():
-    x = jnp.ones((2, 16, 16, 3))
-    model = create_model("convnet")
-    v = jax.eval_shape(lambda: model.init(KEY, x, train=False))
-    out = _shapes(model, x)
-    assert out["pre_logits"].shape == (2, 256)
-    assert out["feature_map"].shape == (2, 1, 1, 256)
-    assert _count(v["params"]) == _param_count("convnet", 32)
-    assert 0.38e6 < _count(v["params"]) < 0.40e6
+  x = jnp.ones((2, 16, 16, 3))
+  model = create_model("convnet")
+  v = jax.eval_shape(lambda: model.init(KEY, x, train=False))
+  out = _shapes(model, x)
+  assert out["pre_logits"].shape == (2, 256)
+  assert out["feature_map"].shape == (2, 1, 1, 256)
+  assert _count(v["params"]) == _param_count("convnet", 32)
+  assert 0.38e6 < _count(v["params"]) < 0.40e6
 
 
 def test_mlp_head():
-    x = jnp.ones((4, 32))
-    head = MLPHead((64,), 16)
-    v = head.init(KEY, x, train=False)
-    p = v["params"]
-    assert set(p) == {"fc0", "bn0", "fc1"}
-    assert "bias" not in p["fc0"] and "bias" in p["fc1"]
-    assert head.apply(v, x, train=False).shape == (4, 16)
-    head3 = MLPHead((64, 64), 16, use_bn=False, last_bias=False)
-    p3 = head3.init(KEY, x, train=False)["params"]
-    assert set(p3) == {"fc0", "fc1", "fc2"}
-    assert "bias" in p3["fc0"] and "bias" not in p3["fc2"]
-    assert "batch_stats" not in head3.init(KEY, x, train=False)
+  x = jnp.ones((4, 32))
+  head = MLPHead((64,), 16)
+  v = head.init(KEY, x, train=False)
+  p = v["params"]
+  assert set(p) == {"fc0", "bn0", "fc1"}
+  assert "bias" not in p["fc0"] and "bias" in p["fc1"]
+  assert head.apply(v, x, train=False).shape == (4, 16)
+  head3 = MLPHead((64, 64), 16, use_bn=False, last_bias=False)
+  p3 = head3.init(KEY, x, train=False)["params"]
+  assert set(p3) == {"fc0", "fc1", "fc2"}
+  assert "bias" in p3["fc0"] and "bias" not in p3["fc2"]
+  assert "batch_stats" not in head3.init(KEY, x, train=False)
 
 
 # ---------------------------------------------------------------------------------- XLA flags
 
+
 def test_merge_flags_preserves_user_flags():
-    user = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution --xla_dump_to=/tmp/d"
-    env = {"XLA_FLAGS": user}
-    new = sxla.configure_xla_for_cpu(env)
-    # the user's value for the same flag wins (kept first, not duplicated); others appended
-    assert new.startswith(user + " ")
-    assert new.count("--xla_cpu_experimental_ynn_fusion_type") == 1
-    assert "--xla_disable_hlo_passes=tree_reduction_rewriter" in new
-    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/d"}
-    new = sxla.configure_xla_for_cpu(env)
-    assert new.startswith("--xla_dump_to=/tmp/d ") and env["XLA_FLAGS"] == new
-    for name in sxla.CPU_FLAGS:
-        assert name in new
-    assert sxla.configure_xla_for_cpu(env) == new  # idempotent
+  user = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution --xla_dump_to=/tmp/d"
+  env = {"XLA_FLAGS": user}
+  new = sxla.configure_xla_for_cpu(env)
+  # the user's value for the same flag wins (kept first, not duplicated); others appended
+  assert new.startswith(user + " ")
+  assert new.count("--xla_cpu_experimental_ynn_fusion_type") == 1
+  assert "--xla_disable_hlo_passes=tree_reduction_rewriter" in new
+  env = {"XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+  new = sxla.configure_xla_for_cpu(env)
+  assert new.startswith("--xla_dump_to=/tmp/d ") and env["XLA_FLAGS"] == new
+  for name in sxla.CPU_FLAGS:
+    assert name in new
+  assert sxla.configure_xla_for_cpu(env) == new  # idempotent
 
 
 def test_flags_only_for_cpu():
-    env = {"JAX_PLATFORMS": "cuda"}
-    assert sxla.configure_xla_for_cpu(env) == "" and "XLA_FLAGS" not in env
-    env = {"JAX_PLATFORMS": "cpu"}
-    assert sxla.configure_xla_for_cpu(env) != ""
-    env = {"SSLX_NO_XLA_FLAGS": "1"}
-    assert sxla.configure_xla_for_cpu(env) == ""
+  env = {"JAX_PLATFORMS": "cuda"}
+  assert sxla.configure_xla_for_cpu(env) == "" and "XLA_FLAGS" not in env
+  env = {"JAX_PLATFORMS": "cpu"}
+  assert sxla.configure_xla_for_cpu(env) != ""
+  env = {"SSLX_NO_XLA_FLAGS": "1"}
+  assert sxla.configure_xla_for_cpu(env) == ""
 
 
 _FLAG_SCRIPT = r"""
@@ -401,37 +424,47 @@ print(json.dumps(out))
 
 
 def test_xla_flags_do_not_change_results():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SSLX_NO_XLA_FLAGS")}
-    env["JAX_PLATFORMS"] = "cpu"
-    # Both processes at once: each is mostly single-threaded start-up and compilation.
-    procs = {mode: subprocess.Popen([sys.executable, "-c", _FLAG_SCRIPT, mode], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for mode in ("on", "off")}
-    res = {}
-    for mode, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
-        res[mode] = json.loads(stdout.strip().splitlines()[-1])
-    assert res["off"]["flags"] == ""
-    assert "--xla_cpu_experimental_ynn_fusion_type" in res["on"]["flags"]
-    for name in ("resnet", "vit_tiny"):
-        on, off = np.asarray(res["on"][name]), np.asarray(res["off"][name])
-        np.testing.assert_allclose(on[0], off[0], rtol=1e-5)  # loss
-        np.testing.assert_allclose(on[1:], off[1:], rtol=1e-4, atol=1e-5 * np.abs(off[1:]).max())
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SSLX_NO_XLA_FLAGS")}
+  env["JAX_PLATFORMS"] = "cpu"
+  # Both processes at once: each is mostly single-threaded start-up and compilation.
+  procs = {
+    mode: subprocess.Popen(
+      [sys.executable, "-c", _FLAG_SCRIPT, mode],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for mode in ("on", "off")
+  }
+  res = {}
+  for mode, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    res[mode] = json.loads(stdout.strip().splitlines()[-1])
+  assert res["off"]["flags"] == ""
+  assert "--xla_cpu_experimental_ynn_fusion_type" in res["on"]["flags"]
+  for name in ("resnet", "vit_tiny"):
+    on, off = np.asarray(res["on"][name]), np.asarray(res["off"][name])
+    np.testing.assert_allclose(on[0], off[0], rtol=1e-5)  # loss
+    np.testing.assert_allclose(on[1:], off[1:], rtol=1e-4, atol=1e-5 * np.abs(off[1:]).max())
 
 
 def test_convnet_max_pool_gradient_equals_flax():
-    from sslx.models.convnet import max_pool_2x2
-    import flax.linen as nn
-    rng = np.random.default_rng(0)
-    for shape in ((2, 8, 8, 3), (2, 7, 5, 4)):   # odd sides: the last row/column is dropped
-        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        g = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])),
-                        jnp.float32)
-        ref = lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) * g)  # noqa: E731
-        ours = lambda x: jnp.sum(max_pool_2x2(x) * g)  # noqa: E731
-        np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
-        np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
-    # Ties (ReLU zeros) share the gradient evenly, as the gradient of jnp.max does.
-    x = jnp.zeros((1, 2, 2, 1))
-    np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(x), 0.25)
+  import flax.linen as nn
+
+  from sslx.models.convnet import max_pool_2x2
+
+  rng = np.random.default_rng(0)
+  for shape in ((2, 8, 8, 3), (2, 7, 5, 4)):  # odd sides: the last row/column is dropped
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    g = jnp.asarray(
+      rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32
+    )
+    ref = lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) * g)  # noqa: E731
+    ours = lambda x: jnp.sum(max_pool_2x2(x) * g)  # noqa: E731
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
+  # Ties (ReLU zeros) share the gradient evenly, as the gradient of jnp.max does.
+  x = jnp.zeros((1, 2, 2, 1))
+  np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(x), 0.25)

@@ -1,5 +1,6 @@
 """Two processes on this machine, joined by jax.distributed over loopback, take exactly the
 steps one process with all their devices takes."""
+
 import json
 import os
 import socket
@@ -18,8 +19,12 @@ def free_port() -> int:
 
 
 def env_with(devices: int, **extra):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO,
+  )
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
@@ -32,18 +37,27 @@ def last_json(text):
 def test_two_processes_equal_one_process_with_both_devices():
   cmd = [sys.executable, "-m", "tests.multihost_worker"]
   port = free_port()
-  procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True,
-                            env=env_with(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                         JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i))
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      cmd,
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env_with(
+        2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i
+      ),
+    )
+    for i in range(2)
+  ]
   outs = []
   for p in procs:
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     outs.append(last_json(out))
-  single = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=env_with(4))
+  single = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env_with(4)
+  )
   assert single.returncode == 0, single.stderr[-3000:]
   one = last_json(single.stdout)
 

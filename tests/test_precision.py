@@ -1,10 +1,11 @@
 """Mixed precision (bf16 compute, fp32 params and loss), per-block rematerialisation, and a
 ViT-g-sized model that initialises born sharded over an 8-device FSDP mesh."""
+
 import jax
 import jax.numpy as jnp
-from jax._src import ad_checkpoint  # saved_residuals: what reverse mode keeps
 import numpy as np
 import pytest
+from jax._src import ad_checkpoint  # saved_residuals: what reverse mode keeps
 
 from sslx import methods, models, train
 from tests.helpers import tiny_simclr
@@ -55,8 +56,9 @@ def test_bf16_compute_keeps_fp32_params_and_loss_close_to_fp32(model):
 
 
 def test_bf16_compute_really_runs_the_matmuls_in_bf16():
-  model = models.create_model("vit_tiny", patch_size=8, dim=32, depth=1, num_heads=2,
-                              dtype="bfloat16")
+  model = models.create_model(
+    "vit_tiny", patch_size=8, dim=32, depth=1, num_heads=2, dtype="bfloat16"
+  )
   x = jnp.zeros((2, 32, 32, 3))
   v = model.init(jax.random.PRNGKey(0), x, train=False)
   hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(v, x).as_text()
@@ -142,10 +144,11 @@ def test_vit_giant_initialises_born_sharded_over_an_fsdp_mesh():
   # its scratch space stays far below one unsharded copy of the parameters (4.5 GB; measured
   # 0.58 GB, the largest per-layer random draws).
   # (never run, so LLVM need not optimise it: level 0 compiles in about half the time)
-  init = jax.jit(lambda rng, x: train.init_state(setup.method, setup.tx, rng, x,
-                                                 num_classes=10),
-                 out_shardings=setup.state_sharding,
-                 compiler_options={"xla_backend_optimization_level": 0})
+  init = jax.jit(
+    lambda rng, x: train.init_state(setup.method, setup.tx, rng, x, num_classes=10),
+    out_shardings=setup.state_sharding,
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
   mem = init.lower(jax.random.PRNGKey(0), sample).compile().memory_analysis()
   assert mem.output_size_in_bytes < full / 8 * 1.01
   assert mem.temp_size_in_bytes < 0.25 * n_params * 4, mem.temp_size_in_bytes

@@ -1,4 +1,5 @@
 """The reconstruction visualizer on a 2-step MAE checkpoint."""
+
 import numpy as np
 from PIL import Image
 
@@ -11,12 +12,13 @@ def test_render_writes_a_three_row_grid(tmp_path):
   config = tiny_config(steps=2)
   config.evals = {}
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  out = reconstruction.render(config, str(tmp_path / "run"), str(tmp_path / "recon.png"),
-                              num_images=3, scale=1)
+  out = reconstruction.render(
+    config, str(tmp_path / "run"), str(tmp_path / "recon.png"), num_images=3, scale=1
+  )
   img = np.asarray(Image.open(out))
   pad = 2
   assert img.shape == (3 * (32 + pad) + pad, 3 * (32 + pad) + pad, 3)
   # Row 2 (masked input) has grey masked patches: 75% of its pixels are 0.5 grey.
-  row = img[pad + 34:pad + 34 + 32, pad:pad + 32]
+  row = img[pad + 34 : pad + 34 + 32, pad : pad + 32]
   grey = np.all(np.abs(row.astype(int) - 128) <= 1, axis=-1).mean()
   assert 0.6 < grey < 0.9

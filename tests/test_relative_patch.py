@@ -1,4 +1,5 @@
 """Relative patch location (experiments/relative_patch.py): geometry and each shortcut guard."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,25 +60,27 @@ def test_pair_label_matches_neighbour_cell():
     k_grid, _, _, _ = jax.random.split(key, 4)
     c = np.asarray(rp.patch_corners(k_grid, 48, 12, 4, 1))
     r, q = rp.NEIGHBOURS[int(label)]
-    np.testing.assert_array_equal(np.asarray(patches[0]),
-                                  np.asarray(img)[c[1, 1, 0]:c[1, 1, 0] + 12,
-                                                  c[1, 1, 1]:c[1, 1, 1] + 12])
-    np.testing.assert_array_equal(np.asarray(patches[1]),
-                                  np.asarray(img)[c[r, q, 0]:c[r, q, 0] + 12,
-                                                  c[r, q, 1]:c[r, q, 1] + 12])
+    np.testing.assert_array_equal(
+      np.asarray(patches[0]),
+      np.asarray(img)[c[1, 1, 0] : c[1, 1, 0] + 12, c[1, 1, 1] : c[1, 1, 1] + 12],
+    )
+    np.testing.assert_array_equal(
+      np.asarray(patches[1]),
+      np.asarray(img)[c[r, q, 0] : c[r, q, 0] + 12, c[r, q, 1] : c[r, q, 1] + 12],
+    )
 
 
 def test_chromatic_aberration_guards_act():
   patch = jnp.asarray(np.random.default_rng(1).random((12, 12, 3)), jnp.float32)
   key = jax.random.PRNGKey(0)
-  np.testing.assert_array_equal(np.asarray(rp.remove_chromatic_aberration(key, patch, "none")),
-                                np.asarray(patch))
+  np.testing.assert_array_equal(
+    np.asarray(rp.remove_chromatic_aberration(key, patch, "none")), np.asarray(patch)
+  )
   projected = np.asarray(rp.remove_chromatic_aberration(key, patch, "project"))
   assert np.abs(np.asarray(patch) @ rp.GREEN_MAGENTA).mean() > 0.1
   np.testing.assert_allclose(projected @ rp.GREEN_MAGENTA, 0, atol=1e-5)
   for seed in range(3):
-    dropped = np.asarray(rp.remove_chromatic_aberration(jax.random.PRNGKey(seed), patch,
-                                                        "drop"))
+    dropped = np.asarray(rp.remove_chromatic_aberration(jax.random.PRNGKey(seed), patch, "drop"))
     same = [np.array_equal(dropped[..., ch], np.asarray(patch)[..., ch]) for ch in range(3)]
     assert sum(same) == 1  # one channel kept, two replaced
     kept = int(np.argmax(same))
@@ -93,8 +96,9 @@ def test_loss_runs_and_encode_is_whole_image():
   method = rp.create(c, total_steps=6)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
-  loss, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
-                                   jax.random.PRNGKey(1), 0)
+  loss, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
   assert abs(float(loss) - np.log(8)) < 1.0 and aux.features.shape == (4, 16)
 
 

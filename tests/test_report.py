@@ -1,4 +1,5 @@
 """sslx.report: the Markdown table and bar chart from results.json files."""
+
 import json
 import os
 import subprocess
@@ -19,24 +20,60 @@ def _run(tmp_path, name, **results):
 
 def test_table_and_chart_from_workdirs(tmp_path):
   pytest.importorskip("matplotlib")
-  a = _run(tmp_path, "simclr_run", method="simclr", model="convnet", epochs=6.0, batch_size=256,
-           baselines={"random_init": {"knn@20": 35.0, "linear": 40.25}},
-           **{"knn@20": 41.234, "knn@200": 39.5, "linear": 45.0, "train_images_per_sec": 812.4})
-  b = _run(tmp_path, "byol_run", method="byol", model="resnet18", epochs=2.0, batch_size=128,
-           **{"knn@20": 30.0, "knn@200": 28.0, "linear": 33.3, "finetune": 50.0,
-              "train_images_per_sec": 100.0, "evaluate": {"knn@20": 31.5, "step": 9}})
-  out = subprocess.run([sys.executable, "-m", "sslx.report", f"--workdirs={a},{b}",
-                        f"--out={tmp_path / 'r.md'}"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+  a = _run(
+    tmp_path,
+    "simclr_run",
+    method="simclr",
+    model="convnet",
+    epochs=6.0,
+    batch_size=256,
+    baselines={"random_init": {"knn@20": 35.0, "linear": 40.25}},
+    **{"knn@20": 41.234, "knn@200": 39.5, "linear": 45.0, "train_images_per_sec": 812.4},
+  )
+  b = _run(
+    tmp_path,
+    "byol_run",
+    method="byol",
+    model="resnet18",
+    epochs=2.0,
+    batch_size=128,
+    **{
+      "knn@20": 30.0,
+      "knn@200": 28.0,
+      "linear": 33.3,
+      "finetune": 50.0,
+      "train_images_per_sec": 100.0,
+      "evaluate": {"knn@20": 31.5, "step": 9},
+    },
+  )
+  out = subprocess.run(
+    [sys.executable, "-m", "sslx.report", f"--workdirs={a},{b}", f"--out={tmp_path / 'r.md'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   md = (tmp_path / "r.md").read_text()
   lines = [l for l in md.splitlines() if l.startswith("|")]
-  assert lines[0].split("|")[1:-1] == [" run ", " method ", " encoder ", " epochs ", " batch ",
-                                       " k-NN@20 ", " k-NN@200 ", " linear ", " fine-tune ",
-                                       " k-NN@20 untrained ", " linear untrained ",
-                                       " images/s "]
-  assert ("| simclr_run | simclr | convnet | 6.0 | 256 | 41.23 | 39.50 | 45.00 | – | 35.00 | "
-          "40.25 | 812 |") in md
+  assert lines[0].split("|")[1:-1] == [
+    " run ",
+    " method ",
+    " encoder ",
+    " epochs ",
+    " batch ",
+    " k-NN@20 ",
+    " k-NN@200 ",
+    " linear ",
+    " fine-tune ",
+    " k-NN@20 untrained ",
+    " linear untrained ",
+    " images/s ",
+  ]
+  assert (
+    "| simclr_run | simclr | convnet | 6.0 | 256 | 41.23 | 39.50 | 45.00 | – | 35.00 | "
+    "40.25 | 812 |"
+  ) in md
   assert "| byol_run | byol | resnet18 | 2.0 | 128 | 31.50 |" in md  # the later evaluate wins
   assert "50.00" in md and "r.png" in md
   assert os.path.getsize(tmp_path / "r.png") > 2000

@@ -1,4 +1,5 @@
 """Rotation prediction (experiments/rotation.py): exact rotations, labels, a short run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,9 @@ def test_loss_is_four_way_over_all_rotations():
   method = rotation.create(c, total_steps=6)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
-  loss, aux = jax.jit(method.loss)(v.params, v.batch_stats, v.method_state, images,
-                                   jax.random.PRNGKey(1), 0)
+  loss, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
   assert aux.features.shape == (4, 16)
   assert abs(float(loss) - np.log(4)) < 1.0  # near chance at init
   assert method.encode(v.params, v.batch_stats, images).shape == (4, 16)

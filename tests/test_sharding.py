@@ -1,4 +1,5 @@
 """Sharded over 8 fake CPU devices equals one device (the suite sets 8 in conftest)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,12 +28,16 @@ def test_make_mesh_sizes_and_errors():
 
 def test_fsdp_rule_shards_largest_divisible_dimension():
   mesh = sharding.make_mesh([("data", 2), ("fsdp", 4)])
-  tree = {"encoder": {"kernel": jax.ShapeDtypeStruct((6, 64), jnp.float32),
-                      "bias": jax.ShapeDtypeStruct((3,), jnp.float32)},
-          "head": {"kernel": jax.ShapeDtypeStruct((128, 8), jnp.float32)}}
+  tree = {
+    "encoder": {
+      "kernel": jax.ShapeDtypeStruct((6, 64), jnp.float32),
+      "bias": jax.ShapeDtypeStruct((3,), jnp.float32),
+    },
+    "head": {"kernel": jax.ShapeDtypeStruct((128, 8), jnp.float32)},
+  }
   out = sharding.tree_shardings(tree, mesh, [("encoder/kernel", "fsdp"), ("head", "fsdp")])
   assert out["encoder"]["kernel"].spec == P(None, "fsdp")
-  assert out["encoder"]["bias"].spec == P()          # no rule matched: replicated
+  assert out["encoder"]["bias"].spec == P()  # no rule matched: replicated
   assert out["head"]["kernel"].spec == P("fsdp", None)
   with pytest.raises(ValueError, match="not one of"):
     sharding.tree_shardings(tree, mesh, [(".*", "shard_everything")])

@@ -1,4 +1,5 @@
 """The contrastive-learning simulation: its JAX dynamics and its page in a real browser."""
+
 import os
 import shutil
 import subprocess
@@ -36,8 +37,10 @@ def test_temperature_extremes_fragment_or_blend():
   """The seed's picture: τ ≈ 0.1-0.2 gives clean class clusters; a very low τ splits each
   class into fragments (measured 5.5 groups of points per class at τ=0.02 against ~2 at 0.15),
   a high τ blends the classes (no separation, each class spread round the circle)."""
-  runs = {t: simulate.simulate(simulate.SimConfig(temperature=t, strength=0.25), steps=600)
-          for t in (0.02, 0.15, 1.0)}
+  runs = {
+    t: simulate.simulate(simulate.SimConfig(temperature=t, strength=0.25), steps=600)
+    for t in (0.02, 0.15, 1.0)
+  }
   assert runs[0.15]["separation"] > 0.4
   assert runs[0.02]["separation"] < 0.1 and runs[1.0]["separation"] < 0.1
   assert groups_per_class(runs[0.02]) > 2 * groups_per_class(runs[0.15])
@@ -70,35 +73,52 @@ def _chromium():
 def test_page_in_headless_chromium(tmp_path):
   browser = _chromium()
   if browser is None or shutil.which("chromedriver") is None:
-    pytest.skip("chromium/chromedriver not installed: apt-get install -y chromium "
-                "chromium-driver")
-  webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: "
-                                  "pip install selenium")
+    pytest.skip("chromium/chromedriver not installed: apt-get install -y chromium chromium-driver")
+  webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium not installed: pip install selenium"
+  )
   from selenium.webdriver.common.by import By
   from selenium.webdriver.common.keys import Keys
 
   page = tmp_path / "sim.html"
-  out = subprocess.run([sys.executable, "-m", "sslx.simulate", f"--out={page}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-m", "sslx.simulate", f"--out={page}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   html = page.read_text()
   assert "http://" not in html and "https://" not in html  # nothing fetched from a network
 
   opts = webdriver.ChromeOptions()
   opts.binary_location = browser
-  for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-               "--window-size=1000,1000"):
+  for flag in (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    f"--user-data-dir={tmp_path / 'profile'}",
+    "--window-size=1000,1000",
+  ):
     opts.add_argument(flag)
   from selenium.webdriver.chrome.service import Service
+
   driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
   try:
     driver.get(page.as_uri())
     text = lambda i: driver.find_element(By.ID, i).text  # noqa: E731
     assert text("tau-value") == "0.15" and text("step-count") == "0"
-    for slider, value in (("tau", "tau-value"), ("strength", "strength-value"),
-                          ("batch", "batch-value")):
+    for slider, value in (
+      ("tau", "tau-value"),
+      ("strength", "strength-value"),
+      ("batch", "batch-value"),
+    ):
       before = text(value)
       driver.find_element(By.ID, slider).send_keys(Keys.ARROW_RIGHT * 3)
       assert text(value) != before, slider
@@ -114,6 +134,7 @@ def test_page_in_headless_chromium(tmp_path):
     shot = tmp_path / "page.png"
     driver.save_screenshot(str(shot))
     from PIL import Image
+
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[0] > 300 and img.shape[1] > 300
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20  # drawn, not blank

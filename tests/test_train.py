@@ -1,4 +1,5 @@
 """The trainer end to end on the embedded dataset with a tiny CNN."""
+
 import json
 import os
 import subprocess
@@ -90,12 +91,15 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     train.train_and_evaluate(other, str(tmp_path))
 
 
-@pytest.mark.parametrize("key,value,expected", [
+@pytest.mark.parametrize(
+  "key,value,expected",
+  [
     ("method.name", "simclrr", "method.name='simclrr' is not valid; valid choices: \\["),
     ("model.name", "resnet19", "model.name='resnet19' is not valid"),
     ("dataset.name", "imagenette", "dataset.name='imagenette' is not valid"),
     ("optimizer.name", "adam", "optimizer.name='adam' is not valid"),
-])
+  ],
+)
 def test_unknown_names_fail_before_any_work(tmp_path, key, value, expected):
   config = tiny_simclr(**{key: value})
   with pytest.raises(ValueError, match=expected):
@@ -104,13 +108,19 @@ def test_unknown_names_fail_before_any_work(tmp_path, key, value, expected):
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, "-m", "sslx.main", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "sslx.main", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_config_typo_on_the_command_line_names_the_key(tmp_path):
-  out = run_main("--config=experiments/simclr.py", "--config.optimizr.name=sgd",
-                 f"--workdir={tmp_path}")
+  out = run_main(
+    "--config=experiments/simclr.py", "--config.optimizr.name=sgd", f"--workdir={tmp_path}"
+  )
   assert out.returncode != 0
   assert "unknown config key 'optimizr'" in out.stderr and "optimizer" in out.stderr
   assert not os.listdir(tmp_path)

@@ -1,4 +1,5 @@
 """VICReg: the three terms against numpy, global-batch statistics under sharding, a short run."""
+
 import json
 
 import jax
@@ -29,7 +30,7 @@ def numpy_vicreg(z1, z2, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4):
   def cov(z):
     zc = z - z.mean(0)
     c = zc.T @ zc / (n - 1)
-    return (np.sum(c ** 2) - np.sum(np.diag(c) ** 2)) / d
+    return (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / d
 
   v = (var(z1) + var(z2)) / 2
   c = cov(z1) + cov(z2)
@@ -40,7 +41,7 @@ def test_terms_against_numpy():
   rng = np.random.default_rng(0)
   z1 = rng.normal(scale=0.5, size=(32, 12)).astype(np.float32)
   z2 = (z1 + rng.normal(scale=0.3, size=z1.shape)).astype(np.float32)
-  z2[:, 0] = 0.3 * z2[:, 1]                                  # a correlated pair of dims
+  z2[:, 0] = 0.3 * z2[:, 1]  # a correlated pair of dims
   loss, terms = vicreg.vicreg_loss(jnp.asarray(z1), jnp.asarray(z2))
   ref, inv, v, c = numpy_vicreg(z1, z2)
   np.testing.assert_allclose(float(terms["invariance"]), inv, rtol=1e-5)
@@ -55,16 +56,17 @@ def test_terms_against_numpy():
 def test_hinge_and_off_diagonal_behaviour():
   rng = np.random.default_rng(1)
   wide = jnp.asarray(rng.normal(scale=3.0, size=(256, 4)))
-  assert float(vicreg.variance(wide)) == 0.0                 # every std above γ = 1
+  assert float(vicreg.variance(wide)) == 0.0  # every std above γ = 1
   collapsed = jnp.ones((16, 4))
   np.testing.assert_allclose(float(vicreg.variance(collapsed)), 1 - np.sqrt(1e-4), rtol=1e-6)
   independent = jnp.asarray(rng.normal(size=(4096, 3)) * np.array([1.0, 2.0, 3.0]))
-  assert float(vicreg.covariance(independent)) < 0.05        # only the diagonal: ≈ 0
+  assert float(vicreg.covariance(independent)) < 0.05  # only the diagonal: ≈ 0
   x = rng.normal(size=(64, 1))
   v = float(np.var(x, ddof=1))
   # z = [x, 2x]: C = [[v, 2v], [2v, 4v]], off-diagonal squares 2·(2v)² over d = 2 → 4v².
-  np.testing.assert_allclose(float(vicreg.covariance(jnp.asarray(np.hstack([x, 2 * x])))),
-                             4 * v * v, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(vicreg.covariance(jnp.asarray(np.hstack([x, 2 * x])))), 4 * v * v, rtol=1e-5
+  )
 
 
 def test_loss_over_the_global_batch_when_sharded():
@@ -75,7 +77,7 @@ def test_loss_over_the_global_batch_when_sharded():
   fn = jax.jit(lambda a, b: vicreg.vicreg_loss(a, b)[0])
   np.testing.assert_allclose(float(fn(put(z1), put(z2))), float(fn(z1, z2)), rtol=1e-6)
   # ... and differs from the mean of per-device losses (std/cov need the whole batch).
-  per_device = np.mean([float(fn(z1[i:i + 8], z2[i:i + 8])) for i in range(0, 64, 8)])
+  per_device = np.mean([float(fn(z1[i : i + 8], z2[i : i + 8])) for i in range(0, 64, 8)])
   assert abs(per_device - float(fn(z1, z2))) > 1e-3
 
 
@@ -92,8 +94,11 @@ def test_sharded_step_equals_single_device():
   # large, and a BatchNorm bias gradient — a sum over the batch of terms that nearly cancel —
   # differs elementwise by ~1e-3 relative between per-device blockings of the convolutions;
   # per-device statistics instead of global ones would differ by O(1).)
-  for p0, a, b in zip(jax.tree.leaves(before.params["model"]),
-                      jax.tree.leaves(eight.params["model"]), jax.tree.leaves(one.params["model"])):
+  for p0, a, b in zip(
+    jax.tree.leaves(before.params["model"]),
+    jax.tree.leaves(eight.params["model"]),
+    jax.tree.leaves(one.params["model"]),
+  ):
     d8, d1 = np.asarray(a) - p0, np.asarray(b) - p0
     assert np.linalg.norm(d8 - d1) <= 1e-3 * np.linalg.norm(d1) + 1e-6
 
@@ -101,6 +106,7 @@ def test_sharded_step_equals_single_device():
 @pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
 def test_presets_validate_and_build(preset):
   from sslx import config_lib, methods
+
   c = experiment("vicreg", preset)
   config_lib.validate(c)
   assert c.method.name == "vicreg"

@@ -24,8 +24,7 @@ import tarfile
 import numpy as np
 
 PER_CLASS = {"train": 1000, "test": 200}
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SEED = 0
 # A fixed timestamp (2024-01-01 00:00 UTC): tar stores one per member, and a fixed one keeps the
 # output byte-identical between runs.
@@ -48,8 +47,9 @@ def read_split(archive_path: str, split: str) -> dict[str, dict[str, bytes]]:
   return by_class
 
 
-def choose(by_class: dict[str, dict[str, bytes]], per_class: int,
-           rng: np.random.Generator) -> list[tuple[str, str, bytes]]:
+def choose(
+  by_class: dict[str, dict[str, bytes]], per_class: int, rng: np.random.Generator
+) -> list[tuple[str, str, bytes]]:
   """A seeded choice of per_class files from each class, in sorted order."""
   chosen = []
   for cls in CLASSES:
@@ -76,8 +76,9 @@ def write_tar(out_path: str, members: list[tuple[str, bytes]]) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--src", required=True,
-                      help="folder holding cifar10-train.tar.gz and cifar10-test.tar.gz")
+  parser.add_argument(
+    "--src", required=True, help="folder holding cifar10-train.tar.gz and cifar10-test.tar.gz"
+  )
   parser.add_argument("--out", required=True, help="the tar file to write")
   parser.add_argument("--seed", type=int, default=SEED)
   args = parser.parse_args()
@@ -91,8 +92,9 @@ def main() -> None:
   write_tar(args.out, members)
   with open(args.out, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
-  print(f"wrote {args.out}: {len(members)} images, {os.path.getsize(args.out):,} bytes, "
-        f"sha256 {digest}")
+  print(
+    f"wrote {args.out}: {len(members)} images, {os.path.getsize(args.out):,} bytes, sha256 {digest}"
+  )
 
 
 if __name__ == "__main__":

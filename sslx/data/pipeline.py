@@ -94,17 +94,17 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def make_train_loader(
-    source,
-    global_batch_size: int,
-    seed: int,
-    *,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    num_workers: int = 0,
-    drop_remainder: bool = True,
-    read_threads: int | None = None,
+  source,
+  global_batch_size: int,
+  seed: int,
+  *,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_workers: int = 0,
+  drop_remainder: bool = True,
+  read_threads: int | None = None,
 ) -> grain.DatasetIterator:
   """A checkpointable iterator of this process's slice of each global batch.
 
@@ -144,11 +144,15 @@ def make_train_loader(
   if process_count <= 0 or not 0 <= process_index < process_count:
     raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                     f"the process count ({process_count})")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"the process count ({process_count})"
+    )
   if global_batch_size > num_records:
-    raise ValueError(f"global_batch_size={global_batch_size} is larger than the dataset "
-                     f"({num_records} records in {source!r})")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} is larger than the dataset "
+      f"({num_records} records in {source!r})"
+    )
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
   if num_workers < 0:
@@ -169,8 +173,9 @@ def make_train_loader(
   if read_threads is None:
     read_threads = default_read_threads(getattr(source, "image_size", 0) or 0)
   # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                               prefetch_buffer_size=_PREFETCH_RECORDS))
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH_RECORDS)
+  )
   if num_workers > 0:
     _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -191,10 +196,11 @@ def to_global_array(local_batch: Any, sharding) -> Any:
   """
   if isinstance(sharding, jax.sharding.Sharding):
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )
   return jax.tree.map(
-      lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch,
-      sharding)
+    lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch, sharding
+  )
 
 
 __all__ = ["default_read_threads", "make_train_loader", "steps_per_epoch", "to_global_array"]

@@ -63,7 +63,16 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # for a split folder whose classes would be "train" and "test".
 KNOWN_SPLIT_NAMES = ("train", "test", "val", "valid", "validation", "eval")
 EMBEDDED_CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
 )
 EMBEDDED_IMAGE_SIZE = 32
 _EMBEDDED_RESOURCE = ("embedded", "cifar10_subset.tar")
@@ -158,7 +167,7 @@ class _ArchiveFiles:
   buffer: bytes
 
   def read(self, k: int) -> bytes:
-    return self.buffer[self.offsets[k]:self.offsets[k + 1]]
+    return self.buffer[self.offsets[k] : self.offsets[k + 1]]
 
 
 def _load_archive_bytes(data: bytes, path: str) -> _ArchiveFiles:
@@ -173,7 +182,7 @@ def _load_archive_bytes(data: bytes, path: str) -> _ArchiveFiles:
       while name.startswith("./"):
         name = name[2:]
       names.append(name.lstrip("/"))
-      chunks.append(data[member.offset_data:member.offset_data + member.size])
+      chunks.append(data[member.offset_data : member.offset_data + member.size])
   offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
   np.cumsum([len(c) for c in chunks], out=offsets[1:])
   return _ArchiveFiles(path=path, names=tuple(names), offsets=offsets, buffer=b"".join(chunks))
@@ -214,11 +223,11 @@ class _Files:
       self.names = list(self.archive.names)
     else:
       raise ValueError(
-          f"{path}: expected a directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive, got a file"
+        f"{path}: expected a directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive, got a file"
       )
 
   @classmethod
-  def from_archive(cls, archive: _ArchiveFiles) -> "_Files":
+  def from_archive(cls, archive: _ArchiveFiles) -> _Files:
     files = cls.__new__(cls)
     files.path, files.archive, files.names = archive.path, archive, list(archive.names)
     return files
@@ -233,8 +242,14 @@ class _Files:
     """Names at the top of the directory or archive, folders with a trailing "/", for messages."""
     tops = sorted({n.split("/", 1)[0] + ("/" if "/" in n else "") for n in self.names})
     if self.archive is None:  # os.walk lists no empty folders; show them too.
-      tops = sorted(set(tops) | {e + "/" for e in os.listdir(self.path) if not e.startswith(".")
-                                 and os.path.isdir(os.path.join(self.path, e))})
+      tops = sorted(
+        set(tops)
+        | {
+          e + "/"
+          for e in os.listdir(self.path)
+          if not e.startswith(".") and os.path.isdir(os.path.join(self.path, e))
+        }
+      )
     return tops
 
 
@@ -265,14 +280,14 @@ class _ImageSource:
   """Shared machinery: index -> (bytes, label) -> decoded record, with skip accounting."""
 
   def __init__(
-      self,
-      *,
-      origin: str,
-      names: Sequence[str],
-      labels: np.ndarray,
-      read: Callable[[int], bytes],
-      image_size: int | None,
-      class_names: Sequence[str],
+    self,
+    *,
+    origin: str,
+    names: Sequence[str],
+    labels: np.ndarray,
+    read: Callable[[int], bytes],
+    image_size: int | None,
+    class_names: Sequence[str],
   ):
     self._origin = origin  # Where the records come from, for messages.
     self._names = list(names)  # Display names (paths relative to the origin).
@@ -349,8 +364,7 @@ class _ImageSource:
     self._lock = threading.Lock()
 
   def _repr_fields(self) -> str:
-    return (f"records={len(self)}, num_classes={self.num_classes}, "
-            f"image_size={self.image_size}")
+    return f"records={len(self)}, num_classes={self.num_classes}, image_size={self.image_size}"
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self._repr_fields()})"
@@ -374,8 +388,11 @@ def _find_split(files: _Files, split: str, path: str) -> tuple[str, list[int]]:
 
   def images_under(prefix: str) -> list[int]:
     # Files at least one folder (the class) below the prefix.
-    return [k for k in images
-            if files.names[k].startswith(prefix) and "/" in files.names[k][len(prefix):]]
+    return [
+      k
+      for k in images
+      if files.names[k].startswith(prefix) and "/" in files.names[k][len(prefix) :]
+    ]
 
   for prefix in prefixes:
     selected = images_under(prefix + split + "/")
@@ -386,28 +403,36 @@ def _find_split(files: _Files, split: str, path: str) -> tuple[str, list[int]]:
     # The folder that would be the split folder: the lone top-level folder, or the path itself.
     folder = (prefix.rstrip("/") or os.path.basename(os.path.normpath(path))).lower()
     candidates = images_under(prefix)
-    sub_dirs = {files.names[k][len(prefix):].split("/", 1)[0].lower() for k in candidates}
+    sub_dirs = {files.names[k][len(prefix) :].split("/", 1)[0].lower() for k in candidates}
     if not candidates or sub_dirs & set(KNOWN_SPLIT_NAMES):
       continue  # Nothing here, or a dataset root holding other splits rather than a split folder.
     if folder in KNOWN_SPLIT_NAMES and folder != split.lower():
-      hint = (" For one archive per split, give a path with {split} in it, e.g. "
-              "'.../cifar10-{split}.tar.gz' (build_source fills it in)."
-              if files.archive is not None else "")
+      hint = (
+        " For one archive per split, give a path with {split} in it, e.g. "
+        "'.../cifar10-{split}.tar.gz' (build_source fills it in)."
+        if files.archive is not None
+        else ""
+      )
       raise ValueError(
-          f"{path}: holds the split {folder!r}, not the requested split {split!r} "
-          f"(expected the layout <split>/<class>/<image>, here {split}/<class>/<image>).{hint}"
+        f"{path}: holds the split {folder!r}, not the requested split {split!r} "
+        f"(expected the layout <split>/<class>/<image>, here {split}/<class>/<image>).{hint}"
       )
     if folder != split.lower():
-      logging.warning("%s: no %r folder; taking the class folders of %s as the %r split",
-                      path, split + "/", repr(prefix) if prefix else "the path itself", split)
+      logging.warning(
+        "%s: no %r folder; taking the class folders of %s as the %r split",
+        path,
+        split + "/",
+        repr(prefix) if prefix else "the path itself",
+        split,
+      )
     return prefix, candidates
 
   found = files.top_level()
   found_text = _list_names(found) if found else "nothing (it is empty)"
   raise ValueError(
-      f"{path}: no images in the layout <split>/<class>/<image> for split {split!r} "
-      f"(expected {split}/<class>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)}); "
-      f"found at the top level: {found_text}"
+    f"{path}: no images in the layout <split>/<class>/<image> for split {split!r} "
+    f"(expected {split}/<class>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)}); "
+    f"found at the top level: {found_text}"
   )
 
 
@@ -425,42 +450,44 @@ class ImageFolderSource(_ImageSource):
   """
 
   def __init__(
-      self,
-      path: str | os.PathLike[str],
-      split: str = "train",
-      image_size: int | None = None,
-      *,
-      class_names: Sequence[str] | None = None,
-      _files: _Files | None = None,
+    self,
+    path: str | os.PathLike[str],
+    split: str = "train",
+    image_size: int | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    _files: _Files | None = None,
   ):
     path = os.fspath(path)
     files = _files if _files is not None else _Files(path)
     prefix, selected = _find_split(files, split, path)
     # Sorted by (class, path): the record order does not depend on how the files were listed.
-    pairs = sorted((files.names[k][len(prefix):].split("/", 1)[0], files.names[k], k)
-                   for k in selected)
+    pairs = sorted(
+      (files.names[k][len(prefix) :].split("/", 1)[0], files.names[k], k) for k in selected
+    )
     found_classes = sorted({c for c, _, _ in pairs})
     if class_names is None:
       class_names = found_classes
     else:
       unknown = sorted(set(found_classes) - set(class_names))
       if unknown:
-        raise ValueError(f"{path}: class folders {unknown} of split {split!r} are not in "
-                         f"class_names={list(class_names)}")
+        raise ValueError(
+          f"{path}: class folders {unknown} of split {split!r} are not in "
+          f"class_names={list(class_names)}"
+        )
     label_of = {c: j for j, c in enumerate(class_names)}
     self.path, self.split = path, split
     super().__init__(
-        origin=path,
-        names=[n for _, n, _ in pairs],
-        labels=np.array([label_of[c] for c, _, _ in pairs], dtype=np.int32),
-        read=files.reader([k for _, _, k in pairs]),
-        image_size=image_size,
-        class_names=class_names,
+      origin=path,
+      names=[n for _, n, _ in pairs],
+      labels=np.array([label_of[c] for c, _, _ in pairs], dtype=np.int32),
+      read=files.reader([k for _, _, k in pairs]),
+      image_size=image_size,
+      class_names=class_names,
     )
 
   def __repr__(self) -> str:
-    return (f"ImageFolderSource(path={self.path!r}, split={self.split!r}, "
-            f"{self._repr_fields()})")
+    return f"ImageFolderSource(path={self.path!r}, split={self.split!r}, {self._repr_fields()})"
 
 
 class FlatFolderSource(_ImageSource):
@@ -478,19 +505,19 @@ class FlatFolderSource(_ImageSource):
     if not selected:
       found = files.top_level()
       raise ValueError(
-          f"{path}: no image files (expected files with extensions "
-          f"{', '.join(IMAGE_EXTENSIONS)}, at any depth); found at the top level: "
-          f"{_list_names(found) if found else 'nothing (it is empty)'}"
+        f"{path}: no image files (expected files with extensions "
+        f"{', '.join(IMAGE_EXTENSIONS)}, at any depth); found at the top level: "
+        f"{_list_names(found) if found else 'nothing (it is empty)'}"
       )
     selected.sort(key=lambda k: files.names[k])
     self.path = path
     super().__init__(
-        origin=path,
-        names=[files.names[k] for k in selected],
-        labels=np.full(len(selected), -1, dtype=np.int32),
-        read=files.reader(selected),
-        image_size=image_size,
-        class_names=(),
+      origin=path,
+      names=[files.names[k] for k in selected],
+      labels=np.full(len(selected), -1, dtype=np.int32),
+      read=files.reader(selected),
+      image_size=image_size,
+      class_names=(),
     )
 
   def __repr__(self) -> str:
@@ -515,8 +542,9 @@ def _embedded_files() -> _Files:
         data = resource.read_bytes()
       except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"the embedded dataset is missing from the installed package: {resource} "
-            "(regenerate it with tools/make_embedded_dataset.py)") from e
+          f"the embedded dataset is missing from the installed package: {resource} "
+          "(regenerate it with tools/make_embedded_dataset.py)"
+        ) from e
       _embedded_cache["archive"] = _load_archive_bytes(data, "<embedded cifar10_subset.tar>")
     return _Files.from_archive(_embedded_cache["archive"])
 
@@ -531,8 +559,13 @@ class EmbeddedSource(ImageFolderSource):
   def __init__(self, split: str = "train", image_size: int = EMBEDDED_IMAGE_SIZE):
     if split not in ("train", "test"):
       raise ValueError(f"the embedded dataset has splits 'train' and 'test', got {split!r}")
-    super().__init__("<embedded cifar10_subset.tar>", split, image_size,
-                     class_names=EMBEDDED_CLASS_NAMES, _files=_embedded_files())
+    super().__init__(
+      "<embedded cifar10_subset.tar>",
+      split,
+      image_size,
+      class_names=EMBEDDED_CLASS_NAMES,
+      _files=_embedded_files(),
+    )
 
   def __repr__(self) -> str:
     return f"EmbeddedSource(split={self.split!r}, {self._repr_fields()})"
@@ -553,20 +586,20 @@ class TfdsSource(_ImageSource):
   """
 
   def __init__(
-      self,
-      name: str,
-      split: str = "train",
-      data_dir: str | None = None,
-      image_key: str = "image",
-      label_key: str | None = "label",
-      image_size: int | None = None,
+    self,
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    image_key: str = "image",
+    label_key: str | None = "label",
+    image_size: int | None = None,
   ):
     try:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(
-          "TfdsSource needs tensorflow_datasets, an optional extra of sslx: "
-          "install it with  pip install 'sslx[tfds]'"
+        "TfdsSource needs tensorflow_datasets, an optional extra of sslx: "
+        "install it with  pip install 'sslx[tfds]'"
       ) from e
     self._tfds_source = tfds.data_source(name, split=split, data_dir=data_dir)
     self.tfds_name, self.split = name, split
@@ -577,13 +610,19 @@ class TfdsSource(_ImageSource):
     if image_size is None:
       shape = getattr(_tfds_feature(info, image_key), "shape", None)
       if not shape or shape[0] is None or shape[1] is None:
-        raise ValueError(f"tfds dataset {name!r}: images have no fixed size ({shape}); "
-                         "set dataset.image_size")
+        raise ValueError(
+          f"tfds dataset {name!r}: images have no fixed size ({shape}); set dataset.image_size"
+        )
       image_size = min(shape[0], shape[1])
     # No per-record names or labels are built up front: ImageNet has 1.28M records.
-    super().__init__(origin=f"tfds:{name}[{split}]", names=(), labels=np.zeros(0, np.int32),
-                     read=self._tfds_source.__getitem__, image_size=image_size,
-                     class_names=class_names)
+    super().__init__(
+      origin=f"tfds:{name}[{split}]",
+      names=(),
+      labels=np.zeros(0, np.int32),
+      read=self._tfds_source.__getitem__,
+      image_size=image_size,
+      class_names=class_names,
+    )
 
   def __len__(self) -> int:
     return len(self._tfds_source)
@@ -615,8 +654,7 @@ class TfdsSource(_ImageSource):
     raise NotImplementedError("TfdsSource reads labels with the records; use decode_all(source)")
 
   def __repr__(self) -> str:
-    return (f"TfdsSource(name={self.tfds_name!r}, split={self.split!r}, "
-            f"{self._repr_fields()})")
+    return f"TfdsSource(name={self.tfds_name!r}, split={self.split!r}, {self._repr_fields()})"
 
 
 def _tfds_feature(info, key: str | None):
@@ -663,8 +701,9 @@ def decode_all(source, num_threads: int | None = None) -> tuple[np.ndarray, np.n
     logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))
   good = [r for r in records if r is not None]
   size = getattr(source, "image_size", 0)
-  images = (np.stack([r["image"] for r in good]) if good
-            else np.zeros((0, size, size, 3), dtype=np.uint8))
+  images = (
+    np.stack([r["image"] for r in good]) if good else np.zeros((0, size, size, 3), dtype=np.uint8)
+  )
   labels = np.array([r["label"] for r in good], dtype=np.int32)
   return images, labels
 
@@ -699,10 +738,14 @@ def build_source(dataset_cfg, split: str):
     tfds_name = _cfg_get(dataset_cfg, "tfds_name")
     if not tfds_name:
       raise ValueError("dataset.name='tfds' needs dataset.tfds_name (e.g. 'cifar10')")
-    return TfdsSource(tfds_name, split, _cfg_get(dataset_cfg, "data_dir"),
-                      image_key=_cfg_get(dataset_cfg, "image_key", "image"),
-                      label_key=_cfg_get(dataset_cfg, "label_key", "label"),
-                      image_size=image_size)
+    return TfdsSource(
+      tfds_name,
+      split,
+      _cfg_get(dataset_cfg, "data_dir"),
+      image_key=_cfg_get(dataset_cfg, "image_key", "image"),
+      label_key=_cfg_get(dataset_cfg, "label_key", "label"),
+      image_size=image_size,
+    )
   path = _cfg_get(dataset_cfg, "path")
   if not path:
     raise ValueError(f"dataset.name={name!r} needs dataset.path (a folder or a tar archive)")
@@ -710,9 +753,11 @@ def build_source(dataset_cfg, split: str):
   if name == "flat_folder":
     if split != "train":
       raise ValueError(
-          f"dataset.name='flat_folder' is unlabeled and has only a 'train' split, got {split!r}; "
-          "evaluate on a labeled dataset")
+        f"dataset.name='flat_folder' is unlabeled and has only a 'train' split, got {split!r}; "
+        "evaluate on a labeled dataset"
+      )
     return FlatFolderSource(path, image_size)
   class_names = _cfg_get(dataset_cfg, "class_names")
-  return ImageFolderSource(path, split, image_size,
-                           class_names=tuple(class_names) if class_names else None)
+  return ImageFolderSource(
+    path, split, image_size, class_names=tuple(class_names) if class_names else None
+  )

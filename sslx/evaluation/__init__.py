@@ -4,6 +4,7 @@ Each protocol is a module here with `run(cfg, feats) -> {name: value}`; `config.
 module name to its settings, e.g. `{"knn": {"ks": (20, 200)}, "linear": {"epochs": 100}}`.
 Features are extracted once per encoder and shared by every protocol.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,16 +24,19 @@ _NOT_PROTOCOLS = {"features"}
 
 
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                if m.name not in _NOT_PROTOCOLS and not m.name.startswith("_"))
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules(__path__)
+    if m.name not in _NOT_PROTOCOLS and not m.name.startswith("_")
+  )
 
 
 @dataclasses.dataclass
 class Features:
-  train: np.ndarray          # [N, D]
-  train_labels: np.ndarray   # [N]
-  test: np.ndarray           # [M, D]
-  test_labels: np.ndarray    # [M]
+  train: np.ndarray  # [N, D]
+  train_labels: np.ndarray  # [N]
+  test: np.ndarray  # [M, D]
+  test_labels: np.ndarray  # [M]
   num_classes: int
   # Protocols that train the encoder (fine-tuning) need more than features: the method, its
   # pretrained variables and the raw images. None for the raw-pixel baseline.
@@ -49,7 +53,7 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
   fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=sharding.replicated(mesh))
   out = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
@@ -70,6 +74,7 @@ def run_protocols(evals_cfg, feats: Features) -> dict:
 def load_eval_data(config):
   """(train images, train labels, test images, test labels, num_classes) or None."""
   from sslx import data
+
   train = data.build_source(config.dataset, config.dataset.train_split)
   if not getattr(train, "num_classes", 0):
     return None
@@ -108,9 +113,16 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
     context = None
     if "finetune" in config.evals:
       from sslx.evaluation import finetune
+
       context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes)
-    feats = Features(extract(encode_fn, xtr, mesh, batch), ytr,
-                     extract(encode_fn, xte, mesh, batch), yte, num_classes, context)
+    feats = Features(
+      extract(encode_fn, xtr, mesh, batch),
+      ytr,
+      extract(encode_fn, xte, mesh, batch),
+      yte,
+      num_classes,
+      context,
+    )
     return run_protocols(config.evals, feats)
 
   results = evaluate(state.params["model"], state.batch_stats)
@@ -121,9 +133,16 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
     table["random_init"] = evaluate(init.params, init.batch_stats)
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
-    table["raw_pixels"] = run_protocols(config.evals, Features(
-        raw_pixel_features(xtr, pixel_mean), ytr, raw_pixel_features(xte, pixel_mean), yte,
-        num_classes))
+    table["raw_pixels"] = run_protocols(
+      config.evals,
+      Features(
+        raw_pixel_features(xtr, pixel_mean),
+        ytr,
+        raw_pixel_features(xte, pixel_mean),
+        yte,
+        num_classes,
+      ),
+    )
   if writer is not None:
     writer.scalars(step, results, prefix="eval/")
   progress.console(format_table(table))
@@ -137,6 +156,7 @@ def format_table(table: dict) -> str:
   cols = sorted({k for row in table.values() for k in row})
   lines = ["| encoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for name, row in table.items():
-    lines.append(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.2f}" for c in cols)
-                 + " |")
+    lines.append(
+      f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.2f}" for c in cols) + " |"
+    )
   return "\n".join(lines)

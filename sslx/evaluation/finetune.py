@@ -20,6 +20,7 @@ the head and the top layer), weight_decay (0.05), warmup_fraction (0.1), layer_d
 only ViT-style "block{i}" parameters are layered), label_smoothing (0.1), mixup_alpha (0.0:
 off), flip (True: random horizontal flips), train_limit (0: all), seed (0).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
-DEFAULTS = dict(steps=500, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.1,
-                layer_decay=0.75, label_smoothing=0.1, mixup_alpha=0.0, flip=True,
-                train_limit=0, seed=0)
+DEFAULTS = dict(
+  steps=500,
+  batch_size=64,
+  lr=1e-3,
+  weight_decay=0.05,
+  warmup_fraction=0.1,
+  layer_decay=0.75,
+  label_smoothing=0.1,
+  mixup_alpha=0.0,
+  flip=True,
+  train_limit=0,
+  seed=0,
+)
 _BLOCK = re.compile(r"^block(\d+)$")
 _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "register")
 
@@ -45,6 +55,7 @@ _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "registe
 class Context:
   """What fine-tuning needs beyond frozen features: the method, its pretrained variables and
   the raw uint8 images [N, H, W, 3] with labels."""
+
   method: Any
   params: Any
   batch_stats: Any
@@ -66,27 +77,33 @@ def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
   net = getattr(method, "net", None)
   if net is None and _has_bare_encoder(method, params):
     rngs = {"dropout": rng} if rng is not None else {}
-    out = method.encoder.apply({"params": params["encoder"]}, method.preprocess(images),
-                               train=train, rngs=rngs)
+    out = method.encoder.apply(
+      {"params": params["encoder"]}, method.preprocess(images), train=train, rngs=rngs
+    )
     return out["pre_logits"], batch_stats
   if net is None or not hasattr(type(net), "encode"):
     raise NotImplementedError(
-        f"fine-tuning needs the encoder in training mode, but {type(method).__name__} has "
-        "neither an encoder_apply(params, batch_stats, images, train, rng) hook nor a `net` "
-        "with an encode(x, train) method")
+      f"fine-tuning needs the encoder in training mode, but {type(method).__name__} has "
+      "neither an encoder_apply(params, batch_stats, images, train, rng) hook nor a `net` "
+      "with an encode(x, train) method"
+    )
   variables = {"params": params, "batch_stats": batch_stats}
   x = method.preprocess(images)
   rngs = {"dropout": rng} if rng is not None else {}
   if train:
-    feats, updates = net.apply(variables, x, train=True, method=type(net).encode,
-                               mutable=["batch_stats"], rngs=rngs)
+    feats, updates = net.apply(
+      variables, x, train=True, method=type(net).encode, mutable=["batch_stats"], rngs=rngs
+    )
     return feats, updates.get("batch_stats", batch_stats)
   return net.apply(variables, x, train=False, method=type(net).encode), batch_stats
 
 
 def _has_bare_encoder(method, params) -> bool:
-  return (isinstance(getattr(method, "encoder", None), nn.Module) and isinstance(params, dict)
-          and "encoder" in params)
+  return (
+    isinstance(getattr(method, "encoder", None), nn.Module)
+    and isinstance(params, dict)
+    and "encoder" in params
+  )
 
 
 def finetuned_params(method, params):
@@ -133,6 +150,7 @@ def llrd_scales(params, decay: float):
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
   """Multiplies each update leaf by the matching float in `scales` (static)."""
+
   def init(params):
     del params
     return optax.EmptyState()
@@ -144,9 +162,10 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def recompute_batch_stats(method, params, batch_stats, images, batch: int, num_batches: int = 20,
-                          seed: int = 0):
-  """"Precise BN" (Wu & Johnson 2021): BatchNorm running statistics replaced by the mean of
+def recompute_batch_stats(
+  method, params, batch_stats, images, batch: int, num_batches: int = 20, seed: int = 0
+):
+  """ "Precise BN" (Wu & Johnson 2021): BatchNorm running statistics replaced by the mean of
   the per-batch statistics of the final weights over `num_batches` training batches.
 
   The per-batch statistics are read back through the model's own running-average update,
@@ -168,27 +187,31 @@ def recompute_batch_stats(method, params, batch_stats, images, batch: int, num_b
   n = max(1, min(num_batches, len(images) // batch))
   total = None
   for i in range(n):
-    x = jnp.asarray(images[order[i * batch:(i + 1) * batch]]).astype(jnp.float32) / 255.0
+    x = jnp.asarray(images[order[i * batch : (i + 1) * batch]]).astype(jnp.float32) / 255.0
     stats = batch_statistics(x)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   return jax.tree.map(lambda t: t / n, total)
 
 
 class _State(NamedTuple):
-  params: Any        # {"model": encoder (method) params, "head": {"kernel", "bias"}}
+  params: Any  # {"model": encoder (method) params, "head": {"kernel", "bias"}}
   batch_stats: Any
   opt_state: Any
 
 
 def make_tx(params, cfg: dict, total_steps: int) -> optax.GradientTransformation:
   warmup = int(round(cfg["warmup_fraction"] * total_steps))
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], min(warmup, total_steps - 1),
-                                                max(total_steps, warmup + 1), 0.0)
-  scales = {"model": llrd_scales(params["model"], cfg["layer_decay"]),
-            "head": jax.tree.map(lambda _: 1.0, params["head"])}
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, cfg["lr"], min(warmup, total_steps - 1), max(total_steps, warmup + 1), 0.0
+  )
+  scales = {
+    "model": llrd_scales(params["model"], cfg["layer_decay"]),
+    "head": jax.tree.map(lambda _: 1.0, params["head"]),
+  }
   mask = jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.adamw(schedule, weight_decay=cfg["weight_decay"], mask=mask),
-                     scale_by_tree(scales))
+  return optax.chain(
+    optax.adamw(schedule, weight_decay=cfg["weight_decay"], mask=mask), scale_by_tree(scales)
+  )
 
 
 def _flip(rng, images):
@@ -230,45 +253,58 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
   xtr, ytr = ctx.train_images, np.asarray(ctx.train_labels)
   if cfg["train_limit"] and cfg["train_limit"] < len(xtr):
-    idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[:cfg["train_limit"]]
+    idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[: cfg["train_limit"]]
     xtr, ytr = xtr[idx], ytr[idx]
   batch = min(int(cfg["batch_size"]), len(xtr))
   steps = int(cfg["steps"])
   if steps <= 0:
     raise ValueError(f"evals.finetune.steps={steps} must be positive")
   model_params = finetuned_params(ctx.method, ctx.params)
-  dim = jax.eval_shape(lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
-                       model_params, ctx.batch_stats, jnp.asarray(xtr[:2])).shape[-1]
-  params = {"model": model_params,
-            "head": {"kernel": jnp.zeros((dim, ctx.num_classes), jnp.float32),
-                     "bias": jnp.zeros((ctx.num_classes,), jnp.float32)}}
+  dim = jax.eval_shape(
+    lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
+    model_params,
+    ctx.batch_stats,
+    jnp.asarray(xtr[:2]),
+  ).shape[-1]
+  params = {
+    "model": model_params,
+    "head": {
+      "kernel": jnp.zeros((dim, ctx.num_classes), jnp.float32),
+      "bias": jnp.zeros((ctx.num_classes,), jnp.float32),
+    },
+  }
   tx = make_tx(params, cfg, steps)
   state = _State(params, ctx.batch_stats, tx.init(params))
-  step_fn = jax.jit(functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg,
-                                      num_classes=ctx.num_classes))
+  step_fn = jax.jit(
+    functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg, num_classes=ctx.num_classes)
+  )
   rng = jax.random.PRNGKey(cfg["seed"])
   order = np.random.default_rng(cfg["seed"])
   perm, pos, loss, accs = order.permutation(len(xtr)), 0, None, []
   from sslx import progress  # local: progress imports nothing heavy, but keep this module lean
+
   prog = progress.Progress(steps, 0, batch)
   report_every = max(steps // 10, 1)
   for i in range(steps):
     if pos + batch > len(perm):
       perm, pos = order.permutation(len(xtr)), 0
-    idx = perm[pos:pos + batch]
+    idx = perm[pos : pos + batch]
     pos += batch
-    state, (loss, acc) = step_fn(state, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx], jnp.int32),
-                               jax.random.fold_in(rng, i))
+    state, (loss, acc) = step_fn(
+      state, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx], jnp.int32), jax.random.fold_in(rng, i)
+    )
     accs.append(acc)
     if (i + 1) % report_every == 0 or i + 1 == steps:
       rates = prog.update(i + 1)
-      progress.console("fine-tune " + prog.line(i + 1, {"loss": float(loss),
-                                                        "train_acc": float(acc)}, rates))
+      progress.console(
+        "fine-tune " + prog.line(i + 1, {"loss": float(loss), "train_acc": float(acc)}, rates)
+      )
 
   # BatchNorm's running statistics trail the weights (momentum 0.9-0.99 over a few hundred
   # steps of a moving network): re-estimate them for the final weights before testing.
-  bn_stats = recompute_batch_stats(ctx.method, state.params["model"], state.batch_stats, xtr,
-                                   batch, seed=cfg["seed"])
+  bn_stats = recompute_batch_stats(
+    ctx.method, state.params["model"], state.batch_stats, xtr, batch, seed=cfg["seed"]
+  )
 
   @jax.jit
   def predict(p, bs, x):
@@ -278,16 +314,21 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   correct = 0
   xte, yte = ctx.test_images, np.asarray(ctx.test_labels)
   for s in range(0, len(xte), 256):
-    chunk = xte[s:s + 256]
+    chunk = xte[s : s + 256]
     n = len(chunk)
     if n < 256 and len(xte) > 256:  # one compiled shape
       chunk = np.concatenate([chunk, np.zeros((256 - n,) + chunk.shape[1:], chunk.dtype)])
     pred = np.asarray(predict(state.params, bn_stats, jnp.asarray(chunk)))[:n]
-    correct += int((pred == yte[s:s + n]).sum())
-  last = accs[-max(len(accs) // 4, 1):]
-  return ({"finetune": 100.0 * correct / len(xte), "finetune_train_loss": float(loss),
-           "finetune_train_acc": 100.0 * float(np.mean(jax.device_get(last)))},
-          state.params)
+    correct += int((pred == yte[s : s + n]).sum())
+  last = accs[-max(len(accs) // 4, 1) :]
+  return (
+    {
+      "finetune": 100.0 * correct / len(xte),
+      "finetune_train_loss": float(loss),
+      "finetune_train_acc": 100.0 * float(np.mean(jax.device_get(last))),
+    },
+    state.params,
+  )
 
 
 def run(cfg, feats) -> dict:
@@ -295,28 +336,33 @@ def run(cfg, feats) -> dict:
   `Context` (the method, pretrained variables and raw images), which `run_all` attaches."""
   ctx = getattr(feats, "context", None)
   if ctx is None:
-    raise ValueError("evals.finetune needs the raw images and the pretrained encoder, not only "
-                     "features: sslx.evaluation.run_all must attach feats.context = "
-                     "finetune.Context(...), or run python -m sslx.evaluation.finetune")
+    raise ValueError(
+      "evals.finetune needs the raw images and the pretrained encoder, not only "
+      "features: sslx.evaluation.run_all must attach feats.context = "
+      "finetune.Context(...), or run python -m sslx.evaluation.finetune"
+    )
   return finetune(ctx, dict(cfg) if cfg else None)[0]
 
 
-def finetune_checkpoint(config, workdir: str, cfg: dict | None = None,
-                        from_scratch: bool = False) -> dict:
+def finetune_checkpoint(
+  config, workdir: str, cfg: dict | None = None, from_scratch: bool = False
+) -> dict:
   """Fine-tunes the latest checkpoint in `workdir` (config: the same method and model) on the
   config's dataset; merges {"finetune": ...} into workdir/results.json and returns it.
 
   `from_scratch=True` trains the same encoder from its untrained initialisation with the same
   recipe instead (the baseline that says what pretraining bought); the result is merged as
   {"finetune_from_scratch": ...}."""
-  from sslx import checkpointing, config_lib, data, evaluation, progress, train
+  from sslx import checkpointing, config_lib, evaluation, progress, train
 
   config_lib.validate(config)
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
-                            f"python -m sslx.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
   eval_data = evaluation.load_eval_data(config)
   if eval_data is None:
     raise ValueError(f"dataset {config.dataset.name!r} has no labels: nothing to fine-tune on")
@@ -329,14 +375,17 @@ def finetune_checkpoint(config, workdir: str, cfg: dict | None = None,
   state = jax.device_get(state)
   if cfg is None:
     cfg = dict(config.get("evals", {}).get("finetune", {}) or {})
-  ctx = Context(setup.method, state.params["model"], state.batch_stats, xtr, ytr, xte, yte,
-                num_classes)
+  ctx = Context(
+    setup.method, state.params["model"], state.batch_stats, xtr, ytr, xte, yte, num_classes
+  )
   results, _ = finetune(ctx, cfg)
   if from_scratch:
     results = {"finetune_from_scratch": results["finetune"]}
     progress.write_results(workdir, results)
-    progress.console(f"trained the untrained encoder with the fine-tuning recipe: top-1 "
-                     f"{results['finetune_from_scratch']:.2f}%")
+    progress.console(
+      f"trained the untrained encoder with the fine-tuning recipe: top-1 "
+      f"{results['finetune_from_scratch']:.2f}%"
+    )
     return results
   progress.write_results(workdir, dict(results, finetune_step=step))
   progress.console(f"fine-tuned checkpoint step {step}: top-1 {results['finetune']:.2f}%")
@@ -346,8 +395,18 @@ def finetune_checkpoint(config, workdir: str, cfg: dict | None = None,
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  cfg = {k: getattr(FLAGS, k) for k in ("steps", "batch_size", "lr", "layer_decay",
-                                        "label_smoothing", "mixup_alpha", "train_limit")}
+  cfg = {
+    k: getattr(FLAGS, k)
+    for k in (
+      "steps",
+      "batch_size",
+      "lr",
+      "layer_decay",
+      "label_smoothing",
+      "mixup_alpha",
+      "train_limit",
+    )
+  }
   print(finetune_checkpoint(FLAGS.config, FLAGS.workdir, cfg, from_scratch=FLAGS.from_scratch))
 
 
@@ -355,6 +414,7 @@ if __name__ == "__main__":
   import sys
 
   from sslx import xla
+
   xla.configure_xla_for_cpu()
 
   from absl import app, flags
@@ -371,8 +431,11 @@ if __name__ == "__main__":
   flags.DEFINE_float("label_smoothing", DEFAULTS["label_smoothing"], "label smoothing")
   flags.DEFINE_float("mixup_alpha", DEFAULTS["mixup_alpha"], "mixup Beta(α, α); 0 = off")
   flags.DEFINE_integer("train_limit", 0, "at most this many training images (0: all)")
-  flags.DEFINE_bool("from_scratch", False, "baseline: the same recipe from the untrained "
-                    "encoder (written as finetune_from_scratch)")
+  flags.DEFINE_bool(
+    "from_scratch",
+    False,
+    "baseline: the same recipe from the untrained encoder (written as finetune_from_scratch)",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
   problem = config_lib.check_override_keys(sys.argv[1:])
   if problem:

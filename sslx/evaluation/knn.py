@@ -4,6 +4,7 @@ Cosine similarity, the k nearest training features vote for their class with wei
 exp(s / T), T = 0.07. The test set is processed in chunks so memory stays bounded by
 chunk × N_train similarities (50k × 1024 float32 ≈ 200 MB for full CIFAR-10).
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,17 +18,25 @@ from sslx import losses
 
 @functools.partial(jax.jit, static_argnames=("k_max", "num_classes"))
 def _chunk_votes(query, train_feats, train_labels, temperature, k_max: int, num_classes: int):
-  sims = query @ train_feats.T                                  # [Q, N]
-  top_sims, top_idx = jax.lax.top_k(sims, k_max)                # [Q, k] sorted descending
+  sims = query @ train_feats.T  # [Q, N]
+  top_sims, top_idx = jax.lax.top_k(sims, k_max)  # [Q, k] sorted descending
   weights = jnp.exp(top_sims / temperature)
-  onehot = jax.nn.one_hot(train_labels[top_idx], num_classes)   # [Q, k, C]
+  onehot = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [Q, k, C]
   # Cumulative votes: row j holds the votes of the j+1 nearest neighbours, so every
   # k <= k_max is read off one top-k.
-  return jnp.cumsum(weights[..., None] * onehot, axis=1)        # [Q, k, C]
+  return jnp.cumsum(weights[..., None] * onehot, axis=1)  # [Q, k, C]
 
 
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes: int,
-                 ks=(20, 200), temperature: float = 0.07, chunk: int = 1024) -> dict:
+def knn_accuracy(
+  train_feats,
+  train_labels,
+  test_feats,
+  test_labels,
+  num_classes: int,
+  ks=(20, 200),
+  temperature: float = 0.07,
+  chunk: int = 1024,
+) -> dict:
   """Top-1 accuracy (%) of weighted k-NN for each k in `ks`.
 
   Args:
@@ -44,18 +53,25 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes
   test_labels = np.asarray(test_labels)
   m = test.shape[0]
   for start in range(0, m, chunk):
-    q = test[start:start + chunk]
+    q = test[start : start + chunk]
     n_real = q.shape[0]
     if n_real < chunk and m > chunk:  # pad to a fixed shape: one compilation
       q = jnp.pad(q, ((0, chunk - n_real), (0, 0)))
     votes = np.asarray(_chunk_votes(q, train, train_labels, temperature, k_max, num_classes))
     for k in ks:
       pred = votes[:n_real, min(k, k_max) - 1].argmax(-1)
-      correct[k] += int((pred == test_labels[start:start + n_real]).sum())
+      correct[k] += int((pred == test_labels[start : start + n_real]).sum())
   return {f"knn@{k}": 100.0 * correct[k] / m for k in ks}
 
 
 def run(cfg, feats) -> dict:
-  return knn_accuracy(feats.train, feats.train_labels, feats.test, feats.test_labels,
-                      feats.num_classes, ks=tuple(cfg.get("ks", (20, 200))),
-                      temperature=cfg.get("temperature", 0.07), chunk=cfg.get("chunk", 1024))
+  return knn_accuracy(
+    feats.train,
+    feats.train_labels,
+    feats.test,
+    feats.test_labels,
+    feats.num_classes,
+    ks=tuple(cfg.get("ks", (20, 200))),
+    temperature=cfg.get("temperature", 0.07),
+    chunk=cfg.get("chunk", 1024),
+  )

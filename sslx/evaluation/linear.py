@@ -6,6 +6,7 @@ mean and std (equivalent to a BatchNorm without affine parameters in front of th
 layer, as MAE's probe does), then a linear classifier is trained with SGD + Nesterov momentum
 and a cosine schedule. The whole training loop is one `lax.scan`, so the probe costs seconds.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,9 @@ def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes:
   n, d = x.shape
   steps_per_epoch = max(n // batch_size, 1)
   schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
-  tx = optax.chain(optax.add_decayed_weights(weight_decay),
-                   optax.sgd(schedule, momentum=0.9, nesterov=True))
+  tx = optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=0.9, nesterov=True)
+  )
   params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
   opt_state = tx.init(params)
 
@@ -32,7 +34,7 @@ def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes:
     return losses.softmax_cross_entropy(xb @ p["w"] + p["b"], yb)[0]
 
   def epoch(carry, key):
-    perm = jax.random.permutation(key, n)[:steps_per_epoch * batch_size]
+    perm = jax.random.permutation(key, n)[: steps_per_epoch * batch_size]
     perm = perm.reshape(steps_per_epoch, batch_size)
 
     def step(carry, idx):
@@ -47,24 +49,50 @@ def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes:
   return params
 
 
-def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes: int,
-                          epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
-                          weight_decay: float = 0.0, seed: int = 0) -> float:
+def linear_probe_accuracy(
+  train_feats,
+  train_labels,
+  test_feats,
+  test_labels,
+  num_classes: int,
+  epochs: int = 100,
+  batch_size: int = 256,
+  lr: float = 0.1,
+  weight_decay: float = 0.0,
+  seed: int = 0,
+) -> float:
   """Top-1 test accuracy (%) of a linear classifier trained on standardised features."""
   train = np.asarray(train_feats, np.float32)
   mean, std = train.mean(0), train.std(0) + 1e-6
   x = jnp.asarray((train - mean) / std)
   xt = jnp.asarray((np.asarray(test_feats, np.float32) - mean) / std)
   batch_size = min(batch_size, x.shape[0])
-  params = _fit(x, jnp.asarray(train_labels, jnp.int32), jax.random.PRNGKey(seed), lr,
-                weight_decay, epochs, batch_size, num_classes)
+  params = _fit(
+    x,
+    jnp.asarray(train_labels, jnp.int32),
+    jax.random.PRNGKey(seed),
+    lr,
+    weight_decay,
+    epochs,
+    batch_size,
+    num_classes,
+  )
   pred = np.asarray(jnp.argmax(xt @ params["w"] + params["b"], -1))
   return 100.0 * float((pred == np.asarray(test_labels)).mean())
 
 
 def run(cfg, feats) -> dict:
-  return {"linear": linear_probe_accuracy(
-      feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
-      epochs=cfg.get("epochs", 100), batch_size=cfg.get("batch_size", 256),
-      lr=cfg.get("lr", 0.1), weight_decay=cfg.get("weight_decay", 0.0),
-      seed=cfg.get("seed", 0))}
+  return {
+    "linear": linear_probe_accuracy(
+      feats.train,
+      feats.train_labels,
+      feats.test,
+      feats.test_labels,
+      feats.num_classes,
+      epochs=cfg.get("epochs", 100),
+      batch_size=cfg.get("batch_size", 256),
+      lr=cfg.get("lr", 0.1),
+      weight_decay=cfg.get("weight_decay", 0.0),
+      seed=cfg.get("seed", 0),
+    )
+  }

@@ -3,6 +3,7 @@
 A method is found by its module name (`method.name = "simclr"` → `sslx/methods/simclr.py`);
 adding one means adding a file, never editing a table.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,11 @@ _NOT_METHODS = {"base"}
 
 
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                if m.name not in _NOT_METHODS and not m.name.startswith("_"))
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules(__path__)
+    if m.name not in _NOT_METHODS and not m.name.startswith("_")
+  )
 
 
 def get(name: str):

@@ -24,6 +24,7 @@ method build its schedules (EMA momentum, teacher temperature) as functions of t
 `images` are the raw uint8 [B, H, W, 3] batch; each method applies its own augmentations on
 device. All non-gradient state (queues, centers, EMA teachers) lives in `method_state`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,15 +43,16 @@ class Variables(NamedTuple):
 
 
 class LossAux(NamedTuple):
-  batch_stats: Any       # updated BatchNorm statistics
-  method_state: Any      # updated non-gradient state
-  metrics: dict          # scalars to log
-  features: jax.Array    # [B, D] encoder features of one view, for the online probe
+  batch_stats: Any  # updated BatchNorm statistics
+  method_state: Any  # updated non-gradient state
+  metrics: dict  # scalars to log
+  features: jax.Array  # [B, D] encoder features of one view, for the online probe
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """Eval-time input transform: uint8 → float, mean/std normalised (no augmentation)."""
+
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
 
@@ -61,9 +63,11 @@ class Preprocess:
   @classmethod
   def from_config(cls, dataset_cfg):
     name = dataset_cfg.get("normalization", "cifar10")
-    stats = {"cifar10": (augment.CIFAR10_MEAN, augment.CIFAR10_STD),
-             "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
-             "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+    stats = {
+      "cifar10": (augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+      "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+      "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    }
     if name not in stats:
       raise ValueError(f"dataset.normalization={name!r}; valid choices: {sorted(stats)}")
     mean, std = stats[name]
@@ -72,17 +76,21 @@ class Preprocess:
 
 def model_kwargs(model_cfg) -> dict:
   """Everything in `config.model` except its name is passed to the model's constructor."""
-  return {k: (tuple(v) if isinstance(v, list) else v)
-          for k, v in model_cfg.to_dict().items() if k != "name"}
+  return {
+    k: (tuple(v) if isinstance(v, list) else v)
+    for k, v in model_cfg.to_dict().items()
+    if k != "name"
+  }
 
 
-def view_params(augment_cfg) -> "augment.ViewParams | None":
+def view_params(augment_cfg) -> augment.ViewParams | None:
   """ViewParams from `config.augment`, or None when `augment.enabled` is False (inputs are
   then used as given: benchmarks time the step on pre-augmented views, as the peer does)."""
   cfg = augment_cfg.to_dict()
   if not cfg.pop("enabled", True):
     return None
   import ml_collections
+
   return augment.ViewParams.from_config(ml_collections.ConfigDict(cfg))
 
 

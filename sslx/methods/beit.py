@@ -17,6 +17,7 @@ and latest checkpoint, written by the normal trainer); its parameters live in
 
 Config (`config.method`): tokenizer_workdir, mask_ratio (0.4), min_block (16 patches).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,23 +38,30 @@ from sslx.models import vit as vit_lib
 
 def load_tokenizer(workdir: str):
   """(tokenizer method, {"encoder", "codebook"} as numpy) from a stage-one run directory."""
-  from sslx import checkpointing
   import orbax.checkpoint as ocp
 
+  from sslx import checkpointing
+
   if not workdir:
-    raise ValueError("method.tokenizer_workdir is empty: train the tokenizer first with\n"
-                     "  python -m sslx.main --config=experiments/beit_tokenizer.py "
-                     "--workdir=/tmp/beit-tok\nand pass "
-                     "--config.method.tokenizer_workdir=/tmp/beit-tok")
+    raise ValueError(
+      "method.tokenizer_workdir is empty: train the tokenizer first with\n"
+      "  python -m sslx.main --config=experiments/beit_tokenizer.py "
+      "--workdir=/tmp/beit-tok\nand pass "
+      "--config.method.tokenizer_workdir=/tmp/beit-tok"
+    )
   cfg_path = os.path.join(workdir, "config.json")
-  mngr = checkpointing.manager(workdir, async_save=False) if os.path.isdir(
-      os.path.join(workdir, "checkpoints")) else None
+  mngr = (
+    checkpointing.manager(workdir, async_save=False)
+    if os.path.isdir(os.path.join(workdir, "checkpoints"))
+    else None
+  )
   step = mngr.latest_step() if mngr is not None else None
   if not os.path.isfile(cfg_path) or step is None:
     raise FileNotFoundError(
-        f"method.tokenizer_workdir={workdir!r} holds no trained tokenizer (config.json and a "
-        "checkpoint are needed): train it first with\n  python -m sslx.main "
-        f"--config=experiments/beit_tokenizer.py --workdir={workdir}")
+      f"method.tokenizer_workdir={workdir!r} holds no trained tokenizer (config.json and a "
+      "checkpoint are needed): train it first with\n  python -m sslx.main "
+      f"--config=experiments/beit_tokenizer.py --workdir={workdir}"
+    )
   with open(cfg_path) as f:
     tok_config = ml_collections.ConfigDict(json.load(f))
   if tok_config.method.name != "beit_tokenizer":
@@ -61,8 +69,10 @@ def load_tokenizer(workdir: str):
   tokenizer = beit_tokenizer.create(tok_config, total_steps=0)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   state = restored["state"]
-  params = {"encoder": jax.tree.map(np.asarray, state["params"]["model"]["encoder"]),
-            "codebook": np.asarray(state["method_state"]["codebook"])}
+  params = {
+    "encoder": jax.tree.map(np.asarray, state["params"]["model"]["encoder"]),
+    "codebook": np.asarray(state["method_state"]["codebook"]),
+  }
   return tokenizer, params
 
 
@@ -82,9 +92,11 @@ class BEiT:
     x = jnp.zeros((2, s, s, 3), jnp.float32)
     enc_rng, tok_rng, head_rng = jax.random.split(rng, 3)
     d = self.encoder.dim
-    params = {"encoder": self.encoder.init(enc_rng, x, train=False)["params"],
-              "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
-              "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"]}
+    params = {
+      "encoder": self.encoder.init(enc_rng, x, train=False)["params"],
+      "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
+      "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"],
+    }
     tok = jax.tree.map(jnp.asarray, self.tokenizer_params)
     return base.Variables(params, {}, {"tokenizer": tok})
 
@@ -96,8 +108,13 @@ class BEiT:
   def forward(self, params, method_state, x, mask):
     """(logits [B, N, |V|], visual tokens [B, N], pre_logits [B, D]) for normalised x."""
     codes = jax.lax.stop_gradient(
-        self.tokenizer.tokenize(method_state["tokenizer"], self.tokenizer.preprocess(
-            x * jnp.asarray(self.preprocess.std) + jnp.asarray(self.preprocess.mean))))
+      self.tokenizer.tokenize(
+        method_state["tokenizer"],
+        self.tokenizer.preprocess(
+          x * jnp.asarray(self.preprocess.std) + jnp.asarray(self.preprocess.mean)
+        ),
+      )
+    )
     out = masking.vit_forward(self.encoder, params["encoder"], x, mask, params["mask_token"])
     logits = self.head.apply({"params": params["head"]}, out["tokens"][:, 1:])
     return logits, codes, out["pre_logits"]
@@ -105,19 +122,22 @@ class BEiT:
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     aug_rng, mask_rng = jax.random.split(rng)
-    raw = (augment.augment_batch(aug_rng, images, self.view) if self.view is not None
-           else images.astype(jnp.float32) / 255.0)
+    raw = (
+      augment.augment_batch(aug_rng, images, self.view)
+      if self.view is not None
+      else images.astype(jnp.float32) / 255.0
+    )
     x = self.preprocess(raw)
     mask = self.mask(mask_rng, x)
     logits, codes, features = self.forward(params, method_state, x, mask)
     loss, acc = masked_cross_entropy(logits, codes, mask)
-    return loss, base.LossAux(batch_stats, method_state, {"loss": loss, "mim_acc": acc},
-                              features)
+    return loss, base.LossAux(batch_stats, method_state, {"loss": loss, "mim_acc": acc}, features)
 
   def encode(self, params, batch_stats, images):
     del batch_stats
-    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images),
-                              train=False)["pre_logits"]
+    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images), train=False)[
+      "pre_logits"
+    ]
 
 
 def masked_cross_entropy(logits, labels, mask):
@@ -138,9 +158,17 @@ def create(config, total_steps: int) -> BEiT:
     raise ValueError(f"BEiT needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
   tokenizer, tok_params = load_tokenizer(m.get("tokenizer_workdir", ""))
   if tokenizer.patch_size != encoder.patch_size:
-    raise ValueError(f"the tokenizer has one code per {tokenizer.patch_size} px patch, the "
-                     f"ViT patch size is {encoder.patch_size}: they must match")
-  return BEiT(encoder=encoder, head=vit_lib.FlatDense(tokenizer.codebook_size), tokenizer=tokenizer,
-              tokenizer_params=tok_params, view=base.view_params(config.augment),
-              preprocess=base.Preprocess.from_config(config.dataset),
-              mask_ratio=float(m.get("mask_ratio", 0.4)), min_block=int(m.get("min_block", 16)))
+    raise ValueError(
+      f"the tokenizer has one code per {tokenizer.patch_size} px patch, the "
+      f"ViT patch size is {encoder.patch_size}: they must match"
+    )
+  return BEiT(
+    encoder=encoder,
+    head=vit_lib.FlatDense(tokenizer.codebook_size),
+    tokenizer=tokenizer,
+    tokenizer_params=tok_params,
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+    mask_ratio=float(m.get("mask_ratio", 0.4)),
+    min_block=int(m.get("min_block", 16)),
+  )

@@ -23,6 +23,7 @@ Config (`config.method`): codebook_size, code_dim, hidden (widths), beta, ema_de
 dead_threshold, patch_size
 (must equal BEiT's ViT patch size; any size dividing the image).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ def _l2n(x, eps=1e-6):
 class VQEncoder(nn.Module):
   """patchify ▸ per-patch MLP ▸ a 3 × 3 conv over the patch grid (context) ▸ 1 × 1 to d.
   (Strided 4 × 4 convs / transposed convs were ~20× slower on the 2-core CPU.)"""
+
   hidden: int
   code_dim: int
   patch_size: int
@@ -61,6 +63,7 @@ class VQEncoder(nn.Module):
 
 class VQDecoder(nn.Module):
   """3 × 3 conv over the code grid ▸ per-patch MLP to p²·3 pixels ▸ unpatchify."""
+
   hidden: int
   patch_size: int
 
@@ -95,8 +98,11 @@ class VQTokenizer:
     g = s // self.patch_size
     dec = self.dec.init(r2, jnp.zeros((1, g, g, self.code_dim)))["params"]
     codebook = _l2n(jax.random.normal(r3, (self.codebook_size, self.code_dim)))
-    state = {"codebook": codebook, "ema_sum": codebook,
-             "ema_count": jnp.ones((self.codebook_size,), jnp.float32)}
+    state = {
+      "codebook": codebook,
+      "ema_sum": codebook,
+      "ema_count": jnp.ones((self.codebook_size,), jnp.float32),
+    }
     return base.Variables({"encoder": enc, "decoder": dec}, {}, state)
 
   def quantize(self, params, x):
@@ -114,8 +120,11 @@ class VQTokenizer:
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    x = (self.preprocess(images) if self.view is None
-         else self.preprocess(augment.augment_batch(rng, images, self.view)))
+    x = (
+      self.preprocess(images)
+      if self.view is None
+      else self.preprocess(augment.augment_batch(rng, images, self.view))
+    )
     z_e, codes, e_k = self.quantize(dict(params, codebook=method_state["codebook"]), x)
     z_q = z_e + jax.lax.stop_gradient(e_k - z_e)  # straight-through (VQ-VAE eq. 3)
     recon = self.dec.apply({"params": params["decoder"]}, z_q)
@@ -126,8 +135,7 @@ class VQTokenizer:
     hist = jnp.mean(onehot, axis=0)
     perplexity = jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10)))
     new_state = self.update_codebook(method_state, jax.lax.stop_gradient(z_e), onehot, rng)
-    metrics = {"loss": loss, "recon_mse": recon_mse, "commitment": commit,
-               "perplexity": perplexity}
+    metrics = {"loss": loss, "recon_mse": recon_mse, "commitment": commit, "perplexity": perplexity}
     return loss, base.LossAux(batch_stats, new_state, metrics, z_e.mean(axis=(1, 2)))
 
   def update_codebook(self, state, z_e, onehot, rng):
@@ -142,8 +150,9 @@ class VQTokenizer:
     book = _l2n(total / count[:, None].clip(1e-6))
     expected = flat.shape[0] / self.codebook_size
     dead = count < self.dead_threshold * expected
-    picks = flat[jax.random.randint(jax.random.fold_in(rng, 7), (self.codebook_size,), 0,
-                                    flat.shape[0])]
+    picks = flat[
+      jax.random.randint(jax.random.fold_in(rng, 7), (self.codebook_size,), 0, flat.shape[0])
+    ]
     book = jnp.where(dead[:, None], picks, book)
     total = jnp.where(dead[:, None], picks * expected, total)
     count = jnp.where(dead, expected, count)
@@ -156,8 +165,9 @@ class VQTokenizer:
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if metrics.get("perplexity", 2.0) < 2.0:
-      return (f"codebook perplexity {metrics['perplexity']:.2f}: nearly every patch maps to "
-              "the same code")
+      return (
+        f"codebook perplexity {metrics['perplexity']:.2f}: nearly every patch maps to the same code"
+      )
     return None
 
 
@@ -166,10 +176,15 @@ def create(config, total_steps: int) -> VQTokenizer:
   m = config.method
   p = int(m.patch_size)
   hidden = int(m.hidden)
-  return VQTokenizer(enc=VQEncoder(hidden, int(m.code_dim), p),
-                     dec=VQDecoder(hidden, p), view=base.view_params(config.augment),
-                     preprocess=base.Preprocess.from_config(config.dataset),
-                     codebook_size=int(m.codebook_size), code_dim=int(m.code_dim),
-                     beta=float(m.get("beta", 0.25)), patch_size=p,
-                     ema_decay=float(m.get("ema_decay", 0.99)),
-                     dead_threshold=float(m.get("dead_threshold", 0.03)))
+  return VQTokenizer(
+    enc=VQEncoder(hidden, int(m.code_dim), p),
+    dec=VQDecoder(hidden, p),
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+    codebook_size=int(m.codebook_size),
+    code_dim=int(m.code_dim),
+    beta=float(m.get("beta", 0.25)),
+    patch_size=p,
+    ema_decay=float(m.get("ema_decay", 0.99)),
+    dead_threshold=float(m.get("dead_threshold", 0.03)),
+  )

@@ -40,6 +40,7 @@ Config (``config.method``):
   collapse_std:     warn when the std of the L2-normalised projections, × √dim, falls below
                     this (1 for well-spread embeddings, 0 at collapse; default 0.05)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,8 +104,10 @@ def embedding_std_metrics(z: jax.Array) -> dict:
 def std_warning(metrics: dict, threshold: float) -> str | None:
   rel = metrics.get("embedding_std_rel")
   if rel is not None and rel < threshold:
-    return (f"representation collapse? the std of the L2-normalised embeddings is "
-            f"{rel:.3g}/sqrt(dim) (healthy ≈ 1/sqrt(dim), 0 when all images map to one point)")
+    return (
+      f"representation collapse? the std of the L2-normalised embeddings is "
+      f"{rel:.3g}/sqrt(dim) (healthy ≈ 1/sqrt(dim), 0 when all images map to one point)"
+    )
   return None
 
 
@@ -138,8 +141,10 @@ class BYOL:
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    target = {"params": copy(subtree(params, self.TARGET_KEYS)),
-              "batch_stats": copy(subtree(batch_stats, self.TARGET_KEYS))}
+    target = {
+      "params": copy(subtree(params, self.TARGET_KEYS)),
+      "batch_stats": copy(subtree(batch_stats, self.TARGET_KEYS)),
+    }
     return base.Variables(params, batch_stats, {"target": target})
 
   def momentum(self, step):
@@ -148,24 +153,34 @@ class BYOL:
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """Symmetrised BYOL loss on two views of `images` [B, H, W, 3] (uint8)."""
     n = images.shape[0]
-    x = self.preprocess(self.views(rng, images).global_crops)            # [2B, S, S, 3]
+    x = self.preprocess(self.views(rng, images).global_crops)  # [2B, S, S, 3]
     (features, z, q), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
-    method_state = jax.lax.stop_gradient(method_state)                   # the target: no grad
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
+    method_state = jax.lax.stop_gradient(method_state)  # the target: no grad
     target = method_state["target"]
     zt, t_updates = self.net.apply(
-        {"params": target["params"], "batch_stats": target["batch_stats"]}, x, train=True,
-        mutable=["batch_stats"], method=BYOLNet.target)
+      {"params": target["params"], "batch_stats": target["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      method=BYOLNet.target,
+    )
     zt = jax.lax.stop_gradient(zt)
     # Eq. 2 for (view 1 → view 2) plus L̃ for (view 2 → view 1): prediction of view v
     # regresses the target projection of the other view.
     zt_swapped = jnp.concatenate([zt[n:], zt[:n]], axis=0)
-    per_row = regression_loss(q, zt_swapped)                              # [2B]
-    loss = 2.0 * jnp.mean(per_row)                                        # = mean(L) + mean(L̃)
-    new_state = {"target": {"params": target["params"],
-                            "batch_stats": t_updates.get("batch_stats", {})}}
-    metrics = {"loss": loss, "target_momentum": self.momentum(step),
-               "cosine": jnp.mean(1.0 - per_row / 2.0), **embedding_std_metrics(z)}
+    per_row = regression_loss(q, zt_swapped)  # [2B]
+    loss = 2.0 * jnp.mean(per_row)  # = mean(L) + mean(L̃)
+    new_state = {
+      "target": {"params": target["params"], "batch_stats": t_updates.get("batch_stats", {})}
+    }
+    metrics = {
+      "loss": loss,
+      "target_momentum": self.momentum(step),
+      "cosine": jnp.mean(1.0 - per_row / 2.0),
+      **embedding_std_metrics(z),
+    }
     return loss, base.LossAux(updates["batch_stats"], new_state, metrics, features[:n])
 
   def after_update(self, params, method_state, step):
@@ -175,8 +190,9 @@ class BYOL:
     return dict(method_state, target=dict(target, params=new))
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=BYOLNet.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats}, self.preprocess(images), method=BYOLNet.encode
+    )
 
   def collapse_warning(self, metrics: dict) -> str | None:
     return std_warning(metrics, self.collapse_std)
@@ -191,7 +207,11 @@ def create(config, total_steps: int) -> BYOL:
   dim = int(m.get("projector_dim", 256))
   projector = models.MLPHead(hidden_dims=tuple(m.get("projector_hidden", (4096,))), out_dim=dim)
   predictor = models.MLPHead(hidden_dims=tuple(m.get("predictor_hidden", (4096,))), out_dim=dim)
-  return BYOL(net=BYOLNet(encoder, projector, predictor), views=views,
-              preprocess=base.Preprocess.from_config(config.dataset),
-              base_momentum=float(m.get("base_momentum", 0.996)), total_steps=int(total_steps),
-              collapse_std=float(m.get("collapse_std", 0.05)))
+  return BYOL(
+    net=BYOLNet(encoder, projector, predictor),
+    views=views,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    base_momentum=float(m.get("base_momentum", 0.996)),
+    total_steps=int(total_steps),
+    collapse_std=float(m.get("collapse_std", 0.05)),
+  )

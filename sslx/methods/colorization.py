@@ -26,6 +26,7 @@ Config (`config.method`):
   decoder_widths:   widths of the up-convolutions from the encoder's feature map to 1/4
                     resolution (one per factor of 2)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,7 @@ def downsample(x: jax.Array, size: int) -> jax.Array:
 class Colorization:
   net: pretext_nets.ColorizationNet
   view: augment.ViewParams | None
-  bins: tuple                  # Q (a, b) centres
+  bins: tuple  # Q (a, b) centres
   out_size: int
   rebalance_lambda: float
   temperature: float
@@ -74,8 +75,11 @@ class Colorization:
       size = self.view.crop_size
       x = jax.image.resize(x, (x.shape[0], size, size, 1), "bilinear")
     variables = self.net.init(rng, x, train=False)
-    return base.Variables(variables["params"], variables.get("batch_stats", {}),
-                          {"bin_counts": jnp.ones((self.num_bins,), jnp.float32)})
+    return base.Variables(
+      variables["params"],
+      variables.get("batch_stats", {}),
+      {"bin_counts": jnp.ones((self.num_bins,), jnp.float32)},
+    )
 
   def targets(self, rgb):
     """[B, S, S, 3] in [0, 1] -> soft targets [B, s, s, Q] at the output resolution."""
@@ -84,32 +88,39 @@ class Colorization:
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    rgb = (augment.augment_batch(rng, images, self.view) if self.view is not None
-           else images.astype(jnp.float32) / 255.0)
+    rgb = (
+      augment.augment_batch(rng, images, self.view)
+      if self.view is not None
+      else images.astype(jnp.float32) / 255.0
+    )
     (features, logits), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, to_lightness_input(rgb), train=True,
-        mutable=["batch_stats"])
-    z = self.targets(rgb)                                                   # [B, s, s, Q]
+      {"params": params, "batch_stats": batch_stats},
+      to_lightness_input(rgb),
+      train=True,
+      mutable=["batch_stats"],
+    )
+    z = self.targets(rgb)  # [B, s, s, Q]
     prior = color.smooth_prior(method_state["bin_counts"], self._bins(), self.soft_sigma)
-    w = color.rebalance_weights(prior, self.rebalance_lambda)               # [Q]
-    v = w[jnp.argmax(z, axis=-1)]                                           # [B, s, s]
+    w = color.rebalance_weights(prior, self.rebalance_lambda)  # [Q]
+    v = w[jnp.argmax(z, axis=-1)]  # [B, s, s]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     ce = -jnp.sum(z * logp, axis=-1)
     loss = jnp.mean(v * ce)
     counts = method_state["bin_counts"] + jax.lax.stop_gradient(jnp.sum(z, axis=(0, 1, 2)))
     acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(z, -1))
-    ab_err = jnp.mean(jnp.abs(color.annealed_mean(logits, self._bins(), self.temperature)
-                              - color.srgb_to_lab(downsample(rgb, self.out_size))[..., 1:]))
-    metrics = {"loss": loss, "unweighted_ce": jnp.mean(ce), "bin_acc": acc,
-               "ab_abs_error": ab_err}
-    return loss, base.LossAux(updates["batch_stats"], {"bin_counts": counts}, metrics,
-                              features)
+    ab_err = jnp.mean(
+      jnp.abs(
+        color.annealed_mean(logits, self._bins(), self.temperature)
+        - color.srgb_to_lab(downsample(rgb, self.out_size))[..., 1:]
+      )
+    )
+    metrics = {"loss": loss, "unweighted_ce": jnp.mean(ce), "bin_acc": acc, "ab_abs_error": ab_err}
+    return loss, base.LossAux(updates["batch_stats"], {"bin_counts": counts}, metrics, features)
 
   def predict_ab(self, params, batch_stats, images):
     """uint8 [B, S, S, 3] -> annealed-mean ab [B, s, s, 2] from the L channel alone."""
     x = to_lightness_input(images.astype(jnp.float32) / 255.0)
-    _, logits = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
-                               train=False)
+    _, logits = self.net.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
     return color.annealed_mean(logits, self._bins(), self.temperature)
 
   def colorize(self, params, batch_stats, images):
@@ -123,8 +134,9 @@ class Colorization:
 
   def encode(self, params, batch_stats, images):
     x = to_lightness_input(images.astype(jnp.float32) / 255.0)
-    return self.net.apply({"params": params, "batch_stats": batch_stats}, x,
-                          method=pretext_nets.ColorizationNet.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats}, x, method=pretext_nets.ColorizationNet.encode
+    )
 
 
 def create(config, total_steps: int) -> Colorization:
@@ -133,14 +145,17 @@ def create(config, total_steps: int) -> Colorization:
   bins = color.ab_bins(10)
   decoder_widths = tuple(m.get("decoder_widths", (128, 128)))
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  net = pretext_nets.ColorizationNet(encoder, num_bins=len(bins),
-                                     decoder_widths=decoder_widths)
+  net = pretext_nets.ColorizationNet(encoder, num_bins=len(bins), decoder_widths=decoder_widths)
   view = base.view_params(config.augment)
   size = view.crop_size if view is not None else config.dataset.image_size
   # Output stride 4 (the paper's 1/4 resolution), reached by the decoder from the encoder.
-  return Colorization(net=net, view=view,
-                      bins=tuple((float(a), float(b)) for a, b in bins),
-                      out_size=int(m.get("out_size", size // 4)),
-                      rebalance_lambda=float(m.get("rebalance_lambda", 0.5)),
-                      temperature=float(m.get("temperature", 0.38)),
-                      soft_k=int(m.get("soft_k", 5)), soft_sigma=float(m.get("soft_sigma", 5.0)))
+  return Colorization(
+    net=net,
+    view=view,
+    bins=tuple((float(a), float(b)) for a, b in bins),
+    out_size=int(m.get("out_size", size // 4)),
+    rebalance_lambda=float(m.get("rebalance_lambda", 0.5)),
+    temperature=float(m.get("temperature", 0.38)),
+    soft_k=int(m.get("soft_k", 5)),
+    soft_sigma=float(m.get("soft_sigma", 5.0)),
+  )

@@ -37,6 +37,7 @@ Config (`config.method`):
   decoder_base: width of the last up-convolution (doubles toward the bottleneck)
   disc_widths: the discriminator's conv widths
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,7 +100,8 @@ class ContextEncoder:
     x = jnp.zeros((2, self.image_size, self.image_size, 3), jnp.float32)
     g = self.generator.init(kg, x, train=False)
     d = self.discriminator.init(
-        kd, jnp.zeros((2, self.target_size, self.target_size, 3), jnp.float32))
+      kd, jnp.zeros((2, self.target_size, self.target_size, 3), jnp.float32)
+    )
     params = {"generator": g["params"], "discriminator": d["params"]}
     return base.Variables(params, {"generator": g.get("batch_stats", {})}, {})
 
@@ -111,12 +113,11 @@ class ContextEncoder:
       hole, weights = center_masks(s, self.overlap)
       weights = jnp.where(weights, 1.0, self.overlap_weight)
       lo = s // 4
-      target = x[:, lo:lo + s // 2, lo:lo + s // 2]
+      target = x[:, lo : lo + s // 2, lo : lo + s // 2]
       hole = jnp.broadcast_to(hole, (b, s, s))
       weights = jnp.broadcast_to(weights, (b,) + weights.shape)
     else:
-      hole = jax.vmap(lambda k: random_block_mask(k, s, self.num_blocks))(
-          jax.random.split(rng, b))
+      hole = jax.vmap(lambda k: random_block_mask(k, s, self.num_blocks))(jax.random.split(rng, b))
       target, weights = x, hole.astype(jnp.float32)
     masked = jnp.where(hole[..., None], 0.0, x)
     return masked, target, weights, hole
@@ -131,13 +132,19 @@ class ContextEncoder:
     """(generator loss, discriminator loss, aux) with the stop-gradients that make the sum's
     gradient split exactly: generator loss sees sg(D), discriminator loss sees sg(G(x))."""
     k_view, k_mask = jax.random.split(rng)
-    rgb = (augment.augment_batch(k_view, images, self.view) if self.view is not None
-           else images.astype(jnp.float32) / 255.0)
+    rgb = (
+      augment.augment_batch(k_view, images, self.view)
+      if self.view is not None
+      else images.astype(jnp.float32) / 255.0
+    )
     x = self.preprocess(rgb)
     masked, target, weights, hole = self.mask_batch(k_mask, x)
     (_, prediction), updates = self.generator.apply(
-        {"params": params["generator"], "batch_stats": batch_stats["generator"]}, masked,
-        train=True, mutable=["batch_stats"])
+      {"params": params["generator"], "batch_stats": batch_stats["generator"]},
+      masked,
+      train=True,
+      mutable=["batch_stats"],
+    )
     # Reconstruction: weighted L2 over the region (overlap border ×10), per pixel over RGB.
     err = jnp.sum(jnp.square(prediction - target), axis=-1)
     rec = jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -147,12 +154,17 @@ class ContextEncoder:
     adv_g = _bce_logits(self.discriminator.apply({"params": d_frozen}, fake), 1.0)
     g_loss = self.rec_weight * rec + self.adv_weight * adv_g
     d_real = self.discriminator.apply({"params": params["discriminator"]}, real)
-    d_fake = self.discriminator.apply({"params": params["discriminator"]},
-                                      jax.lax.stop_gradient(fake))
+    d_fake = self.discriminator.apply(
+      {"params": params["discriminator"]}, jax.lax.stop_gradient(fake)
+    )
     d_loss = _bce_logits(d_real, 1.0) + _bce_logits(d_fake, 0.0)
-    metrics = {"rec_l2": rec, "adv_g": adv_g, "d_loss": d_loss,
-               "d_real_prob": jnp.mean(jax.nn.sigmoid(d_real)),
-               "d_fake_prob": jnp.mean(jax.nn.sigmoid(d_fake))}
+    metrics = {
+      "rec_l2": rec,
+      "adv_g": adv_g,
+      "d_loss": d_loss,
+      "d_real_prob": jnp.mean(jax.nn.sigmoid(d_real)),
+      "d_fake_prob": jnp.mean(jax.nn.sigmoid(d_fake)),
+    }
     return g_loss, d_loss, (updates["batch_stats"], metrics, prediction)
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -169,10 +181,10 @@ class ContextEncoder:
     x = self.preprocess(images)
     masked, _, _, hole = self.mask_batch(rng, x)
     _, prediction = self.generator.apply(
-        {"params": params["generator"], "batch_stats": batch_stats["generator"]}, masked,
-        train=False)
+      {"params": params["generator"], "batch_stats": batch_stats["generator"]}, masked, train=False
+    )
     if self.mask_mode == "center":
-      lo, t = self.image_size // 4, self.target_size
+      lo = self.image_size // 4
       completed = jax.lax.dynamic_update_slice(x, prediction, (0, lo, lo, 0))
     else:
       completed = jnp.where(hole[..., None], prediction, x)
@@ -184,8 +196,10 @@ class ContextEncoder:
 
   def encode(self, params, batch_stats, images):
     return self.generator.apply(
-        {"params": params["generator"], "batch_stats": batch_stats["generator"]},
-        self.preprocess(images), method=pretext_nets.InpaintingGenerator.encode)
+      {"params": params["generator"], "batch_stats": batch_stats["generator"]},
+      self.preprocess(images),
+      method=pretext_nets.InpaintingGenerator.encode,
+    )
 
 
 def create(config, total_steps: int) -> ContextEncoder:
@@ -197,21 +211,28 @@ def create(config, total_steps: int) -> ContextEncoder:
   view = base.view_params(config.augment)
   size = view.crop_size if view is not None else int(config.dataset.image_size)
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  fmap = jax.eval_shape(lambda x: encoder.init_with_output(jax.random.PRNGKey(0), x,
-                                                           train=False)[0]["feature_map"],
-                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape[1]
+  fmap = jax.eval_shape(
+    lambda x: encoder.init_with_output(jax.random.PRNGKey(0), x, train=False)[0]["feature_map"],
+    jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+  ).shape[1]
   target = size // 2 if mode == "center" else size
   doublings = max(int(round(jnp.log2(target / fmap))), 1)
   base_width = int(m.get("decoder_base", 32))
   widths = tuple(base_width * 2 ** (doublings - 2 - i) for i in range(doublings - 1))
-  if fmap * 2 ** doublings != target:
+  if fmap * 2**doublings != target:
     raise ValueError(f"encoder feature map {fmap} cannot be doubled to {target}")
   generator = pretext_nets.InpaintingGenerator(encoder, decoder_widths=widths)
   disc = pretext_nets.PatchDiscriminator(widths=tuple(m.get("disc_widths", (32, 64, 128))))
-  return ContextEncoder(generator=generator, discriminator=disc,
-                        preprocess=base.Preprocess.from_config(config.dataset), view=view,
-                        image_size=size, mask_mode=mode, overlap=int(m.get("overlap", 1)),
-                        overlap_weight=float(m.get("overlap_weight", 10.0)),
-                        num_blocks=int(m.get("num_blocks", 4)),
-                        rec_weight=float(m.get("rec_weight", 0.999)),
-                        adv_weight=float(m.get("adv_weight", 0.001)))
+  return ContextEncoder(
+    generator=generator,
+    discriminator=disc,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    view=view,
+    image_size=size,
+    mask_mode=mode,
+    overlap=int(m.get("overlap", 1)),
+    overlap_weight=float(m.get("overlap_weight", 10.0)),
+    num_blocks=int(m.get("num_blocks", 4)),
+    rec_weight=float(m.get("rec_weight", 0.999)),
+    adv_weight=float(m.get("adv_weight", 0.001)),
+  )

@@ -58,10 +58,11 @@ Config (`config.method`):
 Note: the trainer's images/s counts two views per image; CPC uses one, so images seen per
 second is half the figure it prints.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -80,13 +81,17 @@ def grid_size(image_size: int, patch_size: int, stride: int) -> int:
 def patch_grid(images: jax.Array, patch_size: int, stride: int) -> jax.Array:
   """[B, S, S, C] → [B, G, G, P, P, C]: patch (i, j) is images[:, i·s:i·s + P, j·s:j·s + P]."""
   g = grid_size(images.shape[1], patch_size, stride)
-  idx = (jnp.arange(g) * stride)[:, None] + jnp.arange(patch_size)[None, :]   # [G, P]
+  idx = (jnp.arange(g) * stride)[:, None] + jnp.arange(patch_size)[None, :]  # [G, P]
   # One gather: out[b, i, j, u, v] = images[b, idx[i, u], idx[j, v]].
   return images[:, idx[:, None, :, None], idx[None, :, None, :]]
 
 
-def predictive_info_nce(z: jax.Array, predictions: Sequence[jax.Array], steps: Sequence[int],
-                        temperature: float | None = None) -> tuple[jax.Array, jax.Array, list]:
+def predictive_info_nce(
+  z: jax.Array,
+  predictions: Sequence[jax.Array],
+  steps: Sequence[int],
+  temperature: float | None = None,
+) -> tuple[jax.Array, jax.Array, list]:
   """InfoNCE of predictions k steps ahead against all targets at that offset (eq. 4).
 
   Args:
@@ -108,12 +113,12 @@ def predictive_info_nce(z: jax.Array, predictions: Sequence[jax.Array], steps: S
   for k, pred in zip(steps, predictions):
     if not 1 <= k < t:
       raise ValueError(f"cannot predict {k} steps ahead on a sequence of {t} steps")
-    p = pred[:, :t - k].reshape(-1, d).astype(jnp.float32)     # [N_k, D]: W_k c_t
-    target = z[:, k:].reshape(-1, d).astype(jnp.float32)       # [N_k, D]: z_{t+k}, aligned
+    p = pred[:, : t - k].reshape(-1, d).astype(jnp.float32)  # [N_k, D]: W_k c_t
+    target = z[:, k:].reshape(-1, d).astype(jnp.float32)  # [N_k, D]: z_{t+k}, aligned
     if temperature:
       p = losses.l2_normalize(p) / temperature
       target = losses.l2_normalize(target)
-    logits = p @ target.T                                      # f_k of every pair (eq. 3)
+    logits = p @ target.T  # f_k of every pair (eq. 3)
     loss_k, acc_k = losses.softmax_cross_entropy(logits, jnp.arange(p.shape[0]))
     total = total + loss_k
     accs.append(acc_k)
@@ -122,6 +127,7 @@ def predictive_info_nce(z: jax.Array, predictions: Sequence[jax.Array], steps: S
 
 class Predictors(nn.Module):
   """One linear W_k (no bias) per step ahead: c [..., H] → [W_k c for k in steps]."""
+
   steps: Sequence[int]
   dim: int
 
@@ -132,6 +138,7 @@ class Predictors(nn.Module):
 
 class CPCImageNet(nn.Module):
   """Patch encoder + row-causal context + predictors over a [B, G, G, P, P, 3] patch grid."""
+
   encoder: nn.Module
   context: nn.Module
   steps: Sequence[int]
@@ -179,8 +186,9 @@ class CPC:
     variables = self.net.init(rng, self._patches(x))
     if variables.get("batch_stats"):
       raise ValueError(
-          "CPC needs a patch encoder without BatchNorm (statistics over all patches would leak "
-          "the rows below into the context); use model.name='cpc_convnet'")
+        "CPC needs a patch encoder without BatchNorm (statistics over all patches would leak "
+        "the rows below into the context); use model.name='cpc_convnet'"
+      )
     return base.Variables(variables["params"], {}, {})
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -193,8 +201,8 @@ class CPC:
     image_rng, patch_rng = jax.random.split(rng)
     x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
     if self.view is not None:
-      x = augment.augment_batch(image_rng, x, self.view)             # [B, S, S, 3] in [0, 1]
-    patches = self._patches(x)                                        # [B, G, G, P, P, 3]
+      x = augment.augment_batch(image_rng, x, self.view)  # [B, S, S, 3] in [0, 1]
+    patches = self._patches(x)  # [B, G, G, P, P, 3]
     if self.patch_view is not None:
       # Every patch its own colour jitter / grayscale (Hénaff et al. §4.1): the patches of
       # one image no longer share colour statistics the context could match instead of content.
@@ -202,17 +210,21 @@ class CPC:
       patches = augment.augment_batch(patch_rng, flat, self.patch_view).reshape(patches.shape)
     z, c, predictions = self.net.apply({"params": params}, self.preprocess(patches))
     loss, acc, accs = predictive_info_nce(z, predictions, self.steps, self.temperature)
-    metrics = {"loss": loss, "contrastive_acc": acc,
-               "context_std": jnp.mean(jnp.std(c.reshape(-1, c.shape[-1]), axis=0)),
-               "embedding_std": jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0))}
+    metrics = {
+      "loss": loss,
+      "contrastive_acc": acc,
+      "context_std": jnp.mean(jnp.std(c.reshape(-1, c.shape[-1]), axis=0)),
+      "embedding_std": jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0)),
+    }
     metrics.update({f"contrastive_acc_k{k}": a for k, a in zip(self.steps, accs)})
     return loss, base.LossAux(batch_stats, method_state, metrics, jnp.mean(z, axis=(1, 2)))
 
   def encode(self, params, batch_stats, images):
     """[B, D]: patch embeddings of the unaugmented image, mean-pooled over the grid."""
     del batch_stats
-    return self.net.apply({"params": params}, self._patches(self.preprocess(images)),
-                          method=CPCImageNet.pooled)
+    return self.net.apply(
+      {"params": params}, self._patches(self.preprocess(images)), method=CPCImageNet.pooled
+    )
 
 
 def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tuple:
@@ -221,9 +233,10 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
     raise ValueError(f"method.first_step={first_step} must be in [1, steps_ahead={steps_ahead}]")
   if steps_ahead >= rows:
     raise ValueError(
-        f"method.steps_ahead={steps_ahead} is larger than the grid allows: {what} has {rows} "
-        f"rows, so at most {rows - 1} rows ahead can be predicted; lower steps_ahead or use "
-        "a smaller patch_size / patch_stride")
+      f"method.steps_ahead={steps_ahead} is larger than the grid allows: {what} has {rows} "
+      f"rows, so at most {rows - 1} rows ahead can be predicted; lower steps_ahead or use "
+      "a smaller patch_size / patch_stride"
+    )
   return tuple(range(first_step, steps_ahead + 1))
 
 
@@ -234,16 +247,22 @@ def create(config, total_steps: int) -> CPC:
   size = view.crop_size if view is not None else int(config.dataset.image_size)
   patch, stride = int(m.get("patch_size", 8)), int(m.get("patch_stride", 4))
   if not 0 < patch <= size or stride <= 0:
-    raise ValueError(f"method.patch_size={patch} / patch_stride={stride} do not fit {size} px "
-                     "images")
+    raise ValueError(
+      f"method.patch_size={patch} / patch_stride={stride} do not fit {size} px images"
+    )
   g = grid_size(size, patch, stride)
-  steps = check_steps(int(m.get("first_step", 1)), int(m.get("steps_ahead", 3)), g,
-                      f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px "
-                      "images")
+  steps = check_steps(
+    int(m.get("first_step", 1)),
+    int(m.get("steps_ahead", 3)),
+    g,
+    f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
+  )
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  context = cpc_nets.RowCausalContext(features=int(m.get("context_dim", 256)),
-                                      layers=int(m.get("context_layers", 3)),
-                                      kernel_rows=int(m.get("context_kernel_rows", 3)))
+  context = cpc_nets.RowCausalContext(
+    features=int(m.get("context_dim", 256)),
+    layers=int(m.get("context_layers", 3)),
+    kernel_rows=int(m.get("context_kernel_rows", 3)),
+  )
   patch_view = None
   patch_cfg = m.get("patch_augment", None)
   patch_cfg = patch_cfg.to_dict() if hasattr(patch_cfg, "to_dict") else dict(patch_cfg or {})
@@ -251,10 +270,16 @@ def create(config, total_steps: int) -> CPC:
     patch_cfg.setdefault("crop_scale", (1.0, 1.0))
     patch_cfg.setdefault("crop_ratio", (1.0, 1.0))
     patch_view = augment.ViewParams(crop_size=patch, **patch_cfg)
-  return CPC(net=CPCImageNet(encoder, context, steps), view=view, patch_view=patch_view,
-             preprocess=base.Preprocess.from_config(config.dataset),
-             patch_size=patch, patch_stride=stride, steps=steps,
-             temperature=float(m.get("temperature", 0.0)) or None)
+  return CPC(
+    net=CPCImageNet(encoder, context, steps),
+    view=view,
+    patch_view=patch_view,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    patch_size=patch,
+    patch_stride=stride,
+    steps=steps,
+    temperature=float(m.get("temperature", 0.0)) or None,
+  )
 
 
 # -- 1-D sequences ------------------------------------------------------------------------
@@ -263,8 +288,9 @@ def create(config, total_steps: int) -> CPC:
 class CPC1DNet(nn.Module):
   """CPC over [B, T, C] signals: z = encoder(x) [B, T', D], c = context(z) [B, T', H],
   predictions W_k c for k in `steps` (Oord et al. 2018 §3.1, audio)."""
-  encoder: nn.Module   # e.g. cpc_nets.SignalEncoder()
-  context: nn.Module   # e.g. cpc_nets.GRUContext()
+
+  encoder: nn.Module  # e.g. cpc_nets.SignalEncoder()
+  context: nn.Module  # e.g. cpc_nets.GRUContext()
   steps: Sequence[int] = (1, 2, 3)
 
   @nn.compact
@@ -277,8 +303,9 @@ class CPC1DNet(nn.Module):
     return self.context(self.encoder(signals))
 
 
-def cpc_1d_loss(net: CPC1DNet, params, signals: jax.Array,
-                temperature: float | None = None) -> tuple[jax.Array, dict]:
+def cpc_1d_loss(
+  net: CPC1DNet, params, signals: jax.Array, temperature: float | None = None
+) -> tuple[jax.Array, dict]:
   """CPC's InfoNCE on a batch of 1-D signals, a pure function of `params`.
 
   Args:
@@ -294,11 +321,17 @@ def cpc_1d_loss(net: CPC1DNet, params, signals: jax.Array,
   """
   z, _, predictions = net.apply({"params": params}, signals)
   steps = tuple(net.steps)
-  check_steps(min(steps), max(steps), z.shape[1],
-              f"the encoded sequence ({signals.shape[1]} samples → {z.shape[1]} steps)")
+  check_steps(
+    min(steps),
+    max(steps),
+    z.shape[1],
+    f"the encoded sequence ({signals.shape[1]} samples → {z.shape[1]} steps)",
+  )
   loss, acc, accs = predictive_info_nce(z, predictions, steps, temperature)
-  metrics = {"loss": loss, "accuracy": acc,
-             "chance": jnp.mean(jnp.asarray([1.0 / (z.shape[0] * (z.shape[1] - k))
-                                             for k in steps]))}
+  metrics = {
+    "loss": loss,
+    "accuracy": acc,
+    "chance": jnp.mean(jnp.asarray([1.0 / (z.shape[0] * (z.shape[1] - k)) for k in steps])),
+  }
   metrics.update({f"accuracy_k{k}": a for k, a in zip(steps, accs)})
   return loss, metrics

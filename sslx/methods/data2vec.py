@@ -21,6 +21,7 @@ Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), ta
 loss_beta (β of smooth L1; 2.0), ema_decay / ema_end_decay / ema_anneal_steps
 (0.9998 → 0.9999 over 100k updates for ViT-B/16 in the released recipe; smaller for short runs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,9 +88,11 @@ class Data2Vec:
     enc_rng, tok_rng, head_rng = jax.random.split(rng, 3)
     enc = self.encoder.init(enc_rng, x, train=False)["params"]
     d = self.encoder.dim
-    params = {"encoder": enc,
-              "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
-              "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"]}
+    params = {
+      "encoder": enc,
+      "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
+      "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"],
+    }
     teacher = jax.tree.map(jnp.array, enc)
     return base.Variables(params, {}, {"teacher": teacher})
 
@@ -107,7 +110,7 @@ class Data2Vec:
     """[B, N, D] y_t: the average of the teacher's top-K normalised FFN outputs (patches)."""
     out = masking.vit_forward(self.encoder, teacher_params, x)
     norm = instance_norm if self.target_norm == "instance" else layer_norm
-    layers = [norm(a[:, 1:]) for a in out["ffn_outputs"][-self.top_k:]]
+    layers = [norm(a[:, 1:]) for a in out["ffn_outputs"][-self.top_k :]]
     return jax.lax.stop_gradient(sum(layers) / len(layers))
 
   def predict(self, params, x, mask):
@@ -123,28 +126,34 @@ class Data2Vec:
     y = self.targets(method_state["teacher"], x)
     pred, features = self.predict(params, x, mask)
     loss = masked_smooth_l1(pred, y, mask, self.loss_beta)
-    metrics = {"loss": loss, "ema_decay": ema_decay(step, self.ema_start, self.ema_end,
-                                                    self.ema_anneal_steps),
-               "target_std": jnp.mean(jnp.std(y, axis=(0, 1))),
-               "pred_std": jnp.mean(jnp.std(pred, axis=(0, 1)))}
+    metrics = {
+      "loss": loss,
+      "ema_decay": ema_decay(step, self.ema_start, self.ema_end, self.ema_anneal_steps),
+      "target_std": jnp.mean(jnp.std(y, axis=(0, 1))),
+      "pred_std": jnp.mean(jnp.std(pred, axis=(0, 1))),
+    }
     return loss, base.LossAux(batch_stats, method_state, metrics, features)
 
   def after_update(self, params, method_state, step):
     tau = ema_decay(step, self.ema_start, self.ema_end, self.ema_anneal_steps)
-    teacher = jax.tree.map(lambda t, s: tau * t + (1.0 - tau) * s,
-                           method_state["teacher"], params["encoder"])
+    teacher = jax.tree.map(
+      lambda t, s: tau * t + (1.0 - tau) * s, method_state["teacher"], params["encoder"]
+    )
     return dict(method_state, teacher=teacher)
 
   def encode(self, params, batch_stats, images):
     """[B, D] student-encoder features of the full image (no mask token, no head)."""
     del batch_stats
-    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images),
-                              train=False)["pre_logits"]
+    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images), train=False)[
+      "pre_logits"
+    ]
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if metrics.get("pred_std", 1.0) < 1e-3:
-      return (f"prediction std {metrics['pred_std']:.2e}: the student's outputs are "
-              "collapsing to a constant")
+      return (
+        f"prediction std {metrics['pred_std']:.2e}: the student's outputs are "
+        "collapsing to a constant"
+      )
     return None
 
 
@@ -152,8 +161,7 @@ def create(config, total_steps: int) -> Data2Vec:
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   if not isinstance(encoder, vit_lib.ViT):
-    raise ValueError(f"data2vec needs a ViT encoder (model.name vit_*), got "
-                     f"{config.model.name!r}")
+    raise ValueError(f"data2vec needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
   top_k = int(m.top_k)
   if not 1 <= top_k <= encoder.depth:
     raise ValueError(f"method.top_k={top_k} must be in [1, model.depth={encoder.depth}]")
@@ -161,10 +169,16 @@ def create(config, total_steps: int) -> Data2Vec:
   if norm not in ("instance", "layer"):
     raise ValueError(f"method.target_norm={norm!r}; valid: 'instance', 'layer'")
   anneal = int(m.get("ema_anneal_steps", 0)) or int(total_steps)
-  return Data2Vec(encoder=encoder, head=vit_lib.FlatDense(encoder.dim),
-                  view=base.view_params(config.augment),
-                  preprocess=base.Preprocess.from_config(config.dataset),
-                  mask_ratio=float(m.mask_ratio), top_k=top_k, target_norm=norm,
-                  loss_beta=float(m.get("loss_beta", 2.0)),
-                  ema_start=float(m.ema_decay), ema_end=float(m.ema_end_decay),
-                  ema_anneal_steps=anneal)
+  return Data2Vec(
+    encoder=encoder,
+    head=vit_lib.FlatDense(encoder.dim),
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+    mask_ratio=float(m.mask_ratio),
+    top_k=top_k,
+    target_norm=norm,
+    loss_beta=float(m.get("loss_beta", 2.0)),
+    ema_start=float(m.ema_decay),
+    ema_end=float(m.ema_end_decay),
+    ema_anneal_steps=anneal,
+  )

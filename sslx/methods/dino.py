@@ -43,6 +43,7 @@ Config (``config.method``):
 Views come from ``config.augment`` via :class:`sslx.multicrop.MultiCrop` (2 global crops +
 ``num_local_crops``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +63,7 @@ from sslx.models.dino_head import DINOHead
 class DINONet(nn.Module):
   """Backbone + DINO head; local crops (another resolution) go through the backbone in a
   second pass and the head sees all views at once (DINO's MultiCropWrapper)."""
+
   backbone: nn.Module
   head: nn.Module
 
@@ -93,8 +95,9 @@ def teacher_softmax(teacher_logits: jax.Array, center: jax.Array, temperature) -
   return jax.nn.softmax((teacher_logits.astype(jnp.float32) - center) / temperature, axis=-1)
 
 
-def cross_view_loss(student_logits: jax.Array, teacher_probs: jax.Array, num_global: int,
-                    student_temp: float) -> jax.Array:
+def cross_view_loss(
+  student_logits: jax.Array, teacher_probs: jax.Array, num_global: int, student_temp: float
+) -> jax.Array:
   """DINO eq. 3 averaged over pairs: mean over (i, j ≠ i) and the batch of
   H(P_t(x_i), P_s(x_j)).
 
@@ -113,7 +116,7 @@ def cross_view_loss(student_logits: jax.Array, teacher_probs: jax.Array, num_glo
   ce = -jnp.einsum("ibk,jbk->ij", teacher_probs.reshape(g, b, k), log_p.reshape(v, b, k)) / b
   pairs = multicrop.teacher_student_pairs(g, v)
   mask = np.zeros((g, v), np.float32)
-  mask[tuple(np.array(pairs).T)] = 1.0                                  # j ≠ i
+  mask[tuple(np.array(pairs).T)] = 1.0  # j ≠ i
   return jnp.sum(ce * mask) / len(pairs)
 
 
@@ -123,8 +126,7 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float)
   return momentum * center + (1.0 - momentum) * mean
 
 
-def teacher_temperature(step, total_steps: int, start: float, end: float,
-                        warmup_fraction: float):
+def teacher_temperature(step, total_steps: int, start: float, end: float, warmup_fraction: float):
   """τ_t: linear from `start` to `end` over the first `warmup_fraction` of training, then
   `end` (DINO: 0.04 → 0.07 over 30 epochs as an option; constant 0.04 by default)."""
   warm = int(round(warmup_fraction * total_steps))
@@ -146,11 +148,14 @@ def entropy_warning(metrics: dict, low: float = 0.01, high: float = 0.995) -> st
   if h is None:
     return None
   if h > high:
-    return (f"teacher collapse toward uniform: its entropy is {h:.3f}·log K (centering "
-            "dominates; lower teacher_temp or raise center_momentum)")
+    return (
+      f"teacher collapse toward uniform: its entropy is {h:.3f}·log K (centering "
+      "dominates; lower teacher_temp or raise center_momentum)"
+    )
   if h < low:
-    return (f"teacher collapse toward one dimension: its entropy is {h:.3g}·log K "
-            "(sharpening dominates)")
+    return (
+      f"teacher collapse toward one dimension: its entropy is {h:.3g}·log K (sharpening dominates)"
+    )
   return None
 
 
@@ -174,21 +179,29 @@ class EMATeacher:
     return dict(method_state, teacher=dict(teacher, params=new))
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=type(self.net).encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=type(self.net).encode,
+    )
 
   def attention_maps(self, params, batch_stats, method_state, images, which: str = "teacher"):
     """Last-layer attention [B, heads, T, T] of the teacher (default) or student ViT."""
-    variables = ({"params": method_state["teacher"]["params"],
-                  "batch_stats": method_state["teacher"]["batch_stats"]}
-                 if which == "teacher" else {"params": params, "batch_stats": batch_stats})
+    variables = (
+      {
+        "params": method_state["teacher"]["params"],
+        "batch_stats": method_state["teacher"]["batch_stats"],
+      }
+      if which == "teacher"
+      else {"params": params, "batch_stats": batch_stats}
+    )
     return self.net.apply(variables, self.preprocess(images), method=type(self.net).attention)
 
 
 @dataclasses.dataclass(frozen=True)
 class DINO(EMATeacher):
   net: DINONet
-  teacher_net: DINONet       # same parameters; no stochastic depth in the teacher
+  teacher_net: DINONet  # same parameters; no stochastic depth in the teacher
   views: multicrop.MultiCrop
   preprocess: base.Preprocess
   total_steps: int
@@ -205,8 +218,7 @@ class DINO(EMATeacher):
   def _crops(self, rng, images):
     crops = self.views(rng, images)
     local = crops.local_crops
-    return (self.preprocess(crops.global_crops),
-            None if local is None else self.preprocess(local))
+    return (self.preprocess(crops.global_crops), None if local is None else self.preprocess(local))
 
   def init(self, rng, images) -> base.Variables:
     x = self.preprocess(images[:2])
@@ -218,16 +230,23 @@ class DINO(EMATeacher):
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    state = {"teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
-             "center": jnp.zeros((1, self.out_dim), jnp.float32)}
+    state = {
+      "teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
+      "center": jnp.zeros((1, self.out_dim), jnp.float32),
+    }
     return base.Variables(params, batch_stats, state)
 
   def momentum(self, step):
     return cosine_momentum(step, self.total_steps, self.base_momentum)
 
   def temperature(self, step):
-    return teacher_temperature(step, self.total_steps, self.warmup_teacher_temp,
-                               self.teacher_temp, self.warmup_teacher_temp_fraction)
+    return teacher_temperature(
+      step,
+      self.total_steps,
+      self.warmup_teacher_temp,
+      self.teacher_temp,
+      self.warmup_teacher_temp_fraction,
+    )
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """DINO loss on multi-crop views of `images` [B, H, W, 3] (uint8)."""
@@ -236,23 +255,39 @@ class DINO(EMATeacher):
     g, loc = self._crops(aug_rng, images)
     freeze = jnp.asarray(step) < self.freeze_last_layer_steps
     (feats, s_out), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, g, loc, train=True,
-        freeze_last_layer=freeze, mutable=["batch_stats"], rngs=_drop_rng(drop_rng))
-    method_state = jax.lax.stop_gradient(method_state)   # teacher and centers: no gradient
+      {"params": params, "batch_stats": batch_stats},
+      g,
+      loc,
+      train=True,
+      freeze_last_layer=freeze,
+      mutable=["batch_stats"],
+      rngs=_drop_rng(drop_rng),
+    )
+    method_state = jax.lax.stop_gradient(method_state)  # teacher and centers: no gradient
     teacher = method_state["teacher"]
     (_, t_out), t_updates = self.teacher_net.apply(
-        {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}, g, None,
-        train=True, mutable=["batch_stats"])
-    t_out = jax.lax.stop_gradient(t_out)                                 # no teacher gradient
+      {"params": teacher["params"], "batch_stats": teacher["batch_stats"]},
+      g,
+      None,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    t_out = jax.lax.stop_gradient(t_out)  # no teacher gradient
     center = method_state["center"]
     temp = self.temperature(step)
     probs = teacher_softmax(t_out, center, temp)
     loss = cross_view_loss(s_out, probs, self.views.num_global, self.student_temp)
-    new_state = {"teacher": {"params": teacher["params"],
-                             "batch_stats": t_updates.get("batch_stats", {})},
-                 "center": update_center(center, t_out, self.center_momentum)}
-    metrics = {"loss": loss, "teacher_temp": temp, "teacher_entropy": entropy_fraction(probs),
-               "teacher_momentum": self.momentum(step), **embedding_std_metrics(feats)}
+    new_state = {
+      "teacher": {"params": teacher["params"], "batch_stats": t_updates.get("batch_stats", {})},
+      "center": update_center(center, t_out, self.center_momentum),
+    }
+    metrics = {
+      "loss": loss,
+      "teacher_temp": temp,
+      "teacher_entropy": entropy_fraction(probs),
+      "teacher_momentum": self.momentum(step),
+      **embedding_std_metrics(feats),
+    }
     return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, feats[:n])
 
   def collapse_warning(self, metrics: dict) -> str | None:
@@ -268,11 +303,14 @@ def no_drop_path(backbone: nn.Module) -> nn.Module:
 
 
 def head_from_config(m, prefix: str = "") -> DINOHead:
-  return DINOHead(out_dim=int(m.get(prefix + "out_dim", 65536)),
-                  hidden_dim=int(m.get("hidden_dim", 2048)),
-                  bottleneck_dim=int(m.get("bottleneck_dim", 256)),
-                  nlayers=int(m.get("head_layers", 3)), use_bn=bool(m.get("head_bn", False)),
-                  norm_last_layer=bool(m.get("norm_last_layer", True)))
+  return DINOHead(
+    out_dim=int(m.get(prefix + "out_dim", 65536)),
+    hidden_dim=int(m.get("hidden_dim", 2048)),
+    bottleneck_dim=int(m.get("bottleneck_dim", 256)),
+    nlayers=int(m.get("head_layers", 3)),
+    use_bn=bool(m.get("head_bn", False)),
+    norm_last_layer=bool(m.get("norm_last_layer", True)),
+  )
 
 
 def create(config, total_steps: int) -> DINO:
@@ -281,14 +319,18 @@ def create(config, total_steps: int) -> DINO:
   backbone = models.create_model(config.model.name, **base.model_kwargs(config.model))
   head = head_from_config(m)
   return DINO(
-      net=DINONet(backbone, head), teacher_net=DINONet(no_drop_path(backbone), head),
-      views=views, preprocess=base.Preprocess.from_config(config.dataset),
-      total_steps=int(total_steps), out_dim=head.out_dim,
-      student_temp=float(m.get("student_temp", 0.1)),
-      teacher_temp=float(m.get("teacher_temp", 0.04)),
-      warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
-      warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
-      center_momentum=float(m.get("center_momentum", 0.9)),
-      base_momentum=float(m.get("base_momentum", 0.996)),
-      freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
-      collapse_std=float(m.get("collapse_std", 0.05)))
+    net=DINONet(backbone, head),
+    teacher_net=DINONet(no_drop_path(backbone), head),
+    views=views,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    total_steps=int(total_steps),
+    out_dim=head.out_dim,
+    student_temp=float(m.get("student_temp", 0.1)),
+    teacher_temp=float(m.get("teacher_temp", 0.04)),
+    warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
+    warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
+    center_momentum=float(m.get("center_momentum", 0.9)),
+    base_momentum=float(m.get("base_momentum", 0.996)),
+    freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
+    collapse_std=float(m.get("collapse_std", 0.05)),
+  )

@@ -47,10 +47,10 @@ separate_ibot_head (False), centering ("center" | "sinkhorn_knopp"), sinkhorn_it
 dino_loss_weight (1), ibot_loss_weight (1), koleo_loss_weight (0.1), mask_probability (0.5),
 mask_ratio ((0.1, 0.5)).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -59,9 +59,17 @@ import jax.numpy as jnp
 from sslx import losses, models, multicrop
 from sslx.methods import base
 from sslx.methods.byol import cosine_momentum, embedding_std_metrics, std_warning
-from sslx.methods.dino import (EMATeacher, cross_view_loss, entropy_fraction, entropy_warning,
-                               head_from_config, no_drop_path, teacher_softmax,
-                               teacher_temperature, update_center)
+from sslx.methods.dino import (
+  EMATeacher,
+  cross_view_loss,
+  entropy_fraction,
+  entropy_warning,
+  head_from_config,
+  no_drop_path,
+  teacher_softmax,
+  teacher_temperature,
+  update_center,
+)
 from sslx.models.vit import ViT
 
 
@@ -79,10 +87,17 @@ def masked_vit(vit: ViT) -> ViT:
 class DINOv2Net(nn.Module):
   backbone: ViT
   dino_head: nn.Module
-  ibot_head: Optional[nn.Module] = None   # None: the DINO head also maps patch tokens
+  ibot_head: nn.Module | None = None  # None: the DINO head also maps patch tokens
 
-  def __call__(self, global_x, local_x=None, token_mask=None, patch_ids=None,
-               train: bool = True, freeze_last_layer=False):
+  def __call__(
+    self,
+    global_x,
+    local_x=None,
+    token_mask=None,
+    patch_ids=None,
+    train: bool = True,
+    freeze_last_layer=False,
+  ):
     """Args:
       global_x [G·B, S, S, 3]; local_x [N·B, s, s, 3] or None;
       token_mask [G·B, P] bool (student: masked patches) or None (teacher);
@@ -102,8 +117,9 @@ class DINOv2Net(nn.Module):
       patches = jnp.take_along_axis(out["patch_tokens"], patch_ids[..., None], axis=1)
       m, k, d = patches.shape
       head = self.ibot_head if self.ibot_head is not None else self.dino_head
-      patch_logits = head(patches.reshape(m * k, d), train=train,
-                          freeze_last_layer=freeze_last_layer).reshape(m, k, -1)
+      patch_logits = head(
+        patches.reshape(m * k, d), train=train, freeze_last_layer=freeze_last_layer
+      ).reshape(m, k, -1)
     return cls, cls_logits, patch_logits
 
   def encode(self, x, train: bool = False):
@@ -117,8 +133,9 @@ class DINOv2Net(nn.Module):
 # Loss pieces (pure; tested against numpy).
 
 
-def sinkhorn_knopp(teacher_logits: jax.Array, temperature, num_iters: int = 3,
-                   weights: jax.Array | None = None) -> jax.Array:
+def sinkhorn_knopp(
+  teacher_logits: jax.Array, temperature, num_iters: int = 3, weights: jax.Array | None = None
+) -> jax.Array:
   """Sinkhorn-Knopp teacher distributions (SwAV, Caron et al. 2020, §3.1 and Alg. 1; DINOv2).
 
   Q = exp(t / τ) over M samples × K prototypes, normalised to total mass 1, then `num_iters`
@@ -149,13 +166,17 @@ def sinkhorn_knopp(teacher_logits: jax.Array, temperature, num_iters: int = 3,
   tiny = 1e-30
   q = q / jnp.maximum(jnp.sum(q), tiny)
   for _ in range(num_iters):
-    q = q / jnp.maximum(jnp.sum(q, axis=0, keepdims=True), tiny) / k   # prototypes: 1/K each
-    q = q / jnp.maximum(jnp.sum(q, axis=1, keepdims=True), tiny) / n   # samples: 1/M each
+    q = q / jnp.maximum(jnp.sum(q, axis=0, keepdims=True), tiny) / k  # prototypes: 1/K each
+    q = q / jnp.maximum(jnp.sum(q, axis=1, keepdims=True), tiny) / n  # samples: 1/M each
   return q * n
 
 
-def ibot_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array,
-              mask: jax.Array, student_temp: float) -> jax.Array:
+def ibot_loss(
+  student_patch_logits: jax.Array,
+  teacher_patch_probs: jax.Array,
+  mask: jax.Array,
+  student_temp: float,
+) -> jax.Array:
   """iBOT's masked-patch loss (Zhou et al. 2022, eq. 2; DINOv2's normalisation).
 
   Args:
@@ -169,8 +190,8 @@ def ibot_loss(student_patch_logits: jax.Array, teacher_patch_probs: jax.Array,
   """
   w = mask.astype(jnp.float32)
   log_p = jax.nn.log_softmax(student_patch_logits.astype(jnp.float32) / student_temp, -1)
-  ce = -jnp.sum(teacher_patch_probs * log_p, axis=-1)                    # [M, P]
-  ce = jnp.where(w > 0, ce, 0.0)                                         # no leak from others
+  ce = -jnp.sum(teacher_patch_probs * log_p, axis=-1)  # [M, P]
+  ce = jnp.where(w > 0, ce, 0.0)  # no leak from others
   per_crop = jnp.sum(ce * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
   return jnp.mean(per_crop)
 
@@ -181,14 +202,15 @@ def koleo_loss(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   x = losses.l2_normalize(x.astype(jnp.float32), eps=eps * eps)
   dots = x @ x.T
   n = x.shape[0]
-  dots = jnp.where(jnp.eye(n, dtype=bool), -2.0, dots)                   # never yourself
-  nearest = jax.lax.stop_gradient(jnp.argmax(dots, axis=1))              # max cos = min dist
-  dist = jnp.linalg.norm(x - x[nearest] + eps, axis=-1)                  # torch pairwise_distance
+  dots = jnp.where(jnp.eye(n, dtype=bool), -2.0, dots)  # never yourself
+  nearest = jax.lax.stop_gradient(jnp.argmax(dots, axis=1))  # max cos = min dist
+  dist = jnp.linalg.norm(x - x[nearest] + eps, axis=-1)  # torch pairwise_distance
   return -jnp.mean(jnp.log(dist + eps))
 
 
-def random_token_masks(rng, num_images: int, num_patches: int, probability: float,
-                       ratio: tuple[float, float]) -> jax.Array:
+def random_token_masks(
+  rng, num_images: int, num_patches: int, probability: float, ratio: tuple[float, float]
+) -> jax.Array:
   """[num_images, num_patches] bool: each image is masked with `probability`, then
   ⌊r·P⌋ random patches with r ~ U(ratio)."""
   k_apply, k_ratio, k_pos = jax.random.split(rng, 3)
@@ -251,23 +273,34 @@ class DINOv2(EMATeacher):
       x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
     p_rng, d_rng = jax.random.split(rng)
     ids = jnp.zeros((2, max(self.max_masked, 1)), jnp.int32)
-    variables = self.net.init({"params": p_rng, "dropout": d_rng}, x,
-                              token_mask=jnp.zeros((2, self.num_patches), bool),
-                              patch_ids=ids, train=False)
+    variables = self.net.init(
+      {"params": p_rng, "dropout": d_rng},
+      x,
+      token_mask=jnp.zeros((2, self.num_patches), bool),
+      patch_ids=ids,
+      train=False,
+    )
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    state = {"teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
-             "center": jnp.zeros((1, self.out_dim), jnp.float32),
-             "patch_center": jnp.zeros((1, self.patch_out_dim), jnp.float32)}
+    state = {
+      "teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
+      "center": jnp.zeros((1, self.out_dim), jnp.float32),
+      "patch_center": jnp.zeros((1, self.patch_out_dim), jnp.float32),
+    }
     return base.Variables(params, batch_stats, state)
 
   def momentum(self, step):
     return cosine_momentum(step, self.total_steps, self.base_momentum)
 
   def temperature(self, step):
-    return teacher_temperature(step, self.total_steps, self.warmup_teacher_temp,
-                               self.teacher_temp, self.warmup_teacher_temp_fraction)
+    return teacher_temperature(
+      step,
+      self.total_steps,
+      self.warmup_teacher_temp,
+      self.teacher_temp,
+      self.warmup_teacher_temp_fraction,
+    )
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     n = images.shape[0]
@@ -276,22 +309,36 @@ class DINOv2(EMATeacher):
     g = self.preprocess(crops.global_crops)
     loc = None if crops.local_crops is None else self.preprocess(crops.local_crops)
     num_g = self.views.num_global
-    token_mask = random_token_masks(mask_rng, num_g * n, self.num_patches,
-                                    self.mask_probability, self.mask_ratio)
+    token_mask = random_token_masks(
+      mask_rng, num_g * n, self.num_patches, self.mask_probability, self.mask_ratio
+    )
     use_ibot = self.max_masked > 0 and self.ibot_loss_weight > 0
     ids = valid = None
     if use_ibot:
       ids, valid = masked_positions(token_mask, self.max_masked)
     freeze = jnp.asarray(step) < self.freeze_last_layer_steps
     (cls, s_cls, s_patch), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, g, loc, token_mask=token_mask,
-        patch_ids=ids, train=True, freeze_last_layer=freeze, mutable=["batch_stats"],
-        rngs={"dropout": drop_rng})
-    method_state = jax.lax.stop_gradient(method_state)   # teacher and centers: no gradient
+      {"params": params, "batch_stats": batch_stats},
+      g,
+      loc,
+      token_mask=token_mask,
+      patch_ids=ids,
+      train=True,
+      freeze_last_layer=freeze,
+      mutable=["batch_stats"],
+      rngs={"dropout": drop_rng},
+    )
+    method_state = jax.lax.stop_gradient(method_state)  # teacher and centers: no gradient
     teacher = method_state["teacher"]
     (_, t_cls, t_patch), t_updates = self.teacher_net.apply(
-        {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}, g, None,
-        token_mask=None, patch_ids=ids, train=True, mutable=["batch_stats"])
+      {"params": teacher["params"], "batch_stats": teacher["batch_stats"]},
+      g,
+      None,
+      token_mask=None,
+      patch_ids=ids,
+      train=True,
+      mutable=["batch_stats"],
+    )
     t_cls = jax.lax.stop_gradient(t_cls)
     temp = self.temperature(step)
     center, patch_center = method_state["center"], method_state["patch_center"]
@@ -300,11 +347,14 @@ class DINOv2(EMATeacher):
     else:
       t_probs = teacher_softmax(t_cls, center, temp)
     dino = cross_view_loss(s_cls, t_probs, num_g, self.student_temp)
-    metrics = {"dino_loss": dino, "teacher_temp": temp,
-               "teacher_entropy": entropy_fraction(t_probs),
-               "teacher_momentum": self.momentum(step),
-               "masked_fraction": jnp.mean(token_mask.astype(jnp.float32)),
-               **embedding_std_metrics(cls)}
+    metrics = {
+      "dino_loss": dino,
+      "teacher_temp": temp,
+      "teacher_entropy": entropy_fraction(t_probs),
+      "teacher_momentum": self.momentum(step),
+      "masked_fraction": jnp.mean(token_mask.astype(jnp.float32)),
+      **embedding_std_metrics(cls),
+    }
     loss = self.dino_loss_weight * dino
     new_center = update_center(center, t_cls, self.center_momentum)
     new_patch_center = patch_center
@@ -322,23 +372,25 @@ class DINOv2(EMATeacher):
       mean = jnp.sum(flat * wf, 0, keepdims=True) / jnp.maximum(jnp.sum(wf), 1.0)
       has = jnp.sum(wf) > 0
       new_patch_center = jnp.where(
-          has, self.center_momentum * patch_center + (1 - self.center_momentum) * mean,
-          patch_center)
+        has, self.center_momentum * patch_center + (1 - self.center_momentum) * mean, patch_center
+      )
       loss = loss + self.ibot_loss_weight * ibot
       metrics["ibot_loss"] = ibot
     if self.koleo_loss_weight > 0:
-      koleo = sum(koleo_loss(cls[i * n:(i + 1) * n]) for i in range(num_g))
+      koleo = sum(koleo_loss(cls[i * n : (i + 1) * n]) for i in range(num_g))
       loss = loss + self.koleo_loss_weight * koleo
       metrics["koleo_loss"] = koleo
     metrics["loss"] = loss
-    new_state = {"teacher": {"params": teacher["params"],
-                             "batch_stats": t_updates.get("batch_stats", {})},
-                 "center": new_center, "patch_center": new_patch_center}
+    new_state = {
+      "teacher": {"params": teacher["params"], "batch_stats": t_updates.get("batch_stats", {})},
+      "center": new_center,
+      "patch_center": new_patch_center,
+    }
     return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, cls[:n])
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if self.centering == "sinkhorn_knopp":
-      return std_warning(metrics, self.collapse_std)   # SK keeps the entropy high by design
+      return std_warning(metrics, self.collapse_std)  # SK keeps the entropy high by design
     return entropy_warning(metrics) or std_warning(metrics, self.collapse_std)
 
 
@@ -353,8 +405,10 @@ def create(config, total_steps: int) -> DINOv2:
   if centering not in CENTERINGS:
     raise ValueError(f"method.centering={centering!r}; valid choices: {list(CENTERINGS)}")
   if views.global_size % backbone.patch_size:
-    raise ValueError(f"global crop size {views.global_size} is not divisible by the patch "
-                     f"size {backbone.patch_size}")
+    raise ValueError(
+      f"global crop size {views.global_size} is not divisible by the patch "
+      f"size {backbone.patch_size}"
+    )
   dino_head = head_from_config(m)
   separate = bool(m.get("separate_ibot_head", False))
   patch_out = int(m.get("patch_out_dim", dino_head.out_dim))
@@ -365,21 +419,27 @@ def create(config, total_steps: int) -> DINOv2:
     raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
   ratio = tuple(float(r) for r in m.get("mask_ratio", (0.1, 0.5)))
   return DINOv2(
-      net=DINOv2Net(backbone, dino_head, ibot_head),
-      teacher_net=DINOv2Net(no_drop_path(backbone), dino_head, ibot_head),
-      views=views, preprocess=base.Preprocess.from_config(config.dataset),
-      total_steps=int(total_steps), out_dim=dino_head.out_dim, patch_out_dim=patch_out,
-      patch_size=backbone.patch_size,
-      student_temp=float(m.get("student_temp", 0.1)),
-      teacher_temp=float(m.get("teacher_temp", 0.07)),
-      warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
-      warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
-      center_momentum=float(m.get("center_momentum", 0.9)),
-      base_momentum=float(m.get("base_momentum", 0.992)),
-      freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
-      centering=centering, sinkhorn_iterations=int(m.get("sinkhorn_iterations", 3)),
-      dino_loss_weight=float(m.get("dino_loss_weight", 1.0)),
-      ibot_loss_weight=float(m.get("ibot_loss_weight", 1.0)),
-      koleo_loss_weight=float(m.get("koleo_loss_weight", 0.1)),
-      mask_probability=float(m.get("mask_probability", 0.5)), mask_ratio=ratio,
-      collapse_std=float(m.get("collapse_std", 0.05)))
+    net=DINOv2Net(backbone, dino_head, ibot_head),
+    teacher_net=DINOv2Net(no_drop_path(backbone), dino_head, ibot_head),
+    views=views,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    total_steps=int(total_steps),
+    out_dim=dino_head.out_dim,
+    patch_out_dim=patch_out,
+    patch_size=backbone.patch_size,
+    student_temp=float(m.get("student_temp", 0.1)),
+    teacher_temp=float(m.get("teacher_temp", 0.07)),
+    warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
+    warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
+    center_momentum=float(m.get("center_momentum", 0.9)),
+    base_momentum=float(m.get("base_momentum", 0.992)),
+    freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
+    centering=centering,
+    sinkhorn_iterations=int(m.get("sinkhorn_iterations", 3)),
+    dino_loss_weight=float(m.get("dino_loss_weight", 1.0)),
+    ibot_loss_weight=float(m.get("ibot_loss_weight", 1.0)),
+    koleo_loss_weight=float(m.get("koleo_loss_weight", 0.1)),
+    mask_probability=float(m.get("mask_probability", 0.5)),
+    mask_ratio=ratio,
+    collapse_std=float(m.get("collapse_std", 0.05)),
+  )

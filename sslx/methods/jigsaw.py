@@ -27,6 +27,7 @@ Config (`config.method`):
   tile_dim:         per-tile fc width (the paper's fc6: 512)
   head_hidden:      hidden widths of the classifier on the concatenation (fc7: 4096)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,9 @@ def tile_offsets(rng, image_size: int, tile_size: int) -> jax.Array:
 def cut_tiles(image: jax.Array, offsets: jax.Array, tile_size: int) -> jax.Array:
   """[S, S, C] image, [K, 2] corners -> [K, T, T, C] tiles (dynamic slices, static size)."""
   c = image.shape[-1]
-  return jax.vmap(lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0),
-                                                  (tile_size, tile_size, c)))(offsets)
+  return jax.vmap(
+    lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (tile_size, tile_size, c))
+  )(offsets)
 
 
 def normalize_tiles(tiles: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -78,8 +80,7 @@ def make_puzzle(rng, image: jax.Array, perms: jax.Array, image_size: int, tile_s
   k_off, k_cls = jax.random.split(rng)
   if image.shape[0] != image_size or image.shape[1] != image_size:
     image = jax.image.resize(image, (image_size, image_size, image.shape[-1]), "bilinear")
-  tiles = normalize_tiles(cut_tiles(image, tile_offsets(k_off, image_size, tile_size),
-                                    tile_size))
+  tiles = normalize_tiles(cut_tiles(image, tile_offsets(k_off, image_size, tile_size), tile_size))
   label = jax.random.randint(k_cls, (), 0, perms.shape[0], dtype=jnp.int32)
   return tiles[perms[label]], label
 
@@ -89,7 +90,7 @@ class Jigsaw:
   net: pretext_nets.TileSetClassifier
   preprocess: base.Preprocess
   view: augment.ViewParams | None
-  perms: tuple               # N tuples of 9 ints: the greedy set (also in method_state)
+  perms: tuple  # N tuples of 9 ints: the greedy set (also in method_state)
   image_size: int
   tile_size: int
 
@@ -102,49 +103,69 @@ class Jigsaw:
   def puzzles(self, rng, images, perms):
     """uint8 [B, H, W, 3] -> (tiles [B, 9, T, T, 3] normalised per tile, labels [B])."""
     k_view, k_puz = jax.random.split(rng)
-    x = (augment.augment_batch(k_view, images, self.view) if self.view is not None
-         else images.astype(jnp.float32) / 255.0)
+    x = (
+      augment.augment_batch(k_view, images, self.view)
+      if self.view is not None
+      else images.astype(jnp.float32) / 255.0
+    )
     keys = jax.random.split(k_puz, images.shape[0])
-    return jax.vmap(lambda k, im: make_puzzle(k, im, perms, self.image_size,
-                                              self.tile_size))(keys, x)
+    return jax.vmap(lambda k, im: make_puzzle(k, im, perms, self.image_size, self.tile_size))(
+      keys, x
+    )
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     tiles, labels = self.puzzles(rng, images, method_state["permutations"])
     variables = {"params": params, "batch_stats": batch_stats}
-    (_, logits), updates = self.net.apply(variables, tiles, train=True,
-                                          mutable=["batch_stats"])
+    (_, logits), updates = self.net.apply(variables, tiles, train=True, mutable=["batch_stats"])
     loss, acc = losses.softmax_cross_entropy(logits, labels)
     # Online probe: whole-image features (eval-mode BN, no gradient), what `encode` returns.
-    features = jax.lax.stop_gradient(self.net.apply(
-        {"params": params, "batch_stats": updates["batch_stats"]}, self.preprocess(images),
-        method=pretext_nets.TileSetClassifier.encode))
+    features = jax.lax.stop_gradient(
+      self.net.apply(
+        {"params": params, "batch_stats": updates["batch_stats"]},
+        self.preprocess(images),
+        method=pretext_nets.TileSetClassifier.encode,
+      )
+    )
     metrics = {"loss": loss, "jigsaw_acc": acc}
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features)
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images),
-                          method=pretext_nets.TileSetClassifier.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=pretext_nets.TileSetClassifier.encode,
+    )
 
 
 def create(config, total_steps: int) -> Jigsaw:
   del total_steps
   m = config.method
-  perms = permutations.generate(int(m.get("num_permutations", 100)),
-                                int(m.get("permutation_seed", 0)))
-  progress.console(f"jigsaw: {len(perms)} permutations, min Hamming "
-                   f"{permutations.min_hamming(perms)}, set {permutations.fingerprint(perms)}")
+  perms = permutations.generate(
+    int(m.get("num_permutations", 100)), int(m.get("permutation_seed", 0))
+  )
+  progress.console(
+    f"jigsaw: {len(perms)} permutations, min Hamming "
+    f"{permutations.min_hamming(perms)}, set {permutations.fingerprint(perms)}"
+  )
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  net = pretext_nets.TileSetClassifier(encoder, num_classes=len(perms),
-                                       tile_dim=int(m.get("tile_dim", 256)),
-                                       hidden=tuple(m.get("head_hidden", (512,))))
+  net = pretext_nets.TileSetClassifier(
+    encoder,
+    num_classes=len(perms),
+    tile_dim=int(m.get("tile_dim", 256)),
+    hidden=tuple(m.get("head_hidden", (512,))),
+  )
   image_size = int(m.get("image_size", 48))
   tile_size = int(m.get("tile_size", 12))
   if tile_size > image_size // GRID:
-    raise ValueError(f"method.tile_size={tile_size} must be <= method.image_size // 3 = "
-                     f"{image_size // GRID}")
-  return Jigsaw(net=net, preprocess=base.Preprocess.from_config(config.dataset),
-                view=base.view_params(config.augment),
-                perms=tuple(tuple(int(i) for i in p) for p in perms), image_size=image_size,
-                tile_size=tile_size)
+    raise ValueError(
+      f"method.tile_size={tile_size} must be <= method.image_size // 3 = {image_size // GRID}"
+    )
+  return Jigsaw(
+    net=net,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    view=base.view_params(config.augment),
+    perms=tuple(tuple(int(i) for i in p) for p in perms),
+    image_size=image_size,
+    tile_size=tile_size,
+  )

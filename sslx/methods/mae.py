@@ -24,6 +24,7 @@ Augmentation (`config.augment`): MAE uses only random-resized-crop (scale 0.2–
 `encoder_cost(...)` returns XLA's cost analysis of the encoder forward at a given ratio, for the
 asymmetry benchmark (≈ (1 − r) of the FLOPs, slightly less since attention is quadratic).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,6 +62,7 @@ class MAEDecoder(nn.Module):
 
   Input: encoder tokens [B, K+1, D_enc] (CLS first) and ids_restore [B, N].
   Output: [B, N, p²·3] predicted pixels of every patch (only masked ones enter the loss)."""
+
   dim: int
   depth: int
   num_heads: int
@@ -72,20 +74,25 @@ class MAEDecoder(nn.Module):
   def __call__(self, latent, ids_restore):
     b = latent.shape[0]
     n = ids_restore.shape[1]
-    x = vit_lib.FlatDense(self.dim, kernel_init=nn.initializers.xavier_uniform(), name="embed")(latent)
+    x = vit_lib.FlatDense(self.dim, kernel_init=nn.initializers.xavier_uniform(), name="embed")(
+      latent
+    )
     mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.dim))
     visible = x[:, 1:]
     tokens = jnp.concatenate(
-        [visible, jnp.broadcast_to(mask_token, (b, n - visible.shape[1], self.dim))], axis=1)
+      [visible, jnp.broadcast_to(mask_token, (b, n - visible.shape[1], self.dim))], axis=1
+    )
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)  # unshuffle
     pos = jnp.asarray(sincos_pos_embed_2d(self.dim, self.grid))[None]
     tokens = jnp.concatenate([x[:, :1], tokens + pos], axis=1)
     for i in range(self.depth):
-      tokens, _ = vit_lib.Block(self.dim, self.num_heads, int(self.mlp_ratio * self.dim),
-                                name=f"block{i}")(tokens)
+      tokens, _ = vit_lib.Block(
+        self.dim, self.num_heads, int(self.mlp_ratio * self.dim), name=f"block{i}"
+      )(tokens)
     tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
-    pred = vit_lib.FlatDense(self.patch_size ** 2 * 3, kernel_init=nn.initializers.xavier_uniform(),
-                    name="pred")(tokens)
+    pred = vit_lib.FlatDense(
+      self.patch_size**2 * 3, kernel_init=nn.initializers.xavier_uniform(), name="pred"
+    )(tokens)
     return pred[:, 1:]
 
 
@@ -109,12 +116,12 @@ def masked_mse(pred, target, mask):
 
 
 class Forward(NamedTuple):
-  pred: jax.Array      # [B, N, p²·3]
-  target: jax.Array    # [B, N, p²·3]
-  mask: jax.Array      # [B, N] bool
-  latent: jax.Array    # [B, K+1, D_enc]: the encoder's sequence (visible patches + CLS)
+  pred: jax.Array  # [B, N, p²·3]
+  target: jax.Array  # [B, N, p²·3]
+  mask: jax.Array  # [B, N] bool
+  latent: jax.Array  # [B, K+1, D_enc]: the encoder's sequence (visible patches + CLS)
   features: jax.Array  # [B, D_enc] encoder pre_logits on the visible tokens
-  images: jax.Array    # [B, S, S, 3] the normalised (augmented) input
+  images: jax.Array  # [B, S, S, 3] the normalised (augmented) input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,16 +172,19 @@ class MAE:
     aug_rng, mask_rng = jax.random.split(rng)
     f = self.forward(params, self.inputs(aug_rng, images), mask_rng)
     loss = masked_mse(f.pred, f.target, f.mask)
-    metrics = {"loss": loss,
-               "visible_mse": masked_mse(f.pred, f.target, ~f.mask),  # not trained on
-               "encoder_tokens": jnp.asarray(f.latent.shape[1], jnp.float32)}
+    metrics = {
+      "loss": loss,
+      "visible_mse": masked_mse(f.pred, f.target, ~f.mask),  # not trained on
+      "encoder_tokens": jnp.asarray(f.latent.shape[1], jnp.float32),
+    }
     return loss, base.LossAux(batch_stats, method_state, metrics, f.features)
 
   def encode(self, params, batch_stats, images):
     """[B, D] encoder features of the full (unmasked) image; the decoder is not used."""
     del batch_stats
-    out = self.encoder.apply({"params": encoder_params(params)}, self.preprocess(images),
-                             train=False)
+    out = self.encoder.apply(
+      {"params": encoder_params(params)}, self.preprocess(images), train=False
+    )
     return out["pre_logits"]
 
   def reconstruct(self, params, images, rng):
@@ -209,8 +219,9 @@ def encoder_params(params):
   return params["encoder"]
 
 
-def encoder_cost(encoder: vit_lib.ViT, image_size: int, batch: int, mask_ratio: float,
-                 time_steps: int = 0) -> dict:
+def encoder_cost(
+  encoder: vit_lib.ViT, image_size: int, batch: int, mask_ratio: float, time_steps: int = 0
+) -> dict:
   """XLA's cost analysis of the MAE encoder forward on `batch` images at `mask_ratio`
   ({"flops", "seq_len"}; with `time_steps` > 0 also the mean forward+backward seconds)."""
   n = (image_size // encoder.patch_size) ** 2
@@ -248,8 +259,18 @@ def create(config, total_steps: int) -> MAE:
   ratio = float(m.mask_ratio)
   if not 0.0 <= ratio < 1.0:
     raise ValueError(f"method.mask_ratio={ratio} must be in [0, 1)")
-  decoder = MAEDecoder(dim=int(m.decoder_dim), depth=int(m.decoder_depth),
-                       num_heads=int(m.decoder_heads), patch_size=encoder.patch_size, grid=(g, g))
-  return MAE(encoder=encoder, decoder=decoder, view=view,
-             preprocess=base.Preprocess.from_config(config.dataset), mask_ratio=ratio,
-             norm_pix_loss=bool(m.get("norm_pix_loss", True)))
+  decoder = MAEDecoder(
+    dim=int(m.decoder_dim),
+    depth=int(m.decoder_depth),
+    num_heads=int(m.decoder_heads),
+    patch_size=encoder.patch_size,
+    grid=(g, g),
+  )
+  return MAE(
+    encoder=encoder,
+    decoder=decoder,
+    view=view,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    mask_ratio=ratio,
+    norm_pix_loss=bool(m.get("norm_pix_loss", True)),
+  )

@@ -81,6 +81,7 @@ Config (`config.method`):
                       average the two losses (False in the paper; lightly's and solo-learn's
                       CIFAR recipes use it). The queue always receives the second view's keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,14 +95,15 @@ from sslx import augment, losses, models
 from sslx.methods import base
 
 VERSIONS = {
-    "v1": dict(temperature=0.07, projector_hidden=()),
-    "v2": dict(temperature=0.2, projector_hidden=(2048,)),
+  "v1": dict(temperature=0.07, projector_hidden=()),
+  "v2": dict(temperature=0.2, projector_hidden=(2048,)),
 }
 SCHEDULES = ("constant", "cosine")
 
 
 class EncoderWithHead(nn.Module):
   """f(x) = head(encoder(x)["pre_logits"]): returns (features [B, F], embedding [B, D])."""
+
   encoder: nn.Module
   head: nn.Module
 
@@ -138,11 +140,16 @@ class MoCo:
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     queue = losses.l2_normalize(
-        jax.random.normal(queue_rng, (self.queue_size, self.embed_dim), jnp.float32))
+      jax.random.normal(queue_rng, (self.queue_size, self.embed_dim), jnp.float32)
+    )
     # Copies, so that no buffer is shared between the trained and the momentum tree.
     copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)  # noqa: E731
-    state = {"key_params": copy(params), "key_batch_stats": copy(batch_stats),
-             "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+    state = {
+      "key_params": copy(params),
+      "key_batch_stats": copy(batch_stats),
+      "queue": queue,
+      "queue_ptr": jnp.zeros((), jnp.int32),
+    }
     return base.Variables(params, batch_stats, state)
 
   # -- the two encoders ------------------------------------------------------------------
@@ -150,18 +157,24 @@ class MoCo:
   def queries(self, params, batch_stats, x):
     """Query pass (train mode, BN over `x` only): (features [N, F], q [N, D] unit-norm,
     updated batch_stats)."""
-    (features, q), updates = self.net.apply({"params": params, "batch_stats": batch_stats},
-                                            x, train=True, mutable=["batch_stats"])
+    (features, q), updates = self.net.apply(
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     return features, losses.l2_normalize(q), updates.get("batch_stats", {})
 
   def keys(self, method_state, x):
     """Key pass with θ_k, its own forward pass (train mode, BN statistics over the key views
     `x` only): (k [N, D] unit-norm, no gradient; updated key batch_stats)."""
     k, updates = self.net.apply(
-        {"params": method_state["key_params"], "batch_stats": method_state["key_batch_stats"]},
-        x, train=True, mutable=["batch_stats"])
-    return (jax.lax.stop_gradient(losses.l2_normalize(k[1])),
-            jax.lax.stop_gradient(updates.get("batch_stats", {})))
+      {"params": method_state["key_params"], "batch_stats": method_state["key_batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return (
+      jax.lax.stop_gradient(losses.l2_normalize(k[1])),
+      jax.lax.stop_gradient(updates.get("batch_stats", {})),
+    )
 
   # -- the method contract ---------------------------------------------------------------
 
@@ -179,28 +192,34 @@ class MoCo:
     n = images.shape[0]
     views = base.two_views(rng, images, self.view, self.preprocess)  # [2B]: x_q then x_k
     if self.symmetric:
-      x_q = views                                                     # q1 | q2
-      x_k = jnp.concatenate([views[n:], views[:n]], axis=0)           # k2 | k1
+      x_q = views  # q1 | q2
+      x_k = jnp.concatenate([views[n:], views[:n]], axis=0)  # k2 | k1
     else:
       x_q, x_k = views[:n], views[n:]
     features, q, new_bs = self.queries(params, batch_stats, x_q)
     k, new_key_bs = self.keys(method_state, x_k)
     queue = jax.lax.stop_gradient(method_state["queue"])
     # Logits of eq. (1): column 0 the positive q·k+, columns 1..K the queue negatives q·queue_i.
-    l_pos = jnp.sum(q * k, axis=-1, keepdims=True)                    # [N, 1]
-    l_neg = q @ queue.T                                               # [N, K]
-    sims = jnp.concatenate([l_pos, l_neg], axis=1)                    # [N, 1 + K]
+    l_pos = jnp.sum(q * k, axis=-1, keepdims=True)  # [N, 1]
+    l_neg = q @ queue.T  # [N, K]
+    sims = jnp.concatenate([l_pos, l_neg], axis=1)  # [N, 1 + K]
     loss = losses.info_nce(sims, self.temperature)
     # Enqueue the second view's B keys over the oldest B, advance the pointer (FIFO).
     ptr = method_state["queue_ptr"]
     new_queue = jax.lax.dynamic_update_slice(queue, k[:n].astype(queue.dtype), (ptr, 0))
-    new_state = dict(method_state, key_batch_stats=new_key_bs, queue=new_queue,
-                     queue_ptr=(ptr + n) % self.queue_size)
-    metrics = {"loss": loss,
-               "contrastive_acc": jnp.mean(jnp.argmax(sims, axis=-1) == 0),
-               "positive_sim": jnp.mean(l_pos),
-               "negative_sim": jnp.mean(l_neg),
-               "embedding_std": jnp.mean(jnp.std(q, axis=0))}
+    new_state = dict(
+      method_state,
+      key_batch_stats=new_key_bs,
+      queue=new_queue,
+      queue_ptr=(ptr + n) % self.queue_size,
+    )
+    metrics = {
+      "loss": loss,
+      "contrastive_acc": jnp.mean(jnp.argmax(sims, axis=-1) == 0),
+      "positive_sim": jnp.mean(l_pos),
+      "negative_sim": jnp.mean(l_neg),
+      "embedding_std": jnp.mean(jnp.std(q, axis=0)),
+    }
     return loss, base.LossAux(new_bs, new_state, metrics, features[:n])
 
   def momentum_at(self, step) -> jax.Array:
@@ -213,21 +232,27 @@ class MoCo:
   def after_update(self, params, method_state, step):
     """Eq. (2): θ_k ← m·θ_k + (1 − m)·θ_q with the freshly updated θ_q (`params`)."""
     m = self.momentum_at(step)
-    key_params = jax.tree.map(lambda k, q: m * k + (1.0 - m) * q,
-                              method_state["key_params"], params)
+    key_params = jax.tree.map(
+      lambda k, q: m * k + (1.0 - m) * q, method_state["key_params"], params
+    )
     return dict(method_state, key_params=key_params)
 
   def encode(self, params, batch_stats, images):
     """[B, F] query-encoder features before the head (train=False, running BN stats)."""
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=EncoderWithHead.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=EncoderWithHead.encode,
+    )
 
   def collapse_warning(self, metrics: dict) -> str | None:
     # Unit vectors spread over D dimensions have a per-dimension std near 1/√D.
     std, spread = metrics.get("embedding_std"), 1.0 / math.sqrt(self.embed_dim)
     if std is not None and std < 0.2 * spread:
-      return (f"query embeddings are collapsing: per-dimension std {std:.4f} << 1/sqrt(D) = "
-              f"{spread:.4f}; lower the learning rate or raise the temperature")
+      return (
+        f"query embeddings are collapsing: per-dimension std {std:.4f} << 1/sqrt(D) = "
+        f"{spread:.4f}; lower the learning rate or raise the temperature"
+      )
     return None
 
 
@@ -236,9 +261,10 @@ def check_queue_size(queue_size: int, batch_size: int) -> None:
   if queue_size <= 0 or queue_size % batch_size:
     lower = max(queue_size // batch_size, 1) * batch_size
     raise ValueError(
-        f"method.queue_size={queue_size} must be a positive multiple of the global "
-        f"batch_size={batch_size} (every step enqueues the whole global batch of keys); "
-        f"use e.g. {lower} or {lower + batch_size}")
+      f"method.queue_size={queue_size} must be a positive multiple of the global "
+      f"batch_size={batch_size} (every step enqueues the whole global batch of keys); "
+      f"use e.g. {lower} or {lower + batch_size}"
+    )
 
 
 def create(config, total_steps: int) -> MoCo:
@@ -257,15 +283,20 @@ def create(config, total_steps: int) -> MoCo:
     raise ValueError(f"method.momentum={momentum} must be in [0, 1]")
   embed_dim = int(m.get("projector_dim", 128))
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  head = models.MLPHead(hidden_dims=tuple(get("projector_hidden")), out_dim=embed_dim,
-                        use_bn=bool(m.get("projector_bn", False)))
-  return MoCo(net=EncoderWithHead(encoder, head),
-              view=base.view_params(config.augment),
-              preprocess=base.Preprocess.from_config(config.dataset),
-              temperature=float(get("temperature")),
-              queue_size=queue_size,
-              embed_dim=embed_dim,
-              momentum=momentum,
-              momentum_schedule=schedule,
-              total_steps=int(total_steps),
-              symmetric=bool(m.get("symmetric", False)))
+  head = models.MLPHead(
+    hidden_dims=tuple(get("projector_hidden")),
+    out_dim=embed_dim,
+    use_bn=bool(m.get("projector_bn", False)),
+  )
+  return MoCo(
+    net=EncoderWithHead(encoder, head),
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+    temperature=float(get("temperature")),
+    queue_size=queue_size,
+    embed_dim=embed_dim,
+    momentum=momentum,
+    momentum_schedule=schedule,
+    total_steps=int(total_steps),
+    symmetric=bool(m.get("symmetric", False)),
+  )

@@ -21,6 +21,7 @@ Config (`config.method`):
   tile_dim, head_hidden: per-patch fc width, classifier hidden widths (paper: fc6 4096, fc7
                          4096 then fc8 8)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,13 +49,15 @@ def patch_corners(rng, image_size: int, patch_size: int, gap: int, jitter: int) 
   span = 3 * patch_size + 2 * gap
   room = image_size - span - 2 * jitter
   if room < 0:
-    raise ValueError(f"3·patch_size + 2·gap + 2·jitter = {span + 2 * jitter} exceeds "
-                     f"image_size={image_size}")
+    raise ValueError(
+      f"3·patch_size + 2·gap + 2·jitter = {span + 2 * jitter} exceeds image_size={image_size}"
+    )
   k_pos, k_jit = jax.random.split(rng)
   origin = jitter + jax.random.randint(k_pos, (2,), 0, room + 1, dtype=jnp.int32)
   step = patch_size + gap
-  grid = jnp.asarray(np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij"), -1)
-                     * step, jnp.int32)
+  grid = jnp.asarray(
+    np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij"), -1) * step, jnp.int32
+  )
   shake = jax.random.randint(k_jit, (3, 3, 2), -jitter, jitter + 1, dtype=jnp.int32)
   return origin + grid + shake
 
@@ -70,14 +73,14 @@ def remove_chromatic_aberration(rng, patch: jax.Array, guard: str) -> jax.Array:
     k_keep, k_noise = jax.random.split(rng)
     keep = jax.random.randint(k_keep, (), 0, 3)
     kept = jnp.take(patch, keep, axis=-1)
-    noise = (jnp.mean(kept) + 0.01 * jnp.std(kept)
-             * jax.random.normal(k_noise, patch.shape, patch.dtype))
+    noise = jnp.mean(kept) + 0.01 * jnp.std(kept) * jax.random.normal(
+      k_noise, patch.shape, patch.dtype
+    )
     return jnp.where(jnp.arange(3) == keep, patch, noise)
   raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
 
 
-def make_pair(rng, image, image_size: int, patch_size: int, gap: int, jitter: int,
-              guard: str):
+def make_pair(rng, image, image_size: int, patch_size: int, gap: int, jitter: int, guard: str):
   """One example: [H, W, 3] float image -> (patches [2, P, P, 3] (centre, neighbour),
   label int32 in 0..7)."""
   k_grid, k_lab, k_c0, k_c1 = jax.random.split(rng, 4)
@@ -111,19 +114,25 @@ class RelativePatch:
   def pairs(self, rng, images):
     """uint8 [B, H, W, 3] -> (normalised patches [B, 2, P, P, 3], labels [B])."""
     k_view, k_pair = jax.random.split(rng)
-    x = (augment.augment_batch(k_view, images, self.view) if self.view is not None
-         else images.astype(jnp.float32) / 255.0)
+    x = (
+      augment.augment_batch(k_view, images, self.view)
+      if self.view is not None
+      else images.astype(jnp.float32) / 255.0
+    )
     keys = jax.random.split(k_pair, images.shape[0])
-    patches, labels = jax.vmap(lambda k, im: make_pair(
-        k, im, self.image_size, self.patch_size, self.gap, self.jitter,
-        self.color_guard))(keys, x)
+    patches, labels = jax.vmap(
+      lambda k, im: make_pair(
+        k, im, self.image_size, self.patch_size, self.gap, self.jitter, self.color_guard
+      )
+    )(keys, x)
     return self.preprocess(patches), labels
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     patches, labels = self.pairs(rng, images)
-    (_, logits), updates = self.net.apply({"params": params, "batch_stats": batch_stats},
-                                          patches, train=True, mutable=["batch_stats"])
+    (_, logits), updates = self.net.apply(
+      {"params": params, "batch_stats": batch_stats}, patches, train=True, mutable=["batch_stats"]
+    )
     loss, acc = losses.softmax_cross_entropy(logits, labels)
     # Online probe: whole-image features (eval-mode BN, no gradient), what `encode` returns.
     features = jax.lax.stop_gradient(self.encode(params, updates["batch_stats"], images))
@@ -131,9 +140,11 @@ class RelativePatch:
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features)
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images),
-                          method=pretext_nets.TileSetClassifier.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=pretext_nets.TileSetClassifier.encode,
+    )
 
 
 def create(config, total_steps: int) -> RelativePatch:
@@ -143,14 +154,22 @@ def create(config, total_steps: int) -> RelativePatch:
   if guard not in COLOR_GUARDS:
     raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  net = pretext_nets.TileSetClassifier(encoder, num_classes=NUM_POSITIONS,
-                                       tile_dim=int(m.get("tile_dim", 256)),
-                                       hidden=tuple(m.get("head_hidden", (512,))))
-  method = RelativePatch(net=net, preprocess=base.Preprocess.from_config(config.dataset),
-                         view=base.view_params(config.augment),
-                         image_size=int(m.get("image_size", 48)),
-                         patch_size=int(m.get("patch_size", 12)), gap=int(m.get("gap", 4)),
-                         jitter=int(m.get("jitter", 1)), color_guard=guard)
+  net = pretext_nets.TileSetClassifier(
+    encoder,
+    num_classes=NUM_POSITIONS,
+    tile_dim=int(m.get("tile_dim", 256)),
+    hidden=tuple(m.get("head_hidden", (512,))),
+  )
+  method = RelativePatch(
+    net=net,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    view=base.view_params(config.augment),
+    image_size=int(m.get("image_size", 48)),
+    patch_size=int(m.get("patch_size", 12)),
+    gap=int(m.get("gap", 4)),
+    jitter=int(m.get("jitter", 1)),
+    color_guard=guard,
+  )
   if 3 * method.patch_size + 2 * method.gap + 2 * method.jitter > method.image_size:
     raise ValueError("method: 3·patch_size + 2·gap + 2·jitter must be <= image_size")
   return method

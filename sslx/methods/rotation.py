@@ -14,6 +14,7 @@ same shape. Evaluation encodes the upright image (`encode`).
 Config (`config.method`):
   head_hidden: hidden widths of the rotation classifier on top of `pre_logits` (() = linear)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,8 @@ class Rotation:
       x = self.preprocess(augment.augment_batch(rng, images, self.view))
     rotated, labels = rotate_all(x)
     (features, logits), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, rotated, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": batch_stats}, rotated, train=True, mutable=["batch_stats"]
+    )
     loss, acc = losses.softmax_cross_entropy(logits, labels)
     n = images.shape[0]
     metrics = {"loss": loss, "rotation_acc": acc}
@@ -86,8 +87,11 @@ class Rotation:
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features[:n])
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=RotationNet.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=RotationNet.encode,
+    )
 
 
 def create(config, total_steps: int) -> Rotation:
@@ -96,5 +100,8 @@ def create(config, total_steps: int) -> Rotation:
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   hidden = tuple(m.get("head_hidden", ()))
   head = models.MLPHead(hidden_dims=hidden, out_dim=NUM_ROTATIONS)
-  return Rotation(net=RotationNet(encoder, head), view=base.view_params(config.augment),
-                  preprocess=base.Preprocess.from_config(config.dataset))
+  return Rotation(
+    net=RotationNet(encoder, head),
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+  )

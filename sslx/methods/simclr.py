@@ -25,6 +25,7 @@ only each chunk's embeddings, and reverse mode recomputes one chunk's forward at
 backpropagates the full-batch embedding gradient through it — the paper's two passes,
 expressed through JAX's autodiff rather than by hand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,42 +72,56 @@ class SimCLR:
     (features, z), new_batch_stats = self.embed(params, batch_stats, views)
     loss, acc = losses.nt_xent(z, self.temperature)
     n = images.shape[0]
-    metrics = {"loss": loss, "contrastive_acc": acc,
-               "embedding_std": jnp.mean(jnp.std(losses.l2_normalize(z), axis=0))}
+    metrics = {
+      "loss": loss,
+      "contrastive_acc": acc,
+      "embedding_std": jnp.mean(jnp.std(losses.l2_normalize(z), axis=0)),
+    }
     return loss, base.LossAux(new_batch_stats, method_state, metrics, features[:n])
 
   def embed(self, params, batch_stats, views):
     """((features [2B, D], z [2B, d]), new batch_stats), whole or in GradCache chunks."""
+
     def apply(bs, x):
-      out, updates = self.net.apply({"params": params, "batch_stats": bs}, x, train=True,
-                                    mutable=["batch_stats"])
+      out, updates = self.net.apply(
+        {"params": params, "batch_stats": bs}, x, train=True, mutable=["batch_stats"]
+      )
       return out, updates.get("batch_stats", bs)
 
     chunk = self.grad_cache_chunk
     if not chunk or chunk >= views.shape[0]:
       return apply(batch_stats, views)
     if views.shape[0] % chunk:
-      raise ValueError(f"method.grad_cache_chunk={chunk} must divide the {views.shape[0]} "
-                       "views of a batch (2 x batch_size)")
+      raise ValueError(
+        f"method.grad_cache_chunk={chunk} must divide the {views.shape[0]} "
+        "views of a batch (2 x batch_size)"
+      )
     chunks = views.reshape((views.shape[0] // chunk, chunk) + views.shape[1:])
     body = jax.checkpoint(lambda bs, x: apply(bs, x)[::-1])  # (new bs, out)
     new_bs, (features, z) = jax.lax.scan(body, batch_stats, chunks)
     return (features.reshape((-1,) + features.shape[2:]), z.reshape((-1,) + z.shape[2:])), new_bs
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=EncoderWithProjector.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=EncoderWithProjector.encode,
+    )
 
 
 def create(config, total_steps: int) -> SimCLR:
   del total_steps  # no schedule inside SimCLR's loss
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  projector = models.MLPHead(hidden_dims=tuple(m.get("projector_hidden", (2048,))),
-                             out_dim=m.get("projector_dim", 128),
-                             use_bn=m.get("projector_bn", True))
-  return SimCLR(net=EncoderWithProjector(encoder, projector),
-                view=base.view_params(config.augment),
-                preprocess=base.Preprocess.from_config(config.dataset),
-                temperature=float(m.temperature),
-                grad_cache_chunk=int(m.get("grad_cache_chunk", 0)))
+  projector = models.MLPHead(
+    hidden_dims=tuple(m.get("projector_hidden", (2048,))),
+    out_dim=m.get("projector_dim", 128),
+    use_bn=m.get("projector_bn", True),
+  )
+  return SimCLR(
+    net=EncoderWithProjector(encoder, projector),
+    view=base.view_params(config.augment),
+    preprocess=base.Preprocess.from_config(config.dataset),
+    temperature=float(m.temperature),
+    grad_cache_chunk=int(m.get("grad_cache_chunk", 0)),
+  )

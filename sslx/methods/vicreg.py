@@ -28,6 +28,7 @@ Config (``config.method``):
 Views: two global views from :class:`sslx.multicrop.MultiCrop` (the paper uses BYOL's
 augmentations: blur p 1.0 / 0.1, solarize p 0 / 0.2).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,19 +108,23 @@ class VICReg:
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     n = images.shape[0]
-    x = self.preprocess(self.views(rng, images).global_crops)            # [2B, S, S, 3]
+    x = self.preprocess(self.views(rng, images).global_crops)  # [2B, S, S, 3]
     # One forward pass over both views: BatchNorm statistics over all 2B views.
     (features, z), updates = self.net.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
-    loss, terms = vicreg_loss(z[:n], z[n:], self.sim_coeff, self.std_coeff, self.cov_coeff,
-                              self.gamma, self.eps)
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
+    loss, terms = vicreg_loss(
+      z[:n], z[n:], self.sim_coeff, self.std_coeff, self.cov_coeff, self.gamma, self.eps
+    )
     metrics = {"loss": loss, **terms, **embedding_std_metrics(z)}
-    return loss, base.LossAux(updates.get("batch_stats", {}), method_state, metrics,
-                              features[:n])
+    return loss, base.LossAux(updates.get("batch_stats", {}), method_state, metrics, features[:n])
 
   def encode(self, params, batch_stats, images):
-    return self.net.apply({"params": params, "batch_stats": batch_stats},
-                          self.preprocess(images), method=EncoderWithExpander.encode)
+    return self.net.apply(
+      {"params": params, "batch_stats": batch_stats},
+      self.preprocess(images),
+      method=EncoderWithExpander.encode,
+    )
 
   def collapse_warning(self, metrics: dict) -> str | None:
     return std_warning(metrics, self.collapse_std)
@@ -132,11 +137,18 @@ def create(config, total_steps: int) -> VICReg:
   if views.num_local:
     raise ValueError("VICReg uses two views: set augment.num_local_crops=0")
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  expander = models.MLPHead(hidden_dims=tuple(m.get("expander_hidden", (8192, 8192))),
-                            out_dim=int(m.get("expander_dim", 8192)))
-  return VICReg(net=EncoderWithExpander(encoder, expander), views=views,
-                preprocess=base.Preprocess.from_config(config.dataset),
-                sim_coeff=float(m.get("sim_coeff", 25.0)),
-                std_coeff=float(m.get("std_coeff", 25.0)),
-                cov_coeff=float(m.get("cov_coeff", 1.0)), gamma=float(m.get("gamma", 1.0)),
-                eps=float(m.get("eps", 1e-4)), collapse_std=float(m.get("collapse_std", 0.05)))
+  expander = models.MLPHead(
+    hidden_dims=tuple(m.get("expander_hidden", (8192, 8192))),
+    out_dim=int(m.get("expander_dim", 8192)),
+  )
+  return VICReg(
+    net=EncoderWithExpander(encoder, expander),
+    views=views,
+    preprocess=base.Preprocess.from_config(config.dataset),
+    sim_coeff=float(m.get("sim_coeff", 25.0)),
+    std_coeff=float(m.get("std_coeff", 25.0)),
+    cov_coeff=float(m.get("cov_coeff", 1.0)),
+    gamma=float(m.get("gamma", 1.0)),
+    eps=float(m.get("eps", 1e-4)),
+    collapse_std=float(m.get("collapse_std", 0.05)),
+  )

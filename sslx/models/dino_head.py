@@ -15,6 +15,7 @@ Linear layers (DINO's ResNet-50 setting).
 
 Not registered as an encoder: methods import :class:`DINOHead` directly.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -38,6 +39,7 @@ class DINOHead(nn.Module):
     use_bn: BatchNorm after each hidden Linear.
     norm_last_layer: fix the weight-norm gain g to 1 (True) or learn it (False).
   """
+
   out_dim: int = 65536
   hidden_dim: int = 2048
   bottleneck_dim: int = 256
@@ -61,12 +63,12 @@ class DINOHead(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     widths = [self.hidden_dim] * (self.nlayers - 1) + [self.bottleneck_dim]
     for i, w in enumerate(widths):
-      x = FlatDense(w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros,
-                   name=f"fc{i}")(x)
+      x = FlatDense(w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros, name=f"fc{i}")(x)
       if i < len(widths) - 1:
         if self.use_bn:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           name=f"bn{i}")(x)
+          x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{i}"
+          )(x)
         x = nn.gelu(x, approximate=False)
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
     v = self.param("last_v", _TORCH_LINEAR, (self.bottleneck_dim, self.out_dim))

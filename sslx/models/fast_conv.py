@@ -26,10 +26,11 @@ for NaN) never changes the result; it exists only to keep XLA from inlining the 
 
 Values and gradients equal ``lax.conv_general_dilated``'s to 1e-5 (tests/test_models.py).
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Tuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,68 +43,72 @@ _DN = ("NHWC", "HWIO", "NHWC")
 USE_REGION = True
 
 
-def _pads(k: Tuple[int, int]):
-    return ((k[0] // 2, k[0] // 2), (k[1] // 2, k[1] // 2))
+def _pads(k: tuple[int, int]):
+  return ((k[0] // 2, k[0] // 2), (k[1] // 2, k[1] // 2))
 
 
 def _fwd_conv(x, w, stride: int):
-    return lax.conv_general_dilated(x, w, (stride, stride), _pads(w.shape[:2]),
-                                    dimension_numbers=_DN)
+  return lax.conv_general_dilated(x, w, (stride, stride), _pads(w.shape[:2]), dimension_numbers=_DN)
 
 
-def _weight_grad(x, dy, kshape: Tuple[int, int], stride: int):
-    """dW[i, j, c, o] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, c] * dy[n, h, w, o]."""
-    kh, kw = kshape
-    xt = jnp.transpose(x, (3, 1, 2, 0))    # [C, H, W, N]: images become the contracted features
-    dyt = jnp.transpose(dy, (1, 2, 0, 3))  # [Ho, Wo, N, O]: dy acts as the (dilated) kernel
-    out = lax.conv_general_dilated(xt, dyt, (1, 1), _pads(kshape), rhs_dilation=(stride, stride),
-                                   dimension_numbers=_DN)  # [C, >=kh, >=kw, O]
-    return jnp.transpose(out[:, :kh, :kw, :], (1, 2, 0, 3))
+def _weight_grad(x, dy, kshape: tuple[int, int], stride: int):
+  """dW[i, j, c, o] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, c] * dy[n, h, w, o]."""
+  kh, kw = kshape
+  xt = jnp.transpose(x, (3, 1, 2, 0))  # [C, H, W, N]: images become the contracted features
+  dyt = jnp.transpose(dy, (1, 2, 0, 3))  # [Ho, Wo, N, O]: dy acts as the (dilated) kernel
+  out = lax.conv_general_dilated(
+    xt, dyt, (1, 1), _pads(kshape), rhs_dilation=(stride, stride), dimension_numbers=_DN
+  )  # [C, >=kh, >=kw, O]
+  return jnp.transpose(out[:, :kh, :kw, :], (1, 2, 0, 3))
 
 
 def _weight_grad_region(x, dy, w, stride):
-    f = functools.partial(_weight_grad, kshape=tuple(w.shape[:2]), stride=stride)
-    if not USE_REGION:
-        return f(x, dy)
-    # The probe comes from the (replicated) weight, so a batch-sharded x/dy costs no extra
-    # communication; ``probe == probe`` is False only for NaN, and both branches are equal.
-    probe = w[(0,) * w.ndim]
-    return lax.cond(probe == probe, f, f, x, dy)
+  f = functools.partial(_weight_grad, kshape=tuple(w.shape[:2]), stride=stride)
+  if not USE_REGION:
+    return f(x, dy)
+  # The probe comes from the (replicated) weight, so a batch-sharded x/dy costs no extra
+  # communication; ``probe == probe`` is False only for NaN, and both branches are equal.
+  probe = w[(0,) * w.ndim]
+  return lax.cond(probe == probe, f, f, x, dy)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x, w, stride: int = 1):
-    """NHWC x HWIO convolution, symmetric padding k//2, given stride, no bias."""
-    return _fwd_conv(x, w, stride)
+  """NHWC x HWIO convolution, symmetric padding k//2, given stride, no bias."""
+  return _fwd_conv(x, w, stride)
 
 
 def _conv2d_fwd(x, w, stride):
-    return _fwd_conv(x, w, stride), (x, w)
+  return _fwd_conv(x, w, stride), (x, w)
 
 
 def _conv2d_bwd(stride, res, dy):
-    x, w = res
-    _, vjp_x = jax.vjp(lambda a: _fwd_conv(a, w, stride), x)
-    (dx,) = vjp_x(dy)
-    dw = _weight_grad_region(x, dy, w, stride)
-    return dx, dw.astype(w.dtype)
+  x, w = res
+  _, vjp_x = jax.vjp(lambda a: _fwd_conv(a, w, stride), x)
+  (dx,) = vjp_x(dy)
+  dw = _weight_grad_region(x, dy, w, stride)
+  return dx, dw.astype(w.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class FastConv(nn.Module):
-    """Drop-in for ``nn.Conv(features, kernel_size, strides, padding=k//2, use_bias=False)``
-    computed with :func:`conv2d`. Parameter: ``kernel`` ``[kh, kw, in, features]``."""
+  """Drop-in for ``nn.Conv(features, kernel_size, strides, padding=k//2, use_bias=False)``
+  computed with :func:`conv2d`. Parameter: ``kernel`` ``[kh, kw, in, features]``."""
 
-    features: int
-    kernel_size: Tuple[int, int] = (3, 3)
-    strides: int = 1
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-    dtype: Any = jnp.float32  # compute dtype; the kernel is stored in float32
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: int = 1
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32  # compute dtype; the kernel is stored in float32
 
-    @nn.compact
-    def __call__(self, x):
-        w = self.param("kernel", self.kernel_init,
-                       tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
-        return conv2d(jnp.asarray(x, self.dtype), w.astype(self.dtype), self.strides)
+  @nn.compact
+  def __call__(self, x):
+    w = self.param(
+      "kernel",
+      self.kernel_init,
+      tuple(self.kernel_size) + (x.shape[-1], self.features),
+      jnp.float32,
+    )
+    return conv2d(jnp.asarray(x, self.dtype), w.astype(self.dtype), self.strides)

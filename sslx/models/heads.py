@@ -8,46 +8,56 @@ redundant). SimCLR's projector is ``MLPHead((2048,), 128)``; SimCLR v2's 3-layer
 BatchNorm has no ``axis_name``: under ``jax.jit`` over a batch sharded across devices, XLA
 computes the batch statistics over the global batch (global BN, as SimCLR needs).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 
 class MLPHead(nn.Module):
-    """Linear(no bias if BN) -> BN -> ReLU -> ... -> Linear(out_dim).
+  """Linear(no bias if BN) -> BN -> ReLU -> ... -> Linear(out_dim).
 
-    Attributes:
-      hidden_dims: widths of the hidden layers (may be empty: a single Linear).
-      out_dim: output width.
-      use_bn: BatchNorm after each hidden Linear.
-      last_bias: bias on the final Linear.
-      last_bn: optional BatchNorm (no affine) on the output, as in SimCLR v2 / Barlow Twins.
-    Returns the output array ``[B, out_dim]`` (a head, not an encoder: no dict).
-    """
+  Attributes:
+    hidden_dims: widths of the hidden layers (may be empty: a single Linear).
+    out_dim: output width.
+    use_bn: BatchNorm after each hidden Linear.
+    last_bias: bias on the final Linear.
+    last_bn: optional BatchNorm (no affine) on the output, as in SimCLR v2 / Barlow Twins.
+  Returns the output array ``[B, out_dim]`` (a head, not an encoder: no dict).
+  """
 
-    hidden_dims: Sequence[int] = (2048,)
-    out_dim: int = 128
-    use_bn: bool = True
-    last_bias: bool = True
-    last_bn: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+  hidden_dims: Sequence[int] = (2048,)
+  out_dim: int = 128
+  use_bn: bool = True
+  last_bias: bool = True
+  last_bn: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
 
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        x = jnp.asarray(x, jnp.float32)
-        for i, h in enumerate(self.hidden_dims):
-            x = nn.Dense(h, use_bias=not self.use_bn, name=f"fc{i}")(x)
-            if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon, name=f"bn{i}")(x)
-            x = nn.relu(x)
-        x = nn.Dense(self.out_dim, use_bias=self.last_bias, name=f"fc{len(self.hidden_dims)}")(x)
-        if self.last_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, use_scale=False, use_bias=False,
-                             name="bn_out")(x)
-        return x
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = jnp.asarray(x, jnp.float32)
+    for i, h in enumerate(self.hidden_dims):
+      x = nn.Dense(h, use_bias=not self.use_bn, name=f"fc{i}")(x)
+      if self.use_bn:
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          name=f"bn{i}",
+        )(x)
+      x = nn.relu(x)
+    x = nn.Dense(self.out_dim, use_bias=self.last_bias, name=f"fc{len(self.hidden_dims)}")(x)
+    if self.last_bn:
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        use_scale=False,
+        use_bias=False,
+        name="bn_out",
+      )(x)
+    return x

@@ -14,6 +14,7 @@ memory, about one extra forward); ``"dots"`` keeps the outputs of matmuls/convol
 have no batch dimension in their contraction and recomputes the cheap elementwise work between
 them (``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,8 @@ import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _POLICIES = {
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "block": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 REMAT_CHOICES = ("none",) + tuple(_POLICIES)
 

@@ -14,9 +14,10 @@ their config, not selected by ``model.name``, so they are not registered.
   ColorizationNet     colorization (Zhang et al. 2016): encoder on L -> upsampling decoder ->
                       per-pixel logits over the ab bins.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ class TileSetClassifier(nn.Module):
   Dense(tile_dim) per tile -> concat [B, K·tile_dim] -> MLPHead(hidden, num_classes).
   Returns (per-tile pre_logits [B, K, D], logits [B, num_classes]).
   """
+
   encoder: nn.Module
   num_classes: int
   tile_dim: int = 256
@@ -42,8 +44,9 @@ class TileSetClassifier(nn.Module):
     feats = self.encoder(tiles.reshape((b * k,) + tiles.shape[2:]), train=train)["pre_logits"]
     z = nn.relu(nn.Dense(self.tile_dim, name="tile_fc")(feats))  # Noroozi's fc6, per tile
     z = z.reshape(b, k * self.tile_dim)
-    logits = MLPHead(hidden_dims=tuple(self.hidden), out_dim=self.num_classes,
-                     name="classifier")(z, train=train)
+    logits = MLPHead(hidden_dims=tuple(self.hidden), out_dim=self.num_classes, name="classifier")(
+      z, train=train
+    )
     return feats.reshape(b, k, -1), logits
 
   def encode(self, x, train: bool = False):
@@ -59,6 +62,7 @@ class InpaintingGenerator(nn.Module):
   3-channel output (no activation: the target is the normalised image).
   Returns (pre_logits [B, D], prediction [B, h·2^num_up, w·2^num_up, 3]).
   """
+
   encoder: nn.Module
   decoder_widths: Sequence[int] = (128, 64, 32)
 
@@ -68,15 +72,17 @@ class InpaintingGenerator(nn.Module):
     fmap = out["feature_map"]
     b, h, w, c = fmap.shape
     # Channel-wise fc: [B, C, h·w] x [C, h·w, h·w] (paper §3.1).
-    kernel = self.param("channel_fc", nn.initializers.lecun_normal(batch_axis=(0,)),
-                        (c, h * w, h * w))
+    kernel = self.param(
+      "channel_fc", nn.initializers.lecun_normal(batch_axis=(0,)), (c, h * w, h * w)
+    )
     flat = jnp.transpose(fmap.reshape(b, h * w, c), (0, 2, 1))
     mixed = jnp.einsum("bcp,cpq->bcq", flat, kernel)
     y = jnp.transpose(mixed, (0, 2, 1)).reshape(b, h, w, c)
     y = nn.relu(nn.Conv(c, (1, 1), name="channel_mix")(y))
     for i, width in enumerate(self.decoder_widths):
-      y = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                           name=f"up{i}")(y)
+      y = nn.ConvTranspose(
+        width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, name=f"up{i}"
+      )(y)
       y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"up_bn{i}")(y)
       y = nn.relu(y)
     y = nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME", name="to_rgb")(y)
@@ -90,6 +96,7 @@ class PatchDiscriminator(nn.Module):
   """DCGAN-style discriminator: stride-2 4×4 convs with LeakyReLU(0.2), then one logit.
   No BatchNorm, so it has no batch statistics to share between real and fake batches.
   Input [B, S, S, 3] -> [B] logits."""
+
   widths: Sequence[int] = (32, 64, 128)
 
   @nn.compact
@@ -107,6 +114,7 @@ class ColorizationNet(nn.Module):
   back to `out_size` and a 1×1 conv to `num_bins` logits per pixel (the paper predicts at
   1/4 of the input resolution).
   Input [B, S, S, 1] -> (pre_logits [B, D], logits [B, out, out, num_bins])."""
+
   encoder: nn.Module
   num_bins: int = 313
   decoder_widths: Sequence[int] = (128, 128)
@@ -116,8 +124,9 @@ class ColorizationNet(nn.Module):
     out = self.encoder(x, train=train)
     y = out["feature_map"]
     for i, width in enumerate(self.decoder_widths):
-      y = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                           name=f"up{i}")(y)
+      y = nn.ConvTranspose(
+        width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, name=f"up{i}"
+      )(y)
       y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"up_bn{i}")(y)
       y = nn.relu(y)
     logits = nn.Conv(self.num_bins, (1, 1), name="bins")(y)

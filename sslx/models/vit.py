@@ -45,9 +45,10 @@ Parameter names: ``patch_embed/{kernel,bias}``, ``cls_token``, ``pos_embed``,
 ``dtype="bfloat16"``: bf16 compute with float32 parameters, LayerNorm statistics, softmax and
 outputs; ``remat="block"|"dots"``: rematerialise each block (see :mod:`sslx.models.precision`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,282 +61,317 @@ _DENSE_INIT = nn.initializers.xavier_uniform()
 
 
 def patchify(images, patch_size: int):
-    """``[B, H, W, C]`` -> ``[B, (H/p)*(W/p), p*p*C]`` (row-major patches, (py, px, c) inside)."""
-    b, h, w, c = images.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image size {(h, w)} is not divisible by patch size {p}")
-    x = images.reshape(b, h // p, p, w // p, p, c)
-    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
+  """``[B, H, W, C]`` -> ``[B, (H/p)*(W/p), p*p*C]`` (row-major patches, (py, px, c) inside)."""
+  b, h, w, c = images.shape
+  p = patch_size
+  if h % p or w % p:
+    raise ValueError(f"image size {(h, w)} is not divisible by patch size {p}")
+  x = images.reshape(b, h // p, p, w // p, p, c)
+  x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def unpatchify(patches, patch_size: int, grid: tuple, channels: int = 3):
-    """Inverse of :func:`patchify` for a ``(gh, gw)`` grid."""
-    b = patches.shape[0]
-    gh, gw = grid
-    p = patch_size
-    x = patches.reshape(b, gh, gw, p, p, channels)
-    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
-    return x.reshape(b, gh * p, gw * p, channels)
+  """Inverse of :func:`patchify` for a ``(gh, gw)`` grid."""
+  b = patches.shape[0]
+  gh, gw = grid
+  p = patch_size
+  x = patches.reshape(b, gh, gw, p, p, channels)
+  x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+  return x.reshape(b, gh * p, gw * p, channels)
 
 
 def gelu(x, approximate: bool = False):
-    """GELU. Exact form ``0.5 * x * (1 + erf(x / sqrt(2)))`` -- PyTorch's formula. (``jax.nn.gelu``
-    writes the exact form with ``erfc``, which XLA:CPU evaluates several times slower than
-    ``erf``; the two agree to float32 rounding.) ``approximate=True``: the tanh approximation,
-    a different function (max abs difference ~1e-3)."""
-    if approximate:
-        return jax.nn.gelu(x, approximate=True)
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
+  """GELU. Exact form ``0.5 * x * (1 + erf(x / sqrt(2)))`` -- PyTorch's formula. (``jax.nn.gelu``
+  writes the exact form with ``erfc``, which XLA:CPU evaluates several times slower than
+  ``erf``; the two agree to float32 rounding.) ``approximate=True``: the tanh approximation,
+  a different function (max abs difference ~1e-3)."""
+  if approximate:
+    return jax.nn.gelu(x, approximate=True)
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
 
 
 class PatchEmbed(nn.Module):
-    dim: int
-    patch_size: int
-    dtype: Any = jnp.float32
+  dim: int
+  patch_size: int
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
-        p = self.patch_size
-        c = x.shape[-1]
-        # conv-shaped kernel, xavier-uniform over the flattened (p*p*c, dim) matrix (MAE/timm)
-        kernel = self.param("kernel", _patch_init, (p, p, c, self.dim))
-        bias = self.param("bias", nn.initializers.zeros, (self.dim,))
-        tokens = patchify(x, p).astype(self.dtype)
-        b, n, _ = tokens.shape
-        out = (tokens.reshape(b * n, p * p * c) @ kernel.reshape(p * p * c, self.dim).astype(self.dtype)
-               + bias.astype(self.dtype))
-        return out.reshape(b, n, self.dim)
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    c = x.shape[-1]
+    # conv-shaped kernel, xavier-uniform over the flattened (p*p*c, dim) matrix (MAE/timm)
+    kernel = self.param("kernel", _patch_init, (p, p, c, self.dim))
+    bias = self.param("bias", nn.initializers.zeros, (self.dim,))
+    tokens = patchify(x, p).astype(self.dtype)
+    b, n, _ = tokens.shape
+    out = tokens.reshape(b * n, p * p * c) @ kernel.reshape(p * p * c, self.dim).astype(
+      self.dtype
+    ) + bias.astype(self.dtype)
+    return out.reshape(b, n, self.dim)
 
 
 class FlatDense(nn.Dense):
-    """``nn.Dense`` (same parameters) that multiplies the input flattened to a 2-D matrix:
-    XLA:CPU runs a 3-D ``[B, T, D] @ [D, F]`` product nearly 2x slower than the same 2-D one.
-    Use it for token-wise layers."""
+  """``nn.Dense`` (same parameters) that multiplies the input flattened to a 2-D matrix:
+  XLA:CPU runs a 3-D ``[B, T, D] @ [D, F]`` product nearly 2x slower than the same 2-D one.
+  Use it for token-wise layers."""
 
-    def __call__(self, x):
-        lead = x.shape[:-1]
-        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(lead + (self.features,))
+  def __call__(self, x):
+    lead = x.shape[:-1]
+    return super().__call__(x.reshape(-1, x.shape[-1])).reshape(lead + (self.features,))
 
 
 def _patch_init(key, shape, dtype=jnp.float32):
-    p, q, c, d = shape
-    return _DENSE_INIT(key, (p * q * c, d), dtype).reshape(shape)
+  p, q, c, d = shape
+  return _DENSE_INIT(key, (p * q * c, d), dtype).reshape(shape)
 
 
 class _DenseParams(nn.Module):
-    """The ``kernel [in, out]`` / ``bias [out]`` of a Dense layer, returned unapplied so the
-    caller can contract them in the layout it needs (names match ``nn.Dense``)."""
-    features: int
+  """The ``kernel [in, out]`` / ``bias [out]`` of a Dense layer, returned unapplied so the
+  caller can contract them in the layout it needs (names match ``nn.Dense``)."""
 
-    @nn.compact
-    def __call__(self, in_features: int):
-        kernel = self.param("kernel", _DENSE_INIT, (in_features, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return kernel, bias
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", _DENSE_INIT, (in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return kernel, bias
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention written with einsums over q, k, v as the qkv matmul wrote
-    them (``[B, T, 3, heads, head_dim]``), leaving each attention matmul's layout to XLA."""
-    dim: int
-    num_heads: int
-    dtype: Any = jnp.float32
+  """Multi-head self-attention written with einsums over q, k, v as the qkv matmul wrote
+  them (``[B, T, 3, heads, head_dim]``), leaving each attention matmul's layout to XLA."""
 
-    @nn.compact
-    def __call__(self, x):
-        b, t, d = x.shape
-        h = self.num_heads
-        hd = d // h
-        kernel, bias = _DenseParams(3 * d, name="qkv")(d)
-        # Token-wise matmuls on [B*T, D] matrices: XLA:CPU runs a 3-D [B, T, D] @ [D, F]
-        # dot_general nearly 2x slower than the same product on the flattened 2-D matrix.
-        x = x.astype(self.dtype).reshape(b * t, d)
-        qkv = x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
-        # [B, T, 3, h, hd] as the matmul wrote it; the einsums leave the layout of each
-        # attention matmul to XLA (an explicit transpose to [3, B, h, T, hd] cost ~12%).
-        qkv = qkv.reshape(b, t, 3, h, hd)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bqhe,bkhe->bhqk", q * jnp.asarray(hd ** -0.5, self.dtype), k)
-        # softmax in float32 whatever the compute dtype (bf16 exponentials lose the tail)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        out = jnp.einsum("bhqk,bkhe->bqhe", attn.astype(self.dtype), v).reshape(b * t, d)
-        proj = nn.Dense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="proj")(out)
-        return proj.reshape(b, t, d), attn
+  dim: int
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, d = x.shape
+    h = self.num_heads
+    hd = d // h
+    kernel, bias = _DenseParams(3 * d, name="qkv")(d)
+    # Token-wise matmuls on [B*T, D] matrices: XLA:CPU runs a 3-D [B, T, D] @ [D, F]
+    # dot_general nearly 2x slower than the same product on the flattened 2-D matrix.
+    x = x.astype(self.dtype).reshape(b * t, d)
+    qkv = x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+    # [B, T, 3, h, hd] as the matmul wrote it; the einsums leave the layout of each
+    # attention matmul to XLA (an explicit transpose to [3, B, h, T, hd] cost ~12%).
+    qkv = qkv.reshape(b, t, 3, h, hd)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits = jnp.einsum("bqhe,bkhe->bhqk", q * jnp.asarray(hd**-0.5, self.dtype), k)
+    # softmax in float32 whatever the compute dtype (bf16 exponentials lose the tail)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    out = jnp.einsum("bhqk,bkhe->bqhe", attn.astype(self.dtype), v).reshape(b * t, d)
+    proj = nn.Dense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="proj")(out)
+    return proj.reshape(b, t, d), attn
 
 
 class Mlp(nn.Module):
-    hidden: int
-    gelu_approximate: bool = False
-    dtype: Any = jnp.float32
+  hidden: int
+  gelu_approximate: bool = False
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
-        d = x.shape[-1]
-        x = FlatDense(self.hidden, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc1")(x)
-        x = gelu(x, self.gelu_approximate)
-        return FlatDense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc2")(x)
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = FlatDense(self.hidden, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc1")(x)
+    x = gelu(x, self.gelu_approximate)
+    return FlatDense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="fc2")(x)
 
 
 class Block(nn.Module):
-    dim: int
-    num_heads: int
-    mlp_dim: int
-    gelu_approximate: bool = False
-    drop_path: float = 0.0
-    dtype: Any = jnp.float32
+  dim: int
+  num_heads: int
+  mlp_dim: int
+  gelu_approximate: bool = False
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        y, attn = Attention(self.dim, self.num_heads, self.dtype, name="attn")(
-            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x))
-        x = x + self._drop_path(y, train)
-        y = Mlp(self.mlp_dim, self.gelu_approximate, self.dtype, name="mlp")(
-            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x))
-        return x + self._drop_path(y, train), attn
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y, attn = Attention(self.dim, self.num_heads, self.dtype, name="attn")(
+      nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+    )
+    x = x + self._drop_path(y, train)
+    y = Mlp(self.mlp_dim, self.gelu_approximate, self.dtype, name="mlp")(
+      nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+    )
+    return x + self._drop_path(y, train), attn
 
-    def _drop_path(self, y, train):
-        if not train or self.drop_path == 0.0:
-            return y
-        keep = 1.0 - self.drop_path
-        rng = self.make_rng("dropout")
-        m = jax.random.bernoulli(rng, keep, (y.shape[0],) + (1,) * (y.ndim - 1))
-        return y * m / keep
+  def _drop_path(self, y, train):
+    if not train or self.drop_path == 0.0:
+      return y
+    keep = 1.0 - self.drop_path
+    rng = self.make_rng("dropout")
+    m = jax.random.bernoulli(rng, keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return y * m / keep
 
 
 class ViT(nn.Module):
-    """ViT encoder; see the module docstring."""
+  """ViT encoder; see the module docstring."""
 
-    patch_size: int = 16
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    gelu_approximate: bool = False
-    drop_path_rate: float = 0.0
-    pool: str = "cls"  # "cls" | "mean"
-    num_classes: int = 0
-    dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
-    remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
-    mask_token: bool = False  # a learned [MASK] embedding for `token_mask` (iBOT / DINOv2)
+  patch_size: int = 16
+  dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  gelu_approximate: bool = False
+  drop_path_rate: float = 0.0
+  pool: str = "cls"  # "cls" | "mean"
+  num_classes: int = 0
+  dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
+  remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
+  mask_token: bool = False  # a learned [MASK] embedding for `token_mask` (iBOT / DINOv2)
 
-    @nn.compact
-    def __call__(self, x, train: bool = True, mask=None, num_keep: Optional[int] = None,
-                 return_attention: bool = False, token_mask=None):
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
-        dtype = precision.compute_dtype(self.dtype)
-        block_cls = precision.maybe_remat(Block, self.remat, static_argnums=(2,))
-        x = jnp.asarray(x, jnp.float32)
-        b, hh, ww, _ = x.shape
-        p = self.patch_size
-        grid = (hh // p, ww // p)
-        tokens = PatchEmbed(self.dim, p, dtype, name="patch_embed")(x)  # [B, N, D]
-        if self.mask_token:
-            # zeros at init, as DINOv2; replaces masked patch embeddings before the positions
-            mask_emb = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
-            if token_mask is not None:
-                tokens = jnp.where(token_mask[..., None], mask_emb.astype(dtype), tokens)
-        elif token_mask is not None:
-            raise ValueError("token_mask needs a ViT built with mask_token=True")
-        tokens = tokens + self._pos_embed(grid).astype(dtype)
-        out = {}
-        if mask is not None:
-            ids_keep = self._ids_keep(mask, num_keep, tokens.shape[1])
-            tokens = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
-            out["ids_keep"] = ids_keep
-        cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
-        tokens = jnp.concatenate(
-            [jnp.broadcast_to(cls.astype(dtype), (b, 1, self.dim)), tokens], axis=1)
-        mlp_dim = int(self.mlp_ratio * self.dim)
-        attn = None
-        for i in range(self.depth):
-            dp = self.drop_path_rate * i / max(self.depth - 1, 1)
-            tokens, attn = block_cls(self.dim, self.num_heads, mlp_dim, self.gelu_approximate,
-                                     dp, dtype, name=f"block{i}")(tokens, train)
-        # the final norm's output in float32: heads, losses and evaluation see float32
-        tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens.astype(jnp.float32))
-        out["tokens"] = tokens
-        out["patch_tokens"] = tokens[:, 1:]
-        out["pre_logits"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)
-        if return_attention:
-            out["attention"] = attn.astype(jnp.float32)
-        if self.num_classes:
-            out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
-        return out
+  @nn.compact
+  def __call__(
+    self,
+    x,
+    train: bool = True,
+    mask=None,
+    num_keep: int | None = None,
+    return_attention: bool = False,
+    token_mask=None,
+  ):
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
+    if self.pool not in ("cls", "mean"):
+      raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+    dtype = precision.compute_dtype(self.dtype)
+    block_cls = precision.maybe_remat(Block, self.remat, static_argnums=(2,))
+    x = jnp.asarray(x, jnp.float32)
+    b, hh, ww, _ = x.shape
+    p = self.patch_size
+    grid = (hh // p, ww // p)
+    tokens = PatchEmbed(self.dim, p, dtype, name="patch_embed")(x)  # [B, N, D]
+    if self.mask_token:
+      # zeros at init, as DINOv2; replaces masked patch embeddings before the positions
+      mask_emb = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
+      if token_mask is not None:
+        tokens = jnp.where(token_mask[..., None], mask_emb.astype(dtype), tokens)
+    elif token_mask is not None:
+      raise ValueError("token_mask needs a ViT built with mask_token=True")
+    tokens = tokens + self._pos_embed(grid).astype(dtype)
+    out = {}
+    if mask is not None:
+      ids_keep = self._ids_keep(mask, num_keep, tokens.shape[1])
+      tokens = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
+      out["ids_keep"] = ids_keep
+    cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
+    tokens = jnp.concatenate(
+      [jnp.broadcast_to(cls.astype(dtype), (b, 1, self.dim)), tokens], axis=1
+    )
+    mlp_dim = int(self.mlp_ratio * self.dim)
+    attn = None
+    for i in range(self.depth):
+      dp = self.drop_path_rate * i / max(self.depth - 1, 1)
+      tokens, attn = block_cls(
+        self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp, dtype, name=f"block{i}"
+      )(tokens, train)
+    # the final norm's output in float32: heads, losses and evaluation see float32
+    tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens.astype(jnp.float32))
+    out["tokens"] = tokens
+    out["patch_tokens"] = tokens[:, 1:]
+    out["pre_logits"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)
+    if return_attention:
+      out["attention"] = attn.astype(jnp.float32)
+    if self.num_classes:
+      out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
+    return out
 
-    def _pos_embed(self, grid):
-        n = grid[0] * grid[1]
-        if self.has_variable("params", "pos_embed"):
-            stored = self.get_variable("params", "pos_embed").shape
-        else:
-            stored = (1, n, self.dim)
-        pos = self.param("pos_embed", nn.initializers.normal(0.02), stored)
-        if stored[1] == n:
-            return pos
-        g0 = int(round(np.sqrt(stored[1])))
-        if g0 * g0 != stored[1]:
-            raise ValueError(f"cannot resize a non-square position embedding of {stored[1]} "
-                             f"tokens to grid {grid}")
-        pos = pos.reshape(1, g0, g0, self.dim)
-        pos = jax.image.resize(pos, (1, grid[0], grid[1], self.dim), "bicubic")
-        return pos.reshape(1, n, self.dim)
+  def _pos_embed(self, grid):
+    n = grid[0] * grid[1]
+    if self.has_variable("params", "pos_embed"):
+      stored = self.get_variable("params", "pos_embed").shape
+    else:
+      stored = (1, n, self.dim)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), stored)
+    if stored[1] == n:
+      return pos
+    g0 = int(round(np.sqrt(stored[1])))
+    if g0 * g0 != stored[1]:
+      raise ValueError(
+        f"cannot resize a non-square position embedding of {stored[1]} tokens to grid {grid}"
+      )
+    pos = pos.reshape(1, g0, g0, self.dim)
+    pos = jax.image.resize(pos, (1, grid[0], grid[1], self.dim), "bicubic")
+    return pos.reshape(1, n, self.dim)
 
-    @staticmethod
-    def _ids_keep(mask, num_keep, n):
-        if not isinstance(mask, jax.Array):
-            mask = np.asarray(mask)
-        if jnp.issubdtype(mask.dtype, jnp.integer):
-            return mask.astype(jnp.int32)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be bool [B, N] or int ids_keep [B, K], got {mask.dtype}")
-        if mask.shape[1] != n:
-            raise ValueError(f"mask has {mask.shape[1]} tokens, the image has {n} patches")
-        if num_keep is None:
-            try:
-                counts = np.asarray(~mask).sum(axis=1)
-            except jax.errors.TracerArrayConversionError:
-                raise ValueError("mask is traced: pass num_keep (kept patches per image, "
-                                 "static) or ids_keep instead") from None
-            if not (counts == counts[0]).all():
-                raise ValueError(f"every image must keep the same number of patches, got "
-                                 f"{sorted(set(counts.tolist()))}")
-            num_keep = int(counts[0])
-        # stable argsort: kept (False) first, each group in increasing index order
-        return jnp.argsort(mask, axis=1, stable=True)[:, :num_keep].astype(jnp.int32)
+  @staticmethod
+  def _ids_keep(mask, num_keep, n):
+    if not isinstance(mask, jax.Array):
+      mask = np.asarray(mask)
+    if jnp.issubdtype(mask.dtype, jnp.integer):
+      return mask.astype(jnp.int32)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"mask must be bool [B, N] or int ids_keep [B, K], got {mask.dtype}")
+    if mask.shape[1] != n:
+      raise ValueError(f"mask has {mask.shape[1]} tokens, the image has {n} patches")
+    if num_keep is None:
+      try:
+        counts = np.asarray(~mask).sum(axis=1)
+      except jax.errors.TracerArrayConversionError:
+        raise ValueError(
+          "mask is traced: pass num_keep (kept patches per image, static) or ids_keep instead"
+        ) from None
+      if not (counts == counts[0]).all():
+        raise ValueError(
+          f"every image must keep the same number of patches, got {sorted(set(counts.tolist()))}"
+        )
+      num_keep = int(counts[0])
+    # stable argsort: kept (False) first, each group in increasing index order
+    return jnp.argsort(mask, axis=1, stable=True)[:, :num_keep].astype(jnp.int32)
 
 
 _VARIANTS = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-    "vit_huge": (1280, 32, 16),
-    # ViT-g as in DINOv2 (width 1536, depth 40, 24 heads; here with the plain 4x MLP): 1.1B
-    "vit_giant": (1536, 40, 24),
+  "vit_tiny": (192, 12, 3),
+  "vit_small": (384, 12, 6),
+  "vit_base": (768, 12, 12),
+  "vit_large": (1024, 24, 16),
+  "vit_huge": (1280, 32, 16),
+  # ViT-g as in DINOv2 (width 1536, depth 40, 24 heads; here with the plain 4x MLP): 1.1B
+  "vit_giant": (1536, 40, 24),
 }
 
 
 def _factory(name):
-    d0, depth0, heads0 = _VARIANTS[name]
+  d0, depth0, heads0 = _VARIANTS[name]
 
-    def make(patch_size: int = 16, dim: int = d0, depth: int = depth0, num_heads: int = heads0,
-             mlp_ratio: float = 4.0, gelu_approximate: bool = False, drop_path_rate: float = 0.0,
-             pool: str = "cls", num_classes: int = 0, dtype: str = "float32",
-             remat: str = "none"):
-        precision.compute_dtype(dtype)
-        precision.check_remat(remat)
-        return ViT(patch_size=patch_size, dim=dim, depth=depth, num_heads=num_heads,
-                   mlp_ratio=mlp_ratio, gelu_approximate=gelu_approximate,
-                   drop_path_rate=drop_path_rate, pool=pool, num_classes=num_classes,
-                   dtype=dtype, remat=remat)
+  def make(
+    patch_size: int = 16,
+    dim: int = d0,
+    depth: int = depth0,
+    num_heads: int = heads0,
+    mlp_ratio: float = 4.0,
+    gelu_approximate: bool = False,
+    drop_path_rate: float = 0.0,
+    pool: str = "cls",
+    num_classes: int = 0,
+    dtype: str = "float32",
+    remat: str = "none",
+  ):
+    precision.compute_dtype(dtype)
+    precision.check_remat(remat)
+    return ViT(
+      patch_size=patch_size,
+      dim=dim,
+      depth=depth,
+      num_heads=num_heads,
+      mlp_ratio=mlp_ratio,
+      gelu_approximate=gelu_approximate,
+      drop_path_rate=drop_path_rate,
+      pool=pool,
+      num_classes=num_classes,
+      dtype=dtype,
+      remat=remat,
+    )
 
-    make.__name__ = name
-    return register_model(name)(make)
+  make.__name__ = name
+  return register_model(name)(make)
 
 
 for _n in _VARIANTS:
-    globals()[_n] = _factory(_n)
+  globals()[_n] = _factory(_n)

@@ -6,6 +6,7 @@
 Rows: grayscale input (the L channel the network sees), prediction (annealed mean, T=0.38,
 on the input's L), original; one column per test image.
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()

@@ -5,6 +5,7 @@
 
 Rows: masked inputs (holes white), completions, originals; one column per test image.
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()
@@ -46,7 +47,7 @@ def save_grid(rows, out: str, scale: int = 4):
   for i, r in enumerate(rows):
     for j in range(n):
       y, x = pad + i * (h + pad), pad + j * (w + pad)
-      grid[y:y + h, x:x + w] = r[j]
+      grid[y : y + h, x : x + w] = r[j]
   img = Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8))
   img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   img.save(out)
@@ -58,8 +59,9 @@ def render(config, workdir: str, out: str, num_images: int = 8) -> str:
 
   method, state, test = restore(config, workdir)
   images = jax.numpy.asarray(test[:num_images])
-  masked, completed = method.inpaint(state.params["model"], state.batch_stats, images,
-                                     jax.random.PRNGKey(0))
+  masked, completed = method.inpaint(
+    state.params["model"], state.batch_stats, images, jax.random.PRNGKey(0)
+  )
   return save_grid([masked, completed, images / 255.0], out)
 
 

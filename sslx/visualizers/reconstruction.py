@@ -11,6 +11,7 @@ and the reconstruction with the visible patches pasted back (MAE Fig. 2's layout
 norm-pix loss the predicted patches are de-normalised with each true patch's mean and variance.
 Any method with `reconstruct(params, images, rng) -> (masked, recon)` works (MAE has it).
 """
+
 from sslx import xla
 
 xla.configure_xla_for_cpu()
@@ -24,13 +25,14 @@ FLAGS = flags.FLAGS
 def grid_image(rows, pad: int = 2):
   """[R][C] lists of [H, W, 3] float arrays in [0, 1] → one uint8 [H', W', 3] grid."""
   import numpy as np
+
   r, c = len(rows), len(rows[0])
   h, w = rows[0][0].shape[:2]
   out = np.ones((r * (h + pad) + pad, c * (w + pad) + pad, 3), np.float32)
   for i, row in enumerate(rows):
     for j, img in enumerate(row):
       y, x = pad + i * (h + pad), pad + j * (w + pad)
-      out[y:y + h, x:x + w] = np.clip(np.asarray(img), 0.0, 1.0)
+      out[y : y + h, x : x + w] = np.clip(np.asarray(img), 0.0, 1.0)
   return (out * 255).round().astype(np.uint8)
 
 
@@ -46,15 +48,18 @@ def render(config, workdir: str, out: str, num_images: int = 8, scale: int = 4) 
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first with "
-                            f"python -m sslx.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
   method = setup.method
   if not hasattr(method, "reconstruct"):
-    raise ValueError(f"method {config.method.name!r} has no reconstruct(); reconstructions "
-                     "are drawn for MAE")
+    raise ValueError(
+      f"method {config.method.name!r} has no reconstruct(); reconstructions are drawn for MAE"
+    )
   state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
   eval_data = evaluation.load_eval_data(config)
   if eval_data is not None:
