@@ -116,11 +116,10 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
     "embedded": dict(small, name="embedded"),
     "cifar10": dict(small, name="image_folder"),
     "imagenet": dict(
+      small,
       name="tfds",
       tfds_name="imagenet2012",
       data_dir="",
-      path="",
-      train_split="train",
       eval_split="validation",
       image_size=224,
       num_workers=8,
