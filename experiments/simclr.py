@@ -104,6 +104,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         eval_split="validation",
         image_size=224,
         num_workers=8,
+        host_crops=True,
         normalization="imagenet",
       )
     )

@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=32,
       num_workers=0,
       normalization="cifar10",
+      # Random-resized crops made on the host from the full image (sslx.data.crops); the
+      # device then only flips and colours. For large photos (ImageNet); False: 32 px data.
+      host_crops=False,
     )
   )
   c.total_steps = 0

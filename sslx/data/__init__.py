@@ -10,7 +10,9 @@ Sources yield ``{"image": uint8[S, S, 3], "label": int32}`` (label -1 if unlabel
 records and checkpointing.
 """
 
+from sslx.data.crops import CropGroup, ViewMaker, crop_groups
 from sslx.data.pipeline import make_train_loader, steps_per_epoch, to_global_array
+from sslx.data.prefetch import DevicePrefetcher
 from sslx.data.sources import (
   DATASETS,
   IMAGE_EXTENSIONS,
@@ -24,6 +26,10 @@ from sslx.data.sources import (
 )
 
 __all__ = [
+  "CropGroup",
+  "DevicePrefetcher",
+  "ViewMaker",
+  "crop_groups",
   "DATASETS",
   "IMAGE_EXTENSIONS",
   "EmbeddedSource",

@@ -22,12 +22,15 @@ crashing it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import grain
 import jax
 import numpy as np
+
+from sslx.data import crops
 
 _PREFETCH_RECORDS = 512
 
@@ -69,6 +72,61 @@ class _ProcessBlocks(grain.MapDataset):
     return f"_ProcessBlocks(offset={self._offset}, local={self._local})"
 
 
+class _EncodedRecords:
+  """A source's records as encoded bytes: index -> {"data", "label", "index"} or None."""
+
+  def __init__(self, source):
+    if not hasattr(source, "read_encoded"):
+      raise ValueError(f"dataset.host_crops needs a source of encoded images; {source!r} is not")
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    i = int(index)
+    try:
+      data, label = self._source.read_encoded(i)
+    except Exception as e:  # pylint: disable=broad-except  # skip-and-name, as sources do
+      self._source.note_skipped(i, e)
+      return None
+    return {"data": data, "label": np.int32(label), "index": i}
+
+
+@dataclasses.dataclass(frozen=True)
+class _MakeViews:
+  """(local stream index, encoded record) -> {"image": HostViews, "label"}, or None.
+
+  The crops are seeded by the record's position in the *global* stream, ``step * B + row``,
+  which local index j of process p (of P, b = B / P rows each) maps to.
+  """
+
+  maker: crops.ViewMaker
+  source: Any
+  global_batch: int
+  local_batch: int
+  offset: int
+  local_epoch: int  # local records per epoch
+  global_epoch: int  # global records per epoch
+
+  def __call__(self, j: int, record):
+    if record is None:
+      return None
+    epoch, jj = divmod(int(j), self.local_epoch)
+    position = (
+      epoch * self.global_epoch
+      + (jj // self.local_batch) * self.global_batch
+      + self.offset
+      + jj % self.local_batch
+    )
+    try:
+      views = self.maker(record["data"], position)
+    except Exception as e:  # pylint: disable=broad-except  # corrupt bytes: skip and name
+      self.source.note_skipped(record["index"], e)
+      return None
+    return {"image": views, "label": record["label"]}
+
+
 def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
   """Full global batches in one pass over ``num_records`` records (the remainder is dropped)."""
   if global_batch_size <= 0:
@@ -105,6 +163,7 @@ def make_train_loader(
   num_workers: int = 0,
   drop_remainder: bool = True,
   read_threads: int | None = None,
+  view_maker: crops.ViewMaker | None = None,
 ) -> grain.DatasetIterator:
   """A checkpointable iterator of this process's slice of each global batch.
 
@@ -131,6 +190,9 @@ def make_train_loader(
       finite ``num_epochs`` may be short.
     read_threads: threads per process reading and decoding records ahead; None:
       ``default_read_threads(source.image_size)``.
+    view_maker: make the views on the host from the encoded images (``dataset.host_crops``):
+      records become ``{"image": HostViews, "label"}``, each image decoded once, its crops
+      seeded by (seed, global stream position); see :mod:`sslx.data.crops`.
 
   Returns:
     A ``grain.DatasetIterator`` yielding ``{"image": uint8[b, S, S, 3], "label": int32[b]}`` with
@@ -158,7 +220,7 @@ def make_train_loader(
   if num_workers < 0:
     raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(source if view_maker is None else _EncodedRecords(source))
   if shuffle:
     ds = ds.shuffle(seed=_shuffle_seed(seed))
   if drop_remainder:
@@ -169,9 +231,20 @@ def make_train_loader(
     ds = ds[:per_epoch]  # Slices are epoch-aware in grain: each epoch loses different records.
   if process_count > 1:
     ds = _ProcessBlocks(ds, global_batch_size, process_index, process_count)
+  local_epoch = len(ds)
   ds = ds.repeat(num_epochs)
+  if view_maker is not None:
+    local = global_batch_size // process_count
+    ds = ds.map_with_index(
+      _MakeViews(
+        view_maker, source, global_batch_size, local, process_index * local, local_epoch, per_epoch
+      )
+    )
   if read_threads is None:
-    read_threads = default_read_threads(getattr(source, "image_size", 0) or 0)
+    size = getattr(source, "image_size", 0) or 0
+    if view_maker is not None:
+      size = max(g.size for g in view_maker.groups)
+    read_threads = default_read_threads(size)
   # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH_RECORDS)

@@ -99,7 +99,7 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
     img.load()  # Image.open is lazy: this is where truncated or corrupt data raises.
     if "exif" in img.info:  # Photos from cameras store their rotation in EXIF.
       img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img)
+    img = to_rgb(img)
     if img.size != (image_size, image_size):
       img = _resize_shorter_side_and_center_crop(img, image_size)
     array = np.asarray(img, dtype=np.uint8)
@@ -108,7 +108,7 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
   return array
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
   if img.mode == "RGB":
     return img
   if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -326,6 +326,14 @@ class _ImageSource:
       self._note_skipped(i, e)
       return None
     return {"image": image, "label": self._labels[i]}
+
+  def read_encoded(self, index: int) -> tuple[bytes, int]:
+    """(the encoded image file's bytes, label) of record ``index``, nothing decoded."""
+    return self._read(index), int(self._labels[index])
+
+  def note_skipped(self, i: int, error: Exception) -> None:
+    """Records that record ``i`` could not be read or decoded, and warns once naming it."""
+    self._note_skipped(i, error)
 
   def _note_skipped(self, i: int, error: Exception) -> None:
     name = self.name(i)
