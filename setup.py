@@ -14,6 +14,9 @@ CORE = [
   "clu==0.0.12",
   "numpy>=2.0,<3",
   "pillow>=10",
+  # Host crops (sslx.data.crops): libjpeg-turbo scaled decoding and SIMD resizing.
+  "simplejpeg==1.9.0",
+  "opencv-python-headless==5.1.0.95",
   "tensorboardX==2.6.5",
   "absl-py>=2",
 ]
