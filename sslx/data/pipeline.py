@@ -245,6 +245,8 @@ def make_train_loader(
     if view_maker is not None:
       size = max(g.size for g in view_maker.groups)
     read_threads = default_read_threads(size)
+    if num_workers > 0 and read_threads:  # the workers share the cores
+      read_threads = max(1, read_threads // num_workers)
   # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH_RECORDS)

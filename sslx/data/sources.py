@@ -188,6 +188,45 @@ def _load_archive_bytes(data: bytes, path: str) -> _ArchiveFiles:
   return _ArchiveFiles(path=path, names=tuple(names), offsets=offsets, buffer=b"".join(chunks))
 
 
+@dataclasses.dataclass(frozen=True)
+class _TarIndex:
+  """The regular files of an uncompressed tar archive by member offset: nothing is read until
+  a file is asked for (ImageNet's train tar is ~140 GB)."""
+
+  path: str
+  names: tuple[str, ...]
+  offsets: np.ndarray  # int64[num_files]: where each file's bytes start in the archive
+  sizes: np.ndarray  # int64[num_files]
+
+  def read(self, k: int) -> bytes:
+    fd = _open_fds.get(self.path)
+    if fd is None:  # One descriptor per process and archive (grain workers open their own).
+      fd = _open_fds.setdefault(self.path, os.open(self.path, os.O_RDONLY))
+    data = os.pread(fd, int(self.sizes[k]), int(self.offsets[k]))
+    if len(data) != self.sizes[k]:
+      raise OSError(f"{self.path}: archive ends inside member {self.names[k]}")
+    return data
+
+
+_open_fds: dict[str, int] = {}
+
+
+def _index_tar(path: str) -> _TarIndex:
+  """Member names and offsets of an uncompressed tar (headers only: tarfile seeks past data)."""
+  names, offsets, sizes = [], [], []
+  with tarfile.open(path, mode="r:") as archive:
+    for member in archive:
+      if not member.isfile():
+        continue
+      name = member.name
+      while name.startswith("./"):
+        name = name[2:]
+      names.append(name.lstrip("/"))
+      offsets.append(member.offset_data)
+      sizes.append(member.size)
+  return _TarIndex(path, tuple(names), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64))
+
+
 def _load_archive(path: str) -> _ArchiveFiles:
   try:
     with open(path, "rb") as f:
@@ -215,11 +254,18 @@ class _Files:
     if not os.path.exists(path):
       raise FileNotFoundError(f"dataset path does not exist: {path}")
     self.path = path
-    self.archive: _ArchiveFiles | None = None
+    self.archive: _ArchiveFiles | _TarIndex | None = None
     if os.path.isdir(path):
       self.names = _list_directory(path)
     elif _is_archive(path):
-      self.archive = _load_archive(path)
+      with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+      try:
+        # A plain tar is indexed and read lazily; a gzip stream has no random access, so a
+        # .tar.gz (small datasets: CIFAR) is read into memory.
+        self.archive = _load_archive(path) if gzipped else _index_tar(path)
+      except tarfile.TarError as e:
+        raise ValueError(f"{path}: not a readable tar / tar.gz archive ({e})") from e
       self.names = list(self.archive.names)
     else:
       raise ValueError(
@@ -255,7 +301,7 @@ class _Files:
 
 @dataclasses.dataclass(frozen=True)
 class _ArchiveReader:
-  archive: _ArchiveFiles
+  archive: _ArchiveFiles | _TarIndex
   indices: np.ndarray
 
   def __call__(self, i: int) -> bytes:
@@ -638,6 +684,13 @@ class TfdsSource(_ImageSource):
   def name(self, index: int) -> str:
     return f"{self._origin}#{index}"
 
+  def read_encoded(self, index: int) -> tuple[bytes, int]:
+    record = self._tfds_source[int(index)]
+    image = record[self._image_key]
+    if not isinstance(image, bytes):
+      image = _png_bytes(np.asarray(image, dtype=np.uint8))
+    return image, (-1 if self._label_key is None else int(record[self._label_key]))
+
   def __getitem__(self, index: int) -> Record | None:
     i = operator.index(index)
     if not 0 <= i < len(self):
@@ -716,7 +769,12 @@ def decode_all(source, num_threads: int | None = None) -> tuple[np.ndarray, np.n
   return images, labels
 
 
-DATASETS = ("embedded", "image_folder", "flat_folder", "tfds")
+DATASETS = ("embedded", "image_folder", "flat_folder", "tfds", "array_record")
+
+# Public names for the prepared-dataset module (sslx.data.array_records).
+Files = _Files
+ImageSource = _ImageSource
+list_names = _list_names
 
 
 def _cfg_get(cfg, key: str, default=None):
@@ -758,6 +816,10 @@ def build_source(dataset_cfg, split: str):
   if not path:
     raise ValueError(f"dataset.name={name!r} needs dataset.path (a folder or a tar archive)")
   path = os.path.expanduser(str(path)).replace("{split}", split)
+  if name == "array_record":
+    from sslx.data import array_records  # pylint: disable=g-import-not-at-top  # imports us
+
+    return array_records.ArrayRecordSource(path, split, image_size)
   if name == "flat_folder":
     if split != "train":
       raise ValueError(
