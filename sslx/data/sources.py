@@ -736,37 +736,68 @@ def _png_bytes(image: np.ndarray) -> bytes:
 # Helpers
 
 
-def decode_all(source, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every record: (images uint8[N, S, S, 3], labels int32[N]).
+def decode_all(
+  source, num_threads: int | None = None, indices: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every record, or those at ``indices``: (images uint8[N, S, S, 3], labels int32[N]).
 
   The fast path for evaluation feature extraction and small datasets (the 10,000-image embedded
-  train split decodes in about a second on one core). Unreadable files are left out and named in one
-  summary log line, so N can be smaller than ``len(source)``. PIL releases the GIL while decoding,
-  so a few threads help with large images.
+  train split decodes in about a second on one core). Only the requested records are read, into
+  one array allocated up front (peak memory: the result, not a list of records plus a copy).
+  Unreadable files are left out and named in one summary log line, so N can be smaller than
+  requested. PIL releases the GIL while decoding, so a few threads help with large images.
   """
-  n = len(source)
-  if num_threads is None:  # Threads only pay off for large images (see default_read_threads).
-    num_threads = 1 if getattr(source, "image_size", 0) <= 64 else min(8, os.cpu_count() or 1)
-  chunks = [range(s, min(n, s + 512)) for s in range(0, n, 512)]
-
-  def decode_chunk(chunk: range) -> list[Record | None]:
-    return [source[i] for i in chunk]
-
-  if num_threads > 1 and len(chunks) > 1:
-    with futures.ThreadPoolExecutor(num_threads) as pool:
-      records = [r for rs in pool.map(decode_chunk, chunks) for r in rs]
-  else:
-    records = [r for c in chunks for r in decode_chunk(c)]
-  bad = [source.name(i) for i, r in enumerate(records) if r is None]
-  if bad:
-    logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))
-  good = [r for r in records if r is not None]
+  order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+  n = len(order)
   size = getattr(source, "image_size", 0)
-  images = (
-    np.stack([r["image"] for r in good]) if good else np.zeros((0, size, size, 3), dtype=np.uint8)
-  )
-  labels = np.array([r["label"] for r in good], dtype=np.int32)
+  if num_threads is None:  # Threads only pay off for large images (see default_read_threads).
+    num_threads = 1 if size <= 64 else min(8, os.cpu_count() or 1)
+  images = np.zeros((n, size, size, 3), dtype=np.uint8)
+  labels = np.zeros(n, dtype=np.int32)
+  ok = np.zeros(n, dtype=bool)
+
+  def decode_chunk(start: int) -> None:
+    for j in range(start, min(n, start + 512)):
+      record = source[int(order[j])]
+      if record is not None:
+        images[j], labels[j], ok[j] = record["image"], record["label"], True
+
+  starts = range(0, n, 512)
+  if num_threads > 1 and len(starts) > 1:
+    with futures.ThreadPoolExecutor(num_threads) as pool:
+      list(pool.map(decode_chunk, starts))
+  else:
+    for start in starts:
+      decode_chunk(start)
+  if not ok.all():
+    bad = [source.name(int(order[j])) for j in np.flatnonzero(~ok)]
+    logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))
+    keep = np.flatnonzero(ok)
+    images[: len(keep)] = images[keep]  # compact in place: no second full-size array
+    images, labels = images[: len(keep)], labels[keep]
   return images, labels
+
+
+def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of ``limit`` records, as even over the classes as they allow.
+
+  Each class's records are put in random order (``seed``); records are then taken by their rank
+  within their class (all first-ranked ones, then all second-ranked, ...), ties in random order,
+  so every class gives ``limit // C`` or one more, and a class too small for its share gives
+  all it has. ``limit`` <= 0 or >= ``len(labels)``: every index.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  if limit <= 0 or limit >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(seed)
+  perm = rng.permutation(n)
+  rank = np.empty(n, np.int64)
+  for c in np.unique(labels):
+    members = perm[labels[perm] == c]  # this class in random order
+    rank[members] = np.arange(len(members))
+  chosen = np.lexsort((rng.random(n), rank))[:limit]
+  return np.sort(chosen)
 
 
 DATASETS = ("embedded", "image_folder", "flat_folder", "tfds", "array_record")
