@@ -265,3 +265,52 @@ def test_prefetch_set_state_before_start():
   with pytest.raises(RuntimeError, match="before the first batch"):
     batches.set_state({"n": 0})
   batches.close()
+
+
+@pytest.mark.slow
+def test_resume_with_host_crops_is_bit_exact(tmp_path, monkeypatch):
+  from sslx import checkpointing, train
+  from tests.helpers import tiny_simclr
+
+  root = write_folder(tmp_path / "images", n=96, size=(56, 40), corrupt=False)
+  config = tiny_simclr(
+    steps=6,
+    evals={},
+    **{
+      "dataset.name": "image_folder",
+      "dataset.path": str(root),
+      "dataset.host_crops": True,
+      "augment.crop_size": 32,
+    },
+  )
+
+  def final(workdir):
+    mngr = checkpointing.manager(workdir, async_save=False)
+    source = data.build_source(config.dataset, "train")
+    sample = np.zeros((2, 32, 32, 3), np.uint8)
+    setup = train.build(config, sample, len(source), source.num_classes)
+    state, data_state = checkpointing.restore(
+      mngr, mngr.latest_step(), train.create_state(setup, 0, sample)
+    )
+    return mngr.latest_step(), jax.device_get(state), data_state
+
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  real = data.to_global_array
+  calls = {"n": 0}
+
+  def crashing(batch, sharding):
+    calls["n"] += 1
+    if calls["n"] == 5:
+      raise RuntimeError("simulated crash")
+    return real(batch, sharding)
+
+  monkeypatch.setattr(data, "to_global_array", crashing)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(data, "to_global_array", real)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  step_a, a, data_a = final(str(tmp_path / "straight"))
+  step_b, b, data_b = final(str(tmp_path / "resumed"))
+  assert step_a == step_b == 6 and data_a == data_b
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
