@@ -160,14 +160,23 @@ def test_loader_with_host_views_skips_a_corrupt_file_and_names_it(tmp_path, capl
   assert batches[0]["image"].global_views.shape == (8, 2, 32, 32, 3)
   assert batches[0]["image"].local_views is None
   # Records in (class, path) order, the epoch cut to 24 (c0: 8 + bad.jpg, c1: 8, c2: 7 of 8);
-  # the corrupt one is dropped and the third batch is filled from the next epoch (c0/000).
+  # the corrupt one's slot is taken by the next record (c1's first), nothing shifts.
   labels = np.concatenate([b["label"] for b in batches])
-  assert np.bincount(labels).tolist() == [9, 8, 7]
+  assert np.bincount(labels).tolist() == [8, 9, 7]
+  np.testing.assert_array_equal(labels[8:10], [1, 1])
   assert source.num_skipped == 1 and source.skipped_names[0].endswith("c0/bad.jpg")
   assert "bad.jpg" in caplog.text
   # The same crops again from the same stream positions (a resumed run's view).
   again = data.make_train_loader(source, 8, seed=0, shuffle=False, view_maker=maker)
   np.testing.assert_array_equal(next(again)["image"].global_views, batches[0]["image"].global_views)
+  # Two worker processes make the same batches.
+  workers = data.make_train_loader(
+    source, 8, seed=0, shuffle=False, view_maker=maker, num_workers=2
+  )
+  for b in batches:
+    w = next(workers)
+    np.testing.assert_array_equal(w["image"].global_views, b["image"].global_views)
+    np.testing.assert_array_equal(w["label"], b["label"])
 
 
 def test_host_views_skip_the_device_crop_and_keep_the_rest():

@@ -22,7 +22,6 @@ crashing it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -30,6 +29,7 @@ import grain
 import jax
 import numpy as np
 
+from sslx import multicrop
 from sslx.data import crops
 
 _PREFETCH_RECORDS = 512
@@ -93,38 +93,66 @@ class _EncodedRecords:
     return {"data": data, "label": np.int32(label), "index": i}
 
 
-@dataclasses.dataclass(frozen=True)
-class _MakeViews:
-  """(local stream index, encoded record) -> {"image": HostViews, "label"}, or None.
+# How far past an unreadable record the host-crop batcher looks for a readable stand-in.
+_MAX_STAND_IN = 64
 
-  The crops are seeded by the record's position in the *global* stream, ``step * B + row``,
-  which local index j of process p (of P, b = B / P rows each) maps to.
+
+class _HostViewBatches(grain.MapDataset):
+  """Batch k of this process, views made on the host: rows j = k·b ... k·b + b - 1 of the
+  parent (the process's record stream), each record's views seeded by its position in the
+  *global* stream, ``step * B + row``.
+
+  Batching happens here, inside whichever grain worker builds batch k, so the workers send
+  whole batches and the sequence of batches is the same for every ``num_workers``. A record
+  that cannot be read or decoded is named, counted, and stood in for by the next readable
+  record of the stream (with its own label), so batches stay full and later rows do not shift.
   """
 
-  maker: crops.ViewMaker
-  source: Any
-  global_batch: int
-  local_batch: int
-  offset: int
-  local_epoch: int  # local records per epoch
-  global_epoch: int  # global records per epoch
+  def __init__(self, parent, maker, source, global_batch, local_batch, offset, local_epoch):
+    super().__init__(parent)
+    self._maker, self._source = maker, source
+    self._global_batch, self._local = global_batch, local_batch
+    self._offset, self._local_epoch = offset, local_epoch
+    self._global_epoch = local_epoch // local_batch * global_batch
 
-  def __call__(self, j: int, record):
-    if record is None:
-      return None
-    epoch, jj = divmod(int(j), self.local_epoch)
-    position = (
-      epoch * self.global_epoch
-      + (jj // self.local_batch) * self.global_batch
-      + self.offset
-      + jj % self.local_batch
+  def __len__(self) -> int:
+    return len(self._parent) // self._local
+
+  def _position(self, j: int) -> int:
+    epoch, jj = divmod(j, self._local_epoch)
+    return (
+      epoch * self._global_epoch
+      + (jj // self._local) * self._global_batch
+      + self._offset
+      + jj % self._local
     )
-    try:
-      views = self.maker(record["data"], position)
-    except Exception as e:  # pylint: disable=broad-except  # corrupt bytes: skip and name
-      self.source.note_skipped(record["index"], e)
-      return None
-    return {"image": views, "label": record["label"]}
+
+  def _views(self, j: int):
+    for t in range(_MAX_STAND_IN):
+      record = self._parent[j + t]
+      if record is None:
+        continue
+      try:
+        return self._maker(record["data"], self._position(j)), record["label"]
+      except Exception as e:  # pylint: disable=broad-except  # corrupt bytes: name, stand in
+        self._source.note_skipped(record["index"], e)
+    raise ValueError(
+      f"{_MAX_STAND_IN} records in a row from stream position {j} are unreadable "
+      f"({self._source!r}); see the warnings above for their names"
+    )
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    first = int(index) * self._local
+    rows = [self._views(first + r) for r in range(self._local)]
+    g = np.stack([v.global_views for v, _ in rows])
+    loc = None if rows[0][0].local_views is None else np.stack([v.local_views for v, _ in rows])
+    labels = np.asarray([lab for _, lab in rows], np.int32)
+    return {"image": multicrop.HostViews(g, loc), "label": labels}
+
+  def __str__(self) -> str:
+    return f"_HostViewBatches(local={self._local})"
 
 
 def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
@@ -191,8 +219,10 @@ def make_train_loader(
     read_threads: threads per process reading and decoding records ahead; None:
       ``default_read_threads(source.image_size)``.
     view_maker: make the views on the host from the encoded images (``dataset.host_crops``):
-      records become ``{"image": HostViews, "label"}``, each image decoded once, its crops
-      seeded by (seed, global stream position); see :mod:`sslx.data.crops`.
+      batches become ``{"image": HostViews, "label"}``, each image decoded once, its crops
+      seeded by (seed, global stream position) (see :mod:`sslx.data.crops`); batches are put
+      together inside the workers, and an unreadable image is stood in for by the next
+      readable one (see ``_HostViewBatches``) instead of shifting the stream.
 
   Returns:
     A ``grain.DatasetIterator`` yielding ``{"image": uint8[b, S, S, 3], "label": int32[b]}`` with
@@ -233,12 +263,12 @@ def make_train_loader(
     ds = _ProcessBlocks(ds, global_batch_size, process_index, process_count)
   local_epoch = len(ds)
   ds = ds.repeat(num_epochs)
+  local = global_batch_size // process_count
   if view_maker is not None:
-    local = global_batch_size // process_count
-    ds = ds.map_with_index(
-      _MakeViews(
-        view_maker, source, global_batch_size, local, process_index * local, local_epoch, per_epoch
-      )
+    if not drop_remainder:
+      raise ValueError("host-made views (view_maker) need drop_remainder=True")
+    ds = _HostViewBatches(
+      ds, view_maker, source, global_batch_size, local, process_index * local, local_epoch
     )
   if read_threads is None:
     size = getattr(source, "image_size", 0) or 0
@@ -247,14 +277,16 @@ def make_train_loader(
     read_threads = default_read_threads(size)
     if num_workers > 0 and read_threads:  # the workers share the cores
       read_threads = max(1, read_threads // num_workers)
-  # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
+  # Elements are records, or whole batches of views: then a few of them bound the memory.
+  prefetch = _PREFETCH_RECORDS if view_maker is None else max(2, read_threads)
   it_ds = ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH_RECORDS)
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   )
   if num_workers > 0:
     _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  it_ds = it_ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
+  if view_maker is None:  # host-view batches are made whole in the workers (above)
+    it_ds = it_ds.batch(local, drop_remainder=drop_remainder)
   return iter(it_ds)
 
 
