@@ -93,6 +93,12 @@ def test_host_box_equals_device_box_for_the_same_uniforms():
         jnp.asarray(u), height, width, (0.08, 1.0), RATIO
       )
       assert (x0, y0, w, h) == (int(dx0), int(dy0), int(dw), int(dh))
+      assert tuple(crops.sample_boxes(u[None], width, height, (0.08, 1.0), RATIO)[0]) == (
+        x0,
+        y0,
+        w,
+        h,
+      )
 
 
 def test_one_decode_per_image_for_multi_crop(monkeypatch):
@@ -247,9 +253,11 @@ def test_prefetch_hides_a_slow_source_behind_the_step():
   total = time.perf_counter() - t0
   batches.close()
   assert seen == list(range(1, steps + 1))
-  # After the first batch the loader's 40 ms are hidden behind the 60 ms step.
-  assert max(waits[1:]) < 0.02, waits
-  assert total < steps * step_s + 2 * load_s + 0.1 < steps * (step_s + load_s)
+  # After the first batch the loader's 40 ms are hidden behind the 60 ms step: the loop waits
+  # next to nothing per step, and the run takes the steps' time, not steps + loading (the
+  # bounds leave room for a loaded machine's scheduling).
+  assert np.median(waits[1:]) < 0.25 * load_s, waits
+  assert total < steps * step_s + 0.5 * steps * load_s, total
 
 
 def test_prefetch_raises_a_loader_error_at_the_batch_it_hits():

@@ -123,6 +123,30 @@ def sample_box(
   return (width - w) // 2, (height - h) // 2, w, h
 
 
+def sample_boxes(
+  u: np.ndarray, width: int, height: int, scale: Sequence[float], ratio: Sequence[float]
+) -> np.ndarray:
+  """:func:`sample_box` for every row of ``u`` [n, 2 * NUM_TRIES + 2] at once: int64 [n, 4]."""
+  tries = (u.shape[1] - 2) // 2
+  area = float(width * height)
+  target = area * (scale[0] + u[:, :tries] * (scale[1] - scale[0]))
+  lo, hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = np.exp(lo + u[:, tries : 2 * tries] * (hi - lo))
+  ws = np.round(np.sqrt(target * aspect)).astype(np.int64)
+  hs = np.round(np.sqrt(target / aspect)).astype(np.int64)
+  fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+  first = np.argmax(fits, axis=1)
+  rows = np.arange(len(u))
+  w, h = ws[rows, first], hs[rows, first]
+  y0 = np.minimum((u[:, -2] * (height - h + 1)).astype(np.int64), height - h)
+  x0 = np.minimum((u[:, -1] * (width - w + 1)).astype(np.int64), width - w)
+  out = np.stack([x0, y0, w, h], axis=1)
+  none = ~fits.any(axis=1)
+  if none.any():
+    out[none] = sample_box(u[np.flatnonzero(none)[0]], width, height, scale, ratio)
+  return out
+
+
 def _decode_jpeg(data: bytes, level: int, width: int, height: int) -> np.ndarray:
   """RGB uint8 decoded at 1 / 2**level of the full size (libjpeg's scaled IDCT)."""
   if level == 0:
@@ -179,22 +203,39 @@ class ViewMaker:
   groups: tuple[CropGroup, ...]
   seed: int
 
+  def __post_init__(self):
+    object.__setattr__(self, "groups", tuple(self.groups))
+    if not 1 <= len(self.groups) <= 2:
+      raise ValueError(f"ViewMaker takes global views and optionally local ones, got {self.groups}")
+
   def boxes(self, width: int, height: int, position: int) -> list[tuple[int, int, int, int]]:
     """Every view's ``(x0, y0, w, h)`` for the record at stream ``position``."""
     rng = np.random.default_rng([int(self.seed) % 2**63, int(position)])
     u = rng.random((sum(g.count for g in self.groups), 2 * NUM_TRIES + 2))
     out, k = [], 0
     for g in self.groups:
-      for _ in range(g.count):
-        out.append(sample_box(u[k], width, height, g.scale, g.ratio))
-        k += 1
+      out.extend(map(tuple, sample_boxes(u[k : k + g.count], width, height, g.scale, g.ratio)))
+      k += g.count
     return out
 
-  def __call__(self, data: bytes, position: int) -> multicrop.HostViews:
-    """Views of the image ``data`` (encoded bytes) at stream ``position``.
+  def empty(self, batch: int) -> multicrop.HostViews:
+    """Uninitialised uint8 arrays for ``batch`` images' views, [batch, count, S, S, 3] each."""
+    arrays = [np.empty((batch, g.count, g.size, g.size, 3), np.uint8) for g in self.groups]
+    return multicrop.HostViews(arrays[0], arrays[1] if len(arrays) > 1 else None)
+
+  def __call__(
+    self, data: bytes, position: int, out: multicrop.HostViews | None = None
+  ) -> multicrop.HostViews:
+    """Views of the image ``data`` (encoded bytes) at stream ``position``, written into
+    ``out`` (one image's slots, e.g. ``batch_views[i]`` per field) when given.
 
     Raises what the decoders raise on bad bytes (the caller skips and names the file).
     """
+    if out is None:
+      out = multicrop.HostViews(*(None if x is None else x[0] for x in self.empty(1)))
+    targets = [out.global_views[k] for k in range(self.groups[0].count)]
+    if len(self.groups) > 1:
+      targets += [out.local_views[k] for k in range(self.groups[1].count)]
     size = _jpeg_size(data)
     if size is None:
       full = _decode_pil(data)
@@ -212,8 +253,7 @@ class ViewMaker:
     else:
       img = full
     mips = [img]
-    out = []
-    for (x0, y0, w, h), s in zip(boxes, sizes):
+    for (x0, y0, w, h), s, target in zip(boxes, sizes, targets):
       # Level L of the mip chain holds the image at 1/2**L of the decoded size.
       sx, sy = img.shape[1] / width, img.shape[0] / height
       extra = 0
@@ -226,12 +266,8 @@ class ViewMaker:
       a0, b0 = int(round(x0 * fx)), int(round(y0 * fy))
       a1 = max(min(int(round((x0 + w) * fx)), m.shape[1]), a0 + 1)
       b1 = max(min(int(round((y0 + h) * fy)), m.shape[0]), b0 + 1)
-      out.append(cv2.resize(m[b0:b1, a0:a1], (s, s), interpolation=cv2.INTER_LINEAR))
-    stacks, k = [], 0
-    for g in self.groups:
-      stacks.append(np.stack(out[k : k + g.count]))
-      k += g.count
-    return multicrop.HostViews(stacks[0], stacks[1] if len(stacks) > 1 else None)
+      cv2.resize(m[b0:b1, a0:a1], (s, s), dst=target, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 __all__ = ["NUM_TRIES", "CropGroup", "ViewMaker", "crop_groups", "sample_box"]

@@ -127,13 +127,15 @@ class _HostViewBatches(grain.MapDataset):
       + jj % self._local
     )
 
-  def _views(self, j: int):
+  def _views(self, j: int, out) -> int:
+    """Writes row j's views into ``out``; returns its label."""
     for t in range(_MAX_STAND_IN):
       record = self._parent[j + t]
       if record is None:
         continue
       try:
-        return self._maker(record["data"], self._position(j)), record["label"]
+        self._maker(record["data"], self._position(j), out)
+        return record["label"]
       except Exception as e:  # pylint: disable=broad-except  # corrupt bytes: name, stand in
         self._source.note_skipped(record["index"], e)
     raise ValueError(
@@ -145,11 +147,12 @@ class _HostViewBatches(grain.MapDataset):
     if isinstance(index, slice):
       return self.slice(index)
     first = int(index) * self._local
-    rows = [self._views(first + r) for r in range(self._local)]
-    g = np.stack([v.global_views for v, _ in rows])
-    loc = None if rows[0][0].local_views is None else np.stack([v.local_views for v, _ in rows])
-    labels = np.asarray([lab for _, lab in rows], np.int32)
-    return {"image": multicrop.HostViews(g, loc), "label": labels}
+    views = self._maker.empty(self._local)  # the views are written in place: no stacking
+    labels = np.empty(self._local, np.int32)
+    for r in range(self._local):
+      row = multicrop.HostViews(*(None if x is None else x[r] for x in views))
+      labels[r] = self._views(first + r, row)
+    return {"image": views, "label": labels}
 
   def __str__(self) -> str:
     return f"_HostViewBatches(local={self._local})"
