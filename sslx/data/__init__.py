@@ -2,12 +2,14 @@
 
     source = build_source(config.dataset, "train")        # or EmbeddedSource("train"), ...
     loader = make_train_loader(source, global_batch_size, seed)
-    batch = to_global_array(next(loader), batch_sharding)
+    batches = DevicePrefetcher(loader, batch_sharding)     # global batches, 2 steps ahead
     images, labels = decode_all(build_source(config.dataset, "test"))   # evaluation
 
 Sources yield ``{"image": uint8[S, S, 3], "label": int32}`` (label -1 if unlabeled); see
 ``sslx.data.sources`` for layouts and error handling and ``sslx.data.pipeline`` for the order of
-records and checkpointing.
+records and checkpointing. With ``make_train_loader(..., view_maker=ViewMaker(groups, seed))``
+the random-resized crops are made on the host from the full images (``sslx.data.crops``).
+``sslx.data.array_records`` writes and reads prepared ArrayRecord shards.
 """
 
 from sslx.data.crops import CropGroup, ViewMaker, crop_groups
