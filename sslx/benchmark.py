@@ -120,10 +120,12 @@ def time_input_pipeline(config, batches: int = 20, batch_size: int = 0) -> dict:
   )
   for _ in range(2):
     next(loader)
+  cpu0 = _tree_cpu_s()
   t0 = time.perf_counter()
   for _ in range(batches):
     next(loader)
   dt = time.perf_counter() - t0
+  cpu = _tree_cpu_s() - cpu0
   cores = os.cpu_count() or 1
   rate = batches * b / dt
   views = [f"{g.count}x{g.size}" for g in groups] if groups else [f"1x{source.image_size}"]
@@ -135,7 +137,27 @@ def time_input_pipeline(config, batches: int = 20, batch_size: int = 0) -> dict:
     "input_views": "+".join(views),
     "input_images_timed": batches * b,
     "input_batch": b,
+    # CPU seconds of this process and its workers over the timed batches: images per CPU
+    # second is the per-core rate whatever else the machine runs.
+    "input_images_per_cpu_s": round(batches * b / cpu, 1) if cpu > 0 else None,  # nan: None
   }
+
+
+def _tree_cpu_s() -> float:
+  """User + system CPU seconds of this process and its live descendants."""
+  try:
+    import psutil
+  except ImportError:  # optional: without it the CPU figures are left out
+    return float("nan")
+  me = psutil.Process()
+  total = 0.0
+  for p in [me, *me.children(recursive=True)]:
+    try:
+      t = p.cpu_times()
+      total += t.user + t.system
+    except psutil.Error:
+      pass
+  return total
 
 
 def _peer_recipe(groups) -> str:
@@ -150,7 +172,20 @@ def _peer_recipe(groups) -> str:
 
 
 def time_input_peer(python: str, script: str, config, images: int) -> dict:
-  """The torchvision-style host pipeline (input_peer.py) on the same folder and workers."""
+  """The torchvision-style host pipeline (input_peer.py) on the same folder and workers.
+
+  Also its images per CPU second: the peer runs twice, on ``images // 2`` and ``images``
+  files, and the difference of the two runs' CPU time (its process and pool, from
+  ``RUSAGE_CHILDREN``) is the CPU the extra files took, start-up cancelled out."""
+  half = _run_input_peer(python, script, config, images // 2)
+  full = _run_input_peer(python, script, config, images)
+  extra = full["cpu_s"] - half["cpu_s"]
+  full["images_per_cpu_s"] = (images - images // 2) / extra if extra > 0 else None
+  return full
+
+
+def _run_input_peer(python: str, script: str, config, images: int) -> dict:
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   out = subprocess.run(
     [
       python,
@@ -164,25 +199,29 @@ def time_input_peer(python: str, script: str, config, images: int) -> dict:
     capture_output=True,
     text=True,
   ).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  result = json.loads(out.strip().splitlines()[-1])
+  result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  return result
 
 
 def input_benchmark(config) -> dict:
   """--steps=0 --input_pipeline: the host pipeline alone, alternating with the peer's."""
-  ours, peer = [], []
+  ours, peer, ours_cpu, peer_cpu = [], [], [], []
   result = {}
   for _ in range(max(FLAGS.rounds, 1)):
     result = time_input_pipeline(config, FLAGS.input_batches, FLAGS.input_batch_size)
     ours.append(result["input_images_per_sec"])
+    ours_cpu.append(result["input_images_per_cpu_s"])
     if FLAGS.input_peer:
-      peer.append(
-        time_input_peer(
-          FLAGS.input_peer_python or sys.executable,
-          os.path.abspath(FLAGS.input_peer_script),
-          config,
-          result["input_images_timed"],
-        )["images_per_sec"]
+      p = time_input_peer(
+        FLAGS.input_peer_python or sys.executable,
+        os.path.abspath(FLAGS.input_peer_script),
+        config,
+        result["input_images_timed"],
       )
+      peer.append(p["images_per_sec"])
+      peer_cpu.append(p["images_per_cpu_s"])
   result["input_images_per_sec"] = round(statistics.median(ours), 1)
   result["input_images_per_sec_per_core"] = round(
     result["input_images_per_sec"] / result["cpu_cores"], 1
@@ -192,6 +231,11 @@ def input_benchmark(config) -> dict:
     result["peer_images_per_sec"] = round(statistics.median(peer), 1)
     result["peer_rounds"] = [round(p, 1) for p in peer]
     result["ratio"] = round(statistics.median(o / p for o, p in zip(ours, peer)), 3)
+    pairs = [(o, p) for o, p in zip(ours_cpu, peer_cpu) if o and p]
+    if pairs:
+      result["input_images_per_cpu_s"] = round(statistics.median(o for o, _ in pairs), 1)
+      result["peer_images_per_cpu_s"] = round(statistics.median(p for _, p in pairs), 1)
+      result["cpu_ratio"] = round(statistics.median(o / p for o, p in pairs), 3)
   result["load_avg_1m"] = round(os.getloadavg()[0], 2)
   return result
 
