@@ -17,6 +17,8 @@ CORE = [
   # Host crops (sslx.data.crops): libjpeg-turbo scaled decoding and SIMD resizing.
   "simplejpeg==1.9.0",
   "opencv-python-headless==5.1.0.95",
+  # Prepared datasets (sslx.data.array_records): ArrayRecord shards.
+  "array-record==0.8.6",
   "tensorboardX==2.6.5",
   "absl-py>=2",
 ]

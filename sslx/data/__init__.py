@@ -12,6 +12,7 @@ the random-resized crops are made on the host from the full images (``sslx.data.
 ``sslx.data.array_records`` writes and reads prepared ArrayRecord shards.
 """
 
+from sslx.data import array_records  # registers dataset.name=array_record
 from sslx.data.crops import CropGroup, ViewMaker, crop_groups
 from sslx.data.pipeline import make_train_loader, steps_per_epoch, to_global_array
 from sslx.data.prefetch import DevicePrefetcher
@@ -29,6 +30,7 @@ from sslx.data.sources import (
 )
 
 __all__ = [
+  "array_records",
   "CropGroup",
   "DevicePrefetcher",
   "ViewMaker",

@@ -282,4 +282,6 @@ class _ShardReader:
     return {"files": self.files, "_ds": None}
 
 
+sources.register_path_source("array_record", ArrayRecordSource)
+
 __all__ = ["ArrayRecordSource", "decode_record", "encode_record", "prepare", "read_metadata"]

@@ -44,6 +44,8 @@ from sslx import multicrop
 from sslx.data import sources
 
 NUM_TRIES = 10
+# Methods whose train step takes host-made views (see crop_groups).
+HOST_CROP_METHODS = ("simclr", "moco", "byol", "vicreg", "dino", "dinov2")
 _MAX_DCT_LEVEL = 3  # libjpeg scales by 1/2, 1/4, 1/8.
 
 # One resize thread per process: the pipeline's parallelism is its worker processes.
@@ -270,4 +272,4 @@ class ViewMaker:
     return out
 
 
-__all__ = ["NUM_TRIES", "CropGroup", "ViewMaker", "crop_groups", "sample_box"]
+__all__ = ["HOST_CROP_METHODS", "NUM_TRIES", "CropGroup", "ViewMaker", "crop_groups", "sample_box"]

@@ -802,6 +802,18 @@ def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray
 
 DATASETS = ("embedded", "image_folder", "flat_folder", "tfds", "array_record")
 
+# Sources of other modules that read `path`: name -> (path, split, image_size) -> source.
+# sslx.data.array_records registers "array_record" (it builds on this module, so this module
+# cannot import it).
+_PATH_SOURCES: dict[str, Callable[[str, str, int | None], Any]] = {}
+
+
+def register_path_source(name: str, build: Callable[[str, str, int | None], Any]) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"{name!r} is not in DATASETS {DATASETS}")
+  _PATH_SOURCES[name] = build
+
+
 # Public names for the prepared-dataset module (sslx.data.array_records).
 Files = _Files
 ImageSource = _ImageSource
@@ -847,10 +859,8 @@ def build_source(dataset_cfg, split: str):
   if not path:
     raise ValueError(f"dataset.name={name!r} needs dataset.path (a folder or a tar archive)")
   path = os.path.expanduser(str(path)).replace("{split}", split)
-  if name == "array_record":
-    from sslx.data import array_records  # pylint: disable=g-import-not-at-top  # imports us
-
-    return array_records.ArrayRecordSource(path, split, image_size)
+  if name in _PATH_SOURCES:
+    return _PATH_SOURCES[name](path, split, image_size)
   if name == "flat_folder":
     if split != "train":
       raise ValueError(
