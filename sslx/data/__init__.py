@@ -13,7 +13,7 @@ the random-resized crops are made on the host from the full images (``sslx.data.
 """
 
 from sslx.data import array_records  # registers dataset.name=array_record
-from sslx.data.crops import CropGroup, ViewMaker, crop_groups
+from sslx.data.crops import HOST_CROP_METHODS, CropGroup, ViewMaker, crop_groups
 from sslx.data.pipeline import make_train_loader, steps_per_epoch, to_global_array
 from sslx.data.prefetch import DevicePrefetcher
 from sslx.data.sources import (
@@ -30,6 +30,7 @@ from sslx.data.sources import (
 )
 
 __all__ = [
+  "HOST_CROP_METHODS",
   "array_records",
   "CropGroup",
   "DevicePrefetcher",
