@@ -88,7 +88,7 @@ def test_missing_or_truncated_shard_fails_at_start_naming_the_file(folder, tmp_p
 def test_prepare_command_line(folder, tmp_path):
   out = tmp_path / "ar"
   proc = subprocess.run(
-    [sys.executable, "-m", "sslx.cli.prepare", f"--src={folder}", f"--out={out}"],
+    [sys.executable, "-m", "sslx", "prepare", f"--src={folder}", f"--out={out}"],
     cwd=REPO,
     capture_output=True,
     text=True,

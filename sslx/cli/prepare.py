@@ -10,9 +10,11 @@ JSON line per split: records, skipped, shards.
 """
 
 import json
+import sys
 
 from absl import app, flags
 
+from sslx import cli
 from sslx.data import array_records
 
 
@@ -43,5 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, sys.argv, __doc__)
