@@ -274,7 +274,8 @@ def _device_batches(config, source, setup: Setup) -> data.DevicePrefetcher:
     num_workers=config.dataset.get("num_workers", 0),
     view_maker=maker,
   )
-  return data.DevicePrefetcher(loader, setup.batch_sharding, size=2)
+  # to_device looked up now, so a test can replace data.to_global_array around one run
+  return data.DevicePrefetcher(loader, setup.batch_sharding, size=2, to_device=data.to_global_array)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
