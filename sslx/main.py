@@ -21,10 +21,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # no orbax/absl INFO lines unless asked
   from sslx import distributed, train  # after flags: jax backend starts here
 
   distributed.maybe_initialize()
+  # SIGTERM/SIGINT: raises preemption.Preempted, a SystemExit with status 75 ("run me again").
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -7,7 +7,8 @@ writes arrays through tensorstore, whose own GCS driver talks to GCS directly.
 GCS emulators. `STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT` is the variable Google's clients and
 gcsfs read. Tensorstore does not read it; its HTTP driver takes its endpoint from
 `TENSORSTORE_GCS_HTTP_URL` and its bearer token from `GOOGLE_AUTH_TOKEN_FOR_TESTING`.
-`use_gcs_emulator_if_set()` (called by `sslx.main` before anything touches storage) fills
+`use_gcs_emulator_if_set()` (run when this module is imported, before anything touches
+storage) fills
 those from `STORAGE_EMULATOR_HOST`, switches gcsfs to anonymous access and turns off gcsfs's
 bucket-type lookup (a gRPC control-plane call that emulators do not serve), so one variable
 points every client at the emulator. Without that variable it does nothing.
@@ -155,3 +156,6 @@ def check_readable(url, what: str) -> None:
     raise StorageError(f"cannot reach {what} {os.fspath(url)!r}: {type(e).__name__}: {e}") from e
   if not found:
     raise FileNotFoundError(f"{what} does not exist: {os.fspath(url)}")
+
+
+use_gcs_emulator_if_set()

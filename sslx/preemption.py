@@ -99,15 +99,18 @@ class SaveSchedule:
   With several processes the wall-clock decision is process 0's, broadcast every
   `sync_every` steps (so each process saves the same step without a sync at every step)."""
 
-  def __init__(self, every_steps: int = 0, every_minutes: float = 0.0, sync_every: int = 1):
+  def __init__(
+    self, every_steps: int = 0, every_minutes: float = 0.0, sync_every: int = 1, clock=None
+  ):
     self.every_steps = int(every_steps or 0)
     self.every_s = float(every_minutes or 0.0) * 60.0
     self.sync_every = max(int(sync_every), 1)
-    self._last = time.monotonic()
+    self._clock = clock or time.monotonic
+    self._last = self._clock()
     self._multi = _multi_process()
 
   def saved(self):
-    self._last = time.monotonic()
+    self._last = self._clock()
 
   def due(self, step: int) -> bool:
     if self.every_steps and step % self.every_steps == 0:
@@ -115,8 +118,8 @@ class SaveSchedule:
     if not self.every_s:
       return False
     if not self._multi:
-      return time.monotonic() - self._last >= self.every_s
+      return self._clock() - self._last >= self.every_s
     if step % self.sync_every:
       return False
-    mine = np.int32(time.monotonic() - self._last >= self.every_s)
+    mine = np.int32(self._clock() - self._last >= self.every_s)
     return bool(multihost_utils.broadcast_one_to_all(mine))

@@ -209,6 +209,11 @@ def _average(collection, metrics: dict):
   return {k: collection[k].merge(v) for k, v in update.items()}
 
 
+def _stopped(e: preemption.Preempted):
+  progress.console(str(e))
+  raise e
+
+
 def check_eval_split(config, num_classes: int) -> None:
   """Fails before any work when the evaluation split cannot be read (evaluation on)."""
   if not config.get("evals") or not num_classes:
@@ -314,7 +319,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           progress.console(f"{stop.signal_name} received: saving step {step} before exiting")
           save(step, force=True)
           mngr.wait_until_finished()
-          raise preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal())
+          _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
         if step % log_every == 0 or step == setup.total_steps:
           values = {k: float(v.compute()) for k, v in acc.items()}
           first_loss = values["loss"] if first_loss is None else first_loss
@@ -351,7 +356,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       mngr.wait_until_finished()
       writer.sync()
     if stop.signal_name is not None:  # a signal after the last step: its checkpoint is committed
-      raise preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal())
+      _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
 
   images_per_sec = None
   if step - start > 1 and t_train > 0:
