@@ -116,10 +116,14 @@ def walk_files(url) -> list[str]:
       found.extend(prefix + f for f in filenames if not f.startswith("."))
     return sorted(found)
   root = path(url)
+  # The walk yields folders without the scheme ("bucket/dir" for "gs://bucket/dir").
+  bare = os.fspath(root).split("://", 1)[1].rstrip("/")
   out = []
   for dirpath, dirnames, filenames in root.walk():
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    rel = os.fspath(dirpath)[len(os.fspath(root)) :].strip("/")
+    folder = os.fspath(dirpath)
+    folder = folder.split("://", 1)[1] if "://" in folder else folder
+    rel = folder[len(bare) :].strip("/")
     prefix = rel + "/" if rel else ""
     if any(part.startswith(".") for part in rel.split("/") if part):
       continue

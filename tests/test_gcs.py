@@ -43,11 +43,21 @@ def gcs_env(url: str) -> dict:
 def gcs():
   """The emulator on a free loopback port with one bucket, "bucket"; yields its URL."""
   port = free_port()
-  exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-  cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "gcp_storage_emulator"]
   proc = subprocess.Popen(
-    [*cmd, "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", "bucket"]
+    [
+      sys.executable,
+      "-m",
+      "tests.gcs_emulator",
+      "start",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      str(port),
+      "--default-bucket",
+      "bucket",
+    ]
     + ["--in-memory", "--quiet"],
+    cwd=REPO,
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )
@@ -138,3 +148,27 @@ def test_gs_workdir_killed_mid_run_resumes_from_bucket_and_equals_local_run(gcs,
 
   # The final states are equal bit for bit (the bucket's read from its downloaded copy).
   assert_same_state(tiny_simclr(**settings), tmp_path / "local", dump)
+
+
+def test_dataset_folder_and_files_on_gs(gcs, tmp_path):
+  code = (
+    "import io, numpy as np\n"
+    "from PIL import Image\n"
+    "from sslx import paths\n"
+    "from sslx.data import sources\n"
+    "for split, n in (('train', 3), ('test', 2)):\n"
+    "  for c in ('cat', 'dog'):\n"
+    "    for i in range(n):\n"
+    "      buf = io.BytesIO()\n"
+    "      Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(buf, 'PNG')\n"
+    "      paths.write_bytes(f'gs://bucket/ds/{split}/{c}/{i}.png', buf.getvalue())\n"
+    "src = sources.ImageFolderSource('gs://bucket/ds', 'test')\n"
+    "print(len(src), src.num_classes, src[3]['label'], int(src[3]['image'].mean()))\n"
+    "try:\n"
+    "  sources.ImageFolderSource('gs://bucket/ds', 'val')\n"
+    "except ValueError as e:\n"
+    "  print('ERR', e)\n"
+  )
+  out = in_subprocess(gcs_env(gcs), code).splitlines()
+  assert out[0] == "4 2 1 40"
+  assert out[1].startswith("ERR gs://bucket/ds: no images") and "'val'" in out[1]
