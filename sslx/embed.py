@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from sslx import paths
+
 METHODS = ("tsne", "umap")
 _EXTRA = "pip install 'sslx[plots]'"
 
@@ -68,8 +70,7 @@ def plot_2d(
   ax.set_yticks([])
   ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=100)
+  paths.save(out, lambda f: fig.savefig(f, format=paths.file_format(out), dpi=100))
   plt.close(fig)
   return out
 

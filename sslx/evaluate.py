@@ -37,7 +37,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
+  state, _ = checkpointing.restore(mngr, step, setup.abstract_state)  # no second state
   results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
   progress.write_results(workdir, {"evaluate": dict(results, step=step)})
   return results

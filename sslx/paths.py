@@ -16,9 +16,12 @@ points every client at the emulator. Without that variable it does nothing.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
+from collections.abc import Callable
+from typing import BinaryIO
 
 from etils import epath
 
@@ -91,6 +94,20 @@ def write_bytes(url, data: bytes) -> str:
 
 def write_text(url, text: str) -> str:
   return write_bytes(url, text.encode("utf-8"))
+
+
+def save(url, write: Callable[[BinaryIO], object]) -> str:
+  """Runs `write(file)` into memory and stores the bytes at `url` (figures and images:
+  matplotlib and PIL write to any file object; give them `file_format(url)`)."""
+  buf = io.BytesIO()
+  write(buf)
+  return write_bytes(url, buf.getvalue())
+
+
+def file_format(url, default: str = "png") -> str:
+  """The format name a suffix stands for ("png" for "x.png", "gif", "jpeg")."""
+  ext = os.path.splitext(os.fspath(url))[1].lstrip(".").lower()
+  return {"jpg": "jpeg"}.get(ext, ext) or default
 
 
 def read_json(url):

@@ -352,9 +352,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step > start:
         t_train = time.perf_counter() - t_loop
         save(step, force=True)
-    finally:
+    except BaseException:
+      # Preempted, NonFiniteLoss, a crash: commit what was saved and close the event writer
+      # (its flushing thread would otherwise hold the interpreter's exit for seconds).
       mngr.wait_until_finished()
-      writer.sync()
+      writer.close()
+      raise
+    mngr.wait_until_finished()
+    writer.sync()
     if stop.signal_name is not None:  # a signal after the last step: its checkpoint is committed
       _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
 

@@ -6,7 +6,7 @@
 Rows: masked inputs (holes white), completions, originals; one column per test image.
 """
 
-from sslx import xla
+from sslx import paths, xla
 
 xla.configure_xla_for_cpu()
 
@@ -50,7 +50,7 @@ def save_grid(rows, out: str, scale: int = 4):
       grid[y : y + h, x : x + w] = r[j]
   img = Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8))
   img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  img.save(out)
+  paths.save(out, lambda f: img.save(f, format=paths.file_format(out).upper()))
   return out
 
 

@@ -12,7 +12,7 @@ norm-pix loss the predicted patches are de-normalised with each true patch's mea
 Any method with `reconstruct(params, images, rng) -> (masked, recon)` works (MAE has it).
 """
 
-from sslx import xla
+from sslx import paths, xla
 
 xla.configure_xla_for_cpu()
 
@@ -74,7 +74,7 @@ def render(config, workdir: str, out: str, num_images: int = 8, scale: int = 4) 
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  img.save(out)
+  paths.save(out, lambda f: img.save(f, format=paths.file_format(out).upper()))
   return out
 
 
