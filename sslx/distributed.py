@@ -62,10 +62,3 @@ def maybe_initialize() -> bool:
     jax.distributed.initialize()  # JAX's own detection: coordinator, count, id, local devices
     return True
   return False
-
-
-def is_lead() -> bool:
-  """True on the process that prints, writes TensorBoard events and results.json."""
-  import jax
-
-  return jax.process_index() == 0

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+import jax
+
 from sslx import paths
 
 log = logging.getLogger("sslx")
@@ -70,7 +72,7 @@ class Writer:
     self._tb = None
     self._remote = None  # the URL event files are uploaded to, for a remote workdir
     self._staging = None
-    if enabled and _is_lead():
+    if enabled and is_lead():
       from tensorboardX import SummaryWriter  # no TensorFlow import
 
       logdir = os.path.join(workdir, "tensorboard")
@@ -114,22 +116,21 @@ class Writer:
       self._tb = None
 
 
-def _is_lead() -> bool:
-  import jax
-
+def is_lead() -> bool:
+  """True on the process that prints, writes TensorBoard events and results.json."""
   return jax.process_index() == 0
 
 
 def console(msg: str):
   """Prints on the lead process only (every process runs the same loop)."""
-  if _is_lead():
+  if is_lead():
     print(msg, flush=True, file=sys.stdout)
 
 
 def write_results(workdir: str, results: dict) -> str:
   """Merges `results` into workdir/results.json (written whole, by the lead process)."""
   path = paths.join(workdir, "results.json")
-  if not _is_lead():
+  if not is_lead():
     return path
   current = paths.read_json(path) if paths.exists(path) else {}
   current.update(results)

@@ -5,7 +5,7 @@
       state, metrics = update(state, global_batch)    # one jitted, donated step
     evaluate(state)                                   # config.evals at the end
 
-A method contributes only `init`, `loss` and `encode` (see methods/base.py); nothing here
+A method is a `methods.base.Method`: the loop calls its `loss` and `after_update` and never
 branches on which method runs.
 """
 
@@ -27,7 +27,7 @@ from sslx import (
   checkpointing,
   config_lib,
   data,
-  distributed,
+  evaluation,
   losses,
   methods,
   optim,
@@ -75,14 +75,13 @@ def make_tx(config, schedule, probe_lr: float) -> optax.GradientTransformation:
 
 def init_state(method, tx, rng, sample_images, num_classes: int) -> TrainState:
   """Builds the initial TrainState (pure: jit it with out_shardings to create it sharded)."""
-  init_rng, probe_rng, state_rng = jax.random.split(rng, 3)
+  init_rng, _, state_rng = jax.random.split(rng, 3)  # the middle key: kept so seeds reproduce
   variables = method.init(init_rng, sample_images)
   feat = jax.eval_shape(method.encode, variables.params, variables.batch_stats, sample_images)
   probe = {
     "kernel": jnp.zeros((feat.shape[-1], max(num_classes, 1)), jnp.float32),
     "bias": jnp.zeros((max(num_classes, 1),), jnp.float32),
   }
-  del probe_rng
   params = {"model": variables.params, "probe": probe}
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -120,10 +119,8 @@ def train_step(
   grads, (loss, aux, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  method_state = aux.method_state
-  if hasattr(method, "after_update"):
-    # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
-    method_state = method.after_update(params["model"], method_state, state.step)
+  # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
+  method_state = method.after_update(params["model"], aux.method_state, state.step)
   new = state.replace(
     step=state.step + 1,
     params=params,
@@ -183,6 +180,29 @@ def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainSta
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
 
 
+def restore_latest(config, workdir: str, *, pretrained: bool = True):
+  """(setup, state, step) of the latest checkpoint in `workdir`, for the commands that work on a
+  trained run (evaluate, embed, visualize, fine-tune, export). The checkpoint must come from the
+  same method and model (checked). `pretrained=False` returns the untrained initial state
+  instead (a baseline), still requiring the checkpoint."""
+  config_lib.validate(config)
+  mngr = checkpointing.manager(workdir, async_save=False)
+  step = checkpointing.check_compatible(mngr, config)
+  if step is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
+  source = data.build_source(config.dataset, config.dataset.train_split)
+  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
+  setup = build(config, sample, len(source), getattr(source, "num_classes", 0))
+  if pretrained:  # read straight into the shards: no fresh state beside the restored one
+    state, _ = checkpointing.restore(mngr, step, setup.abstract_state)
+  else:
+    state = create_state(setup, config.seed, sample)
+  return setup, state, step
+
+
 def compile_step(setup: Setup, probe_enabled: bool):
   step = functools.partial(
     train_step,
@@ -235,8 +255,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   On SIGTERM/SIGINT it saves the step it is at and raises `preemption.Preempted` (a
   SystemExit with status 75)."""
-  from sslx import evaluation
-
   config_lib.validate(config)
   paths.check_writable(workdir)  # a missing bucket or credentials fail here, naming the URL
   mngr = checkpointing.manager(
@@ -265,7 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress.console(f"resumed from {mngr.directory} at step {start}")
   else:
     state = create_state(setup, config.seed, sample)
-  if distributed.is_lead():
+  if progress.is_lead():
     paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   step_fn = compile_step(setup, probe_enabled)
@@ -338,7 +356,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
           )
           acc = None
-          warning = getattr(setup.method, "collapse_warning", lambda m: None)(values)
+          warning = setup.method.collapse_warning(values)
           if warning:
             log.warning("step %d: %s", step, warning)
             progress.console(f"WARNING step {step}: {warning}")
