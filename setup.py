@@ -16,6 +16,7 @@ CORE = [
   "pillow>=10",
   "tensorboardX==2.6.5",
   "absl-py>=2",
+  "safetensors==0.8.0",  # encoder weights in and out (numpy API: no torch needed)
 ]
 
 EXTRAS = {

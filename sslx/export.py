@@ -1,0 +1,52 @@
+"""Exports the encoder of a run's latest checkpoint in timm / torchvision / safetensors layout
+(`python -m sslx export`; the mapping itself is in `sslx.weights`).
+
+The exported encoder is the one `method.encode` evaluates (the same network the k-NN and linear
+probe figures describe): found in the checkpoint's parameters by shape and checked to give
+`method.encode`'s features on a batch of training images before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sslx import checkpointing, config_lib, data, progress, train, weights
+
+
+def export_checkpoint(
+  config, workdir: str, fmt: str, out: str, peer_python: str | None = None, verify: bool = False
+) -> dict:
+  """Writes `out` (+ `out.json`); with `verify`, reloads it in the target library through
+  `peer_python` and returns {"max_abs_diff", "library", "model", "kwargs", ...}."""
+  config_lib.validate(config)
+  encoder = weights.encoder_module(config)
+  weights.check_format(encoder, fmt, config.model.name)  # fail before loading anything
+  if verify and fmt == "safetensors":
+    raise ValueError(
+      "--verify reloads the file in timm or torchvision: use --format=timm|torchvision"
+    )
+  mngr = checkpointing.manager(workdir, async_save=False)
+  step = checkpointing.check_compatible(mngr, config)
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (python -m sslx.main)")
+  source = data.build_source(config.dataset, config.dataset.train_split)
+  size = source.image_size
+  sample = np.zeros((2, size, size, 3), np.uint8)
+  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
+  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
+  records = [source[i] for i in range(min(16, len(source)))]
+  images = np.stack([r["image"] for r in records if r is not None][:8])
+  params, stats = weights.find_encoder(
+    setup.method, encoder, state.params["model"], state.batch_stats, images
+  )
+  meta = weights.export(
+    encoder, config.model.name, fmt, params, stats, setup.method.preprocess, size, out
+  )
+  result = {"out": out, "step": step, **{k: meta[k] for k in ("library", "model", "kwargs")}}
+  if verify:
+    ours = weights.encoder_features(encoder, params, stats, images, meta["mean"], meta["std"])
+    result.update(weights.verify(weights.find_peer_python(peer_python), out, meta, images, ours))
+  progress.console(json.dumps(result))
+  return result

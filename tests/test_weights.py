@@ -1,0 +1,200 @@
+"""Encoder weights out to timm / torchvision and back in (sslx.weights).
+
+The PyTorch side runs in a separate environment (torch 1.13, torchvision 0.14, timm 0.9:
+`../shared/bench/peer_env.sh`), found through SSLX_PEER_PYTHON or `.peer-venv/bin/python`; all
+its work for this module is one subprocess. Models are created locally at random (no download).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from sslx import methods, models, weights
+from tests import helpers
+
+PEER = weights.find_peer_python()
+IMAGE = 16
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+# one torch subprocess (~30 s of imports and model building) shared by the module's tests
+needs_peer = [
+  pytest.mark.skipif(
+    PEER is None, reason="no PyTorch peer: set SSLX_PEER_PYTHON or build .peer-venv"
+  ),
+  pytest.mark.slow,
+]
+
+VIT = dict(patch_size=4, dim=32, depth=2, num_heads=2)
+
+
+class _Pre:
+  mean, std = MEAN, STD
+
+
+def _randomize(tree, seed, scale=0.05):
+  """Every leaf random (BatchNorm statistics and affines included), variances positive."""
+  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, tree))
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, v in flat.items():
+    if k[-1] == "var":
+      out[k] = (v * rng.uniform(0.9, 1.1, v.shape)).astype(np.float32)
+    elif k[-1] == "scale":
+      out[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+    else:
+      out[k] = (v + rng.normal(0, scale, v.shape)).astype(np.float32)
+  return traverse_util.unflatten_dict(out)
+
+
+def _encoder(name, **kw):
+  """A random encoder whose BatchNorm statistics are those of a batch of random images
+  (perturbed), so its features are O(1) and an absolute tolerance means something."""
+  enc = models.create_model(name, **kw)
+  x = jax.random.normal(jax.random.PRNGKey(3), (8, IMAGE, IMAGE, 3))
+  v = enc.init(jax.random.PRNGKey(0), x[:1], train=False)
+  params = _randomize(v["params"], 1)
+  stats = v.get("batch_stats", {})
+  if stats and hasattr(enc, "bn_momentum"):
+    calib = enc.clone(bn_momentum=0.0)  # running statistics := this batch's statistics
+    _, upd = calib.apply(
+      {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+    )
+    stats = _randomize(upd["batch_stats"], 2, scale=0.01)
+  return enc, params, stats
+
+
+@pytest.fixture(scope="module")
+def peer_run(tmp_path_factory):
+  """Exports three random encoders, creates a random timm ViT and torchvision ResNet, and runs
+  every PyTorch job in one subprocess. Returns what each test compares."""
+  if PEER is None:
+    pytest.skip("no PyTorch peer: set SSLX_PEER_PYTHON or build .peer-venv")
+  tmp = tmp_path_factory.mktemp("weights")
+  images = np.random.default_rng(0).integers(0, 256, (4, IMAGE, IMAGE, 3), dtype=np.uint8)
+  np.save(tmp / "images.npy", images)
+  out, jobs = {}, []
+  for key, name, kw, fmt in (
+    ("vit_timm", "vit_tiny", VIT, "timm"),
+    ("vit_mean_timm", "vit_tiny", dict(VIT, pool="mean"), "timm"),
+    ("resnet_torchvision", "resnet18", {}, "torchvision"),
+    ("resnet_cifar_timm", "resnet18", dict(stem="cifar"), "timm"),
+  ):
+    enc, p, s = _encoder(name, **kw)
+    path = str(tmp / f"{key}.safetensors")
+    meta = weights.export(enc, name, fmt, p, s, _Pre, IMAGE, path)
+    ours = weights.encoder_features(enc, p, s, images, MEAN, STD)
+    feats = str(tmp / f"{key}.npy")
+    jobs.append(
+      dict(op="features", weights=path, meta=meta, images=str(tmp / "images.npy"), out=feats)
+    )
+    out[key] = (ours, feats, meta)
+  imports = {
+    "timm_vit": (
+      "timm",
+      "vit_tiny_patch16_224",
+      dict(img_size=IMAGE, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=0),
+    ),
+    "tv_resnet": ("torchvision", "resnet18", {}),
+  }
+  for key, (lib, name, kw) in imports.items():
+    jobs.append(
+      dict(
+        op="create",
+        library=lib,
+        model=name,
+        pretrained=False,
+        kwargs=kw,
+        randomize_bn=True,
+        out=str(tmp / f"{key}.safetensors"),
+        images=str(tmp / "images.npy"),
+        features=str(tmp / f"{key}.npy"),
+        mean=MEAN,
+        std=STD,
+      )
+    )
+  weights.run_peer(PEER, jobs)
+  return tmp, images, out
+
+
+@pytest.mark.parametrize(
+  "key", ["vit_timm", "vit_mean_timm", "resnet_torchvision", "resnet_cifar_timm"]
+)
+@needs_peer[0]
+@needs_peer[1]
+def test_export_reloads_strict_with_equal_features(peer_run, key):
+  _, _, out = peer_run
+  ours, feats, meta = out[key]
+  theirs = np.load(feats)
+  assert theirs.shape == ours.shape
+  diff = np.abs(theirs - ours).max()
+  scale = np.abs(ours).max()
+  print(key, "max_abs_diff", diff, "max_abs", scale)
+  # 1e-4 absolute on O(1) features; a random ResNet's reach ~50, where float32 summation
+  # order alone moves the last digits: 1e-4 of the features' scale
+  assert diff < 1e-4 * max(1.0, scale), diff
+  assert scale > 0.1  # not a trivial comparison  # not a trivial comparison
+
+
+@pytest.mark.parametrize(
+  "key,name,kw", [("timm_vit", "vit_tiny", VIT), ("tv_resnet", "resnet18", {})]
+)
+@needs_peer[0]
+@needs_peer[1]
+def test_import_gives_pytorch_features(peer_run, key, name, kw):
+  tmp, images, _ = peer_run
+  enc, like_p, like_s = _encoder(name, **kw)
+  sd = weights.read_state_dict(str(tmp / f"{key}.safetensors"))
+  p, s = weights.load_into(enc, sd, like_p, like_s)
+  ours = weights.encoder_features(enc, p, s, images, MEAN, STD)
+  theirs = np.load(tmp / f"{key}.npy")
+  diff = np.abs(theirs - ours).max()
+  print(key, "max_abs_diff", diff, "max_abs", np.abs(ours).max())
+  assert diff < 1e-4 * max(1.0, np.abs(ours).max()), diff
+
+
+def test_no_counterpart_names_model_and_formats(tmp_path):
+  enc, p, s = _encoder("convnet", widths=(8, 16))
+  with pytest.raises(
+    weights.NoCounterpart, match=r"'convnet'.*timm.*Formats that can take 'convnet': safetensors"
+  ):
+    weights.export(enc, "convnet", "timm", p, s, _Pre, IMAGE, str(tmp_path / "x"))
+  enc, p, s = _encoder("vit_tiny", **VIT)
+  with pytest.raises(weights.NoCounterpart, match=r"'vit_tiny'.*torchvision.*timm, safetensors"):
+    weights.export(enc, "vit_tiny", "torchvision", p, s, _Pre, IMAGE, str(tmp_path / "x"))
+  enc, p, s = _encoder("resnet18", widths=(8, 16, 32, 64))
+  with pytest.raises(weights.NoCounterpart, match=r"widths \(8, 16, 32, 64\).*safetensors"):
+    weights.export(enc, "resnet18", "torchvision", p, s, _Pre, IMAGE, str(tmp_path / "x"))
+  assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_safetensors_roundtrip_through_a_method(tmp_path):
+  """The evaluated encoder is found inside SimCLR's variables, exported in sslx's layout and
+  read back by init_from=file: into a fresh state (features equal exactly)."""
+  c = helpers.tiny_simclr()
+  c.model = dict(name="vit_tiny", **VIT)
+  c.dataset.image_size = IMAGE
+  method = methods.get("simclr").create(c, total_steps=10)
+  images = np.random.default_rng(0).integers(0, 256, (4, IMAGE, IMAGE, 3), dtype=np.uint8)
+  v = method.init(jax.random.PRNGKey(1), jnp.asarray(images[:2]))
+  enc = weights.encoder_module(c)
+  ep, es = weights.find_encoder(method, enc, v.params, v.batch_stats, images)
+  path = str(tmp_path / "enc.safetensors")
+  meta = weights.export(enc, "vit_tiny", "safetensors", ep, es, method.preprocess, IMAGE, path)
+  assert meta["mean"] == list(method.preprocess.mean)
+  fresh = method.init(jax.random.PRNGKey(7), jnp.asarray(images[:2]))
+  p, s, _ = weights.init_variables(
+    c, enc, f"file:{path}", fresh.params, fresh.batch_stats, fresh.method_state
+  )
+  want = np.asarray(method.encode(v.params, v.batch_stats, jnp.asarray(images)))
+  got = np.asarray(method.encode(p, s, jnp.asarray(images)))
+  before = np.asarray(method.encode(fresh.params, fresh.batch_stats, jnp.asarray(images)))
+  np.testing.assert_array_equal(got, want)
+  assert np.abs(before - want).max() > 1e-2
+  # the projector is untouched by init_from
+  np.testing.assert_array_equal(
+    jax.tree.leaves(p["projector"])[0], jax.tree.leaves(fresh.params["projector"])[0]
+  )
