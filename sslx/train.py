@@ -24,7 +24,17 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from sslx import checkpointing, config_lib, data, losses, methods, optim, progress, sharding
+from sslx import (
+  checkpointing,
+  config_lib,
+  data,
+  losses,
+  methods,
+  optim,
+  progress,
+  sharding,
+  weights,
+)
 from sslx.state import TrainState
 
 log = logging.getLogger("sslx")
@@ -169,6 +179,23 @@ def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainSta
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
 
 
+def init_encoder_from(config, setup: Setup, state: TrainState) -> TrainState:
+  """Every copy of the encoder in `state` replaced by `config.init_from`'s weights."""
+  p, s, m = weights.init_variables(
+    config,
+    weights.encoder_module(config),
+    config.init_from,
+    state.params["model"],
+    state.batch_stats,
+    state.method_state,
+    config.get("peer_python") or None,
+  )
+  new = state.replace(params=dict(state.params, model=p), batch_stats=s, method_state=m)
+  new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, state)
+  progress.console(f"encoder initialised from {config.init_from}")
+  return jax.device_put(new, setup.state_sharding)
+
+
 def compile_step(setup: Setup, probe_enabled: bool):
   step = functools.partial(
     train_step,
@@ -215,6 +242,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   setup = build(config, sample, len(train_source), num_classes)
   probe_enabled = bool(config.online_probe.get("enabled", True)) and num_classes > 0
   state = create_state(setup, config.seed, sample)
+  if config.get("init_from") and latest is None:
+    state = init_encoder_from(config, setup, state)
   start = 0
   if latest is not None:
     state, data_state = checkpointing.restore(mngr, latest, state)
@@ -226,6 +255,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   step_fn = compile_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
+  periodic_eval = evaluation.PeriodicKnn(config, setup.method, setup.mesh, writer)
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
   ckpt_every = int(config.get("checkpoint_every_steps", 0))
@@ -279,6 +309,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if warning:
           log.warning("step %d: %s", step, warning)
           progress.console(f"WARNING step {step}: {warning}")
+      periodic_eval(step, state)
       if ckpt_every and step % ckpt_every == 0 and step < setup.total_steps:
         checkpointing.save(mngr, step, state, loader.get_state(), config)
     if prev_metrics is not None and not bool(prev_metrics["finite"]):

@@ -64,6 +64,7 @@ class Context:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  mesh: Any = None  # the mesh protocols shard over (all devices when None)
 
 
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
