@@ -58,12 +58,12 @@ PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "torch_weights.py")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _VIT_TIMM_BASE = {
   # timm registry names whose defaults the recorded kwargs override entirely
-  192: "vit_tiny_patch16_224",
-  384: "vit_small_patch16_224",
-  768: "vit_base_patch16_224",
-  1024: "vit_large_patch16_224",
-  1280: "vit_huge_patch14_224",
-  1536: "vit_giant_patch14_224",
+  "vit_tiny": "vit_tiny_patch16_224",
+  "vit_small": "vit_small_patch16_224",
+  "vit_base": "vit_base_patch16_224",
+  "vit_large": "vit_large_patch16_224",
+  "vit_huge": "vit_huge_patch14_224",
+  "vit_giant": "vit_giant_patch14_224",
 }
 _RESNETS = {((2, 2, 2, 2), "basic"): "resnet18", ((3, 4, 6, 3), "basic"): "resnet34"}
 _RESNETS[((3, 4, 6, 3), "bottleneck")] = "resnet50"
@@ -122,7 +122,7 @@ def check_format(encoder: nn.Module, fmt: str, model_name: str) -> None:
   )
 
 
-def describe(encoder: nn.Module, fmt: str, image_size: int) -> dict:
+def describe(encoder: nn.Module, fmt: str, image_size: int, model_name: str = "") -> dict:
   """Target model name, constructor kwargs and post-construction changes for `fmt`."""
   if fmt == "safetensors":
     return {"library": "sslx", "model": type(encoder).__name__, "kwargs": {}, "modifications": []}
@@ -139,7 +139,7 @@ def describe(encoder: nn.Module, fmt: str, image_size: int) -> dict:
       class_token=True,
       fc_norm=False,  # sslx normalises the tokens, then pools
     )
-    name = _VIT_TIMM_BASE.get(encoder.dim, "vit_base_patch16_224")
+    name = _VIT_TIMM_BASE.get(model_name, "vit_base_patch16_224")
     return {"library": "timm", "model": name, "kwargs": kwargs, "modifications": []}
   name = _RESNETS[(tuple(encoder.stage_sizes), encoder.block)]
   mods = []
@@ -472,7 +472,7 @@ def export(
     k: np.ascontiguousarray(v) for k, v in to_state_dict(encoder, fmt, params, batch_stats).items()
   }
   meta = dict(
-    describe(encoder, fmt, image_size),
+    describe(encoder, fmt, image_size, model_name),
     format=fmt,
     sslx_model=model_name,
     mean=list(preprocess.mean),

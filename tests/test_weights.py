@@ -198,3 +198,61 @@ def test_safetensors_roundtrip_through_a_method(tmp_path):
   np.testing.assert_array_equal(
     jax.tree.leaves(p["projector"])[0], jax.tree.leaves(fresh.params["projector"])[0]
   )
+
+
+@pytest.mark.slow
+def test_cli_export_of_a_trained_run_verifies_and_init_from_reads_it(tmp_path):
+  """Two steps of SimCLR with a tiny ViT, `python -m sslx.cli.export --format=timm --verify`
+  (with the peer: max_abs_diff printed), then the trainer's init_from reading the file back:
+  the fresh state's encoder gives the trained run's features."""
+  import json
+  import subprocess
+  import sys
+
+  from sslx import checkpointing, data, train
+
+  cfg_file = tmp_path / "tiny_vit.py"
+  cfg_file.write_text(
+    "from tests import helpers\n\n\ndef get_config():\n"
+    "  c = helpers.tiny_simclr(steps=2, evals={})\n"
+    "  c.model = dict(name='vit_tiny', patch_size=8, dim=32, depth=2, num_heads=2)\n"
+    "  return c\n"
+  )
+  c = helpers.tiny_simclr(steps=2, evals={})
+  c.model = dict(name="vit_tiny", patch_size=8, dim=32, depth=2, num_heads=2)
+  work = str(tmp_path / "run")
+  train.train_and_evaluate(c, work)
+  out = str(tmp_path / "vit.safetensors")
+  fmt_args = ["--format=timm"] + (["--verify", f"--peer_python={PEER}"] if PEER else [])
+  cmd = [sys.executable, "-m", "sslx.cli.export", f"--config={cfg_file}"]
+  overrides = []
+  env = dict(os.environ, PYTHONPATH=helpers.REPO)
+  proc = subprocess.run(
+    cmd + overrides + [f"--workdir={work}", f"--out={out}"] + fmt_args,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert line["model"] == "vit_tiny_patch16_224" and line["kwargs"]["patch_size"] == 8
+  if PEER:
+    print("trained ViT export max_abs_diff", line["max_abs_diff"])
+    assert line["max_abs_diff"] < 1e-4
+  meta = json.load(open(out + ".json"))
+  assert meta["input_size"] == [3, 32, 32] and meta["library"] == "timm"
+  # the trainer's init_from on a fresh state: the run's encoder comes back
+  c.init_from = f"file:{out}"
+  source = data.build_source(c.dataset, "train")
+  sample = np.zeros((2, 32, 32, 3), np.uint8)
+  setup = train.build(c, sample, len(source), source.num_classes)
+  fresh = train.create_state(setup, 5, sample)
+  loaded = train.init_encoder_from(c, setup, fresh)
+  mngr = checkpointing.manager(work, async_save=False)
+  trained, _ = checkpointing.restore(mngr, mngr.latest_step(), fresh)
+  images = jnp.asarray(np.stack([source[i]["image"] for i in range(8)]))
+  enc = setup.method.encode
+  want = enc(trained.params["model"], trained.batch_stats, images)
+  got = enc(loaded.params["model"], loaded.batch_stats, images)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
