@@ -345,7 +345,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "train_loss_first": first_loss,
     "train_loss_last": last_loss,
   }
-  results.update(evaluation.run_all(config, setup.method, state, setup.mesh, writer, step))
+  results.update(
+    evaluation.run_all(config, setup.method, state, setup.mesh, writer, step, workdir=workdir)
+  )
   writer.close()
   path = progress.write_results(workdir, results)
   progress.console(f"results written to {path}")

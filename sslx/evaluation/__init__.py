@@ -98,7 +98,9 @@ def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np
   return x - (x.mean(0) if mean is None else mean)
 
 
-def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
+def run_all(
+  config, method, state, mesh, writer=None, step: int = 0, eval_data=None, workdir=None
+) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
   untrained initial encoder and on raw pixels). Returns flat results for the trained encoder
   plus {"baselines": {...}}."""
