@@ -13,28 +13,14 @@ and prints one JSON line with the largest feature difference (max_abs_diff).
 import json
 import sys
 
-from sslx import xla
+from absl import app, flags
+from ml_collections import config_flags
 
-xla.configure_xla_for_cpu()
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sslx import config_lib, weights  # noqa: E402
-from sslx import export as export_lib  # noqa: E402
-
-FLAGS = flags.FLAGS
+from sslx import config_lib, weights, xla
+from sslx import export as export_lib
 
 
-def main(argv):
-  del argv
-  result = export_lib.export_checkpoint(
-    FLAGS.config, FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.peer_python, FLAGS.verify
-  )
-  print(json.dumps(result))
-
-
-if __name__ == "__main__":
+def define_flags():
   config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
   flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
   flags.DEFINE_enum("format", "safetensors", list(weights.FORMATS), "target layout")
@@ -42,6 +28,21 @@ if __name__ == "__main__":
   flags.DEFINE_bool("verify", False, "reload in the target library and compare features")
   flags.DEFINE_string("peer_python", None, "python of an environment with torch + timm/torchvision")
   flags.mark_flags_as_required(["config", "workdir", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  result = export_lib.export_checkpoint(
+    f.config, f.workdir, f.format, f.out, f.peer_python, f.verify
+  )
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  xla.configure_xla_for_cpu()
+  define_flags()
   problem = config_lib.check_override_keys(sys.argv[1:])
   if problem:
     sys.exit(f"error: {problem}")
