@@ -81,7 +81,7 @@ def knn_accuracy(
     i = eff.index(min(k, train.shape[0]))
     for j, t in enumerate(temps):
       key = f"knn@{k}" if j == 0 else f"knn@{k}_T{t:g}"
-      out[key] = 100.0 * correct[i, j] / m
+      out[key] = float(100.0 * correct[i, j] / m)
   return out
 
 
