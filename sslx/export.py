@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from sslx import checkpointing, config_lib, data, progress, train, weights
+from sslx import config_lib, data, progress, train, weights
 
 
 def export_checkpoint(
@@ -27,15 +27,9 @@ def export_checkpoint(
     raise ValueError(
       "--verify reloads the file in timm or torchvision: use --format=timm|torchvision"
     )
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (python -m sslx.main)")
+  setup, state, step = train.restore_latest(config, workdir)
   source = data.build_source(config.dataset, config.dataset.train_split)
   size = source.image_size
-  sample = np.zeros((2, size, size, 3), np.uint8)
-  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
   records = [source[i] for i in range(min(16, len(source)))]
   images = np.stack([r["image"] for r in records if r is not None][:8])
   params, stats = weights.find_encoder(
