@@ -36,6 +36,7 @@ from sslx import (
   sharding,
   weights,
 )
+from sslx.evaluation import knn
 from sslx.state import TrainState
 
 log = logging.getLogger("sslx")
@@ -273,7 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   step_fn = compile_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
-  periodic_eval = evaluation.PeriodicKnn(config, setup.method, setup.mesh, writer)
+  periodic_eval = knn.PeriodicKnn(config, setup.method, setup.mesh, writer)
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
   ckpt_every = int(config.get("checkpoint_every_steps", 0))

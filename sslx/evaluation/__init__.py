@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import progress, sharding
-from sslx.evaluation import knn
 
 _NOT_PROTOCOLS = {"features"}
 # protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
@@ -165,52 +164,3 @@ def format_table(table: dict) -> str:
       f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.2f}" for c in cols) + " |"
     )
   return "\n".join(lines)
-
-
-class PeriodicKnn:
-  """k-NN on a fixed subset of the labelled data every `config.eval_every_steps` steps,
-  written to TensorBoard as eval/knn@k (the final evaluation writes the same tags at the last
-  step, on the full data): a run's progress is visible before it ends. The subset (the first
-  `eval_every_subset` training images and half as many test images of a fixed permutation) is
-  decoded once; features are extracted over the mesh as in the final evaluation."""
-
-  def __init__(self, config, method, mesh, writer):
-    self.every = int(config.get("eval_every_steps", 0) or 0)
-    self.method, self.mesh, self.writer = method, mesh, writer
-    self.data = None
-    if self.every <= 0:
-      return
-    eval_data = load_eval_data(config)
-    if eval_data is None:
-      progress.console("eval_every_steps ignored: the dataset has no labels")
-      self.every = 0
-      return
-    xtr, ytr, xte, yte, num_classes = eval_data
-    n = int(config.get("eval_every_subset", 1000))
-    rng = np.random.default_rng(0)
-    itr = rng.permutation(len(xtr))[:n]
-    ite = rng.permutation(len(xte))[: max(n // 2, 1)]
-    self.data = (xtr[itr], ytr[itr], xte[ite], yte[ite], num_classes)
-    knn_cfg = dict(config.get("evals", {}).get("knn", {}) or {})
-    self.ks = tuple(k for k in knn_cfg.get("ks", (20, 200)) if k <= len(itr)) or (len(itr),)
-    self.temperature = knn_cfg.get("temperature", 0.07)
-    self.batch = config.get("eval_batch_size", 512)
-
-  def __call__(self, step: int, state) -> dict | None:
-    if self.every <= 0 or step % self.every:
-      return None
-    xtr, ytr, xte, yte, num_classes = self.data
-    fn = functools.partial(self.method.encode, state.params["model"], state.batch_stats)
-    res = knn.knn_accuracy(
-      extract(fn, xtr, self.mesh, self.batch),
-      ytr,
-      extract(fn, xte, self.mesh, self.batch),
-      yte,
-      num_classes,
-      ks=self.ks,
-      temperature=self.temperature,
-    )
-    if self.writer is not None:
-      self.writer.scalars(step, res, prefix="eval/")
-    progress.console(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
-    return res
