@@ -8,11 +8,9 @@ probe figures describe): found in the checkpoint's parameters by shape and check
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from sslx import config_lib, data, progress, train, weights
+from sslx import config_lib, data, train, weights
 
 
 def export_checkpoint(
@@ -42,5 +40,4 @@ def export_checkpoint(
   if verify:
     ours = weights.encoder_features(encoder, params, stats, images, meta["mean"], meta["std"])
     result.update(weights.verify(weights.find_peer_python(peer_python), out, meta, images, ours))
-  progress.console(json.dumps(result))
   return result

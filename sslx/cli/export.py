@@ -34,9 +34,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  result = export_lib.export_checkpoint(
-    f.config, f.workdir, f.format, f.out, f.peer_python, f.verify
-  )
+  try:
+    result = export_lib.export_checkpoint(
+      f.config, f.workdir, f.format, f.out, f.peer_python, f.verify
+    )
+  except (weights.NoCounterpart, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")  # the user's choice of model/format/workdir: no traceback
   print(json.dumps(result))
 
 
