@@ -24,6 +24,7 @@ CORE = [
   "array-record>=0.8.6",
   "tensorboardX>=2.6.5,<3",
   "absl-py>=2",
+  "safetensors==0.8.0",  # encoder weights in and out (numpy API: no torch needed)
 ]
 # gs:// workdirs and datasets (etils.epath reads and lists through fsspec's gcsfs; orbax
 # writes arrays with tensorstore's own GCS driver).

@@ -74,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_baselines = True
   c.eval_batch_size = 500
   c.eval_train_limit = 0
+  # k-NN on a fixed subset every N steps, to TensorBoard (eval/knn@k); 0: off
+  c.eval_every_steps = 0
+  c.eval_every_subset = 1000  # training images in that subset (test images: half as many)
+  # encoder weights to start from: timm:<model>, torchvision:<model> or file:<path>
+  c.init_from = ""
+  c.peer_python = ""  # a Python with torch (+ timm/torchvision) for init_from's torch side
   return c
 
 

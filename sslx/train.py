@@ -34,7 +34,9 @@ from sslx import (
   preemption,
   progress,
   sharding,
+  weights,
 )
+from sslx.evaluation import knn
 from sslx.state import TrainState
 
 log = logging.getLogger("sslx")
@@ -177,6 +179,23 @@ def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainSta
     out_shardings=setup.state_sharding,
   )
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
+
+
+def init_encoder_from(config, setup: Setup, state: TrainState) -> TrainState:
+  """Every copy of the encoder in `state` replaced by `config.init_from`'s weights."""
+  p, s, m = weights.init_variables(
+    config,
+    weights.encoder_module(config),
+    config.init_from,
+    state.params["model"],
+    state.batch_stats,
+    state.method_state,
+    config.get("peer_python") or None,
+  )
+  new = state.replace(params=dict(state.params, model=p), batch_stats=s, method_state=m)
+  new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, state)
+  progress.console(f"encoder initialised from {config.init_from}")
+  return jax.device_put(new, setup.state_sharding)
 
 
 def restore_latest(config, workdir: str, *, pretrained: bool = True):
@@ -335,11 +354,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress.console(f"resumed from {mngr.directory} at step {start}")
   else:
     state = create_state(setup, config.seed, sample)
+    if config.get("init_from"):
+      state = init_encoder_from(config, setup, state)
   if progress.is_lead():
     paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   step_fn = compile_accumulating_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
+  periodic_eval = knn.PeriodicKnn(config, setup.method, setup.mesh, writer)
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
   schedule = preemption.SaveSchedule(
@@ -416,6 +438,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if warning:
             log.warning("step %d: %s", step, warning)
             progress.console(f"WARNING step {step}: {warning}")
+        periodic_eval(step, state)
         if step < setup.total_steps and schedule.due(step):
           save(step)
       if prev_metrics is not None and not bool(prev_metrics["finite"]):
@@ -454,7 +477,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "train_loss_first": first_loss,
     "train_loss_last": last_loss,
   }
-  evaluated = evaluation.run_all(config, setup.method, state, setup.mesh, writer, step)
+  evaluated = evaluation.run_all(
+    config, setup.method, state, setup.mesh, writer, step, workdir=workdir
+  )
   results.update(evaluated)
   if not evaluated:
     reason = "config.evals is empty" if not config.get("evals") else "the dataset has no labels"
