@@ -1,7 +1,8 @@
 """Fine-tuning protocol: end-to-end training of a pretrained encoder; LLRD scales."""
 
+import dataclasses
 import os
-import types
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -11,6 +12,7 @@ import pytest
 
 from sslx import models
 from sslx.evaluation import finetune
+from sslx.methods import base
 from tests.helpers import tiny_simclr
 
 
@@ -82,9 +84,23 @@ class _BNNet(nn.Module):
     return self.bn(x.reshape(x.shape[0], -1), use_running_average=not train)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BNMethod(base.Method):
+  """Only what fine-tuning calls: the default encoder_apply over `net.encode`."""
+
+  net: nn.Module
+  preprocess: Callable
+
+  def init(self, rng, images):
+    raise NotImplementedError
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    raise NotImplementedError
+
+
 def test_precise_bn_is_the_mean_of_per_batch_statistics():
   net = _BNNet()
-  method = types.SimpleNamespace(net=net, preprocess=lambda x: x)
+  method = _BNMethod(net, lambda x: x)
   images = np.random.default_rng(0).integers(0, 256, (40, 2, 2, 1)).astype(np.uint8)
   v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 2, 2, 1)), train=False)
   stale = jax.tree.map(lambda a: a + 3.0, v["batch_stats"])  # far from the data's

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,23 @@ class Features:
   # Protocols that train the encoder (fine-tuning) need more than features: the method, its
   # pretrained variables and the raw images. None for the raw-pixel baseline.
   context: object = None
+
+
+@dataclasses.dataclass
+class Context:
+  """What fine-tuning needs beyond frozen features: the method, its pretrained variables and
+  the raw uint8 images [N, H, W, 3] with labels."""
+
+  method: Any
+  params: Any
+  batch_stats: Any
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mesh: Any = None  # the mesh protocols shard over (all devices when None)
+  workdir: str | None = None  # where label-subset image lists are written
 
 
 def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
@@ -134,9 +152,7 @@ def run_all(
     encode_fn = functools.partial(method.encode, params, batch_stats)
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
-      from sslx.evaluation import finetune
-
-      context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
+      context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
     feats = Features(
       extract(encode_fn, xtr, mesh, batch),
       ytr,

@@ -5,15 +5,8 @@ AdamW with linear warm-up + cosine decay, layer-wise learning-rate decay for ViT
 in block i of L gets lr · decay^(L − i); patch/position embeddings decay^(L + 1)... i.e. the
 layer id is 0 for embeddings, i + 1 for block i, L + 1 for the final norm and the head, and the
 scale is decay^(L + 1 − id)), label smoothing and mixup. Works on any method whose network can
-run its encoder in training mode (see `encoder_apply`).
-
-Standalone, on the latest checkpoint of a run (results merged into workdir/results.json as
-"finetune"):
-
-    python -m sslx.evaluation.finetune --config=experiments/simclr.py --workdir=/tmp/sslx-demo \
-        --steps=500
-
-and `--from_scratch` for the baseline: the same recipe on the untrained encoder.
+run its encoder in training mode (`Method.encoder_apply`). Standalone, on the latest checkpoint
+of a run: `python -m sslx finetune` (sslx/cli/finetune.py).
 
 Settings (`config.evals.finetune`): steps (500), batch_size (64), lr (1e-3: peak AdamW lr of
 the head and the top layer), weight_decay (0.05), warmup_fraction (0.1), layer_decay (0.75;
@@ -26,7 +19,6 @@ finetune_<pct>pct), flip (True: random horizontal flips), train_limit (0: all), 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from typing import Any, NamedTuple
@@ -36,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import sharding
-from sslx.evaluation import extract
+from sslx import paths, progress, sharding
+from sslx.evaluation import Context, extract  # noqa: F401  (Context: the protocol's input)
 
 DEFAULTS = dict(
   steps=500,
@@ -56,23 +48,6 @@ DEFAULTS = dict(
 )
 _BLOCK = re.compile(r"^block(\d+)$")
 _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "register")
-
-
-@dataclasses.dataclass
-class Context:
-  """What fine-tuning needs beyond frozen features: the method, its pretrained variables and
-  the raw uint8 images [N, H, W, 3] with labels."""
-
-  method: Any
-  params: Any
-  batch_stats: Any
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  num_classes: int
-  mesh: Any = None  # the mesh protocols shard over (all devices when None)
-  workdir: str | None = None  # where label-subset image lists are written
 
 
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
@@ -247,14 +222,11 @@ def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int = 0) ->
 def write_subset(workdir: str, fraction: float, idx: np.ndarray, labels: np.ndarray) -> str:
   """`workdir/label_subset_<pct>pct.txt`: one "index label" line per image (indices into the
   evaluation's training images, i.e. the train split in order when eval_train_limit is 0)."""
-  import os
-
-  path = os.path.join(workdir, f"label_subset_{fraction * 100:g}pct.txt")
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
-    f.write(f"# {len(idx)} images, class-balanced {fraction * 100:g}% of the training labels\n")
-    f.writelines(f"{i} {int(labels[i])}\n" for i in idx)
-  return path
+  header = f"# {len(idx)} images, class-balanced {fraction * 100:g}% of the training labels\n"
+  lines = "".join(f"{i} {int(labels[i])}\n" for i in idx)
+  return paths.write_text(
+    paths.join(workdir, f"label_subset_{fraction * 100:g}pct.txt"), header + lines
+  )
 
 
 def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_classes):
@@ -333,7 +305,6 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   rng = jax.random.PRNGKey(cfg["seed"])
   order = np.random.default_rng(cfg["seed"])
   perm, pos, loss, accs = order.permutation(len(xtr)), 0, None, []
-  from sslx import progress  # local: progress imports nothing heavy, but keep this module lean
 
   prog = progress.Progress(steps, 0, batch)
   report_every = max(steps // 10, 1)
@@ -388,119 +359,6 @@ def run(cfg, feats) -> dict:
     raise ValueError(
       "evals.finetune needs the raw images and the pretrained encoder, not only "
       "features: sslx.evaluation.run_all must attach feats.context = "
-      "finetune.Context(...), or run python -m sslx.evaluation.finetune"
+      "evaluation.Context(...), or run python -m sslx finetune"
     )
   return finetune(ctx, dict(cfg) if cfg else None)[0]
-
-
-def finetune_checkpoint(
-  config, workdir: str, cfg: dict | None = None, from_scratch: bool = False
-) -> dict:
-  """Fine-tunes the latest checkpoint in `workdir` (config: the same method and model) on the
-  config's dataset; merges {"finetune": ...} into workdir/results.json and returns it.
-
-  `from_scratch=True` trains the same encoder from its untrained initialisation with the same
-  recipe instead (the baseline that says what pretraining bought); the result is merged as
-  {"finetune_from_scratch": ...}."""
-  from sslx import checkpointing, config_lib, evaluation, progress, train
-
-  config_lib.validate(config)
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint in {mngr.directory}: train first with "
-      f"python -m sslx.main --config=... --workdir={workdir}"
-    )
-  eval_data = evaluation.load_eval_data(config)
-  if eval_data is None:
-    raise ValueError(f"dataset {config.dataset.name!r} has no labels: nothing to fine-tune on")
-  xtr, ytr, xte, yte, num_classes = eval_data
-  sample = np.zeros((2,) + xtr.shape[1:], np.uint8)
-  setup = train.build(config, sample, len(xtr), num_classes)
-  state = train.create_state(setup, config.seed, sample)
-  if not from_scratch:
-    state, _ = checkpointing.restore(mngr, step, state)
-  state = jax.device_get(state)
-  if cfg is None:
-    cfg = dict(config.get("evals", {}).get("finetune", {}) or {})
-  ctx = Context(
-    setup.method,
-    state.params["model"],
-    state.batch_stats,
-    xtr,
-    ytr,
-    xte,
-    yte,
-    num_classes,
-    setup.mesh,
-    workdir,
-  )
-  results, _ = finetune(ctx, cfg)
-  key = next(iter(results))  # finetune, or finetune_<pct>pct on a label subset
-  if from_scratch:
-    results = {key.replace("finetune", "finetune_from_scratch", 1): results[key]}
-    progress.write_results(workdir, results)
-    progress.console(
-      f"trained the untrained encoder with the fine-tuning recipe: top-1 "
-      f"{next(iter(results.values())):.2f}%"
-    )
-    return results
-  progress.write_results(workdir, dict(results, finetune_step=step))
-  progress.console(f"fine-tuned checkpoint step {step}: top-1 {results[key]:.2f}% ({key})")
-  return results
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  cfg = {
-    k: getattr(FLAGS, k)
-    for k in (
-      "steps",
-      "batch_size",
-      "lr",
-      "layer_decay",
-      "label_smoothing",
-      "mixup_alpha",
-      "cutmix_alpha",
-      "label_fraction",
-      "train_limit",
-    )
-  }
-  print(finetune_checkpoint(FLAGS.config, FLAGS.workdir, cfg, from_scratch=FLAGS.from_scratch))
-
-
-if __name__ == "__main__":
-  import sys
-
-  from sslx import xla
-
-  xla.configure_xla_for_cpu()
-
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  from sslx import config_lib
-
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
-  flags.DEFINE_integer("steps", DEFAULTS["steps"], "fine-tuning steps")
-  flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "batch size")
-  flags.DEFINE_float("lr", DEFAULTS["lr"], "peak AdamW learning rate")
-  flags.DEFINE_float("layer_decay", DEFAULTS["layer_decay"], "layer-wise lr decay (ViT)")
-  flags.DEFINE_float("label_smoothing", DEFAULTS["label_smoothing"], "label smoothing")
-  flags.DEFINE_float("mixup_alpha", DEFAULTS["mixup_alpha"], "mixup Beta(α, α); 0 = off")
-  flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix Beta(α, α); 0 = off (both on: one per batch)")
-  flags.DEFINE_float("label_fraction", 0.0, "class-balanced label subset, e.g. 0.01 (0: all)")
-  flags.DEFINE_integer("train_limit", 0, "at most this many training images (0: all)")
-  flags.DEFINE_bool(
-    "from_scratch",
-    False,
-    "baseline: the same recipe from the untrained encoder (written as finetune_from_scratch)",
-  )
-  flags.mark_flags_as_required(["config", "workdir"])
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)
