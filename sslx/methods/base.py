@@ -14,6 +14,10 @@ and optionally
       called inside the jitted step after the optimizer update, with the updated params
       (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher).
 
+  wrap_optimizer(tx) -> tx
+      the trainer's optimizer for params["model"], wrapped (DINO/DINOv2 pause their heads'
+      last layers, optimizer state included, during the first steps).
+
   collapse_warning(metrics: dict[str, float]) -> str | None
       called on the host at every log step with the averaged metrics; a message is printed
       as a warning (e.g. embedding std or teacher entropy falling toward collapse).
