@@ -44,6 +44,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       momentum=0.99,
       momentum_schedule="constant",
       symmetric=False,
+      shuffle_bn_group=32,
     )
   )
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
