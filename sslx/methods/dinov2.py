@@ -199,6 +199,16 @@ def ibot_loss(
   return jnp.mean(per_crop)
 
 
+def update_patch_center(center, patch_logits, weights, momentum: float) -> jax.Array:
+  """iBOT/DINOv2's patch center: c ← m·c + (1 − m)·mean of the teacher logits of the masked
+  patches. patch_logits [M, K], weights [M] 0/1 (the masked ones); no masked patch: c kept."""
+  w = weights.astype(jnp.float32)[:, None]
+  mean = jnp.sum(patch_logits.astype(jnp.float32) * w, 0, keepdims=True) / jnp.maximum(
+    jnp.sum(w), 1.0
+  )
+  return jnp.where(jnp.sum(w) > 0, momentum * center + (1 - momentum) * mean, center)
+
+
 def koleo_loss(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   """KoLeo (Sablayrolles et al. 2019; DINOv2 eq. 5): −mean_i log(min_{j≠i} ||x̂_i − x̂_j||)
   over the rows of x [n, D] after L2 normalisation (the global batch)."""
@@ -384,13 +394,7 @@ class DINOv2(EMATeacher):
       else:
         tp_probs = teacher_softmax(flat, patch_center, temp)
       ibot = ibot_loss(s_patch, tp_probs.reshape(m, k, kp), valid, self.student_temp)
-      # The patch center follows the masked teacher patches (DINOv2).
-      wf = w.astype(jnp.float32)[:, None]
-      mean = jnp.sum(flat * wf, 0, keepdims=True) / jnp.maximum(jnp.sum(wf), 1.0)
-      has = jnp.sum(wf) > 0
-      new_patch_center = jnp.where(
-        has, self.center_momentum * patch_center + (1 - self.center_momentum) * mean, patch_center
-      )
+      new_patch_center = update_patch_center(patch_center, flat, w, self.center_momentum)
       loss = loss + self.ibot_loss_weight * ibot
       metrics["ibot_loss"] = ibot
     if self.koleo_loss_weight > 0:
