@@ -357,8 +357,8 @@ def layer_norm(x, eps=1e-6):
 
 @pytest.mark.xfail(
   strict=True,
-  reason="jax.image.resize antialiases when downsampling and uses the Keys a=-0.5 cubic; "
-  "DINO/timm resample with torch's bicubic (a=-0.75) without antialias",
+  reason="the ViT resizes with jax.image.resize, which equals torch's *antialiased* bicubic "
+  "(to 1e-6, both ways); DINO and timm(antialias=False) use torch's plain bicubic",
 )
 @pytest.mark.parametrize("which", ["small", "large"])
 def test_position_embedding_resampling_matches_timm_bicubic(peer, which):
