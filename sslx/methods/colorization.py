@@ -52,7 +52,7 @@ def downsample(x: jax.Array, size: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Colorization:
+class Colorization(base.Method):
   net: pretext_nets.ColorizationNet
   view: augment.ViewParams | None
   bins: tuple  # Q (a, b) centres
@@ -139,11 +139,23 @@ class Colorization:
     )
 
 
+# The paper's rebalancing (λ = 0.5), annealed-mean temperature 0.38 and soft encoding (5
+# neighbours, σ = 5); out_size 0 = a quarter of the crop (the paper's output stride 4).
+DEFAULTS = dict(
+  decoder_widths=(128, 128),
+  out_size=0,
+  rebalance_lambda=0.5,
+  temperature=0.38,
+  soft_k=5,
+  soft_sigma=5.0,
+)
+
+
 def create(config, total_steps: int) -> Colorization:
   del total_steps
   m = config.method
   bins = color.ab_bins(10)
-  decoder_widths = tuple(m.get("decoder_widths", (128, 128)))
+  decoder_widths = tuple(m.decoder_widths)
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   net = pretext_nets.ColorizationNet(encoder, num_bins=len(bins), decoder_widths=decoder_widths)
   view = base.view_params(config.augment)
@@ -153,9 +165,9 @@ def create(config, total_steps: int) -> Colorization:
     net=net,
     view=view,
     bins=tuple((float(a), float(b)) for a, b in bins),
-    out_size=int(m.get("out_size", size // 4)),
-    rebalance_lambda=float(m.get("rebalance_lambda", 0.5)),
-    temperature=float(m.get("temperature", 0.38)),
-    soft_k=int(m.get("soft_k", 5)),
-    soft_sigma=float(m.get("soft_sigma", 5.0)),
+    out_size=int(m.out_size) or size // 4,
+    rebalance_lambda=float(m.rebalance_lambda),
+    temperature=float(m.temperature),
+    soft_k=int(m.soft_k),
+    soft_sigma=float(m.soft_sigma),
   )

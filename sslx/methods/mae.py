@@ -125,7 +125,7 @@ class Forward(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MAE:
+class MAE(base.MaskedImageMethod):
   encoder: vit_lib.ViT
   decoder: MAEDecoder
   view: augment.ViewParams | None
@@ -247,6 +247,16 @@ def encoder_cost(
   return out
 
 
+# The paper's ViT-B recipe: 75% masking, an 8-block 512-wide decoder, normalised-pixel targets.
+DEFAULTS = dict(
+  mask_ratio=0.75,
+  decoder_dim=512,
+  decoder_depth=8,
+  decoder_heads=16,
+  norm_pix_loss=True,
+)
+
+
 def create(config, total_steps: int) -> MAE:
   del total_steps  # no schedule inside MAE's loss
   m = config.method
@@ -272,5 +282,5 @@ def create(config, total_steps: int) -> MAE:
     view=view,
     preprocess=base.Preprocess.from_config(config.dataset),
     mask_ratio=ratio,
-    norm_pix_loss=bool(m.get("norm_pix_loss", True)),
+    norm_pix_loss=bool(m.norm_pix_loss),
   )

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sslx import augment, losses, models
 from sslx.methods import base
+from sslx.methods.common import EncoderWithHead
 
 NUM_ROTATIONS = 4
 
@@ -44,21 +44,9 @@ def rotate_all(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.concatenate(rotated, axis=0), labels
 
 
-class RotationNet(nn.Module):
-  encoder: nn.Module
-  head: nn.Module
-
-  def __call__(self, x, train: bool = True):
-    features = self.encoder(x, train=train)["pre_logits"]
-    return features, self.head(features, train=train)
-
-  def encode(self, x, train: bool = False):
-    return self.encoder(x, train=train)["pre_logits"]
-
-
 @dataclasses.dataclass(frozen=True)
-class Rotation:
-  net: RotationNet
+class Rotation(base.Method):
+  net: EncoderWithHead
   view: augment.ViewParams | None
   preprocess: base.Preprocess
 
@@ -86,22 +74,21 @@ class Rotation:
     # Rows 0..B−1 are the upright copies: the online probe watches those.
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features[:n])
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=RotationNet.encode,
-    )
+
+# A linear rotation classifier on the encoder's features.
+DEFAULTS = dict(
+  head_hidden=(),
+)
 
 
 def create(config, total_steps: int) -> Rotation:
   del total_steps  # no schedule inside the loss
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  hidden = tuple(m.get("head_hidden", ()))
+  hidden = tuple(m.head_hidden)
   head = models.MLPHead(hidden_dims=hidden, out_dim=NUM_ROTATIONS)
   return Rotation(
-    net=RotationNet(encoder, head),
+    net=EncoderWithHead(encoder, head),
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
   )
