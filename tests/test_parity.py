@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from sslx import losses, masking
-from sslx.methods import byol, dino, dinov2, mae, vicreg
+from sslx.methods import byol, common, dino, dinov2, mae, vicreg
 from sslx.models import vit as vit_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_cosine_momentum_schedule(peer):
   the papers' and their code's τ_k uses k/K, which lightly gives with one more step."""
   inp, ref = peer
   steps, base = int(inp["schedule/steps"]), float(inp["schedule/base"])
-  ours = [byol.cosine_momentum(k, steps, base) for k in range(steps)]
+  ours = [common.cosine_momentum(k, steps, base) for k in range(steps)]
   close("cosine_momentum", ours, ref["schedule/lightly_k_over_K"])
   assert np.max(np.abs(np.asarray(ours) - ref["schedule/lightly"])) > 1e-5  # the departure
 
