@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sslx import data as sslx_data  # the package: tests patch its to_global_array
+from sslx.data.pipeline import to_global_array
 
 _END = object()
 
@@ -33,8 +33,7 @@ class DevicePrefetcher:
       ``set_state``.
     sharding: the batch sharding (see ``to_global_array``).
     size: batches kept ready on the devices (2: the next step's and the one after).
-    to_device: ``(local_batch, sharding) -> global batch``; looked up at each call when None
-      (``sslx.data.to_global_array``).
+    to_device: ``(local_batch, sharding) -> global batch`` (default ``to_global_array``).
   """
 
   def __init__(
@@ -45,7 +44,7 @@ class DevicePrefetcher:
     self._loader = loader
     self._sharding = sharding
     self._size = size
-    self._to_device = to_device
+    self._to_device = to_device or to_global_array
     self._queue: queue.Queue = queue.Queue(maxsize=size)
     self._thread: threading.Thread | None = None
     self._stop = threading.Event()
@@ -53,9 +52,7 @@ class DevicePrefetcher:
     self._done = False
 
   def _put_device(self, local):
-    if self._to_device is not None:
-      return self._to_device(local, self._sharding)
-    return sslx_data.to_global_array(local, self._sharding)
+    return self._to_device(local, self._sharding)
 
   def _run(self) -> None:
     while not self._stop.is_set():
