@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from sslx import augment, models, multicrop
 
@@ -91,6 +92,11 @@ class Method(abc.ABC):
     (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher). Default: no change."""
     del params, step
     return method_state
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The trainer's optimizer for params["model"], wrapped (DINO/DINOv2 pause their heads'
+    last layers, optimizer state included, during the first steps). Default: `tx`."""
+    return tx
 
   def collapse_warning(self, metrics: dict) -> str | None:
     """Called on the host at every log step with the averaged metrics; a message is printed
