@@ -9,6 +9,11 @@ defaults, so nothing asks ``hasattr``.
 
 ``images`` are the raw uint8 [B, H, W, 3] batch; each method applies its own augmentations on
 device. All non-gradient state (queues, centers, EMA teachers) lives in ``method_state``.
+
+Beside the class, a method module defines ``DEFAULTS`` (every ``config.method`` setting it reads,
+at the paper's values; ``config_lib.method`` applies an experiment's overrides to it) and may
+define ``PICTURES`` (``python -m sslx visualize`` subcommands that show what it learned; the
+training command draws them from the final checkpoint).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import abc
 import dataclasses
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sslx import augment
+from sslx import augment, models, multicrop
 
 
 class Variables(NamedTuple):
@@ -134,6 +140,25 @@ class Preprocess:
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
+def init_net(net: nn.Module, preprocess, rng, images, size: int | None) -> dict:
+  """`net`'s initial variables from two images of the batch, normalised and resized to the
+  side the network will see (`size`; None keeps theirs)."""
+  x = preprocess(images[:2])
+  if size is not None and x.shape[1] != size:
+    x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+  return net.init(rng, x, train=False)
+
+
+def encoder_from_config(config):
+  """The encoder `config.model` names, built with the rest of `config.model` as kwargs."""
+  return models.create_model(config.model.name, **model_kwargs(config.model))
+
+
+def crop_size(view: augment.ViewParams | None, config) -> int:
+  """The side of the images the encoder sees: the view's crop, else the dataset's size."""
+  return view.crop_size if view is not None else int(config.dataset.image_size)
+
+
 def model_kwargs(model_cfg) -> dict:
   """Everything in `config.model` except its name is passed to the model's constructor."""
   return {
@@ -154,6 +179,11 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
 
 def two_views(rng, images, view, preprocess):
   """[2B, S, S, 3] normalised views: rows i and i + B come from image i."""
+  if isinstance(images, multicrop.HostViews):  # cropped on the host (dataset.host_crops)
+    x = multicrop.view_major(images.global_views)
+    if view is None:
+      return preprocess(x)
+    return preprocess(augment.augment_views(rng, x, (view, view), cropped=True))
   if view is None:
     x = preprocess(images)
     return jnp.concatenate([x, x], axis=0)

@@ -172,15 +172,12 @@ class VQTokenizer(base.Method):
 
 
 # A per-patch VQ-VAE with an EMA k-means codebook (BEiT uses DALL-E's 8192-code tokenizer).
+# fmt: off
 DEFAULTS = dict(
-  patch_size=16,
-  codebook_size=8192,
-  code_dim=32,
-  hidden=256,
-  beta=0.25,
-  ema_decay=0.99,
+  patch_size=16, codebook_size=8192, code_dim=32, hidden=256, beta=0.25, ema_decay=0.99,
   dead_threshold=0.03,
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> VQTokenizer:

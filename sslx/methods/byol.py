@@ -92,11 +92,7 @@ class BYOL(base.Method):
   TARGET_KEYS = ("encoder", "projector")
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
@@ -154,13 +150,12 @@ class BYOL(base.Method):
 
 # BYOL's ImageNet settings (§3.3, Appendix B): 4096-wide projector and predictor to 256, τ_base
 # 0.996. Experiment presets override what differs (config_lib.method reads this).
+# fmt: off
 DEFAULTS = dict(
-  projector_hidden=(4096,),
-  projector_dim=256,
-  predictor_hidden=(4096,),
-  base_momentum=0.996,
+  projector_hidden=(4096,), projector_dim=256, predictor_hidden=(4096,), base_momentum=0.996,
   collapse_std=0.05,
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> BYOL:
@@ -168,7 +163,7 @@ def create(config, total_steps: int) -> BYOL:
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   if views.num_local:
     raise ValueError("BYOL uses two views: set augment.num_local_crops=0")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   dim = int(m.projector_dim)
   projector = models.MLPHead(hidden_dims=tuple(m.projector_hidden), out_dim=dim)
   predictor = models.MLPHead(hidden_dims=tuple(m.predictor_hidden), out_dim=dim)

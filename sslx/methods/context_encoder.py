@@ -45,7 +45,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, models
+from sslx import augment
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -203,16 +203,15 @@ class ContextEncoder(base.Method):
 
 
 # The paper's losses (λ_rec 0.999, λ_adv 0.001, overlap weight 10) on a central hole.
+# What `python -m sslx.main` draws from the final checkpoint: masked inputs, inpaintings and originals.
+PICTURES = ("inpainting",)
+
+# fmt: off
 DEFAULTS = dict(
-  mask_mode="center",
-  overlap=1,
-  overlap_weight=10.0,
-  num_blocks=4,
-  rec_weight=0.999,
-  adv_weight=0.001,
-  decoder_base=32,
-  disc_widths=(32, 64, 128),
+  mask_mode="center", overlap=1, overlap_weight=10.0, num_blocks=4, rec_weight=0.999,
+  adv_weight=0.001, decoder_base=32, disc_widths=(32, 64, 128),
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> ContextEncoder:
@@ -222,8 +221,8 @@ def create(config, total_steps: int) -> ContextEncoder:
   if mode not in MASK_MODES:
     raise ValueError(f"method.mask_mode={mode!r}; valid choices: {MASK_MODES}")
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else int(config.dataset.image_size)
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  size = base.crop_size(view, config)
+  encoder = base.encoder_from_config(config)
   fmap = jax.eval_shape(
     lambda x: encoder.init_with_output(jax.random.PRNGKey(0), x, train=False)[0]["feature_map"],
     jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),

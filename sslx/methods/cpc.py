@@ -68,7 +68,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, losses, models
+from sslx import augment, losses
 from sslx.methods import base
 from sslx.models import cpc_nets
 
@@ -242,24 +242,19 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
 
 # temperature 0 = the paper's bilinear score zᵀ W_k c; > 0 = a cosine score at that τ.
 # patch_augment: per-patch ViewParams settings ({} = none).
+# fmt: off
 DEFAULTS = dict(
-  patch_size=8,
-  patch_stride=4,
-  first_step=1,
-  steps_ahead=3,
-  context_dim=256,
-  context_layers=3,
-  context_kernel_rows=3,
-  temperature=0.0,
-  patch_augment={},
+  patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
+  context_kernel_rows=3, temperature=0.0, patch_augment={},
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> CPC:
   del total_steps  # no schedule inside CPC's loss
   m = config.method
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else int(config.dataset.image_size)
+  size = base.crop_size(view, config)
   patch, stride = int(m.patch_size), int(m.patch_stride)
   if not 0 < patch <= size or stride <= 0:
     raise ValueError(
@@ -272,7 +267,7 @@ def create(config, total_steps: int) -> CPC:
     g,
     f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
   )
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   context = cpc_nets.RowCausalContext(
     features=int(m.context_dim),
     layers=int(m.context_layers),

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses, models, permutations, progress
+from sslx import augment, losses, permutations, progress
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -132,14 +132,12 @@ class Jigsaw(base.Method):
 
 
 # Settings for 32 px sources upsampled to 48 px; 100 permutations of maximal Hamming distance.
+# fmt: off
 DEFAULTS = dict(
-  num_permutations=100,
-  permutation_seed=0,
-  image_size=48,
-  tile_size=12,
-  tile_dim=256,
+  num_permutations=100, permutation_seed=0, image_size=48, tile_size=12, tile_dim=256,
   head_hidden=(512,),
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> Jigsaw:
@@ -150,7 +148,7 @@ def create(config, total_steps: int) -> Jigsaw:
     f"jigsaw: {len(perms)} permutations, min Hamming "
     f"{permutations.min_hamming(perms)}, set {permutations.fingerprint(perms)}"
   )
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,
     num_classes=len(perms),

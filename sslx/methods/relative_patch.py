@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses, models
+from sslx import augment, losses
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -141,15 +141,12 @@ class RelativePatch(base.Method):
 
 
 # Settings for 32 px sources upsampled to 48 px (the cifar10 preset uses 96 px).
+# fmt: off
 DEFAULTS = dict(
-  image_size=48,
-  patch_size=12,
-  gap=4,
-  jitter=1,
-  color_guard="project",
-  tile_dim=256,
+  image_size=48, patch_size=12, gap=4, jitter=1, color_guard="project", tile_dim=256,
   head_hidden=(512,),
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> RelativePatch:
@@ -158,7 +155,7 @@ def create(config, total_steps: int) -> RelativePatch:
   guard = str(m.color_guard)
   if guard not in COLOR_GUARDS:
     raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,
     num_classes=NUM_POSITIONS,

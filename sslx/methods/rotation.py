@@ -51,11 +51,8 @@ class Rotation(base.Method):
   preprocess: base.Preprocess
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    if self.view is not None:
-      size = self.view.crop_size
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    size = None if self.view is None else self.view.crop_size
+    variables = base.init_net(self.net, self.preprocess, rng, images, size)
     return base.Variables(variables["params"], variables.get("batch_stats", {}), {})
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -76,15 +73,17 @@ class Rotation(base.Method):
 
 
 # A linear rotation classifier on the encoder's features.
+# fmt: off
 DEFAULTS = dict(
   head_hidden=(),
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> Rotation:
   del total_steps  # no schedule inside the loss
   m = config.method
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   hidden = tuple(m.head_hidden)
   head = models.MLPHead(hidden_dims=hidden, out_dim=NUM_ROTATIONS)
   return Rotation(

@@ -85,11 +85,7 @@ class VICReg(base.Method):
   collapse_std: float = 0.05
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
     return base.Variables(variables["params"], variables.get("batch_stats", {}), {})
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -111,16 +107,12 @@ class VICReg(base.Method):
 
 
 # The paper's settings (§4.1): a 3-layer 8192-wide expander, λ = μ = 25, ν = 1, γ = 1.
+# fmt: off
 DEFAULTS = dict(
-  expander_hidden=(8192, 8192),
-  expander_dim=8192,
-  sim_coeff=25.0,
-  std_coeff=25.0,
-  cov_coeff=1.0,
-  gamma=1.0,
-  eps=0.0001,
-  collapse_std=0.05,
+  expander_hidden=(8192, 8192), expander_dim=8192, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
+  gamma=1.0, eps=0.0001, collapse_std=0.05,
 )
+# fmt: on
 
 
 def create(config, total_steps: int) -> VICReg:
@@ -129,7 +121,7 @@ def create(config, total_steps: int) -> VICReg:
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   if views.num_local:
     raise ValueError("VICReg uses two views: set augment.num_local_crops=0")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   expander = models.MLPHead(
     hidden_dims=tuple(m.expander_hidden),
     out_dim=int(m.expander_dim),
