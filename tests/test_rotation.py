@@ -37,8 +37,8 @@ def test_loss_is_four_way_over_all_rotations():
   assert method.encode(v.params, v.batch_stats, images).shape == (4, width)
 
 
-def short_run(base_lr: float, **overrides):
-  return tiny("rotation", total_steps=16, **{"optimizer.base_lr": base_lr, **overrides})
+def short_run(base_lr: float, steps: int = 16, **overrides):
+  return tiny("rotation", total_steps=steps, **{"optimizer.base_lr": base_lr, **overrides})
 
 
 @pytest.mark.slow
@@ -52,6 +52,6 @@ def test_cpu_preset_short_run_learns(tmp_path):
 def test_a_method_that_does_not_learn_fails_the_margin(tmp_path):
   """The end-to-end margin catches a broken method: at learning rate 0 nothing is learnt (the
   drop is exactly 0), and the assertion fails. Two steps and no k-NN keep it cheap."""
-  broken = short_run(0.0, total_steps=2, evals={})
+  broken = short_run(0.0, steps=2, evals={})
   with pytest.raises(AssertionError, match="is not below the untrained"):
     assert_learns(broken, tmp_path, margin=0.1, measured=0.199)
