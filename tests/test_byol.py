@@ -7,39 +7,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import train
 from sslx.methods import byol, common
-from tests.helpers import experiment
+from tests.helpers import assert_learns, experiment, tiny
 from tests.test_dino import assert_steps_close, batches, one_step, sgd
 
 
 def tiny_byol(steps: int = 3, batch: int = 16, name: str = "byol", **overrides):
-  """The cpu preset shrunk to seconds: a 2-layer 8/16-wide CNN, 32-wide heads."""
-  c = experiment(name)
-  c.model.widths = (8, 16)
+  """The tiny preset with a 2-layer 8/16-wide CNN, 32-wide heads and no warm-up."""
   if name == "byol":
-    c.method.projector_hidden = (32,)
-    c.method.predictor_hidden = (32,)
-    c.method.projector_dim = 16
+    heads = {"method.projector_hidden": (32,), "method.predictor_hidden": (32,)}
+    heads["method.projector_dim"] = 16
   else:
-    c.method.expander_hidden = (32, 32)
-    c.method.expander_dim = 32
-  c.optimizer.warmup_epochs = 0.0  # a non-zero learning rate at step 0
-  c.batch_size = batch
-  c.total_steps = steps
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 0
-  c.tensorboard = False
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 500
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+    heads = {"method.expander_hidden": (32, 32), "method.expander_dim": 32}
+  small = {
+    "model.widths": (8, 16),
+    "optimizer.warmup_epochs": 0.0,  # a non-zero learning rate at step 0
+    "log_every_steps": 1,
+    **heads,
+  }
+  return tiny(name, total_steps=steps, batch_size=batch, **{**small, **overrides})
 
 
 def test_tau_schedule_endpoints_and_shape():
@@ -138,16 +124,9 @@ def test_presets_validate_and_build(preset):
 
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
-  config = experiment("byol")
-  config.model.widths = (16, 32, 64)
-  config.total_steps = 20
-  config.batch_size = 64
-  config.log_every_steps = 5
-  config.optimizer.warmup_epochs = 0.0
-  config.eval_baselines = False
-  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
-  config.eval_train_limit = 1000
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  config = tiny("byol", total_steps=20, batch_size=32, **{"optimizer.warmup_epochs": 0.0})
+  # 20 steps cut the held-out loss against the trained target by 2.52 (seed 0); about half
+  # of it is asked.
+  assert_learns(config, tmp_path, margin=1.25, measured=2.52)
   saved = json.load(open(tmp_path / "results.json"))
-  assert saved["steps"] == 20 and "knn@20" in saved
+  assert saved["steps"] == 20 and "knn@5" in saved

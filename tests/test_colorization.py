@@ -5,24 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import color, train
+from sslx import color
 from sslx.methods import colorization
-from tests.helpers import experiment
+from tests.helpers import assert_learns, tiny
 
-
-def tiny_config(steps=6):
-  c = experiment("colorization")
-  c.model.widths = (8, 16, 16, 16)
-  c.method.decoder_widths = (16, 16)
-  c.batch_size = 16
-  c.total_steps = steps
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 0
-  c.tensorboard = False
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 200
-  return c
+SMALL = {"method.decoder_widths": (16, 16)}
 
 
 def test_srgb_to_lab_known_values_and_round_trip():
@@ -68,7 +55,7 @@ def test_bins_soft_encoding_rebalancing_and_annealed_mean():
 
 
 def test_network_sees_only_lightness_and_prior_updates():
-  method = colorization.create(tiny_config(), total_steps=6)
+  method = colorization.create(c := tiny("colorization", **SMALL), total_steps=6)
   rgb = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   gray = np.repeat(rgb.mean(-1, keepdims=True).astype(np.uint8), 3, -1)
   v = method.init(jax.random.PRNGKey(0), rgb)
@@ -77,7 +64,7 @@ def test_network_sees_only_lightness_and_prior_updates():
   loss, aux = jax.jit(method.loss)(
     v.params, v.batch_stats, v.method_state, rgb, jax.random.PRNGKey(1), 0
   )
-  assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
+  assert np.isfinite(float(loss)) and aux.features.shape == (4, c.model.widths[-1])
   grown = np.asarray(aux.method_state["bin_counts"]) - np.asarray(v.method_state["bin_counts"])
   np.testing.assert_allclose(grown.sum(), 4 * 8 * 8, rtol=1e-4)  # one unit per target pixel
   out = np.asarray(method.colorize(v.params, v.batch_stats, gray))
@@ -86,8 +73,7 @@ def test_network_sees_only_lightness_and_prior_updates():
 
 @pytest.mark.slow
 def test_cpu_preset_short_run_learns(tmp_path):
-  c = tiny_config(steps=16)
-  c.optimizer.base_lr = 3e-3
-  results = train.train_and_evaluate(c, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  c = tiny("colorization", total_steps=16, **SMALL, **{"optimizer.base_lr": 3e-3})
+  # 16 steps cut the held-out loss by 0.167 (seed 0); half of it is asked.
+  assert_learns(c, tmp_path, margin=0.08, measured=0.167)
   assert (tmp_path / "results.json").exists()

@@ -4,26 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from sslx import train
 from sslx.methods import context_encoder as ce
-from tests.helpers import experiment
+from tests.helpers import assert_learns, tiny
 
-
-def tiny_config(steps=6, mode="center"):
-  c = experiment("context_encoder")
-  c.model.widths = (8, 16, 16, 16)
-  c.method.decoder_base = 8
-  c.method.disc_widths = (8, 16)
-  c.method.mask_mode = mode
-  c.batch_size = 16
-  c.total_steps = steps
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 0
-  c.tensorboard = False
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 200
-  return c
+SMALL = {"method.decoder_base": 8, "method.disc_widths": (8, 16)}
 
 
 def test_center_mask_and_overlap_weights():
@@ -39,7 +23,7 @@ def test_center_mask_and_overlap_weights():
 
 @pytest.mark.parametrize("mode", ["center", "random_block"])
 def test_each_subtree_gets_exactly_its_own_gradient(mode):
-  method = ce.create(tiny_config(mode=mode), total_steps=6)
+  method = ce.create(tiny("context_encoder", **SMALL, **{"method.mask_mode": mode}), total_steps=6)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
   rng = jax.random.PRNGKey(1)
@@ -67,8 +51,7 @@ def test_each_subtree_gets_exactly_its_own_gradient(mode):
 
 @pytest.mark.slow
 def test_cpu_preset_short_run_learns(tmp_path):
-  c = tiny_config(steps=16)
-  c.optimizer.base_lr = 3e-3
-  results = train.train_and_evaluate(c, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  c = tiny("context_encoder", total_steps=16, **SMALL, **{"optimizer.base_lr": 3e-3})
+  # 16 steps cut the held-out loss by 0.711 (seed 0); half of it is asked.
+  assert_learns(c, tmp_path, margin=0.35, measured=0.711)
   assert (tmp_path / "results.json").exists()

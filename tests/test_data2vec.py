@@ -7,24 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import masking, train
+from sslx import masking
 from sslx.methods import data2vec
-from tests.helpers import experiment
+from tests.helpers import assert_learns, override, tiny
 
 
 def tiny_config(steps=4):
-  c = experiment("data2vec")
-  c.model.dim = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.method.top_k = 2
-  c.batch_size = 16
-  c.total_steps = steps
-  c.log_every_steps = 1
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 500
-  return c
+  """The tiny preset with targets from the top 2 of its 2 blocks."""
+  return tiny("data2vec", total_steps=steps, **{"method.top_k": 2})
 
 
 def images(n=4, seed=0):
@@ -99,11 +89,13 @@ def test_ema_teacher_moves_toward_the_student_and_has_no_gradient():
 
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
-  config = tiny_config(steps=12)
-  config.batch_size = 32
-  config.optimizer.warmup_epochs = 0.0
-  config.optimizer.warmup_steps = 1
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  config = override(
+    tiny_config(steps=12),
+    batch_size=32,
+    **{"optimizer.warmup_epochs": 0.0, "optimizer.warmup_steps": 1},
+  )
+  # 12 steps cut the held-out loss against the trained teacher by 0.187 (seed 0); about half
+  # of it is asked.
+  assert_learns(config, tmp_path, margin=0.09, measured=0.187)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@5" in saved

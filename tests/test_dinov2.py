@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import models, train
+from sslx import models
 from sslx.methods import dinov2
-from tests.helpers import experiment
+from tests.helpers import assert_learns, experiment, tiny
 from tests.test_dino import assert_steps_close, batches, one_step, sgd, tiny_dino
 
 
@@ -232,16 +232,14 @@ def test_variants_give_the_vit_sizes():
 
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
-  config = experiment("dinov2")
-  config.total_steps = 12
-  config.batch_size = 32
-  config.log_every_steps = 4
-  config.model.depth = 2
-  config.augment.num_local_crops = 2
-  config.eval_baselines = False
-  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
-  config.eval_train_limit = 1000
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  config = tiny(
+    "dinov2",
+    total_steps=12,
+    batch_size=32,
+    **{"augment.num_local_crops": 2, "optimizer.warmup_epochs": 0.0},
+  )
+  # 12 steps cut the held-out loss against the trained teacher by 0.599 (seed 0); about
+  # half of it is asked.
+  assert_learns(config, tmp_path, margin=0.3, measured=0.599)
   saved = json.load(open(tmp_path / "results.json"))
-  assert saved["steps"] == 12 and "knn@20" in saved
+  assert saved["steps"] == 12 and "knn@5" in saved

@@ -7,27 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import train
 from sslx.methods import mae
-from tests.helpers import experiment
+from tests.helpers import assert_learns, override, tiny
 
 
 def tiny_config(ratio=0.75, steps=4):
-  c = experiment("mae")
-  c.model.dim = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.method.mask_ratio = ratio
-  c.method.decoder_dim = 32
-  c.method.decoder_depth = 1
-  c.method.decoder_heads = 2
-  c.batch_size = 16
-  c.total_steps = steps
-  c.log_every_steps = 1
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 500
-  return c
+  """The tiny preset with a one-block 32-wide decoder."""
+  return tiny(
+    "mae",
+    total_steps=steps,
+    **{
+      "method.mask_ratio": ratio,
+      "method.decoder_dim": 32,
+      "method.decoder_depth": 1,
+      "method.decoder_heads": 2,
+    },
+  )
 
 
 def images(n=4, seed=0):
@@ -100,11 +95,12 @@ def test_encoder_flops_fall_with_the_mask_ratio():
 
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
-  config = tiny_config(steps=12)
-  config.batch_size = 32
-  config.optimizer.warmup_epochs = 0.0
-  config.optimizer.warmup_steps = 1
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  config = override(
+    tiny_config(steps=12),
+    batch_size=32,
+    **{"optimizer.warmup_epochs": 0.0, "optimizer.warmup_steps": 1},
+  )
+  # 12 steps cut the held-out masked-patch loss by 0.556 (seed 0); about half is asked.
+  assert_learns(config, tmp_path, margin=0.28, measured=0.556)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@5" in saved

@@ -9,33 +9,19 @@ import pytest
 
 from sslx import checkpointing, config_lib, data, methods, train
 from sslx.methods import base, moco
-from tests.helpers import experiment
+from tests.helpers import experiment, override, tiny
 from tests.test_sharding import run_steps
 from tests.test_train import final_state
 
 
 def tiny_moco(steps: int = 6, batch: int = 32, queue: int = 128, version: str = "v2", **overrides):
-  """A moco_v1/moco_v2 preset shrunk to seconds: a narrow CNN, few steps, k-NN only."""
-  c = experiment(f"moco_{version}")
-  c.model.widths = (8, 16)
+  """The tiny moco_v1/moco_v2 preset with a 2-layer 8/16-wide CNN, 16-wide heads and a
+  checkpoint every 3 steps."""
+  c = tiny(f"moco_{version}", total_steps=steps, batch_size=batch, checkpoint_every_steps=3)
   if c.method.projector_hidden:
     c.method.projector_hidden = (32,)
-  c.method.projector_dim = 16
-  c.method.queue_size = queue
-  c.batch_size = batch
-  c.total_steps = steps
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 3
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 500
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  small = {"model.widths": (8, 16), "method.projector_dim": 16, "method.queue_size": queue}
+  return override(c, **{**small, **overrides})
 
 
 def make(config):

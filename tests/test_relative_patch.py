@@ -5,25 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import train
 from sslx.methods import relative_patch as rp
-from tests.helpers import experiment
+from tests.helpers import assert_learns, tiny
 
-
-def tiny_config(steps=6):
-  c = experiment("relative_patch")
-  c.model.widths = (8, 16)
-  c.method.tile_dim = 16
-  c.method.head_hidden = (32,)
-  c.batch_size = 16
-  c.total_steps = steps
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 0
-  c.tensorboard = False
-  c.eval_baselines = False
-  c.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
-  c.eval_train_limit = 200
-  return c
+SMALL = {"method.tile_dim": 16, "method.head_hidden": (32,)}
 
 
 def corners(seed, gap, jitter, size=48, patch=12):
@@ -92,20 +77,20 @@ def test_chromatic_aberration_guards_act():
 
 
 def test_loss_runs_and_encode_is_whole_image():
-  c = tiny_config()
+  c = tiny("relative_patch", **SMALL)
   method = rp.create(c, total_steps=6)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
   loss, aux = jax.jit(method.loss)(
     v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
   )
-  assert abs(float(loss) - np.log(8)) < 1.0 and aux.features.shape == (4, 16)
+  assert abs(float(loss) - np.log(8)) < 1.0 and aux.features.shape == (4, c.model.widths[-1])
 
 
 @pytest.mark.slow
 def test_cpu_preset_short_run_learns(tmp_path):
-  c = tiny_config(steps=20)
-  c.optimizer.base_lr = 3e-3
-  results = train.train_and_evaluate(c, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  c = tiny("relative_patch", total_steps=20, **SMALL, **{"optimizer.base_lr": 3e-3})
+  # 20 steps cut the held-out 8-way loss by 0.047 (seed 0): a small drop over so few steps, but
+  # a method that learns nothing drops by exactly 0. Over 40% of it is asked.
+  assert_learns(c, tmp_path, margin=0.02, measured=0.047)
   assert (tmp_path / "results.json").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sslx import checkpointing, data, losses, train
-from tests.helpers import REPO, tiny_simclr
+from tests.helpers import REPO, assert_learns, tiny_simclr
 
 
 def final_state(config, workdir):
@@ -24,10 +24,9 @@ def final_state(config, workdir):
 
 
 def test_short_run_learns_and_writes_everything(tmp_path):
-  config = tiny_simclr(steps=24, batch=64)
-  config.optimizer.base_lr = 3e-3
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"] - 0.1
+  config = tiny_simclr(steps=24, batch=64, **{"optimizer.base_lr": 3e-3})
+  # 24 steps cut the held-out NT-Xent by 0.331 (seed 0); half of it is asked.
+  results = assert_learns(config, tmp_path, margin=0.16, measured=0.331)
   assert 10.0 < results["knn@5"] <= 100.0
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 24 and saved["knn@5"] == results["knn@5"]

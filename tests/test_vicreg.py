@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import sharding, train
+from sslx import sharding
 from sslx.methods import vicreg
-from tests.helpers import experiment
+from tests.helpers import assert_learns, experiment, tiny
 from tests.test_byol import tiny_byol
 from tests.test_dino import batches, one_step, sgd
 
@@ -116,18 +116,8 @@ def test_presets_validate_and_build(preset):
 
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
-  config = experiment("vicreg")
-  config.model.widths = (16, 32, 64)
-  config.method.expander_hidden = (128, 128)
-  config.method.expander_dim = 128
-  config.total_steps = 20
-  config.batch_size = 64
-  config.log_every_steps = 5
-  config.optimizer.warmup_epochs = 0.0
-  config.eval_baselines = False
-  config.evals = {"knn": {"ks": (20,), "temperature": 0.07}}
-  config.eval_train_limit = 1000
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["train_loss_last"] < results["train_loss_first"]
+  config = tiny("vicreg", total_steps=20, batch_size=32, **{"optimizer.warmup_epochs": 0.0})
+  # 20 steps cut the held-out loss by 16.3 (seed 0); half of it is asked.
+  assert_learns(config, tmp_path, margin=8.0, measured=16.3)
   saved = json.load(open(tmp_path / "results.json"))
-  assert saved["steps"] == 20 and "knn@20" in saved
+  assert saved["steps"] == 20 and "knn@5" in saved
