@@ -9,16 +9,19 @@ r"""DINOv2-style (Oquab et al. 2023: DINO + iBOT + KoLeo) experiment presets.
       one and raw pixels; the pretrained k-NN beats random init (figures in BUILD_NOTES.md).
       Sinkhorn-Knopp centering: --config.method.centering=sinkhorn_knopp.
   cifar10: ViT-S/4 on 32 px, 2×32 + 8×16 crops, K = 4096, batch 512, AdamW 5e-4·B/256,
-      200 epochs, τ_t 0.04 → 0.07 over 30%, teacher momentum 0.992 → 1, Sinkhorn-Knopp.
+      weight decay cosine 0.04 → 0.4, gradient clipping at global norm 3, 200 epochs, τ_t 0.04 → 0.07 over 30%, teacher momentum 0.992 → 1, Sinkhorn-Knopp.
   imagenet: ViT-L/16 on ImageNet-1k, 2×224 + 8×96 crops, K = 65,536, separate iBOT head,
-      Sinkhorn-Knopp, KoLeo 0.1, drop-path 0.3 (0.4 for g), momentum 0.992, 100 epochs — the
-      paper's training hyper-parameters (§4, Appendix B). The paper's own figures are for
+      Sinkhorn-Knopp, KoLeo 0.1, drop-path 0.3 (0.4 for g), momentum 0.992, weight decay
+      cosine 0.04 → 0.4, gradient clipping 3.0, 100 epochs — the paper's training
+      hyper-parameters (§4, Appendix B). The paper's own figures are for
       LVD-142M pretraining, so none is quoted for ImageNet-1k.
 
 Sizes: `variant=S|B|L|g` (and `patch=P`) picks ViT-S/B/L/g, e.g.
 `experiments/dinov2.py:imagenet,variant=g,patch=14`. ViT-g (dim 1536, 40 blocks, 24 heads)
 is built as `vit_huge` with those widths and a GELU MLP of ratio 4, which has the same
 parameter count as the paper's SwiGLU FFN (3 × 1536 × 4096).
+
+Every preset evaluates the teacher (`method.eval_encoder="teacher"`, as the paper).
 
 Flags: presets take extra words, e.g. `experiments/dinov2.py:cpu,steps=50`. Any key can be
 overridden with --config.<key>=value; an unknown key fails at once.
@@ -139,6 +142,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         base_lr=5e-4,
         lr_scaling="linear",
         weight_decay=0.04,
+        weight_decay_end=0.4,
+        grad_clip_norm=3.0,
         warmup_epochs=10.0,
         final_lr_fraction=2e-3,
       )
@@ -200,6 +205,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         base_lr=5e-4,
         lr_scaling="linear",
         weight_decay=0.04,
+        weight_decay_end=0.4,
+        grad_clip_norm=3.0,
         warmup_epochs=10.0,
         final_lr_fraction=2e-3,
       )
