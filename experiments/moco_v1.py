@@ -22,6 +22,10 @@ weaker augmentation: random resized crop (scale 0.2-1), grayscale p=0.2, colour 
   imagenet: ResNet-50, batch 256, queue 65,536, m=0.999, SGD lr 0.03 wd 1e-4, 200 epochs:
       the paper's recipe (60.6% linear top-1 reported).
 
+The SGD presets decay every parameter, biases and BatchNorm included, as the official code's
+`torch.optim.SGD(model.parameters(), weight_decay=...)` does (`optimizer.decay_all=False`
+exempts biases and norms, sslx's default elsewhere).
+
 Flags: presets take extra words, e.g. `experiments/moco_v1.py:cpu,steps=50`. Any key can be
 overridden with --config.<key>=value; an unknown key fails at once.
 """
@@ -95,6 +99,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(
       dict(
         name="sgd",
+        decay_all=True,  # torch.optim.SGD's weight decay: every parameter, as MoCo's code
         base_lr=0.06,
         lr_scaling="linear",
         weight_decay=5e-4,
@@ -130,6 +135,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(
       dict(
         name="sgd",
+        decay_all=True,  # torch.optim.SGD's weight decay: every parameter, as MoCo's code
         base_lr=0.03,
         lr_scaling="linear",
         weight_decay=1e-4,
