@@ -39,6 +39,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       predictor_hidden=(512,),
       base_momentum=0.99,
       collapse_std=0.05,
+      eval_encoder="online",
     )
   )
   c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))

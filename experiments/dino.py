@@ -56,6 +56,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       center_momentum=0.9,
       base_momentum=0.99,
       collapse_std=0.05,
+      eval_encoder="teacher",
     )
   )
   # Patch 8 on 32 px (a 4x4 grid; 2x2 on the 16 px local crops): ~4x cheaper than patch 4,

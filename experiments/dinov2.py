@@ -77,6 +77,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       mask_probability=0.5,
       mask_ratio=(0.1, 0.5),
       collapse_std=0.05,
+      eval_encoder="teacher",
     )
   )
   # Patch 8 on 32 px (a 4x4 grid; 2x2 on the 16 px local crops): ~4x cheaper than patch 4,

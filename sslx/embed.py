@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from sslx.methods import base
+
 METHODS = ("tsne", "umap")
 _EXTRA = "pip install 'sslx[plots]'"
 
@@ -98,8 +100,12 @@ def checkpoint_features(config, workdir: str, split: str | None = None, limit: i
     idx = np.random.default_rng(0).permutation(len(images))[:limit]
     images, labels = images[idx], labels[idx]
 
+  params, batch_stats = base.eval_variables(
+    setup.method, state.params["model"], state.batch_stats, state.method_state
+  )
+
   def encode(x):
-    return setup.method.encode(state.params["model"], state.batch_stats, x)
+    return setup.method.encode(params, batch_stats, x)
 
   feats = evaluation.extract(encode, images, setup.mesh, config.get("eval_batch_size", 512))
   return feats, labels, getattr(test, "class_names", None), step

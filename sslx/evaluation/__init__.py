@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import progress, sharding
+from sslx.methods import base
 
 _NOT_PROTOCOLS = {"features"}
 # Protocols that are not frozen-feature evaluations are still run through config.evals:
@@ -97,8 +98,9 @@ def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np
 
 def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
-  untrained initial encoder and on raw pixels). Returns flat results for the trained encoder
-  plus {"baselines": {...}}."""
+  untrained initial encoder and on raw pixels). The encoder is the network the method
+  evaluates (`methods.base.eval_variables`: e.g. DINO's teacher), named in the result's
+  `eval_encoder`. Returns flat results for the trained encoder plus {"baselines": {...}}."""
   if not config.get("evals"):
     return {}
   eval_data = eval_data or load_eval_data(config)
@@ -125,13 +127,17 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
     )
     return run_protocols(config.evals, feats)
 
-  results = evaluate(state.params["model"], state.batch_stats)
+  results = evaluate(
+    *base.eval_variables(method, state.params["model"], state.batch_stats, state.method_state)
+  )
   table = {"pretrained": results}
   if config.get("eval_baselines", False):
     # The encoder pretraining started from (same key split as train.init_state).
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
-    table["random_init"] = evaluate(init.params, init.batch_stats)
+    table["random_init"] = evaluate(
+      *base.eval_variables(method, init.params, init.batch_stats, init.method_state)
+    )
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
     table["raw_pixels"] = run_protocols(
       config.evals,
@@ -146,7 +152,7 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
   if writer is not None:
     writer.scalars(step, results, prefix="eval/")
   progress.console(format_table(table))
-  out = dict(results)
+  out = dict(results, eval_encoder=base.eval_encoder(method))
   if len(table) > 1:
     out["baselines"] = {k: v for k, v in table.items() if k != "pretrained"}
   return out

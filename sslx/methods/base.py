@@ -14,6 +14,12 @@ and optionally
       called inside the jitted step after the optimizer update, with the updated params
       (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher).
 
+  eval_variables(params, batch_stats, method_state) -> (params, batch_stats)
+      the variables evaluation (k-NN, linear probe, fine-tuning, embeddings) applies `encode`
+      to, when they are not the trained params: DINO/DINOv2 evaluate the EMA teacher, as the
+      papers do. The method names its choice in an `eval_encoder` attribute (written to
+      results.json); without the hook the trained ("online") params are evaluated.
+
   collapse_warning(metrics: dict[str, float]) -> str | None
       called on the host at every log step with the averaged metrics; a message is printed
       as a warning (e.g. embedding std or teacher entropy falling toward collapse).
@@ -72,6 +78,26 @@ class Preprocess:
       raise ValueError(f"dataset.normalization={name!r}; valid choices: {sorted(stats)}")
     mean, std = stats[name]
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def eval_variables(method, params, batch_stats, method_state):
+  """(params, batch_stats) that evaluation applies `method.encode` to (see the module
+  docstring): the method's `eval_variables` hook, else the trained params."""
+  hook = getattr(method, "eval_variables", None)
+  if hook is None:
+    return params, batch_stats
+  return hook(params, batch_stats, method_state)
+
+
+def eval_encoder(method) -> str:
+  """The name of the network evaluation uses (results.json's `eval_encoder`)."""
+  return getattr(method, "eval_encoder", "online")
+
+
+def check_eval_encoder(value: str, choices: tuple[str, ...]) -> str:
+  if value not in choices:
+    raise ValueError(f"method.eval_encoder={value!r}; valid: {list(choices)}")
+  return value
 
 
 def model_kwargs(model_cfg) -> dict:

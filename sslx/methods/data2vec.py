@@ -203,9 +203,7 @@ def create(config, total_steps: int) -> Data2Vec:
   norm = m.get("target_norm", "layer")
   if norm not in ("instance", "layer"):
     raise ValueError(f"method.target_norm={norm!r}; valid: 'layer', 'instance'")
-  eval_encoder = m.get("eval_encoder", "student")
-  if eval_encoder not in EVAL_ENCODERS:
-    raise ValueError(f"method.eval_encoder={eval_encoder!r}; valid: {EVAL_ENCODERS}")
+  eval_encoder = base.check_eval_encoder(m.get("eval_encoder", "student"), EVAL_ENCODERS)
   anneal = int(m.get("ema_anneal_steps", 0)) or int(total_steps)
   return Data2Vec(
     encoder=encoder,
