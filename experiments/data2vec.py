@@ -8,8 +8,9 @@ r"""data2vec (Baevski et al. 2022) image experiment presets.
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels (figures in the lead's BUILD_NOTES.md).
   cifar10: ViT-S/4 on 32 px, 60% blockwise masking, top-K = 6 of 12, layer-norm targets,
-      smooth-L1 β 2, gradient clipping at global norm 3, EMA 0.999 → 0.9999, batch 512, AdamW lr 1e-3·B/256, β2 0.999,
-      weight decay 0.05, 40 warm-up epochs, 800 epochs (the ViT-B recipe scaled to CIFAR).
+      smooth-L1 β 2, gradient clipping at global norm 3, EMA 0.999 → 0.9999, batch 512,
+      AdamW lr 1e-3·B/256, β2 0.999, weight decay 0.05, 40 warm-up epochs, 800 epochs (the
+      ViT-B recipe scaled to CIFAR).
         python -m sslx.main --config=experiments/data2vec.py:cifar10 \
           --config.dataset.path=/data/cifar10-{split}.tar.gz --workdir=...
   imagenet: ViT-B/16, 60% blockwise masking, K = 6, τ 0.9998 constant, batch 2048, AdamW lr

@@ -9,7 +9,8 @@ r"""DINOv2-style (Oquab et al. 2023: DINO + iBOT + KoLeo) experiment presets.
       one and raw pixels; the pretrained k-NN beats random init (figures in BUILD_NOTES.md).
       Sinkhorn-Knopp centering: --config.method.centering=sinkhorn_knopp.
   cifar10: ViT-S/4 on 32 px, 2×32 + 8×16 crops, K = 4096, batch 512, AdamW 5e-4·B/256,
-      weight decay cosine 0.04 → 0.4, gradient clipping at global norm 3, 200 epochs, τ_t 0.04 → 0.07 over 30%, teacher momentum 0.992 → 1, Sinkhorn-Knopp.
+      weight decay cosine 0.04 → 0.4, gradient clipping at global norm 3, 200 epochs,
+      τ_t 0.04 → 0.07 over 30%, teacher momentum 0.992 → 1, Sinkhorn-Knopp.
   imagenet: ViT-L/16 on ImageNet-1k, 2×224 + 8×96 crops, K = 65,536, separate iBOT head,
       Sinkhorn-Knopp, KoLeo 0.1, drop-path 0.3 (0.4 for g), momentum 0.992, weight decay
       cosine 0.04 → 0.4, gradient clipping 3.0, 100 epochs — the paper's training

@@ -607,3 +607,29 @@ def test_layer_scale_and_relative_position_bias():
   assert out["tokens"].shape == (2, 4, 32)
   with pytest.raises(ValueError, match="another patch grid"):
     model.apply(v, jnp.ones((1, 8, 8, 3)), train=False)
+
+
+def test_simclr_projector_ends_in_batchnorm_with_scale_and_no_shift():
+  from sslx import methods
+  from tests.helpers import tiny_simclr
+
+  c = tiny_simclr()
+  assert c.method.projector_out_bn is False  # the demo preset as measured
+  c.method.projector_out_bn = True
+  method = methods.get("simclr").create(c, total_steps=10)
+  x = jax.random.normal(KEY, (32, 16))
+  head = method.net.projector
+  v = head.init(KEY, x, train=False)
+  p = v["params"]
+  assert set(p["bn_out"]) == {"scale"} and "bias" not in p["fc1"]  # Linear(no bias) -> BN
+  scale = jax.random.uniform(KEY, (16,), minval=0.5, maxval=2.0)
+  p = dict(p, bn_out={"scale": scale})
+  z, _ = head.apply(
+    {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+  )
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)  # batch-normalised, no shift
+  np.testing.assert_allclose(z.std(0), scale, rtol=1e-2)  # ... times the learned scale
+  for preset in ("cifar10", "imagenet"):
+    from tests.helpers import experiment
+
+    assert experiment("simclr", preset).method.projector_out_bn is True
