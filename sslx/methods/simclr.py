@@ -35,7 +35,7 @@ chunk of its positive (the leak MoCo's shuffle BN removes). The rows are permute
 chunking instead: chunk k holds view 1 of the k-th block of c/2 consecutive images and view 2
 of the images i ≡ k (mod n), n the number of chunks. The view-1 sets of the chunks are
 disjoint, so are the view-2 sets, no two chunks hold the same image set, and every two chunks
-share about the same number of images (exactly 2·c/(2n) when n divides c/2), the pair holding
+share about the same number of images (exactly c/n when n divides c/2), the pair holding
 an image's two views no more than any other pair. The embeddings are put back in the
 original order before the loss.
 """
