@@ -18,140 +18,61 @@ r"""data2vec (Baevski et al. 2022) image experiment presets.
       drop path 0.25, layer scale 1e-4, 40 warm-up epochs, 800 epochs (paper §4.1 "Computer
       vision" and the released data2vec_vision command: 84.2% fine-tuned top-1 for ViT-B).
       The student is evaluated (`method.eval_encoder="student"`).
-
-Flags: presets take extra words, e.g. `experiments/data2vec.py:cpu,steps=50`. Any key can be
-overridden with --config.<key>=value; an unknown key fails at once.
 """
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
+
+
+def cpu(opts) -> ml_collections.ConfigDict:
+  del opts
+  c = cl.base_config()
+  c.method = cl.method(
+    "data2vec",
+    mask_ratio=0.6,
+    top_k=2,
+    target_norm="layer",
+    loss_beta=2.0,
+    ema_decay=0.99,
+    ema_end_decay=0.999,
+    ema_anneal_steps=0,
+    eval_encoder="student",
+  )
+  c.model = cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
+  # data2vec (like BEiT) uses random-resized-crop and flip, plus mild colour jitter.
+  c.augment = cl.two_views(32, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.0), grayscale_prob=0.0)
+  c.optimizer = cl.optimizer("adamw", 1e-3, weight_decay=0.05, warmup_epochs=0.5)
+  c.batch_size = 128
+  c.num_epochs = 4.0
+  return c
+
+
+def cifar10(c, opts):
+  c.model = cl.model("vit_small", patch_size=4, pool="mean", drop_path_rate=0.1)
+  c.method.update(top_k=6, ema_decay=0.999, ema_end_decay=0.9999)
+  c.optimizer = cl.optimizer(
+    "adamw",
+    1e-3,
+    lr_scaling="linear",
+    weight_decay=0.05,
+    warmup_epochs=40.0,
+    grad_clip_norm=3.0,
+  )
+  cl.cifar10_run(c, batch_size=512, epochs=800)
+
+
+def imagenet(c, opts):
+  c.model = cl.model("vit_base", patch_size=16, pool="mean", drop_path_rate=0.25, layer_scale=1e-4)
+  c.augment.crop_size = 224
+  c.augment.crop_scale = (0.08, 1.0)
+  # the released recipe: τ = 0.9998 from the first update on, not annealed
+  c.method.update(top_k=6, ema_decay=0.9998, ema_end_decay=0.9998)
+  c.optimizer = cl.optimizer(
+    "adamw", 2e-3, weight_decay=0.05, warmup_epochs=40.0, grad_clip_norm=3.0
+  )
+  cl.imagenet_run(c, batch_size=2048, epochs=800)
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="data2vec",
-      mask_ratio=0.6,
-      top_k=2,
-      target_norm="layer",
-      loss_beta=2.0,
-      ema_decay=0.99,
-      ema_end_decay=0.999,
-      ema_anneal_steps=0,
-      eval_encoder="student",
-    )
-  )
-  c.model = ml_collections.ConfigDict(
-    dict(name="vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
-  )
-  # data2vec (like BEiT) uses random-resized-crop and flip, plus mild colour jitter.
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.2, 1.0),
-      brightness=0.4,
-      contrast=0.4,
-      saturation=0.4,
-      hue=0.0,
-      jitter_prob=0.8,
-      grayscale_prob=0.0,
-      blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1e-3,
-      lr_scaling="none",
-      b1=0.9,
-      b2=0.999,
-      weight_decay=0.05,
-      warmup_epochs=0.5,
-      final_lr_fraction=0.0,
-    )
-  )
-  c.batch_size = 128
-  c.num_epochs = 4.0
-
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.model = ml_collections.ConfigDict(
-      dict(name="vit_small", patch_size=4, pool="mean", drop_path_rate=0.1)
-    )
-    c.dataset.name = "image_folder"
-    c.method.top_k = 6
-    c.method.ema_decay = 0.999
-    c.method.ema_end_decay = 0.9999
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=1e-3,
-        lr_scaling="linear",
-        b1=0.9,
-        b2=0.999,
-        weight_decay=0.05,
-        warmup_epochs=40.0,
-        final_lr_fraction=0.0,
-        grad_clip_norm=3.0,
-      )
-    )
-    c.batch_size = 512
-    c.num_epochs = 800.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-  elif preset == "imagenet":
-    c.model = ml_collections.ConfigDict(
-      dict(name="vit_base", patch_size=16, pool="mean", drop_path_rate=0.25, layer_scale=1e-4)
-    )
-    c.dataset = ml_collections.ConfigDict(
-      dict(
-        name="tfds",
-        tfds_name="imagenet2012",
-        data_dir="",
-        path="",
-        train_split="train",
-        eval_split="validation",
-        image_size=224,
-        num_workers=8,
-        normalization="imagenet",
-      )
-    )
-    c.augment.crop_size = 224
-    c.augment.crop_scale = (0.08, 1.0)
-    c.method.top_k = 6
-    # the released recipe: τ = 0.9998 from the first update on, not annealed
-    c.method.ema_decay = 0.9998
-    c.method.ema_end_decay = 0.9998
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=1e-3,
-        lr_scaling="none",
-        b1=0.9,
-        b2=0.999,
-        weight_decay=0.05,
-        warmup_epochs=40.0,
-        final_lr_fraction=0.0,
-        grad_clip_norm=3.0,
-      )
-    )
-    c.optimizer.base_lr = 2e-3
-    c.batch_size = 2048
-    c.num_epochs = 800.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-    c.eval_train_limit = 100_000
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/data2vec.py; valid: cpu, cifar10, imagenet"
-    )
-  return config_lib.with_duration(c, opts)
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10, imagenet=imagenet)

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import progress, sharding
-from sslx.methods import base
 
 _NOT_PROTOCOLS = {"features"}
 # Protocols that are not frozen-feature evaluations are still run through config.evals:
@@ -99,7 +98,7 @@ def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np
 def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
   untrained initial encoder and on raw pixels). The encoder is the network the method
-  evaluates (`methods.base.eval_variables`: e.g. DINO's teacher), named in the result's
+  evaluates (`Method.eval_variables`: e.g. DINO's teacher), named in the result's
   `eval_encoder`. Returns flat results for the trained encoder plus {"baselines": {...}}."""
   if not config.get("evals"):
     return {}
@@ -128,7 +127,7 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
     return run_protocols(config.evals, feats)
 
   results = evaluate(
-    *base.eval_variables(method, state.params["model"], state.batch_stats, state.method_state)
+    *method.eval_variables(state.params["model"], state.batch_stats, state.method_state)
   )
   table = {"pretrained": results}
   if config.get("eval_baselines", False):
@@ -136,7 +135,7 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
     table["random_init"] = evaluate(
-      *base.eval_variables(method, init.params, init.batch_stats, init.method_state)
+      *method.eval_variables(init.params, init.batch_stats, init.method_state)
     )
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
     table["raw_pixels"] = run_protocols(
@@ -152,7 +151,7 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
   if writer is not None:
     writer.scalars(step, results, prefix="eval/")
   progress.console(format_table(table))
-  out = dict(results, eval_encoder=base.eval_encoder(method))
+  out = dict(results, eval_encoder=method.eval_encoder)
   if len(table) > 1:
     out["baselines"] = {k: v for k, v in table.items() if k != "pretrained"}
   return out

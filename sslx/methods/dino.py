@@ -57,7 +57,7 @@ import numpy as np
 
 from sslx import models, multicrop
 from sslx.methods import base
-from sslx.methods.byol import cosine_momentum, ema, embedding_std_metrics, std_warning
+from sslx.methods.common import cosine_momentum, ema, embedding_std_metrics, std_warning
 from sslx.models.dino_head import DINOHead
 
 
@@ -167,7 +167,7 @@ def _drop_rng(rng):
   return {"dropout": rng}
 
 
-class EMATeacher:
+class EMATeacher(base.Method):
   """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
   features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
   `self.preprocess`, `self.momentum(step)` and `self.eval_encoder`; `method_state["teacher"]`

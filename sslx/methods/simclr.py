@@ -84,7 +84,7 @@ def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLR:
+class SimCLR(base.Method):
   net: EncoderWithProjector
   view: augment.ViewParams | None
   preprocess: base.Preprocess
