@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from sslx import evaluation, methods, sharding, train
-from sslx.methods import base
 from sslx.state import TrainState
 from tests.helpers import experiment
 from tests.test_dino import tiny_dino
@@ -78,18 +77,18 @@ def test_each_method_names_the_encoder_it_evaluates():
   byol = methods.get("byol").create(experiment("byol"), total_steps=10)
   d2v = methods.get("data2vec").create(experiment("data2vec"), total_steps=10)
   simclr = methods.get("simclr").create(experiment("simclr"), total_steps=10)
-  assert (byol.eval_encoder, d2v.eval_encoder, base.eval_encoder(simclr)) == (
+  assert (byol.eval_encoder, d2v.eval_encoder, simclr.eval_encoder) == (
     "online",
     "student",
     "online",
   )
   p, b, s = {"encoder": 1}, {"x": 2}, {"teacher": 3, "target": {"params": {}, "batch_stats": {}}}
   for method in (byol, d2v, simclr):
-    assert base.eval_variables(method, p, b, s) == (p, b)
+    assert method.eval_variables(p, b, s) == (p, b)
   c = experiment("data2vec")
   c.method.eval_encoder = "teacher"
   teacher = methods.get("data2vec").create(c, total_steps=10)
-  assert base.eval_variables(teacher, p, b, s)[0] == {"encoder": 3}
+  assert teacher.eval_variables(p, b, s)[0] == {"encoder": 3}
   c.method.eval_encoder = "ema"
   with pytest.raises(ValueError, match="eval_encoder='ema'"):
     methods.get("data2vec").create(c, total_steps=10)
