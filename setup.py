@@ -14,6 +14,11 @@ CORE = [
   "clu==0.0.12",
   "numpy>=2.0,<3",
   "pillow>=10",
+  # Host crops (sslx.data.crops): libjpeg-turbo scaled decoding and SIMD resizing.
+  "simplejpeg==1.9.0",
+  "opencv-python-headless==5.1.0.95",
+  # Prepared datasets (sslx.data.array_records): ArrayRecord shards.
+  "array-record==0.8.6",
   "tensorboardX==2.6.5",
   "absl-py>=2",
 ]

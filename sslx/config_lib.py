@@ -111,20 +111,24 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
     image_size=32,
     num_workers=0,
     normalization="cifar10",
+    # Random-resized crops made on the host from the full image (sslx.data.crops); the device
+    # then only flips and colours. For large photos (imagenet_run turns it on where the method
+    # takes host views); 32 px data keeps the device crop.
+    host_crops=False,
   )
   kinds = {
     "embedded": dict(small, name="embedded"),
     "cifar10": dict(small, name="image_folder"),
     "imagenet": dict(
+      small,
       name="tfds",
       tfds_name="imagenet2012",
       data_dir="",
-      path="",
-      train_split="train",
       eval_split="validation",
       image_size=224,
       num_workers=8,
       normalization="imagenet",
+      host_crops=False,
     ),
   }
   if kind not in kinds:
@@ -271,6 +275,7 @@ def imagenet_run(
   """`long_run` on ImageNet: the tfds dataset, a checkpoint every 5000 steps, and the frozen
   evaluations on a 100k-image class-balanced subset of the train split."""
   c.dataset = dataset("imagenet")
+  c.dataset.host_crops = c.method.name in data.HOST_CROP_METHODS
   c.eval_train_limit = 100_000
   return long_run(c, batch_size=batch_size, epochs=epochs, checkpoint_every_steps=5000)
 

@@ -31,7 +31,7 @@ ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
 
 
 def load_results(workdir: str) -> dict:
-  """workdir/results.json; a later `sslx.evaluate` pass (under "evaluate") overrides the
+  """workdir/results.json; a later `python -m sslx evaluate` pass (under "evaluate") overrides the
   accuracies it re-measured."""
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metrics as clu_metrics
 
 from sslx import (
   checkpointing,
@@ -217,13 +216,68 @@ def compile_step(setup: Setup, probe_enabled: bool):
   )
 
 
-def _average(collection, metrics: dict):
-  update = {
-    k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items() if k != "finite"
-  }
-  if collection is None:
-    return update
-  return {k: collection[k].merge(v) for k, v in update.items()}
+def _accumulating_step(state, batch, sums, **kwargs):
+  """``train_step`` plus running sums of its metrics, kept on the devices between log steps."""
+  state, metrics = train_step(state, batch, **kwargs)
+  return state, metrics, add_metrics(sums, metrics)
+
+
+def add_metrics(sums: dict, metrics: dict) -> dict:
+  """``sums`` + this step's scalar metrics (all but "finite"), and one more in ``"steps"``."""
+  out = {k: sums[k] + jnp.asarray(v, jnp.float32) for k, v in metrics.items() if k != "finite"}
+  out["steps"] = sums["steps"] + 1.0
+  return out
+
+
+def compile_accumulating_step(setup: Setup, probe_enabled: bool):
+  """``(state, batch, sums) -> (state, metrics, sums)``: the train step that also adds its
+  metrics to ``sums`` inside the jitted computation (no per-step host work for them)."""
+  step = functools.partial(
+    _accumulating_step,
+    method=setup.method,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    probe_enabled=probe_enabled,
+  )
+  rep = sharding.replicated(setup.mesh)
+  return jax.jit(
+    step,
+    in_shardings=(setup.state_sharding, setup.batch_sharding, rep),
+    out_shardings=(setup.state_sharding, rep, rep),
+    donate_argnums=(0, 2),
+  )
+
+
+def zero_metric_sums(setup: Setup, probe_enabled: bool, state, batch) -> dict:
+  """Zeros in the shape of ``add_metrics``'s sums for this step (traced, not compiled)."""
+  step = functools.partial(
+    train_step,
+    method=setup.method,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    probe_enabled=probe_enabled,
+  )
+  _, metrics = jax.eval_shape(step, state, batch)
+  rep = sharding.replicated(setup.mesh)
+  names = [k for k in metrics if k != "finite"] + ["steps"]
+  return {k: jax.device_put(np.zeros((), np.float32), rep) for k in names}
+
+
+def _device_batches(config, source, setup: Setup) -> data.DevicePrefetcher:
+  """Global batches on the devices, two steps ahead; views made on the host when
+  ``dataset.host_crops`` (see sslx.data.crops)."""
+  maker = None
+  if config.dataset.get("host_crops", False):
+    maker = data.ViewMaker(data.crop_groups(setup.method, config.method.name), config.seed)
+  loader = data.make_train_loader(
+    source,
+    config.batch_size,
+    config.seed,
+    num_workers=config.dataset.get("num_workers", 0),
+    view_maker=maker,
+  )
+  # to_device looked up now, so a test can replace data.to_global_array around one run
+  return data.DevicePrefetcher(loader, setup.batch_sharding, size=2, to_device=data.to_global_array)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -236,12 +290,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_source = data.build_source(config.dataset, config.dataset.train_split)
   num_classes = getattr(train_source, "num_classes", 0)
-  loader = data.make_train_loader(
-    train_source, config.batch_size, config.seed, num_workers=config.dataset.get("num_workers", 0)
-  )
   size = train_source.image_size
   sample = np.zeros((2, size, size, 3), np.uint8)
   setup = build(config, sample, len(train_source), num_classes)
+  loader = _device_batches(config, train_source, setup)
   probe_enabled = bool(config.online_probe.get("enabled", True)) and num_classes > 0
   state = create_state(setup, config.seed, sample)
   start = 0
@@ -253,7 +305,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  step_fn = compile_step(setup, probe_enabled)
+  step_fn = compile_accumulating_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
@@ -264,13 +316,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
   )
 
-  acc, prev_metrics, step, t_train, t_compile = None, None, start, 0.0, None
+  sums, zero_sums, prev_metrics, step, t_train, t_compile = None, None, None, start, 0.0, None
   first_loss = last_loss = None
   t0 = time.perf_counter()
   try:
     while step < setup.total_steps:
-      batch = data.to_global_array(next(loader), setup.batch_sharding)
-      state, metrics = step_fn(state, batch)
+      batch = next(loader)  # already on the devices (DevicePrefetcher)
+      if sums is None:  # after a log step: the sums start again from zero on the devices
+        if zero_sums is None:
+          zero_sums = zero_metric_sums(setup, probe_enabled, state, batch)
+        sums = jax.tree.map(jnp.copy, zero_sums)
+      state, metrics, sums = step_fn(state, batch, sums)
       # Check the previous step's loss while this one runs: no host sync on the hot path,
       # and a non-finite loss still stops the run within one step (the update was skipped).
       if prev_metrics is not None and not bool(prev_metrics["finite"]):
@@ -280,14 +336,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         )
       prev_metrics = metrics
       step += 1
-      acc = _average(acc, metrics)
       if t_compile is None:
         jax.block_until_ready(metrics)
         t_compile = time.perf_counter() - t0
         prog = progress.Progress(setup.total_steps, step, 2 * config.batch_size)
         t_loop = time.perf_counter()
       if step % log_every == 0 or step == setup.total_steps:
-        values = {k: float(v.compute()) for k, v in acc.items()}
+        host = jax.device_get(sums)
+        values = {k: float(v / host["steps"]) for k, v in host.items() if k != "steps"}
         first_loss = values["loss"] if first_loss is None else first_loss
         last_loss = values["loss"]
         if not bool(metrics["finite"]):
@@ -303,7 +359,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             rates,
           )
         )
-        acc = None
+        sums = None
         warning = setup.method.collapse_warning(values)
         if warning:
           log.warning("step %d: %s", step, warning)
@@ -325,6 +381,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mngr.wait_until_finished()
     raise
   finally:
+    loader.close()
     mngr.wait_until_finished()
     writer.flush()
 

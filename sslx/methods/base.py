@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sslx import augment, models
+from sslx import augment, models, multicrop
 
 
 class Variables(NamedTuple):
@@ -196,6 +196,11 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
 
 def two_views(rng, images, view, preprocess):
   """[2B, S, S, 3] normalised views: rows i and i + B come from image i."""
+  if isinstance(images, multicrop.HostViews):  # cropped on the host (dataset.host_crops)
+    x = multicrop.view_major(images.global_views)
+    if view is None:
+      return preprocess(x)
+    return preprocess(augment.augment_views(rng, x, (view, view), cropped=True))
   if view is None:
     x = preprocess(images)
     return jnp.concatenate([x, x], axis=0)

@@ -3,7 +3,7 @@
     python -m sslx visualize reconstruction --config=experiments/mae.py \
         --workdir=/tmp/mae-cpu --out=recon.png [--num_images=8]
 
-Restores the latest checkpoint in --workdir exactly as `sslx.evaluate` does (same config ⇒
+Restores the latest checkpoint in --workdir with `train.restore_latest` (same config ⇒
 same method and model, checked), takes the first `num_images` test images (no augmentation),
 masks them with the method's own masking (a fixed key, so the figure is reproducible) and
 writes one column per image, three rows: the original, the masked input (masked patches grey),
