@@ -58,7 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
+  # Wall-clock cadence beside the step cadence (0: off); a save happens when either is due.
+  c.checkpoint_every_minutes = 0.0
   c.keep_checkpoints = 2
+  # Steps that are multiples of this are kept forever beside the latest ones (0: none).
+  c.keep_every_steps = 0
   c.tensorboard = True
   c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
   c.evals = ml_collections.ConfigDict(
@@ -70,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_baselines = True
   c.eval_batch_size = 500
   c.eval_train_limit = 0
+  # k-NN on a fixed subset every N steps, to TensorBoard (eval/knn@k); 0: off
+  c.eval_every_steps = 0
+  c.eval_every_subset = 1000  # training images in that subset (test images: half as many)
+  # encoder weights to start from: timm:<model>, torchvision:<model> or file:<path>
+  c.init_from = ""
+  c.peer_python = ""  # a Python with torch (+ timm/torchvision) for init_from's torch side
   return c
 
 

@@ -28,7 +28,6 @@ with PIL; both give exactly ``columns × panel`` by ``rows × panel`` pixels.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sslx import data, train
+from sslx import data, paths, train
 from sslx.models import ViT
 
 
@@ -147,7 +146,6 @@ def save_png(
       backend = "matplotlib"
     except ImportError:
       backend = "pil"
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if backend == "matplotlib":
     # The object API (no pyplot): no global backend state, nothing shown.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -172,7 +170,7 @@ def save_png(
           color="white",
           bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0),
         )
-    fig.savefig(path, dpi=dpi)
+    paths.save(path, lambda f: fig.savefig(f, format=paths.file_format(path), dpi=dpi))
   elif backend == "pil":
     from PIL import ImageDraw
 
@@ -182,7 +180,7 @@ def save_png(
       for c, img in enumerate(row):
         canvas.paste(Image.fromarray(img), (c * p, r * p))
         draw.text((c * p + 3, r * p + 2), titles[r][c], fill="white")
-    canvas.save(path, format="PNG")
+    paths.save(path, lambda f: canvas.save(f, format="PNG"))
   else:
     raise ValueError(f"backend={backend!r}; valid: auto, matplotlib, pil")
   return path

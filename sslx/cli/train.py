@@ -23,6 +23,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.maybe_initialize()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  # SIGTERM/SIGINT: raises preemption.Preempted, a SystemExit with status 75 ("run me again").
   train.train_and_evaluate(config, workdir)
   draw_pictures(config, workdir)
 

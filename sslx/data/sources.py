@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sslx import paths
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Folder names that mark a dataset root holding several splits, so that such a root is not taken
@@ -229,41 +231,35 @@ def _index_tar(path: str) -> _TarIndex:
 
 def _load_archive(path: str) -> _ArchiveFiles:
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = paths.read_bytes(path)
     return _load_archive_bytes(data, path)
   except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
     raise ValueError(f"{path}: not a readable tar / tar.gz archive ({e})") from e
 
 
 def _list_directory(root: str) -> list[str]:
-  """All non-hidden files under root, as sorted "/"-separated paths relative to root."""
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    rel = os.path.relpath(dirpath, root)
-    prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-    found.extend(prefix + f for f in filenames if not f.startswith("."))
-  return sorted(found)
+  """All non-hidden files under root (a local path or a URL), as sorted "/"-separated paths
+  relative to root."""
+  return paths.walk_files(root)
 
 
 class _Files:
   """Uniform access to the files of a directory or an archive: names, and bytes by position."""
 
   def __init__(self, path: str):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"dataset path does not exist: {path}")
+    paths.check_readable(path, "dataset path")
     self.path = path
     self.archive: _ArchiveFiles | _TarIndex | None = None
-    if os.path.isdir(path):
+    if paths.isdir(path):
       self.names = _list_directory(path)
     elif _is_archive(path):
-      with open(path, "rb") as f:
+      with paths.path(path).open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
       try:
-        # A plain tar is indexed and read lazily; a gzip stream has no random access, so a
-        # .tar.gz (small datasets: CIFAR) is read into memory.
-        self.archive = _load_archive(path) if gzipped else _index_tar(path)
+        # A local plain tar is indexed and read lazily; a gzip stream has no random access, so
+        # a .tar.gz (small datasets: CIFAR) is read into memory, as is a remote archive.
+        lazy = not gzipped and not paths.is_remote(path)
+        self.archive = _index_tar(path) if lazy else _load_archive(path)
       except tarfile.TarError as e:
         raise ValueError(f"{path}: not a readable tar / tar.gz archive ({e})") from e
       self.names = list(self.archive.names)
@@ -287,13 +283,13 @@ class _Files:
   def top_level(self) -> list[str]:
     """Names at the top of the directory or archive, folders with a trailing "/", for messages."""
     tops = sorted({n.split("/", 1)[0] + ("/" if "/" in n else "") for n in self.names})
-    if self.archive is None:  # os.walk lists no empty folders; show them too.
+    if self.archive is None:  # a walk lists no empty folders; show them too.
       tops = sorted(
         set(tops)
         | {
-          e + "/"
-          for e in os.listdir(self.path)
-          if not e.startswith(".") and os.path.isdir(os.path.join(self.path, e))
+          e.name + "/"
+          for e in paths.path(self.path).iterdir()
+          if not e.name.startswith(".") and e.is_dir()
         }
       )
     return tops
@@ -314,6 +310,8 @@ class _DirectoryReader:
   relpaths: tuple[str, ...]
 
   def __call__(self, i: int) -> bytes:
+    if paths.is_remote(self.root):
+      return paths.read_bytes(self.root.rstrip("/") + "/" + self.relpaths[i])
     with open(os.path.join(self.root, self.relpaths[i]), "rb") as f:
       return f.read()
 
@@ -858,7 +856,8 @@ def build_source(dataset_cfg, split: str):
   path = _cfg_get(dataset_cfg, "path")
   if not path:
     raise ValueError(f"dataset.name={name!r} needs dataset.path (a folder or a tar archive)")
-  path = os.path.expanduser(str(path)).replace("{split}", split)
+  path = str(path) if paths.is_remote(str(path)) else os.path.expanduser(str(path))
+  path = path.replace("{split}", split)
   if name in _PATH_SOURCES:
     return _PATH_SOURCES[name](path, split, image_size)
   if name == "flat_folder":

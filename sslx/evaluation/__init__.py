@@ -19,6 +19,8 @@ import numpy as np
 from sslx import data, progress, sharding
 
 _NOT_PROTOCOLS = {"features"}
+# protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
+_NEED_IMAGES = ("finetune", "linear_aug")
 # Protocols that are not frozen-feature evaluations are still run through config.evals:
 # finetune (trains the encoder; needs Features.context).
 
@@ -73,8 +75,8 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
 def run_protocols(evals_cfg, feats: Features) -> dict:
   results = {}
   for name in sorted(evals_cfg):
-    if name == "finetune" and feats.context is None:
-      continue  # nothing to fine-tune (raw pixels)
+    if name in _NEED_IMAGES and feats.context is None:
+      continue  # no encoder (raw pixels)
     results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
   return results
 
@@ -113,7 +115,9 @@ def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np
   return x - (x.mean(0) if mean is None else mean)
 
 
-def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
+def run_all(
+  config, method, state, mesh, writer=None, step: int = 0, eval_data=None, workdir=None
+) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
   untrained initial encoder and on raw pixels). The encoder is the network the method
   evaluates (`Method.eval_variables`: e.g. DINO's teacher), named in the result's
@@ -130,10 +134,10 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
   def evaluate(params, batch_stats):
     encode_fn = functools.partial(method.encode, params, batch_stats)
     context = None
-    if "finetune" in config.evals:
+    if any(name in config.evals for name in _NEED_IMAGES):
       from sslx.evaluation import finetune
 
-      context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes)
+      context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
     feats = Features(
       extract(encode_fn, xtr, mesh, batch),
       ytr,

@@ -18,7 +18,10 @@ and `--from_scratch` for the baseline: the same recipe on the untrained encoder.
 Settings (`config.evals.finetune`): steps (500), batch_size (64), lr (1e-3: peak AdamW lr of
 the head and the top layer), weight_decay (0.05), warmup_fraction (0.1), layer_decay (0.75;
 only ViT-style "block{i}" parameters are layered), label_smoothing (0.1), mixup_alpha (0.0:
-off), flip (True: random horizontal flips), train_limit (0: all), seed (0).
+off), cutmix_alpha (0.0: off; with mixup on too, one of the two per batch, as timm),
+label_fraction (0.0: all labels; 0.01 / 0.1 fine-tune on that class-balanced fraction, its
+image list written to the workdir as label_subset_<pct>pct.txt, the result named
+finetune_<pct>pct), flip (True: random horizontal flips), train_limit (0: all), seed (0).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslx import sharding
+from sslx.evaluation import extract
+
 DEFAULTS = dict(
   steps=500,
   batch_size=64,
@@ -42,7 +48,9 @@ DEFAULTS = dict(
   layer_decay=0.75,
   label_smoothing=0.1,
   mixup_alpha=0.0,
+  cutmix_alpha=0.0,
   flip=True,
+  label_fraction=0.0,
   train_limit=0,
   seed=0,
 )
@@ -63,6 +71,8 @@ class Context:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  mesh: Any = None  # the mesh protocols shard over (all devices when None)
+  workdir: str | None = None  # where label-subset image lists are written
 
 
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
@@ -179,17 +189,81 @@ def _flip(rng, images):
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
+def mixup(rng, x, targets, alpha: float):
+  """Zhang et al. 2018: a convex mix of the batch with a permutation of itself."""
+  r_lam, r_perm = jax.random.split(rng)
+  lam = jax.random.beta(r_lam, alpha, alpha)
+  perm = jax.random.permutation(r_perm, x.shape[0])
+  return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def cutmix(rng, x, targets, alpha: float):
+  """Yun et al. 2019: a box of a permuted batch pasted into the batch (area 1 − λ, λ ~
+  Beta(α, α), centre uniform, clipped at the borders), targets mixed by the pasted area."""
+  r_lam, r_y, r_x, r_perm = jax.random.split(rng, 4)
+  h, w = x.shape[1:3]
+  lam = jax.random.beta(r_lam, alpha, alpha)
+  cut = jnp.sqrt(1.0 - lam)
+  ch, cw = jnp.floor(cut * h), jnp.floor(cut * w)
+  cy = jax.random.randint(r_y, (), 0, h).astype(jnp.float32)
+  cx = jax.random.randint(r_x, (), 0, w).astype(jnp.float32)
+  ys, xs = jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32)
+  in_y = (ys >= jnp.clip(cy - ch // 2, 0, h)) & (ys < jnp.clip(cy + ch // 2, 0, h))
+  in_x = (xs >= jnp.clip(cx - cw // 2, 0, w)) & (xs < jnp.clip(cx + cw // 2, 0, w))
+  box = in_y[:, None] & in_x[None, :]  # [H, W]
+  perm = jax.random.permutation(r_perm, x.shape[0])
+  x = jnp.where(box[None, :, :, None], x[perm], x)
+  kept = 1.0 - box.mean()  # the area actually left from the original image
+  return x, kept * targets + (1.0 - kept) * targets[perm]
+
+
+def mix(rng, x, targets, mixup_alpha: float, cutmix_alpha: float):
+  """Mixup, CutMix, or (both on) one of the two per batch with probability 1/2 (timm)."""
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    return x, targets
+  r_sel, r_a, r_b = jax.random.split(rng, 3)
+  if cutmix_alpha <= 0:
+    return mixup(r_a, x, targets, mixup_alpha)
+  if mixup_alpha <= 0:
+    return cutmix(r_b, x, targets, cutmix_alpha)
+  xa, ta = mixup(r_a, x, targets, mixup_alpha)
+  xb, tb = cutmix(r_b, x, targets, cutmix_alpha)
+  use_cut = jax.random.bernoulli(r_sel, 0.5)
+  return jnp.where(use_cut, xb, xa), jnp.where(use_cut, tb, ta)
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+  """Sorted indices of round(fraction · n_c) (at least 1) random examples of every class c:
+  the 1 % / 10 % label subsets of semi-supervised evaluation."""
+  rng = np.random.default_rng(seed)
+  idx = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    n = max(1, int(round(fraction * len(members))))
+    idx.append(rng.choice(members, size=n, replace=False))
+  return np.sort(np.concatenate(idx))
+
+
+def write_subset(workdir: str, fraction: float, idx: np.ndarray, labels: np.ndarray) -> str:
+  """`workdir/label_subset_<pct>pct.txt`: one "index label" line per image (indices into the
+  evaluation's training images, i.e. the train split in order when eval_train_limit is 0)."""
+  import os
+
+  path = os.path.join(workdir, f"label_subset_{fraction * 100:g}pct.txt")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    f.write(f"# {len(idx)} images, class-balanced {fraction * 100:g}% of the training labels\n")
+    f.writelines(f"{i} {int(labels[i])}\n" for i in idx)
+  return path
+
+
 def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_classes):
   r_flip, r_mix, r_drop = jax.random.split(rng, 3)
   x = images.astype(jnp.float32) / 255.0
   if cfg["flip"]:
     x = _flip(r_flip, x)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), cfg["label_smoothing"])
-  if cfg["mixup_alpha"] > 0:  # Zhang et al. 2018: convex mix of images and targets
-    lam = jax.random.beta(r_mix, cfg["mixup_alpha"], cfg["mixup_alpha"])
-    perm = jax.random.permutation(r_mix, x.shape[0])
-    x = lam * x + (1 - lam) * x[perm]
-    targets = lam * targets + (1 - lam) * targets[perm]
+  x, targets = mix(r_mix, x, targets, cfg["mixup_alpha"], cfg["cutmix_alpha"])
 
   def loss_fn(params):
     feats, bs = encoder_apply(method, params["model"], state.batch_stats, x, True, r_drop)
@@ -212,10 +286,21 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   if unknown:
     raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
   xtr, ytr = ctx.train_images, np.asarray(ctx.train_labels)
+  fraction = float(cfg["label_fraction"])
+  if fraction:
+    if not 0 < fraction < 1:
+      raise ValueError(f"evals.finetune.label_fraction={fraction} must be in (0, 1) (0: all)")
+    idx = class_balanced_subset(ytr, fraction, cfg["seed"])
+    if ctx.workdir:
+      write_subset(ctx.workdir, fraction, idx, ytr)
+    xtr, ytr = xtr[idx], ytr[idx]
   if cfg["train_limit"] and cfg["train_limit"] < len(xtr):
     idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[: cfg["train_limit"]]
     xtr, ytr = xtr[idx], ytr[idx]
+  mesh = ctx.mesh or sharding.make_mesh([("data", -1)])
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   batch = min(int(cfg["batch_size"]), len(xtr))
+  batch = max(batch - batch % mesh.size, mesh.size)
   steps = int(cfg["steps"])
   if steps <= 0:
     raise ValueError(f"evals.finetune.steps={steps} must be positive")
@@ -234,9 +319,16 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     },
   }
   tx = make_tx(params, cfg, steps)
+  # a copy: the step donates its state, and the caller's pretrained arrays must survive
   state = _State(params, ctx.batch_stats, tx.init(params))
+  state = jax.device_put(jax.tree.map(lambda a: jnp.array(a, copy=True), state), rep)
+  # the batch sharded over the mesh, the state replicated: XLA reduces gradients and BatchNorm
+  # statistics over the global batch
   step_fn = jax.jit(
-    functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg, num_classes=ctx.num_classes)
+    functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg, num_classes=ctx.num_classes),
+    in_shardings=(rep, data, data, rep),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
   )
   rng = jax.random.PRNGKey(cfg["seed"])
   order = np.random.default_rng(cfg["seed"])
@@ -250,9 +342,9 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
       perm, pos = order.permutation(len(xtr)), 0
     idx = perm[pos : pos + batch]
     pos += batch
-    state, (loss, acc) = step_fn(
-      state, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx], jnp.int32), jax.random.fold_in(rng, i)
-    )
+    xb = jax.make_array_from_callback((batch,) + xtr.shape[1:], data, lambda j, a=xtr[idx]: a[j])
+    yb = jax.make_array_from_callback((batch,), data, lambda j, a=ytr[idx].astype(np.int32): a[j])
+    state, (loss, acc) = step_fn(state, xb, yb, jax.random.fold_in(rng, i))
     accs.append(acc)
     if (i + 1) % report_every == 0 or i + 1 == steps:
       rates = prog.update(i + 1)
@@ -266,24 +358,21 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     ctx.method, state.params["model"], state.batch_stats, xtr, batch, seed=cfg["seed"]
   )
 
-  @jax.jit
-  def predict(p, bs, x):
-    feats, _ = encoder_apply(ctx.method, p["model"], bs, x, False)
-    return jnp.argmax(feats @ p["head"]["kernel"] + p["head"]["bias"], -1)
+  tuned, bn_stats = jax.device_get((state.params, bn_stats))
 
-  correct = 0
-  xte, yte = ctx.test_images, np.asarray(ctx.test_labels)
-  for s in range(0, len(xte), 256):
-    chunk = xte[s : s + 256]
-    n = len(chunk)
-    if n < 256 and len(xte) > 256:  # one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((256 - n,) + chunk.shape[1:], chunk.dtype)])
-    pred = np.asarray(predict(state.params, bn_stats, jnp.asarray(chunk)))[:n]
-    correct += int((pred == yte[s : s + n]).sum())
+  def logits(x):
+    feats, _ = encoder_apply(ctx.method, tuned["model"], bn_stats, x, False)
+    return feats @ tuned["head"]["kernel"] + tuned["head"]["bias"]
+
+  # test images in fixed-size batches sharded over the mesh, as every evaluation extracts
+  pred = extract(logits, ctx.test_images, mesh, 256).argmax(-1)
+  correct = int((pred == np.asarray(ctx.test_labels)).sum())
+  xte = ctx.test_images
   last = accs[-max(len(accs) // 4, 1) :]
+  name = f"finetune_{fraction * 100:g}pct" if fraction else "finetune"
   return (
     {
-      "finetune": 100.0 * correct / len(xte),
+      name: 100.0 * correct / len(xte),
       "finetune_train_loss": float(loss),
       "finetune_train_acc": 100.0 * float(np.mean(jax.device_get(last))),
     },
@@ -336,19 +425,29 @@ def finetune_checkpoint(
   if cfg is None:
     cfg = dict(config.get("evals", {}).get("finetune", {}) or {})
   ctx = Context(
-    setup.method, state.params["model"], state.batch_stats, xtr, ytr, xte, yte, num_classes
+    setup.method,
+    state.params["model"],
+    state.batch_stats,
+    xtr,
+    ytr,
+    xte,
+    yte,
+    num_classes,
+    setup.mesh,
+    workdir,
   )
   results, _ = finetune(ctx, cfg)
+  key = next(iter(results))  # finetune, or finetune_<pct>pct on a label subset
   if from_scratch:
-    results = {"finetune_from_scratch": results["finetune"]}
+    results = {key.replace("finetune", "finetune_from_scratch", 1): results[key]}
     progress.write_results(workdir, results)
     progress.console(
       f"trained the untrained encoder with the fine-tuning recipe: top-1 "
-      f"{results['finetune_from_scratch']:.2f}%"
+      f"{next(iter(results.values())):.2f}%"
     )
     return results
   progress.write_results(workdir, dict(results, finetune_step=step))
-  progress.console(f"fine-tuned checkpoint step {step}: top-1 {results['finetune']:.2f}%")
+  progress.console(f"fine-tuned checkpoint step {step}: top-1 {results[key]:.2f}% ({key})")
   return results
 
 
@@ -364,6 +463,8 @@ def main(argv):
       "layer_decay",
       "label_smoothing",
       "mixup_alpha",
+      "cutmix_alpha",
+      "label_fraction",
       "train_limit",
     )
   }
@@ -390,6 +491,8 @@ if __name__ == "__main__":
   flags.DEFINE_float("layer_decay", DEFAULTS["layer_decay"], "layer-wise lr decay (ViT)")
   flags.DEFINE_float("label_smoothing", DEFAULTS["label_smoothing"], "label smoothing")
   flags.DEFINE_float("mixup_alpha", DEFAULTS["mixup_alpha"], "mixup Beta(α, α); 0 = off")
+  flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix Beta(α, α); 0 = off (both on: one per batch)")
+  flags.DEFINE_float("label_fraction", 0.0, "class-balanced label subset, e.g. 0.01 (0: all)")
   flags.DEFINE_integer("train_limit", 0, "at most this many training images (0: all)")
   flags.DEFINE_bool(
     "from_scratch",

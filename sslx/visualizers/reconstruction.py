@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sslx import data, evaluation, train
+from sslx import data, evaluation, paths, train
 
 
 def grid_image(rows, pad: int = 2):
@@ -52,5 +52,5 @@ def render(config, workdir: str, out: str, num_images: int = 8, scale: int = 4) 
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  img.save(out)
+  paths.save(out, lambda f: img.save(f, format=paths.file_format(out).upper()))
   return out
