@@ -21,6 +21,10 @@ weaker augmentation: random resized crop (scale 0.2-1), grayscale p=0.2, colour 
           --config.dataset.path=/data/cifar10 --workdir=...
   imagenet: ResNet-50, batch 256, queue 65,536, m=0.999, SGD lr 0.03 wd 1e-4, 200 epochs:
       the paper's recipe (60.6% linear top-1 reported).
+
+The SGD presets decay every parameter, biases and BatchNorm included, as the official code's
+`torch.optim.SGD(model.parameters(), weight_decay=...)` does (`optimizer.decay_all=False`
+exempts biases and norms, sslx's default elsewhere).
 """
 
 import ml_collections
@@ -61,7 +65,7 @@ def cifar10(c, opts):
   c.model = cl.model("resnet18", stem="cifar")
   c.method.queue_size = 4096
   c.method.momentum = 0.99
-  c.optimizer = cl.optimizer("sgd", 0.06, lr_scaling="linear", weight_decay=5e-4)
+  c.optimizer = cl.optimizer("sgd", 0.06, lr_scaling="linear", weight_decay=5e-4, decay_all=True)
   cl.cifar10_run(c, batch_size=512, epochs=200)
 
 
@@ -70,7 +74,7 @@ def imagenet(c, opts):
   c.augment.crop_size = 224
   c.method.queue_size = 65536
   c.method.momentum = 0.999
-  c.optimizer = cl.optimizer("sgd", 0.03, lr_scaling="linear", weight_decay=1e-4)
+  c.optimizer = cl.optimizer("sgd", 0.03, lr_scaling="linear", weight_decay=1e-4, decay_all=True)
   cl.imagenet_run(c, batch_size=256, epochs=200)
 
 

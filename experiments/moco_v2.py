@@ -17,6 +17,10 @@ experiment presets. Method: sslx/methods/moco.py (`method.version="v2"`).
           --config.dataset.path=/data/cifar10 --workdir=...
   imagenet: ResNet-50, batch 256, queue 65,536, τ=0.2, m=0.999, SGD lr 0.03 wd 1e-4, cosine,
       200 epochs: the paper's recipe (67.5% linear top-1 reported).
+
+The SGD presets decay every parameter, biases and BatchNorm included, as the official code's
+`torch.optim.SGD(model.parameters(), weight_decay=...)` does (`optimizer.decay_all=False`
+exempts biases and norms, sslx's default elsewhere).
 """
 
 import ml_collections

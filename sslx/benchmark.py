@@ -286,6 +286,7 @@ def peer_workload(config):
     c.method.temperature = 0.5
     c.method.projector_hidden = (2048,)
     c.method.projector_dim = 128
+    c.method.projector_out_bn = False  # the peer's projector ends in a plain Linear
     c.optimizer = type(c.optimizer)(
       dict(
         name="sgd",

@@ -236,8 +236,9 @@ def optimizer(
   """`config.optimizer` (sslx/optim.py): `name` is adamw | lars | sgd; the learning rate is
   `base_lr` scaled by the batch size as `lr_scaling` says (none | linear: ×B/256 | sqrt), with
   linear warm-up and a cosine decay to `final_lr_fraction` of the peak. Every optimizer's knobs
-  are present (momentum and trust coefficient for LARS/SGD, b1/b2 for AdamW) so any can be set
-  from the command line; `extra` overrides them."""
+  are present (momentum and trust coefficient for LARS/SGD, b1/b2 for AdamW, grad_clip_norm:
+  0 = off) so any can be set from the command line; `extra` overrides them (and may add
+  weight_decay_end: a cosine weight-decay schedule, see sslx/optim.py)."""
   c = dict(
     name=name,
     base_lr=base_lr,
@@ -249,8 +250,10 @@ def optimizer(
     trust_coefficient=0.001,
     b1=0.9,
     b2=0.999,
+    grad_clip_norm=0.0,
   )
-  unknown = sorted(set(extra) - set(c) - {"nesterov", "eps", "decay_all", "warmup_steps"})
+  optional = {"nesterov", "eps", "decay_all", "warmup_steps", "weight_decay_end"}
+  unknown = sorted(set(extra) - set(c) - optional)
   if unknown:
     raise ValueError(f"optimizer: unknown keys {unknown}; valid: {sorted(c)}")
   c.update(extra)

@@ -86,8 +86,12 @@ def checkpoint_features(config, workdir: str, split: str | None = None, limit: i
     idx = np.random.default_rng(0).permutation(len(images))[:limit]
     images, labels = images[idx], labels[idx]
 
+  params, batch_stats = setup.method.eval_variables(
+    state.params["model"], state.batch_stats, state.method_state
+  )
+
   def encode(x):
-    return setup.method.encode(state.params["model"], state.batch_stats, x)
+    return setup.method.encode(params, batch_stats, x)
 
   feats = evaluation.extract(encode, images, setup.mesh, config.get("eval_batch_size", 512))
   return feats, labels, getattr(test, "class_names", None), step

@@ -12,11 +12,10 @@ compiles once; the same key gives the same mask.
       [0.3, 1/0.3]) are added until ≥ 40% of the patches are masked; here the count is then
       made *exact* (random masked patches are un-masked, or random free ones masked, to reach
       round(ratio · N)) so the shape of `ids` is static.
-  vit_forward(vit, params, images, mask=None, mask_token=None) -> dict
-      The ViT of sslx/models/vit.py applied submodule by submodule, so that masked patch
-      embeddings can be *replaced* by a learned mask token (BEiT §2.2, data2vec §3.2) while
-      all N tokens stay in the sequence, and per-block outputs are returned (data2vec targets).
-      With no mask it computes exactly `vit.apply(...)["tokens"]` (tested).
+
+Replacing masked patch embeddings by a mask token while all N tokens stay in the sequence
+(BEiT §2.2, data2vec §3.2) is the ViT's own forward: `ViT(..., token_mask=mask,
+mask_embedding=...)` in sslx/models/vit.py.
 
 Conventions: `mask` is [B, N] bool, True = masked (hidden from the encoder / predicted).
 Patches are numbered row-major over the (H/p, W/p) grid, as `vit.patchify` orders them.
@@ -27,11 +26,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from sslx.models import vit as vit_lib
 
 
 class RandomMask(NamedTuple):
@@ -127,66 +123,3 @@ def ids_of_mask(mask: jax.Array, num_selected: int, value: bool = True) -> jax.A
   (static) must be the exact count per row."""
   order = jnp.argsort(mask != value, axis=1, stable=True)
   return order[:, :num_selected].astype(jnp.int32)
-
-
-class _LayerNorm(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    return nn.LayerNorm(epsilon=1e-6)(x)
-
-
-def vit_forward(vit: vit_lib.ViT, params, images, mask=None, mask_token=None) -> dict:
-  """The ViT's forward (train=False maths, no drop-path) with optional mask-token replacement.
-
-  Args:
-    vit: the `ViT` module (only its hyperparameters are read).
-    params: its parameter tree (`patch_embed`, `cls_token`, `pos_embed`, `block{i}`, `norm`).
-    images: [B, H, W, 3] float, already normalised.
-    mask: optional [B, N] bool, True = replace that patch embedding by `mask_token` *before*
-      the position embedding is added (BEiT §2.2: "replace with a learnable embedding e[M]").
-    mask_token: [1, 1, D] (or [D]) learned vector, required with `mask`.
-
-  Returns: {"tokens": [B, N+1, D] after the final norm, "pre_logits": [B, D] (the ViT's pool),
-    "block_outputs": list of L residual-stream outputs [B, N+1, D],
-    "ffn_outputs": list of L FFN outputs *before* the last residual connection [B, N+1, D]
-    (data2vec §3.3 regresses these)}.
-  """
-  x = jnp.asarray(images, jnp.float32)
-  p = vit.patch_size
-  tokens = vit_lib.PatchEmbed(vit.dim, p).apply({"params": params["patch_embed"]}, x)
-  if mask is not None:
-    tok = jnp.reshape(mask_token, (1, 1, vit.dim)).astype(tokens.dtype)
-    tokens = jnp.where(mask[:, :, None], tok, tokens)
-  pos = params["pos_embed"]
-  if pos.shape[1] != tokens.shape[1]:
-    raise ValueError(f"position embedding has {pos.shape[1]} tokens, the image {tokens.shape[1]}")
-  tokens = tokens + pos
-  b = tokens.shape[0]
-  cls = jnp.broadcast_to(params["cls_token"], (b, 1, vit.dim))
-  tokens = jnp.concatenate([cls, tokens], axis=1)
-  mlp_dim = int(vit.mlp_ratio * vit.dim)
-  ln = _LayerNorm()
-  attn_mod = vit_lib.Attention(vit.dim, vit.num_heads)
-  mlp_mod = vit_lib.Mlp(mlp_dim, vit.gelu_approximate)
-  block_outputs, ffn_outputs = [], []
-  for i in range(vit.depth):
-    bp = params[f"block{i}"]
-    # The same maths as vit.Block (pre-norm): x += attn(norm1(x)); x += mlp(norm2(x)).
-    y, _ = attn_mod.apply(
-      {"params": bp["attn"]}, ln.apply({"params": {"LayerNorm_0": bp["norm1"]}}, tokens)
-    )
-    tokens = tokens + y
-    y = mlp_mod.apply(
-      {"params": bp["mlp"]}, ln.apply({"params": {"LayerNorm_0": bp["norm2"]}}, tokens)
-    )
-    tokens = tokens + y
-    ffn_outputs.append(y)
-    block_outputs.append(tokens)
-  tokens = ln.apply({"params": {"LayerNorm_0": params["norm"]}}, tokens)
-  pre = tokens[:, 0] if vit.pool == "cls" else jnp.mean(tokens[:, 1:], axis=1)
-  return {
-    "tokens": tokens,
-    "pre_logits": pre,
-    "block_outputs": block_outputs,
-    "ffn_outputs": ffn_outputs,
-  }

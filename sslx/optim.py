@@ -6,10 +6,17 @@ Config (`config.optimizer`):
   lr_scaling:     "linear" (lr = base_lr · B / 256, Goyal et al. 2017), "sqrt"
                   (lr = base_lr · sqrt(B), SimCLR appendix B.1 for small batches) or "none"
   weight_decay, momentum, b1, b2, eps, trust_coefficient (LARS)
+  weight_decay_end: unset = constant weight decay; else it follows a cosine from
+                  `weight_decay` at step 0 to `weight_decay_end` at the last step (DINO:
+                  0.04 -> 0.4), no warm-up
+  grad_clip_norm: > 0 clips the gradient of the method's parameters to this global L2 norm
+                  before the optimizer sees it (optax.clip_by_global_norm); 0 = off
+  decay_all:      weight decay on every parameter, biases and norms included, as
+                  torch.optim's weight_decay (MoCo's official SGD); default False
   warmup_epochs or warmup_steps; final_lr_fraction (cosine floor)
 
-Biases and normalisation parameters (every leaf with ndim <= 1) get neither weight decay nor
-LARS trust-ratio adaptation (SimCLR, BYOL appendix).
+Unless `decay_all`, biases and normalisation parameters (every leaf with ndim <= 1) get no
+weight decay; they never get LARS trust-ratio adaptation (SimCLR, BYOL appendix).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -54,17 +62,51 @@ def warmup_cosine(
   )
 
 
+def cosine_schedule(start: float, end: float, total_steps: int) -> optax.Schedule:
+  """v(k) = end + (start − end)·(1 + cos(π·k/K))/2 for k in [0, K], then `end` (DINO's
+  `cosine_scheduler` without warm-up)."""
+  k_total = max(int(total_steps), 1)
+
+  def schedule(step):
+    k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(k_total))
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * k / k_total))
+
+  return schedule
+
+
+def weight_decay_from(opt_cfg, total_steps: int):
+  """The weight decay: a constant, or a cosine schedule when `weight_decay_end` is set."""
+  wd = float(opt_cfg.get("weight_decay", 0.0))
+  end = opt_cfg.get("weight_decay_end", None)
+  if end is None:
+    return wd
+  return cosine_schedule(wd, float(end), total_steps)
+
+
 def warmup_steps_from(opt_cfg, steps_per_epoch: int) -> int:
   if opt_cfg.get("warmup_steps", None) is not None:
     return int(opt_cfg.warmup_steps)
   return int(round(opt_cfg.get("warmup_epochs", 0.0) * steps_per_epoch))
 
 
-def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Builds the optax transformation named by `opt_cfg.name` with the decay mask."""
+def make_optimizer(
+  opt_cfg, schedule: optax.Schedule, total_steps: int = 0
+) -> optax.GradientTransformation:
+  """Builds the optax transformation named by `opt_cfg.name` with the decay mask, the
+  weight-decay schedule (over `total_steps`) and gradient clipping."""
+  clip = float(opt_cfg.get("grad_clip_norm", 0.0) or 0.0)
+  if clip < 0:
+    raise ValueError(f"optimizer.grad_clip_norm={clip} must be >= 0 (0 = no clipping)")
+  if opt_cfg.get("weight_decay_end", None) is not None and total_steps <= 0:
+    raise ValueError("optimizer.weight_decay_end needs the run's total_steps (> 0)")
+  tx = _base_optimizer(opt_cfg, schedule, weight_decay_from(opt_cfg, total_steps))
+  if clip > 0:
+    return optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx
+
+
+def _base_optimizer(opt_cfg, schedule, wd) -> optax.GradientTransformation:
   name = opt_cfg.name
-  wd = opt_cfg.get("weight_decay", 0.0)
-  # decay_all: weight decay on every parameter, as torch.optim does (benchmark parity only).
   mask = None if opt_cfg.get("decay_all", False) else decay_mask
   if name == "lars":
     return optax.lars(

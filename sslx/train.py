@@ -68,10 +68,12 @@ def _probe_labels(params):
   return {k: ("probe" if k == "probe" else "model") for k in params}
 
 
-def make_tx(config, schedule, probe_lr: float, method) -> optax.GradientTransformation:
+def make_tx(
+  config, schedule, probe_lr: float, method, total_steps: int = 0
+) -> optax.GradientTransformation:
   """The method's optimizer for params["model"] (wrapped by `method.wrap_optimizer`); Adam
   for the online probe."""
-  main = method.wrap_optimizer(optim.make_optimizer(config.optimizer, schedule))
+  main = method.wrap_optimizer(optim.make_optimizer(config.optimizer, schedule, total_steps))
   return optax.multi_transform({"model": main, "probe": optax.adam(probe_lr)}, _probe_labels)
 
 
@@ -150,7 +152,7 @@ def build(config, sample_images: np.ndarray, num_examples: int, num_classes: int
     optim.warmup_steps_from(config.optimizer, spe),
     config.optimizer.get("final_lr_fraction", 0.0),
   )
-  tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3), method)
+  tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3), method, total)
   sample = jax.ShapeDtypeStruct(sample_images.shape, sample_images.dtype)
   abstract = jax.eval_shape(
     functools.partial(init_state, method, tx, num_classes=num_classes),

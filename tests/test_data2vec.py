@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import masking
 from sslx.methods import data2vec
 from tests.helpers import assert_learns, override, tiny
 
@@ -27,14 +26,18 @@ def setup():
   return method, x, method.init(jax.random.PRNGKey(0), x)
 
 
-def test_manual_forward_matches_the_vit_and_ffn_outputs_sum_to_the_stream():
+def test_block_outputs_are_the_residual_stream():
   method, x, v = setup()
   xn = method.preprocess(x)
-  ref = method.encoder.apply({"params": v.params["encoder"]}, xn, train=False)
-  out = masking.vit_forward(method.encoder, v.params["encoder"], xn)
-  np.testing.assert_allclose(out["tokens"], ref["tokens"], atol=1e-5)
-  np.testing.assert_allclose(out["pre_logits"], ref["pre_logits"], atol=1e-5)
-  assert len(out["ffn_outputs"]) == 2 and out["ffn_outputs"][0].shape == (4, 65, 32)
+  enc = v.params["encoder"]
+  out = method.encoder.apply({"params": enc}, xn, train=False, return_blocks=True)
+  assert len(out["block_outputs"]) == 2 and out["block_outputs"][0].shape == (4, 65, 32)
+  # the last block's output through the ViT's final (learned) norm is the ViT's output
+  last = out["block_outputs"][-1]
+  mu = last.mean(-1, keepdims=True)
+  ref = (last - mu) / np.sqrt(last.var(-1, keepdims=True) + 1e-6)
+  ref = ref * enc["norm"]["scale"] + enc["norm"]["bias"]
+  np.testing.assert_allclose(out["tokens"], ref, atol=1e-5)
 
 
 def test_mask_token_replaces_only_masked_patches():
@@ -43,21 +46,60 @@ def test_mask_token_replaces_only_masked_patches():
   mask = method.mask(jax.random.PRNGKey(1), xn)
   assert mask.shape == (4, 64)
   np.testing.assert_array_equal(np.asarray(mask).sum(1), round(0.6 * 64))
-  a = masking.vit_forward(method.encoder, v.params["encoder"], xn, mask, v.params["mask_token"])
+  a, _ = method.predict(v.params, xn, mask)
   # Changing the pixels of masked patches does not change the student's output.
   pix = jnp.repeat(jnp.repeat(mask.reshape(4, 8, 8), 4, 1), 4, 2)[..., None]
-  b = masking.vit_forward(
-    method.encoder, v.params["encoder"], jnp.where(pix, 7.0, xn), mask, v.params["mask_token"]
+  b, _ = method.predict(v.params, jnp.where(pix, 7.0, xn), mask)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  # ... and the mask token is the caller's params["mask_token"], not an encoder parameter
+  assert (
+    set(v.params) == {"encoder", "mask_token", "head"} and "mask_token" not in (v.params["encoder"])
   )
-  np.testing.assert_allclose(a["tokens"], b["tokens"], atol=1e-5)
+  other = jax.random.normal(jax.random.PRNGKey(9), v.params["mask_token"].shape)
+  c, _ = method.predict(dict(v.params, mask_token=other), xn, mask)
+  assert float(jnp.abs(a - c).max()) > 1e-3
 
 
-def test_targets_are_instance_normalised_average_of_top_k():
+def test_student_applies_drop_path_in_training():
+  config = tiny_config()
+  config.model.drop_path_rate = 0.5
+  method = data2vec.create(config, total_steps=10)
+  x = images()
+  v = method.init(jax.random.PRNGKey(0), x)
+  xn = method.preprocess(x)
+  mask = method.mask(jax.random.PRNGKey(1), xn)
+  a, _ = method.predict(v.params, xn, mask, jax.random.PRNGKey(5))
+  b, _ = method.predict(v.params, xn, mask, jax.random.PRNGKey(6))
+  assert float(jnp.abs(a - b).max()) > 1e-3  # a different stochastic depth per key
+  # eval mode equals the same parameters without drop-path
+  plain = data2vec.create(tiny_config(), total_steps=10)
+  np.testing.assert_allclose(
+    method.predict(v.params, xn, mask)[0], plain.predict(v.params, xn, mask)[0], atol=1e-6
+  )
+
+
+def _layer_norm(a, eps=1e-5):
+  a = np.asarray(a, np.float64)
+  return (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + eps)
+
+
+def test_targets_are_the_vision_recipe():
   method, x, v = setup()
-  y = method.targets(v.method_state["teacher"], method.preprocess(x))
+  xn = method.preprocess(x)
+  y = method.targets(v.method_state["teacher"], xn)
   assert y.shape == (4, 64, 32)
-  # Each of the K layers has zero mean over tokens: so does their average.
-  np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-4)
+  blocks = method.encoder.apply(
+    {"params": v.method_state["teacher"]}, xn, train=False, return_blocks=True
+  )["block_outputs"]
+  # by hand (float64): each of the top-K block outputs' patch tokens layer-normalised,
+  # averaged, layer-normalised again (data2vec_vision: layer_results="end",
+  # target_layer_norm_last, post_target_layer_norm)
+  ref = _layer_norm(sum(_layer_norm(b[:, 1:]) for b in blocks[-2:]) / 2)
+  np.testing.assert_allclose(y, ref, atol=2e-5)
+  # a per-token unit-variance target, not the instance norm's per-channel one
+  np.testing.assert_allclose(np.asarray(y).mean(-1), 0.0, atol=1e-5)
+  inst = data2vec.average_targets([b[:, 1:] for b in blocks[-2:]], "instance")
+  np.testing.assert_allclose(np.asarray(inst).mean(1), 0.0, atol=1e-4)
 
 
 def test_loss_only_at_masked_positions():

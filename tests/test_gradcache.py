@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sslx import methods, train
+from sslx.methods import simclr
 from tests.helpers import tiny_simclr
 
 
@@ -37,8 +38,45 @@ def test_chunk_must_divide_the_views():
   method = vit_simclr(5)
   images = jnp.zeros((8, 32, 32, 3), jnp.uint8)
   v = method.init(jax.random.PRNGKey(0), images)
-  with pytest.raises(ValueError, match="grad_cache_chunk=5 must divide the 16 views"):
+  with pytest.raises(ValueError, match="grad_cache_chunk=5 must be even and divide the 16 views"):
     method.loss(v.params, v.batch_stats, {}, images, jax.random.PRNGKey(0), 0)
+  with pytest.raises(ValueError, match="grad_cache_chunk=6 must be even and divide"):
+    simclr.grad_cache_order(8, 6)
+
+
+@pytest.mark.parametrize("batch,chunk", [(64, 16), (64, 8), (48, 12), (8, 4)])
+def test_chunks_do_not_share_their_image_set(batch, chunk):
+  order = simclr.grad_cache_order(batch, chunk)
+  assert sorted(order.tolist()) == list(range(2 * batch))  # a permutation of the rows
+  n = 2 * batch // chunk
+  rows = order.reshape(n, chunk)
+  image, view = rows % batch, rows // batch
+  sets = [set(image[k].tolist()) for k in range(n)]
+  v1 = [set(image[k][view[k] == 0].tolist()) for k in range(n)]
+  v2 = [set(image[k][view[k] == 1].tolist()) for k in range(n)]
+  for k in range(n):
+    assert len(v1[k]) == len(v2[k]) == chunk // 2  # half of each view in every chunk
+    for j in range(k + 1, n):
+      # the view-1 sets are disjoint, so are the view-2 sets, and no two chunks hold the
+      # same image set (view-major chunking: chunk b and b + n/2 hold the same images)
+      assert not v1[k] & v1[j] and not v2[k] & v2[j]
+      assert sets[k] != sets[j]
+  # every pair of chunks overlaps about equally: the chunks holding an image's two views
+  # share no more images than any two chunks do
+  overlap = np.array([[len(sets[k] & sets[j]) for j in range(n)] for k in range(n)])
+  off = overlap[~np.eye(n, dtype=bool)]
+  assert off.max() - off.min() <= 2, overlap
+  where = {}
+  for k in range(n):
+    for i, v in zip(image[k], view[k]):
+      where[(int(i), int(v))] = k
+  for i in range(batch):
+    a, b = where[(i, 0)], where[(i, 1)]
+    if a != b:
+      assert overlap[a, b] <= off.max()
+  # the view-major cut, for contrast, gives chunk b and b + n/2 one image set
+  naive = np.arange(2 * batch).reshape(n, chunk) % batch
+  assert set(naive[0].tolist()) == set(naive[n // 2].tolist())
 
 
 def temp_bytes(batch: int, chunk: int) -> int:

@@ -468,3 +468,168 @@ def test_convnet_max_pool_gradient_equals_flax():
   # Ties (ReLU zeros) share the gradient evenly, as the gradient of jnp.max does.
   x = jnp.zeros((1, 2, 2, 1))
   np.testing.assert_allclose(jax.grad(lambda x: max_pool_2x2(x).sum())(x), 0.25)
+
+
+# ---------------------------------------------------------------------------------- ViT options
+
+# torch.nn.functional.interpolate(g[None, None], size=..., mode="bicubic", align_corners=False)
+# of this 5 x 5 grid, computed with PyTorch 1.13 (a = -0.75, half-pixel centres, no antialias)
+_GRID = [
+  [0.126, -0.132, 0.640, 0.105, -0.536],
+  [0.362, 1.304, 0.947, -0.704, -1.265],
+  [-0.623, 0.041, -2.325, -0.219, -1.246],
+  [-0.732, -0.544, -0.316, 0.412, 1.043],
+  [-0.129, 1.366, -0.665, 0.352, 0.903],
+]
+_TORCH_3x3 = [
+  [0.268245, 0.918425, -0.641675],
+  [-0.282519, -2.325000, -0.805684],
+  [0.073217, -0.443518, 0.911044],
+]
+_TORCH_7x4 = [
+  [0.061766, 0.055931, 0.457675, -0.415563],
+  [0.411780, 1.107116, 0.234496, -0.920091],
+  [0.250854, 0.908016, -0.424034, -1.369058],
+  [-0.529357, -0.877466, -1.021033, -1.117092],
+  [-0.792627, -0.824120, -0.207475, 0.448734],
+  [-0.413930, 0.063979, 0.084806, 1.151086],
+  [0.108082, 0.827408, -0.232842, 0.845724],
+]
+
+
+def test_position_embedding_resize_is_torch_bicubic_without_antialiasing():
+  from sslx.models.vit import resize_pos_embed
+
+  g = jnp.asarray(_GRID, jnp.float32)[:, :, None]
+  np.testing.assert_allclose(resize_pos_embed(g, (3, 3))[..., 0], _TORCH_3x3, atol=2e-6)
+  np.testing.assert_allclose(resize_pos_embed(g, (7, 4))[..., 0], _TORCH_7x4, atol=2e-6)
+  # jax.image.resize low-pass filters when shrinking: a different function
+  aa = jax.image.resize(g, (3, 3, 1), "bicubic")[..., 0]
+  assert float(jnp.abs(aa - jnp.asarray(_TORCH_3x3)).max()) > 0.1
+
+
+def test_vit_uses_the_resized_position_embedding():
+  from sslx.models.vit import resize_pos_embed
+
+  model = create_model("vit_tiny", dim=8, num_heads=2, **TINY_VIT)
+  v = _init(model, jnp.ones((1, 20, 20, 3)))  # a 5 x 5 grid
+
+  pos = v["params"]["pos_embed"].reshape(5, 5, 8)
+  small = model.clone(depth=0)  # patch embedding + positions, then the final norm only
+  x = jnp.zeros((1, 12, 12, 3))  # a 3 x 3 grid: tokens = bias + resized positions
+  keys = ("patch_embed", "cls_token", "pos_embed", "norm")
+  out = small.apply({"params": {k: v["params"][k] for k in keys}}, x, train=False)
+  expect = v["params"]["patch_embed"]["bias"] + resize_pos_embed(pos, (3, 3)).reshape(9, 8)
+  mu = expect.mean(-1, keepdims=True)
+  ln = (expect - mu) / jnp.sqrt(expect.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(out["patch_tokens"][0], ln, atol=1e-5)
+
+
+def test_masked_forward_applies_drop_path_only_in_training():
+  x = jax.random.normal(KEY, (4, 16, 16, 3))
+  mask = jnp.asarray(np.random.default_rng(0).random((4, 16)) < 0.5)
+  emb = jax.random.normal(jax.random.PRNGKey(3), (1, 1, 64))
+  plain = create_model("vit_tiny", dim=64, num_heads=2, **TINY_VIT)
+  dropped = create_model("vit_tiny", dim=64, num_heads=2, drop_path_rate=0.5, **TINY_VIT)
+  v = _init(plain, x)
+  # the same parameter names with and without drop-path
+  v2 = _init(dropped, x)
+  assert jax.tree.structure(v) == jax.tree.structure(v2)
+
+  def run(model, train, seed=0):
+    return model.apply(
+      v,
+      x,
+      train=train,
+      token_mask=mask,
+      mask_embedding=emb,
+      rngs={"dropout": jax.random.PRNGKey(seed)},
+    )["tokens"]
+
+  a, b = run(dropped, True, 1), run(dropped, True, 2)
+  assert float(jnp.abs(a - b).max()) > 1e-2  # a different stochastic depth per key
+  np.testing.assert_allclose(run(dropped, False), run(plain, False), atol=1e-6)
+  np.testing.assert_allclose(run(plain, True, 1), run(plain, False), atol=1e-6)
+  # the masked forward replaces exactly the masked patch embeddings
+  ref = plain.apply(v, x, train=False)["tokens"]
+  assert float(jnp.abs(run(plain, False) - ref).max()) > 1e-3
+  np.testing.assert_allclose(
+    plain.apply(v, x, train=False, token_mask=jnp.zeros_like(mask), mask_embedding=emb)["tokens"],
+    ref,
+    atol=1e-6,
+  )
+  with pytest.raises(ValueError, match="mask embedding"):
+    plain.apply(v, x, train=False, token_mask=mask)
+
+
+def test_layer_scale_and_relative_position_bias():
+  x = jax.random.normal(KEY, (2, 16, 16, 3))
+  model = create_model(
+    "vit_tiny", dim=32, num_heads=2, layer_scale=0.1, rel_pos_bias=True, **TINY_VIT
+  )
+  v = _init(model, x)
+  p = v["params"]
+  assert set(p["block0"]) == {"norm1", "attn", "norm2", "mlp", "ls1", "ls2"}
+  np.testing.assert_allclose(p["block0"]["ls1"], 0.1)
+  assert p["rel_pos_bias"].shape == ((2 * 4 - 1) ** 2 + 3, 2)
+  # zero bias, layer scale 1: the plain ViT's function on the same parameters
+  plain = create_model("vit_tiny", dim=32, num_heads=2, **TINY_VIT)
+  base = {k: w for k, w in p.items() if k != "rel_pos_bias"}
+  base = {
+    k: ({n: w for n, w in b.items() if n not in ("ls1", "ls2")} if k.startswith("block") else b)
+    for k, b in base.items()
+  }
+  ones = dict(p)
+  for i in range(2):
+    ones[f"block{i}"] = dict(p[f"block{i}"], ls1=jnp.ones(32), ls2=jnp.ones(32))
+  np.testing.assert_allclose(
+    model.apply({"params": ones}, x, train=False)["tokens"],
+    plain.apply({"params": base}, x, train=False)["tokens"],
+    atol=1e-5,
+  )
+  # the bias enters the attention logits: entry (i, j) is table[index[i, j]]
+  from sslx.models.vit import relative_position_index
+
+  idx = relative_position_index((4, 4))
+  assert idx.shape == (17, 17) and idx[0, 0] == 51 and idx[0, 1] == 49 and idx[1, 0] == 50
+  # patches (0,0)->(1,1) and (1,1)->(2,2) share an offset; (0,0)->(0,1) does not
+  assert idx[1, 6] == idx[6, 11] != idx[1, 2]
+  table = jax.random.normal(KEY, p["rel_pos_bias"].shape)
+  bumped = dict(p, rel_pos_bias=table)
+  att = model.apply({"params": bumped}, x, train=False, return_attention=True)["attention"]
+  assert (
+    float(jnp.abs(att - model.apply(v, x, train=False, return_attention=True)["attention"]).max())
+    > 1e-3
+  )
+  # with dropped tokens (MAE's mask) the kept rows/columns of the bias are gathered
+  ids = jnp.asarray([[0, 5, 9], [2, 3, 15]])
+  out = model.apply({"params": bumped}, x, train=False, mask=ids)
+  assert out["tokens"].shape == (2, 4, 32)
+  with pytest.raises(ValueError, match="another patch grid"):
+    model.apply(v, jnp.ones((1, 8, 8, 3)), train=False)
+
+
+def test_simclr_projector_ends_in_batchnorm_with_scale_and_no_shift():
+  from sslx import methods
+  from tests.helpers import tiny_simclr
+
+  c = tiny_simclr()
+  assert c.method.projector_out_bn is False  # the demo preset as measured
+  c.method.projector_out_bn = True
+  method = methods.get("simclr").create(c, total_steps=10)
+  x = jax.random.normal(KEY, (32, 16))
+  head = method.net.projector
+  v = head.init(KEY, x, train=False)
+  p = v["params"]
+  assert set(p["bn_out"]) == {"scale"} and "bias" not in p["fc1"]  # Linear(no bias) -> BN
+  scale = jax.random.uniform(KEY, (16,), minval=0.5, maxval=2.0)
+  p = dict(p, bn_out={"scale": scale})
+  z, _ = head.apply(
+    {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+  )
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)  # batch-normalised, no shift
+  np.testing.assert_allclose(z.std(0), scale, rtol=1e-2)  # ... times the learned scale
+  for preset in ("cifar10", "imagenet"):
+    from tests.helpers import experiment
+
+    assert experiment("simclr", preset).method.projector_out_bn is True

@@ -137,8 +137,9 @@ def run_all(
   config, method, state, mesh, writer=None, step: int = 0, eval_data=None, workdir=None
 ) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
-  untrained initial encoder and on raw pixels). Returns flat results for the trained encoder
-  plus {"baselines": {...}}."""
+  untrained initial encoder and on raw pixels). The encoder is the network the method
+  evaluates (`Method.eval_variables`: e.g. DINO's teacher), named in the result's
+  `eval_encoder`. Returns flat results for the trained encoder plus {"baselines": {...}}."""
   if not config.get("evals"):
     return {}
   eval_data = eval_data or load_eval_data(config)
@@ -163,13 +164,17 @@ def run_all(
     )
     return run_protocols(config.evals, feats)
 
-  results = evaluate(state.params["model"], state.batch_stats)
+  results = evaluate(
+    *method.eval_variables(state.params["model"], state.batch_stats, state.method_state)
+  )
   table = {"pretrained": results}
   if config.get("eval_baselines", False):
     # The encoder pretraining started from (same key split as train.init_state).
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
-    table["random_init"] = evaluate(init.params, init.batch_stats)
+    table["random_init"] = evaluate(
+      *method.eval_variables(init.params, init.batch_stats, init.method_state)
+    )
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
     table["raw_pixels"] = run_protocols(
       config.evals,
@@ -184,7 +189,7 @@ def run_all(
   if writer is not None:
     writer.scalars(step, results, prefix="eval/")
   progress.console(format_table(table))
-  out = dict(results)
+  out = dict(results, eval_encoder=method.eval_encoder)
   if len(table) > 1:
     out["baselines"] = {k: v for k, v in table.items() if k != "pretrained"}
   return out

@@ -133,7 +133,10 @@ class PeriodicKnn:
     if self.every <= 0 or step % self.every:
       return None
     xtr, ytr, xte, yte, num_classes = self.data
-    fn = functools.partial(self.method.encode, state.params["model"], state.batch_stats)
+    params, batch_stats = self.method.eval_variables(
+      state.params["model"], state.batch_stats, state.method_state
+    )  # the network the method evaluates (DINO: the teacher)
+    fn = functools.partial(self.method.encode, params, batch_stats)
     res = knn_accuracy(
       extract(fn, xtr, self.mesh, self.batch),
       ytr,

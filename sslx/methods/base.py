@@ -87,6 +87,16 @@ class Method(abc.ABC):
     """The part of the parameters fine-tuning trains (default: all; heads get no gradient)."""
     return params
 
+  # The network evaluation (k-NN, linear probe, fine-tuning, embeddings) encodes with, by name
+  # (written to results.json); a method with a teacher may choose it by `method.eval_encoder`.
+  eval_encoder = "online"
+
+  def eval_variables(self, params, batch_stats, method_state):
+    """(params, batch_stats) evaluation applies :meth:`encode` to. Default: the trained params;
+    DINO/DINOv2 return their EMA teacher's, as the papers evaluate it."""
+    del method_state
+    return params, batch_stats
+
   def after_update(self, params, method_state, step):
     """Called inside the jitted step after the optimizer update, with the updated params
     (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher). Default: no change."""
@@ -144,6 +154,13 @@ class Preprocess:
       raise ValueError(f"dataset.normalization={name!r}; valid choices: {sorted(stats)}")
     mean, std = stats[name]
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def check_eval_encoder(value: str, choices: tuple[str, ...]) -> str:
+  """`method.eval_encoder` checked against the method's `choices`."""
+  if value not in choices:
+    raise ValueError(f"method.eval_encoder={value!r}; valid: {list(choices)}")
+  return value
 
 
 def init_net(net: nn.Module, preprocess, rng, images, size: int | None) -> dict:

@@ -99,8 +99,9 @@ class BEiT(base.MaskedImageMethod):
     grid = (x.shape[1] // p, x.shape[2] // p)
     return masking.blockwise_masking(rng, x.shape[0], grid, self.mask_ratio, self.min_block)
 
-  def forward(self, params, method_state, x, mask):
-    """(logits [B, N, |V|], visual tokens [B, N], pre_logits [B, D]) for normalised x."""
+  def forward(self, params, method_state, x, mask, rng=None):
+    """(logits [B, N, |V|], visual tokens [B, N], pre_logits [B, D]) for normalised x. With
+    `rng` the encoder runs in training mode (stochastic depth), else in eval mode."""
     codes = jax.lax.stop_gradient(
       self.tokenizer.tokenize(
         method_state["tokenizer"],
@@ -109,13 +110,20 @@ class BEiT(base.MaskedImageMethod):
         ),
       )
     )
-    out = masking.vit_forward(self.encoder, params["encoder"], x, mask, params["mask_token"])
+    out = self.encoder.apply(
+      {"params": params["encoder"]},
+      x,
+      train=rng is not None,
+      token_mask=mask,
+      mask_embedding=params["mask_token"],
+      rngs=None if rng is None else {"dropout": rng},
+    )
     logits = self.head.apply({"params": params["head"]}, out["tokens"][:, 1:])
     return logits, codes, out["pre_logits"]
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    aug_rng, mask_rng = jax.random.split(rng)
+    aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
     raw = (
       augment.augment_batch(aug_rng, images, self.view)
       if self.view is not None
@@ -123,7 +131,7 @@ class BEiT(base.MaskedImageMethod):
     )
     x = self.preprocess(raw)
     mask = self.mask(mask_rng, x)
-    logits, codes, features = self.forward(params, method_state, x, mask)
+    logits, codes, features = self.forward(params, method_state, x, mask, drop_rng)
     loss, acc = masked_cross_entropy(logits, codes, mask)
     return loss, base.LossAux(batch_stats, method_state, {"loss": loss, "mim_acc": acc}, features)
 

@@ -27,7 +27,7 @@ output, and the trainer differentiates only ``params``) and moves only by the EM
 
 Both views go through each network in ONE forward pass, so BatchNorm statistics are taken over
 all 2N views of the global batch (as SimCLR does here). Evaluation uses the online encoder's
-``pre_logits`` (§3.3).
+``pre_logits`` (§3.3; ``eval_encoder="online"``, or "target" for the EMA encoder).
 
 Views: :class:`sslx.multicrop.MultiCrop` with two global views and the paper's asymmetric
 augmentation (Table 6: blur p = 1.0 / 0.1, solarize p = 0.0 / 0.2).
@@ -39,6 +39,7 @@ Config (``config.method``):
   base_momentum:    τ_base (0.996 at batch 4096; 0.99 for small batches / short runs)
   collapse_std:     warn when the std of the L2-normalised projections, × √dim, falls below
                     this (1 for well-spread embeddings, 0 at collapse; default 0.05)
+  eval_encoder:     "online" (the paper's evaluation) or "target"
 """
 
 from __future__ import annotations
@@ -88,8 +89,18 @@ class BYOL(base.Method):
   base_momentum: float
   total_steps: int
   collapse_std: float = 0.05
+  eval_encoder: str = "online"
 
   TARGET_KEYS = ("encoder", "projector")
+  EVAL_ENCODERS = ("online", "target")
+
+  def eval_variables(self, params, batch_stats, method_state):
+    """The variables evaluation encodes with: the online network's (the paper's) or the
+    target's (its encoder subtree replaces the online one)."""
+    if self.eval_encoder == "target":
+      target = method_state["target"]
+      return dict(params, **target["params"]), dict(batch_stats, **target["batch_stats"])
+    return params, batch_stats
 
   def init(self, rng, images) -> base.Variables:
     variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
@@ -153,7 +164,7 @@ class BYOL(base.Method):
 # fmt: off
 DEFAULTS = dict(
   projector_hidden=(4096,), projector_dim=256, predictor_hidden=(4096,), base_momentum=0.996,
-  collapse_std=0.05,
+  collapse_std=0.05, eval_encoder="online",
 )
 # fmt: on
 
@@ -174,4 +185,5 @@ def create(config, total_steps: int) -> BYOL:
     base_momentum=float(m.base_momentum),
     total_steps=int(total_steps),
     collapse_std=float(m.collapse_std),
+    eval_encoder=base.check_eval_encoder(m.eval_encoder, BYOL.EVAL_ENCODERS),
   )

@@ -2,24 +2,33 @@
 Self-supervised Learning in Speech, Vision and Language").
 
   student: the ViT on the image with blockwise-masked patches replaced by a learned mask
-           token (all N tokens stay in the sequence, §3.2 "Vision"; masking as BEiT, 60%)
-  teacher: an EMA copy of the student's encoder on the *unmasked* image (§3.3), in
+           token (all N tokens stay in the sequence, §3.2 "Vision"; masking as BEiT, 60%):
+           the ViT's own masked forward, in training mode (stochastic depth applies)
+  teacher: an EMA copy of the student's encoder on the *unmasked* image (§3.3; in eval
+           mode, no stochastic depth), in
            `method_state["teacher"]`, updated in `after_update` with Δ ← τΔ + (1 − τ)θ,
            τ rising linearly from τ0 to τe over `ema_anneal_steps`, then constant (§3.3)
-  targets: y_t = (1/K) Σ_{l=L−K+1}^{L} norm(a_t^l), a^l the output of block l's FFN *before*
-           its last residual connection, norm = instance norm over the patch tokens of each
-           image (per channel; "target_norm": "instance"), or a parameter-free layer norm
-           ("layer") (§3.3 "Targets")
+  targets: the vision recipe of the released code (data2vec_vision: `layer_results="end"`,
+           a layer norm on each target layer, `post_target_layer_norm`):
+             y_t = LN( (1/K) Σ_{l=L−K+1}^{L} LN(a_t^l) ),
+           a^l the output of block l (the residual stream after it, before the ViT's final
+           norm), LN a parameter-free layer norm over channels (eps 1e-5) ("target_norm":
+           "layer"). "instance" is the speech recipe's normalisation instead: an instance norm
+           over the patch tokens of each image per channel on each layer, then the average
+           (§3.3 "Targets")
   loss:    smooth L1 (β) between a linear regression head on the student's final tokens and
            y_t, at masked positions only (§3.3 "Objective").
 
 Parameters: {"encoder": ViT params, "mask_token": [1, 1, D], "head": Dense D→D}. `encode`
 applies only `params["encoder"]` to the full image and returns the ViT's `pre_logits` (the
 presets use `model.pool="mean"`: the mean of patch tokens, data2vec's linear-probe feature).
+Evaluation uses the student (`method.eval_encoder="student"`, the paper's; "teacher" evaluates
+the EMA encoder instead).
 
-Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm,
-loss_beta (β of smooth L1; 2.0), ema_decay / ema_end_decay / ema_anneal_steps
-(0.9998 → 0.9999 over 100k updates for ViT-B/16 in the released recipe; smaller for short runs).
+Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm
+("layer" | "instance"), loss_beta (β of smooth L1; 2.0), ema_decay / ema_end_decay /
+ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
+runs), eval_encoder ("student" | "teacher").
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from sslx import augment, masking, models
 from sslx.methods import base
 from sslx.models import vit as vit_lib
 
+EVAL_ENCODERS = ("student", "teacher")
+
 
 def instance_norm(x, eps: float = 1e-5):
   """[B, T, D] → normalised over T per (image, channel) (data2vec's instance norm)."""
@@ -47,6 +58,16 @@ def layer_norm(x, eps: float = 1e-5):
   mean = x.mean(axis=-1, keepdims=True)
   var = x.var(axis=-1, keepdims=True)
   return (x - mean) / jnp.sqrt(var + eps)
+
+
+def average_targets(layers, target_norm: str = "layer"):
+  """data2vec's target from the top-K layer outputs (each [B, N, D]): "layer" (vision):
+  LN(mean_l LN(a^l)); "instance" (speech): mean_l IN(a^l). Parameter-free norms, eps 1e-5."""
+  if target_norm == "layer":
+    return layer_norm(sum(layer_norm(a) for a in layers) / len(layers))
+  if target_norm == "instance":
+    return sum(instance_norm(a) for a in layers) / len(layers)
+  raise ValueError(f"target_norm={target_norm!r}; valid: 'layer', 'instance'")
 
 
 def smooth_l1(pred, target, beta: float):
@@ -81,6 +102,7 @@ class Data2Vec(base.MaskedImageMethod):
   ema_start: float
   ema_end: float
   ema_anneal_steps: int
+  eval_encoder: str = "student"
 
   def init(self, rng, images) -> base.Variables:
     s = self.view.crop_size if self.view is not None else images.shape[1]
@@ -107,24 +129,31 @@ class Data2Vec(base.MaskedImageMethod):
     return masking.blockwise_masking(rng, x.shape[0], grid, self.mask_ratio)
 
   def targets(self, teacher_params, x):
-    """[B, N, D] y_t: the average of the teacher's top-K normalised FFN outputs (patches)."""
-    out = masking.vit_forward(self.encoder, teacher_params, x)
-    norm = instance_norm if self.target_norm == "instance" else layer_norm
-    layers = [norm(a[:, 1:]) for a in out["ffn_outputs"][-self.top_k :]]
-    return jax.lax.stop_gradient(sum(layers) / len(layers))
+    """[B, N, D] y_t of the patches from the teacher's top-K block outputs (module docstring)."""
+    out = self.encoder.apply({"params": teacher_params}, x, train=False, return_blocks=True)
+    top = [a[:, 1:] for a in out["block_outputs"][-self.top_k :]]
+    return jax.lax.stop_gradient(average_targets(top, self.target_norm))
 
-  def predict(self, params, x, mask):
-    """Student: ([B, N, D] regression-head predictions per patch, [B, D] pre_logits)."""
-    out = masking.vit_forward(self.encoder, params["encoder"], x, mask, params["mask_token"])
+  def predict(self, params, x, mask, rng=None):
+    """Student: ([B, N, D] regression-head predictions per patch, [B, D] pre_logits). With
+    `rng` the encoder runs in training mode (stochastic depth), else in eval mode."""
+    out = self.encoder.apply(
+      {"params": params["encoder"]},
+      x,
+      train=rng is not None,
+      token_mask=mask,
+      mask_embedding=params["mask_token"],
+      rngs=None if rng is None else {"dropout": rng},
+    )
     pred = self.head.apply({"params": params["head"]}, out["tokens"][:, 1:])
     return pred, out["pre_logits"]
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
-    aug_rng, mask_rng = jax.random.split(rng)
+    aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
     x = self.inputs(aug_rng, images)
     mask = self.mask(mask_rng, x)
     y = self.targets(method_state["teacher"], x)
-    pred, features = self.predict(params, x, mask)
+    pred, features = self.predict(params, x, mask, drop_rng)
     loss = masked_smooth_l1(pred, y, mask, self.loss_beta)
     metrics = {
       "loss": loss,
@@ -141,8 +170,14 @@ class Data2Vec(base.MaskedImageMethod):
     )
     return dict(method_state, teacher=teacher)
 
+  def eval_variables(self, params, batch_stats, method_state):
+    """The variables `encode` evaluates: the student's (the paper's) or the EMA teacher's."""
+    if self.eval_encoder == "teacher":
+      return dict(params, encoder=method_state["teacher"]), batch_stats
+    return params, batch_stats
+
   def encode(self, params, batch_stats, images):
-    """[B, D] student-encoder features of the full image (no mask token, no head)."""
+    """[B, D] encoder features of the full image (no mask token, no head)."""
     del batch_stats
     return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images), train=False)[
       "pre_logits"
@@ -165,9 +200,10 @@ def create(config, total_steps: int) -> Data2Vec:
   top_k = int(m.top_k)
   if not 1 <= top_k <= encoder.depth:
     raise ValueError(f"method.top_k={top_k} must be in [1, model.depth={encoder.depth}]")
-  norm = m.get("target_norm", "instance")
+  norm = m.get("target_norm", "layer")
   if norm not in ("instance", "layer"):
-    raise ValueError(f"method.target_norm={norm!r}; valid: 'instance', 'layer'")
+    raise ValueError(f"method.target_norm={norm!r}; valid: 'layer', 'instance'")
+  eval_encoder = base.check_eval_encoder(m.get("eval_encoder", "student"), EVAL_ENCODERS)
   anneal = int(m.get("ema_anneal_steps", 0)) or int(total_steps)
   return Data2Vec(
     encoder=encoder,
@@ -181,4 +217,5 @@ def create(config, total_steps: int) -> Data2Vec:
     ema_start=float(m.ema_decay),
     ema_end=float(m.ema_end_decay),
     ema_anneal_steps=anneal,
+    eval_encoder=eval_encoder,
   )

@@ -30,9 +30,9 @@ params, teacher BatchNorm statistics (ResNet backbones) and the center are expli
   params        {"backbone", "head"}                      the student
   method_state  {"teacher": {"params", "batch_stats"}, "center": [1, K]}
 
-Evaluation (k-NN / linear) uses the student backbone's ``pre_logits`` (the CLS token for a
-ViT): the trainer's ``encode`` sees only params. Attention maps (sslx.visualize) use the
-teacher, like the paper's figures.
+Evaluation (k-NN / linear) uses the *teacher* backbone's ``pre_logits`` (the CLS token for a
+ViT), as the paper does (``eval_encoder="teacher"``; "student" evaluates the student).
+Attention maps (sslx.visualize) use the teacher, like the paper's figures.
 
 Config (``config.method``):
   out_dim (K, 65536), hidden_dim (2048), bottleneck_dim (256), head_layers (3), head_bn,
@@ -40,7 +40,8 @@ Config (``config.method``):
   first epoch: no gradient, no update, and their optimizer state untouched, so Adam starts
   fresh when they unfreeze — :meth:`EMATeacher.wrap_optimizer`), student_temp (0.1), teacher_temp (0.04), warmup_teacher_temp (0.04),
   warmup_teacher_temp_fraction (fraction of training for the linear τ_t warm-up; 0 = none),
-  center_momentum (0.9), base_momentum (0.996), collapse_std (0.05).
+  center_momentum (0.9), base_momentum (0.996), collapse_std (0.05), eval_encoder
+  ("teacher" | "student").
 Views come from ``config.augment`` via :class:`sslx.multicrop.MultiCrop` (2 global crops +
 ``num_local_crops``).
 """
@@ -240,13 +241,22 @@ def _drop_rng(rng):
 class EMATeacher(base.Method):
   """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
   features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
-  `self.preprocess`, `self.momentum(step)` and `self.freeze_last_layer_steps`;
-  `method_state["teacher"]` holds the teacher's params and batch_stats."""
+  `self.preprocess`, `self.momentum(step)`, `self.freeze_last_layer_steps` and
+  `self.eval_encoder`; `method_state["teacher"]` holds the teacher's params and batch_stats."""
+
+  EVAL_ENCODERS = ("teacher", "student")
 
   def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """The trainer's optimizer with the heads' last layers frozen in the optimizer for the
     first `freeze_last_layer_steps` updates (their Adam state untouched; see frozen_until)."""
     return freeze_last_layer(tx, self.freeze_last_layer_steps)
+
+  def eval_variables(self, params, batch_stats, method_state):
+    """The variables evaluation encodes with: the teacher's (the paper's) or the student's."""
+    if self.eval_encoder == "teacher":
+      teacher = method_state["teacher"]
+      return teacher["params"], teacher["batch_stats"]
+    return params, batch_stats
 
   def after_update(self, params, method_state, step):
     """θt ← λ_k·θt + (1 − λ_k)·θs with the updated student θs (DINO §3.1)."""
@@ -290,6 +300,7 @@ class DINO(EMATeacher):
   base_momentum: float = 0.996
   freeze_last_layer_steps: int = 0
   collapse_std: float = 0.05
+  eval_encoder: str = "teacher"
 
   def _crops(self, rng, images):
     crops = self.views(rng, images)
@@ -409,4 +420,7 @@ def create(config, total_steps: int) -> DINO:
     base_momentum=float(m.get("base_momentum", 0.996)),
     freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
     collapse_std=float(m.get("collapse_std", 0.05)),
+    eval_encoder=base.check_eval_encoder(
+      m.get("eval_encoder", "teacher"), EMATeacher.EVAL_ENCODERS
+    ),
   )

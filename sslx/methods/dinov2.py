@@ -37,10 +37,12 @@ token and an iBOT head on the patch tokens (shared with the DINO head unless
 
 Layout: params {"backbone", "dino_head"[, "ibot_head"]}; method_state {"teacher": {"params",
 "batch_stats"}, "center": [1, K], "patch_center": [1, K_patch]}. The teacher moves only by EMA
-(:meth:`DINOv2.after_update`); evaluation uses the student backbone's CLS token.
+(:meth:`DINOv2.after_update`); evaluation uses the teacher backbone's CLS token, as the paper
+(``eval_encoder``: "teacher" | "student").
 
-DINOv2 recipe pieces not reproduced here: block masking, layer-wise lr decay, weight-decay
-schedule, gradient clipping, SwiGLU FFN and registers (the trainer and ViT do not have them).
+DINOv2 recipe pieces not reproduced here: block masking, layer-wise lr decay, SwiGLU FFN and
+registers (the trainer and ViT do not have them). The weight-decay schedule and gradient
+clipping are the optimizer's (`optimizer.weight_decay_end`, `optimizer.grad_clip_norm`).
 
 Config (``config.method``): DINO's keys (out_dim, hidden_dim, bottleneck_dim, head_layers,
 norm_last_layer, freeze_last_layer_steps, student_temp, teacher_temp, warmup_teacher_temp,
@@ -284,6 +286,7 @@ class DINOv2(EMATeacher):
   mask_probability: float = 0.5
   mask_ratio: tuple[float, float] = (0.1, 0.5)
   collapse_std: float = 0.05
+  eval_encoder: str = "teacher"
 
   @property
   def num_patches(self) -> int:
@@ -473,4 +476,7 @@ def create(config, total_steps: int) -> DINOv2:
     mask_probability=float(m.get("mask_probability", 0.5)),
     mask_ratio=ratio,
     collapse_std=float(m.get("collapse_std", 0.05)),
+    eval_encoder=base.check_eval_encoder(
+      m.get("eval_encoder", "teacher"), EMATeacher.EVAL_ENCODERS
+    ),
   )

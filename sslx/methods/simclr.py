@@ -13,17 +13,31 @@ Config (`config.method`):
                     (2048, 2048) v2's 3-layer head
   projector_dim:    output width (128)
   projector_bn:     BatchNorm in the projector's hidden layers (True)
+  projector_out_bn: BatchNorm on the projector's output (True): the official code's last
+                    layer is a bias-free Linear followed by BatchNorm with a learned scale
+                    and no shift (`linear_layer(use_bias=False, use_bn=True)`, v1 and v2)
   grad_cache_chunk: 0, or the number of views embedded at a time (GradCache, Gao et al. 2021):
                     the loss and its gradient w.r.t. the embeddings are taken over the whole
                     batch, but activations exist for one chunk at a time, so a 4096-image batch
                     runs on a device that holds a 256-image chunk. BatchNorm statistics are
                     then per chunk (as in GradCache); with LayerNorm models the gradients equal
-                    the unchunked step (tested).
+                    the unchunked step (tested). Must be even and divide 2 x batch_size.
 
 GradCache here is `lax.scan` over chunks with a `jax.checkpoint`ed body: the forward keeps
 only each chunk's embeddings, and reverse mode recomputes one chunk's forward at a time and
 backpropagates the full-batch embedding gradient through it — the paper's two passes,
 expressed through JAX's autodiff rather than by hand.
+
+Chunk composition (`grad_cache_order`): cut in view-major order, chunk b would hold view 1 of
+images I_b and chunk b + B/c view 2 of the *same* images, so those two chunks' BatchNorm
+statistics would come from one image set — a signature pairing each anchor's chunk with the
+chunk of its positive (the leak MoCo's shuffle BN removes). The rows are permuted before
+chunking instead: chunk k holds view 1 of the k-th block of c/2 consecutive images and view 2
+of the images i ≡ k (mod n), n the number of chunks. The view-1 sets of the chunks are
+disjoint, so are the view-2 sets, no two chunks hold the same image set, and every two chunks
+share about the same number of images (exactly c/n when n divides c/2), the pair holding
+an image's two views no more than any other pair. The embeddings are put back in the
+original order before the loss.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sslx import augment, losses, models
 from sslx.methods import base
@@ -48,6 +63,24 @@ class EncoderWithProjector(nn.Module):
 
   def encode(self, x, train: bool = False):
     return self.encoder(x, train=train)["pre_logits"]
+
+
+def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
+  """[2·batch] row order of the view-major views (row v·B + i = view v of image i) for
+  GradCache chunks of `chunk` rows (see the module docstring): chunk k = rows
+  [k·c, (k + 1)·c) of the result = view 1 of images [k·c/2, (k + 1)·c/2) followed by view 2
+  of the images i ≡ k (mod n)."""
+  n = 2 * batch // chunk
+  if chunk % 2 or n * chunk != 2 * batch:
+    raise ValueError(
+      f"method.grad_cache_chunk={chunk} must be even and divide the {2 * batch} views of a "
+      "batch (2 x batch_size)"
+    )
+  half = chunk // 2
+  view1 = np.arange(batch).reshape(n, half)
+  # images by residue mod n: [0, n, 2n, ..., 1, n + 1, ...] cut into n runs of c/2
+  view2 = batch + np.argsort(np.arange(batch) % n, kind="stable").reshape(n, half)
+  return np.concatenate([view1, view2], axis=1).reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +124,13 @@ class SimCLR(base.Method):
     chunk = self.grad_cache_chunk
     if not chunk or chunk >= views.shape[0]:
       return apply(batch_stats, views)
-    if views.shape[0] % chunk:
-      raise ValueError(
-        f"method.grad_cache_chunk={chunk} must divide the {views.shape[0]} "
-        "views of a batch (2 x batch_size)"
-      )
-    chunks = views.reshape((views.shape[0] // chunk, chunk) + views.shape[1:])
+    order = grad_cache_order(views.shape[0] // 2, chunk)
+    inverse = np.argsort(order)
+    chunks = views[order].reshape((views.shape[0] // chunk, chunk) + views.shape[1:])
     body = jax.checkpoint(lambda bs, x: apply(bs, x)[::-1])  # (new bs, out)
     new_bs, (features, z) = jax.lax.scan(body, batch_stats, chunks)
-    return (features.reshape((-1,) + features.shape[2:]), z.reshape((-1,) + z.shape[2:])), new_bs
+    features = features.reshape((-1,) + features.shape[2:])[inverse]
+    return (features, z.reshape((-1,) + z.shape[2:])[inverse]), new_bs
 
   def encode(self, params, batch_stats, images):
     return self.net.apply(
@@ -113,10 +144,14 @@ def create(config, total_steps: int) -> SimCLR:
   del total_steps  # no schedule inside SimCLR's loss
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  out_bn = bool(m.get("projector_out_bn", True))
   projector = models.MLPHead(
     hidden_dims=tuple(m.get("projector_hidden", (2048,))),
     out_dim=m.get("projector_dim", 128),
     use_bn=m.get("projector_bn", True),
+    last_bias=not out_bn,
+    last_bn=out_bn,
+    last_bn_scale=True,
   )
   return SimCLR(
     net=EncoderWithProjector(encoder, projector),

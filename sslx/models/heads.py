@@ -25,7 +25,8 @@ class MLPHead(nn.Module):
     out_dim: output width.
     use_bn: BatchNorm after each hidden Linear.
     last_bias: bias on the final Linear.
-    last_bn: optional BatchNorm (no affine) on the output, as in SimCLR v2 / Barlow Twins.
+    last_bn: optional BatchNorm on the output (no shift), as SimCLR's code (v1 and v2).
+    last_bn_scale: a learned per-channel scale in that BatchNorm (SimCLR's code: yes).
   Returns the output array ``[B, out_dim]`` (a head, not an encoder: no dict).
   """
 
@@ -34,6 +35,7 @@ class MLPHead(nn.Module):
   use_bn: bool = True
   last_bias: bool = True
   last_bn: bool = False
+  last_bn_scale: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
@@ -56,7 +58,7 @@ class MLPHead(nn.Module):
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
-        use_scale=False,
+        use_scale=self.last_bn_scale,
         use_bias=False,
         name="bn_out",
       )(x)

@@ -12,23 +12,36 @@ position embeddings (normal, std 0.02) are added to the patch tokens. The CLS to
 separate position embedding: ``cls + pos[0]`` of the usual formulation is a single free vector,
 so that is the same function class with one fewer redundant parameter vector (load a
 checkpoint's ``cls + pos[0]`` into ``cls_token``). If the input's patch grid differs from the
-grid the position embedding was created for, the embedding is resized bicubically (e.g. DINO's
-small local crops).
+grid the position embedding was created for, the embedding is resized bicubically without
+antialiasing, as DINO's ``interpolate_pos_encoding`` does (PyTorch's bicubic: a = -0.75, half-pixel
+centres; e.g. DINO's small local crops).
+
+Options from BEiT: ``layer_scale`` (> 0: each residual branch is multiplied by a learned
+per-channel vector initialised to that value, ``block{i}/ls1`` and ``ls2``; BEiT 0.1) and
+``rel_pos_bias`` (one relative position bias, a learned scalar per head for every 2-D offset
+between patches, shared by all blocks: ``rel_pos_bias`` [(2gh-1)(2gw-1)+3, heads], zeros at init).
 
 Attention is written with einsums (no fused kernel). Every token-wise matmul (qkv, proj, the
 MLP) runs on the flattened [B*T, D] matrix: XLA:CPU runs a 3-D [B, T, D] @ [D, F] product
 nearly 2x slower than the same 2-D one (ViT-Tiny block forward+backward 202 -> 161 ms).
 
-``__call__(x, train, mask=None, num_keep=None, return_attention=False)``:
+``__call__(x, train, mask=None, num_keep=None, return_attention=False, token_mask=None,
+mask_embedding=None, return_blocks=False)``; ``train=True`` applies stochastic depth
+(``drop_path_rate``, linear in depth; needs a ``"dropout"`` rng):
 
 - ``mask``: optional ``[B, N]`` bool, True = drop the patch; every image must keep the same
   number K of patches (static: give ``num_keep=K`` when ``mask`` is traced under jit, otherwise
   it is read from the concrete mask). Or ``[B, K]`` int array of kept patch indices
   (``ids_keep``). Kept tokens are gathered (in increasing index order for a bool mask), so the
   transformer runs on K+1 tokens -- the MAE encoder.
-- ``token_mask`` (with ``mask_token=True``): ``[B, N]`` bool, True = replace that patch's
-  embedding by a learned ``mask_token`` (zeros at init) before the position embedding; the
-  transformer still sees all N + 1 tokens (iBOT / DINOv2's masked student).
+- ``token_mask``: ``[B, N]`` bool, True = replace that patch's embedding by a mask embedding
+  before the position embedding; the transformer still sees all N + 1 tokens (BEiT, data2vec,
+  iBOT / DINOv2's masked student). The embedding is ``mask_embedding`` ([1, 1, D], owned by the
+  caller: BEiT's and data2vec's ``params["mask_token"]``) or, when not given, the ViT's own
+  learned ``mask_token`` (built with ``mask_token=True``; zeros at init, as DINOv2). The one
+  forward, so drop-path, dtype and remat apply to masked inputs as to any other.
+- ``return_blocks``: also return ``block_outputs``, the list of every block's output (the
+  residual stream, before the final norm) [B, T, D] in float32 (data2vec's targets).
 - ``return_attention``: also return the last block's attention weights under ``"attention"``
   ``[B, heads, T, T]`` (T = tokens incl. CLS), for DINO attention maps.
 
@@ -91,6 +104,60 @@ def gelu(x, approximate: bool = False):
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
 
 
+def cubic_weights(t, a: float = -0.75):
+  """The 4 taps' weights of the cubic convolution kernel (Keys 1981) for a sample at
+  fractional offset ``t`` in [0, 1) past its left neighbour: taps at -1, 0, 1, 2.
+  ``a=-0.75`` is PyTorch's (and OpenCV's) bicubic; ``jax.image`` uses Keys' ``a=-0.5``."""
+
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix of bicubic interpolation without antialiasing, as
+  ``torch.nn.functional.interpolate(size=n_out, mode="bicubic", align_corners=False)``:
+  half-pixel centres (source x = (i + 0.5)·n_in/n_out − 0.5), a = −0.75, edge taps clamped."""
+  src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+  left = np.floor(src).astype(np.int64)
+  w = cubic_weights(src - left)  # [n_out, 4]
+  m = np.zeros((n_out, n_in))
+  for k in range(4):
+    np.add.at(m, (np.arange(n_out), np.clip(left - 1 + k, 0, n_in - 1)), w[:, k])
+  return m.astype(np.float32)
+
+
+def resize_pos_embed(pos, grid):
+  """[g0, g0, D] position embedding resampled to ``grid`` = (gh, gw) by separable bicubic
+  interpolation without antialiasing (DINO's ``interpolate_pos_encoding``, PyTorch's bicubic).
+  ``jax.image.resize`` would low-pass filter (antialias) when shrinking, which DINO does not."""
+  rows = jnp.asarray(bicubic_matrix(pos.shape[0], grid[0]))
+  cols = jnp.asarray(bicubic_matrix(pos.shape[1], grid[1]))
+  return jnp.einsum("ai,bj,ijd->abd", rows, cols, pos.astype(jnp.float32))
+
+
+def relative_position_index(grid) -> np.ndarray:
+  """[N+1, N+1] int index into BEiT's relative position bias table for a (gh, gw) patch grid
+  with CLS first: patch pairs by their 2-D offset (dy, dx) -> (dy + gh − 1)·(2gw − 1) +
+  dx + gw − 1; then CLS->patch, patch->CLS, CLS->CLS at the three last entries."""
+  gh, gw = grid
+  yy, xx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+  y, x = yy.reshape(-1), xx.reshape(-1)
+  dy = y[:, None] - y[None, :] + gh - 1
+  dx = x[:, None] - x[None, :] + gw - 1
+  size = (2 * gh - 1) * (2 * gw - 1) + 3
+  index = np.zeros((gh * gw + 1,) * 2, np.int32)
+  index[1:, 1:] = dy * (2 * gw - 1) + dx
+  index[0, :] = size - 3
+  index[:, 0] = size - 2
+  index[0, 0] = size - 1
+  return index
+
+
 class PatchEmbed(nn.Module):
   dim: int
   patch_size: int
@@ -148,7 +215,8 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, attn_bias=None):
+    """x [B, T, D]; attn_bias: optional additive attention-logit bias [B or 1, heads, T, T]."""
     b, t, d = x.shape
     h = self.num_heads
     hd = d // h
@@ -163,7 +231,10 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhe,bkhe->bhqk", q * jnp.asarray(hd**-0.5, self.dtype), k)
     # softmax in float32 whatever the compute dtype (bf16 exponentials lose the tail)
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    logits = logits.astype(jnp.float32)
+    if attn_bias is not None:
+      logits = logits + attn_bias.astype(jnp.float32)
+    attn = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhe->bqhe", attn.astype(self.dtype), v).reshape(b * t, d)
     proj = nn.Dense(d, kernel_init=_DENSE_INIT, dtype=self.dtype, name="proj")(out)
     return proj.reshape(b, t, d), attn
@@ -189,17 +260,24 @@ class Block(nn.Module):
   gelu_approximate: bool = False
   drop_path: float = 0.0
   dtype: Any = jnp.float32
+  layer_scale: float = 0.0  # > 0: per-channel residual-branch scales ls1, ls2 (CaiT / BEiT)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, attn_bias=None):
     y, attn = Attention(self.dim, self.num_heads, self.dtype, name="attn")(
-      nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+      nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x), attn_bias
     )
-    x = x + self._drop_path(y, train)
+    x = x + self._drop_path(self._scale(y, "ls1"), train)
     y = Mlp(self.mlp_dim, self.gelu_approximate, self.dtype, name="mlp")(
       nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
     )
-    return x + self._drop_path(y, train), attn
+    return x + self._drop_path(self._scale(y, "ls2"), train), attn
+
+  def _scale(self, y, name):
+    if not self.layer_scale:
+      return y
+    gamma = self.param(name, nn.initializers.constant(self.layer_scale), (self.dim,))
+    return y * gamma.astype(y.dtype)
 
   def _drop_path(self, y, train):
     if not train or self.drop_path == 0.0:
@@ -225,6 +303,8 @@ class ViT(nn.Module):
   dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
   remat: str = "none"  # "none" | "block" | "dots" (see models/precision.py)
   mask_token: bool = False  # a learned [MASK] embedding for `token_mask` (iBOT / DINOv2)
+  layer_scale: float = 0.0  # > 0: layer-scale init value (BEiT 0.1); 0 = no layer scale
+  rel_pos_bias: bool = False  # one relative position bias shared by all blocks (BEiT)
 
   @nn.compact
   def __call__(
@@ -235,6 +315,8 @@ class ViT(nn.Module):
     num_keep: int | None = None,
     return_attention: bool = False,
     token_mask=None,
+    mask_embedding=None,
+    return_blocks: bool = False,
   ):
     if self.dim % self.num_heads:
       raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
@@ -247,30 +329,53 @@ class ViT(nn.Module):
     p = self.patch_size
     grid = (hh // p, ww // p)
     tokens = PatchEmbed(self.dim, p, dtype, name="patch_embed")(x)  # [B, N, D]
+    mask_emb = None
     if self.mask_token:
       # zeros at init, as DINOv2; replaces masked patch embeddings before the positions
       mask_emb = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim))
-      if token_mask is not None:
-        tokens = jnp.where(token_mask[..., None], mask_emb.astype(dtype), tokens)
-    elif token_mask is not None:
-      raise ValueError("token_mask needs a ViT built with mask_token=True")
+    if mask_embedding is not None:
+      mask_emb = jnp.reshape(mask_embedding, (1, 1, self.dim))
+    if token_mask is not None:
+      if mask_emb is None:
+        raise ValueError(
+          "token_mask needs a mask embedding: build the ViT with mask_token=True or pass "
+          "mask_embedding=[1, 1, dim]"
+        )
+      if token_mask.shape != tokens.shape[:2]:
+        raise ValueError(
+          f"token_mask has shape {token_mask.shape}, the image has {tokens.shape[:2]} patches"
+        )
+      tokens = jnp.where(token_mask[..., None], mask_emb.astype(dtype), tokens)
     tokens = tokens + self._pos_embed(grid).astype(dtype)
     out = {}
+    keep = None
     if mask is not None:
       ids_keep = self._ids_keep(mask, num_keep, tokens.shape[1])
       tokens = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
       out["ids_keep"] = ids_keep
+      keep = ids_keep
     cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
     tokens = jnp.concatenate(
       [jnp.broadcast_to(cls.astype(dtype), (b, 1, self.dim)), tokens], axis=1
     )
+    attn_bias = self._rel_pos_bias(grid, keep) if self.rel_pos_bias else None
     mlp_dim = int(self.mlp_ratio * self.dim)
     attn = None
+    blocks = []
     for i in range(self.depth):
       dp = self.drop_path_rate * i / max(self.depth - 1, 1)
       tokens, attn = block_cls(
-        self.dim, self.num_heads, mlp_dim, self.gelu_approximate, dp, dtype, name=f"block{i}"
-      )(tokens, train)
+        self.dim,
+        self.num_heads,
+        mlp_dim,
+        self.gelu_approximate,
+        dp,
+        dtype,
+        self.layer_scale,
+        name=f"block{i}",
+      )(tokens, train, attn_bias)
+      if return_blocks:
+        blocks.append(tokens.astype(jnp.float32))
     # the final norm's output in float32: heads, losses and evaluation see float32
     tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens.astype(jnp.float32))
     out["tokens"] = tokens
@@ -278,6 +383,8 @@ class ViT(nn.Module):
     out["pre_logits"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], 1)
     if return_attention:
       out["attention"] = attn.astype(jnp.float32)
+    if return_blocks:
+      out["block_outputs"] = blocks
     if self.num_classes:
       out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
     return out
@@ -296,9 +403,30 @@ class ViT(nn.Module):
       raise ValueError(
         f"cannot resize a non-square position embedding of {stored[1]} tokens to grid {grid}"
       )
-    pos = pos.reshape(1, g0, g0, self.dim)
-    pos = jax.image.resize(pos, (1, grid[0], grid[1], self.dim), "bicubic")
-    return pos.reshape(1, n, self.dim)
+    return resize_pos_embed(pos.reshape(g0, g0, self.dim), grid).reshape(1, n, self.dim)
+
+  def _rel_pos_bias(self, grid, keep):
+    """[1 or B, heads, T, T] relative position bias (BEiT §2.5, shared by all blocks): one
+    learned scalar per head for every 2-D offset between patches, plus three for CLS->patch,
+    patch->CLS and CLS->CLS; zeros at init. With dropped tokens (`keep` [B, K]) the rows and
+    columns of the kept tokens are gathered."""
+    gh, gw = grid
+    size = (2 * gh - 1) * (2 * gw - 1) + 3
+    if self.has_variable("params", "rel_pos_bias"):
+      stored = self.get_variable("params", "rel_pos_bias").shape[0]
+      if stored != size:
+        raise ValueError(
+          f"the relative position bias was created for another patch grid ({stored} "
+          f"offsets, grid {grid} needs {size}): resize it before changing the input size"
+        )
+    table = self.param("rel_pos_bias", nn.initializers.zeros, (size, self.num_heads))
+    index = jnp.asarray(relative_position_index(grid))  # [N+1, N+1]
+    if keep is not None:
+      ids = jnp.concatenate([jnp.zeros((keep.shape[0], 1), keep.dtype), keep + 1], axis=1)
+      index = index[ids[:, :, None], ids[:, None, :]]  # [B, K+1, K+1]
+    else:
+      index = index[None]
+    return jnp.moveaxis(table[index], -1, 1)  # [1 or B, heads, T, T]
 
   @staticmethod
   def _ids_keep(mask, num_keep, n):
@@ -352,6 +480,8 @@ def _factory(name):
     num_classes: int = 0,
     dtype: str = "float32",
     remat: str = "none",
+    layer_scale: float = 0.0,
+    rel_pos_bias: bool = False,
   ):
     precision.compute_dtype(dtype)
     precision.check_remat(remat)
@@ -367,6 +497,8 @@ def _factory(name):
       num_classes=num_classes,
       dtype=dtype,
       remat=remat,
+      layer_scale=layer_scale,
+      rel_pos_bias=rel_pos_bias,
     )
 
   make.__name__ = name

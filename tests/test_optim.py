@@ -1,0 +1,101 @@
+"""Optimizer config: gradient clipping, the weight-decay schedule, the decay mask."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from sslx import optim
+
+
+def cfg(**kw):
+  base = dict(name="sgd", base_lr=1.0, momentum=0.0, weight_decay=0.0)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
+
+
+def grads(scale):
+  return jax.tree.map(
+    lambda p: scale * jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape), PARAMS
+  )
+
+
+def global_norm(tree):
+  return float(optax.global_norm(tree))
+
+
+def test_clipping_bounds_the_update_norm():
+  tx = optim.make_optimizer(cfg(grad_clip_norm=3.0), optax.constant_schedule(1.0), 10)
+  state = tx.init(PARAMS)
+  big = grads(10.0)  # global norm ~ 240
+  updates, _ = tx.update(big, state, PARAMS)
+  assert global_norm(updates) == pytest.approx(3.0, rel=1e-5)
+  # the direction is kept: the clipped update is the gradient scaled down
+  ratio = jax.tree.map(lambda u, g: u / jnp.where(g == 0, 1, g), updates, big)
+  r = np.concatenate([np.ravel(x) for x in jax.tree.leaves(ratio)])
+  np.testing.assert_allclose(r[r != 0], -3.0 / global_norm(big), rtol=1e-5)
+  # below the threshold nothing changes; 0 = off
+  small = grads(0.01)
+  updates, _ = tx.update(small, state, PARAMS)
+  np.testing.assert_allclose(global_norm(updates), global_norm(small), rtol=1e-6)
+  off = optim.make_optimizer(cfg(grad_clip_norm=0.0), optax.constant_schedule(1.0), 10)
+  updates, _ = off.update(big, off.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(global_norm(updates), global_norm(big), rtol=1e-6)
+  with pytest.raises(ValueError, match="grad_clip_norm"):
+    optim.make_optimizer(cfg(grad_clip_norm=-1.0), optax.constant_schedule(1.0), 10)
+
+
+def test_weight_decay_schedule_is_the_cosine_formula():
+  total, start, end = 100, 0.04, 0.4
+  sched = optim.weight_decay_from(cfg(weight_decay=start, weight_decay_end=end), total)
+  for k in (0, 1, 37, 50, 99, 100, 150):
+    kk = min(k, total)
+    expected = end + 0.5 * (start - end) * (1 + math.cos(math.pi * kk / total))
+    assert float(sched(k)) == pytest.approx(expected, rel=1e-6), k
+  assert optim.weight_decay_from(cfg(weight_decay=0.05), total) == 0.05  # unset: constant
+
+
+def test_adamw_applies_the_scheduled_decay():
+  # zero gradients: AdamW's update is exactly -lr * wd(k) * p on decayed (kernel) leaves
+  total, lr = 10, 0.1
+  c = cfg(name="adamw", weight_decay=0.04, weight_decay_end=0.4)
+  tx = optim.make_optimizer(c, optax.constant_schedule(lr), total)
+  state = tx.init(PARAMS)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  sched = optim.weight_decay_from(c, total)
+  for k in range(4):
+    updates, state = tx.update(zeros, state, PARAMS)
+    np.testing.assert_allclose(updates["w"], -lr * float(sched(k)) * PARAMS["w"], rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], 0.0)  # biases: no decay by default
+
+
+def test_decay_all_decays_biases_too():
+  tx = optim.make_optimizer(cfg(weight_decay=0.1, decay_all=True), optax.constant_schedule(1.0), 10)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  updates, _ = tx.update(zeros, tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(updates["b"], -0.1 * PARAMS["b"], rtol=1e-6)
+  masked = optim.make_optimizer(cfg(weight_decay=0.1), optax.constant_schedule(1.0), 10)
+  updates, _ = masked.update(zeros, masked.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(updates["b"], 0.0)
+  np.testing.assert_allclose(updates["w"], -0.1 * PARAMS["w"], rtol=1e-6)
+
+
+def test_presets_set_clipping_and_schedules():
+  from tests.helpers import experiment
+
+  for name in ("dino", "dinov2"):
+    for preset in ("cifar10", "imagenet"):
+      o = experiment(name, preset).optimizer
+      assert (o.grad_clip_norm, o.weight_decay, o.weight_decay_end) == (3.0, 0.04, 0.4)
+  for name in ("beit", "data2vec"):
+    assert experiment(name, "imagenet").optimizer.grad_clip_norm == 3.0
+  for name in ("moco_v1", "moco_v2"):
+    for preset in ("cifar10", "imagenet"):  # the SGD presets
+      assert experiment(name, preset).optimizer.decay_all is True
