@@ -355,11 +355,6 @@ def layer_norm(x, eps=1e-6):
   return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="the ViT resizes with jax.image.resize, which equals torch's *antialiased* bicubic "
-  "(to 1e-6, both ways); DINO and timm(antialias=False) use torch's plain bicubic",
-)
 @pytest.mark.parametrize("which", ["small", "large"])
 def test_position_embedding_resampling_matches_timm_bicubic(peer, which):
   """A 7x7 embedding resampled to 3x3 (local crops: downsampling) and 10x10 (upsampling) as

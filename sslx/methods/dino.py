@@ -400,6 +400,11 @@ def head_from_config(m, prefix: str = "") -> DINOHead:
   )
 
 
+# What `python -m sslx.main` draws from the final checkpoint: the teacher's last-layer
+# attention of each head on test images (DINO Fig. 1, 3).
+PICTURES = ("attention",)
+
+
 def create(config, total_steps: int) -> DINO:
   m = config.method
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)

@@ -423,6 +423,11 @@ class DINOv2(EMATeacher):
 CENTERINGS = ("center", "sinkhorn_knopp")
 
 
+# What `python -m sslx.main` draws from the final checkpoint: the teacher's last-layer
+# attention of each head on test images (DINO Fig. 1, 3).
+PICTURES = ("attention",)
+
+
 def create(config, total_steps: int) -> DINOv2:
   m = config.method
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
