@@ -30,14 +30,9 @@ def cpu(opts) -> ml_collections.ConfigDict:
   c = cl.base_config()
   c.method = cl.method(
     "data2vec",
-    mask_ratio=0.6,
     top_k=2,
-    target_norm="layer",
-    loss_beta=2.0,
     ema_decay=0.99,
     ema_end_decay=0.999,
-    ema_anneal_steps=0,
-    eval_encoder="student",
   )
   c.model = cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
   # data2vec (like BEiT) uses random-resized-crop and flip, plus mild colour jitter.

@@ -40,18 +40,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     out_dim=1024,
     hidden_dim=512,
     bottleneck_dim=128,
-    head_layers=3,
-    head_bn=False,
-    norm_last_layer=True,
-    freeze_last_layer_steps=0,
-    student_temp=0.1,
-    teacher_temp=0.04,
-    warmup_teacher_temp=0.04,
-    warmup_teacher_temp_fraction=0.0,
-    center_momentum=0.9,
     base_momentum=0.99,
-    collapse_std=0.05,
-    eval_encoder="teacher",
   )
   # Patch 8 on 32 px (a 4x4 grid; 2x2 on the 16 px local crops): ~4x cheaper than patch 4,
   # so ~4x more steps fit a few CPU minutes, which is what the ViT needs to beat random init.

@@ -41,13 +41,8 @@ def cpu(opts) -> ml_collections.ConfigDict:
     version="v1",
     temperature=0.07,
     projector_hidden=(),
-    projector_dim=128,
-    projector_bn=False,
     queue_size=4096,
     momentum=0.99,
-    momentum_schedule="constant",
-    symmetric=False,
-    shuffle_bn_group=32,
   )
   c.model = cl.model("convnet", widths=(32, 64, 128, 256))
   # The paper's v1 augmentation (torchvision ColorJitter(0.4, 0.4, 0.4, 0.4), always on).

@@ -27,12 +27,9 @@ def cpu(opts) -> ml_collections.ConfigDict:
     "simclr",
     temperature=0.2,
     projector_hidden=(512,),
-    projector_dim=128,
-    projector_bn=True,
     # BatchNorm on the projection output (SimCLR's code); the demo's figures were measured
     # without it, so the cpu preset keeps it off
     projector_out_bn=False,
-    grad_cache_chunk=0,
   )
   c.model = cl.model("convnet", widths=(32, 64, 128, 256))
   c.augment = cl.two_views(32, (0.2, 1.0))

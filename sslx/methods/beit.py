@@ -152,13 +152,22 @@ def masked_cross_entropy(logits, labels, mask):
   return jnp.sum(nll * w) / denom, acc
 
 
+# BEiT-base (§2.5): 40% of the patches masked in blocks of at least 16; the stage-one tokenizer
+# is read from tokenizer_workdir (a beit_tokenizer run).
+# fmt: off
+DEFAULTS = dict(
+  tokenizer_workdir="", mask_ratio=0.4, min_block=16,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> BEiT:
   del total_steps
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   if not isinstance(encoder, vit_lib.ViT):
     raise ValueError(f"BEiT needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
-  tokenizer, tok_params = load_tokenizer(m.get("tokenizer_workdir", ""))
+  tokenizer, tok_params = load_tokenizer(m.tokenizer_workdir)
   if tokenizer.patch_size != encoder.patch_size:
     raise ValueError(
       f"the tokenizer has one code per {tokenizer.patch_size} px patch, the "
@@ -171,6 +180,6 @@ def create(config, total_steps: int) -> BEiT:
     tokenizer_params=tok_params,
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
-    mask_ratio=float(m.get("mask_ratio", 0.4)),
-    min_block=int(m.get("min_block", 16)),
+    mask_ratio=float(m.mask_ratio),
+    min_block=int(m.min_block),
   )

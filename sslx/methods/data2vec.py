@@ -192,6 +192,16 @@ class Data2Vec(base.MaskedImageMethod):
     return None
 
 
+# data2vec ViT-B (vision release): 60% masking, targets from the top 6 blocks, smooth-L1 β = 2,
+# EMA 0.9998 constant; evaluation encodes with the student.
+# fmt: off
+DEFAULTS = dict(
+  mask_ratio=0.6, top_k=6, target_norm="layer", loss_beta=2.0, ema_decay=0.9998,
+  ema_end_decay=0.9998, ema_anneal_steps=0, eval_encoder="student",
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> Data2Vec:
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
@@ -200,11 +210,11 @@ def create(config, total_steps: int) -> Data2Vec:
   top_k = int(m.top_k)
   if not 1 <= top_k <= encoder.depth:
     raise ValueError(f"method.top_k={top_k} must be in [1, model.depth={encoder.depth}]")
-  norm = m.get("target_norm", "layer")
+  norm = m.target_norm
   if norm not in ("instance", "layer"):
     raise ValueError(f"method.target_norm={norm!r}; valid: 'layer', 'instance'")
-  eval_encoder = base.check_eval_encoder(m.get("eval_encoder", "student"), EVAL_ENCODERS)
-  anneal = int(m.get("ema_anneal_steps", 0)) or int(total_steps)
+  eval_encoder = base.check_eval_encoder(m.eval_encoder, EVAL_ENCODERS)
+  anneal = int(m.ema_anneal_steps) or int(total_steps)
   return Data2Vec(
     encoder=encoder,
     head=vit_lib.FlatDense(encoder.dim),
@@ -213,7 +223,7 @@ def create(config, total_steps: int) -> Data2Vec:
     mask_ratio=float(m.mask_ratio),
     top_k=top_k,
     target_norm=norm,
-    loss_beta=float(m.get("loss_beta", 2.0)),
+    loss_beta=float(m.loss_beta),
     ema_start=float(m.ema_decay),
     ema_end=float(m.ema_end_decay),
     ema_anneal_steps=anneal,

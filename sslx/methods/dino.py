@@ -389,20 +389,35 @@ def no_drop_path(backbone: nn.Module) -> nn.Module:
   return backbone
 
 
-def head_from_config(m, prefix: str = "") -> DINOHead:
+def head_from_config(m) -> DINOHead:
+  """The projection head `config.method` (or a dict of its settings) describes."""
   return DINOHead(
-    out_dim=int(m.get(prefix + "out_dim", 65536)),
-    hidden_dim=int(m.get("hidden_dim", 2048)),
-    bottleneck_dim=int(m.get("bottleneck_dim", 256)),
-    nlayers=int(m.get("head_layers", 3)),
-    use_bn=bool(m.get("head_bn", False)),
-    norm_last_layer=bool(m.get("norm_last_layer", True)),
+    out_dim=int(m["out_dim"]),
+    hidden_dim=int(m["hidden_dim"]),
+    bottleneck_dim=int(m["bottleneck_dim"]),
+    nlayers=int(m["head_layers"]),
+    use_bn=bool(m["head_bn"]),
+    norm_last_layer=bool(m["norm_last_layer"]),
   )
 
 
 # What `python -m sslx.main` draws from the final checkpoint: the teacher's last-layer
 # attention of each head on test images (DINO Fig. 1, 3).
 PICTURES = ("attention",)
+
+
+# The paper's ViT-S/16 settings (§4, Appendix): a 3-layer head (2048 hidden, 256 bottleneck,
+# 65,536 prototypes, weight-normalised last layer), τ_s 0.1, τ_t 0.04, center momentum 0.9,
+# teacher momentum 0.996 → 1; evaluation uses the teacher. The cifar10/imagenet presets freeze
+# the last layer for the first epoch (freeze_last_layer_steps).
+# fmt: off
+DEFAULTS = dict(
+  out_dim=65536, hidden_dim=2048, bottleneck_dim=256, head_layers=3, head_bn=False,
+  norm_last_layer=True, freeze_last_layer_steps=0, student_temp=0.1, teacher_temp=0.04,
+  warmup_teacher_temp=0.04, warmup_teacher_temp_fraction=0.0, center_momentum=0.9,
+  base_momentum=0.996, collapse_std=0.05, eval_encoder="teacher",
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> DINO:
@@ -417,15 +432,13 @@ def create(config, total_steps: int) -> DINO:
     preprocess=base.Preprocess.from_config(config.dataset),
     total_steps=int(total_steps),
     out_dim=head.out_dim,
-    student_temp=float(m.get("student_temp", 0.1)),
-    teacher_temp=float(m.get("teacher_temp", 0.04)),
-    warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
-    warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
-    center_momentum=float(m.get("center_momentum", 0.9)),
-    base_momentum=float(m.get("base_momentum", 0.996)),
-    freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
-    collapse_std=float(m.get("collapse_std", 0.05)),
-    eval_encoder=base.check_eval_encoder(
-      m.get("eval_encoder", "teacher"), EMATeacher.EVAL_ENCODERS
-    ),
+    student_temp=float(m.student_temp),
+    teacher_temp=float(m.teacher_temp),
+    warmup_teacher_temp=float(m.warmup_teacher_temp),
+    warmup_teacher_temp_fraction=float(m.warmup_teacher_temp_fraction),
+    center_momentum=float(m.center_momentum),
+    base_momentum=float(m.base_momentum),
+    freeze_last_layer_steps=int(m.freeze_last_layer_steps),
+    collapse_std=float(m.collapse_std),
+    eval_encoder=base.check_eval_encoder(m.eval_encoder, EMATeacher.EVAL_ENCODERS),
   )

@@ -428,11 +428,28 @@ CENTERINGS = ("center", "sinkhorn_knopp")
 PICTURES = ("attention",)
 
 
+# DINOv2's settings: DINO's head and teacher plus an iBOT head of patch_out_dim prototypes
+# (shared with the DINO head unless separate_ibot_head), centering by the mean or by
+# Sinkhorn-Knopp, loss weights DINO 1 / iBOT 1 / KoLeo 0.1 (KoLeo over groups of 64, the
+# per-GPU batch), half of the global crops masked at 10-50% of their patches.
+# fmt: off
+DEFAULTS = dict(
+  out_dim=65536, patch_out_dim=65536, separate_ibot_head=False, hidden_dim=2048,
+  bottleneck_dim=256, head_layers=3, head_bn=False, norm_last_layer=True,
+  freeze_last_layer_steps=0, student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
+  warmup_teacher_temp_fraction=0.0, center_momentum=0.9, base_momentum=0.992,
+  centering="center", sinkhorn_iterations=3, dino_loss_weight=1.0, ibot_loss_weight=1.0,
+  koleo_loss_weight=0.1, koleo_group_size=64, mask_probability=0.5, mask_ratio=(0.1, 0.5),
+  collapse_std=0.05, eval_encoder="teacher",
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> DINOv2:
   m = config.method
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   backbone = masked_vit(models.create_model(config.model.name, **base.model_kwargs(config.model)))
-  centering = m.get("centering", "center")
+  centering = m.centering
   if centering not in CENTERINGS:
     raise ValueError(f"method.centering={centering!r}; valid choices: {list(CENTERINGS)}")
   if views.global_size % backbone.patch_size:
@@ -441,15 +458,15 @@ def create(config, total_steps: int) -> DINOv2:
       f"size {backbone.patch_size}"
     )
   dino_head = head_from_config(m)
-  separate = bool(m.get("separate_ibot_head", False))
-  patch_out = int(m.get("patch_out_dim", dino_head.out_dim))
+  separate = bool(m.separate_ibot_head)
+  patch_out = int(m.patch_out_dim)
   ibot_head = None
   if separate:
     ibot_head = head_from_config(dict(m.to_dict(), out_dim=patch_out))
   elif patch_out != dino_head.out_dim:
     raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
-  ratio = tuple(float(r) for r in m.get("mask_ratio", (0.1, 0.5)))
-  koleo_group = int(m.get("koleo_group_size", 64))
+  ratio = tuple(float(r) for r in m.mask_ratio)
+  koleo_group = int(m.koleo_group_size)
   batch = int(config.batch_size)
   if koleo_group < 0 or (0 < koleo_group < batch and batch % koleo_group):
     raise ValueError(
@@ -465,23 +482,21 @@ def create(config, total_steps: int) -> DINOv2:
     out_dim=dino_head.out_dim,
     patch_out_dim=patch_out,
     patch_size=backbone.patch_size,
-    student_temp=float(m.get("student_temp", 0.1)),
-    teacher_temp=float(m.get("teacher_temp", 0.07)),
-    warmup_teacher_temp=float(m.get("warmup_teacher_temp", 0.04)),
-    warmup_teacher_temp_fraction=float(m.get("warmup_teacher_temp_fraction", 0.0)),
-    center_momentum=float(m.get("center_momentum", 0.9)),
-    base_momentum=float(m.get("base_momentum", 0.992)),
-    freeze_last_layer_steps=int(m.get("freeze_last_layer_steps", 0)),
+    student_temp=float(m.student_temp),
+    teacher_temp=float(m.teacher_temp),
+    warmup_teacher_temp=float(m.warmup_teacher_temp),
+    warmup_teacher_temp_fraction=float(m.warmup_teacher_temp_fraction),
+    center_momentum=float(m.center_momentum),
+    base_momentum=float(m.base_momentum),
+    freeze_last_layer_steps=int(m.freeze_last_layer_steps),
     centering=centering,
-    sinkhorn_iterations=int(m.get("sinkhorn_iterations", 3)),
-    dino_loss_weight=float(m.get("dino_loss_weight", 1.0)),
-    ibot_loss_weight=float(m.get("ibot_loss_weight", 1.0)),
-    koleo_loss_weight=float(m.get("koleo_loss_weight", 0.1)),
+    sinkhorn_iterations=int(m.sinkhorn_iterations),
+    dino_loss_weight=float(m.dino_loss_weight),
+    ibot_loss_weight=float(m.ibot_loss_weight),
+    koleo_loss_weight=float(m.koleo_loss_weight),
     koleo_group_size=koleo_group,
-    mask_probability=float(m.get("mask_probability", 0.5)),
+    mask_probability=float(m.mask_probability),
     mask_ratio=ratio,
-    collapse_std=float(m.get("collapse_std", 0.05)),
-    eval_encoder=base.check_eval_encoder(
-      m.get("eval_encoder", "teacher"), EMATeacher.EVAL_ENCODERS
-    ),
+    collapse_std=float(m.collapse_std),
+    eval_encoder=base.check_eval_encoder(m.eval_encoder, EMATeacher.EVAL_ENCODERS),
   )

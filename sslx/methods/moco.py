@@ -298,35 +298,45 @@ def check_queue_size(queue_size: int, batch_size: int) -> None:
     )
 
 
+# MoCo v2's ImageNet settings: a 2048-wide MLP head to 128, τ = 0.2, a 65,536-key queue,
+# m = 0.999, shuffle BN over groups of 32 (the per-GPU batch). v1: no hidden layer, τ = 0.07.
+# fmt: off
+DEFAULTS = dict(
+  version="v2", temperature=0.2, projector_hidden=(2048,), projector_dim=128, projector_bn=False,
+  queue_size=65536, momentum=0.999, momentum_schedule="constant", symmetric=False,
+  shuffle_bn_group=32,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> MoCo:
   m = config.method
-  version = m.get("version", "v2")
+  version = m.version
   if version not in VERSIONS:
     raise ValueError(f"method.version={version!r}; valid choices: {sorted(VERSIONS)}")
-  get = lambda key: m.get(key, VERSIONS[version][key])  # noqa: E731
-  queue_size = int(m.get("queue_size", 65536))
+  queue_size = int(m.queue_size)
   check_queue_size(queue_size, int(config.batch_size))
-  schedule = m.get("momentum_schedule", "constant")
+  schedule = m.momentum_schedule
   if schedule not in SCHEDULES:
     raise ValueError(f"method.momentum_schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
-  momentum = float(m.get("momentum", 0.999))
+  momentum = float(m.momentum)
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"method.momentum={momentum} must be in [0, 1]")
-  embed_dim = int(m.get("projector_dim", 128))
-  symmetric = bool(m.get("symmetric", False))
-  shuffle_bn_group = int(m.get("shuffle_bn_group", 32))
+  embed_dim = int(m.projector_dim)
+  symmetric = bool(m.symmetric)
+  shuffle_bn_group = int(m.shuffle_bn_group)
   check_shuffle_bn_group(shuffle_bn_group, int(config.batch_size) * (2 if symmetric else 1))
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   head = models.MLPHead(
-    hidden_dims=tuple(get("projector_hidden")),
+    hidden_dims=tuple(m.projector_hidden),
     out_dim=embed_dim,
-    use_bn=bool(m.get("projector_bn", False)),
+    use_bn=bool(m.projector_bn),
   )
   return MoCo(
     net=EncoderWithHead(encoder, head),
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
-    temperature=float(get("temperature")),
+    temperature=float(m.temperature),
     queue_size=queue_size,
     embed_dim=embed_dim,
     momentum=momentum,

@@ -140,15 +140,25 @@ class SimCLR(base.Method):
     )
 
 
+# The paper's ImageNet head (§B.1): a 2048-wide MLP to 128, BatchNorm after each layer, the
+# output's included; τ = 0.1. grad_cache_chunk > 0 embeds the views in chunks (GradCache).
+# fmt: off
+DEFAULTS = dict(
+  temperature=0.1, projector_hidden=(2048,), projector_dim=128, projector_bn=True,
+  projector_out_bn=True, grad_cache_chunk=0,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> SimCLR:
   del total_steps  # no schedule inside SimCLR's loss
   m = config.method
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  out_bn = bool(m.get("projector_out_bn", True))
+  out_bn = bool(m.projector_out_bn)
   projector = models.MLPHead(
-    hidden_dims=tuple(m.get("projector_hidden", (2048,))),
-    out_dim=m.get("projector_dim", 128),
-    use_bn=m.get("projector_bn", True),
+    hidden_dims=tuple(m.projector_hidden),
+    out_dim=int(m.projector_dim),
+    use_bn=bool(m.projector_bn),
     last_bias=not out_bn,
     last_bn=out_bn,
     last_bn_scale=True,
@@ -158,5 +168,5 @@ def create(config, total_steps: int) -> SimCLR:
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     temperature=float(m.temperature),
-    grad_cache_chunk=int(m.get("grad_cache_chunk", 0)),
+    grad_cache_chunk=int(m.grad_cache_chunk),
   )
