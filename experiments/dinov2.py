@@ -214,4 +214,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     raise ValueError(
       f"unknown preset {preset!r} for experiments/dinov2.py; valid: cpu, cifar10, imagenet"
     )
+  if preset in ("cifar10", "imagenet"):
+    # bf16 matmuls/convolutions (encoder and heads); parameters, normalisation statistics,
+    # softmax and losses stay float32 (sslx/models/precision.py)
+    c.model.dtype = "bfloat16"
   return config_lib.with_duration(c, opts)

@@ -205,8 +205,13 @@ def create(config, total_steps: int) -> BYOL:
     raise ValueError("BYOL uses two views: set augment.num_local_crops=0")
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   dim = int(m.get("projector_dim", 256))
-  projector = models.MLPHead(hidden_dims=tuple(m.get("projector_hidden", (4096,))), out_dim=dim)
-  predictor = models.MLPHead(hidden_dims=tuple(m.get("predictor_hidden", (4096,))), out_dim=dim)
+  dtype = config.model.get("dtype", "float32")  # the heads compute as the encoder does
+  projector = models.MLPHead(
+    hidden_dims=tuple(m.get("projector_hidden", (4096,))), out_dim=dim, dtype=dtype
+  )
+  predictor = models.MLPHead(
+    hidden_dims=tuple(m.get("predictor_hidden", (4096,))), out_dim=dim, dtype=dtype
+  )
   return BYOL(
     net=BYOLNet(encoder, projector, predictor),
     views=views,

@@ -117,6 +117,7 @@ def create(config, total_steps: int) -> SimCLR:
     hidden_dims=tuple(m.get("projector_hidden", (2048,))),
     out_dim=m.get("projector_dim", 128),
     use_bn=m.get("projector_bn", True),
+    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return SimCLR(
     net=EncoderWithProjector(encoder, projector),

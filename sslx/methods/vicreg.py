@@ -140,6 +140,7 @@ def create(config, total_steps: int) -> VICReg:
   expander = models.MLPHead(
     hidden_dims=tuple(m.get("expander_hidden", (8192, 8192))),
     out_dim=int(m.get("expander_dim", 8192)),
+    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return VICReg(
     net=EncoderWithExpander(encoder, expander),
