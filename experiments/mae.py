@@ -102,7 +102,12 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_baselines = False
   elif preset == "imagenet":
-    c.model = ml_collections.ConfigDict(dict(name="vit_base", patch_size=16, pool="cls"))
+    # remat "dots" (encoder and decoder): keeps the token-wise matmul outputs and recomputes
+    # attention probabilities, norms and GELUs; at batch 4096 the decoder's [B, 16, 197, 197]
+    # attention maps are most of the step's memory (memory plan in BUILD_NOTES.md).
+    c.model = ml_collections.ConfigDict(
+      dict(name="vit_base", patch_size=16, pool="cls", remat="dots")
+    )
     c.dataset = ml_collections.ConfigDict(
       dict(
         name="tfds",

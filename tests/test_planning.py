@@ -31,6 +31,35 @@ def test_targets():
     planning.target("v4-12")
 
 
+def test_knobs_offer_only_what_the_config_does_not_use_yet():
+  c = experiment("simclr", "imagenet")
+  c.model.dtype = "float32"
+  flags = [f for f, _ in planning.knobs(c, 16)]
+  assert flags[:2] == ["--config.model.dtype=bfloat16", "--config.model.remat=block"]
+  assert any("fsdp" in f for f in flags) and "--config.batch_size=2048" in flags
+  assert any(f.startswith("--config.method.grad_cache_chunk=") for f in flags)
+  c.model.dtype, c.model.remat = "bfloat16", "dots"
+  c.mesh = (("data", -1), ("fsdp", 4))
+  flags = [f for f, _ in planning.knobs(c, 16)]
+  assert not any("dtype" in f or "remat" in f or "fsdp" in f for f in flags)
+  # each knob's changes apply to a copy
+  changed = planning.override(c, **{"model.remat": "block", "batch_size": 8})
+  assert (changed.model.remat, changed.batch_size, c.model.remat) == ("block", 8, "dots")
+
+
+def test_plan_cli_environment():
+  """A GPU estimate gets as many fake CPU devices as GPUs before jax starts; a TPU slice
+  needs none (its devices come from libtpu's compile-only client)."""
+  from sslx.cli import plan as plan_cli
+
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  plan_cli.prepare_environment("8xH100", env)
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
+  env = {"JAX_PLATFORMS": "cpu"}
+  plan_cli.prepare_environment("v4-32", env)
+  assert "XLA_FLAGS" not in env
+
+
 def test_matmul_flops_counts_dots_and_convolutions_outside_augmentation():
   def f(x, w, k):
     with jax.named_scope("sslx_augment"):
