@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import time
 from typing import Any
@@ -126,6 +127,9 @@ def devices_for(t: Target) -> list:
   if not t.estimate:
     from jax.experimental import topologies
 
+    # Compile-only: no TPU is opened, so several planners (or a planner beside a training
+    # run on a TPU VM) may load libtpu at once; by default libtpu allows one process.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
       topo = topologies.get_topology_desc(t.topology, "tpu", **dict(t.chip.topology_kwargs))
     except Exception as e:
