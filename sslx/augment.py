@@ -517,41 +517,6 @@ def _blur_with_sigma(image: Array, sigma: Any, kernel_size: int) -> Array:
   return sum(taps[i] * padded[:, i : i + width] for i in range(kernel_size))
 
 
-def _blur_matrix(size: int, sigma: Any, kernel_size: int) -> Array:
-  """``[size, size]`` matrix ``M`` with ``M @ x`` = the 1-D Gaussian blur of
-  :func:`_blur_with_sigma` along ``x``'s first axis, reflect padding folded in: row ``i`` holds
-  tap ``t`` at column ``reflect(i + t - r)``."""
-  r = kernel_size // 2
-  if r >= size:
-    raise ValueError(f"blur kernel {kernel_size} is too large for a side of {size}")
-  taps = _gaussian_kernel1d(sigma, kernel_size)
-  i = jnp.arange(size)[:, None]
-  j = jnp.arange(size)[None, :]
-
-  def g(d):  # tap at offset d = source - destination, 0 outside the kernel
-    return jnp.where(jnp.abs(d) <= r, taps[jnp.clip(d + r, 0, kernel_size - 1)], 0.0)
-
-  # source index m = i + t - r lands on column j directly, or reflected: m = -j (m < 0,
-  # j >= 1) or m = 2 (size - 1) - j (m > size - 1, j <= size - 2)
-  low = jnp.where(j >= 1, g(-j - i), 0.0)
-  high = jnp.where(j <= size - 2, g(2 * (size - 1) - j - i), 0.0)
-  return g(j - i) + low + high
-
-
-def _blur_or_identity(image: Array, sigma: Any, kernel_size: int, apply: Any) -> Array:
-  """:func:`_blur_with_sigma` as two matmuls with banded matrices (the identity where
-  ``apply`` is false): no per-tap passes over the image, no blurred copy that a select then
-  throws away, and on a TPU the work goes to the matrix unit (default precision: one bf16
-  pass; exact float32 on a CPU)."""
-  h, w = image.shape[0], image.shape[1]
-  rows = jnp.where(apply, _blur_matrix(h, sigma, kernel_size), jnp.eye(h, dtype=jnp.float32))
-  cols = rows if w == h else None
-  if cols is None:
-    cols = jnp.where(apply, _blur_matrix(w, sigma, kernel_size), jnp.eye(w, dtype=jnp.float32))
-  out = jnp.einsum("ij,jwc->iwc", rows, image)
-  return jnp.einsum("pw,iwc->ipc", cols, out)
-
-
 def gaussian_blur(
   rng: Array,
   image: Array,
@@ -710,14 +675,12 @@ def view(
     )
     x = _apply_if(draws["jitter_coin"], x, jitter, prob("jitter_prob"))
   x = _apply_if(draws["gray"], x, to_grayscale, prob("grayscale_prob"))
-  if not _is_static(prob("blur_prob"), 0):
-    # the coin picks the Gaussian or the identity matrix: one pass either way
-    x = _blur_or_identity(
-      x,
-      p.blur_sigma[0] + draws["sigma"] * (p.blur_sigma[1] - p.blur_sigma[0]),
-      _default_blur_kernel_size(min(x.shape[0], x.shape[1])),
-      draws["blur_coin"] < prob("blur_prob"),
-    )
+  blur = lambda im: _blur_with_sigma(  # noqa: E731
+    im,
+    p.blur_sigma[0] + draws["sigma"] * (p.blur_sigma[1] - p.blur_sigma[0]),
+    _default_blur_kernel_size(min(im.shape[0], im.shape[1])),
+  )
+  x = _apply_if(draws["blur_coin"], x, blur, prob("blur_prob"))
   x = _apply_if(
     draws["solarize"], x, lambda im: solarize(im, p.solarize_threshold), prob("solarize_prob")
   )
