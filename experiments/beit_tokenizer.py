@@ -22,53 +22,16 @@ first, then point BEiT at its workdir:
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
 
 
-def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="beit_tokenizer",
-      patch_size=4,
-      codebook_size=256,
-      code_dim=16,
-      hidden=64,
-      beta=0.25,
-      ema_decay=0.99,
-      dead_threshold=0.03,
-    )
-  )
-  c.model = ml_collections.ConfigDict(dict(name="convnet"))
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.5, 1.0),
-      brightness=0.0,
-      contrast=0.0,
-      saturation=0.0,
-      hue=0.0,
-      jitter_prob=0.0,
-      grayscale_prob=0.0,
-      blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=2e-3,
-      lr_scaling="none",
-      b1=0.9,
-      b2=0.99,
-      weight_decay=0.0,
-      warmup_epochs=0.1,
-      final_lr_fraction=0.1,
-    )
-  )
+def cpu(opts) -> ml_collections.ConfigDict:
+  del opts
+  c = cl.base_config()
+  c.method = cl.method("beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64)
+  c.model = cl.model("convnet")
+  c.augment = cl.crop_only(32, (0.5, 1.0))
+  c.optimizer = cl.optimizer("adamw", 2e-3, b2=0.99, warmup_epochs=0.1, final_lr_fraction=0.1)
   c.batch_size = 64
   c.num_epochs = 1.0
   c.checkpoint_every_steps = 0
@@ -77,44 +40,22 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(20,), temperature=0.07)))
   c.eval_baselines = False
   c.eval_train_limit = 2000
+  return c
 
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.dataset.name = "image_folder"
-    c.method.hidden = 128
-    c.method.codebook_size = 1024
-    c.batch_size = 256
-    c.num_epochs = 50.0
-    c.optimizer.warmup_epochs = 1.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-  elif preset == "imagenet":
-    c.dataset = ml_collections.ConfigDict(
-      dict(
-        name="tfds",
-        tfds_name="imagenet2012",
-        data_dir="",
-        path="",
-        train_split="train",
-        eval_split="validation",
-        image_size=224,
-        num_workers=8,
-        normalization="imagenet",
-      )
-    )
-    c.augment.crop_size = 224
-    c.method.patch_size = 16
-    c.method.hidden = 256
-    c.method.codebook_size = 8192
-    c.batch_size = 512
-    c.num_epochs = 20.0
-    c.optimizer.warmup_epochs = 1.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-    c.eval_train_limit = 20_000
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/beit_tokenizer.py; valid: cpu, cifar10, imagenet"
-    )
-  return config_lib.with_duration(c, opts)
+
+def cifar10(c, opts):
+  c.method.update(hidden=128, codebook_size=1024)
+  c.optimizer.warmup_epochs = 1.0
+  cl.cifar10_run(c, batch_size=256, epochs=50)
+
+
+def imagenet(c, opts):
+  c.augment.crop_size = 224
+  c.method.update(patch_size=16, hidden=256, codebook_size=8192)
+  c.optimizer.warmup_epochs = 1.0
+  cl.imagenet_run(c, batch_size=512, epochs=20)
+  c.eval_train_limit = 20_000
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10, imagenet=imagenet)

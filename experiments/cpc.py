@@ -21,160 +21,61 @@ Method: sslx/methods/cpc.py; patch encoder and context network: sslx/models/cpc_
         python -m sslx.main --config=experiments/cpc.py:cifar10 \
           --config.dataset.path=/data/cifar10 --workdir=...
   imagenet: Oord et al.'s grid: 64 px patches at stride 32 on 256 px crops (7x7), K = 5 rows.
-
-Flags: presets take extra words, e.g. `experiments/cpc.py:cpu,steps=50`. Any key can be
-overridden with --config.<key>=value; an unknown key fails at once.
 """
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
 
 
-def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="cpc",
-      patch_size=8,
-      patch_stride=4,
-      steps_ahead=3,
-      first_step=2,
-      context_dim=256,
-      # Cosine score at τ=0.1 instead of the paper's zᵀ W_k c (temperature=0): see
-      # methods/cpc.py; in the demo it is what makes the features beat random init on k-NN.
-      context_layers=3,
-      context_kernel_rows=3,
-      temperature=0.1,
-      # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
-      patch_augment=dict(
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        jitter_prob=0.8,
-        grayscale_prob=0.5,
-        blur_prob=0.0,
-        flip_prob=0.0,
-      ),
-    )
-  )
-  # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
-  c.model = ml_collections.ConfigDict(dict(name="cpc_convnet", widths=(16, 32, 64, 128), blocks=1))
-  # One view of the whole image before the patches are cut.
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.3, 1.0),
+def cpu(opts) -> ml_collections.ConfigDict:
+  del opts
+  c = cl.base_config()
+  c.method = cl.method(
+    "cpc",
+    first_step=2,
+    # Cosine score at τ=0.1 instead of the paper's zᵀ W_k c (temperature=0): see
+    # methods/cpc.py; in the demo it is what makes the features beat random init on k-NN.
+    temperature=0.1,
+    # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
+    patch_augment=dict(
       brightness=0.4,
       contrast=0.4,
       saturation=0.4,
       hue=0.1,
       jitter_prob=0.8,
-      grayscale_prob=0.2,
+      grayscale_prob=0.5,
       blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
+      flip_prob=0.0,
+    ),
   )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=2e-3,
-      lr_scaling="none",
-      weight_decay=1e-4,
-      warmup_epochs=0.15,
-      final_lr_fraction=0.0,
-      momentum=0.9,
-      trust_coefficient=0.001,
-    )
-  )
+  # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
+  c.model = cl.model("cpc_convnet", widths=(16, 32, 64, 128), blocks=1)
+  # One view of the whole image before the patches are cut.
+  c.augment = cl.two_views(32, (0.3, 1.0))
+  c.optimizer = cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.15)
   c.batch_size = 64
   c.num_epochs = 0.0
   c.total_steps = 400
   c.log_every_steps = 25
+  return c
 
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.model = ml_collections.ConfigDict(
-      dict(name="cpc_convnet", widths=(64, 128, 256, 512), blocks=2)
-    )
-    c.dataset.name = "image_folder"
-    c.method.context_dim = 512
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=2e-4,
-        lr_scaling="none",
-        weight_decay=1e-4,
-        warmup_epochs=5.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 512
-    c.total_steps = 0
-    c.num_epochs = 200.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-  elif preset == "imagenet":
-    c.model = ml_collections.ConfigDict(
-      dict(name="cpc_convnet", widths=(64, 128, 256, 512, 1024, 1024), blocks=2)
-    )
-    c.dataset = ml_collections.ConfigDict(
-      dict(
-        name="tfds",
-        tfds_name="imagenet2012",
-        data_dir="",
-        path="",
-        train_split="train",
-        eval_split="validation",
-        image_size=256,
-        num_workers=8,
-        normalization="imagenet",
-      )
-    )
-    c.augment = ml_collections.ConfigDict(
-      dict(
-        crop_size=256,
-        crop_scale=(0.3, 1.0),
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        jitter_prob=0.8,
-        grayscale_prob=0.2,
-        blur_prob=0.0,
-        flip_prob=0.5,
-        solarize_prob=0.0,
-      )
-    )
-    c.method.patch_size = 64
-    c.method.patch_stride = 32
-    c.method.steps_ahead = 5
-    c.method.context_dim = 1024
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=2e-4,
-        lr_scaling="none",
-        weight_decay=0.0,
-        warmup_epochs=1.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 512
-    c.total_steps = 0
-    c.num_epochs = 100.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-    c.eval_train_limit = 100_000
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/cpc.py; valid: cpu, cifar10, imagenet"
-    )
-  return config_lib.with_duration(c, opts)
+
+def cifar10(c, opts):
+  c.model = cl.model("cpc_convnet", widths=(64, 128, 256, 512), blocks=2)
+  c.method.context_dim = 512
+  c.optimizer = cl.optimizer("adamw", 2e-4, weight_decay=1e-4, warmup_epochs=5.0)
+  cl.cifar10_run(c, batch_size=512, epochs=200)
+
+
+def imagenet(c, opts):
+  c.model = cl.model("cpc_convnet", widths=(64, 128, 256, 512, 1024, 1024), blocks=2)
+  c.augment = cl.two_views(256, (0.3, 1.0))
+  c.method.update(patch_size=64, patch_stride=32, steps_ahead=5, context_dim=1024)
+  c.optimizer = cl.optimizer("adamw", 2e-4, warmup_epochs=1.0)
+  cl.imagenet_run(c, batch_size=512, epochs=100)
+  c.dataset.image_size = 256
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10, imagenet=imagenet)

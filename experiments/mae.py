@@ -18,137 +18,50 @@ r"""MAE (He et al. 2022) experiment presets.
   imagenet: ViT-B/16, decoder 8 × 512 (16 heads), 75% masking, norm-pix loss, batch 4096, AdamW
       lr 1.5e-4·B/256, β1 0.9 β2 0.95, weight decay 0.05, 40 warm-up epochs, 800 epochs, crop
       scale 0.2–1 + flip only (paper Table 8 / App. A.1: 83.6% fine-tuned, 68.0% linear).
-
-Flags: presets take extra words, e.g. `experiments/mae.py:cpu,steps=50`. Any key can be
-overridden with --config.<key>=value; an unknown key fails at once.
 """
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
+
+
+def cpu(opts) -> ml_collections.ConfigDict:
+  del opts
+  c = cl.base_config()
+  c.method = cl.method("mae", decoder_dim=64, decoder_depth=2, decoder_heads=4)
+  c.model = cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
+  # MAE augments with random-resized-crop and flip only (App. A.1).
+  c.augment = cl.crop_only(32, (0.2, 1.0))
+  c.optimizer = cl.optimizer("adamw", 1.5e-3, b2=0.95, weight_decay=0.05, warmup_epochs=0.5)
+  c.batch_size = 128
+  c.num_epochs = 4.0
+  return c
+
+
+def _paper_optimizer(c):
+  """AdamW 1.5e-4·B/256, β2 = 0.95, weight decay 0.05, 40 warm-up epochs (MAE Table 8)."""
+  c.optimizer = cl.optimizer(
+    "adamw", 1.5e-4, lr_scaling="linear", b2=0.95, weight_decay=0.05, warmup_epochs=40.0
+  )
+
+
+def cifar10(c, opts):
+  c.model = cl.model("vit_small", patch_size=4, pool="mean")
+  c.method.update(decoder_dim=256, decoder_depth=4, decoder_heads=8)
+  _paper_optimizer(c)
+  cl.cifar10_run(c, batch_size=512, epochs=800)
+
+
+def imagenet(c, opts):
+  # remat "dots" (encoder and decoder): keeps the token-wise matmul outputs and recomputes
+  # attention probabilities, norms and GELUs; at batch 4096 the decoder's [B, 16, 197, 197]
+  # attention maps are most of the step's memory.
+  c.model = cl.model("vit_base", patch_size=16, pool="cls", remat="dots")
+  c.augment.crop_size = 224
+  c.method = cl.method("mae")  # the paper's 8-block, 512-wide decoder
+  _paper_optimizer(c)
+  cl.imagenet_run(c, batch_size=4096, epochs=800)
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="mae",
-      mask_ratio=0.75,
-      decoder_dim=64,
-      decoder_depth=2,
-      decoder_heads=4,
-      norm_pix_loss=True,
-    )
-  )
-  c.model = ml_collections.ConfigDict(
-    dict(name="vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
-  )
-  # MAE augments with random-resized-crop and flip only (App. A.1).
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.2, 1.0),
-      brightness=0.0,
-      contrast=0.0,
-      saturation=0.0,
-      hue=0.0,
-      jitter_prob=0.0,
-      grayscale_prob=0.0,
-      blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1.5e-3,
-      lr_scaling="none",
-      b1=0.9,
-      b2=0.95,
-      weight_decay=0.05,
-      warmup_epochs=0.5,
-      final_lr_fraction=0.0,
-    )
-  )
-  c.batch_size = 128
-  c.num_epochs = 4.0
-
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.model = ml_collections.ConfigDict(dict(name="vit_small", patch_size=4, pool="mean"))
-    c.dataset.name = "image_folder"
-    c.method.decoder_dim = 256
-    c.method.decoder_depth = 4
-    c.method.decoder_heads = 8
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=1.5e-4,
-        lr_scaling="linear",
-        b1=0.9,
-        b2=0.95,
-        weight_decay=0.05,
-        warmup_epochs=40.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 512
-    c.num_epochs = 800.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-  elif preset == "imagenet":
-    # remat "dots" (encoder and decoder): keeps the token-wise matmul outputs and recomputes
-    # attention probabilities, norms and GELUs; at batch 4096 the decoder's [B, 16, 197, 197]
-    # attention maps are most of the step's memory (memory plan in BUILD_NOTES.md).
-    c.model = ml_collections.ConfigDict(
-      dict(name="vit_base", patch_size=16, pool="cls", remat="dots")
-    )
-    c.dataset = ml_collections.ConfigDict(
-      dict(
-        name="tfds",
-        tfds_name="imagenet2012",
-        data_dir="",
-        path="",
-        train_split="train",
-        eval_split="validation",
-        image_size=224,
-        num_workers=8,
-        normalization="imagenet",
-      )
-    )
-    c.augment.crop_size = 224
-    c.method.decoder_dim = 512
-    c.method.decoder_depth = 8
-    c.method.decoder_heads = 16
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="adamw",
-        base_lr=1.5e-4,
-        lr_scaling="linear",
-        b1=0.9,
-        b2=0.95,
-        weight_decay=0.05,
-        warmup_epochs=40.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 4096
-    c.num_epochs = 800.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-    c.eval_train_limit = 100_000
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/mae.py; valid: cpu, cifar10, imagenet"
-    )
-  if preset in ("cifar10", "imagenet"):
-    # bf16 matmuls/convolutions (encoder and heads); parameters, normalisation statistics,
-    # softmax and losses stay float32 (sslx/models/precision.py)
-    c.model.dtype = "bfloat16"
-  return config_lib.with_duration(c, opts)
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10, imagenet=imagenet)

@@ -17,156 +17,36 @@ experiment presets. Method: sslx/methods/moco.py (`method.version="v2"`).
           --config.dataset.path=/data/cifar10 --workdir=...
   imagenet: ResNet-50, batch 256, queue 65,536, τ=0.2, m=0.999, SGD lr 0.03 wd 1e-4, cosine,
       200 epochs: the paper's recipe (67.5% linear top-1 reported).
-
-Flags: presets take extra words, e.g. `experiments/moco_v2.py:cpu,steps=50`. Any key can be
-overridden with --config.<key>=value; an unknown key fails at once.
 """
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
+
+v1 = cl.sibling(__file__, "moco_v1")
+
+
+def cpu(opts) -> ml_collections.ConfigDict:
+  """MoCo v1's cpu preset with v2's changes: an MLP head, τ = 0.2, SimCLR's augmentation
+  (+ blur in v2, off at 32 px: see sslx/augment.py)."""
+  c = v1.cpu(opts)
+  c.method.update(version="v2", temperature=0.2, projector_hidden=(512,))
+  c.augment = cl.two_views(32, (0.2, 1.0))
+  return c
+
+
+def cifar10(c, opts):
+  """lightly's CIFAR-10 recipe: τ = 0.1, symmetric loss, SGD 0.12·B/256."""
+  v1.cifar10(c, opts)
+  c.method.update(temperature=0.1, symmetric=True)
+  c.optimizer.base_lr = 0.12
+
+
+def imagenet(c, opts):
+  v1.imagenet(c, opts)
+  c.augment = cl.two_views(224, (0.2, 1.0), blur_prob=0.5)
+  c.method.projector_hidden = (2048,)
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-  # Everything replicated, the queue included (see the module docstring of methods/moco.py).
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="moco",
-      version="v2",
-      temperature=0.2,
-      projector_hidden=(512,),
-      projector_dim=128,
-      projector_bn=False,
-      queue_size=4096,
-      momentum=0.99,
-      momentum_schedule="constant",
-      symmetric=False,
-    )
-  )
-  c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
-  # SimCLR's augmentation (+ blur in v2, but blur is off at 32x32: see sslx/augment.py).
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.2, 1.0),
-      brightness=0.4,
-      contrast=0.4,
-      saturation=0.4,
-      hue=0.1,
-      jitter_prob=0.8,
-      grayscale_prob=0.2,
-      blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1e-3,
-      lr_scaling="none",
-      weight_decay=1e-4,
-      warmup_epochs=1.0,
-      final_lr_fraction=0.0,
-      momentum=0.9,
-      trust_coefficient=0.001,
-    )
-  )
-  c.batch_size = 128
-  c.num_epochs = 0.0
-  c.total_steps = 600
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.model = ml_collections.ConfigDict(dict(name="resnet18", stem="cifar"))
-    c.dataset.name = "image_folder"
-    c.method.temperature = 0.1
-    c.method.projector_hidden = (512,)
-    c.method.projector_dim = 128
-    c.method.queue_size = 4096
-    c.method.momentum = 0.99
-    c.method.symmetric = True
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="sgd",
-        base_lr=0.12,
-        lr_scaling="linear",
-        weight_decay=5e-4,
-        momentum=0.9,
-        warmup_epochs=0.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 512
-    c.total_steps = 0
-    c.num_epochs = 200.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-  elif preset == "imagenet":
-    c.model = ml_collections.ConfigDict(dict(name="resnet50", stem="imagenet"))
-    c.dataset = ml_collections.ConfigDict(
-      dict(
-        name="tfds",
-        tfds_name="imagenet2012",
-        data_dir="",
-        path="",
-        train_split="train",
-        eval_split="validation",
-        image_size=224,
-        num_workers=8,
-        normalization="imagenet",
-      )
-    )
-    c.augment = ml_collections.ConfigDict(
-      dict(
-        crop_size=224,
-        crop_scale=(0.2, 1.0),
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        jitter_prob=0.8,
-        grayscale_prob=0.2,
-        blur_prob=0.5,
-        flip_prob=0.5,
-        solarize_prob=0.0,
-      )
-    )
-    c.method.temperature = 0.2
-    c.method.projector_hidden = (2048,)
-    c.method.queue_size = 65536
-    c.method.momentum = 0.999
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="sgd",
-        base_lr=0.03,
-        lr_scaling="linear",
-        weight_decay=1e-4,
-        momentum=0.9,
-        warmup_epochs=0.0,
-        final_lr_fraction=0.0,
-      )
-    )
-    c.batch_size = 256
-    c.total_steps = 0
-    c.num_epochs = 200.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-    c.eval_train_limit = 100_000
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/moco_v2.py; valid: cpu, cifar10, imagenet"
-    )
-  if preset in ("cifar10", "imagenet"):
-    # bf16 matmuls/convolutions (encoder and heads); parameters, normalisation statistics,
-    # softmax and losses stay float32 (sslx/models/precision.py)
-    c.model.dtype = "bfloat16"
-  return config_lib.with_duration(c, opts)
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10, imagenet=imagenet)

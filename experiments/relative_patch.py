@@ -28,93 +28,40 @@ Shortcuts and guards (paper §3.1):
   * the network seeing both patches together -> a siamese encoder (late fusion, fc only).
   Each guard is a config option with a test that it acts (tests/test_relative_patch.py).
 
-Flags: presets take extra words, e.g. `experiments/relative_patch.py:cpu,steps=50`.
 """
 
 import ml_collections
 
-from sslx import config_lib
+from sslx import config_lib as cl
+
+
+def cpu(opts) -> ml_collections.ConfigDict:
+  del opts
+  c = cl.base_config()
+  c.method = cl.method("relative_patch", tile_dim=128, head_hidden=(256,))
+  # A mild random crop and flip before cutting patches; no colour jitter.
+  c.augment = cl.crop_only(32, (0.6, 1.0))
+  c.optimizer = cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.2)
+  c.model = cl.model("convnet", widths=(32, 64, 128, 256))
+  c.batch_size = 64
+  c.num_epochs = 8.0
+  return c
+
+
+def cifar10(c, opts):
+  c.model = cl.model("resnet18", stem="cifar")
+  c.method.update(
+    image_size=96,
+    patch_size=24,
+    gap=12,
+    jitter=3,
+    color_guard="drop",
+    tile_dim=512,
+    head_hidden=(4096,),
+  )
+  c.optimizer = cl.optimizer("sgd", 0.01, lr_scaling="linear", weight_decay=5e-4, warmup_epochs=1.0)
+  cl.cifar10_run(c, batch_size=256, epochs=200)
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  preset, opts = config_lib.split_arg(arg, steps=0, epochs=0.0)
-  c = config_lib.base_config()
-
-  c.method = ml_collections.ConfigDict(
-    dict(
-      name="relative_patch",
-      image_size=48,
-      patch_size=12,
-      gap=4,
-      jitter=1,
-      color_guard="project",
-      tile_dim=128,
-      head_hidden=(256,),
-    )
-  )
-  c.model = ml_collections.ConfigDict(dict(name="convnet", widths=(32, 64, 128, 256)))
-  # A mild random crop and flip before cutting patches; no colour jitter.
-  c.augment = ml_collections.ConfigDict(
-    dict(
-      crop_size=32,
-      crop_scale=(0.6, 1.0),
-      brightness=0.0,
-      contrast=0.0,
-      saturation=0.0,
-      hue=0.0,
-      jitter_prob=0.0,
-      grayscale_prob=0.0,
-      blur_prob=0.0,
-      flip_prob=0.5,
-      solarize_prob=0.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=2e-3,
-      lr_scaling="none",
-      weight_decay=1e-4,
-      warmup_epochs=0.2,
-      final_lr_fraction=0.0,
-      momentum=0.9,
-      trust_coefficient=0.001,
-    )
-  )
-  c.batch_size = 64
-  c.num_epochs = 8.0
-
-  if preset == "cpu":
-    pass
-  elif preset == "cifar10":
-    c.model = ml_collections.ConfigDict(dict(name="resnet18", stem="cifar"))
-    c.dataset.name = "image_folder"
-    c.method.image_size = 96
-    c.method.patch_size = 24
-    c.method.gap = 12
-    c.method.jitter = 3
-    c.method.color_guard = "drop"
-    c.method.tile_dim = 512
-    c.method.head_hidden = (4096,)
-    c.optimizer = ml_collections.ConfigDict(
-      dict(
-        name="sgd",
-        base_lr=0.01,
-        lr_scaling="linear",
-        weight_decay=5e-4,
-        momentum=0.9,
-        warmup_epochs=1.0,
-        final_lr_fraction=0.0,
-        trust_coefficient=0.001,
-      )
-    )
-    c.batch_size = 256
-    c.num_epochs = 200.0
-    c.checkpoint_every_steps = 2000
-    c.log_every_steps = 100
-    c.eval_baselines = False
-  else:
-    raise ValueError(
-      f"unknown preset {preset!r} for experiments/relative_patch.py; valid: cpu, cifar10"
-    )
-  return config_lib.with_duration(c, opts)
+  return cl.presets(arg, cpu, __file__, cifar10=cifar10)

@@ -6,9 +6,12 @@ name costs the user nothing but a clear message.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
-from sslx import methods, optim
+from sslx import data, evaluation, methods, models, optim
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
@@ -51,17 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (--config.mesh='(("data", -1), ("fsdp", 8))')
   c.mesh = (("data", -1),)
   c.sharding_rules = ((".*", "replicate"),)
-  c.dataset = ml_collections.ConfigDict(
-    dict(
-      name="embedded",
-      path="",
-      train_split="train",
-      eval_split="test",
-      image_size=32,
-      num_workers=0,
-      normalization="cifar10",
-    )
-  )
+  c.dataset = dataset("embedded")
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
@@ -78,6 +71,275 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
   c.eval_train_limit = 0
   return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Fragments experiment files compose (flax's configs/ and big_vision's config helpers in spirit):
+# each returns a fresh ConfigDict holding every key its consumer reads, so any of them can be
+# overridden from the command line.
+
+
+def method(name: str, **overrides) -> ml_collections.ConfigDict:
+  """`config.method`: the method's module name (sslx/methods/<name>.py) and every setting it
+  reads, from the module's `DEFAULTS` (the paper's values: the one place they are written)
+  with `overrides` applied; an unknown setting is an error naming the valid ones."""
+  defaults = getattr(methods.get(name), "DEFAULTS", None)
+  if defaults is None:  # a method module without DEFAULTS takes its settings as given
+    return ml_collections.ConfigDict(dict(name=name, **overrides))
+  unknown = sorted(set(overrides) - set(defaults))
+  if unknown:
+    raise ValueError(
+      f"method {name!r} has no setting(s) {unknown}; valid: {sorted(defaults)} "
+      f"(sslx/methods/{name}.py DEFAULTS)"
+    )
+  return ml_collections.ConfigDict(dict(name=name, **{**defaults, **overrides}))
+
+
+def model(name: str, **kwargs) -> ml_collections.ConfigDict:
+  """`config.model`: a registered model name (sslx/models) and its constructor's kwargs."""
+  return ml_collections.ConfigDict(dict(name=name, **kwargs))
+
+
+def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
+  """`embedded`: the CIFAR-10 subset shipped in the package (32 px); `cifar10`: an ImageFolder
+  directory or archive of CIFAR-10 (`dataset.path`); `imagenet`: ImageNet-1k through tfds
+  (`imagenet2012`, 224 px, the validation split for evaluation)."""
+  small = dict(
+    path="",
+    train_split="train",
+    eval_split="test",
+    image_size=32,
+    num_workers=0,
+    normalization="cifar10",
+  )
+  kinds = {
+    "embedded": dict(small, name="embedded"),
+    "cifar10": dict(small, name="image_folder"),
+    "imagenet": dict(
+      name="tfds",
+      tfds_name="imagenet2012",
+      data_dir="",
+      path="",
+      train_split="train",
+      eval_split="validation",
+      image_size=224,
+      num_workers=8,
+      normalization="imagenet",
+    ),
+  }
+  if kind not in kinds:
+    raise ValueError(f"dataset kind {kind!r}; valid: {sorted(kinds)}")
+  return ml_collections.ConfigDict(kinds[kind])
+
+
+def two_views(
+  size: int = 32,
+  scale: tuple[float, float] = (0.2, 1.0),
+  *,
+  jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+  jitter_prob: float = 0.8,
+  grayscale_prob: float = 0.2,
+  blur_prob: float = 0.0,
+  flip_prob: float = 0.5,
+  solarize_prob: float = 0.0,
+) -> ml_collections.ConfigDict:
+  """`config.augment` for methods whose views all share one recipe (augment.ViewParams):
+  SimCLR's random-resized crop, flip, colour jitter (brightness, contrast, saturation, hue),
+  grayscale, blur and solarize. Blur defaults off: at 32 px it destroys the image."""
+  brightness, contrast, saturation, hue = jitter
+  return ml_collections.ConfigDict(
+    dict(
+      crop_size=size,
+      crop_scale=tuple(scale),
+      brightness=brightness,
+      contrast=contrast,
+      saturation=saturation,
+      hue=hue,
+      jitter_prob=jitter_prob,
+      grayscale_prob=grayscale_prob,
+      blur_prob=blur_prob,
+      flip_prob=flip_prob,
+      solarize_prob=solarize_prob,
+    )
+  )
+
+
+def crop_only(size: int = 32, scale: tuple[float, float] = (0.2, 1.0)) -> ml_collections.ConfigDict:
+  """Random-resized crop and flip, nothing else (MAE's augmentation, App. A.1)."""
+  return two_views(size, scale, jitter=(0.0, 0.0, 0.0, 0.0), jitter_prob=0.0, grayscale_prob=0.0)
+
+
+def multi_crop(
+  global_size: int = 32,
+  global_scale: tuple[float, float] = (0.2, 1.0),
+  *,
+  num_local: int = 0,
+  local_size: int = 16,
+  local_scale: tuple[float, float] = (0.05, 0.3),
+  global_blur: tuple[float, float] = (0.0, 0.0),
+  global_solarize: tuple[float, float] = (0.0, 0.2),
+  local_blur: float = 0.0,
+) -> ml_collections.ConfigDict:
+  """`config.augment` for BYOL's asymmetric two views (blur 1.0 / 0.1 and solarize 0 / 0.2 at
+  224 px, BYOL Table 6) and DINO's multi-crop (2 global + `num_local` local crops, §3.1):
+  colour jitter 0.4/0.4/0.2/0.1 at p = 0.8, grayscale 0.2, flip 0.5 on every view."""
+  c = dict(
+    global_crop_size=global_size,
+    global_crop_scale=tuple(global_scale),
+    global_blur_prob=tuple(global_blur),
+    global_solarize_prob=tuple(global_solarize),
+    num_local_crops=num_local,
+  )
+  if num_local:
+    c.update(
+      local_crop_size=local_size,
+      local_crop_scale=tuple(local_scale),
+      local_blur_prob=local_blur,
+      local_solarize_prob=0.0,
+    )
+  c.update(
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    jitter_prob=0.8,
+    grayscale_prob=0.2,
+    flip_prob=0.5,
+  )
+  return ml_collections.ConfigDict(c)
+
+
+def optimizer(
+  name: str,
+  base_lr: float,
+  *,
+  lr_scaling: str = "none",
+  weight_decay: float = 0.0,
+  warmup_epochs: float = 0.0,
+  final_lr_fraction: float = 0.0,
+  **extra,
+) -> ml_collections.ConfigDict:
+  """`config.optimizer` (sslx/optim.py): `name` is adamw | lars | sgd; the learning rate is
+  `base_lr` scaled by the batch size as `lr_scaling` says (none | linear: ×B/256 | sqrt), with
+  linear warm-up and a cosine decay to `final_lr_fraction` of the peak. Every optimizer's knobs
+  are present (momentum and trust coefficient for LARS/SGD, b1/b2 for AdamW) so any can be set
+  from the command line; `extra` overrides them."""
+  c = dict(
+    name=name,
+    base_lr=base_lr,
+    lr_scaling=lr_scaling,
+    weight_decay=weight_decay,
+    warmup_epochs=warmup_epochs,
+    final_lr_fraction=final_lr_fraction,
+    momentum=0.9,
+    trust_coefficient=0.001,
+    b1=0.9,
+    b2=0.999,
+  )
+  unknown = sorted(set(extra) - set(c) - {"nesterov", "eps", "decay_all", "warmup_steps"})
+  if unknown:
+    raise ValueError(f"optimizer: unknown keys {unknown}; valid: {sorted(c)}")
+  c.update(extra)
+  return ml_collections.ConfigDict(c)
+
+
+# Methods whose accelerator-length presets compute in bf16 (their heads follow model.dtype).
+BF16_METHODS = ("simclr", "byol", "moco", "vicreg", "dino", "dinov2", "mae", "beit", "data2vec")
+
+
+def long_run(
+  c: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  epochs: float,
+  checkpoint_every_steps: int = 2000,
+) -> ml_collections.ConfigDict:
+  """The settings every accelerator-length preset shares: epochs (not steps), logs every 100
+  steps, a checkpoint every `checkpoint_every_steps`, no baselines at the end (an untrained
+  ResNet-50 evaluated on ImageNet costs an hour and says little)."""
+  c.batch_size = batch_size
+  c.total_steps = 0
+  c.num_epochs = float(epochs)
+  if c.method.name in BF16_METHODS and c.model.name.startswith(("vit", "resnet", "convnet")):
+    # bf16 matmuls/convolutions (encoder, heads, MAE's decoder); parameters, normalisation
+    # statistics, softmax and losses stay float32 (sslx/models/precision.py)
+    c.model.dtype = "bfloat16"
+  c.checkpoint_every_steps = checkpoint_every_steps
+  c.log_every_steps = 100
+  c.eval_baselines = False
+  return c
+
+
+def imagenet_run(
+  c: ml_collections.ConfigDict, *, batch_size: int, epochs: float
+) -> ml_collections.ConfigDict:
+  """`long_run` on ImageNet: the tfds dataset, a checkpoint every 5000 steps, and the frozen
+  evaluations on a 100k-image class-balanced subset of the train split."""
+  c.dataset = dataset("imagenet")
+  c.eval_train_limit = 100_000
+  return long_run(c, batch_size=batch_size, epochs=epochs, checkpoint_every_steps=5000)
+
+
+def cifar10_run(
+  c: ml_collections.ConfigDict, *, batch_size: int, epochs: float
+) -> ml_collections.ConfigDict:
+  """`long_run` on full CIFAR-10 read from `dataset.path` (an ImageFolder directory/archive)."""
+  c.dataset.name = "image_folder"
+  return long_run(c, batch_size=batch_size, epochs=epochs)
+
+
+def sibling(file: str, name: str):
+  """The experiment module `name` next to experiment file `file`, for a variant that is a small
+  override of another experiment (MoCo v2 of MoCo v1)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_sslx_experiment_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny(c: ml_collections.ConfigDict, opts) -> ml_collections.ConfigDict:
+  """Every experiment's `tiny` preset: its cpu preset shrunk to seconds for smoke tests and the
+  test-suite (`experiments/<name>.py:tiny`): the model's widths cut by 8 (same number of stages,
+  ViTs at width 32, depth 2, 2 heads), batch 16, 4 steps (or `steps=`), no periodic
+  checkpoint, and k-NN@5 on 500 train images as the only evaluation."""
+  del opts
+  m = c.model
+  if "widths" in m:
+    m.widths = tuple(max(w // 8, 4) for w in m.widths)
+  if m.name.startswith("vit"):
+    m.update(dim=32, depth=2, num_heads=2)
+  c.batch_size = 16
+  c.num_epochs = 0.0
+  c.total_steps = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 0
+  c.eval_baselines = False
+  c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(5,), temperature=0.07)))
+  c.eval_train_limit = 500
+  return c
+
+
+def presets(arg: str, cpu, file: str, **others):
+  """The experiment-file protocol: `get_config(arg)` = `presets(arg, cpu, __file__,
+  cifar10=..., imagenet=...)`. `cpu(opts)` builds the default preset; each other preset is a
+  function `(c, opts)` that overrides the cpu config in place (presets are small overrides).
+
+  `arg` is "preset[,word=value...]": `experiments/dino.py:cpu,steps=50` or
+  `experiments/simclr.py:cifar10,epochs=100` (`steps=` and `epochs=` for every experiment,
+  plus any words declared as defaults in a `cpu.OPTS` dict). Any key can then be overridden
+  with --config.<key>=value; an unknown key fails at once, naming the valid ones."""
+  name, opts = split_arg(arg, steps=0, epochs=0.0, **getattr(cpu, "OPTS", {}))
+  others = dict(others, tiny=tiny)
+  if name != "cpu" and name not in others:
+    valid = ", ".join(["cpu", *others])
+    raise ValueError(
+      f"unknown preset {name!r} for experiments/{os.path.basename(file)}; valid: {valid}"
+    )
+  c = cpu(opts)
+  if name != "cpu":
+    others[name](c, opts)
+  return with_duration(c, opts)
 
 
 def with_duration(c: ml_collections.ConfigDict, opts) -> ml_collections.ConfigDict:
@@ -111,8 +373,6 @@ def _check_choice(key: str, value, choices):
 
 def validate(config, num_devices: int | None = None) -> None:
   """Fails fast on unknown names and inconsistent sizes, naming the key."""
-  from sslx import data, evaluation, models  # local: keeps config files light to import
-
   _check_choice("method.name", config.method.name, methods.available())
   _check_choice("model.name", config.model.name, models.available_models())
   _check_choice("dataset.name", config.dataset.name, data.DATASETS)
@@ -135,9 +395,6 @@ def validate(config, num_devices: int | None = None) -> None:
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
   """Loads "path/to/experiment.py[:arg]" the way --config does."""
-  import importlib.util
-  import os
-
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config={spec}: experiment file {path!r} does not exist")

@@ -34,10 +34,3 @@ def maybe_initialize() -> bool:
     jax.distributed.initialize()
     return True
   return False
-
-
-def is_lead() -> bool:
-  """True on the process that prints, writes TensorBoard events and results.json."""
-  import jax
-
-  return jax.process_index() == 0

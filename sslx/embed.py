@@ -1,10 +1,10 @@
 r"""2-D pictures of a checkpoint's test features: t-SNE (scikit-learn) or UMAP (umap-learn).
 
-    python -m sslx.embed --config=experiments/simclr.py --workdir=/tmp/sslx-demo \
+    python -m sslx embed --config=experiments/simclr.py --workdir=/tmp/sslx-demo \
         --method=tsne --out=/tmp/sslx-demo/tsne.png
 
 Restores the latest checkpoint in --workdir (the config must describe the same method and
-model, as for sslx.evaluate), encodes the test split with the frozen encoder (`method.encode`,
+model, as for evaluate), encodes the test split with the frozen encoder (`method.encode`,
 sharded over the mesh), reduces the features to 2-D and writes a scatter plot coloured by class
 with a legend. scikit-learn, umap-learn and matplotlib are optional: pip install 'sslx[plots]'.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from sslx import data, evaluation, train
 
 METHODS = ("tsne", "umap")
 _EXTRA = "pip install 'sslx[plots]'"
@@ -78,20 +80,7 @@ def checkpoint_features(config, workdir: str, split: str | None = None, limit: i
   """(features [M, D], labels [M], class names, step) of the `split` (default: the eval
   split) encoded by the latest checkpoint's frozen encoder; the first `limit` images of a
   fixed random order when limit > 0."""
-  from sslx import checkpointing, config_lib, data, evaluation, train
-
-  config_lib.validate(config)
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint in {mngr.directory}: train first with "
-      f"python -m sslx.main --config=... --workdir={workdir}"
-    )
-  source = data.build_source(config.dataset, config.dataset.train_split)
-  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
-  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
+  setup, state, step = train.restore_latest(config, workdir)
   test = data.build_source(config.dataset, split or config.dataset.eval_split)
   images, labels = data.decode_all(test)
   if limit and limit < len(images):
@@ -120,34 +109,3 @@ def embed_plot(
     f"{len(feats)} test features"
   )
   return plot_2d(points, labels, out, title, names)
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  path = embed_plot(FLAGS.config, FLAGS.workdir, FLAGS.method, FLAGS.out, FLAGS.limit)
-  print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-  import sys
-
-  from sslx import xla
-
-  xla.configure_xla_for_cpu()
-
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  from sslx import config_lib
-
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
-  flags.DEFINE_enum("method", "umap", list(METHODS), "2-D reduction")
-  flags.DEFINE_string("out", None, "PNG to write (default: workdir/<method>.png)")
-  flags.DEFINE_integer("limit", 5000, "at most this many test images (0: all)")
-  flags.mark_flags_as_required(["config", "workdir"])
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import math
 
 import numpy as np
 
@@ -77,7 +76,3 @@ def min_hamming(perms: np.ndarray) -> int:
 def fingerprint(perms: np.ndarray) -> str:
   """sha256 (first 16 hex digits) of the set's int32 bytes: identifies it in run records."""
   return hashlib.sha256(np.ascontiguousarray(perms, np.int32).tobytes()).hexdigest()[:16]
-
-
-def num_all(num_tiles: int = 9) -> int:
-  return math.factorial(num_tiles)

@@ -9,6 +9,8 @@ import os
 import sys
 import time
 
+import jax
+
 log = logging.getLogger("sslx")
 
 
@@ -59,7 +61,7 @@ class Writer:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._tb = None
-    if enabled and _is_lead():
+    if enabled and is_lead():
       from tensorboardX import SummaryWriter  # no TensorFlow import
 
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
@@ -79,22 +81,21 @@ class Writer:
       self._tb.close()
 
 
-def _is_lead() -> bool:
-  import jax
-
+def is_lead() -> bool:
+  """True on the process that prints, writes TensorBoard events and results.json."""
   return jax.process_index() == 0
 
 
 def console(msg: str):
   """Prints on the lead process only (every process runs the same loop)."""
-  if _is_lead():
+  if is_lead():
     print(msg, flush=True, file=sys.stdout)
 
 
 def write_results(workdir: str, results: dict) -> str:
   """Merges `results` into workdir/results.json (written atomically, by the lead process)."""
   path = os.path.join(workdir, "results.json")
-  if not _is_lead():
+  if not is_lead():
     return path
   current = {}
   if os.path.exists(path):

@@ -1,6 +1,6 @@
 r"""Side-by-side comparison of runs: a Markdown table and a bar chart from results.json files.
 
-    python -m sslx.report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
+    python -m sslx report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
 
 Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN@200, linear,
 fine-tune, the untrained encoder's k-NN@20 and linear, images/s) and report.png next to it (grouped bars of the accuracies; needs
@@ -146,21 +146,3 @@ def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
   with open(out, "w") as f:
     f.write(text)
   return {"markdown": out, "chart": png}
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  paths = write_report([w for w in FLAGS.workdirs if w], FLAGS.out, chart=FLAGS.chart)
-  print(open(paths["markdown"]).read())
-  print(f"wrote {paths['markdown']}" + (f" and {paths['chart']}" if paths["chart"] else ""))
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_list("workdirs", None, "comma-separated run directories holding results.json")
-  flags.DEFINE_string("out", "report.md", "Markdown file to write (the chart goes next to it)")
-  flags.DEFINE_bool("chart", True, "also write the bar chart PNG (needs matplotlib)")
-  flags.mark_flags_as_required(["workdirs"])
-  app.run(main)

@@ -1,7 +1,7 @@
 r"""An interactive toy of contrastive learning: InfoNCE on a circle.
 
-    python -m sslx.simulate --out sim.html        # self-contained page (inline JS, no network)
-    python -m sslx.simulate --png sim.png --gif sim.gif --temperature 0.15 --steps 1500
+    python -m sslx simulate --out sim.html        # self-contained page (inline JS, no network)
+    python -m sslx simulate --png sim.png --gif sim.gif --temperature 0.15 --steps 1500
 
 The world: `num_classes` blobs of source points x_i in a 2-D input plane (colour = true class;
 the algorithm never sees it). Each point owns a free angle θ_i, its embedding
@@ -458,42 +458,3 @@ reset();
 </script>
 </body></html>
 """
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  cfg = SimConfig(
-    temperature=FLAGS.temperature,
-    strength=FLAGS.strength,
-    batch_size=FLAGS.batch_size,
-    seed=FLAGS.seed,
-  )
-  if FLAGS.out:
-    print(f"wrote {write_html(FLAGS.out, cfg)} (open it in a browser; no network needed)")
-  if FLAGS.png or FLAGS.gif:
-    result = simulate(cfg, FLAGS.steps, record_every=max(FLAGS.steps // 30, 1) if FLAGS.gif else 0)
-    print(
-      f"τ={cfg.temperature:g} strength={cfg.strength:g}: separation "
-      f"{result['separation']:.3f}, {result['clusters']} groups"
-    )
-    if FLAGS.png:
-      print(f"wrote {save_png(result, FLAGS.png)}")
-    if FLAGS.gif:
-      print(f"wrote {save_gif(result, FLAGS.gif)}")
-  if not (FLAGS.out or FLAGS.png or FLAGS.gif):
-    raise app.UsageError("nothing to do: pass --out=page.html and/or --png=... / --gif=...")
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("out", None, "write the interactive HTML page here")
-  flags.DEFINE_string("png", None, "run the JAX simulation and write the final state as PNG")
-  flags.DEFINE_string("gif", None, "run the JAX simulation and write an animated GIF")
-  flags.DEFINE_float("temperature", SimConfig.temperature, "InfoNCE temperature τ")
-  flags.DEFINE_float("strength", SimConfig.strength, "augmentation noise std")
-  flags.DEFINE_integer("batch_size", SimConfig.batch_size, "sources per step")
-  flags.DEFINE_integer("steps", 1500, "steps of the JAX simulation")
-  flags.DEFINE_integer("seed", 0, "random seed")
-  app.run(main)

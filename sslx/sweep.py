@@ -1,11 +1,11 @@
 r"""Runs an experiment's sweep points one after another, locally.
 
-    python -m sslx.sweep --config=experiments/simclr.py --workdir=/tmp/sweep
+    python -m sslx sweep --config=experiments/simclr.py --workdir=/tmp/sweep
 
 `experiments/<name>.py` may define `sweep() -> list[dict]`, each dict mapping dotted config keys
 to values (e.g. {"method.temperature": 0.1, "batch_size": 128}). Point i trains in
 <workdir>/<i> (resuming there if it holds a checkpoint) with its overrides applied on top of
-the preset; then `python -m sslx.report --workdirs=<workdir>/0,<workdir>/1,...` compares them.
+the preset; then `python -m sslx report --workdirs=<workdir>/0,<workdir>/1,...` compares them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import copy
 import importlib.util
 import json
 import os
+
+from sslx import config_lib, train
 
 
 def load_sweep(config_path: str) -> list[dict]:
@@ -55,12 +57,7 @@ def apply_overrides(config, overrides: dict):
 def run_sweep(config_spec: str, workdir: str, train_fn=None) -> list[dict]:
   """Trains each sweep point in workdir/<i>; returns their results (in order). `train_fn`
   (config, workdir) -> results defaults to sslx.train.train_and_evaluate."""
-  from sslx import config_lib
-
-  if train_fn is None:
-    from sslx import train
-
-    train_fn = train.train_and_evaluate
+  train_fn = train_fn or train.train_and_evaluate
   base = config_lib.load_experiment(config_spec)
   points = load_sweep(config_spec)
   configs = [apply_overrides(base, p) for p in points]  # every typo surfaces before any run
@@ -74,27 +71,3 @@ def run_sweep(config_spec: str, workdir: str, train_fn=None) -> list[dict]:
     print(f"sweep point {i + 1}/{len(points)}: {p}", flush=True)
     results.append(train_fn(c, os.path.join(workdir, str(i))))
   return results
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  results = run_sweep(FLAGS.config, FLAGS.workdir)
-  dirs = ",".join(os.path.join(FLAGS.workdir, str(i)) for i in range(len(results)))
-  print(
-    f"done: compare with python -m sslx.report --workdirs={dirs} "
-    f"--out={os.path.join(FLAGS.workdir, 'report.md')}"
-  )
-
-
-if __name__ == "__main__":
-  from sslx import xla
-
-  xla.configure_xla_for_cpu()
-
-  from absl import app, flags
-
-  flags.DEFINE_string("config", None, "experiment file[:preset] defining sweep()")
-  flags.DEFINE_string("workdir", None, "base directory; point i runs in <workdir>/<i>")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)

@@ -5,7 +5,7 @@
       state, metrics = update(state, global_batch)    # one jitted, donated step
     evaluate(state)                                   # config.evals at the end
 
-A method contributes only `init`, `loss` and `encode` (see methods/base.py); nothing here
+A method is a `methods.base.Method`: the loop calls its `loss` and `after_update` and never
 branches on which method runs.
 """
 
@@ -24,7 +24,17 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from sslx import checkpointing, config_lib, data, losses, methods, optim, progress, sharding
+from sslx import (
+  checkpointing,
+  config_lib,
+  data,
+  evaluation,
+  losses,
+  methods,
+  optim,
+  progress,
+  sharding,
+)
 from sslx.state import TrainState
 
 log = logging.getLogger("sslx")
@@ -62,14 +72,13 @@ def make_tx(config, schedule, probe_lr: float) -> optax.GradientTransformation:
 
 def init_state(method, tx, rng, sample_images, num_classes: int) -> TrainState:
   """Builds the initial TrainState (pure: jit it with out_shardings to create it sharded)."""
-  init_rng, probe_rng, state_rng = jax.random.split(rng, 3)
+  init_rng, _, state_rng = jax.random.split(rng, 3)  # the middle key: kept so seeds reproduce
   variables = method.init(init_rng, sample_images)
   feat = jax.eval_shape(method.encode, variables.params, variables.batch_stats, sample_images)
   probe = {
     "kernel": jnp.zeros((feat.shape[-1], max(num_classes, 1)), jnp.float32),
     "bias": jnp.zeros((max(num_classes, 1),), jnp.float32),
   }
-  del probe_rng
   params = {"model": variables.params, "probe": probe}
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -108,10 +117,8 @@ def train_step(
   grads, (loss, aux, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  method_state = aux.method_state
-  if hasattr(method, "after_update"):
-    # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
-    method_state = method.after_update(params["model"], method_state, state.step)
+  # E.g. EMA teachers: θ_k ← m·θ_k + (1 − m)·θ_q with the *updated* θ_q (MoCo, BYOL, DINO).
+  method_state = method.after_update(params["model"], aux.method_state, state.step)
   new = state.replace(
     step=state.step + 1,
     params=params,
@@ -174,6 +181,28 @@ def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainSta
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
 
 
+def restore_latest(config, workdir: str, *, pretrained: bool = True):
+  """(setup, state, step) of the latest checkpoint in `workdir`, for the commands that work on a
+  trained run (evaluate, embed, visualize, fine-tune, export). The checkpoint must come from the
+  same method and model (checked). `pretrained=False` returns the untrained initial state
+  instead (a baseline), still requiring the checkpoint."""
+  config_lib.validate(config)
+  mngr = checkpointing.manager(workdir, async_save=False)
+  step = checkpointing.check_compatible(mngr, config)
+  if step is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {mngr.directory}: train first with "
+      f"python -m sslx.main --config=... --workdir={workdir}"
+    )
+  source = data.build_source(config.dataset, config.dataset.train_split)
+  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
+  setup = build(config, sample, len(source), getattr(source, "num_classes", 0))
+  state = create_state(setup, config.seed, sample)
+  if pretrained:
+    state, _ = checkpointing.restore(mngr, step, state)
+  return setup, state, step
+
+
 def compile_step(setup: Setup, probe_enabled: bool):
   step = functools.partial(
     train_step,
@@ -203,8 +232,6 @@ def _average(collection, metrics: dict):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config`'s method in `workdir` (resuming if it holds a checkpoint), evaluates,
   and returns the results also written to `workdir/results.json`."""
-  from sslx import evaluation
-
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpointing.manager(workdir, keep=config.get("keep_checkpoints", 3))
@@ -280,7 +307,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           )
         )
         acc = None
-        warning = getattr(setup.method, "collapse_warning", lambda m: None)(values)
+        warning = setup.method.collapse_warning(values)
         if warning:
           log.warning("step %d: %s", step, warning)
           progress.console(f"WARNING step {step}: {warning}")

@@ -1,9 +1,9 @@
 """Pictures of what a trained checkpoint does, one subcommand each:
 
-    python -m sslx.visualize attention --config=experiments/dino.py --workdir=/tmp/dino-cpu \
+    python -m sslx visualize attention --config=experiments/dino.py --workdir=/tmp/dino-cpu \
         --image=cat.png --out=attn.png [--mass=0.6] [--which=teacher] [--panel=160]
 
-Every subcommand restores the latest checkpoint in --workdir the way ``sslx.evaluate`` does
+Every subcommand restores the latest checkpoint in --workdir with ``sslx.train.restore_latest``
 (the config must describe the same method and model) and writes one PNG.
 
 ``attention`` (DINO, Caron et al. 2021, Fig. 1/3 and §4.2.1): runs the ViT on the image with
@@ -18,7 +18,7 @@ Adding a subcommand: either put a module in ``sslx/visualizers/`` with
 ``colorization`` are found that way, imported only when run, with ``--num_images``), or
 decorate a function ``fn(config, workdir, args: dict) -> str`` (the path written) with
 :func:`register`, declaring its own flags. The dispatcher, the shared flags (``--config``,
-``--workdir``, ``--out``) and :func:`restore_latest` / :func:`load_image` / :func:`save_png`
+``--workdir``, ``--out``) and :func:`load_image` / :func:`save_png`
 are shared.
 
 PNGs are rendered with matplotlib (the ``[plots]``/``[dev]`` extras) when importable, else
@@ -32,11 +32,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from sslx import xla
-
-xla.configure_xla_for_cpu()  # before jax initialises its backend
+from sslx import data, train
+from sslx.models import ViT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,29 +91,9 @@ def run(name: str, config, workdir: str, **args) -> str:
 # Shared helpers.
 
 
-def restore_latest(config, workdir: str):
-  """(setup, state, step) of the latest checkpoint in `workdir` (as sslx.evaluate does)."""
-  from sslx import checkpointing, config_lib, data, train
-
-  config_lib.validate(config)
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint in {mngr.directory}: train first with "
-      f"python -m sslx.main --config=... --workdir={workdir}"
-    )
-  source = data.build_source(config.dataset, config.dataset.train_split)
-  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
-  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
-  return setup, state, step
-
-
 def load_image(path: str, size: int) -> np.ndarray:
   """uint8 [size, size, 3]: shorter side resized to `size`, centre-cropped (as the data
   pipeline does)."""
-  from sslx import data
 
   with open(path, "rb") as f:
     return data.decode_image(f.read(), size)
@@ -232,8 +212,6 @@ def _vit_attention_fn(method, which: str):
   """fn(params, batch_stats, method_state, images uint8) → [B, heads, T, T]."""
   if hasattr(method, "attention_maps"):
     return lambda p, b, s, x: method.attention_maps(p, b, s, x, which=which)
-  from sslx.models import ViT
-
   net = getattr(method, "net", None)
   for field in ("encoder", "backbone"):
     module = getattr(net, field, None)
@@ -256,8 +234,6 @@ def _vit_attention_fn(method, which: str):
 def cls_attention(method, state, image: np.ndarray, which: str = "teacher") -> np.ndarray:
   """Last-layer attention of the CLS token to every patch, [heads, gh, gw] (rows sum to ≤ 1:
   the CLS→CLS weight is left out)."""
-  import jax
-
   fn = jax.jit(_vit_attention_fn(method, which))
   attn = fn(state.params["model"], state.batch_stats, state.method_state, image[None])
   attn = np.asarray(attn)[0, :, 0, 1:]  # [heads, N]
@@ -322,7 +298,7 @@ def figure_size(num_heads: int, panel: int) -> tuple[int, int]:
 def attention(config, workdir: str, args: dict) -> str:
   if not args.get("image"):
     raise ValueError("attention needs --image=PATH")
-  setup, state, _ = restore_latest(config, workdir)
+  setup, state, _ = train.restore_latest(config, workdir)
   method = setup.method
   size = int(args.get("image_size") or 0)
   if not size:
@@ -364,64 +340,3 @@ def _register_visualizer_modules():
 
 
 _register_visualizer_modules()
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  defined = set()
-  definers = {
-    str: flags.DEFINE_string,
-    int: flags.DEFINE_integer,
-    float: flags.DEFINE_float,
-    bool: flags.DEFINE_bool,
-  }
-  for f in COMMON_FLAGS + tuple(f for s in SUBCOMMANDS.values() for f in s.flags):
-    if f.name not in defined:
-      definers[f.type](f.name, f.default, f.help)
-      defined.add(f.name)
-  flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _usage() -> str:
-  lines = [
-    "usage: python -m sslx.visualize SUBCOMMAND --config=EXPERIMENT --workdir=DIR "
-    "[--out=PNG] [flags]",
-    "subcommands:",
-  ]
-  lines += [f"  {s.name}: {s.help}" for s in SUBCOMMANDS.values()]
-  return "\n".join(lines)
-
-
-def main(argv):
-  from absl import app, flags
-
-  args = argv[1:]
-  if len(args) != 1 or args[0] not in SUBCOMMANDS:
-    raise app.UsageError(f"expected one subcommand, got {args}\n{_usage()}")
-  sub = SUBCOMMANDS[args[0]]
-  values = {
-    f.name: flags.FLAGS[f.name].value for f in COMMON_FLAGS + sub.flags if f.name != "workdir"
-  }
-  path = sub.run(flags.FLAGS.config, flags.FLAGS.workdir, values)
-  print(f"wrote {path}", flush=True)
-
-
-if __name__ == "__main__":
-  import sys
-
-  from absl import app
-
-  from sslx import config_lib
-
-  _define_flags()
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)

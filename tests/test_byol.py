@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sslx import train
-from sslx.methods import byol
+from sslx.methods import byol, common
 from tests.helpers import experiment
 from tests.test_dino import assert_steps_close, batches, one_step, sgd
 
@@ -44,12 +44,12 @@ def tiny_byol(steps: int = 3, batch: int = 16, name: str = "byol", **overrides):
 
 def test_tau_schedule_endpoints_and_shape():
   total, base = 100, 0.996
-  taus = np.array([float(byol.cosine_momentum(k, total, base)) for k in range(total + 1)])
+  taus = np.array([float(common.cosine_momentum(k, total, base)) for k in range(total + 1)])
   assert taus[0] == pytest.approx(base, abs=1e-7)
   assert taus[-1] == pytest.approx(1.0, abs=1e-7)
   assert taus[50] == pytest.approx(1 - (1 - base) / 2, abs=1e-7)  # cosine midpoint
   assert np.all(np.diff(taus) >= -1e-7)  # rises monotonically
-  assert float(byol.cosine_momentum(10 * total, total, base)) == pytest.approx(1.0)
+  assert float(common.cosine_momentum(10 * total, total, base)) == pytest.approx(1.0)
   method = byol.create(tiny_byol(), total_steps=40)
   assert float(method.momentum(0)) == pytest.approx(0.99)
   assert float(method.momentum(40)) == pytest.approx(1.0)
@@ -91,7 +91,7 @@ def test_target_is_encoder_and_projector_and_moves_only_by_ema(byol_step):
   target1 = after.method_state["target"]["params"]
   assert set(target0) == {"encoder", "projector"}  # no predictor
   assert set(before.params["model"]) == {"encoder", "projector", "predictor"}
-  online1 = byol.subtree(after.params["model"], ("encoder", "projector"))
+  online1 = common.subtree(after.params["model"], ("encoder", "projector"))
   tau = float(setup.method.momentum(0))
   for a, s, b in zip(jax.tree.leaves(target0), jax.tree.leaves(online1), jax.tree.leaves(target1)):
     np.testing.assert_allclose(b, tau * a + (1 - tau) * s, rtol=1e-6, atol=1e-7)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from sslx import benchmark, evaluate, train
+from sslx import benchmark, train
+from sslx.cli import evaluate
 from tests.helpers import REPO, experiment, tiny_simclr
 
 
@@ -121,3 +122,19 @@ def test_cifar10_preset_reads_the_shared_archives_per_split(shared_cifar):
   assert (len(train_source), len(test_source)) == (50_000, 10_000)
   assert train_source.class_names == test_source.class_names
   assert train_source[0]["image"].shape == (32, 32, 3)
+
+
+def test_sslx_command_dispatcher_lists_commands_and_refuses_unknown_ones():
+  def run(*args):
+    return subprocess.run(
+      [sys.executable, "-m", "sslx", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+  listing = run()
+  assert listing.returncode != 0 and "usage: python -m sslx COMMAND" in listing.stderr
+  for command in ("train", "evaluate", "embed", "visualize", "report", "sweep", "simulate"):
+    assert command in listing.stderr
+  wrong = run("trian")
+  assert wrong.returncode != 0 and "unknown command 'trian'" in wrong.stderr
+  helped = run("report", "--help")  # the command's docstring and its own flags
+  assert "python -m sslx report --workdirs" in helped.stdout and "--[no]chart" in helped.stdout

@@ -55,7 +55,8 @@ def test_bad_method_and_missing_checkpoint(tmp_path):
     [
       sys.executable,
       "-m",
-      "sslx.embed",
+      "sslx",
+      "embed",
       "--config=experiments/simclr.py",
       f"--workdir={tmp_path}",
       "--method=tsne",

@@ -47,7 +47,7 @@ def test_table_and_chart_from_workdirs(tmp_path):
     },
   )
   out = subprocess.run(
-    [sys.executable, "-m", "sslx.report", f"--workdirs={a},{b}", f"--out={tmp_path / 'r.md'}"],
+    [sys.executable, "-m", "sslx", "report", f"--workdirs={a},{b}", f"--out={tmp_path / 'r.md'}"],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -82,7 +82,7 @@ def test_page_in_headless_chromium(tmp_path):
 
   page = tmp_path / "sim.html"
   out = subprocess.run(
-    [sys.executable, "-m", "sslx.simulate", f"--out={page}"],
+    [sys.executable, "-m", "sslx", "simulate", f"--out={page}"],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -84,7 +84,8 @@ def test_attention_cli_writes_png_of_expected_size(trained, tmp_path):
     [
       sys.executable,
       "-m",
-      "sslx.visualize",
+      "sslx",
+      "visualize",
       "attention",
       "--config=experiments/dino.py",
       *TINY_FLAGS,
@@ -127,7 +128,7 @@ def test_attention_in_process_both_backends(trained, tmp_path, backend):
 
 def test_attention_rows_are_cls_to_patch_weights(trained):
   config, workdir, image = trained
-  setup, state, step = visualize.restore_latest(config, str(workdir))
+  setup, state, step = train.restore_latest(config, str(workdir))
   assert step == 2
   img = visualize.load_image(str(image), 32)
   attn = visualize.cls_attention(setup.method, state, img)

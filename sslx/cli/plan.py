@@ -21,11 +21,11 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 # Importing jax (through these) does not start a backend: XLA_FLAGS set below still apply.
-from sslx import config_lib, planning
+from sslx import cli, planning
 
 FLAGS = flags.FLAGS
 
@@ -57,7 +57,11 @@ def prepare_environment(topology: str, env=os.environ) -> None:
 
 def main(argv):
   del argv
-  t = planning.target(FLAGS.topology)
+  try:
+    t = planning.target(FLAGS.topology)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  prepare_environment(FLAGS.topology)  # before anything starts a jax backend
   config = FLAGS.config
   num_examples = FLAGS.num_examples or None
   p = planning.plan(config, t, num_examples)
@@ -75,19 +79,5 @@ def main(argv):
       json.dump(out, f, indent=1)
 
 
-def run():
-  topo = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--topology=")), None)
-  if topo:
-    try:
-      prepare_environment(topo)
-    except ValueError as e:
-      sys.exit(f"error: {e}")
-  define_flags()
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main, define_flags, sys.argv, __doc__)

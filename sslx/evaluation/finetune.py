@@ -28,7 +28,6 @@ import functools
 import re
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,52 +66,13 @@ class Context:
 
 
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
-  """The encoder's features [B, D] of uint8 (or float) images [B, H, W, 3] and the updated
-  batch_stats. Uses `method.encoder_apply` when the method provides it (the proposed hook),
-  else the `net.encode(x, train)` convention of SimCLR / BYOL / DINO networks, else the
-  masked-modeling convention (MAE, data2vec, BEiT): the ViT in `method.encoder`, its
-  parameters under params["encoder"]."""
-  if hasattr(method, "encoder_apply"):
-    return method.encoder_apply(params, batch_stats, images, train, rng)
-  net = getattr(method, "net", None)
-  if net is None and _has_bare_encoder(method, params):
-    rngs = {"dropout": rng} if rng is not None else {}
-    out = method.encoder.apply(
-      {"params": params["encoder"]}, method.preprocess(images), train=train, rngs=rngs
-    )
-    return out["pre_logits"], batch_stats
-  if net is None or not hasattr(type(net), "encode"):
-    raise NotImplementedError(
-      f"fine-tuning needs the encoder in training mode, but {type(method).__name__} has "
-      "neither an encoder_apply(params, batch_stats, images, train, rng) hook nor a `net` "
-      "with an encode(x, train) method"
-    )
-  variables = {"params": params, "batch_stats": batch_stats}
-  x = method.preprocess(images)
-  rngs = {"dropout": rng} if rng is not None else {}
-  if train:
-    feats, updates = net.apply(
-      variables, x, train=True, method=type(net).encode, mutable=["batch_stats"], rngs=rngs
-    )
-    return feats, updates.get("batch_stats", batch_stats)
-  return net.apply(variables, x, train=False, method=type(net).encode), batch_stats
-
-
-def _has_bare_encoder(method, params) -> bool:
-  return (
-    isinstance(getattr(method, "encoder", None), nn.Module)
-    and isinstance(params, dict)
-    and "encoder" in params
-  )
+  """The encoder's features [B, D] and updated batch_stats (`Method.encoder_apply`)."""
+  return method.encoder_apply(params, batch_stats, images, train, rng)
 
 
 def finetuned_params(method, params):
-  """The part of a method's parameters that fine-tuning trains: for masked-modeling methods
-  the encoder alone (the decoder, mask token and prediction heads are dropped, as the papers
-  do after pretraining); otherwise everything (the unused heads get no gradient)."""
-  if getattr(method, "net", None) is None and _has_bare_encoder(method, params):
-    return {"encoder": params["encoder"]}
-  return params
+  """The part of a method's parameters that fine-tuning trains (`Method.finetune_params`)."""
+  return method.finetune_params(params)
 
 
 def layer_ids(params) -> tuple[Any, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_METHODS = {"base"}
+_NOT_METHODS = {"base", "common"}
 
 
 def available() -> list[str]:

@@ -1,39 +1,33 @@
-"""What the trainer needs from a method.
+"""The contract between a method and the rest of sslx: :class:`Method`.
 
-A method is a frozen dataclass built from config *outside* jitted code (its hyperparameters
-become Python constants of the traced step, never a config object inside it), with three pure
-functions:
+A method is a frozen dataclass deriving from :class:`Method`, built from config *outside* jitted
+code by its module's ``create(config, total_steps)`` (hyperparameters become Python constants of
+the traced step, never a config object inside it; ``total_steps`` lets it build schedules such as
+EMA momentum or teacher temperature as functions of the step). The trainer, evaluation,
+fine-tuning and export call only what :class:`Method` declares; the optional hooks have working
+defaults, so nothing asks ``hasattr``.
 
-  init(rng, images)                 -> Variables
-  loss(variables, images, rng, step) -> (loss, LossAux)
-  encode(params, batch_stats, images) -> [B, D] features for evaluation (train=False)
+``images`` are the raw uint8 [B, H, W, 3] batch; each method applies its own augmentations on
+device. All non-gradient state (queues, centers, EMA teachers) lives in ``method_state``.
 
-and optionally
-
-  after_update(params, method_state, step) -> method_state
-      called inside the jitted step after the optimizer update, with the updated params
-      (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher).
-
-  collapse_warning(metrics: dict[str, float]) -> str | None
-      called on the host at every log step with the averaged metrics; a message is printed
-      as a warning (e.g. embedding std or teacher entropy falling toward collapse).
-
-Each method module exposes `create(config, total_steps) -> method`; `total_steps` lets a
-method build its schedules (EMA momentum, teacher temperature) as functions of the step.
-
-`images` are the raw uint8 [B, H, W, 3] batch; each method applies its own augmentations on
-device. All non-gradient state (queues, centers, EMA teachers) lives in `method_state`.
+Beside the class, a method module defines ``DEFAULTS`` (every ``config.method`` setting it reads,
+at the paper's values; ``config_lib.method`` applies an experiment's overrides to it) and may
+define ``PICTURES`` (``python -m sslx visualize`` subcommands that show what it learned; the
+training command draws them from the final checkpoint).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from sslx import augment
+from sslx import augment, models
 
 
 class Variables(NamedTuple):
@@ -47,6 +41,78 @@ class LossAux(NamedTuple):
   method_state: Any  # updated non-gradient state
   metrics: dict  # scalars to log
   features: jax.Array  # [B, D] encoder features of one view, for the online probe
+
+
+class Method(abc.ABC):
+  """What every method provides. Subclasses are frozen dataclasses; `preprocess` (a
+  :class:`Preprocess`) is expected as a field by the default :meth:`encoder_apply`."""
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, images: jax.Array) -> Variables:
+    """Initial (params, batch_stats, method_state) for a sample batch of uint8 images."""
+
+  @abc.abstractmethod
+  def loss(
+    self, params, batch_stats, method_state, images: jax.Array, rng: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, LossAux]:
+    """The scalar training loss of one global batch and everything else the step returns."""
+
+  def encode(self, params, batch_stats, images: jax.Array) -> jax.Array:
+    """[B, D] frozen features for evaluation (eval mode: no dropout, running statistics).
+    Default: :meth:`encoder_apply` with `train=False`."""
+    return self.encoder_apply(params, batch_stats, images, train=False)[0]
+
+  def encoder_apply(self, params, batch_stats, images, train: bool, rng=None):
+    """(features [B, D], updated batch_stats) of the encoder alone, in training mode when
+    `train` (fine-tuning trains it). Default: a ``self.net`` with an ``encode(x, train)``
+    method, as the joint-embedding methods have; methods shaped otherwise override it."""
+    net = getattr(self, "net", None)
+    if net is None or not hasattr(type(net), "encode"):
+      raise NotImplementedError(
+        f"{type(self).__name__} has no `net` with encode(x, train): override "
+        "Method.encoder_apply to fine-tune its encoder"
+      )
+    variables = {"params": params, "batch_stats": batch_stats}
+    x = self.preprocess(images)
+    rngs = {"dropout": rng} if rng is not None else {}
+    if train:
+      feats, updates = net.apply(
+        variables, x, train=True, method=type(net).encode, mutable=["batch_stats"], rngs=rngs
+      )
+      return feats, updates.get("batch_stats", batch_stats)
+    return net.apply(variables, x, train=False, method=type(net).encode), batch_stats
+
+  def finetune_params(self, params):
+    """The part of the parameters fine-tuning trains (default: all; heads get no gradient)."""
+    return params
+
+  def after_update(self, params, method_state, step):
+    """Called inside the jitted step after the optimizer update, with the updated params
+    (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher). Default: no change."""
+    del params, step
+    return method_state
+
+  def collapse_warning(self, metrics: dict) -> str | None:
+    """Called on the host at every log step with the averaged metrics; a message is printed
+    as a warning (e.g. embedding std or teacher entropy falling toward collapse)."""
+    del metrics
+    return None
+
+
+class MaskedImageMethod(Method):
+  """Masked image modeling (MAE, data2vec, BEiT): a ViT in `self.encoder` whose parameters are
+  params["encoder"]; after pretraining only the encoder is kept (decoders, mask tokens and
+  prediction heads are dropped, as the papers do)."""
+
+  def encoder_apply(self, params, batch_stats, images, train: bool, rng=None):
+    rngs = {"dropout": rng} if rng is not None else {}
+    out = self.encoder.apply(
+      {"params": params["encoder"]}, self.preprocess(images), train=train, rngs=rngs
+    )
+    return out["pre_logits"], batch_stats
+
+  def finetune_params(self, params):
+    return {"encoder": params["encoder"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +140,25 @@ class Preprocess:
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
+def init_net(net: nn.Module, preprocess, rng, images, size: int | None) -> dict:
+  """`net`'s initial variables from two images of the batch, normalised and resized to the
+  side the network will see (`size`; None keeps theirs)."""
+  x = preprocess(images[:2])
+  if size is not None and x.shape[1] != size:
+    x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+  return net.init(rng, x, train=False)
+
+
+def encoder_from_config(config):
+  """The encoder `config.model` names, built with the rest of `config.model` as kwargs."""
+  return models.create_model(config.model.name, **model_kwargs(config.model))
+
+
+def crop_size(view: augment.ViewParams | None, config) -> int:
+  """The side of the images the encoder sees: the view's crop, else the dataset's size."""
+  return view.crop_size if view is not None else int(config.dataset.image_size)
+
+
 def model_kwargs(model_cfg) -> dict:
   """Everything in `config.model` except its name is passed to the model's constructor."""
   return {
@@ -89,8 +174,6 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
   cfg = augment_cfg.to_dict()
   if not cfg.pop("enabled", True):
     return None
-  import ml_collections
-
   return augment.ViewParams.from_config(ml_collections.ConfigDict(cfg))
 
 

@@ -30,18 +30,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
-from sslx import augment, masking, models
+from sslx import augment, checkpointing, masking, models
 from sslx.methods import base, beit_tokenizer
 from sslx.models import vit as vit_lib
 
 
 def load_tokenizer(workdir: str):
   """(tokenizer method, {"encoder", "codebook"} as numpy) from a stage-one run directory."""
-  import orbax.checkpoint as ocp
-
-  from sslx import checkpointing
-
   if not workdir:
     raise ValueError(
       "method.tokenizer_workdir is empty: train the tokenizer first with\n"
@@ -77,7 +74,7 @@ def load_tokenizer(workdir: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class BEiT:
+class BEiT(base.MaskedImageMethod):
   encoder: vit_lib.ViT
   head: nn.Dense
   tokenizer: beit_tokenizer.VQTokenizer

@@ -78,7 +78,7 @@ class VQDecoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class VQTokenizer:
+class VQTokenizer(base.Method):
   enc: VQEncoder
   dec: VQDecoder
   view: augment.ViewParams | None
@@ -171,6 +171,15 @@ class VQTokenizer:
     return None
 
 
+# A per-patch VQ-VAE with an EMA k-means codebook (BEiT uses DALL-E's 8192-code tokenizer).
+# fmt: off
+DEFAULTS = dict(
+  patch_size=16, codebook_size=8192, code_dim=32, hidden=256, beta=0.25, ema_decay=0.99,
+  dead_threshold=0.03,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> VQTokenizer:
   del total_steps
   m = config.method
@@ -183,8 +192,8 @@ def create(config, total_steps: int) -> VQTokenizer:
     preprocess=base.Preprocess.from_config(config.dataset),
     codebook_size=int(m.codebook_size),
     code_dim=int(m.code_dim),
-    beta=float(m.get("beta", 0.25)),
+    beta=float(m.beta),
     patch_size=p,
-    ema_decay=float(m.get("ema_decay", 0.99)),
-    dead_threshold=float(m.get("dead_threshold", 0.03)),
+    ema_decay=float(m.ema_decay),
+    dead_threshold=float(m.dead_threshold),
   )

@@ -44,7 +44,6 @@ Config (``config.method``):
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -52,6 +51,7 @@ import jax.numpy as jnp
 
 from sslx import losses, models, multicrop
 from sslx.methods import base
+from sslx.methods.common import cosine_momentum, ema, embedding_std_metrics, std_warning, subtree
 
 
 class BYOLNet(nn.Module):
@@ -73,47 +73,6 @@ class BYOLNet(nn.Module):
     return self.encoder(x, train=train)["pre_logits"]
 
 
-# ---------------------------------------------------------------------------------------------
-# Pieces shared with the other EMA-teacher methods (DINO, DINOv2).
-
-
-def cosine_momentum(step, total_steps: int, base_momentum: float):
-  """τ_k = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2 (BYOL §3.2; DINO §3.1): τ_base at k = 0,
-  1 at k = K (k is clipped to [0, K])."""
-  k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(max(total_steps, 1)))
-  return 1.0 - (1.0 - base_momentum) * (jnp.cos(math.pi * k / max(total_steps, 1)) + 1.0) / 2.0
-
-
-def ema(target, online, momentum):
-  """ξ ← m·ξ + (1 − m)·θ leaf by leaf (BYOL eq. 1; DINO §3.1); trees must match."""
-  return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
-
-
-def subtree(tree, keys):
-  return {k: tree[k] for k in keys if k in tree}
-
-
-def embedding_std_metrics(z: jax.Array) -> dict:
-  """Collapse watch (BYOL/SimSiam analysis): the mean per-dimension std of L2-normalised
-  embeddings z [B, D] is ≈ 1/√D when they are spread over the sphere and 0 when they
-  collapse to a point. Returns it raw and × √D (≈ 1 healthy, → 0 at collapse)."""
-  std = jnp.mean(jnp.std(losses.l2_normalize(z.astype(jnp.float32)), axis=0))
-  return {"embedding_std": std, "embedding_std_rel": std * math.sqrt(z.shape[-1])}
-
-
-def std_warning(metrics: dict, threshold: float) -> str | None:
-  rel = metrics.get("embedding_std_rel")
-  if rel is not None and rel < threshold:
-    return (
-      f"representation collapse? the std of the L2-normalised embeddings is "
-      f"{rel:.3g}/sqrt(dim) (healthy ≈ 1/sqrt(dim), 0 when all images map to one point)"
-    )
-  return None
-
-
-# ---------------------------------------------------------------------------------------------
-
-
 def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
   """BYOL eq. 2 per row: ||p̄ − z̄||² = 2 − 2·cos(p, z). [B, P], [B, P] → [B]."""
   p = losses.l2_normalize(prediction.astype(jnp.float32))
@@ -122,7 +81,7 @@ def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class BYOL:
+class BYOL(base.Method):
   net: BYOLNet
   views: multicrop.MultiCrop
   preprocess: base.Preprocess
@@ -133,11 +92,7 @@ class BYOL:
   TARGET_KEYS = ("encoder", "projector")
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
@@ -189,13 +144,18 @@ class BYOL:
     new = ema(target["params"], subtree(params, self.TARGET_KEYS), self.momentum(step))
     return dict(method_state, target=dict(target, params=new))
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats}, self.preprocess(images), method=BYOLNet.encode
-    )
-
   def collapse_warning(self, metrics: dict) -> str | None:
     return std_warning(metrics, self.collapse_std)
+
+
+# BYOL's ImageNet settings (§3.3, Appendix B): 4096-wide projector and predictor to 256, τ_base
+# 0.996. Experiment presets override what differs (config_lib.method reads this).
+# fmt: off
+DEFAULTS = dict(
+  projector_hidden=(4096,), projector_dim=256, predictor_hidden=(4096,), base_momentum=0.996,
+  collapse_std=0.05,
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> BYOL:
@@ -203,20 +163,16 @@ def create(config, total_steps: int) -> BYOL:
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   if views.num_local:
     raise ValueError("BYOL uses two views: set augment.num_local_crops=0")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  dim = int(m.get("projector_dim", 256))
+  encoder = base.encoder_from_config(config)
+  dim = int(m.projector_dim)
   dtype = config.model.get("dtype", "float32")  # the heads compute as the encoder does
-  projector = models.MLPHead(
-    hidden_dims=tuple(m.get("projector_hidden", (4096,))), out_dim=dim, dtype=dtype
-  )
-  predictor = models.MLPHead(
-    hidden_dims=tuple(m.get("predictor_hidden", (4096,))), out_dim=dim, dtype=dtype
-  )
+  projector = models.MLPHead(hidden_dims=tuple(m.projector_hidden), out_dim=dim, dtype=dtype)
+  predictor = models.MLPHead(hidden_dims=tuple(m.predictor_hidden), out_dim=dim, dtype=dtype)
   return BYOL(
     net=BYOLNet(encoder, projector, predictor),
     views=views,
     preprocess=base.Preprocess.from_config(config.dataset),
-    base_momentum=float(m.get("base_momentum", 0.996)),
+    base_momentum=float(m.base_momentum),
     total_steps=int(total_steps),
-    collapse_std=float(m.get("collapse_std", 0.05)),
+    collapse_std=float(m.collapse_std),
   )

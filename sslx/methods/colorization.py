@@ -34,7 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, color, models
+from sslx import augment, color
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -52,7 +52,7 @@ def downsample(x: jax.Array, size: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Colorization:
+class Colorization(base.Method):
   net: pretext_nets.ColorizationNet
   view: augment.ViewParams | None
   bins: tuple  # Q (a, b) centres
@@ -139,23 +139,36 @@ class Colorization:
     )
 
 
+# The paper's rebalancing (λ = 0.5), annealed-mean temperature 0.38 and soft encoding (5
+# neighbours, σ = 5); out_size 0 = a quarter of the crop (the paper's output stride 4).
+# What `python -m sslx.main` draws from the final checkpoint: grayscale inputs, colorizations and originals.
+PICTURES = ("colorization",)
+
+# fmt: off
+DEFAULTS = dict(
+  decoder_widths=(128, 128), out_size=0, rebalance_lambda=0.5, temperature=0.38, soft_k=5,
+  soft_sigma=5.0,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> Colorization:
   del total_steps
   m = config.method
   bins = color.ab_bins(10)
-  decoder_widths = tuple(m.get("decoder_widths", (128, 128)))
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  decoder_widths = tuple(m.decoder_widths)
+  encoder = base.encoder_from_config(config)
   net = pretext_nets.ColorizationNet(encoder, num_bins=len(bins), decoder_widths=decoder_widths)
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else config.dataset.image_size
+  size = base.crop_size(view, config)
   # Output stride 4 (the paper's 1/4 resolution), reached by the decoder from the encoder.
   return Colorization(
     net=net,
     view=view,
     bins=tuple((float(a), float(b)) for a, b in bins),
-    out_size=int(m.get("out_size", size // 4)),
-    rebalance_lambda=float(m.get("rebalance_lambda", 0.5)),
-    temperature=float(m.get("temperature", 0.38)),
-    soft_k=int(m.get("soft_k", 5)),
-    soft_sigma=float(m.get("soft_sigma", 5.0)),
+    out_size=int(m.out_size) or size // 4,
+    rebalance_lambda=float(m.rebalance_lambda),
+    temperature=float(m.temperature),
+    soft_k=int(m.soft_k),
+    soft_sigma=float(m.soft_sigma),
   )

@@ -45,7 +45,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, models
+from sslx import augment
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -78,7 +78,7 @@ def _bce_logits(logits, target: float):
 
 
 @dataclasses.dataclass(frozen=True)
-class ContextEncoder:
+class ContextEncoder(base.Method):
   generator: pretext_nets.InpaintingGenerator
   discriminator: pretext_nets.PatchDiscriminator
   preprocess: base.Preprocess
@@ -202,27 +202,39 @@ class ContextEncoder:
     )
 
 
+# The paper's losses (λ_rec 0.999, λ_adv 0.001, overlap weight 10) on a central hole.
+# What `python -m sslx.main` draws from the final checkpoint: masked inputs, inpaintings and originals.
+PICTURES = ("inpainting",)
+
+# fmt: off
+DEFAULTS = dict(
+  mask_mode="center", overlap=1, overlap_weight=10.0, num_blocks=4, rec_weight=0.999,
+  adv_weight=0.001, decoder_base=32, disc_widths=(32, 64, 128),
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> ContextEncoder:
   del total_steps
   m = config.method
-  mode = str(m.get("mask_mode", "center"))
+  mode = str(m.mask_mode)
   if mode not in MASK_MODES:
     raise ValueError(f"method.mask_mode={mode!r}; valid choices: {MASK_MODES}")
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else int(config.dataset.image_size)
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  size = base.crop_size(view, config)
+  encoder = base.encoder_from_config(config)
   fmap = jax.eval_shape(
     lambda x: encoder.init_with_output(jax.random.PRNGKey(0), x, train=False)[0]["feature_map"],
     jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
   ).shape[1]
   target = size // 2 if mode == "center" else size
   doublings = max(int(round(jnp.log2(target / fmap))), 1)
-  base_width = int(m.get("decoder_base", 32))
+  base_width = int(m.decoder_base)
   widths = tuple(base_width * 2 ** (doublings - 2 - i) for i in range(doublings - 1))
   if fmap * 2**doublings != target:
     raise ValueError(f"encoder feature map {fmap} cannot be doubled to {target}")
   generator = pretext_nets.InpaintingGenerator(encoder, decoder_widths=widths)
-  disc = pretext_nets.PatchDiscriminator(widths=tuple(m.get("disc_widths", (32, 64, 128))))
+  disc = pretext_nets.PatchDiscriminator(widths=tuple(m.disc_widths))
   return ContextEncoder(
     generator=generator,
     discriminator=disc,
@@ -230,9 +242,9 @@ def create(config, total_steps: int) -> ContextEncoder:
     view=view,
     image_size=size,
     mask_mode=mode,
-    overlap=int(m.get("overlap", 1)),
-    overlap_weight=float(m.get("overlap_weight", 10.0)),
-    num_blocks=int(m.get("num_blocks", 4)),
-    rec_weight=float(m.get("rec_weight", 0.999)),
-    adv_weight=float(m.get("adv_weight", 0.001)),
+    overlap=int(m.overlap),
+    overlap_weight=float(m.overlap_weight),
+    num_blocks=int(m.num_blocks),
+    rec_weight=float(m.rec_weight),
+    adv_weight=float(m.adv_weight),
   )

@@ -68,7 +68,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, losses, models
+from sslx import augment, losses
 from sslx.methods import base
 from sslx.models import cpc_nets
 
@@ -165,7 +165,7 @@ class CPCImageNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class CPC:
+class CPC(base.Method):
   net: CPCImageNet
   view: augment.ViewParams | None
   patch_view: augment.ViewParams | None
@@ -240,31 +240,41 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
   return tuple(range(first_step, steps_ahead + 1))
 
 
+# temperature 0 = the paper's bilinear score zᵀ W_k c; > 0 = a cosine score at that τ.
+# patch_augment: per-patch ViewParams settings ({} = none).
+# fmt: off
+DEFAULTS = dict(
+  patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
+  context_kernel_rows=3, temperature=0.0, patch_augment={},
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> CPC:
   del total_steps  # no schedule inside CPC's loss
   m = config.method
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else int(config.dataset.image_size)
-  patch, stride = int(m.get("patch_size", 8)), int(m.get("patch_stride", 4))
+  size = base.crop_size(view, config)
+  patch, stride = int(m.patch_size), int(m.patch_stride)
   if not 0 < patch <= size or stride <= 0:
     raise ValueError(
       f"method.patch_size={patch} / patch_stride={stride} do not fit {size} px images"
     )
   g = grid_size(size, patch, stride)
   steps = check_steps(
-    int(m.get("first_step", 1)),
-    int(m.get("steps_ahead", 3)),
+    int(m.first_step),
+    int(m.steps_ahead),
     g,
     f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
   )
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   context = cpc_nets.RowCausalContext(
-    features=int(m.get("context_dim", 256)),
-    layers=int(m.get("context_layers", 3)),
-    kernel_rows=int(m.get("context_kernel_rows", 3)),
+    features=int(m.context_dim),
+    layers=int(m.context_layers),
+    kernel_rows=int(m.context_kernel_rows),
   )
   patch_view = None
-  patch_cfg = m.get("patch_augment", None)
+  patch_cfg = m.patch_augment
   patch_cfg = patch_cfg.to_dict() if hasattr(patch_cfg, "to_dict") else dict(patch_cfg or {})
   if patch_cfg:
     patch_cfg.setdefault("crop_scale", (1.0, 1.0))
@@ -278,7 +288,7 @@ def create(config, total_steps: int) -> CPC:
     patch_size=patch,
     patch_stride=stride,
     steps=steps,
-    temperature=float(m.get("temperature", 0.0)) or None,
+    temperature=float(m.temperature) or None,
   )
 
 

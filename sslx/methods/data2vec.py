@@ -69,7 +69,7 @@ def ema_decay(step, start: float, end: float, anneal_steps: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class Data2Vec:
+class Data2Vec(base.MaskedImageMethod):
   encoder: vit_lib.ViT
   head: nn.Dense
   view: augment.ViewParams | None

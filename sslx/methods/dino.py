@@ -56,7 +56,7 @@ import numpy as np
 
 from sslx import models, multicrop
 from sslx.methods import base
-from sslx.methods.byol import cosine_momentum, ema, embedding_std_metrics, std_warning
+from sslx.methods.common import cosine_momentum, ema, embedding_std_metrics, std_warning
 from sslx.models.dino_head import DINOHead
 
 
@@ -166,7 +166,7 @@ def _drop_rng(rng):
   return {"dropout": rng}
 
 
-class EMATeacher:
+class EMATeacher(base.Method):
   """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
   features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
   `self.preprocess` and `self.momentum(step)`; `method_state["teacher"]` holds the teacher's

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 
 from sslx import losses, models, multicrop
 from sslx.methods import base
-from sslx.methods.byol import cosine_momentum, embedding_std_metrics, std_warning
+from sslx.methods.common import cosine_momentum, embedding_std_metrics, std_warning
 from sslx.methods.dino import (
   EMATeacher,
   cross_view_loss,

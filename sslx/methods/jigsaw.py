@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses, models, permutations, progress
+from sslx import augment, losses, permutations, progress
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -86,7 +86,7 @@ def make_puzzle(rng, image: jax.Array, perms: jax.Array, image_size: int, tile_s
 
 
 @dataclasses.dataclass(frozen=True)
-class Jigsaw:
+class Jigsaw(base.Method):
   net: pretext_nets.TileSetClassifier
   preprocess: base.Preprocess
   view: augment.ViewParams | None
@@ -130,33 +130,33 @@ class Jigsaw:
     metrics = {"loss": loss, "jigsaw_acc": acc}
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features)
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=pretext_nets.TileSetClassifier.encode,
-    )
+
+# Settings for 32 px sources upsampled to 48 px; 100 permutations of maximal Hamming distance.
+# fmt: off
+DEFAULTS = dict(
+  num_permutations=100, permutation_seed=0, image_size=48, tile_size=12, tile_dim=256,
+  head_hidden=(512,),
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> Jigsaw:
   del total_steps
   m = config.method
-  perms = permutations.generate(
-    int(m.get("num_permutations", 100)), int(m.get("permutation_seed", 0))
-  )
+  perms = permutations.generate(int(m.num_permutations), int(m.permutation_seed))
   progress.console(
     f"jigsaw: {len(perms)} permutations, min Hamming "
     f"{permutations.min_hamming(perms)}, set {permutations.fingerprint(perms)}"
   )
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,
     num_classes=len(perms),
-    tile_dim=int(m.get("tile_dim", 256)),
-    hidden=tuple(m.get("head_hidden", (512,))),
+    tile_dim=int(m.tile_dim),
+    hidden=tuple(m.head_hidden),
   )
-  image_size = int(m.get("image_size", 48))
-  tile_size = int(m.get("tile_size", 12))
+  image_size = int(m.image_size)
+  tile_size = int(m.tile_size)
   if tile_size > image_size // GRID:
     raise ValueError(
       f"method.tile_size={tile_size} must be <= method.image_size // 3 = {image_size // GRID}"

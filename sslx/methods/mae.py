@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, masking, models
+from sslx import augment, masking
 from sslx.methods import base
 from sslx.models import precision
 from sslx.models import vit as vit_lib
@@ -135,7 +135,7 @@ class Forward(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MAE:
+class MAE(base.MaskedImageMethod):
   encoder: vit_lib.ViT
   decoder: MAEDecoder
   view: augment.ViewParams | None
@@ -257,14 +257,25 @@ def encoder_cost(
   return out
 
 
+# The paper's ViT-B recipe: 75% masking, an 8-block 512-wide decoder, normalised-pixel targets.
+# What `python -m sslx.main` draws from the final checkpoint: masked inputs and reconstructions.
+PICTURES = ("reconstruction",)
+
+# fmt: off
+DEFAULTS = dict(
+  mask_ratio=0.75, decoder_dim=512, decoder_depth=8, decoder_heads=16, norm_pix_loss=True,
+)
+# fmt: on
+
+
 def create(config, total_steps: int) -> MAE:
   del total_steps  # no schedule inside MAE's loss
   m = config.method
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   if not isinstance(encoder, vit_lib.ViT):
     raise ValueError(f"MAE needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
   view = base.view_params(config.augment)
-  size = view.crop_size if view is not None else int(config.dataset.image_size)
+  size = base.crop_size(view, config)
   g = size // encoder.patch_size
   ratio = float(m.mask_ratio)
   if not 0.0 <= ratio < 1.0:
@@ -284,5 +295,5 @@ def create(config, total_steps: int) -> MAE:
     view=view,
     preprocess=base.Preprocess.from_config(config.dataset),
     mask_ratio=ratio,
-    norm_pix_loss=bool(m.get("norm_pix_loss", True)),
+    norm_pix_loss=bool(m.norm_pix_loss),
   )

@@ -116,7 +116,7 @@ class EncoderWithHead(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MoCo:
+class MoCo(base.Method):
   net: EncoderWithHead
   view: augment.ViewParams | None
   preprocess: base.Preprocess

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses, models
+from sslx import augment, losses
 from sslx.methods import base
 from sslx.models import pretext_nets
 
@@ -96,7 +96,7 @@ def make_pair(rng, image, image_size: int, patch_size: int, gap: int, jitter: in
 
 
 @dataclasses.dataclass(frozen=True)
-class RelativePatch:
+class RelativePatch(base.Method):
   net: pretext_nets.TileSetClassifier
   preprocess: base.Preprocess
   view: augment.ViewParams | None
@@ -139,35 +139,37 @@ class RelativePatch:
     metrics = {"loss": loss, "position_acc": acc}
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features)
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=pretext_nets.TileSetClassifier.encode,
-    )
+
+# Settings for 32 px sources upsampled to 48 px (the cifar10 preset uses 96 px).
+# fmt: off
+DEFAULTS = dict(
+  image_size=48, patch_size=12, gap=4, jitter=1, color_guard="project", tile_dim=256,
+  head_hidden=(512,),
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> RelativePatch:
   del total_steps
   m = config.method
-  guard = str(m.get("color_guard", "project"))
+  guard = str(m.color_guard)
   if guard not in COLOR_GUARDS:
     raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,
     num_classes=NUM_POSITIONS,
-    tile_dim=int(m.get("tile_dim", 256)),
-    hidden=tuple(m.get("head_hidden", (512,))),
+    tile_dim=int(m.tile_dim),
+    hidden=tuple(m.head_hidden),
   )
   method = RelativePatch(
     net=net,
     preprocess=base.Preprocess.from_config(config.dataset),
     view=base.view_params(config.augment),
-    image_size=int(m.get("image_size", 48)),
-    patch_size=int(m.get("patch_size", 12)),
-    gap=int(m.get("gap", 4)),
-    jitter=int(m.get("jitter", 1)),
+    image_size=int(m.image_size),
+    patch_size=int(m.patch_size),
+    gap=int(m.gap),
+    jitter=int(m.jitter),
     color_guard=guard,
   )
   if 3 * method.patch_size + 2 * method.gap + 2 * method.jitter > method.image_size:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sslx import augment, losses, models
 from sslx.methods import base
+from sslx.methods.common import EncoderWithHead
 
 NUM_ROTATIONS = 4
 
@@ -44,30 +44,15 @@ def rotate_all(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.concatenate(rotated, axis=0), labels
 
 
-class RotationNet(nn.Module):
-  encoder: nn.Module
-  head: nn.Module
-
-  def __call__(self, x, train: bool = True):
-    features = self.encoder(x, train=train)["pre_logits"]
-    return features, self.head(features, train=train)
-
-  def encode(self, x, train: bool = False):
-    return self.encoder(x, train=train)["pre_logits"]
-
-
 @dataclasses.dataclass(frozen=True)
-class Rotation:
-  net: RotationNet
+class Rotation(base.Method):
+  net: EncoderWithHead
   view: augment.ViewParams | None
   preprocess: base.Preprocess
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    if self.view is not None:
-      size = self.view.crop_size
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    size = None if self.view is None else self.view.crop_size
+    variables = base.init_net(self.net, self.preprocess, rng, images, size)
     return base.Variables(variables["params"], variables.get("batch_stats", {}), {})
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -86,22 +71,23 @@ class Rotation:
     # Rows 0..B−1 are the upright copies: the online probe watches those.
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features[:n])
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=RotationNet.encode,
-    )
+
+# A linear rotation classifier on the encoder's features.
+# fmt: off
+DEFAULTS = dict(
+  head_hidden=(),
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> Rotation:
   del total_steps  # no schedule inside the loss
   m = config.method
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  hidden = tuple(m.get("head_hidden", ()))
+  encoder = base.encoder_from_config(config)
+  hidden = tuple(m.head_hidden)
   head = models.MLPHead(hidden_dims=hidden, out_dim=NUM_ROTATIONS)
   return Rotation(
-    net=RotationNet(encoder, head),
+    net=EncoderWithHead(encoder, head),
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
   )

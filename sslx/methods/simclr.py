@@ -51,7 +51,7 @@ class EncoderWithProjector(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLR:
+class SimCLR(base.Method):
   net: EncoderWithProjector
   view: augment.ViewParams | None
   preprocess: base.Preprocess

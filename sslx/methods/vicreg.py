@@ -33,25 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sslx import models, multicrop
 from sslx.methods import base
-from sslx.methods.byol import embedding_std_metrics, std_warning
-
-
-class EncoderWithExpander(nn.Module):
-  encoder: nn.Module
-  expander: nn.Module
-
-  def __call__(self, x, train: bool = True):
-    features = self.encoder(x, train=train)["pre_logits"]
-    return features, self.expander(features, train=train)
-
-  def encode(self, x, train: bool = False):
-    return self.encoder(x, train=train)["pre_logits"]
+from sslx.methods.common import EncoderWithHead, embedding_std_metrics, std_warning
 
 
 def invariance(z1: jax.Array, z2: jax.Array) -> jax.Array:
@@ -86,8 +73,8 @@ def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, gamma=1.0
 
 
 @dataclasses.dataclass(frozen=True)
-class VICReg:
-  net: EncoderWithExpander
+class VICReg(base.Method):
+  net: EncoderWithHead
   views: multicrop.MultiCrop
   preprocess: base.Preprocess
   sim_coeff: float = 25.0
@@ -98,11 +85,7 @@ class VICReg:
   collapse_std: float = 0.05
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    variables = self.net.init(rng, x, train=False)
+    variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
     return base.Variables(variables["params"], variables.get("batch_stats", {}), {})
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
@@ -119,15 +102,17 @@ class VICReg:
     metrics = {"loss": loss, **terms, **embedding_std_metrics(z)}
     return loss, base.LossAux(updates.get("batch_stats", {}), method_state, metrics, features[:n])
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=EncoderWithExpander.encode,
-    )
-
   def collapse_warning(self, metrics: dict) -> str | None:
     return std_warning(metrics, self.collapse_std)
+
+
+# The paper's settings (§4.1): a 3-layer 8192-wide expander, λ = μ = 25, ν = 1, γ = 1.
+# fmt: off
+DEFAULTS = dict(
+  expander_hidden=(8192, 8192), expander_dim=8192, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
+  gamma=1.0, eps=0.0001, collapse_std=0.05,
+)
+# fmt: on
 
 
 def create(config, total_steps: int) -> VICReg:
@@ -136,20 +121,20 @@ def create(config, total_steps: int) -> VICReg:
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   if views.num_local:
     raise ValueError("VICReg uses two views: set augment.num_local_crops=0")
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  encoder = base.encoder_from_config(config)
   expander = models.MLPHead(
-    hidden_dims=tuple(m.get("expander_hidden", (8192, 8192))),
-    out_dim=int(m.get("expander_dim", 8192)),
+    hidden_dims=tuple(m.expander_hidden),
+    out_dim=int(m.expander_dim),
     dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return VICReg(
-    net=EncoderWithExpander(encoder, expander),
+    net=EncoderWithHead(encoder, expander),
     views=views,
     preprocess=base.Preprocess.from_config(config.dataset),
-    sim_coeff=float(m.get("sim_coeff", 25.0)),
-    std_coeff=float(m.get("std_coeff", 25.0)),
-    cov_coeff=float(m.get("cov_coeff", 1.0)),
-    gamma=float(m.get("gamma", 1.0)),
-    eps=float(m.get("eps", 1e-4)),
-    collapse_std=float(m.get("collapse_std", 0.05)),
+    sim_coeff=float(m.sim_coeff),
+    std_coeff=float(m.std_coeff),
+    cov_coeff=float(m.cov_coeff),
+    gamma=float(m.gamma),
+    eps=float(m.eps),
+    collapse_std=float(m.collapse_std),
   )

@@ -25,6 +25,18 @@ import jax.numpy as jnp
 from sslx.models.heads import MLPHead
 
 
+def upsample(y, widths: Sequence[int], train: bool):
+  """Stride-2 4×4 up-convolutions, each followed by BatchNorm and ReLU (DCGAN's decoder);
+  called from a compact module, whose parameters they become (`up{i}`, `up_bn{i}`)."""
+  for i, width in enumerate(widths):
+    y = nn.ConvTranspose(
+      width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, name=f"up{i}"
+    )(y)
+    y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"up_bn{i}")(y)
+    y = nn.relu(y)
+  return y
+
+
 class TileSetClassifier(nn.Module):
   """Siamese encoder over K tiles, classification of their arrangement.
 
@@ -79,12 +91,7 @@ class InpaintingGenerator(nn.Module):
     mixed = jnp.einsum("bcp,cpq->bcq", flat, kernel)
     y = jnp.transpose(mixed, (0, 2, 1)).reshape(b, h, w, c)
     y = nn.relu(nn.Conv(c, (1, 1), name="channel_mix")(y))
-    for i, width in enumerate(self.decoder_widths):
-      y = nn.ConvTranspose(
-        width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, name=f"up{i}"
-      )(y)
-      y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"up_bn{i}")(y)
-      y = nn.relu(y)
+    y = upsample(y, self.decoder_widths, train)
     y = nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME", name="to_rgb")(y)
     return out["pre_logits"], y
 
@@ -123,12 +130,7 @@ class ColorizationNet(nn.Module):
   def __call__(self, x, train: bool = True):
     out = self.encoder(x, train=train)
     y = out["feature_map"]
-    for i, width in enumerate(self.decoder_widths):
-      y = nn.ConvTranspose(
-        width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, name=f"up{i}"
-      )(y)
-      y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"up_bn{i}")(y)
-      y = nn.relu(y)
+    y = upsample(y, self.decoder_widths, train)
     logits = nn.Conv(self.num_bins, (1, 1), name="bins")(y)
     return out["pre_logits"], logits
 

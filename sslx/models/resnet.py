@@ -223,34 +223,9 @@ def _resnet(
 
 
 def _factory(stage_sizes, block):
-  def make(
-    stem: str = "imagenet",
-    width: float = 1.0,
-    widths: Sequence[int] | None = None,
-    zero_init_last_bn: bool = False,
-    conv_impl: str = "auto",
-    num_classes: int = 0,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    dtype: str = "float32",
-    remat: str = "none",
-  ):
-    return _resnet(
-      stage_sizes,
-      block,
-      stem=stem,
-      width=width,
-      widths=widths,
-      zero_init_last_bn=zero_init_last_bn,
-      conv_impl=conv_impl,
-      num_classes=num_classes,
-      bn_momentum=bn_momentum,
-      bn_epsilon=bn_epsilon,
-      dtype=dtype,
-      remat=remat,
-    )
-
-  return make
+  """A registered constructor: `_resnet` with the stage layout bound (its keyword arguments
+  are the model's config keys)."""
+  return functools.partial(_resnet, stage_sizes, block)
 
 
 resnet18 = register_model("resnet18")(_factory((2, 2, 2, 2), "basic"))

@@ -1,44 +1,27 @@
 """PNG of context-encoder inpaintings from the latest checkpoint in --workdir:
 
-    python -m sslx.visualizers.inpainting --config=experiments/context_encoder.py \
+    python -m sslx visualize inpainting --config=experiments/context_encoder.py \
         --workdir=/tmp/ce-cpu --out=/tmp/inpaint.png
 
 Rows: masked inputs (holes white), completions, originals; one column per test image.
 """
 
-from sslx import xla
+import jax
+import numpy as np
+from PIL import Image
 
-xla.configure_xla_for_cpu()
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-FLAGS = flags.FLAGS
+from sslx import data, train
 
 
 def restore(config, workdir: str):
-  """(method, state, test images uint8) from the latest checkpoint (as sslx.evaluate)."""
-  import numpy as np
-
-  from sslx import checkpointing, config_lib, data, train
-
-  config_lib.validate(config)
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first")
-  source = data.build_source(config.dataset, config.dataset.train_split)
-  sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
-  setup = train.build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state, _ = checkpointing.restore(mngr, step, train.create_state(setup, config.seed, sample))
+  """(method, state, test images uint8) from the latest checkpoint ."""
+  setup, state, _ = train.restore_latest(config, workdir)
   test, _ = data.decode_all(data.build_source(config.dataset, config.dataset.eval_split))
   return setup.method, state, test
 
 
 def save_grid(rows, out: str, scale: int = 4):
   """rows: list of [N, H, W, 3] float arrays in [0, 1] -> one PNG, 2 px white separators."""
-  import numpy as np
-  from PIL import Image
 
   rows = [np.asarray(r, np.float32) for r in rows]
   n, h, w, _ = rows[0].shape
@@ -55,7 +38,6 @@ def save_grid(rows, out: str, scale: int = 4):
 
 
 def render(config, workdir: str, out: str, num_images: int = 8) -> str:
-  import jax
 
   method, state, test = restore(config, workdir)
   images = jax.numpy.asarray(test[:num_images])
@@ -63,17 +45,3 @@ def render(config, workdir: str, out: str, num_images: int = 8) -> str:
     state.params["model"], state.batch_stats, images, jax.random.PRNGKey(0)
   )
   return save_grid([masked, completed, images / 255.0], out)
-
-
-def main(argv):
-  del argv
-  print(render(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.num_images))
-
-
-if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
-  flags.DEFINE_string("out", "inpainting.png", "PNG to write")
-  flags.DEFINE_integer("num_images", 8, "test images to show")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)

@@ -1,0 +1,28 @@
+"""Runs `config.evals` (k-NN, linear probe, ...) on the latest checkpoint in --workdir:
+
+    python -m sslx evaluate --config=experiments/simclr.py --workdir=/tmp/sslx-demo
+
+The config must describe the same method and model the checkpoint was trained with (checked);
+the results are merged into workdir/results.json under "evaluate".
+"""
+
+from absl import app, flags
+
+from sslx import cli, evaluation, progress, train
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  setup, state, step = train.restore_latest(config, workdir)
+  results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
+  progress.write_results(workdir, {"evaluate": dict(results, step=step)})
+  return results
+
+
+def define_flags():
+  cli.define_config_flags("run directory holding checkpoints/")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -1,0 +1,25 @@
+r"""Side-by-side comparison of runs, from their results.json files:
+
+python -m sslx report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
+"""
+
+from absl import app, flags
+
+from sslx import report
+
+
+def define_flags():
+  flags.DEFINE_list("workdirs", None, "comma-separated run directories holding results.json")
+  flags.DEFINE_string("out", "report.md", "Markdown file to write (the chart goes next to it)")
+  flags.DEFINE_bool("chart", True, "also write the bar chart PNG (needs matplotlib)")
+  flags.mark_flags_as_required(["workdirs"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  paths = report.write_report([w for w in f.workdirs if w], f.out, chart=f.chart)
+  with open(paths["markdown"]) as md:
+    print(md.read())
+  print(f"wrote {paths['markdown']}" + (f" and {paths['chart']}" if paths["chart"] else ""))

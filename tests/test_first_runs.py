@@ -1,0 +1,53 @@
+"""tools/first_runs.py: the script that regenerates the first-runs table from real runs."""
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.helpers import REPO
+
+spec = importlib.util.spec_from_file_location("first_runs", f"{REPO}/tools/first_runs.py")
+first_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(first_runs)
+
+
+def test_every_experiment_has_a_family_metric():
+  for name in first_runs.experiments():
+    assert first_runs.metric_of(name) in ("knn@20", "linear")
+
+
+def test_row_margin_is_over_the_better_baseline_and_budget_counts():
+  results = {
+    "knn@20": 50.0,
+    "wall_s": 300.0,
+    "baselines": {"random_init": {"knn@20": 41.0}, "raw_pixels": {"knn@20": 46.5}},
+  }
+  r = first_runs.row("simclr", results)
+  assert r["margin"] == pytest.approx(3.5) and r["passed"]
+  assert not first_runs.row("simclr", dict(results, wall_s=700.0))["passed"]
+  assert not first_runs.row("simclr", dict(results, **{"knn@20": 49.0}))["passed"]
+  assert first_runs.row("mae", {"linear": 40.0})["margin"] is None
+
+
+def test_replace_block_rewrites_only_between_the_markers(tmp_path):
+  doc = tmp_path / "doc.md"
+  doc.write_text(f"intro\n{first_runs.BEGIN}\nold table\n{first_runs.END}\noutro\n")
+  first_runs.replace_block(doc, "new ![x](first_runs.png)", "docs/")
+  assert doc.read_text() == (
+    f"intro\n{first_runs.BEGIN}\nnew ![x](docs/first_runs.png)\n{first_runs.END}\noutro\n"
+  )
+  with pytest.raises(ValueError, match="no <!-- first-runs:begin -->"):
+    (tmp_path / "x.md").write_text("no markers")
+    first_runs.replace_block(tmp_path / "x.md", "", "")
+
+
+@pytest.mark.slow
+def test_a_tiny_run_is_timed_and_tabulated(tmp_path):
+  rows = first_runs.main(
+    ["--workdir", str(tmp_path), "--only=rotation", "--preset=tiny", "--no_docs"]
+  )
+  assert rows[0]["name"] == "rotation" and rows[0]["metric"] == "linear"
+  assert rows[0]["wall"] > 0
+  assert json.loads((tmp_path / "rotation" / "results.json").read_text())["steps"] == 4
+  assert "| rotation |" in (tmp_path / "first_runs.md").read_text()

@@ -1,0 +1,197 @@
+r"""Runs every experiment's default preset as a new user would and regenerates the results table.
+
+    python tools/first_runs.py --workdir=/tmp/first-runs            # all experiments, ~2 h
+    python tools/first_runs.py --workdir=/tmp/fr --only=simclr,dino  # some of them
+    python tools/first_runs.py --workdir=/tmp/fr --preset=tiny       # seconds each: a smoke test
+
+Each experiment runs as its own `python -m sslx.main --config=experiments/<name>.py[:preset]`
+process (wall time measured around it, evaluation included), one after another so they do not
+share the CPU. Its family's metric is then read from `results.json`: k-NN@20 for contrastive and
+self-distillation methods, the linear probe for masked modeling and pretext tasks, next to the
+same protocol on the untrained encoder and on raw pixels. The table (method, wall time, metric,
+untrained, raw pixels, margin over the better baseline) and a bar chart replace the block
+between the `first-runs` markers in docs/results.md and README.md, stamped with the date and
+the commit; nothing in that block is edited by hand. A run already finished in --workdir is
+read, not repeated (delete its folder to run it again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The metric each family is judged on (first runs must beat both baselines on it by MARGIN).
+FAMILIES = {
+  "knn@20": ("simclr", "moco_v1", "moco_v2", "cpc", "byol", "dino", "dinov2", "vicreg"),
+  "linear": (
+    "mae",
+    "data2vec",
+    "beit",
+    "rotation",
+    "relative_patch",
+    "jigsaw",
+    "context_encoder",
+    "colorization",
+  ),
+}
+MARGIN = 3.0  # points over the better of the untrained encoder and raw pixels
+BUDGET_S = 600.0  # a first run's wall-clock budget on a 2-core CPU
+BEGIN, END = "<!-- first-runs:begin -->", "<!-- first-runs:end -->"
+
+
+def metric_of(name: str) -> str:
+  for metric, names in FAMILIES.items():
+    if name in names:
+      return metric
+  raise ValueError(f"experiment {name!r} is in no family of {sorted(FAMILIES)}")
+
+
+def experiments() -> list[str]:
+  """Every experiment that is a first run (the BEiT tokenizer is stage one of beit)."""
+  names = sorted(p.stem for p in (REPO / "experiments").glob("*.py"))
+  return [n for n in names if n != "beit_tokenizer"]
+
+
+def run(name: str, preset: str, workdir: pathlib.Path) -> dict:
+  """Trains and evaluates one experiment in workdir/<name> (skipped when already finished);
+  returns its results.json with the measured wall time added."""
+  out = workdir / name
+  results_path = out / "results.json"
+  timing = out / "first_run.json"
+  if not results_path.exists():
+    out.mkdir(parents=True, exist_ok=True)
+    spec = f"experiments/{name}.py" + (f":{preset}" if preset else "")
+    cmd = [sys.executable, "-m", "sslx.main", f"--config={spec}", f"--workdir={out}"]
+    if name == "beit":  # stage one, the tokenizer, counts in BEiT's wall time
+      tok = workdir / "beit_tokenizer"
+      tok_spec = "experiments/beit_tokenizer.py" + (f":{preset}" if preset else "")
+      cmd += [f"--config.method.tokenizer_workdir={tok}"]
+      before = [sys.executable, "-m", "sslx.main", f"--config={tok_spec}", f"--workdir={tok}"]
+    else:
+      before = None
+    print(f"{name}: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    with open(out / "first_run.log", "w") as log:
+      for c in [before, cmd] if before else [cmd]:
+        subprocess.run(c, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+  results = json.loads(results_path.read_text())
+  results["wall_s"] = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
+  return results
+
+
+def row(name: str, results: dict) -> dict:
+  metric = metric_of(name)
+  base = results.get("baselines", {})
+  trained = results.get(metric)
+  untrained = base.get("random_init", {}).get(metric)
+  pixels = base.get("raw_pixels", {}).get(metric)
+  known = [b for b in (untrained, pixels) if b is not None]
+  margin = trained - max(known) if trained is not None and known else None
+  wall = results.get("wall_s")
+  passed = margin is not None and margin >= MARGIN and wall is not None and wall <= BUDGET_S
+  return dict(
+    name=name,
+    metric=metric,
+    trained=trained,
+    untrained=untrained,
+    pixels=pixels,
+    margin=margin,
+    wall=wall,
+    passed=passed,
+  )
+
+
+def table(rows: list[dict], stamp: str) -> str:
+  def f(x, fmt="{:.2f}"):
+    return "–" if x is None else fmt.format(x)
+
+  lines = [
+    f"Measured {stamp} with `python tools/first_runs.py` (one seed, 2,000 test images: one",
+    "standard error is about 1.1 points). A run passes with at least "
+    f"+{MARGIN:g} points over the better baseline within {BUDGET_S / 60:g} minutes.",
+    "",
+    "| experiment | wall time | metric | trained | untrained | raw pixels | margin | pass |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    wall = "–" if r["wall"] is None else f"{int(r['wall'] // 60)} min {int(r['wall'] % 60):02d} s"
+    lines.append(
+      f"| {r['name']} | {wall} | {r['metric']} | {f(r['trained'])} | {f(r['untrained'])} | "
+      f"{f(r['pixels'])} | {f(r['margin'], '{:+.2f}')} | {'yes' if r['passed'] else 'no'} |"
+    )
+  lines += ["", "![first runs against their baselines](first_runs.png)"]
+  return "\n".join(lines)
+
+
+def chart(rows: list[dict], out: pathlib.Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  x = np.arange(len(rows))
+  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4))
+  for i, (key, label) in enumerate(
+    [("trained", "trained"), ("untrained", "untrained encoder"), ("pixels", "raw pixels")]
+  ):
+    vals = [r[key] or 0.0 for r in rows]
+    ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+  ax.set_xticks(x)
+  ax.set_xticklabels([f"{r['name']}\n{r['metric']}" for r in rows], rotation=45, ha="right")
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+
+
+def replace_block(path: pathlib.Path, block: str, image_dir: str) -> None:
+  text = path.read_text()
+  if BEGIN not in text or END not in text:
+    raise ValueError(f"{path} has no {BEGIN} ... {END} block to replace")
+  block = block.replace("](first_runs.png)", f"]({image_dir}first_runs.png)")
+  pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+  path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="one folder per experiment goes here")
+  parser.add_argument("--only", default="", help="comma-separated experiment names (default all)")
+  parser.add_argument("--preset", default="", help="preset for every run (default: the default)")
+  parser.add_argument(
+    "--no_docs", action="store_true", help="print the table, leave the docs untouched"
+  )
+  args = parser.parse_args(argv)
+  names = [n for n in args.only.split(",") if n] or experiments()
+  unknown = sorted(set(names) - set(experiments()))
+  if unknown:
+    parser.error(f"unknown experiments {unknown}; valid: {experiments()}")
+  workdir = pathlib.Path(args.workdir)
+  rows = [row(n, run(n, args.preset, workdir)) for n in names]
+  commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+  ).stdout.strip()
+  stamp = f"on {datetime.date.today().isoformat()} at commit {commit or 'unknown'}"
+  text = table(rows, stamp)
+  print(text)
+  (workdir / "first_runs.md").write_text(text + "\n")
+  if not args.no_docs:
+    chart(rows, REPO / "docs" / "first_runs.png")
+    replace_block(REPO / "docs" / "results.md", text, "")
+    replace_block(REPO / "README.md", text, "docs/")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
