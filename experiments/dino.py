@@ -4,7 +4,7 @@ r"""DINO (Caron et al. 2021) experiment presets.
       embedded 10k-image CIFAR-10 subset with 2 global 32 px crops and 4 local 16 px crops,
       K = 1024 prototypes; a 2-core CPU, a few minutes:
         python -m sslx.main --config=experiments/dino.py --workdir=/tmp/dino-cpu
-        python -m sslx.visualize attention --config=experiments/dino.py \
+        python -m sslx visualize attention --config=experiments/dino.py \
           --workdir=/tmp/dino-cpu --image=some.png --out=attn.png
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels; the pretrained k-NN beats random init (figures in BUILD_NOTES.md).

@@ -65,6 +65,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     dino_loss_weight=1.0,
     ibot_loss_weight=1.0,
     koleo_loss_weight=0.1,
+    koleo_group_size=64,
     mask_probability=0.5,
     mask_ratio=(0.1, 0.5),
     collapse_std=0.05,

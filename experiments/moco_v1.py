@@ -43,6 +43,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     momentum=0.99,
     momentum_schedule="constant",
     symmetric=False,
+    shuffle_bn_group=32,
   )
   c.model = cl.model("convnet", widths=(32, 64, 128, 256))
   # The paper's v1 augmentation (torchvision ColorJitter(0.4, 0.4, 0.4, 0.4), always on).

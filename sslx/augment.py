@@ -625,7 +625,11 @@ class ViewParams:
 
 
 def view(
-  rng: Array, image: Array, params: ViewParams, probs: Mapping[str, Array] | None = None
+  rng: Array,
+  image: Array,
+  params: ViewParams,
+  probs: Mapping[str, Array] | None = None,
+  cropped: bool = False,
 ) -> Array:
   """One augmented view of one image, SimCLR order (Chen et al. 2020, App. A).
 
@@ -637,6 +641,8 @@ def view(
     params: static :class:`ViewParams`.
     probs: optional traced overrides of ``params``' probabilities (``"blur_prob"``...),
       used by :func:`augment_views` to run views that differ only in those in one pipeline.
+    cropped: the image is already the view's crop (made on the host): skip the crop, keep the
+      rest of the view's randomness as it is.
 
   Returns:
     ``[crop_size, crop_size, 3]`` float32 in [0, 1].
@@ -663,10 +669,15 @@ def view(
   for name, n in layout.items():
     draws[name] = u[start : start + n] if n > 1 else u[start]
     start += n
-  box = _crop_box_from_uniforms(
-    draws["crop"], image.shape[0], image.shape[1], p.crop_scale, p.crop_ratio
-  )
-  x = crop_and_resize(image, box, p.crop_size)
+  if cropped:
+    if image.shape[:2] != (p.crop_size, p.crop_size):
+      raise ValueError(f"a cropped view must be {p.crop_size}x{p.crop_size}, got {image.shape}")
+    x = image
+  else:
+    box = _crop_box_from_uniforms(
+      draws["crop"], image.shape[0], image.shape[1], p.crop_scale, p.crop_ratio
+    )
+    x = crop_and_resize(image, box, p.crop_size)
   x = _apply_if(draws["flip"], x, horizontal_flip, prob("flip_prob"))
   if not all(_is_static(s, 0) for s in (p.brightness, p.contrast, p.saturation, p.hue)):
     jitter = lambda im: _apply_color_ops(  # noqa: E731
@@ -688,7 +699,11 @@ def view(
 
 
 def augment_batch(
-  rng: Array, images: Array, params: ViewParams, probs: Mapping[str, Array] | None = None
+  rng: Array,
+  images: Array,
+  params: ViewParams,
+  probs: Mapping[str, Array] | None = None,
+  cropped: bool = False,
 ) -> Array:
   """Independent views of a batch: one key per image, ``vmap`` of :func:`view`.
 
@@ -709,13 +724,17 @@ def augment_batch(
     else:
       images = images.astype(jnp.float32)
     keys = jax.random.split(rng, images.shape[0])
-    return jax.vmap(lambda k, im, pr: view(k, im, params, pr))(keys, images, dict(probs or {}))
+    return jax.vmap(lambda k, im, pr: view(k, im, params, pr, cropped))(
+      keys, images, dict(probs or {})
+    )
 
 
 _PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
 
 
-def augment_views(rng: Array, images: Array, views: Sequence[ViewParams]) -> Array:
+def augment_views(
+  rng: Array, images: Array, views: Sequence[ViewParams], cropped: bool = False
+) -> Array:
   """One view per :class:`ViewParams` of every image: ``[V * B, S, S, 3]``, rows
   ``v * B ... v * B + B - 1`` holding view ``v`` of images ``0 ... B - 1``.
 
@@ -723,23 +742,33 @@ def augment_views(rng: Array, images: Array, views: Sequence[ViewParams]) -> Arr
   most in their probabilities (SimCLR's identical views; BYOL's and DINO's blur 1.0 / 0.1,
   solarize 0 / 0.2): those become per-row traced values. Views differing in anything else
   (crop size, scales, strengths) are augmented one call each.
+
+  ``cropped=True``: ``images`` are already the views, ``[V * B, S, S, 3]`` in that row order
+  (made on the host); only the crop is skipped.
   """
   views = tuple(views)
   images = jnp.asarray(images)
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 255.0
-  b = images.shape[0]
-  tiled = jnp.concatenate([images] * len(views), axis=0)
+  if cropped:
+    b = images.shape[0] // len(views)
+    tiled = images
+  else:
+    b = images.shape[0]
+    tiled = jnp.concatenate([images] * len(views), axis=0)
   differing = [f for f in ViewParams.field_names() if len({getattr(v, f) for v in views}) > 1]
   if not differing:
-    return augment_batch(rng, tiled, views[0])
+    return augment_batch(rng, tiled, views[0], cropped=cropped)
   if not set(differing) <= set(_PROB_FIELDS):
     keys = jax.random.split(rng, len(views))
-    return jnp.concatenate([augment_batch(k, images, v) for k, v in zip(keys, views)], 0)
+    parts = [tiled[v * b : (v + 1) * b] if cropped else images for v in range(len(views))]
+    return jnp.concatenate(
+      [augment_batch(k, x, v, cropped=cropped) for k, x, v in zip(keys, parts, views)], 0
+    )
   probs = {
     f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b) for f in differing
   }
-  return augment_batch(rng, tiled, views[0], probs)
+  return augment_batch(rng, tiled, views[0], probs, cropped)
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:

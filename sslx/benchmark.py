@@ -31,7 +31,15 @@ config.dataset.image_size, e.g.
         --mae_mask_ratios=0,0.75 --steps=3
 
 --input_pipeline also times the host input pipeline (grain loader over config.dataset, decoding
-included) and reports the images/s it delivers next to the images/s the step consumes.
+included) and reports the images/s it delivers next to the images/s the step consumes. With
+--steps=0 it times the host pipeline alone (no step is compiled) and prints
+input_images_per_sec (source images/s with all their views made), per core and cpu_cores;
+--input_peer runs ../shared/bench/input_peer.py (torchvision's ImageFolder + RandomResizedCrop
+on PIL, same folder and workers) alternating with it --rounds times and adds the ratio:
+
+    python -m sslx.benchmark --config=experiments/dino.py:imagenet \
+        --config.dataset.name=image_folder --config.dataset.path=DIR \
+        --config.dataset.num_workers=2 --input_pipeline --steps=0 --input_peer --rounds=3
 """
 
 from sslx import xla
@@ -56,6 +64,9 @@ DEFAULT_PEER_SCRIPT = os.path.join(
   os.path.dirname(__file__), "..", "..", "shared", "bench", "torch_peer.py"
 )
 
+DEFAULT_INPUT_PEER = os.path.join(
+  os.path.dirname(__file__), "..", "..", "shared", "bench", "input_peer.py"
+)
 
 # Dense peak FLOP/s per device (bf16 on accelerators), by `device.device_kind` prefix.
 PEAK_FLOPS = {
@@ -90,22 +101,151 @@ def mfu(flops_per_step, step_time_s, device_kind, num_devices, override_tflops=N
   return flops_per_step / step_time_s / (peak * num_devices)
 
 
-def time_input_pipeline(config, batches: int = 20) -> dict:
-  """Images/s the host pipeline delivers (grain loader, decoding included), after 2 warm-up
-  batches."""
+def _input_views(config):
+  """The host crops the config's method takes (None: the decoded square images)."""
+  from sslx import data, methods
+
+  if not config.dataset.get("host_crops", False):
+    return None
+  method = methods.get(config.method.name).create(config, total_steps=1)
+  return data.crop_groups(method, config.method.name)
+
+
+def time_input_pipeline(config, batches: int = 20, batch_size: int = 0) -> dict:
+  """Source images/s the host pipeline delivers (grain loader over config.dataset, decoding and
+  every view included), after 2 warm-up batches; no train step is built."""
   from sslx import data
 
   source = data.build_source(config.dataset, config.dataset.train_split)
+  groups = _input_views(config)
+  b = batch_size or min(config.batch_size, max(len(source) // (batches + 2), 1))
   loader = data.make_train_loader(
-    source, config.batch_size, config.seed, num_workers=config.dataset.get("num_workers", 0)
+    source,
+    b,
+    config.seed,
+    num_workers=config.dataset.get("num_workers", 0),
+    view_maker=data.ViewMaker(groups, config.seed) if groups else None,
   )
   for _ in range(2):
     next(loader)
+  cpu0 = _tree_cpu_s()
   t0 = time.perf_counter()
   for _ in range(batches):
     next(loader)
   dt = time.perf_counter() - t0
-  return {"input_images_per_sec": round(batches * config.batch_size / dt, 1)}
+  cpu = _tree_cpu_s() - cpu0
+  cores = os.cpu_count() or 1
+  rate = batches * b / dt
+  views = [f"{g.count}x{g.size}" for g in groups] if groups else [f"1x{source.image_size}"]
+  return {
+    "input_images_per_sec": round(rate, 1),
+    "input_images_per_sec_per_core": round(rate / cores, 1),
+    "cpu_cores": cores,
+    "input_workers": config.dataset.get("num_workers", 0),
+    "input_views": "+".join(views),
+    "input_images_timed": batches * b,
+    "input_batch": b,
+    # CPU seconds of this process and its workers over the timed batches: images per CPU
+    # second is the per-core rate whatever else the machine runs.
+    "input_images_per_cpu_s": round(batches * b / cpu, 1) if cpu > 0 else None,  # nan: None
+  }
+
+
+def _tree_cpu_s() -> float:
+  """User + system CPU seconds of this process and its live descendants."""
+  try:
+    import psutil
+  except ImportError:  # optional: without it the CPU figures are left out
+    return float("nan")
+  me = psutil.Process()
+  total = 0.0
+  for p in [me, *me.children(recursive=True)]:
+    try:
+      t = p.cpu_times()
+      total += t.user + t.system
+    except psutil.Error:
+      pass
+  return total
+
+
+def _peer_recipe(groups) -> str:
+  """input_peer.py's recipe for these crops (it knows SimCLR's and DINO's)."""
+  sizes = tuple((g.size, g.count) for g in groups or ())
+  recipes = {((224, 2),): "simclr", ((224, 2), (96, 10)): "dino"}
+  if sizes not in recipes:
+    raise ValueError(
+      f"--input_peer compares SimCLR's 2x224 or DINO's 2x224 + 10x96 host crops, got {sizes}"
+    )
+  return recipes[sizes]
+
+
+def time_input_peer(python: str, script: str, config, images: int) -> dict:
+  """The torchvision-style host pipeline (input_peer.py) on the same folder and workers.
+
+  Also its images per CPU second: the peer runs twice, on ``images // 2`` and ``images``
+  files, and the difference of the two runs' CPU time (its process and pool, from
+  ``RUSAGE_CHILDREN``) is the CPU the extra files took, start-up cancelled out."""
+  half = _run_input_peer(python, script, config, images // 2)
+  full = _run_input_peer(python, script, config, images)
+  extra = full["cpu_s"] - half["cpu_s"]
+  full["images_per_cpu_s"] = (images - images // 2) / extra if extra > 0 else None
+  return full
+
+
+def _run_input_peer(python: str, script: str, config, images: int) -> dict:
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  out = subprocess.run(
+    [
+      python,
+      script,
+      f"--data={os.path.expanduser(config.dataset.path)}",
+      f"--recipe={_peer_recipe(_input_views(config))}",
+      f"--workers={max(int(config.dataset.get('num_workers', 0)), 1)}",
+      f"--limit={images}",
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  result = json.loads(out.strip().splitlines()[-1])
+  result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  return result
+
+
+def input_benchmark(config) -> dict:
+  """--steps=0 --input_pipeline: the host pipeline alone, alternating with the peer's."""
+  ours, peer, ours_cpu, peer_cpu = [], [], [], []
+  result = {}
+  for _ in range(max(FLAGS.rounds, 1)):
+    result = time_input_pipeline(config, FLAGS.input_batches, FLAGS.input_batch_size)
+    ours.append(result["input_images_per_sec"])
+    ours_cpu.append(result["input_images_per_cpu_s"])
+    if FLAGS.input_peer:
+      p = time_input_peer(
+        FLAGS.input_peer_python or sys.executable,
+        os.path.abspath(FLAGS.input_peer_script),
+        config,
+        result["input_images_timed"],
+      )
+      peer.append(p["images_per_sec"])
+      peer_cpu.append(p["images_per_cpu_s"])
+  result["input_images_per_sec"] = round(statistics.median(ours), 1)
+  result["input_images_per_sec_per_core"] = round(
+    result["input_images_per_sec"] / result["cpu_cores"], 1
+  )
+  result["rounds"] = ours
+  if peer:
+    result["peer_images_per_sec"] = round(statistics.median(peer), 1)
+    result["peer_rounds"] = [round(p, 1) for p in peer]
+    result["ratio"] = round(statistics.median(o / p for o, p in zip(ours, peer)), 3)
+    pairs = [(o, p) for o, p in zip(ours_cpu, peer_cpu) if o and p]
+    if pairs:
+      result["input_images_per_cpu_s"] = round(statistics.median(o for o, _ in pairs), 1)
+      result["peer_images_per_cpu_s"] = round(statistics.median(p for _, p in pairs), 1)
+      result["cpu_ratio"] = round(statistics.median(o / p for o, p in pairs), 3)
+  result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+  return result
 
 
 def define_flags():
@@ -118,7 +258,14 @@ def define_flags():
   flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
   flags.DEFINE_integer("threads", 2, "threads given to the peer")
   flags.DEFINE_float("peak_tflops", None, "peak TFLOP/s per device for MFU (overrides table)")
-  flags.DEFINE_bool("input_pipeline", False, "also time the host input pipeline")
+  flags.DEFINE_bool(
+    "input_pipeline", False, "also time the host input pipeline (with --steps=0: only that)"
+  )
+  flags.DEFINE_integer("input_batches", 20, "batches timed by --input_pipeline")
+  flags.DEFINE_integer("input_batch_size", 0, "their size (0: batch_size, capped by the data)")
+  flags.DEFINE_bool("input_peer", False, "with --input_pipeline --steps=0: also run input_peer.py")
+  flags.DEFINE_string("input_peer_script", DEFAULT_INPUT_PEER, "path of input_peer.py")
+  flags.DEFINE_string("input_peer_python", None, "python for input_peer.py (default: this one)")
   flags.DEFINE_list(
     "mae_mask_ratios",
     [],
@@ -282,6 +429,9 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.mae_mask_ratios:
     print(json.dumps(time_mae_encoder(config, FLAGS.mae_mask_ratios, FLAGS.steps)), flush=True)
+    return
+  if FLAGS.input_pipeline and FLAGS.steps == 0:
+    print(json.dumps(input_benchmark(config)), flush=True)
     return
   if FLAGS.workload == "peer":
     config = peer_workload(config)

@@ -5,15 +5,23 @@ Each checkpoint step directory holds three items:
   data:  the grain iterator state (JSON), so a resumed run sees the same batch sequence
   meta:  {"method", "model", "dataset", "config"}, checked before resuming so a workdir is
          never silently reused by a different method or model.
+
+The workdir is a URL (`sslx.paths`): local, `gs://...` or any fsspec protocol. Orbax writes a
+step into a temporary name and commits it by a rename (local) or a commit marker (GCS); a step
+whose save was interrupted is never listed, so it is never restored.
+
+Restores go into an abstract target (shapes, dtypes and shardings, from `jax.eval_shape`): the
+arrays are read straight into their shards, and no freshly initialised state exists beside them.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from sslx import paths
 
 ITEMS = ("state", "data", "meta")
 
@@ -22,10 +30,17 @@ class IncompatibleCheckpoint(RuntimeError):
   pass
 
 
-def manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+def manager(
+  workdir: str, keep: int = 3, async_save: bool = True, keep_every: int = 0
+) -> ocp.CheckpointManager:
+  """The run's checkpoints under `workdir/checkpoints`: the `keep` latest, plus every step that
+  is a multiple of `keep_every` (never deleted) when it is positive."""
+  directory = paths.path(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    max_to_keep=keep,
+    keep_period=keep_every or None,
+    create=True,
+    enable_async_checkpointing=async_save,
   )
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
@@ -66,10 +81,18 @@ def save(
   )
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any):
-  """Restores (state, data_state) at `step`; arrays land with `abstract_state`'s shardings."""
+def abstract(shapes: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings`: a restore target that allocates nothing."""
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+  )
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
+  """Restores (state, data_state) at `step`. `target` gives shapes, dtypes and shardings:
+  ShapeDtypeStructs (`abstract`, nothing allocated before the read) or arrays."""
   target = jax.tree.map(
-    lambda x: ocp.utils.to_shape_dtype_struct(x) if hasattr(x, "shape") else x, abstract_state
+    lambda x: ocp.utils.to_shape_dtype_struct(x) if isinstance(x, jax.Array) else x, target
   )
   out = mngr.restore(
     step,

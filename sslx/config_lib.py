@@ -58,7 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
+  # Wall-clock cadence beside the step cadence (0: off); a save happens when either is due.
+  c.checkpoint_every_minutes = 0.0
   c.keep_checkpoints = 2
+  # Steps that are multiples of this are kept forever beside the latest ones (0: none).
+  c.keep_every_steps = 0
   c.tensorboard = True
   c.online_probe = ml_collections.ConfigDict(dict(enabled=True, lr=1e-3))
   c.evals = ml_collections.ConfigDict(
@@ -70,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_baselines = True
   c.eval_batch_size = 500
   c.eval_train_limit = 0
+  # k-NN on a fixed subset every N steps, to TensorBoard (eval/knn@k); 0: off
+  c.eval_every_steps = 0
+  c.eval_every_subset = 1000  # training images in that subset (test images: half as many)
+  # encoder weights to start from: timm:<model>, torchvision:<model> or file:<path>
+  c.init_from = ""
+  c.peer_python = ""  # a Python with torch (+ timm/torchvision) for init_from's torch side
   return c
 
 
@@ -111,20 +121,24 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
     image_size=32,
     num_workers=0,
     normalization="cifar10",
+    # Random-resized crops made on the host from the full image (sslx.data.crops); the device
+    # then only flips and colours. For large photos (imagenet_run turns it on where the method
+    # takes host views); 32 px data keeps the device crop.
+    host_crops=False,
   )
   kinds = {
     "embedded": dict(small, name="embedded"),
     "cifar10": dict(small, name="image_folder"),
     "imagenet": dict(
+      small,
       name="tfds",
       tfds_name="imagenet2012",
       data_dir="",
-      path="",
-      train_split="train",
       eval_split="validation",
       image_size=224,
       num_workers=8,
       normalization="imagenet",
+      host_crops=False,
     ),
   }
   if kind not in kinds:
@@ -276,6 +290,7 @@ def imagenet_run(
   """`long_run` on ImageNet: the tfds dataset, a checkpoint every 5000 steps, and the frozen
   evaluations on a 100k-image class-balanced subset of the train split."""
   c.dataset = dataset("imagenet")
+  c.dataset.host_crops = c.method.name in data.HOST_CROP_METHODS
   c.eval_train_limit = 100_000
   return long_run(c, batch_size=batch_size, epochs=epochs, checkpoint_every_steps=5000)
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from sslx import data, evaluation, train
+from sslx import data, evaluation, paths, train
 
 METHODS = ("tsne", "umap")
 _EXTRA = "pip install 'sslx[plots]'"
@@ -70,8 +70,7 @@ def plot_2d(
   ax.set_yticks([])
   ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=100)
+  paths.save(out, lambda f: fig.savefig(f, format=paths.file_format(out), dpi=100))
   plt.close(fig)
   return out
 

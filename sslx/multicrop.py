@@ -52,6 +52,29 @@ _MULTICROP_KEYS = (
 )
 
 
+class HostViews(NamedTuple):
+  """Views already cropped and resized on the host (``dataset.host_crops``), uint8, image-major.
+
+  Passed to a method's ``loss`` in place of the image batch; the device then applies only flip,
+  colour, grayscale, blur and solarize (see :mod:`sslx.data.crops`).
+  """
+
+  global_views: Any  # [B, G, Sg, Sg, 3] (one record: [G, Sg, Sg, 3])
+  local_views: Any = None  # [B, N, Sl, Sl, 3], or None without local crops
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of the batch of source images they stand for: (B, Sg, Sg, 3)."""
+    s = self.global_views.shape
+    return (s[0],) + tuple(s[2:])
+
+
+def view_major(views: jax.Array) -> jax.Array:
+  """[B, V, S, S, 3] -> [V·B, S, S, 3], row v·B + i holding view v of image i."""
+  views = jnp.asarray(views)
+  return jnp.swapaxes(views, 0, 1).reshape((-1,) + views.shape[2:])
+
+
 class Crops(NamedTuple):
   """Float32 crops in [0, 1] (not yet mean/std-normalised), view-major (see module doc)."""
 
@@ -115,6 +138,8 @@ class MultiCrop:
       :class:`Crops`: global [G·B, Sg, Sg, 3] and local [N·B, Sl, Sl, 3] (or None), float32
       in [0, 1].
     """
+    if isinstance(images, HostViews):
+      return self._from_host(rng, images)
     x = jnp.asarray(images)
     x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
     b = x.shape[0]
@@ -133,6 +158,28 @@ class MultiCrop:
       lkeys = jax.random.split(keys[-1], self.num_local)
       local = jax.vmap(lambda k: augment.augment_batch(k, x, self.local_view))(lkeys)
       local = local.reshape((self.num_local * b,) + local.shape[2:])
+    return Crops(glob, local)
+
+  def _from_host(self, rng: jax.Array, views: HostViews) -> Crops:
+    """Host-cropped views: the same per-view randomness as ``__call__`` without the crop."""
+    g = views.global_views
+    if g.shape[1] != self.num_global or g.shape[2] != self.global_size:
+      raise ValueError(
+        f"host views {g.shape} do not match {self.num_global} global crops of {self.global_size}"
+      )
+    keys = jax.random.split(rng, self.num_global + 1)
+    if not self.enabled:
+      local = None if views.local_views is None else view_major(views.local_views) / 255.0
+      return Crops(view_major(g).astype(jnp.float32) / 255.0, local)
+    glob = augment.augment_views(keys[0], view_major(g), self.global_views, cropped=True)
+    local = None
+    if self.num_local:
+      loc = jnp.swapaxes(jnp.asarray(views.local_views), 0, 1)  # [N, B, Sl, Sl, 3]
+      lkeys = jax.random.split(keys[-1], self.num_local)
+      local = jax.vmap(lambda k, x: augment.augment_batch(k, x, self.local_view, cropped=True))(
+        lkeys, loc
+      )
+      local = local.reshape((-1,) + local.shape[2:])
     return Crops(glob, local)
 
   @classmethod

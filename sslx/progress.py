@@ -1,15 +1,24 @@
 """Console progress with ETA, TensorBoard event files (tensorboardX: no TensorFlow needed)
-and results.json."""
+and results.json.
+
+Event files for a remote workdir (`gs://...`) are written to a local staging folder and
+uploaded to `workdir/tensorboard/` by `Writer.sync()`, which the trainer calls at every
+checkpoint and at the end (tensorboardX appends to a local file; object stores have no append).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import jax
+
+from sslx import paths
 
 log = logging.getLogger("sslx")
 
@@ -61,10 +70,32 @@ class Writer:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._tb = None
+    self._remote = None  # the URL event files are uploaded to, for a remote workdir
+    self._staging = None
     if enabled and is_lead():
       from tensorboardX import SummaryWriter  # no TensorFlow import
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+      logdir = os.path.join(workdir, "tensorboard")
+      if paths.is_remote(workdir):
+        self._remote = paths.join(workdir, "tensorboard")
+        self._staging = tempfile.mkdtemp(prefix="sslx-tensorboard-")
+        logdir = self._staging
+      self._tb = SummaryWriter(logdir, flush_secs=10)
+
+  def sync(self):
+    """Flushes, and uploads the staged event files of a remote workdir (whole files: they are
+    small, and an upload replaces the previous copy)."""
+    if self._tb is None:
+      return
+    self._tb.flush()
+    self._upload()
+
+  def _upload(self):
+    if self._remote is None:
+      return
+    for rel in paths.walk_files(self._staging):
+      with open(os.path.join(self._staging, rel), "rb") as f:
+        paths.write_bytes(paths.join(self._remote, rel), f.read())
 
   def scalars(self, step: int, values: dict, prefix: str = ""):
     if self._tb is None:
@@ -79,6 +110,10 @@ class Writer:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+      self._upload()
+      if self._staging is not None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+      self._tb = None
 
 
 def is_lead() -> bool:
@@ -93,17 +128,10 @@ def console(msg: str):
 
 
 def write_results(workdir: str, results: dict) -> str:
-  """Merges `results` into workdir/results.json (written atomically, by the lead process)."""
-  path = os.path.join(workdir, "results.json")
+  """Merges `results` into workdir/results.json (written whole, by the lead process)."""
+  path = paths.join(workdir, "results.json")
   if not is_lead():
     return path
-  current = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      current = json.load(f)
+  current = paths.read_json(path) if paths.exists(path) else {}
   current.update(results)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return paths.write_text(path, json.dumps(current, indent=2, sort_keys=True))

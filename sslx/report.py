@@ -9,9 +9,10 @@ matplotlib: pip install 'sslx[plots]').
 
 from __future__ import annotations
 
-import json
 import math
 import os
+
+from sslx import paths
 
 COLUMNS = (  # (header, results.json key, format)
   ("method", "method", "{}"),
@@ -31,13 +32,12 @@ ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
 
 
 def load_results(workdir: str) -> dict:
-  """workdir/results.json; a later `sslx.evaluate` pass (under "evaluate") overrides the
+  """workdir/results.json; a later `python -m sslx evaluate` pass (under "evaluate") overrides the
   accuracies it re-measured."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "results.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run's workdir?")
-  with open(path) as f:
-    results = json.load(f)
+  results = paths.read_json(path)
   later = results.get("evaluate", {})
   results.update({k: later[k] for k in ACCURACIES if k in later})
   results.setdefault("workdir", workdir)
@@ -125,7 +125,7 @@ def bar_chart(rows: list[dict], out: str) -> str:
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize="small", ncol=len(keys) + 1)
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  paths.save(out, lambda f: fig.savefig(f, format=paths.file_format(out), dpi=100))
   plt.close(fig)
   return out
 
@@ -142,7 +142,5 @@ def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
   text = "# sslx runs\n\n" + markdown_table(rows)
   if png:
     text += f"\n![accuracies]({os.path.basename(png)})\n"
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w") as f:
-    f.write(text)
+  paths.write_text(out, text)
   return {"markdown": out, "chart": png}

@@ -32,11 +32,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sslx import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +204,7 @@ def save_png(result: dict, out: str) -> str:
     f"{result['separation']:.2f}, {result['clusters']} groups",
   )
   fig.tight_layout()
-  fig.savefig(out, dpi=80)
+  paths.save(out, lambda f: fig.savefig(f, format=paths.file_format(out), dpi=80))
   plt.close(fig)
   return out
 
@@ -229,7 +230,12 @@ def save_gif(result: dict, out: str, ms_per_frame: int = 120) -> str:
     fig.canvas.draw()
     images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
   plt.close(fig)
-  images[0].save(out, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+  paths.save(
+    out,
+    lambda f: images[0].save(
+      f, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0
+    ),
+  )
   return out
 
 
@@ -237,9 +243,7 @@ def write_html(out: str, cfg: SimConfig = SimConfig()) -> str:
   """Writes the self-contained interactive page (inline JS and CSS, nothing fetched)."""
   settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
   html = _PAGE.replace("__DEFAULTS__", json.dumps(settings))
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    f.write(html)
+  paths.write_text(out, html)
   return out
 
 

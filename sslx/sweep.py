@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 
-from sslx import config_lib, train
+from sslx import config_lib, paths, train
 
 
 def load_sweep(config_path: str) -> list[dict]:
@@ -63,9 +63,10 @@ def run_sweep(config_spec: str, workdir: str, train_fn=None) -> list[dict]:
   configs = [apply_overrides(base, p) for p in points]  # every typo surfaces before any run
   for c in configs:
     config_lib.validate(c)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump({"config": config_spec, "points": points}, f, indent=2, default=str)
+  paths.write_text(
+    paths.join(workdir, "sweep.json"),
+    json.dumps({"config": config_spec, "points": points}, indent=2, default=str),
+  )
   results = []
   for i, (c, p) in enumerate(zip(configs, points)):
     print(f"sweep point {i + 1}/{len(points)}: {p}", flush=True)

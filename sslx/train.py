@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import time
 from typing import Any
 
@@ -22,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metrics as clu_metrics
 
 from sslx import (
   checkpointing,
@@ -32,9 +30,13 @@ from sslx import (
   losses,
   methods,
   optim,
+  paths,
+  preemption,
   progress,
   sharding,
+  weights,
 )
+from sslx.evaluation import knn
 from sslx.state import TrainState
 
 log = logging.getLogger("sslx")
@@ -58,15 +60,18 @@ class Setup:
   steps_per_epoch: int
   num_classes: int
   feature_dim: int
+  # The state's ShapeDtypeStructs with their shardings: a restore target that allocates nothing.
+  abstract_state: Any = None
 
 
 def _probe_labels(params):
   return {k: ("probe" if k == "probe" else "model") for k in params}
 
 
-def make_tx(config, schedule, probe_lr: float) -> optax.GradientTransformation:
-  """The method's optimizer for params["model"]; Adam for the online probe."""
-  main = optim.make_optimizer(config.optimizer, schedule)
+def make_tx(config, schedule, probe_lr: float, method) -> optax.GradientTransformation:
+  """The method's optimizer for params["model"] (wrapped by `method.wrap_optimizer`); Adam
+  for the online probe."""
+  main = method.wrap_optimizer(optim.make_optimizer(config.optimizer, schedule))
   return optax.multi_transform({"model": main, "probe": optax.adam(probe_lr)}, _probe_labels)
 
 
@@ -150,7 +155,7 @@ def build(
     optim.warmup_steps_from(config.optimizer, spe),
     config.optimizer.get("final_lr_fraction", 0.0),
   )
-  tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3))
+  tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3), method)
   sample = jax.ShapeDtypeStruct(sample_images.shape, sample_images.dtype)
   abstract = jax.eval_shape(
     functools.partial(init_state, method, tx, num_classes=num_classes),
@@ -170,6 +175,7 @@ def build(
     spe,
     num_classes,
     feature_dim,
+    checkpointing.abstract(abstract, state_sharding),
   )
 
 
@@ -179,6 +185,23 @@ def create_state(setup: Setup, seed: int, sample_images: np.ndarray) -> TrainSta
     out_shardings=setup.state_sharding,
   )
   return init(jax.random.PRNGKey(seed), jnp.asarray(sample_images))
+
+
+def init_encoder_from(config, setup: Setup, state: TrainState) -> TrainState:
+  """Every copy of the encoder in `state` replaced by `config.init_from`'s weights."""
+  p, s, m = weights.init_variables(
+    config,
+    weights.encoder_module(config),
+    config.init_from,
+    state.params["model"],
+    state.batch_stats,
+    state.method_state,
+    config.get("peer_python") or None,
+  )
+  new = state.replace(params=dict(state.params, model=p), batch_stats=s, method_state=m)
+  new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, state)
+  progress.console(f"encoder initialised from {config.init_from}")
+  return jax.device_put(new, setup.state_sharding)
 
 
 def restore_latest(config, workdir: str, *, pretrained: bool = True):
@@ -197,9 +220,10 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = build(config, sample, len(source), getattr(source, "num_classes", 0))
-  state = create_state(setup, config.seed, sample)
-  if pretrained:
-    state, _ = checkpointing.restore(mngr, step, state)
+  if pretrained:  # read straight into the shards: no fresh state beside the restored one
+    state, _ = checkpointing.restore(mngr, step, setup.abstract_state)
+  else:
+    state = create_state(setup, config.seed, sample)
   return setup, state, step
 
 
@@ -220,116 +244,229 @@ def compile_step(setup: Setup, probe_enabled: bool):
   )
 
 
-def _average(collection, metrics: dict):
-  update = {
-    k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items() if k != "finite"
-  }
-  if collection is None:
-    return update
-  return {k: collection[k].merge(v) for k, v in update.items()}
+def _accumulating_step(state, batch, sums, **kwargs):
+  """``train_step`` plus running sums of its metrics, kept on the devices between log steps."""
+  state, metrics = train_step(state, batch, **kwargs)
+  return state, metrics, add_metrics(sums, metrics)
+
+
+def add_metrics(sums: dict, metrics: dict) -> dict:
+  """``sums`` + this step's scalar metrics (all but "finite"), and one more in ``"steps"``."""
+  out = {k: sums[k] + jnp.asarray(v, jnp.float32) for k, v in metrics.items() if k != "finite"}
+  out["steps"] = sums["steps"] + 1.0
+  return out
+
+
+def compile_accumulating_step(setup: Setup, probe_enabled: bool):
+  """``(state, batch, sums) -> (state, metrics, sums)``: the train step that also adds its
+  metrics to ``sums`` inside the jitted computation (no per-step host work for them)."""
+  step = functools.partial(
+    _accumulating_step,
+    method=setup.method,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    probe_enabled=probe_enabled,
+  )
+  rep = sharding.replicated(setup.mesh)
+  return jax.jit(
+    step,
+    in_shardings=(setup.state_sharding, setup.batch_sharding, rep),
+    out_shardings=(setup.state_sharding, rep, rep),
+    donate_argnums=(0, 2),
+  )
+
+
+def zero_metric_sums(setup: Setup, probe_enabled: bool, state, batch) -> dict:
+  """Zeros in the shape of ``add_metrics``'s sums for this step (traced, not compiled)."""
+  step = functools.partial(
+    train_step,
+    method=setup.method,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    probe_enabled=probe_enabled,
+  )
+  _, metrics = jax.eval_shape(step, state, batch)
+  rep = sharding.replicated(setup.mesh)
+  names = [k for k in metrics if k != "finite"] + ["steps"]
+  return {k: jax.device_put(np.zeros((), np.float32), rep) for k in names}
+
+
+def _device_batches(config, source, setup: Setup) -> data.DevicePrefetcher:
+  """Global batches on the devices, two steps ahead; views made on the host when
+  ``dataset.host_crops`` (see sslx.data.crops)."""
+  maker = None
+  if config.dataset.get("host_crops", False):
+    maker = data.ViewMaker(data.crop_groups(setup.method, config.method.name), config.seed)
+  loader = data.make_train_loader(
+    source,
+    config.batch_size,
+    config.seed,
+    num_workers=config.dataset.get("num_workers", 0),
+    view_maker=maker,
+  )
+  # to_device looked up now, so a test can replace data.to_global_array around one run
+  return data.DevicePrefetcher(loader, setup.batch_sharding, size=2, to_device=data.to_global_array)
+
+
+def _stopped(e: preemption.Preempted):
+  progress.console(str(e))
+  raise e
+
+
+def check_eval_split(config, num_classes: int) -> None:
+  """Fails before any work when the evaluation split cannot be read (evaluation on)."""
+  if not config.get("evals") or not num_classes:
+    return
+  split = config.dataset.eval_split
+  try:
+    data.build_source(config.dataset, split)
+  except (OSError, ValueError) as e:
+    raise ValueError(
+      f"evaluation split {split!r} cannot be read from dataset.path="
+      f"{config.dataset.get('path', '')!r}: {e}. Give the right dataset.eval_split, or set "
+      "--config.evals='{}' to train without evaluation."
+    ) from e
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config`'s method in `workdir` (resuming if it holds a checkpoint), evaluates,
-  and returns the results also written to `workdir/results.json`."""
+  """Trains `config`'s method in `workdir` (a path or URL; resuming if it holds a checkpoint),
+  evaluates, and returns the results also written to `workdir/results.json`.
+
+  On SIGTERM/SIGINT it saves the step it is at and raises `preemption.Preempted` (a
+  SystemExit with status 75)."""
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  mngr = checkpointing.manager(workdir, keep=config.get("keep_checkpoints", 3))
+  paths.check_writable(workdir)  # a missing bucket or credentials fail here, naming the URL
+  mngr = checkpointing.manager(
+    workdir,
+    keep=config.get("keep_checkpoints", 3),
+    keep_every=int(config.get("keep_every_steps", 0) or 0),
+  )
   latest = checkpointing.check_compatible(mngr, config)  # refuse a foreign workdir first
 
   train_source = data.build_source(config.dataset, config.dataset.train_split)
   num_classes = getattr(train_source, "num_classes", 0)
-  loader = data.make_train_loader(
-    train_source, config.batch_size, config.seed, num_workers=config.dataset.get("num_workers", 0)
-  )
+  check_eval_split(config, num_classes)
   size = train_source.image_size
   sample = np.zeros((2, size, size, 3), np.uint8)
   setup = build(config, sample, len(train_source), num_classes)
+  loader = _device_batches(config, train_source, setup)
   probe_enabled = bool(config.online_probe.get("enabled", True)) and num_classes > 0
-  state = create_state(setup, config.seed, sample)
   start = 0
   if latest is not None:
-    state, data_state = checkpointing.restore(mngr, latest, state)
+    # Read straight into the shards: no freshly initialised state beside the restored one.
+    state, data_state = checkpointing.restore(mngr, latest, setup.abstract_state)
     loader.set_state(data_state)
     start = int(state.step)
     progress.console(f"resumed from {mngr.directory} at step {start}")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  else:
+    state = create_state(setup, config.seed, sample)
+    if config.get("init_from"):
+      state = init_encoder_from(config, setup, state)
+  if progress.is_lead():
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-  step_fn = compile_step(setup, probe_enabled)
+  step_fn = compile_accumulating_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
+  periodic_eval = knn.PeriodicKnn(config, setup.method, setup.mesh, writer)
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
-  ckpt_every = int(config.get("checkpoint_every_steps", 0))
+  schedule = preemption.SaveSchedule(
+    config.get("checkpoint_every_steps", 0),
+    config.get("checkpoint_every_minutes", 0.0),
+    sync_every=log_every,
+  )
   progress.console(
     f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
     f"({len(train_source)} images, {num_classes} classes), batch {config.batch_size}, "
     f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
   )
+  saved = {"step": latest}
 
-  acc, prev_metrics, step, t_train, t_compile = None, None, start, 0.0, None
+  def save(step, force=False):
+    if saved["step"] != step:
+      checkpointing.save(mngr, step, state, loader.get_state(), config, force=force)
+      saved["step"] = step
+      schedule.saved()
+    writer.sync()
+
+  sums, zero_sums, prev_metrics, step, t_train, t_compile = None, None, None, start, 0.0, None
   first_loss = last_loss = None
   t0 = time.perf_counter()
-  try:
-    while step < setup.total_steps:
-      batch = data.to_global_array(next(loader), setup.batch_sharding)
-      state, metrics = step_fn(state, batch)
-      # Check the previous step's loss while this one runs: no host sync on the hot path,
-      # and a non-finite loss still stops the run within one step (the update was skipped).
+  with preemption.StopRequest() as stop:
+    try:
+      while step < setup.total_steps:
+        batch = next(loader)  # already on the devices (DevicePrefetcher)
+        if sums is None:  # after a log step: the sums start again from zero on the devices
+          if zero_sums is None:
+            zero_sums = zero_metric_sums(setup, probe_enabled, state, batch)
+          sums = jax.tree.map(jnp.copy, zero_sums)
+        state, metrics, sums = step_fn(state, batch, sums)
+        # Check the previous step's loss while this one runs: no host sync on the hot path,
+        # and a non-finite loss still stops the run within one step (the update was skipped).
+        if prev_metrics is not None and not bool(prev_metrics["finite"]):
+          raise NonFiniteLoss(
+            f"non-finite loss at step {step} (loss={float(prev_metrics['loss'])}); stopping. "
+            f"The last good checkpoint in {mngr.directory} is intact."
+          )
+        prev_metrics = metrics
+        step += 1
+        if t_compile is None:
+          jax.block_until_ready(metrics)
+          t_compile = time.perf_counter() - t0
+          prog = progress.Progress(setup.total_steps, step, 2 * config.batch_size)
+          t_loop = time.perf_counter()
+        if stop.due(step):
+          # A signal: this step is the next boundary. Save it, wait for the commit, exit 75.
+          progress.console(f"{stop.signal_name} received: saving step {step} before exiting")
+          save(step, force=True)
+          mngr.wait_until_finished()
+          _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
+        if step % log_every == 0 or step == setup.total_steps:
+          host = jax.device_get(sums)
+          values = {k: float(v / host["steps"]) for k, v in host.items() if k != "steps"}
+          first_loss = values["loss"] if first_loss is None else first_loss
+          last_loss = values["loss"]
+          if not bool(metrics["finite"]):
+            continue  # reported by the check above on the next iteration or after the loop
+          rates = prog.update(step)
+          writer.scalars(
+            step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}), prefix="train/"
+          )
+          progress.console(
+            prog.line(
+              step,
+              {k: values[k] for k in sorted(values) if k in ("loss", "probe_acc", "learning_rate")},
+              rates,
+            )
+          )
+          sums = None
+          warning = setup.method.collapse_warning(values)
+          if warning:
+            log.warning("step %d: %s", step, warning)
+            progress.console(f"WARNING step {step}: {warning}")
+        periodic_eval(step, state)
+        if step < setup.total_steps and schedule.due(step):
+          save(step)
       if prev_metrics is not None and not bool(prev_metrics["finite"]):
         raise NonFiniteLoss(
-          f"non-finite loss at step {step} (loss={float(prev_metrics['loss'])}); stopping. "
-          f"The last good checkpoint in {mngr.directory} is intact."
+          f"non-finite loss at step {step}; stopping. The last good "
+          f"checkpoint in {mngr.directory} is intact."
         )
-      prev_metrics = metrics
-      step += 1
-      acc = _average(acc, metrics)
-      if t_compile is None:
-        jax.block_until_ready(metrics)
-        t_compile = time.perf_counter() - t0
-        prog = progress.Progress(setup.total_steps, step, 2 * config.batch_size)
-        t_loop = time.perf_counter()
-      if step % log_every == 0 or step == setup.total_steps:
-        values = {k: float(v.compute()) for k, v in acc.items()}
-        first_loss = values["loss"] if first_loss is None else first_loss
-        last_loss = values["loss"]
-        if not bool(metrics["finite"]):
-          continue  # reported by the check above on the next iteration or after the loop
-        rates = prog.update(step)
-        writer.scalars(
-          step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}), prefix="train/"
-        )
-        progress.console(
-          prog.line(
-            step,
-            {k: values[k] for k in sorted(values) if k in ("loss", "probe_acc", "learning_rate")},
-            rates,
-          )
-        )
-        acc = None
-        warning = setup.method.collapse_warning(values)
-        if warning:
-          log.warning("step %d: %s", step, warning)
-          progress.console(f"WARNING step {step}: {warning}")
-      if ckpt_every and step % ckpt_every == 0 and step < setup.total_steps:
-        checkpointing.save(mngr, step, state, loader.get_state(), config)
-    if prev_metrics is not None and not bool(prev_metrics["finite"]):
-      raise NonFiniteLoss(
-        f"non-finite loss at step {step}; stopping. The last good "
-        f"checkpoint in {mngr.directory} is intact."
-      )
-    if step > start:
-      t_train = time.perf_counter() - t_loop
-      if mngr.latest_step() != step:
-        checkpointing.save(mngr, step, state, loader.get_state(), config, force=True)
-  except KeyboardInterrupt:
-    progress.console(f"interrupted at step {step}: saving a checkpoint before exiting")
-    checkpointing.save(mngr, step, state, loader.get_state(), config, force=True)
+      if step > start:
+        t_train = time.perf_counter() - t_loop
+        save(step, force=True)
+    except BaseException:
+      # Preempted, NonFiniteLoss, a crash: commit what was saved and close the event writer
+      # (its flushing thread would otherwise hold the interpreter's exit for seconds).
+      mngr.wait_until_finished()
+      writer.close()
+      raise
+    finally:
+      loader.close()
     mngr.wait_until_finished()
-    raise
-  finally:
-    mngr.wait_until_finished()
-    writer.flush()
+    writer.sync()
+    if stop.signal_name is not None:  # a signal after the last step: its checkpoint is committed
+      _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
 
   images_per_sec = None
   if step - start > 1 and t_train > 0:
@@ -346,7 +483,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "train_loss_first": first_loss,
     "train_loss_last": last_loss,
   }
-  results.update(evaluation.run_all(config, setup.method, state, setup.mesh, writer, step))
+  evaluated = evaluation.run_all(
+    config, setup.method, state, setup.mesh, writer, step, workdir=workdir
+  )
+  results.update(evaluated)
+  if not evaluated:
+    reason = "config.evals is empty" if not config.get("evals") else "the dataset has no labels"
+    results["evaluation"] = f"none: {reason}"
   writer.close()
   path = progress.write_results(workdir, results)
   progress.console(f"results written to {path}")

@@ -28,14 +28,14 @@ with PIL; both give exactly ``columns × panel`` by ``rows × panel`` pixels.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from PIL import Image
 
-from sslx import data, train
+from sslx import data, paths, train
 from sslx.models import ViT
 
 
@@ -118,7 +118,6 @@ def _colormap(x: np.ndarray) -> np.ndarray:
 
 def upsample(x: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
   """[h, w] float or [h, w, 3] uint8 → `size` × `size` (bilinear, or nearest for masks)."""
-  from PIL import Image
 
   resample = Image.NEAREST if nearest else Image.BILINEAR
   if x.ndim == 2:
@@ -147,7 +146,6 @@ def save_png(
       backend = "matplotlib"
     except ImportError:
       backend = "pil"
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if backend == "matplotlib":
     # The object API (no pyplot): no global backend state, nothing shown.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -172,9 +170,9 @@ def save_png(
           color="white",
           bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0),
         )
-    fig.savefig(path, dpi=dpi)
+    paths.save(path, lambda f: fig.savefig(f, format=paths.file_format(path), dpi=dpi))
   elif backend == "pil":
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     canvas = Image.new("RGB", (cols * p, rows * p), "black")
     draw = ImageDraw.Draw(canvas)
@@ -182,7 +180,7 @@ def save_png(
       for c, img in enumerate(row):
         canvas.paste(Image.fromarray(img), (c * p, r * p))
         draw.text((c * p + 3, r * p + 2), titles[r][c], fill="white")
-    canvas.save(path, format="PNG")
+    paths.save(path, lambda f: canvas.save(f, format="PNG"))
   else:
     raise ValueError(f"backend={backend!r}; valid: auto, matplotlib, pil")
   return path
@@ -282,7 +280,8 @@ def figure_size(num_heads: int, panel: int) -> tuple[int, int]:
   "DINO attention maps: each head's last-layer CLS attention and the "
   "masks keeping a fraction of its mass",
   flags=(
-    Flag("image", None, "input image file (any format PIL reads)"),
+    Flag("image", None, "input image file (any format PIL reads); default: test images"),
+    Flag("num_images", 4, "without --image: how many test images to draw", int),
     Flag("mass", 0.6, "fraction of the attention mass the masks keep", float),
     Flag("which", "teacher", "teacher | student (EMA-teacher methods)"),
     Flag(
@@ -296,17 +295,28 @@ def figure_size(num_heads: int, panel: int) -> tuple[int, int]:
   ),
 )
 def attention(config, workdir: str, args: dict) -> str:
-  if not args.get("image"):
-    raise ValueError("attention needs --image=PATH")
   setup, state, _ = train.restore_latest(config, workdir)
   method = setup.method
   size = int(args.get("image_size") or 0)
   if not size:
     views = getattr(method, "views", None)
     size = views.global_size if views is not None else int(config.dataset.image_size)
-  image = load_image(args["image"], size)
-  attn = cls_attention(method, state, image, which=args.get("which", "teacher"))
-  panels, titles = attention_panels(image, attn, float(args["mass"]), int(args["panel"]))
+  if args.get("image"):
+    images = [load_image(args["image"], size)]
+  else:  # the first test images, two rows each
+    test = data.build_source(config.dataset, config.dataset.eval_split)
+    records = [test[i] for i in range(min(int(args.get("num_images") or 4), len(test)))]
+    images = [
+      np.asarray(Image.fromarray(r["image"]).resize((size, size), Image.BICUBIC))
+      for r in records
+      if r is not None
+    ]
+  panels, titles = [], []
+  for image in images:
+    attn = cls_attention(method, state, image, which=args.get("which", "teacher"))
+    rows, names = attention_panels(image, attn, float(args["mass"]), int(args["panel"]))
+    panels += rows
+    titles += names
   return save_png(panels, titles, args["out"], backend=args.get("backend", "auto"))
 
 

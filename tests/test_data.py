@@ -342,7 +342,7 @@ def test_build_source_by_name_and_errors(tmp_path):
     ValueError, match="dataset.name.*'imagenet_folder'.*embedded, image_folder, flat_folder, tfds"
   ):
     data.build_source(cfg, "train")
-  assert set(data.DATASETS) == {"embedded", "image_folder", "flat_folder", "tfds"}
+  assert set(data.DATASETS) == {"embedded", "image_folder", "flat_folder", "tfds", "array_record"}
 
 
 def test_tfds_source_without_tensorflow_datasets_says_how_to_install():

@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sslx import data, multicrop, train
@@ -148,8 +149,9 @@ def test_centering_and_sharpening_against_numpy():
   new_c = np.asarray(dino.update_center(jnp.asarray(c), jnp.asarray(t), 0.9))
   np.testing.assert_allclose(new_c, 0.9 * c + 0.1 * t.mean(0, keepdims=True), rtol=1e-6)
   # τ_t warm-up 0.04 → 0.07 over 30% of 100 steps, then constant.
-  temps = [float(dino.teacher_temperature(s, 100, 0.04, 0.07, 0.3)) for s in (0, 15, 30, 99)]
-  np.testing.assert_allclose(temps, [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+  # The official linspace(0.04, 0.07, 30): τ_t reaches 0.07 at step 29.
+  temps = [float(dino.teacher_temperature(s, 100, 0.04, 0.07, 0.3)) for s in (0, 15, 29, 30, 99)]
+  np.testing.assert_allclose(temps, [0.04, 0.04 + 0.03 * 15 / 29, 0.07, 0.07, 0.07], rtol=1e-6)
   assert float(dino.teacher_temperature(0, 100, 0.04, 0.04, 0.0)) == pytest.approx(0.04)
 
 
@@ -210,6 +212,68 @@ def test_dino_head_weight_norm_and_frozen_prototypes():
   assert float(jnp.abs(grad_v(False)["last_v"]).max()) > 0.0
   free = DINOHead(out_dim=32, hidden_dim=24, bottleneck_dim=8, norm_last_layer=False)
   assert "last_g" in free.init(jax.random.PRNGKey(1), x)["params"]
+
+
+# ------------------------------------------------------------- the frozen last layer's optimizer
+
+
+def test_frozen_last_layer_leaves_adam_untouched_and_restarts_fresh():
+  """While frozen the prototypes get no update and their AdamW state does not move; the first
+  update after unfreezing is a fresh AdamW step at the current learning rate:
+  −lr_t·(g/(|g| + ε) + wd·p). The other parameters train as with plain AdamW."""
+  freeze, wd = 3, 0.05
+  schedule = optax.linear_schedule(1e-2, 1e-3, 10)
+  adamw = optax.adamw(
+    schedule, weight_decay=wd, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  )
+  tx = dino.freeze_last_layer(adamw, freeze)
+  rng = np.random.default_rng(0)
+  params = {
+    "head": {"fc0": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}},
+    "last_v": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
+  }
+  grads = [
+    jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    for _ in range(freeze + 1)
+  ]
+  state, ref_state = tx.init(params), adamw.init(params)
+  p, ref = params, params
+  for t in range(freeze):
+    up, state = tx.update(grads[t], state, p)
+    ref_up, ref_state = adamw.update(grads[t], ref_state, ref)
+    assert float(jnp.abs(up["last_v"]).max()) == 0.0
+    np.testing.assert_allclose(
+      up["head"]["fc0"]["kernel"], ref_up["head"]["fc0"]["kernel"], rtol=1e-6
+    )
+    p, ref = optax.apply_updates(p, up), optax.apply_updates(ref, ref_up)
+  np.testing.assert_array_equal(p["last_v"], params["last_v"])
+  frozen_adam = state.inner_states["last_layer"].inner_state.inner[0]
+  assert int(frozen_adam.count) == 0
+  assert float(jnp.abs(frozen_adam.mu["last_v"]).max()) == 0.0
+  assert float(jnp.abs(frozen_adam.nu["last_v"]).max()) == 0.0
+  up, state = tx.update(grads[freeze], state, p)
+  g, v = grads[freeze]["last_v"], p["last_v"]
+  fresh = -float(schedule(freeze)) * (g / (jnp.abs(g) + 1e-8) + wd * v)
+  np.testing.assert_allclose(up["last_v"], fresh, rtol=1e-5, atol=1e-8)
+
+
+def test_trainer_pauses_the_last_layer_in_the_optimizer():
+  """In a real DINO step with freeze_last_layer_steps=1 the prototypes stay put and their
+  optimizer state is the initial one, while the rest of the student moves."""
+  config = tiny_dino(batch=16, **{"method.freeze_last_layer_steps": 1})
+  setup, before, after, _ = one_step(config, batches(config)[0], mesh=[("data", 1)])
+  head0, head1 = before.params["model"]["head"], after.params["model"]["head"]
+  np.testing.assert_array_equal(head1["last_v"], head0["last_v"])
+  assert float(np.abs(head1["fc0"]["kernel"] - head0["fc0"]["kernel"]).max()) > 0
+  frozen = after.opt_state.inner_states["model"].inner_state.inner_states["last_layer"]
+  assert int(frozen.inner_state.count) == 1
+  # Adam's moments and count have not moved; the learning-rate schedule's counter has.
+  adam = frozen.inner_state.inner[0]
+  assert int(adam.count) == 0
+  for leaf in jax.tree.leaves((adam.mu, adam.nu)):
+    assert float(np.abs(leaf).max()) == 0.0
+  rest = after.opt_state.inner_states["model"].inner_state.inner_states["rest"].inner_state
+  assert int(rest[0].count) == 1
 
 
 # ---------------------------------------------------------------------- the teacher and EMA

@@ -69,6 +69,27 @@ def test_koleo_against_numpy():
   assert float(dinov2.koleo_loss(jnp.asarray(bunched))) > float(dinov2.koleo_loss(x))
 
 
+def test_koleo_over_fixed_groups_does_not_depend_on_the_global_batch():
+  """koleo_group_size: the loss is the mean of per-group KoLeo, so a global batch made of more
+  groups (more devices, same per-group batch) keeps the value and the meaning of its weight."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+  per_group = [float(dinov2.koleo_loss(x[i : i + 8])) for i in range(0, 32, 8)]
+  np.testing.assert_allclose(float(dinov2.grouped_koleo_loss(x, 8)), np.mean(per_group), rtol=1e-5)
+  # Two devices' worth of the same 8 images: unchanged with groups; the whole-batch KoLeo
+  # instead sees every image's twin at distance 0 and explodes.
+  twice = jnp.concatenate([x[:8], x[:8]])
+  np.testing.assert_allclose(
+    float(dinov2.grouped_koleo_loss(twice, 8)), float(dinov2.koleo_loss(x[:8])), rtol=1e-6
+  )
+  assert float(dinov2.koleo_loss(twice)) > 5 + float(dinov2.koleo_loss(x[:8]))
+  # A batch no larger than the group (or group 0) is one group.
+  assert float(dinov2.grouped_koleo_loss(x, 64)) == float(dinov2.koleo_loss(x))
+  assert float(dinov2.grouped_koleo_loss(x, 0)) == float(dinov2.koleo_loss(x))
+  with pytest.raises(ValueError, match="koleo_group_size=24"):
+    dinov2.create(tiny_dinov2(**{"method.koleo_group_size": 24, "batch_size": 32}), 10)
+
+
 def test_ibot_loss_only_on_masked_positions():
   rng = np.random.default_rng(2)
   m, p, k = 3, 6, 5

@@ -1,6 +1,8 @@
 """Fine-tuning protocol: end-to-end training of a pretrained encoder; LLRD scales."""
 
-import types
+import dataclasses
+import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 from sslx import models
 from sslx.evaluation import finetune
+from sslx.methods import base
 from tests.helpers import tiny_simclr
 
 
@@ -81,9 +84,23 @@ class _BNNet(nn.Module):
     return self.bn(x.reshape(x.shape[0], -1), use_running_average=not train)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BNMethod(base.Method):
+  """Only what fine-tuning calls: the default encoder_apply over `net.encode`."""
+
+  net: nn.Module
+  preprocess: Callable
+
+  def init(self, rng, images):
+    raise NotImplementedError
+
+  def loss(self, params, batch_stats, method_state, images, rng, step):
+    raise NotImplementedError
+
+
 def test_precise_bn_is_the_mean_of_per_batch_statistics():
   net = _BNNet()
-  method = types.SimpleNamespace(net=net, preprocess=lambda x: x)
+  method = _BNMethod(net, lambda x: x)
   images = np.random.default_rng(0).integers(0, 256, (40, 2, 2, 1)).astype(np.uint8)
   v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 2, 2, 1)), train=False)
   stale = jax.tree.map(lambda a: a + 3.0, v["batch_stats"])  # far from the data's
@@ -125,3 +142,70 @@ def test_masked_modeling_checkpoints_fine_tune_their_encoder_alone():
   ]
   assert all(changed)
   assert results["finetune"] > 70.0, results  # brightness is easy; chance is ~50%
+
+
+def test_cutmix_mixes_targets_by_the_pasted_area():
+  """Image i is the constant i and its target one-hot(i): after CutMix each image's share of
+  its own pixels is exactly the weight its target keeps."""
+  b = 6
+  x = jnp.broadcast_to(jnp.arange(b, dtype=jnp.float32)[:, None, None, None], (b, 16, 12, 3))
+  t = jnp.eye(b)
+  cutmix = jax.jit(finetune.cutmix, static_argnums=3)
+  mix = jax.jit(finetune.mix, static_argnums=(3, 4))
+  for seed in range(5):
+    xm, tm = cutmix(jax.random.PRNGKey(seed), x, t, 1.0)
+    own = np.asarray((xm == x).all(-1).mean((1, 2)))
+    np.testing.assert_allclose(np.asarray(tm).diagonal(), np.where(own == 1.0, 1.0, own), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(tm).sum(1), 1.0, atol=1e-6)
+    assert set(np.unique(np.asarray(xm))) <= set(range(b))  # pasted, never blended
+  # both on: each batch is either a cutmix (values stay integers) or a mixup
+  kinds = set()
+  for seed in range(12):
+    xm, _ = mix(jax.random.PRNGKey(seed), x + 0.5, t, 0.4, 1.0)
+    kinds.add(bool(np.all(np.asarray(xm) % 1 == 0.5)))
+  assert kinds == {True, False}
+
+
+def test_class_balanced_subsets_and_their_image_lists(tmp_path):
+  y = np.repeat(np.arange(4), [100, 200, 300, 7])
+  for frac, want in ((0.01, [1, 2, 3, 1]), (0.1, [10, 20, 30, 1])):
+    idx = finetune.class_balanced_subset(y, frac, seed=0)
+    assert np.bincount(y[idx]).tolist() == want
+    path = finetune.write_subset(str(tmp_path), frac, idx, y)
+    rows = [line.split() for line in open(path) if not line.startswith("#")]
+    assert [int(r[0]) for r in rows] == idx.tolist() and [int(r[1]) for r in rows] == y[
+      idx
+    ].tolist()
+  assert sorted(os.listdir(tmp_path)) == ["label_subset_10pct.txt", "label_subset_1pct.txt"]
+  np.testing.assert_array_equal(
+    finetune.class_balanced_subset(y, 0.1, seed=3), finetune.class_balanced_subset(y, 0.1, seed=3)
+  )
+
+
+@pytest.mark.slow
+def test_finetune_sharded_over_8_devices_equals_one_device(tmp_path):
+  """Global BatchNorm and the gradient reductions over a batch sharded across the mesh: the
+  8-device run gives the 1-device run's weights (summation order aside), on a 1% subset whose
+  list lands in the workdir."""
+  from sslx import methods, sharding
+
+  config = tiny_simclr()
+  method = methods.get("simclr").create(config, total_steps=4)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (400, 32, 32, 3)).astype(np.uint8)
+  y = np.repeat(np.arange(4), 100)
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), x[:2])
+  cfg = dict(steps=3, batch_size=8, label_fraction=0.1, cutmix_alpha=1.0, mixup_alpha=0.2)
+  out = []
+  for n in (1, 8):
+    mesh = sharding.make_mesh([("data", n)])
+    ctx = finetune.Context(
+      method, v.params, v.batch_stats, x, y, x[:40], y[:40], 4, mesh, str(tmp_path)
+    )
+    out.append(finetune.finetune(ctx, cfg))
+  (r1, p1), (r8, p8) = out
+  assert set(r1) == {"finetune_10pct", "finetune_train_loss", "finetune_train_acc"}
+  assert r1["finetune_train_loss"] == pytest.approx(r8["finetune_train_loss"], rel=1e-4)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+  assert len(open(tmp_path / "label_subset_10pct.txt").readlines()) == 41  # header + 40

@@ -265,15 +265,15 @@ def test_loss_equals_numpy_info_nce_over_queue_negatives(symmetric):
   assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0
 
 
-# -- shuffling BN: the documented choice ---------------------------------------------------
+# -- shuffling BN -----------------------------------------------------------------------
 
 
-def test_shuffling_bn_is_a_no_op_under_global_bn_and_keys_see_only_the_key_batch():
-  """methods/moco.py's argument, checked: (1) the key pass is its own forward pass, its BN
-  statistics come from the key views only, never from the query views;
-  (2) it is permutation-equivariant, so Shuffling BN over the global batch would change
-  nothing; (3) key BN uses batch statistics (train mode), not running averages."""
-  config = tiny_moco(batch=16, queue=64)
+def test_key_pass_sees_only_the_key_batch_and_global_bn_is_permutation_equivariant():
+  """(1) the key pass is its own forward pass, its BN statistics come from the key views
+  only, never from the query views; (2) with G = 0 it is global BN, which is
+  permutation-equivariant, so shuffling would be a no-op there; (3) key BN uses batch
+  statistics (train mode), not running averages."""
+  config = tiny_moco(batch=16, queue=64, **{"method.shuffle_bn_group": 0})
   method = make(config)
   images = jnp.asarray(batches(1, batch=16)[0]["image"])
   v = method.init(jax.random.PRNGKey(0), images)
@@ -311,12 +311,66 @@ def test_shuffling_bn_is_a_no_op_under_global_bn_and_keys_see_only_the_key_batch
   assert not np.allclose(np.asarray(k_half), np.asarray(k_alone[:8]), atol=1e-4)
 
 
+def test_shuffle_bn_groups_statistics_and_unshuffle():
+  """Ghost BN over a shuffled order: with G = 4 of N = 16 key views, each key equals the key
+  of its view computed in a global-BN pass over just its group (the 4 rows the permutation put
+  together), it comes back at its own row, and the running statistics are the groups' mean."""
+  config = tiny_moco(batch=16, queue=64, **{"method.shuffle_bn_group": 4})
+  method = make(config)
+  whole = make(tiny_moco(batch=16, queue=64, **{"method.shuffle_bn_group": 0}))
+  images = jnp.asarray(batches(1, batch=16)[0]["image"])
+  v = method.init(jax.random.PRNGKey(0), images)
+  x = jax.jit(base.two_views, static_argnums=(2, 3))(
+    jax.random.PRNGKey(1), images, method.view, method.preprocess
+  )[16:]
+  rng = jax.random.PRNGKey(5)
+  perm, inverse = moco.shuffle_permutation(rng, 16)
+  assert sorted(np.asarray(perm).tolist()) == list(range(16))
+  assert not np.array_equal(np.asarray(perm), np.arange(16))  # a real shuffle
+  np.testing.assert_array_equal(np.asarray(x[perm][inverse]), np.asarray(x))  # unshuffle
+  k, stats = jax.jit(lambda x, r: method.keys(v.method_state, x, r))(x, rng)
+  global_keys = jax.jit(lambda x: whole.keys(v.method_state, x))
+  expect = np.zeros_like(np.asarray(k))
+  group_stats = []
+  for grp in np.asarray(perm).reshape(4, 4):
+    kg, sg = global_keys(x[grp])
+    expect[grp] = np.asarray(kg)
+    group_stats.append(sg)
+  np.testing.assert_allclose(np.asarray(k), expect, rtol=1e-5, atol=1e-6)
+  mean_stats = jax.tree.map(lambda *a: np.mean(np.stack(a), 0), *group_stats)
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(mean_stats)):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+  # Grouped statistics differ from global ones: the key of a view depends on its group.
+  k_global, _ = global_keys(x)
+  assert not np.allclose(np.asarray(k), np.asarray(k_global), atol=1e-4)
+  # The loss draws a new order each step (from the step's key) and enqueues unshuffled keys.
+  _, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
+  k_loss, _ = method.keys(v.method_state, x, jax.random.fold_in(jax.random.PRNGKey(1), 1))
+  np.testing.assert_allclose(
+    np.asarray(aux.method_state["queue"])[:16], np.asarray(k_loss), rtol=1e-5, atol=1e-6
+  )
+
+
+def test_shuffle_bn_group_must_divide_the_key_batch():
+  with pytest.raises(ValueError, match="shuffle_bn_group=12"):
+    make(tiny_moco(batch=32, **{"method.shuffle_bn_group": 12}))
+  make(tiny_moco(batch=32, queue=128, **{"method.shuffle_bn_group": 64}))  # >= N: global BN
+  # symmetric: the key batch is 2B = 64, so G = 64 is one group and 48 is refused
+  with pytest.raises(ValueError, match="key batch of 64"):
+    make(tiny_moco(batch=32, **{"method.shuffle_bn_group": 48, "method.symmetric": True}))
+
+
 # -- sharding --------------------------------------------------------------------------
 
 
 def test_train_step_on_eight_devices_equals_one_device():
+  """With Shuffling BN over groups of 8 (4 groups of the 32 key views, each spread over the
+  devices by the shuffle)."""
   bs = batches(2, batch=32)
-  config8, config1 = tiny_moco(queue=64), tiny_moco(queue=64)
+  groups = {"method.shuffle_bn_group": 8}
+  config8, config1 = tiny_moco(queue=64, **groups), tiny_moco(queue=64, **groups)
   config8.mesh, config1.mesh = [("data", 8)], [("data", 1)]
   loss8, state8, setup8 = run_steps(config8, bs)
   loss1, state1, setup1 = run_steps(config1, bs)

@@ -3,12 +3,14 @@ steps one process with all their devices takes."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from sslx import checkpointing
 from tests.helpers import REPO
 
 
@@ -69,3 +71,41 @@ def test_two_processes_equal_one_process_with_both_devices():
   for o in outs:
     assert o["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert o["checksum"] == pytest.approx(one["checksum"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
+  """JAX's preemption service: a SIGTERM to process 1 alone makes both processes save the same
+  step (reached_preemption_sync_point) and exit 75."""
+  settings = {"steps": 60, "batch": 16, "evals": {}, "log_every_steps": 1, "mesh": "all"}
+  settings["checkpoint_every_steps"] = 0
+  port = free_port()
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env_with(
+        2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i
+      ),
+    )
+    for i in range(2)
+  ]
+  lines = []
+  for line in procs[0].stdout:  # the lead prints every step
+    lines.append(line)
+    if line.startswith("step 3/"):
+      break
+  else:
+    raise AssertionError(procs[0].stderr.read()[-3000:])
+  procs[1].send_signal(signal.SIGTERM)
+  stopped = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 75, err[-3000:]
+    stopped.append(next(json.loads(l) for l in out.splitlines() if l.startswith('{"process"')))
+  assert sorted(s["process"] for s in stopped) == [0, 1]
+  assert stopped[0]["stopped_at"] == stopped[1]["stopped_at"] < 60
+  assert checkpointing.manager(str(tmp_path)).latest_step() == stopped[0]["stopped_at"]

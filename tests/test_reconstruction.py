@@ -22,3 +22,18 @@ def test_render_writes_a_three_row_grid(tmp_path):
   row = img[pad + 34 : pad + 34 + 32, pad : pad + 32]
   grey = np.all(np.abs(row.astype(int) - 128) <= 1, axis=-1).mean()
   assert 0.6 < grey < 0.9
+
+
+def test_a_training_run_ends_with_its_pictures(tmp_path, capsys):
+  """`python -m sslx.main` draws the method's PICTURES from the final checkpoint (MAE: its
+  reconstructions) into the workdir and names them in the last lines of output."""
+  from sslx.cli import train as train_command
+
+  config = tiny_config(steps=2)
+  config.evals = {}
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  paths = train_command.draw_pictures(config, workdir)
+  assert paths == [f"{workdir}/reconstruction.png"]
+  assert Image.open(paths[0]).size[0] > 0
+  assert capsys.readouterr().out.strip().splitlines()[-1].endswith("reconstruction.png")

@@ -60,8 +60,10 @@ def test_dispatcher_registers_and_refuses_unknown():
     visualize.SUBCOMMANDS.pop("_probe")
   from absl import app
 
+  from sslx.cli import visualize as visualize_command
+
   with pytest.raises(app.UsageError, match="attention"):
-    visualize.main(["visualize"])
+    visualize_command.main(["visualize"])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ python -m sslx report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
 
 from absl import app, flags
 
-from sslx import report
+from sslx import paths, report
 
 
 def define_flags():
@@ -19,7 +19,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  paths = report.write_report([w for w in f.workdirs if w], f.out, chart=f.chart)
-  with open(paths["markdown"]) as md:
-    print(md.read())
-  print(f"wrote {paths['markdown']}" + (f" and {paths['chart']}" if paths["chart"] else ""))
+  written = report.write_report([w for w in f.workdirs if w], f.out, chart=f.chart)
+  print(paths.read_text(written["markdown"]))
+  print(f"wrote {written['markdown']}" + (f" and {written['chart']}" if written["chart"] else ""))

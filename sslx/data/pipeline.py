@@ -29,6 +29,9 @@ import grain
 import jax
 import numpy as np
 
+from sslx import multicrop
+from sslx.data import crops
+
 _PREFETCH_RECORDS = 512
 
 
@@ -69,6 +72,92 @@ class _ProcessBlocks(grain.MapDataset):
     return f"_ProcessBlocks(offset={self._offset}, local={self._local})"
 
 
+class _EncodedRecords:
+  """A source's records as encoded bytes: index -> {"data", "label", "index"} or None."""
+
+  def __init__(self, source):
+    if not hasattr(source, "read_encoded"):
+      raise ValueError(f"dataset.host_crops needs a source of encoded images; {source!r} is not")
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    i = int(index)
+    try:
+      data, label = self._source.read_encoded(i)
+    except Exception as e:  # pylint: disable=broad-except  # skip-and-name, as sources do
+      self._source.note_skipped(i, e)
+      return None
+    return {"data": data, "label": np.int32(label), "index": i}
+
+
+# How far past an unreadable record the host-crop batcher looks for a readable stand-in.
+_MAX_STAND_IN = 64
+
+
+class _HostViewBatches(grain.MapDataset):
+  """Batch k of this process, views made on the host: rows j = k·b ... k·b + b - 1 of the
+  parent (the process's record stream), each record's views seeded by its position in the
+  *global* stream, ``step * B + row``.
+
+  Batching happens here, inside whichever grain worker builds batch k, so the workers send
+  whole batches and the sequence of batches is the same for every ``num_workers``. A record
+  that cannot be read or decoded is named, counted, and stood in for by the next readable
+  record of the stream (with its own label), so batches stay full and later rows do not shift.
+  """
+
+  def __init__(self, parent, maker, source, global_batch, local_batch, offset, local_epoch):
+    super().__init__(parent)
+    self._maker, self._source = maker, source
+    self._global_batch, self._local = global_batch, local_batch
+    self._offset, self._local_epoch = offset, local_epoch
+    self._global_epoch = local_epoch // local_batch * global_batch
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._local
+
+  def _position(self, j: int) -> int:
+    epoch, jj = divmod(j, self._local_epoch)
+    return (
+      epoch * self._global_epoch
+      + (jj // self._local) * self._global_batch
+      + self._offset
+      + jj % self._local
+    )
+
+  def _views(self, j: int, out) -> int:
+    """Writes row j's views into ``out``; returns its label."""
+    for t in range(_MAX_STAND_IN):
+      record = self._parent[j + t]
+      if record is None:
+        continue
+      try:
+        self._maker(record["data"], self._position(j), out)
+        return record["label"]
+      except Exception as e:  # pylint: disable=broad-except  # corrupt bytes: name, stand in
+        self._source.note_skipped(record["index"], e)
+    raise ValueError(
+      f"{_MAX_STAND_IN} records in a row from stream position {j} are unreadable "
+      f"({self._source!r}); see the warnings above for their names"
+    )
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    first = int(index) * self._local
+    views = self._maker.empty(self._local)  # the views are written in place: no stacking
+    labels = np.empty(self._local, np.int32)
+    for r in range(self._local):
+      row = multicrop.HostViews(*(None if x is None else x[r] for x in views))
+      labels[r] = self._views(first + r, row)
+    return {"image": views, "label": labels}
+
+  def __str__(self) -> str:
+    return f"_HostViewBatches(local={self._local})"
+
+
 def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
   """Full global batches in one pass over ``num_records`` records (the remainder is dropped)."""
   if global_batch_size <= 0:
@@ -105,6 +194,7 @@ def make_train_loader(
   num_workers: int = 0,
   drop_remainder: bool = True,
   read_threads: int | None = None,
+  view_maker: crops.ViewMaker | None = None,
 ) -> grain.DatasetIterator:
   """A checkpointable iterator of this process's slice of each global batch.
 
@@ -131,6 +221,11 @@ def make_train_loader(
       finite ``num_epochs`` may be short.
     read_threads: threads per process reading and decoding records ahead; None:
       ``default_read_threads(source.image_size)``.
+    view_maker: make the views on the host from the encoded images (``dataset.host_crops``):
+      batches become ``{"image": HostViews, "label"}``, each image decoded once, its crops
+      seeded by (seed, global stream position) (see :mod:`sslx.data.crops`); batches are put
+      together inside the workers, and an unreadable image is stood in for by the next
+      readable one (see ``_HostViewBatches``) instead of shifting the stream.
 
   Returns:
     A ``grain.DatasetIterator`` yielding ``{"image": uint8[b, S, S, 3], "label": int32[b]}`` with
@@ -158,7 +253,7 @@ def make_train_loader(
   if num_workers < 0:
     raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(source if view_maker is None else _EncodedRecords(source))
   if shuffle:
     ds = ds.shuffle(seed=_shuffle_seed(seed))
   if drop_remainder:
@@ -169,17 +264,32 @@ def make_train_loader(
     ds = ds[:per_epoch]  # Slices are epoch-aware in grain: each epoch loses different records.
   if process_count > 1:
     ds = _ProcessBlocks(ds, global_batch_size, process_index, process_count)
+  local_epoch = len(ds)
   ds = ds.repeat(num_epochs)
+  local = global_batch_size // process_count
+  if view_maker is not None:
+    if not drop_remainder:
+      raise ValueError("host-made views (view_maker) need drop_remainder=True")
+    ds = _HostViewBatches(
+      ds, view_maker, source, global_batch_size, local, process_index * local, local_epoch
+    )
   if read_threads is None:
-    read_threads = default_read_threads(getattr(source, "image_size", 0) or 0)
-  # to_iter_dataset drops the None records of unreadable files (allow_nones=False).
+    size = getattr(source, "image_size", 0) or 0
+    if view_maker is not None:
+      size = max(g.size for g in view_maker.groups)
+    read_threads = default_read_threads(size)
+    if num_workers > 0 and read_threads:  # the workers share the cores
+      read_threads = max(1, read_threads // num_workers)
+  # Elements are records, or whole batches of views: then a few of them bound the memory.
+  prefetch = _PREFETCH_RECORDS if view_maker is None else max(2, read_threads)
   it_ds = ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH_RECORDS)
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   )
   if num_workers > 0:
     _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  it_ds = it_ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
+  if view_maker is None:  # host-view batches are made whole in the workers (above)
+    it_ds = it_ds.batch(local, drop_remainder=drop_remainder)
   return iter(it_ds)
 
 

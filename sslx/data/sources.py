@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sslx import paths
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Folder names that mark a dataset root holding several splits, so that such a root is not taken
@@ -99,7 +101,7 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
     img.load()  # Image.open is lazy: this is where truncated or corrupt data raises.
     if "exif" in img.info:  # Photos from cameras store their rotation in EXIF.
       img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img)
+    img = to_rgb(img)
     if img.size != (image_size, image_size):
       img = _resize_shorter_side_and_center_crop(img, image_size)
     array = np.asarray(img, dtype=np.uint8)
@@ -108,7 +110,7 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
   return array
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
   if img.mode == "RGB":
     return img
   if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -188,38 +190,78 @@ def _load_archive_bytes(data: bytes, path: str) -> _ArchiveFiles:
   return _ArchiveFiles(path=path, names=tuple(names), offsets=offsets, buffer=b"".join(chunks))
 
 
+@dataclasses.dataclass(frozen=True)
+class _TarIndex:
+  """The regular files of an uncompressed tar archive by member offset: nothing is read until
+  a file is asked for (ImageNet's train tar is ~140 GB)."""
+
+  path: str
+  names: tuple[str, ...]
+  offsets: np.ndarray  # int64[num_files]: where each file's bytes start in the archive
+  sizes: np.ndarray  # int64[num_files]
+
+  def read(self, k: int) -> bytes:
+    fd = _open_fds.get(self.path)
+    if fd is None:  # One descriptor per process and archive (grain workers open their own).
+      fd = _open_fds.setdefault(self.path, os.open(self.path, os.O_RDONLY))
+    data = os.pread(fd, int(self.sizes[k]), int(self.offsets[k]))
+    if len(data) != self.sizes[k]:
+      raise OSError(f"{self.path}: archive ends inside member {self.names[k]}")
+    return data
+
+
+_open_fds: dict[str, int] = {}
+
+
+def _index_tar(path: str) -> _TarIndex:
+  """Member names and offsets of an uncompressed tar (headers only: tarfile seeks past data)."""
+  names, offsets, sizes = [], [], []
+  with tarfile.open(path, mode="r:") as archive:
+    for member in archive:
+      if not member.isfile():
+        continue
+      name = member.name
+      while name.startswith("./"):
+        name = name[2:]
+      names.append(name.lstrip("/"))
+      offsets.append(member.offset_data)
+      sizes.append(member.size)
+  return _TarIndex(path, tuple(names), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64))
+
+
 def _load_archive(path: str) -> _ArchiveFiles:
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = paths.read_bytes(path)
     return _load_archive_bytes(data, path)
   except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
     raise ValueError(f"{path}: not a readable tar / tar.gz archive ({e})") from e
 
 
 def _list_directory(root: str) -> list[str]:
-  """All non-hidden files under root, as sorted "/"-separated paths relative to root."""
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    rel = os.path.relpath(dirpath, root)
-    prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-    found.extend(prefix + f for f in filenames if not f.startswith("."))
-  return sorted(found)
+  """All non-hidden files under root (a local path or a URL), as sorted "/"-separated paths
+  relative to root."""
+  return paths.walk_files(root)
 
 
 class _Files:
   """Uniform access to the files of a directory or an archive: names, and bytes by position."""
 
   def __init__(self, path: str):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"dataset path does not exist: {path}")
+    paths.check_readable(path, "dataset path")
     self.path = path
-    self.archive: _ArchiveFiles | None = None
-    if os.path.isdir(path):
+    self.archive: _ArchiveFiles | _TarIndex | None = None
+    if paths.isdir(path):
       self.names = _list_directory(path)
     elif _is_archive(path):
-      self.archive = _load_archive(path)
+      with paths.path(path).open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+      try:
+        # A local plain tar is indexed and read lazily; a gzip stream has no random access, so
+        # a .tar.gz (small datasets: CIFAR) is read into memory, as is a remote archive.
+        lazy = not gzipped and not paths.is_remote(path)
+        self.archive = _index_tar(path) if lazy else _load_archive(path)
+      except tarfile.TarError as e:
+        raise ValueError(f"{path}: not a readable tar / tar.gz archive ({e})") from e
       self.names = list(self.archive.names)
     else:
       raise ValueError(
@@ -241,13 +283,13 @@ class _Files:
   def top_level(self) -> list[str]:
     """Names at the top of the directory or archive, folders with a trailing "/", for messages."""
     tops = sorted({n.split("/", 1)[0] + ("/" if "/" in n else "") for n in self.names})
-    if self.archive is None:  # os.walk lists no empty folders; show them too.
+    if self.archive is None:  # a walk lists no empty folders; show them too.
       tops = sorted(
         set(tops)
         | {
-          e + "/"
-          for e in os.listdir(self.path)
-          if not e.startswith(".") and os.path.isdir(os.path.join(self.path, e))
+          e.name + "/"
+          for e in paths.path(self.path).iterdir()
+          if not e.name.startswith(".") and e.is_dir()
         }
       )
     return tops
@@ -255,7 +297,7 @@ class _Files:
 
 @dataclasses.dataclass(frozen=True)
 class _ArchiveReader:
-  archive: _ArchiveFiles
+  archive: _ArchiveFiles | _TarIndex
   indices: np.ndarray
 
   def __call__(self, i: int) -> bytes:
@@ -268,6 +310,8 @@ class _DirectoryReader:
   relpaths: tuple[str, ...]
 
   def __call__(self, i: int) -> bytes:
+    if paths.is_remote(self.root):
+      return paths.read_bytes(self.root.rstrip("/") + "/" + self.relpaths[i])
     with open(os.path.join(self.root, self.relpaths[i]), "rb") as f:
       return f.read()
 
@@ -326,6 +370,14 @@ class _ImageSource:
       self._note_skipped(i, e)
       return None
     return {"image": image, "label": self._labels[i]}
+
+  def read_encoded(self, index: int) -> tuple[bytes, int]:
+    """(the encoded image file's bytes, label) of record ``index``, nothing decoded."""
+    return self._read(index), int(self._labels[index])
+
+  def note_skipped(self, i: int, error: Exception) -> None:
+    """Records that record ``i`` could not be read or decoded, and warns once naming it."""
+    self._note_skipped(i, error)
 
   def _note_skipped(self, i: int, error: Exception) -> None:
     name = self.name(i)
@@ -630,6 +682,13 @@ class TfdsSource(_ImageSource):
   def name(self, index: int) -> str:
     return f"{self._origin}#{index}"
 
+  def read_encoded(self, index: int) -> tuple[bytes, int]:
+    record = self._tfds_source[int(index)]
+    image = record[self._image_key]
+    if not isinstance(image, bytes):
+      image = _png_bytes(np.asarray(image, dtype=np.uint8))
+    return image, (-1 if self._label_key is None else int(record[self._label_key]))
+
   def __getitem__(self, index: int) -> Record | None:
     i = operator.index(index)
     if not 0 <= i < len(self):
@@ -675,40 +734,88 @@ def _png_bytes(image: np.ndarray) -> bytes:
 # Helpers
 
 
-def decode_all(source, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every record: (images uint8[N, S, S, 3], labels int32[N]).
+def decode_all(
+  source, num_threads: int | None = None, indices: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every record, or those at ``indices``: (images uint8[N, S, S, 3], labels int32[N]).
 
   The fast path for evaluation feature extraction and small datasets (the 10,000-image embedded
-  train split decodes in about a second on one core). Unreadable files are left out and named in one
-  summary log line, so N can be smaller than ``len(source)``. PIL releases the GIL while decoding,
-  so a few threads help with large images.
+  train split decodes in about a second on one core). Only the requested records are read, into
+  one array allocated up front (peak memory: the result, not a list of records plus a copy).
+  Unreadable files are left out and named in one summary log line, so N can be smaller than
+  requested. PIL releases the GIL while decoding, so a few threads help with large images.
   """
-  n = len(source)
-  if num_threads is None:  # Threads only pay off for large images (see default_read_threads).
-    num_threads = 1 if getattr(source, "image_size", 0) <= 64 else min(8, os.cpu_count() or 1)
-  chunks = [range(s, min(n, s + 512)) for s in range(0, n, 512)]
-
-  def decode_chunk(chunk: range) -> list[Record | None]:
-    return [source[i] for i in chunk]
-
-  if num_threads > 1 and len(chunks) > 1:
-    with futures.ThreadPoolExecutor(num_threads) as pool:
-      records = [r for rs in pool.map(decode_chunk, chunks) for r in rs]
-  else:
-    records = [r for c in chunks for r in decode_chunk(c)]
-  bad = [source.name(i) for i, r in enumerate(records) if r is None]
-  if bad:
-    logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))
-  good = [r for r in records if r is not None]
+  order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+  n = len(order)
   size = getattr(source, "image_size", 0)
-  images = (
-    np.stack([r["image"] for r in good]) if good else np.zeros((0, size, size, 3), dtype=np.uint8)
-  )
-  labels = np.array([r["label"] for r in good], dtype=np.int32)
+  if num_threads is None:  # Threads only pay off for large images (see default_read_threads).
+    num_threads = 1 if size <= 64 else min(8, os.cpu_count() or 1)
+  images = np.zeros((n, size, size, 3), dtype=np.uint8)
+  labels = np.zeros(n, dtype=np.int32)
+  ok = np.zeros(n, dtype=bool)
+
+  def decode_chunk(start: int) -> None:
+    for j in range(start, min(n, start + 512)):
+      record = source[int(order[j])]
+      if record is not None:
+        images[j], labels[j], ok[j] = record["image"], record["label"], True
+
+  starts = range(0, n, 512)
+  if num_threads > 1 and len(starts) > 1:
+    with futures.ThreadPoolExecutor(num_threads) as pool:
+      list(pool.map(decode_chunk, starts))
+  else:
+    for start in starts:
+      decode_chunk(start)
+  if not ok.all():
+    bad = [source.name(int(order[j])) for j in np.flatnonzero(~ok)]
+    logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))
+    keep = np.flatnonzero(ok)
+    images[: len(keep)] = images[keep]  # compact in place: no second full-size array
+    images, labels = images[: len(keep)], labels[keep]
   return images, labels
 
 
-DATASETS = ("embedded", "image_folder", "flat_folder", "tfds")
+def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of ``limit`` records, as even over the classes as they allow.
+
+  Each class's records are put in random order (``seed``); records are then taken by their rank
+  within their class (all first-ranked ones, then all second-ranked, ...), ties in random order,
+  so every class gives ``limit // C`` or one more, and a class too small for its share gives
+  all it has. ``limit`` <= 0 or >= ``len(labels)``: every index.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  if limit <= 0 or limit >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(seed)
+  perm = rng.permutation(n)
+  rank = np.empty(n, np.int64)
+  for c in np.unique(labels):
+    members = perm[labels[perm] == c]  # this class in random order
+    rank[members] = np.arange(len(members))
+  chosen = np.lexsort((rng.random(n), rank))[:limit]
+  return np.sort(chosen)
+
+
+DATASETS = ("embedded", "image_folder", "flat_folder", "tfds", "array_record")
+
+# Sources of other modules that read `path`: name -> (path, split, image_size) -> source.
+# sslx.data.array_records registers "array_record" (it builds on this module, so this module
+# cannot import it).
+_PATH_SOURCES: dict[str, Callable[[str, str, int | None], Any]] = {}
+
+
+def register_path_source(name: str, build: Callable[[str, str, int | None], Any]) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"{name!r} is not in DATASETS {DATASETS}")
+  _PATH_SOURCES[name] = build
+
+
+# Public names for the prepared-dataset module (sslx.data.array_records).
+Files = _Files
+ImageSource = _ImageSource
+list_names = _list_names
 
 
 def _cfg_get(cfg, key: str, default=None):
@@ -749,7 +856,10 @@ def build_source(dataset_cfg, split: str):
   path = _cfg_get(dataset_cfg, "path")
   if not path:
     raise ValueError(f"dataset.name={name!r} needs dataset.path (a folder or a tar archive)")
-  path = os.path.expanduser(str(path)).replace("{split}", split)
+  path = str(path) if paths.is_remote(str(path)) else os.path.expanduser(str(path))
+  path = path.replace("{split}", split)
+  if name in _PATH_SOURCES:
+    return _PATH_SOURCES[name](path, split, image_size)
   if name == "flat_folder":
     if split != "train":
       raise ValueError(

@@ -11,14 +11,17 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import progress, sharding
+from sslx import data, progress, sharding
 
 _NOT_PROTOCOLS = {"features"}
+# protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
+_NEED_IMAGES = ("finetune", "linear_aug")
 # Protocols that are not frozen-feature evaluations are still run through config.evals:
 # finetune (trains the encoder; needs Features.context).
 
@@ -43,14 +46,33 @@ class Features:
   context: object = None
 
 
+@dataclasses.dataclass
+class Context:
+  """What fine-tuning needs beyond frozen features: the method, its pretrained variables and
+  the raw uint8 images [N, H, W, 3] with labels."""
+
+  method: Any
+  params: Any
+  batch_stats: Any
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mesh: Any = None  # the mesh protocols shard over (all devices when None)
+  workdir: str | None = None  # where label-subset image lists are written
+
+
 def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
   """Applies `encode_fn(images[B]) -> [B, D]` over `images` [N, H, W, 3] in fixed-size
-  batches sharded over the mesh (the last batch is padded, so it compiles once)."""
+  batches sharded over the mesh (the last batch is padded, so it compiles once).
+
+  Every process holds all of `images`; each places only the rows its devices own. Features
+  stay sharded on the devices batch after batch and are gathered once at the end, replicated,
+  so every process can read them (multi-host safe)."""
   batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
   data_sharding = sharding.batch_sharding(mesh)
-  # Every process holds all of `images`; each places the rows its devices own, and the
-  # features come back replicated so every process can read them (multi-host safe).
-  fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=sharding.replicated(mesh))
+  fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=data_sharding)
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
@@ -58,33 +80,49 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
     x = jax.make_array_from_callback(chunk.shape, data_sharding, lambda idx, c=chunk: c[idx])
-    out.append(np.asarray(fn(x))[:n])
-  return np.concatenate(out).astype(np.float32)
+    out.append(fn(x))
+  if not out:
+    return np.zeros((0, 0), np.float32)
+  gather = jax.jit(
+    lambda *xs: jnp.concatenate(xs, axis=0).astype(jnp.float32),
+    out_shardings=sharding.replicated(mesh),
+  )
+  return np.asarray(gather(*out))[: len(images)]
 
 
 def run_protocols(evals_cfg, feats: Features) -> dict:
   results = {}
   for name in sorted(evals_cfg):
-    if name == "finetune" and feats.context is None:
-      continue  # nothing to fine-tune (raw pixels)
+    if name in _NEED_IMAGES and feats.context is None:
+      continue  # no encoder (raw pixels)
     results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
   return results
 
 
 def load_eval_data(config):
-  """(train images, train labels, test images, test labels, num_classes) or None."""
-  from sslx import data
+  """(train images, train labels, test images, test labels, num_classes) or None.
 
+  With ``eval_train_limit = L`` the train split gives a class-balanced subset of L records
+  (``data.balanced_subset``, chosen from the labels alone) and only those are decoded: memory
+  is bounded by L, whatever the split's size.
+  """
   train = data.build_source(config.dataset, config.dataset.train_split)
   if not getattr(train, "num_classes", 0):
     return None
   test = data.build_source(config.dataset, config.dataset.eval_split)
-  xtr, ytr = data.decode_all(train)
+  limit = int(config.get("eval_train_limit", 0) or 0)
+  try:
+    labels = train.labels
+  except NotImplementedError:  # tfds reads labels with the records
+    labels = None
+  if labels is not None:
+    xtr, ytr = data.decode_all(train, indices=data.balanced_subset(labels, limit))
+  else:
+    xtr, ytr = data.decode_all(train)
+    if limit and limit < len(xtr):
+      idx = data.balanced_subset(ytr, limit)
+      xtr, ytr = xtr[idx], ytr[idx]
   xte, yte = data.decode_all(test)
-  limit = config.get("eval_train_limit", 0)
-  if limit and limit < len(xtr):
-    idx = np.random.default_rng(0).permutation(len(xtr))[:limit]
-    xtr, ytr = xtr[idx], ytr[idx]
   return xtr, ytr, xte, yte, train.num_classes
 
 
@@ -95,7 +133,9 @@ def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np
   return x - (x.mean(0) if mean is None else mean)
 
 
-def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=None) -> dict:
+def run_all(
+  config, method, state, mesh, writer=None, step: int = 0, eval_data=None, workdir=None
+) -> dict:
   """Runs `config.evals` on the trained encoder (and, with `config.eval_baselines`, on the
   untrained initial encoder and on raw pixels). Returns flat results for the trained encoder
   plus {"baselines": {...}}."""
@@ -111,10 +151,8 @@ def run_all(config, method, state, mesh, writer=None, step: int = 0, eval_data=N
   def evaluate(params, batch_stats):
     encode_fn = functools.partial(method.encode, params, batch_stats)
     context = None
-    if "finetune" in config.evals:
-      from sslx.evaluation import finetune
-
-      context = finetune.Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes)
+    if any(name in config.evals for name in _NEED_IMAGES):
+      context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
     feats = Features(
       extract(encode_fn, xtr, mesh, batch),
       ytr,

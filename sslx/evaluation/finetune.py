@@ -5,25 +5,20 @@ AdamW with linear warm-up + cosine decay, layer-wise learning-rate decay for ViT
 in block i of L gets lr · decay^(L − i); patch/position embeddings decay^(L + 1)... i.e. the
 layer id is 0 for embeddings, i + 1 for block i, L + 1 for the final norm and the head, and the
 scale is decay^(L + 1 − id)), label smoothing and mixup. Works on any method whose network can
-run its encoder in training mode (see `encoder_apply`).
-
-Standalone, on the latest checkpoint of a run (results merged into workdir/results.json as
-"finetune"):
-
-    python -m sslx.evaluation.finetune --config=experiments/simclr.py --workdir=/tmp/sslx-demo \
-        --steps=500
-
-and `--from_scratch` for the baseline: the same recipe on the untrained encoder.
+run its encoder in training mode (`Method.encoder_apply`). Standalone, on the latest checkpoint
+of a run: `python -m sslx finetune` (sslx/cli/finetune.py).
 
 Settings (`config.evals.finetune`): steps (500), batch_size (64), lr (1e-3: peak AdamW lr of
 the head and the top layer), weight_decay (0.05), warmup_fraction (0.1), layer_decay (0.75;
 only ViT-style "block{i}" parameters are layered), label_smoothing (0.1), mixup_alpha (0.0:
-off), flip (True: random horizontal flips), train_limit (0: all), seed (0).
+off), cutmix_alpha (0.0: off; with mixup on too, one of the two per batch, as timm),
+label_fraction (0.0: all labels; 0.01 / 0.1 fine-tune on that class-balanced fraction, its
+image list written to the workdir as label_subset_<pct>pct.txt, the result named
+finetune_<pct>pct), flip (True: random horizontal flips), train_limit (0: all), seed (0).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from typing import Any, NamedTuple
@@ -32,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from sslx import paths, progress, sharding
+from sslx.evaluation import Context, extract  # noqa: F401  (Context: the protocol's input)
 
 DEFAULTS = dict(
   steps=500,
@@ -42,27 +40,14 @@ DEFAULTS = dict(
   layer_decay=0.75,
   label_smoothing=0.1,
   mixup_alpha=0.0,
+  cutmix_alpha=0.0,
   flip=True,
+  label_fraction=0.0,
   train_limit=0,
   seed=0,
 )
 _BLOCK = re.compile(r"^block(\d+)$")
 _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "register")
-
-
-@dataclasses.dataclass
-class Context:
-  """What fine-tuning needs beyond frozen features: the method, its pretrained variables and
-  the raw uint8 images [N, H, W, 3] with labels."""
-
-  method: Any
-  params: Any
-  batch_stats: Any
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  num_classes: int
 
 
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
@@ -179,17 +164,78 @@ def _flip(rng, images):
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
+def mixup(rng, x, targets, alpha: float):
+  """Zhang et al. 2018: a convex mix of the batch with a permutation of itself."""
+  r_lam, r_perm = jax.random.split(rng)
+  lam = jax.random.beta(r_lam, alpha, alpha)
+  perm = jax.random.permutation(r_perm, x.shape[0])
+  return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def cutmix(rng, x, targets, alpha: float):
+  """Yun et al. 2019: a box of a permuted batch pasted into the batch (area 1 − λ, λ ~
+  Beta(α, α), centre uniform, clipped at the borders), targets mixed by the pasted area."""
+  r_lam, r_y, r_x, r_perm = jax.random.split(rng, 4)
+  h, w = x.shape[1:3]
+  lam = jax.random.beta(r_lam, alpha, alpha)
+  cut = jnp.sqrt(1.0 - lam)
+  ch, cw = jnp.floor(cut * h), jnp.floor(cut * w)
+  cy = jax.random.randint(r_y, (), 0, h).astype(jnp.float32)
+  cx = jax.random.randint(r_x, (), 0, w).astype(jnp.float32)
+  ys, xs = jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32)
+  in_y = (ys >= jnp.clip(cy - ch // 2, 0, h)) & (ys < jnp.clip(cy + ch // 2, 0, h))
+  in_x = (xs >= jnp.clip(cx - cw // 2, 0, w)) & (xs < jnp.clip(cx + cw // 2, 0, w))
+  box = in_y[:, None] & in_x[None, :]  # [H, W]
+  perm = jax.random.permutation(r_perm, x.shape[0])
+  x = jnp.where(box[None, :, :, None], x[perm], x)
+  kept = 1.0 - box.mean()  # the area actually left from the original image
+  return x, kept * targets + (1.0 - kept) * targets[perm]
+
+
+def mix(rng, x, targets, mixup_alpha: float, cutmix_alpha: float):
+  """Mixup, CutMix, or (both on) one of the two per batch with probability 1/2 (timm)."""
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    return x, targets
+  r_sel, r_a, r_b = jax.random.split(rng, 3)
+  if cutmix_alpha <= 0:
+    return mixup(r_a, x, targets, mixup_alpha)
+  if mixup_alpha <= 0:
+    return cutmix(r_b, x, targets, cutmix_alpha)
+  xa, ta = mixup(r_a, x, targets, mixup_alpha)
+  xb, tb = cutmix(r_b, x, targets, cutmix_alpha)
+  use_cut = jax.random.bernoulli(r_sel, 0.5)
+  return jnp.where(use_cut, xb, xa), jnp.where(use_cut, tb, ta)
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+  """Sorted indices of round(fraction · n_c) (at least 1) random examples of every class c:
+  the 1 % / 10 % label subsets of semi-supervised evaluation."""
+  rng = np.random.default_rng(seed)
+  idx = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    n = max(1, int(round(fraction * len(members))))
+    idx.append(rng.choice(members, size=n, replace=False))
+  return np.sort(np.concatenate(idx))
+
+
+def write_subset(workdir: str, fraction: float, idx: np.ndarray, labels: np.ndarray) -> str:
+  """`workdir/label_subset_<pct>pct.txt`: one "index label" line per image (indices into the
+  evaluation's training images, i.e. the train split in order when eval_train_limit is 0)."""
+  header = f"# {len(idx)} images, class-balanced {fraction * 100:g}% of the training labels\n"
+  lines = "".join(f"{i} {int(labels[i])}\n" for i in idx)
+  return paths.write_text(
+    paths.join(workdir, f"label_subset_{fraction * 100:g}pct.txt"), header + lines
+  )
+
+
 def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_classes):
   r_flip, r_mix, r_drop = jax.random.split(rng, 3)
   x = images.astype(jnp.float32) / 255.0
   if cfg["flip"]:
     x = _flip(r_flip, x)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), cfg["label_smoothing"])
-  if cfg["mixup_alpha"] > 0:  # Zhang et al. 2018: convex mix of images and targets
-    lam = jax.random.beta(r_mix, cfg["mixup_alpha"], cfg["mixup_alpha"])
-    perm = jax.random.permutation(r_mix, x.shape[0])
-    x = lam * x + (1 - lam) * x[perm]
-    targets = lam * targets + (1 - lam) * targets[perm]
+  x, targets = mix(r_mix, x, targets, cfg["mixup_alpha"], cfg["cutmix_alpha"])
 
   def loss_fn(params):
     feats, bs = encoder_apply(method, params["model"], state.batch_stats, x, True, r_drop)
@@ -212,10 +258,21 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   if unknown:
     raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
   xtr, ytr = ctx.train_images, np.asarray(ctx.train_labels)
+  fraction = float(cfg["label_fraction"])
+  if fraction:
+    if not 0 < fraction < 1:
+      raise ValueError(f"evals.finetune.label_fraction={fraction} must be in (0, 1) (0: all)")
+    idx = class_balanced_subset(ytr, fraction, cfg["seed"])
+    if ctx.workdir:
+      write_subset(ctx.workdir, fraction, idx, ytr)
+    xtr, ytr = xtr[idx], ytr[idx]
   if cfg["train_limit"] and cfg["train_limit"] < len(xtr):
     idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[: cfg["train_limit"]]
     xtr, ytr = xtr[idx], ytr[idx]
+  mesh = ctx.mesh or sharding.make_mesh([("data", -1)])
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   batch = min(int(cfg["batch_size"]), len(xtr))
+  batch = max(batch - batch % mesh.size, mesh.size)
   steps = int(cfg["steps"])
   if steps <= 0:
     raise ValueError(f"evals.finetune.steps={steps} must be positive")
@@ -234,14 +291,20 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     },
   }
   tx = make_tx(params, cfg, steps)
+  # a copy: the step donates its state, and the caller's pretrained arrays must survive
   state = _State(params, ctx.batch_stats, tx.init(params))
+  state = jax.device_put(jax.tree.map(lambda a: jnp.array(a, copy=True), state), rep)
+  # the batch sharded over the mesh, the state replicated: XLA reduces gradients and BatchNorm
+  # statistics over the global batch
   step_fn = jax.jit(
-    functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg, num_classes=ctx.num_classes)
+    functools.partial(_train_step, method=ctx.method, tx=tx, cfg=cfg, num_classes=ctx.num_classes),
+    in_shardings=(rep, data, data, rep),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
   )
   rng = jax.random.PRNGKey(cfg["seed"])
   order = np.random.default_rng(cfg["seed"])
   perm, pos, loss, accs = order.permutation(len(xtr)), 0, None, []
-  from sslx import progress  # local: progress imports nothing heavy, but keep this module lean
 
   prog = progress.Progress(steps, 0, batch)
   report_every = max(steps // 10, 1)
@@ -250,9 +313,9 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
       perm, pos = order.permutation(len(xtr)), 0
     idx = perm[pos : pos + batch]
     pos += batch
-    state, (loss, acc) = step_fn(
-      state, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx], jnp.int32), jax.random.fold_in(rng, i)
-    )
+    xb = jax.make_array_from_callback((batch,) + xtr.shape[1:], data, lambda j, a=xtr[idx]: a[j])
+    yb = jax.make_array_from_callback((batch,), data, lambda j, a=ytr[idx].astype(np.int32): a[j])
+    state, (loss, acc) = step_fn(state, xb, yb, jax.random.fold_in(rng, i))
     accs.append(acc)
     if (i + 1) % report_every == 0 or i + 1 == steps:
       rates = prog.update(i + 1)
@@ -266,24 +329,21 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     ctx.method, state.params["model"], state.batch_stats, xtr, batch, seed=cfg["seed"]
   )
 
-  @jax.jit
-  def predict(p, bs, x):
-    feats, _ = encoder_apply(ctx.method, p["model"], bs, x, False)
-    return jnp.argmax(feats @ p["head"]["kernel"] + p["head"]["bias"], -1)
+  tuned, bn_stats = jax.device_get((state.params, bn_stats))
 
-  correct = 0
-  xte, yte = ctx.test_images, np.asarray(ctx.test_labels)
-  for s in range(0, len(xte), 256):
-    chunk = xte[s : s + 256]
-    n = len(chunk)
-    if n < 256 and len(xte) > 256:  # one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((256 - n,) + chunk.shape[1:], chunk.dtype)])
-    pred = np.asarray(predict(state.params, bn_stats, jnp.asarray(chunk)))[:n]
-    correct += int((pred == yte[s : s + n]).sum())
+  def logits(x):
+    feats, _ = encoder_apply(ctx.method, tuned["model"], bn_stats, x, False)
+    return feats @ tuned["head"]["kernel"] + tuned["head"]["bias"]
+
+  # test images in fixed-size batches sharded over the mesh, as every evaluation extracts
+  pred = extract(logits, ctx.test_images, mesh, 256).argmax(-1)
+  correct = int((pred == np.asarray(ctx.test_labels)).sum())
+  xte = ctx.test_images
   last = accs[-max(len(accs) // 4, 1) :]
+  name = f"finetune_{fraction * 100:g}pct" if fraction else "finetune"
   return (
     {
-      "finetune": 100.0 * correct / len(xte),
+      name: 100.0 * correct / len(xte),
       "finetune_train_loss": float(loss),
       "finetune_train_acc": 100.0 * float(np.mean(jax.device_get(last))),
     },
@@ -299,105 +359,6 @@ def run(cfg, feats) -> dict:
     raise ValueError(
       "evals.finetune needs the raw images and the pretrained encoder, not only "
       "features: sslx.evaluation.run_all must attach feats.context = "
-      "finetune.Context(...), or run python -m sslx.evaluation.finetune"
+      "evaluation.Context(...), or run python -m sslx finetune"
     )
   return finetune(ctx, dict(cfg) if cfg else None)[0]
-
-
-def finetune_checkpoint(
-  config, workdir: str, cfg: dict | None = None, from_scratch: bool = False
-) -> dict:
-  """Fine-tunes the latest checkpoint in `workdir` (config: the same method and model) on the
-  config's dataset; merges {"finetune": ...} into workdir/results.json and returns it.
-
-  `from_scratch=True` trains the same encoder from its untrained initialisation with the same
-  recipe instead (the baseline that says what pretraining bought); the result is merged as
-  {"finetune_from_scratch": ...}."""
-  from sslx import checkpointing, config_lib, evaluation, progress, train
-
-  config_lib.validate(config)
-  mngr = checkpointing.manager(workdir, async_save=False)
-  step = checkpointing.check_compatible(mngr, config)
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint in {mngr.directory}: train first with "
-      f"python -m sslx.main --config=... --workdir={workdir}"
-    )
-  eval_data = evaluation.load_eval_data(config)
-  if eval_data is None:
-    raise ValueError(f"dataset {config.dataset.name!r} has no labels: nothing to fine-tune on")
-  xtr, ytr, xte, yte, num_classes = eval_data
-  sample = np.zeros((2,) + xtr.shape[1:], np.uint8)
-  setup = train.build(config, sample, len(xtr), num_classes)
-  state = train.create_state(setup, config.seed, sample)
-  if not from_scratch:
-    state, _ = checkpointing.restore(mngr, step, state)
-  state = jax.device_get(state)
-  if cfg is None:
-    cfg = dict(config.get("evals", {}).get("finetune", {}) or {})
-  ctx = Context(
-    setup.method, state.params["model"], state.batch_stats, xtr, ytr, xte, yte, num_classes
-  )
-  results, _ = finetune(ctx, cfg)
-  if from_scratch:
-    results = {"finetune_from_scratch": results["finetune"]}
-    progress.write_results(workdir, results)
-    progress.console(
-      f"trained the untrained encoder with the fine-tuning recipe: top-1 "
-      f"{results['finetune_from_scratch']:.2f}%"
-    )
-    return results
-  progress.write_results(workdir, dict(results, finetune_step=step))
-  progress.console(f"fine-tuned checkpoint step {step}: top-1 {results['finetune']:.2f}%")
-  return results
-
-
-def main(argv):
-  del argv
-  FLAGS = flags.FLAGS
-  cfg = {
-    k: getattr(FLAGS, k)
-    for k in (
-      "steps",
-      "batch_size",
-      "lr",
-      "layer_decay",
-      "label_smoothing",
-      "mixup_alpha",
-      "train_limit",
-    )
-  }
-  print(finetune_checkpoint(FLAGS.config, FLAGS.workdir, cfg, from_scratch=FLAGS.from_scratch))
-
-
-if __name__ == "__main__":
-  import sys
-
-  from sslx import xla
-
-  xla.configure_xla_for_cpu()
-
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  from sslx import config_lib
-
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory holding checkpoints/")
-  flags.DEFINE_integer("steps", DEFAULTS["steps"], "fine-tuning steps")
-  flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "batch size")
-  flags.DEFINE_float("lr", DEFAULTS["lr"], "peak AdamW learning rate")
-  flags.DEFINE_float("layer_decay", DEFAULTS["layer_decay"], "layer-wise lr decay (ViT)")
-  flags.DEFINE_float("label_smoothing", DEFAULTS["label_smoothing"], "label smoothing")
-  flags.DEFINE_float("mixup_alpha", DEFAULTS["mixup_alpha"], "mixup Beta(α, α); 0 = off")
-  flags.DEFINE_integer("train_limit", 0, "at most this many training images (0: all)")
-  flags.DEFINE_bool(
-    "from_scratch",
-    False,
-    "baseline: the same recipe from the untrained encoder (written as finetune_from_scratch)",
-  )
-  flags.mark_flags_as_required(["config", "workdir"])
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)

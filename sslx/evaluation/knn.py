@@ -1,8 +1,14 @@
 """Weighted k-NN classification on frozen features (Wu et al. 2018; DINO's recipe).
 
-Cosine similarity, the k nearest training features vote for their class with weight
-exp(s / T), T = 0.07. The test set is processed in chunks so memory stays bounded by
-chunk × N_train similarities (50k × 1024 float32 ≈ 200 MB for full CIFAR-10).
+Cosine similarity; the k nearest training features vote for their class with weight
+exp(s / T). Every (k, T) of the sweep is read off ONE top-k of the similarities per chunk of
+queries: votes are scatter-added into [Q, C] per setting, so memory stays bounded by
+chunk × N_train similarities (50k × 1024 float32 ≈ 200 MB for full CIFAR-10) whatever the
+number of classes. The training features are all of them (`eval_train_limit=0`, the default),
+extracted by every device of every process (`evaluation.extract`).
+
+Settings (`config.evals.knn`): ks ((20, 200)), temperature (0.07; reported as knn@k),
+temperatures (extra temperatures, reported as knn@k_T<t>), chunk (1024).
 """
 
 from __future__ import annotations
@@ -13,18 +19,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import losses
+from sslx import losses, progress
+from sslx.evaluation import extract, load_eval_data
 
 
-@functools.partial(jax.jit, static_argnames=("k_max", "num_classes"))
-def _chunk_votes(query, train_feats, train_labels, temperature, k_max: int, num_classes: int):
+@functools.partial(jax.jit, static_argnames=("ks", "num_classes"))
+def _chunk_predictions(query, train_feats, train_labels, temperatures, ks: tuple, num_classes: int):
+  """[len(ks), len(temperatures), Q] predicted classes."""
   sims = query @ train_feats.T  # [Q, N]
-  top_sims, top_idx = jax.lax.top_k(sims, k_max)  # [Q, k] sorted descending
-  weights = jnp.exp(top_sims / temperature)
-  onehot = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [Q, k, C]
-  # Cumulative votes: row j holds the votes of the j+1 nearest neighbours, so every
-  # k <= k_max is read off one top-k.
-  return jnp.cumsum(weights[..., None] * onehot, axis=1)  # [Q, k, C]
+  top_sims, top_idx = jax.lax.top_k(sims, ks[-1])  # [Q, k_max] sorted descending
+  labels = train_labels[top_idx]  # [Q, k_max]
+  q = jnp.arange(query.shape[0])[:, None]
+  rank = jnp.arange(ks[-1])[None, :]
+  preds = []
+  for k in ks:
+    per_t = []
+    for t in range(temperatures.shape[0]):
+      w = jnp.where(rank < k, jnp.exp(top_sims / temperatures[t]), 0.0)
+      votes = jnp.zeros((query.shape[0], num_classes)).at[q, labels].add(w)
+      per_t.append(jnp.argmax(votes, -1))
+    preds.append(jnp.stack(per_t))
+  return jnp.stack(preds)
 
 
 def knn_accuracy(
@@ -36,20 +51,23 @@ def knn_accuracy(
   ks=(20, 200),
   temperature: float = 0.07,
   chunk: int = 1024,
+  temperatures=(),
 ) -> dict:
-  """Top-1 accuracy (%) of weighted k-NN for each k in `ks`.
+  """Top-1 accuracy (%) of weighted k-NN for each k in `ks` and each temperature.
 
   Args:
     train_feats: [N, D]; train_labels: [N] int; test_feats: [M, D]; test_labels: [M].
   Returns:
-    {"knn@k": accuracy in percent}.
+    {"knn@k": accuracy at `temperature`, "knn@k_T<t>": at each extra t in `temperatures`}.
   """
   train = losses.l2_normalize(jnp.asarray(train_feats, jnp.float32))
   test = losses.l2_normalize(jnp.asarray(test_feats, jnp.float32))
   train_labels = jnp.asarray(train_labels, jnp.int32)
   ks = sorted(int(k) for k in ks)
-  k_max = min(ks[-1], train.shape[0])
-  correct = {k: 0 for k in ks}
+  eff = tuple(sorted({min(k, train.shape[0]) for k in ks}))
+  temps = [float(temperature)] + [float(t) for t in temperatures if float(t) != float(temperature)]
+  t_arr = jnp.asarray(temps, jnp.float32)
+  correct = np.zeros((len(eff), len(temps)), np.int64)
   test_labels = np.asarray(test_labels)
   m = test.shape[0]
   for start in range(0, m, chunk):
@@ -57,11 +75,15 @@ def knn_accuracy(
     n_real = q.shape[0]
     if n_real < chunk and m > chunk:  # pad to a fixed shape: one compilation
       q = jnp.pad(q, ((0, chunk - n_real), (0, 0)))
-    votes = np.asarray(_chunk_votes(q, train, train_labels, temperature, k_max, num_classes))
-    for k in ks:
-      pred = votes[:n_real, min(k, k_max) - 1].argmax(-1)
-      correct[k] += int((pred == test_labels[start : start + n_real]).sum())
-  return {f"knn@{k}": 100.0 * correct[k] / m for k in ks}
+    pred = np.asarray(_chunk_predictions(q, train, train_labels, t_arr, eff, num_classes))
+    correct += (pred[:, :, :n_real] == test_labels[start : start + n_real]).sum(-1)
+  out = {}
+  for k in ks:
+    i = eff.index(min(k, train.shape[0]))
+    for j, t in enumerate(temps):
+      key = f"knn@{k}" if j == 0 else f"knn@{k}_T{t:g}"
+      out[key] = float(100.0 * correct[i, j] / m)
+  return out
 
 
 def run(cfg, feats) -> dict:
@@ -74,4 +96,54 @@ def run(cfg, feats) -> dict:
     ks=tuple(cfg.get("ks", (20, 200))),
     temperature=cfg.get("temperature", 0.07),
     chunk=cfg.get("chunk", 1024),
+    temperatures=tuple(cfg.get("temperatures", ())),
   )
+
+
+class PeriodicKnn:
+  """k-NN on a fixed subset of the labelled data every `config.eval_every_steps` steps,
+  written to TensorBoard as eval/knn@k (the final evaluation writes the same tags at the last
+  step, on the full data): a run's progress is visible before it ends. The subset (the first
+  `eval_every_subset` training images and half as many test images of a fixed permutation) is
+  decoded once; features are extracted over the mesh as in the final evaluation."""
+
+  def __init__(self, config, method, mesh, writer):
+    self.every = int(config.get("eval_every_steps", 0) or 0)
+    self.method, self.mesh, self.writer = method, mesh, writer
+    self.data = None
+    if self.every <= 0:
+      return
+    eval_data = load_eval_data(config)
+    if eval_data is None:
+      progress.console("eval_every_steps ignored: the dataset has no labels")
+      self.every = 0
+      return
+    xtr, ytr, xte, yte, num_classes = eval_data
+    n = int(config.get("eval_every_subset", 1000))
+    rng = np.random.default_rng(0)
+    itr = rng.permutation(len(xtr))[:n]
+    ite = rng.permutation(len(xte))[: max(n // 2, 1)]
+    self.data = (xtr[itr], ytr[itr], xte[ite], yte[ite], num_classes)
+    knn_cfg = dict(config.get("evals", {}).get("knn", {}) or {})
+    self.ks = tuple(k for k in knn_cfg.get("ks", (20, 200)) if k <= len(itr)) or (len(itr),)
+    self.temperature = knn_cfg.get("temperature", 0.07)
+    self.batch = config.get("eval_batch_size", 512)
+
+  def __call__(self, step: int, state) -> dict | None:
+    if self.every <= 0 or step % self.every:
+      return None
+    xtr, ytr, xte, yte, num_classes = self.data
+    fn = functools.partial(self.method.encode, state.params["model"], state.batch_stats)
+    res = knn_accuracy(
+      extract(fn, xtr, self.mesh, self.batch),
+      ytr,
+      extract(fn, xte, self.mesh, self.batch),
+      yte,
+      num_classes,
+      ks=self.ks,
+      temperature=self.temperature,
+    )
+    if self.writer is not None:
+      self.writer.scalars(step, res, prefix="eval/")
+    progress.console(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
+    return res

@@ -26,8 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
-from sslx import augment, models
+from sslx import augment, models, multicrop
 
 
 class Variables(NamedTuple):
@@ -91,6 +92,11 @@ class Method(abc.ABC):
     (EMA teachers: MoCo's key encoder, BYOL's target, DINO's teacher). Default: no change."""
     del params, step
     return method_state
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The trainer's optimizer for params["model"], wrapped (DINO/DINOv2 pause their heads'
+    last layers, optimizer state included, during the first steps). Default: `tx`."""
+    return tx
 
   def collapse_warning(self, metrics: dict) -> str | None:
     """Called on the host at every log step with the averaged metrics; a message is printed
@@ -179,6 +185,11 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
 
 def two_views(rng, images, view, preprocess):
   """[2B, S, S, 3] normalised views: rows i and i + B come from image i."""
+  if isinstance(images, multicrop.HostViews):  # cropped on the host (dataset.host_crops)
+    x = multicrop.view_major(images.global_views)
+    if view is None:
+      return preprocess(x)
+    return preprocess(augment.augment_views(rng, x, (view, view), cropped=True))
   if view is None:
     x = preprocess(images)
     return jnp.concatenate([x, x], axis=0)

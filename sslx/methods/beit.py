@@ -21,8 +21,6 @@ Config (`config.method`): tokenizer_workdir, mask_ratio (0.4), min_block (16 pat
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -32,7 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslx import augment, checkpointing, masking, models
+from sslx import augment, checkpointing, masking, models, paths
 from sslx.methods import base, beit_tokenizer
 from sslx.models import vit as vit_lib
 
@@ -46,21 +44,20 @@ def load_tokenizer(workdir: str):
       "--workdir=/tmp/beit-tok\nand pass "
       "--config.method.tokenizer_workdir=/tmp/beit-tok"
     )
-  cfg_path = os.path.join(workdir, "config.json")
+  cfg_path = paths.join(workdir, "config.json")
   mngr = (
     checkpointing.manager(workdir, async_save=False)
-    if os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if paths.isdir(paths.join(workdir, "checkpoints"))
     else None
   )
   step = mngr.latest_step() if mngr is not None else None
-  if not os.path.isfile(cfg_path) or step is None:
+  if not paths.exists(cfg_path) or step is None:
     raise FileNotFoundError(
       f"method.tokenizer_workdir={workdir!r} holds no trained tokenizer (config.json and a "
       "checkpoint are needed): train it first with\n  python -m sslx.main "
       f"--config=experiments/beit_tokenizer.py --workdir={workdir}"
     )
-  with open(cfg_path) as f:
-    tok_config = ml_collections.ConfigDict(json.load(f))
+  tok_config = ml_collections.ConfigDict(paths.read_json(cfg_path))
   if tok_config.method.name != "beit_tokenizer":
     raise ValueError(f"{workdir} holds a {tok_config.method.name!r} run, not a beit_tokenizer")
   tokenizer = beit_tokenizer.create(tok_config, total_steps=0)

@@ -37,7 +37,8 @@ teacher, like the paper's figures.
 Config (``config.method``):
   out_dim (K, 65536), hidden_dim (2048), bottleneck_dim (256), head_layers (3), head_bn,
   norm_last_layer (True), freeze_last_layer_steps (0; DINO freezes the prototypes for the
-  first epoch), student_temp (0.1), teacher_temp (0.04), warmup_teacher_temp (0.04),
+  first epoch: no gradient, no update, and their optimizer state untouched, so Adam starts
+  fresh when they unfreeze — :meth:`EMATeacher.wrap_optimizer`), student_temp (0.1), teacher_temp (0.04), warmup_teacher_temp (0.04),
   warmup_teacher_temp_fraction (fraction of training for the linear τ_t warm-up; 0 = none),
   center_momentum (0.9), base_momentum (0.996), collapse_std (0.05).
 Views come from ``config.augment`` via :class:`sslx.multicrop.MultiCrop` (2 global crops +
@@ -48,11 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sslx import models, multicrop
 from sslx.methods import base
@@ -127,12 +130,13 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float)
 
 
 def teacher_temperature(step, total_steps: int, start: float, end: float, warmup_fraction: float):
-  """τ_t: linear from `start` to `end` over the first `warmup_fraction` of training, then
-  `end` (DINO: 0.04 → 0.07 over 30 epochs as an option; constant 0.04 by default)."""
+  """τ_t over W = round(warmup_fraction · total_steps) warm-up steps: the official code's
+  ``linspace(start, end, W)`` (τ_t = `end` already at step W − 1), then `end` (DINO: 0.04 →
+  0.07 over 30 epochs as an option; constant 0.04 by default)."""
   warm = int(round(warmup_fraction * total_steps))
-  if warm <= 0:
+  if warm <= 1:
     return jnp.asarray(end, jnp.float32)
-  frac = jnp.clip(jnp.asarray(step, jnp.float32) / warm, 0.0, 1.0)
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / (warm - 1), 0.0, 1.0)
   return start + (end - start) * frac
 
 
@@ -160,6 +164,73 @@ def entropy_warning(metrics: dict, low: float = 0.01, high: float = 0.995) -> st
 
 
 # ---------------------------------------------------------------------------------------------
+# Freezing the last layer in the optimizer.
+
+LAST_LAYER_PARAMS = ("last_v", "last_g")  # DINOHead's prototypes (and their gain)
+_STATISTICS_FIELDS = ("mu", "nu", "trace")  # optax moment states: Adam/Lion/RMS, momentum
+
+
+def _is_statistics(node) -> bool:
+  fields = getattr(node, "_fields", None)
+  return fields is not None and any(f in fields for f in _STATISTICS_FIELDS)
+
+
+class FrozenState(NamedTuple):
+  count: jax.Array  # updates seen so far (= the global step)
+  inner: Any
+
+
+def frozen_until(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+  """`inner` for parameters frozen during the first `steps` updates.
+
+  While frozen the update is zero (no step, no weight decay) and the optimizer's statistics
+  (every state node with ``mu``/``nu``/``trace``: Adam's moments *and their count*, SGD/LARS
+  momentum) stay exactly as they were, as PyTorch leaves the state of a parameter without a
+  gradient. The first update after unfreezing is therefore a fresh optimizer step (Adam's bias
+  correction at count 1), while schedule counters inside `inner` (learning rate, weight
+  decay) keep following the global step."""
+
+  def init(params):
+    return FrozenState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    frozen = state.count < steps
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+
+    def keep(new, old):
+      if _is_statistics(new):
+        return jax.tree.map(lambda n, o: jnp.where(frozen, o, n), new, old)
+      return new
+
+    new_inner = jax.tree.map(keep, new_inner, state.inner, is_leaf=_is_statistics)
+    return new_updates, FrozenState(state.count + 1, new_inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+def last_layer_labels(params):
+  """ "last_layer" for the heads' prototypes (any leaf named in LAST_LAYER_PARAMS), "rest"
+  for every other leaf."""
+
+  def label(path, _):
+    names = {getattr(k, "key", None) for k in path}
+    return "last_layer" if names & set(LAST_LAYER_PARAMS) else "rest"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def freeze_last_layer(tx: optax.GradientTransformation, steps: int):
+  """`tx` with the heads' last layers frozen for `steps` updates (DINO: the first epoch): a
+  separate optimizer state for them, paused by :func:`frozen_until`. `steps` <= 0: `tx`."""
+  if steps <= 0:
+    return tx
+  return optax.multi_transform(
+    {"rest": tx, "last_layer": frozen_until(tx, steps)}, last_layer_labels
+  )
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _drop_rng(rng):
@@ -169,8 +240,13 @@ def _drop_rng(rng):
 class EMATeacher(base.Method):
   """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
   features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
-  `self.preprocess` and `self.momentum(step)`; `method_state["teacher"]` holds the teacher's
-  params and batch_stats."""
+  `self.preprocess`, `self.momentum(step)` and `self.freeze_last_layer_steps`;
+  `method_state["teacher"]` holds the teacher's params and batch_stats."""
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The trainer's optimizer with the heads' last layers frozen in the optimizer for the
+    first `freeze_last_layer_steps` updates (their Adam state untouched; see frozen_until)."""
+    return freeze_last_layer(tx, self.freeze_last_layer_steps)
 
   def after_update(self, params, method_state, step):
     """θt ← λ_k·θt + (1 − λ_k)·θs with the updated student θs (DINO §3.1)."""

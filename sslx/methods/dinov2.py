@@ -25,7 +25,9 @@ token and an iBOT head on the patch tokens (shared with the DINO head unless
   of each crop (a static count), with a validity weight.
 * **L_KoLeo** (Sablayrolles et al. 2019; DINOv2 §4, eq. 5) spreads the student's L2-normalised
   CLS features of each global crop over the batch:
-  L_KoLeo = −1/n Σ_i log(d_{n,i}), d_{n,i} = min_{j≠i} ||x_i − x_j||, over the global batch.
+  L_KoLeo = −1/n Σ_i log(d_{n,i}), d_{n,i} = min_{j≠i} ||x_i − x_j||, within consecutive
+  groups of ``koleo_group_size`` images (DINOv2 computes it per GPU; 64 is its per-GPU batch),
+  averaged over the groups, so the loss and its weight do not depend on the device count.
 * **Centering**: ``centering="center"`` (DINO: running center c, eq. 4 there; a separate center
   for the patch distributions, updated with the masked teacher patches) or
   ``centering="sinkhorn_knopp"`` (SwAV's Sinkhorn-Knopp, DINOv2's choice): the teacher
@@ -44,7 +46,8 @@ Config (``config.method``): DINO's keys (out_dim, hidden_dim, bottleneck_dim, he
 norm_last_layer, freeze_last_layer_steps, student_temp, teacher_temp, warmup_teacher_temp,
 warmup_teacher_temp_fraction, center_momentum, base_momentum) plus patch_out_dim (= out_dim),
 separate_ibot_head (False), centering ("center" | "sinkhorn_knopp"), sinkhorn_iterations (3),
-dino_loss_weight (1), ibot_loss_weight (1), koleo_loss_weight (0.1), mask_probability (0.5),
+dino_loss_weight (1), ibot_loss_weight (1), koleo_loss_weight (0.1), koleo_group_size (64;
+0 = the whole global batch), mask_probability (0.5),
 mask_ratio ((0.1, 0.5)).
 """
 
@@ -196,6 +199,16 @@ def ibot_loss(
   return jnp.mean(per_crop)
 
 
+def update_patch_center(center, patch_logits, weights, momentum: float) -> jax.Array:
+  """iBOT/DINOv2's patch center: c ← m·c + (1 − m)·mean of the teacher logits of the masked
+  patches. patch_logits [M, K], weights [M] 0/1 (the masked ones); no masked patch: c kept."""
+  w = weights.astype(jnp.float32)[:, None]
+  mean = jnp.sum(patch_logits.astype(jnp.float32) * w, 0, keepdims=True) / jnp.maximum(
+    jnp.sum(w), 1.0
+  )
+  return jnp.where(jnp.sum(w) > 0, momentum * center + (1 - momentum) * mean, center)
+
+
 def koleo_loss(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   """KoLeo (Sablayrolles et al. 2019; DINOv2 eq. 5): −mean_i log(min_{j≠i} ||x̂_i − x̂_j||)
   over the rows of x [n, D] after L2 normalisation (the global batch)."""
@@ -206,6 +219,19 @@ def koleo_loss(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   nearest = jax.lax.stop_gradient(jnp.argmax(dots, axis=1))  # max cos = min dist
   dist = jnp.linalg.norm(x - x[nearest] + eps, axis=-1)  # torch pairwise_distance
   return -jnp.mean(jnp.log(dist + eps))
+
+
+def grouped_koleo_loss(x: jax.Array, group_size: int) -> jax.Array:
+  """KoLeo over consecutive groups of `group_size` rows of x [n, D], averaged over the groups
+  (DINOv2 computes it on each GPU's batch): the value and its weight do not change with the
+  number of devices. n <= group_size: one group, the whole batch."""
+  n = x.shape[0]
+  if group_size <= 0 or n <= group_size:
+    return koleo_loss(x)
+  if n % group_size:
+    raise ValueError(f"KoLeo: {n} rows are not a multiple of method.koleo_group_size={group_size}")
+  groups = x.reshape(n // group_size, group_size, x.shape[-1])
+  return jnp.mean(jax.vmap(koleo_loss)(groups))
 
 
 def random_token_masks(
@@ -254,6 +280,7 @@ class DINOv2(EMATeacher):
   dino_loss_weight: float = 1.0
   ibot_loss_weight: float = 1.0
   koleo_loss_weight: float = 0.1
+  koleo_group_size: int = 64
   mask_probability: float = 0.5
   mask_ratio: tuple[float, float] = (0.1, 0.5)
   collapse_std: float = 0.05
@@ -367,17 +394,13 @@ class DINOv2(EMATeacher):
       else:
         tp_probs = teacher_softmax(flat, patch_center, temp)
       ibot = ibot_loss(s_patch, tp_probs.reshape(m, k, kp), valid, self.student_temp)
-      # The patch center follows the masked teacher patches (DINOv2).
-      wf = w.astype(jnp.float32)[:, None]
-      mean = jnp.sum(flat * wf, 0, keepdims=True) / jnp.maximum(jnp.sum(wf), 1.0)
-      has = jnp.sum(wf) > 0
-      new_patch_center = jnp.where(
-        has, self.center_momentum * patch_center + (1 - self.center_momentum) * mean, patch_center
-      )
+      new_patch_center = update_patch_center(patch_center, flat, w, self.center_momentum)
       loss = loss + self.ibot_loss_weight * ibot
       metrics["ibot_loss"] = ibot
     if self.koleo_loss_weight > 0:
-      koleo = sum(koleo_loss(cls[i * n : (i + 1) * n]) for i in range(num_g))
+      koleo = sum(
+        grouped_koleo_loss(cls[i * n : (i + 1) * n], self.koleo_group_size) for i in range(num_g)
+      )
       loss = loss + self.koleo_loss_weight * koleo
       metrics["koleo_loss"] = koleo
     metrics["loss"] = loss
@@ -418,6 +441,13 @@ def create(config, total_steps: int) -> DINOv2:
   elif patch_out != dino_head.out_dim:
     raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
   ratio = tuple(float(r) for r in m.get("mask_ratio", (0.1, 0.5)))
+  koleo_group = int(m.get("koleo_group_size", 64))
+  batch = int(config.batch_size)
+  if koleo_group < 0 or (0 < koleo_group < batch and batch % koleo_group):
+    raise ValueError(
+      f"method.koleo_group_size={koleo_group} must divide batch_size={batch} (or be >= it, "
+      "or 0 for the whole batch)"
+    )
   return DINOv2(
     net=DINOv2Net(backbone, dino_head, ibot_head),
     teacher_net=DINOv2Net(no_drop_path(backbone), dino_head, ibot_head),
@@ -439,6 +469,7 @@ def create(config, total_steps: int) -> DINOv2:
     dino_loss_weight=float(m.get("dino_loss_weight", 1.0)),
     ibot_loss_weight=float(m.get("ibot_loss_weight", 1.0)),
     koleo_loss_weight=float(m.get("koleo_loss_weight", 0.1)),
+    koleo_group_size=koleo_group,
     mask_probability=float(m.get("mask_probability", 0.5)),
     mask_ratio=ratio,
     collapse_std=float(m.get("collapse_std", 0.05)),

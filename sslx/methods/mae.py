@@ -108,11 +108,11 @@ class MAEDecoder(nn.Module):
 
 def patch_targets(images, patch_size: int, norm_pix: bool):
   """[B, N, p²·3] reconstruction targets; with `norm_pix`, each patch standardised by its own
-  mean and variance (MAE Table 1(c), eps 1e-6 as in the reference)."""
+  mean and variance (MAE Table 1(c); the reference's torch.var is unbiased, eps 1e-6)."""
   target = vit_lib.patchify(images, patch_size)
   if norm_pix:
     mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=1)
     target = (target - mean) / jnp.sqrt(var + 1e-6)
   return target
 

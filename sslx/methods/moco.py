@@ -38,35 +38,29 @@ queue locally (q @ queueᵀ needs no communication), and the enqueue of the batc
 an all-gather XLA inserts. Everything is written over the global batch with no axis names, so a
 sharded step equals an unsharded one (tests/test_moco.py).
 
-Shuffling BN — why this implementation does not shuffle
---------------------------------------------------------
-The paper (§3.3) trains with per-GPU BatchNorm: a query q_i and its positive key k_i are both
-normalised with the statistics of *the same* sub-batch of 32 images on one GPU, while the queue
-negatives were normalised with other sub-batches' statistics. The shared sub-batch statistics
-are a signature that lets the model pick the positive without learning content ("cheating").
-Shuffling BN permutes the key batch across GPUs before f_k and un-permutes after, so k_i is
-normalised over a different random sub-batch than q_i.
+Shuffling BN (§3.3) as ghost BatchNorm over shuffled groups
+------------------------------------------------------------
+The paper trains with per-GPU BatchNorm and shuffles the key batch across GPUs before f_k
+(un-shuffling after), so a key k_i is normalised with the statistics of a *different* random
+sub-batch of 32 images than its query q_i: shared sub-batch statistics would be a signature
+that lets the model find the positive without learning content ("cheating").
 
-Here BatchNorm has no axis name and the step is jitted over the globally-sharded batch, so XLA
-computes BN statistics over the *whole global batch* (global BN). BN is then equivariant to any
-permutation of the batch: f_k(P x)= P f_k(x) exactly. Permuting the global key batch, running
-f_k and un-permuting gives bit-for-bit the same keys and the same statistics — Shuffling BN
-reduces to a no-op and is therefore not implemented (it would cost a gather for nothing).
-What remains is what the paper's shuffled version also keeps: the current batch's keys share
-statistics taken over the current B images (and the queries' over the same images in the
-other view), while queue keys were normalised over earlier batches. That batch-level signature
-fluctuates like 1/√B of the feature spread (B = 256–512 here versus the per-GPU sub-batch of
-32 whose signature the paper removes), and it is exactly the global-batch residual that
-Shuffling BN leaves in the paper's own setup. What matters for the leak, and what is kept and
-tested, is that
-  * the key encoder runs in its own forward pass over the key views only, so key statistics
-    never see the query views (and vice versa): q_i and k_i are never normalised together
-    with themselves as one batch;
-  * the key pass is permutation-equivariant, i.e. shuffling would change nothing.
-Both are checked in tests/test_moco.py. With the symmetric loss each pass normalises over both
-views of the batch (2B images), so query and key statistics are taken over the same image set;
-that is again only a batch-level signature shared by every current key (the same one any
-global-BN two-view method such as SimCLR has), not one that singles out a positive pair.
+Here BatchNorm has no axis name and the step is jitted over the globally-sharded batch, so
+one pass would normalise over the *whole global batch* (global BN). That is not what the
+paper does, and for MoCo it is not enough: every current key would share one set of
+statistics, taken over the same images the queries see, while the queue's keys come from
+other batches with other statistics — a batch-level signature that separates the positive
+from the queue negatives. So the key pass (`MoCo.keys`) is ghost BatchNorm over a shuffled
+order, the paper's recipe written for one global batch:
+  1. draw a random permutation P of the N key views (a fresh one every step),
+  2. split P·x into N / G groups of ``shuffle_bn_group`` = G consecutive rows and run f_k on
+     each group with its own BatchNorm statistics (one vmapped forward pass),
+  3. un-permute the keys (k = P⁻¹·f_k(P·x)); the key encoder's running statistics are the
+     mean over the groups.
+Queries keep global BatchNorm over their own views (their pass never sees the keys' views).
+G = 32 is the paper's per-GPU batch; G = 0 (or G >= N) is global BN over the key views,
+where shuffling is a no-op because BN is permutation-equivariant. Tested: each group's
+statistics, the un-shuffle, and a sharded step equal to one device (tests/test_moco.py).
 
 Config (`config.method`):
   version:            "v1" | "v2" (defaults for the three keys below)
@@ -80,6 +74,9 @@ Config (`config.method`):
   symmetric:          also use the second view as query against the first view's key and
                       average the two losses (False in the paper; lightly's and solo-learn's
                       CIFAR recipes use it). The queue always receives the second view's keys.
+  shuffle_bn_group:   G, the key encoder's BatchNorm group over a shuffled order (32, the
+                      paper's per-GPU batch; 0 = global BN). Must divide the key batch (B, or
+                      2B when symmetric) unless it is at least that large.
 """
 
 from __future__ import annotations
@@ -127,6 +124,7 @@ class MoCo(base.Method):
   momentum_schedule: str
   total_steps: int
   symmetric: bool
+  shuffle_bn_group: int = 0
 
   def init(self, rng, images) -> base.Variables:
     """θ_q from `rng`, θ_k = θ_q (paper: "initialized as the same"), a queue of K random unit
@@ -162,19 +160,35 @@ class MoCo(base.Method):
     )
     return features, losses.l2_normalize(q), updates.get("batch_stats", {})
 
-  def keys(self, method_state, x):
-    """Key pass with θ_k, its own forward pass (train mode, BN statistics over the key views
-    `x` only): (k [N, D] unit-norm, no gradient; updated key batch_stats)."""
-    k, updates = self.net.apply(
-      {"params": method_state["key_params"], "batch_stats": method_state["key_batch_stats"]},
-      x,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return (
-      jax.lax.stop_gradient(losses.l2_normalize(k[1])),
-      jax.lax.stop_gradient(updates.get("batch_stats", {})),
-    )
+  def keys(self, method_state, x, rng=None):
+    """Key pass with θ_k, its own forward pass in train mode: (k [N, D] unit-norm, no gradient;
+    updated key batch_stats).
+
+    With ``shuffle_bn_group`` = G < N the BatchNorm statistics are those of groups of G rows
+    of a random order of `x` (Shuffling BN; `rng` draws the order, None keeps the given order)
+    and k is returned in the order of `x`; otherwise they are taken over all of `x`."""
+    variables = {
+      "params": method_state["key_params"],
+      "batch_stats": method_state["key_batch_stats"],
+    }
+    n, g = x.shape[0], self.shuffle_bn_group
+    if g <= 0 or n <= g:
+      k, updates = self.net.apply(variables, x, train=True, mutable=["batch_stats"])
+      k, stats = k[1], updates.get("batch_stats", {})
+    else:
+      if n % g:
+        raise ValueError(f"MoCo key batch of {n} is not a multiple of method.shuffle_bn_group={g}")
+      perm, inverse = shuffle_permutation(rng, n)
+      groups = x[perm].reshape((n // g, g) + x.shape[1:])
+
+      def group_pass(xg):
+        out, updates = self.net.apply(variables, xg, train=True, mutable=["batch_stats"])
+        return out[1], updates.get("batch_stats", {})
+
+      k, stats = jax.vmap(group_pass)(groups)
+      k = k.reshape(n, -1)[inverse]
+      stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+    return jax.lax.stop_gradient(losses.l2_normalize(k)), jax.lax.stop_gradient(stats)
 
   # -- the method contract ---------------------------------------------------------------
 
@@ -197,7 +211,8 @@ class MoCo(base.Method):
     else:
       x_q, x_k = views[:n], views[n:]
     features, q, new_bs = self.queries(params, batch_stats, x_q)
-    k, new_key_bs = self.keys(method_state, x_k)
+    # The shuffle's key is derived from the step's key, leaving the views' draws unchanged.
+    k, new_key_bs = self.keys(method_state, x_k, jax.random.fold_in(rng, 1))
     queue = jax.lax.stop_gradient(method_state["queue"])
     # Logits of eq. (1): column 0 the positive q·k+, columns 1..K the queue negatives q·queue_i.
     l_pos = jnp.sum(q * k, axis=-1, keepdims=True)  # [N, 1]
@@ -256,6 +271,22 @@ class MoCo(base.Method):
     return None
 
 
+def shuffle_permutation(rng, n: int) -> tuple[jax.Array, jax.Array]:
+  """(perm, inverse) [n] int32: a random order (the identity when `rng` is None) and the
+  order that undoes it, x[perm][inverse] == x."""
+  perm = jnp.arange(n) if rng is None else jax.random.permutation(rng, n)
+  return perm.astype(jnp.int32), jnp.argsort(perm).astype(jnp.int32)
+
+
+def check_shuffle_bn_group(group: int, key_batch: int) -> None:
+  if group < 0 or (0 < group < key_batch and key_batch % group):
+    raise ValueError(
+      f"method.shuffle_bn_group={group} must divide the key batch of {key_batch} views (the "
+      "global batch_size, doubled when method.symmetric), be at least that large, or be 0 "
+      "(global BN)"
+    )
+
+
 def check_queue_size(queue_size: int, batch_size: int) -> None:
   """K must be a positive multiple of the global batch: each step writes B whole rows."""
   if queue_size <= 0 or queue_size % batch_size:
@@ -282,6 +313,9 @@ def create(config, total_steps: int) -> MoCo:
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"method.momentum={momentum} must be in [0, 1]")
   embed_dim = int(m.get("projector_dim", 128))
+  symmetric = bool(m.get("symmetric", False))
+  shuffle_bn_group = int(m.get("shuffle_bn_group", 32))
+  check_shuffle_bn_group(shuffle_bn_group, int(config.batch_size) * (2 if symmetric else 1))
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   head = models.MLPHead(
     hidden_dims=tuple(get("projector_hidden")),
@@ -298,5 +332,6 @@ def create(config, total_steps: int) -> MoCo:
     momentum=momentum,
     momentum_schedule=schedule,
     total_steps=int(total_steps),
-    symmetric=bool(m.get("symmetric", False)),
+    symmetric=symmetric,
+    shuffle_bn_group=shuffle_bn_group,
   )

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sslx import data, train
+from sslx import data, paths, train
 
 
 def restore(config, workdir: str):
@@ -33,7 +33,7 @@ def save_grid(rows, out: str, scale: int = 4):
       grid[y : y + h, x : x + w] = r[j]
   img = Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8))
   img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  img.save(out)
+  paths.save(out, lambda f: img.save(f, format=paths.file_format(out).upper()))
   return out
 
 

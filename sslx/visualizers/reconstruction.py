@@ -3,7 +3,7 @@
     python -m sslx visualize reconstruction --config=experiments/mae.py \
         --workdir=/tmp/mae-cpu --out=recon.png [--num_images=8]
 
-Restores the latest checkpoint in --workdir exactly as `sslx.evaluate` does (same config ⇒
+Restores the latest checkpoint in --workdir with `train.restore_latest` (same config ⇒
 same method and model, checked), takes the first `num_images` test images (no augmentation),
 masks them with the method's own masking (a fixed key, so the figure is reproducible) and
 writes one column per image, three rows: the original, the masked input (masked patches grey),
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sslx import data, evaluation, train
+from sslx import data, evaluation, paths, train
 
 
 def grid_image(rows, pad: int = 2):
@@ -52,5 +52,5 @@ def render(config, workdir: str, out: str, num_images: int = 8, scale: int = 4) 
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  img.save(out)
+  paths.save(out, lambda f: img.save(f, format=paths.file_format(out).upper()))
   return out

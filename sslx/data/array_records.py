@@ -1,0 +1,287 @@
+"""Prepared datasets: encoded images in ArrayRecord shards, read with random access.
+
+    python -m sslx prepare --src=/data/imagenet --out=/data/imagenet-ar      # once
+    --config.dataset.name=array_record --config.dataset.path=/data/imagenet-ar  # then train
+
+Layout of ``<out>/<split>/``:
+
+    metadata.json                  {"format", "split", "class_names", "num_records",
+                                    "shards": [{"file", "records", "bytes"}], "skipped": [...]}
+    labels.npy                     int32[N], every record's label (balanced subsets, no reads)
+    <split>-00000-of-000NN.array_record ...
+
+Each record is ``b"SSLX" + uint32 (little-endian) n + n bytes of JSON {"name", "label"} +`` the
+image file's bytes, unchanged (no re-encoding: the host crop decodes the original JPEG at the DCT
+scale it needs). Shards are written with ``group_size:1`` so that every record is one random
+read. A shard that is missing or whose size differs from metadata.json fails at start-up naming
+the file; the metadata is written last, so an interrupted ``prepare`` leaves no dataset that
+looks complete.
+
+Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
+which still reads the whole entropy-coded stream), named in the log and counted in
+``metadata.json``'s "skipped".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Sequence
+from concurrent import futures
+
+import numpy as np
+import simplejpeg
+from array_record.python import array_record_data_source, array_record_module
+from PIL import Image
+
+from sslx.data import sources
+
+FORMAT = 1
+MAGIC = b"SSLX"
+METADATA = "metadata.json"
+LABELS = "labels.npy"
+_DEFAULT_SHARD_BYTES = 256 << 20
+
+
+def encode_record(image: bytes, label: int, name: str) -> bytes:
+  header = json.dumps({"name": name, "label": int(label)}).encode()
+  return MAGIC + struct.pack("<I", len(header)) + header + image
+
+
+def decode_record(record: bytes) -> tuple[bytes, dict]:
+  """(image bytes, {"name", "label"}) of one record; ValueError if it is not one."""
+  if record[:4] != MAGIC:
+    raise ValueError("not an sslx record (bad magic)")
+  (n,) = struct.unpack("<I", record[4:8])
+  return record[8 + n :], json.loads(record[8 : 8 + n])
+
+
+def check_image(data: bytes) -> None:
+  """Raises if ``data`` is not a readable image (a JPEG is decoded at 1/8 scale: fast, and it
+  still reads every entropy-coded byte, so truncation shows)."""
+  if data[:2] == b"\xff\xd8":
+    try:
+      h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+      simplejpeg.decode_jpeg(data, "RGB", min_factor=8, min_height=-(-h // 8), min_width=-(-w // 8))
+      return
+    except ValueError:
+      pass  # e.g. CMYK or an unusual JPEG: PIL has the last word
+  with Image.open(io.BytesIO(data)) as img:
+    img.load()
+
+
+def _shard_name(split: str, k: int, n: int) -> str:
+  return f"{split}-{k:05d}-of-{n:05d}.array_record"
+
+
+def prepare_split(
+  source, split: str, out_dir: str, shard_bytes: int = _DEFAULT_SHARD_BYTES, threads: int = 0
+) -> dict:
+  """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``."""
+  split_dir = os.path.join(out_dir, split)
+  os.makedirs(split_dir, exist_ok=True)
+  for stale in (METADATA, LABELS):
+    if os.path.exists(os.path.join(split_dir, stale)):
+      os.remove(os.path.join(split_dir, stale))
+  n = len(source)
+  threads = threads or min(8, os.cpu_count() or 1)
+
+  def read(i):
+    try:
+      data, label = source.read_encoded(i)
+      check_image(data)
+      return data, label, None
+    except Exception as e:  # pylint: disable=broad-except  # skip-and-name
+      return None, None, e
+
+  shards, labels, skipped = [], [], []
+  writer, current, size = None, None, 0
+  tmp_names = []
+
+  def close():
+    nonlocal writer
+    if writer is not None:
+      writer.close()
+      shards[-1]["bytes"] = os.path.getsize(os.path.join(split_dir, current))
+      writer = None
+
+  with futures.ThreadPoolExecutor(threads) as pool:
+    for start in range(0, n, 1024):
+      for j, (data, label, error) in enumerate(pool.map(read, range(start, min(n, start + 1024)))):
+        i = start + j
+        if error is not None:
+          logging.warning(
+            "skipping unreadable image %s (%s: %s)", source.name(i), type(error).__name__, error
+          )
+          skipped.append(source.name(i))
+          continue
+        if writer is None or size >= shard_bytes:
+          close()
+          current = f"{split}-tmp-{len(shards):05d}.array_record"
+          tmp_names.append(current)
+          writer = array_record_module.ArrayRecordWriter(
+            os.path.join(split_dir, current), "group_size:1"
+          )
+          shards.append({"file": current, "records": 0, "bytes": 0})
+          size = 0
+        record = encode_record(data, label, source.name(i))
+        writer.write(record)
+        size += len(record)
+        shards[-1]["records"] += 1
+        labels.append(label)
+  close()
+  for k, shard in enumerate(shards):  # final names once the shard count is known
+    final = _shard_name(split, k, len(shards))
+    os.replace(os.path.join(split_dir, shard["file"]), os.path.join(split_dir, final))
+    shard["file"] = final
+  np.save(os.path.join(split_dir, LABELS), np.asarray(labels, np.int32))
+  meta = {
+    "format": FORMAT,
+    "split": split,
+    "class_names": list(source.class_names),
+    "num_records": len(labels),
+    "shards": shards,
+    "skipped": skipped,
+  }
+  with open(os.path.join(split_dir, METADATA), "w") as f:
+    json.dump(meta, f, indent=1)
+  if skipped:
+    logging.warning(
+      "%s: skipped %d unreadable files: %s", split, len(skipped), sources.list_names(skipped)
+    )
+  return meta
+
+
+def prepare(
+  src: str,
+  out: str,
+  splits: Sequence[str] | None = None,
+  shard_bytes: int = _DEFAULT_SHARD_BYTES,
+  threads: int = 0,
+) -> dict[str, dict]:
+  """Prepares ``src`` (an image folder, or a tar archive, in ``<split>/<class>/<image>``
+  layout) as ArrayRecord shards under ``out`` (a directory, or a URL that ``etils.epath``
+  writes: shards are then staged locally and copied). Returns each split's metadata.
+
+  ``splits``: default every known split name found at the top of ``src``. Class names are the
+  train split's (when there is one), so that labels agree across splits.
+  """
+  files = sources.Files(src)
+  if splits is None:
+    tops = {t.rstrip("/") for t in files.top_level() if t.endswith("/")}
+    splits = [s for s in sources.KNOWN_SPLIT_NAMES if s in tops]
+    if not splits:
+      raise ValueError(
+        f"{src}: no split folders ({', '.join(sources.KNOWN_SPLIT_NAMES)}) at the top; "
+        "pass --splits"
+      )
+  remote = "://" in out
+  target = tempfile.mkdtemp(prefix="sslx-prepare-") if remote else out
+  results, class_names = {}, None
+  for split in sorted(splits, key=lambda s: s != "train"):
+    source = sources.ImageFolderSource(src, split, 1, class_names=class_names, _files=files)
+    class_names = class_names or source.class_names
+    results[split] = prepare_split(source, split, target, shard_bytes, threads)
+  if remote:
+    _copy_tree(target, out)
+    shutil.rmtree(target, ignore_errors=True)
+  return results
+
+
+def _copy_tree(local: str, url: str) -> None:
+  from etils import epath  # pylint: disable=g-import-not-at-top  # only for URLs
+
+  for dirpath, _, names in os.walk(local):
+    rel = os.path.relpath(dirpath, local)
+    dest = epath.Path(url) if rel == "." else epath.Path(url) / rel
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names, key=lambda n: n == METADATA):  # metadata last
+      with open(os.path.join(dirpath, name), "rb") as fi, (dest / name).open("wb") as fo:
+        shutil.copyfileobj(fi, fo, 16 << 20)
+
+
+def read_metadata(path: str, split: str) -> tuple[str, dict]:
+  """(split directory, its metadata), checking every shard is there whole."""
+  split_dir = os.path.join(os.path.expanduser(path), split)
+  meta_path = os.path.join(split_dir, METADATA)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(
+      f"{meta_path}: missing; dataset.name='array_record' needs a directory written by "
+      f"`python -m sslx prepare --src=... --out={path}` (split {split!r})"
+    )
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
+  for shard in meta["shards"]:
+    file = os.path.join(split_dir, shard["file"])
+    if not os.path.exists(file):
+      raise FileNotFoundError(f"{file}: shard missing (listed in {meta_path})")
+    size = os.path.getsize(file)
+    if size != shard["bytes"]:
+      raise ValueError(
+        f"{file}: {size} bytes, but {meta_path} says {shard['bytes']}: the shard is truncated "
+        "or was rewritten; prepare the dataset again"
+      )
+  return split_dir, meta
+
+
+class ArrayRecordSource(sources.ImageSource):
+  """A split prepared by :func:`prepare`: records decoded like the folder sources' (or read as
+  encoded bytes for host crops), labels from ``labels.npy`` without a read."""
+
+  def __init__(self, path: str, split: str = "train", image_size: int | None = None):
+    split_dir, meta = read_metadata(path, split)
+    labels = np.load(os.path.join(split_dir, LABELS))
+    if len(labels) != meta["num_records"]:
+      raise ValueError(f"{split_dir}/{LABELS}: {len(labels)} labels for {meta['num_records']}")
+    counts = [s["records"] for s in meta["shards"]]
+    self.path, self.split = path, split
+    self._files = [os.path.join(split_dir, s["file"]) for s in meta["shards"]]
+    self._ends = np.cumsum(counts)
+    super().__init__(
+      origin=split_dir,
+      names=(),
+      labels=labels,
+      read=_ShardReader(tuple(self._files)),
+      image_size=image_size,
+      class_names=meta["class_names"],
+    )
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  def name(self, index: int) -> str:
+    k = int(np.searchsorted(self._ends, index, side="right"))
+    first = 0 if k == 0 else int(self._ends[k - 1])
+    return f"{self._files[k]}#{index - first}"
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource(path={self.path!r}, split={self.split!r}, {self._repr_fields()})"
+
+
+class _ShardReader:
+  """Picklable i -> image bytes over the shards (the reader opens in each process)."""
+
+  def __init__(self, files: tuple[str, ...]):
+    self.files = files
+    self._ds = None
+
+  def __call__(self, i: int) -> bytes:
+    if self._ds is None:
+      self._ds = array_record_data_source.ArrayRecordDataSource(list(self.files))
+    image, _ = decode_record(self._ds[int(i)])
+    return image
+
+  def __getstate__(self):
+    return {"files": self.files, "_ds": None}
+
+
+sources.register_path_source("array_record", ArrayRecordSource)
+
+__all__ = ["ArrayRecordSource", "decode_record", "encode_record", "prepare", "read_metadata"]

@@ -1,0 +1,182 @@
+"""Linear probe as the papers run it: random-resized crop + horizontal flip drawn on the fly
+over the frozen encoder (MoCo, DINO, MAE), a BatchNorm without affine parameters on the
+features (MAE's probe), and a learning-rate sweep trained in one pass: one linear head per lr
+on the same features of the same augmented batch (DINOv2's linear evaluation). The best head
+is reported with its lr; every head's accuracy is reported too.
+
+Each step is one jitted program over a batch sharded across the mesh (the encoder's features,
+the BatchNorm statistics and the heads' gradients are reduced over the global batch by XLA).
+SGD with momentum 0.9, cosine decay of each head's lr, no weight decay by default (MoCo, DINO).
+Test images are encoded without augmentation and normalised with the BatchNorm's running
+statistics. The best head is picked on the test split, as the papers' sweeps do on ImageNet's
+validation set: an optimistic figure by the spread of the heads.
+
+This costs `epochs` forward passes of the encoder over the training set; the frozen-feature
+probe (`evals.linear`, features extracted once) stays the cheap default on a CPU.
+
+Settings (`config.evals.linear_aug`): epochs (10), batch_size (256), lrs ((0.01, 0.03, 0.1,
+0.3, 1.0)), momentum (0.9), weight_decay (0.0), crop_scale ((0.08, 1.0)), flip (True),
+bn_momentum (0.9), seed (0).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sslx import augment, progress, sharding
+from sslx.evaluation import extract
+
+DEFAULTS = dict(
+  epochs=10,
+  batch_size=256,
+  lrs=(0.01, 0.03, 0.1, 0.3, 1.0),
+  momentum=0.9,
+  weight_decay=0.0,
+  crop_scale=(0.08, 1.0),
+  flip=True,
+  bn_momentum=0.9,
+  seed=0,
+)
+_EPS = 1e-6
+
+
+class ProbeState(NamedTuple):
+  kernel: jax.Array  # [H, D, C]: one head per lr
+  bias: jax.Array  # [H, C]
+  momentum: tuple  # SGD buffers of (kernel, bias)
+  mean: jax.Array  # [D] BatchNorm running statistics
+  var: jax.Array
+  step: jax.Array
+
+
+def _view(cfg, size: int) -> augment.ViewParams:
+  return augment.ViewParams(
+    crop_size=size,
+    crop_scale=tuple(cfg["crop_scale"]),
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
+    jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+    flip_prob=0.5 if cfg["flip"] else 0.0,
+  )
+
+
+def head_logits(state: ProbeState, feats, mean, var):
+  x = (feats - mean) / jnp.sqrt(var + _EPS)
+  return jnp.einsum("bd,hdc->hbc", x, state.kernel) + state.bias[:, None]
+
+
+def train_step(state: ProbeState, enc, images, labels, rng, *, encode, view, lrs, cfg, schedule):
+  x = augment.augment_batch(rng, images, view)
+  feats = jax.lax.stop_gradient(encode(enc["params"], enc["batch_stats"], x))
+  mean, var = feats.mean(0), feats.var(0)
+
+  def loss_fn(kb):
+    logits = head_logits(state._replace(kernel=kb[0], bias=kb[1]), feats, mean, var)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    per_head = optax.softmax_cross_entropy(logits, onehot[None]).mean(-1)  # [H]
+    return per_head.sum(), per_head
+
+  (_, per_head), grads = jax.value_and_grad(loss_fn, has_aux=True)((state.kernel, state.bias))
+  params = (state.kernel, state.bias)
+  grads = jax.tree.map(lambda g, p: g + cfg["weight_decay"] * p, grads, params)
+  buf = jax.tree.map(lambda b, g: cfg["momentum"] * b + g, state.momentum, grads)
+  scale = schedule(state.step)
+  lr_k = (lrs * scale)[:, None, None]
+  kernel = state.kernel - lr_k * buf[0]
+  bias = state.bias - lr_k[:, :, 0] * buf[1]
+  m = cfg["bn_momentum"]
+  return ProbeState(
+    kernel,
+    bias,
+    buf,
+    m * state.mean + (1 - m) * mean,
+    m * state.var + (1 - m) * var,
+    state.step + 1,
+  ), per_head
+
+
+def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
+  """Trains the heads on augmented training images of `ctx` (a finetune.Context) and returns
+  {"linear_aug": best top-1 %, "linear_aug_lr": its lr, "linear_aug@lr<lr>": each head's}."""
+  cfg = dict(DEFAULTS, **(dict(cfg) if cfg else {}))
+  unknown = sorted(set(cfg) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"evals.linear_aug: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+  mesh = mesh or getattr(ctx, "mesh", None) or sharding.make_mesh([("data", -1)])
+  xtr, ytr = ctx.train_images, np.asarray(ctx.train_labels, np.int32)
+  batch = min(int(cfg["batch_size"]), len(xtr))
+  batch = max(batch - batch % mesh.size, mesh.size)
+  steps_per_epoch = max(len(xtr) // batch, 1)
+  total = int(cfg["epochs"]) * steps_per_epoch
+  if total <= 0:
+    raise ValueError(f"evals.linear_aug.epochs={cfg['epochs']} must be positive")
+  lrs = jnp.asarray(cfg["lrs"], jnp.float32)
+  encode = ctx.method.encode
+  enc = {"params": ctx.params, "batch_stats": ctx.batch_stats}
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  enc = jax.device_put(enc, rep)
+  dim = jax.eval_shape(encode, ctx.params, ctx.batch_stats, jnp.asarray(xtr[:2])).shape[-1]
+  h, c = len(cfg["lrs"]), ctx.num_classes
+  buf = (jnp.zeros((h, dim, c)), jnp.zeros((h, c)))
+  state = ProbeState(
+    jnp.zeros((h, dim, c)),
+    jnp.zeros((h, c)),
+    buf,
+    jnp.zeros(dim),
+    jnp.ones(dim),
+    jnp.zeros((), jnp.int32),
+  )
+  state = jax.device_put(state, rep)
+  step = jax.jit(
+    functools.partial(
+      train_step,
+      encode=encode,
+      view=_view(cfg, xtr.shape[1]),
+      lrs=lrs,
+      cfg={k: cfg[k] for k in ("weight_decay", "momentum", "bn_momentum")},
+      schedule=optax.cosine_decay_schedule(1.0, total),
+    ),
+    in_shardings=(rep, rep, data, data, rep),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
+  )
+  order = np.random.default_rng(cfg["seed"])
+  rng = jax.random.PRNGKey(cfg["seed"])
+  prog = progress.Progress(total, 0, batch)
+  i, losses = 0, None
+  for _ in range(int(cfg["epochs"])):
+    perm = order.permutation(len(xtr))
+    for s in range(steps_per_epoch):
+      idx = perm[s * batch : (s + 1) * batch]
+      xb = jax.make_array_from_callback((batch,) + xtr.shape[1:], data, lambda j, a=xtr[idx]: a[j])
+      yb = jax.make_array_from_callback((batch,), data, lambda j, a=ytr[idx]: a[j])
+      state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
+      i += 1
+    rates = prog.update(i)
+    progress.console(
+      "linear_aug " + prog.line(i, {"loss_best_head": float(jnp.min(losses))}, rates)
+    )
+  test = extract(functools.partial(encode, ctx.params, ctx.batch_stats), ctx.test_images, mesh)
+  logits = np.asarray(head_logits(state, jnp.asarray(test), state.mean, state.var))
+  acc = 100.0 * (logits.argmax(-1) == np.asarray(ctx.test_labels)[None]).mean(-1)
+  best = int(np.argmax(acc))
+  out = {"linear_aug": float(acc[best]), "linear_aug_lr": float(cfg["lrs"][best])}
+  out.update({f"linear_aug@lr{lr:g}": float(a) for lr, a in zip(cfg["lrs"], acc)})
+  return out
+
+
+def run(cfg, feats) -> dict:
+  ctx = getattr(feats, "context", None)
+  if ctx is None:
+    raise ValueError("evals.linear_aug needs the encoder and raw images (feats.context)")
+  return augmented_probe(ctx, dict(cfg) if cfg else None)

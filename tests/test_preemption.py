@@ -1,0 +1,166 @@
+"""Preemption: a signal saves the step it interrupts and exits 75; resuming loses nothing."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sslx import checkpointing, preemption, train
+from tests.helpers import REPO, tiny_simclr
+from tests.test_train import final_state
+
+SETTINGS = {"steps": 40, "evals": {}, "log_every_steps": 1, "checkpoint_every_steps": 0}
+
+
+def start_worker(workdir, settings=SETTINGS, env=None):
+  return subprocess.Popen(
+    [sys.executable, "-m", "tests.train_worker", str(workdir), json.dumps(settings)],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(env or os.environ, PYTHONPATH=REPO),
+  )
+
+
+def wait_for_line(proc, prefix, timeout=300):
+  """Reads the worker's stdout until a line starts with `prefix`; returns the lines read."""
+  lines, t0 = [], time.monotonic()
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(prefix):
+      return lines
+    assert time.monotonic() - t0 < timeout, "".join(lines[-20:])
+  raise AssertionError(f"worker ended before {prefix!r}: {proc.stderr.read()[-3000:]}")
+
+
+def signal_at(workdir, step, sig=signal.SIGTERM, settings=SETTINGS):
+  """Runs the worker, sends `sig` once it reports `step`; returns (exit status, stopped_at,
+  seconds from the signal to the process's exit)."""
+  proc = start_worker(workdir, settings)
+  wait_for_line(proc, f"step {step}/")
+  t0 = time.monotonic()
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  seconds = time.monotonic() - t0
+  stopped = [json.loads(l) for l in out.splitlines() if l.startswith('{"process"')]
+  return proc.returncode, (stopped[0]["stopped_at"] if stopped else None), seconds, err
+
+
+def assert_same_state(config, dir_a, dir_b):
+  step_a, a, data_a = final_state(config, str(dir_a))
+  step_b, b, data_b = final_state(config, str(dir_b))
+  assert step_a == step_b and data_a == data_b
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_steps_then_resume_equals_uninterrupted(tmp_path):
+  straight = start_worker(tmp_path / "straight")
+  _, err = straight.communicate(timeout=600)
+  assert straight.returncode == 0, err[-3000:]
+
+  seed = int.from_bytes(os.urandom(4), "little")
+  kills = sorted(random.Random(seed).sample(range(2, 30), 3))
+  resumed, last = tmp_path / "resumed", 0
+  for i, k in enumerate(kills):
+    k = max(k, last + 1)
+    sig = signal.SIGINT if i == 1 else signal.SIGTERM  # Ctrl-C does the same
+    rc, stopped_at, seconds, err = signal_at(resumed, k, sig)
+    assert rc == preemption.EXIT_RESTART, f"seed {seed}: {err[-3000:]}"
+    # The checkpoint is the step the signal interrupted (or the one after): none is lost.
+    assert stopped_at is not None and k <= stopped_at <= k + 3, (seed, k, stopped_at)
+    assert checkpointing.manager(str(resumed)).latest_step() == stopped_at
+    assert seconds < 60
+    print(f"seed {seed}: {sig.name} at step {k}, saved step {stopped_at}, exit in {seconds:.2f} s")
+    last = stopped_at
+  final = start_worker(resumed)
+  _, err = final.communicate(timeout=600)
+  assert final.returncode == 0, err[-3000:]
+
+  config = tiny_simclr(**SETTINGS)
+  assert_same_state(config, tmp_path / "straight", resumed)
+  a = json.load(open(tmp_path / "straight" / "results.json"))
+  b = json.load(open(resumed / "results.json"))
+  assert a["steps"] == b["steps"] == 40
+  assert a["train_loss_last"] == b["train_loss_last"]  # the last step's loss, bit for bit
+  assert a["evaluation"] == b["evaluation"] == "none: config.evals is empty"
+
+
+def test_interrupted_save_is_never_restored(tmp_path):
+  """A step directory left by a save that never committed (orbax writes to a temporary name
+  and renames it at commit) is not listed, so a resume starts from the last committed step."""
+  config = tiny_simclr(steps=3, evals={})
+  train.train_and_evaluate(config, str(tmp_path))
+  ckpts = tmp_path / "checkpoints"
+  shutil.copytree(ckpts / "3", ckpts / "6.orbax-checkpoint-tmp-1700000000")
+  assert checkpointing.manager(str(tmp_path)).latest_step() == 3
+  config.total_steps = 6
+  calls = []
+  real = checkpointing.restore
+
+  def spy(mngr, step, target):
+    calls.append(step)
+    return real(mngr, step, target)
+
+  checkpointing.restore, saved = spy, checkpointing.restore
+  try:
+    train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    checkpointing.restore = saved
+  assert calls == [3]
+  assert checkpointing.manager(str(tmp_path)).latest_step() == 6
+
+
+def test_restore_reads_into_abstract_shards_without_a_fresh_state(tmp_path, monkeypatch):
+  config = tiny_simclr(steps=3, evals={})
+  train.train_and_evaluate(config, str(tmp_path))
+  config.total_steps = 4
+
+  def no_fresh_state(*args, **kwargs):
+    raise AssertionError("a resumed run must not initialise a second state")
+
+  monkeypatch.setattr(train, "create_state", no_fresh_state)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 4
+
+
+def test_keep_every_steps_series_survives_and_minutes_cadence_saves(tmp_path, monkeypatch):
+  config = tiny_simclr(steps=12, evals={})
+  config.checkpoint_every_steps = 1
+  config.keep_checkpoints = 2
+  config.keep_every_steps = 4
+  train.train_and_evaluate(config, str(tmp_path / "a"))
+  assert checkpointing.manager(str(tmp_path / "a")).all_steps() == [4, 8, 11, 12]
+
+  # Wall clock: a cadence shorter than a step saves after every step.
+  config = tiny_simclr(steps=5, evals={})
+  config.checkpoint_every_steps = 0
+  config.checkpoint_every_minutes = 1e-6
+  config.keep_checkpoints = 10
+  train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert checkpointing.manager(str(tmp_path / "b")).all_steps() == [1, 2, 3, 4, 5]
+
+
+def test_save_schedule_minutes_and_steps():
+  now = [0.0]
+  s = preemption.SaveSchedule(every_steps=10, every_minutes=2.0, clock=lambda: now[0])
+  assert not s.due(1)
+  now[0] = 119.0
+  assert not s.due(2)
+  now[0] = 120.0
+  assert s.due(3)
+  s.saved()
+  now[0] = 200.0
+  assert not s.due(4) and s.due(10)  # the step cadence is independent of the clock

@@ -1,0 +1,103 @@
+"""`sslx prepare`: ArrayRecord shards of encoded images, the lazy tar reader, bad shards."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslx import data
+from sslx.data import array_records, sources
+from tests.helpers import REPO
+
+
+def image_bytes(seed: int, fmt: str = "JPEG", size=(40, 30)) -> bytes:
+  arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+  out = io.BytesIO()
+  Image.fromarray(arr).save(out, format=fmt)
+  return out.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path):
+  root = tmp_path / "src"
+  for split, n in (("train", 12), ("test", 6)):
+    for k in range(n):
+      d = root / split / f"class{k % 3}"
+      d.mkdir(parents=True, exist_ok=True)
+      fmt = "PNG" if k == 4 else "JPEG"
+      (d / f"{k:02d}.{fmt.lower()}").write_bytes(image_bytes(100 * (split == "test") + k, fmt))
+  (root / "train" / "class1" / "broken.jpg").write_bytes(image_bytes(99)[:200])  # truncated
+  return root
+
+
+def test_prepare_round_trip_and_corrupt_file_skipped(folder, tmp_path, caplog):
+  out = tmp_path / "ar"
+  meta = array_records.prepare(str(folder), str(out), shard_bytes=4000)
+  assert sorted(meta) == ["test", "train"]
+  assert meta["train"]["num_records"] == 12 and len(meta["train"]["shards"]) > 1
+  assert meta["train"]["skipped"] == [f"{folder}/train/class1/broken.jpg"]
+  assert "broken.jpg" in caplog.text
+  for split in ("train", "test"):
+    ref = sources.ImageFolderSource(str(folder), split, 24)
+    got = data.build_source({"name": "array_record", "path": str(out), "image_size": 24}, split)
+    assert got.class_names == ref.class_names == ("class0", "class1", "class2")
+    keep = [i for i in range(len(ref)) if not ref.name(i).endswith("broken.jpg")]
+    assert len(got) == len(keep)
+    np.testing.assert_array_equal(got.labels, ref.labels[keep])
+    for j, i in enumerate(keep):
+      assert got.read_encoded(j) == ref.read_encoded(i)  # the original file's bytes
+      np.testing.assert_array_equal(got[j]["image"], ref[i]["image"])
+      assert int(got[j]["label"]) == int(ref[i]["label"])
+
+
+def test_tar_is_indexed_lazily_and_prepares_the_same(folder, tmp_path):
+  tar_path = tmp_path / "src.tar"
+  with tarfile.open(tar_path, "w") as tar:
+    tar.add(folder / "train", arcname="train")
+  src = sources.ImageFolderSource(str(tar_path), "train", 24)
+  assert isinstance(src._read.archive, sources._TarIndex)  # offsets, not the bytes
+  ref = sources.ImageFolderSource(str(folder), "train", 24)
+  assert [src.read_encoded(i) for i in range(len(src))] == [
+    ref.read_encoded(i) for i in range(len(ref))
+  ]
+  meta = array_records.prepare(str(tar_path), str(tmp_path / "ar"))
+  assert list(meta) == ["train"] and meta["train"]["num_records"] == 12
+
+
+def test_missing_or_truncated_shard_fails_at_start_naming_the_file(folder, tmp_path):
+  out = tmp_path / "ar"
+  meta = array_records.prepare(str(folder), str(out), splits=["train"], shard_bytes=4000)
+  shard = out / "train" / meta["train"]["shards"][1]["file"]
+  full = shard.read_bytes()
+  shard.write_bytes(full[: len(full) // 2])
+  with pytest.raises(ValueError, match=f"{shard}.*truncated"):
+    array_records.ArrayRecordSource(str(out), "train", 24)
+  shard.unlink()
+  with pytest.raises(FileNotFoundError, match=f"{shard}: shard missing"):
+    array_records.ArrayRecordSource(str(out), "train", 24)
+  with pytest.raises(FileNotFoundError, match="metadata.json: missing"):
+    array_records.ArrayRecordSource(str(out), "test", 24)
+
+
+def test_prepare_command_line(folder, tmp_path):
+  out = tmp_path / "ar"
+  proc = subprocess.run(
+    [sys.executable, "-m", "sslx", "prepare", f"--src={folder}", f"--out={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PYTHONPATH=REPO),
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
+  assert {(x["split"], x["records"], x["skipped"]) for x in lines} == {
+    ("train", 12, 1),
+    ("test", 6, 0),
+  }

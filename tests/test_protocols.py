@@ -1,0 +1,153 @@
+"""Evaluation protocols beyond the frozen-feature defaults: the k/temperature sweep of k-NN,
+few-shot ridge regression, the augmented linear probe (sharded over the mesh) and k-NN during
+training written to TensorBoard."""
+
+import dataclasses
+import glob
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from sslx import sharding, train
+from sslx.evaluation import fewshot, finetune, knn, linear_aug
+from tests.helpers import tiny_simclr
+
+
+def _brute_knn(train, ytr, test, k, t, c):
+  a = train / np.linalg.norm(train, axis=1, keepdims=True)
+  b = test / np.linalg.norm(test, axis=1, keepdims=True)
+  sims = b @ a.T
+  pred = []
+  for row in sims:
+    top = np.argsort(-row)[:k]
+    votes = np.zeros(c)
+    np.add.at(votes, ytr[top], np.exp(row[top] / t))
+    pred.append(votes.argmax())
+  return np.array(pred)
+
+
+def test_knn_sweeps_k_and_temperature_in_one_pass():
+  rng = np.random.default_rng(0)
+  train, ytr = rng.normal(size=(300, 8)), rng.integers(0, 5, 300)
+  test, yte = rng.normal(size=(70, 8)), rng.integers(0, 5, 70)
+  out = knn.knn_accuracy(
+    train, ytr, test, yte, 5, ks=(3, 20), temperature=0.07, chunk=32, temperatures=(0.5, 0.02)
+  )
+  assert sorted(out) == sorted(
+    ["knn@3", "knn@20", "knn@3_T0.5", "knn@20_T0.5", "knn@3_T0.02", "knn@20_T0.02"]
+  )
+  for k in (3, 20):
+    for t, key in ((0.07, f"knn@{k}"), (0.5, f"knn@{k}_T0.5"), (0.02, f"knn@{k}_T0.02")):
+      want = 100.0 * (_brute_knn(train, ytr, test, k, t, 5) == yte).mean()
+      assert out[key] == pytest.approx(want), key
+
+
+def _clusters(n_per, classes, dim, spread, seed):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, dim)) * 5
+  y = np.repeat(np.arange(classes), n_per)
+  return centres[y] + spread * rng.normal(size=(len(y), dim)), y
+
+
+def test_fewshot_ridge_on_separable_clusters_is_exact():
+  xtr, ytr = _clusters(30, 6, 16, 0.3, 0)
+  xte, yte = _clusters(20, 6, 16, 0.3, 0)  # same centres, new noise draw below
+  xte = xte + np.random.default_rng(9).normal(0, 0.3, xte.shape)
+  out = fewshot.fewshot_accuracy(xtr, ytr, xte, yte, 6, shots=(1, 5, 25))
+  assert out == {"fewshot@1": 100.0, "fewshot@5": 100.0, "fewshot@25": 100.0}
+
+
+def test_ridge_primal_and_dual_agree_with_the_normal_equations():
+  rng = np.random.default_rng(1)
+  for n, d in ((10, 30), (40, 6)):
+    x, t = rng.normal(size=(n, d)), rng.normal(size=(n, 3))
+    want = np.linalg.lstsq(
+      np.vstack([x, np.sqrt(0.5) * np.eye(d)]), np.vstack([t, np.zeros((d, 3))]), rcond=None
+    )[0]
+    np.testing.assert_allclose(fewshot.ridge(x, t, 0.5), want, atol=1e-10)
+
+
+def test_fewshot_draws_are_class_balanced():
+  y = np.repeat(np.arange(4), [3, 10, 10, 10])
+  idx = fewshot.sample_shots(y, 5, 4, np.random.default_rng(0))
+  assert np.bincount(y[idx]).tolist() == [3, 5, 5, 5]
+
+
+@dataclasses.dataclass(frozen=True)
+class _MeanColour:
+  """A frozen 'encoder' whose feature is an image's mean colour (x4): solid-colour images keep
+  their feature under any crop and flip, so the augmented probe must separate them exactly."""
+
+  def encode(self, params, batch_stats, images):
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+    return jnp.tile(x.mean((1, 2)), 4) * params["scale"]
+
+
+def _solid_images(n_per, seed):
+  colours = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [200, 200, 40]], np.uint8)
+  y = np.repeat(np.arange(4), n_per)
+  x = np.broadcast_to(colours[y][:, None, None], (len(y), 8, 8, 3)).copy()
+  x = np.clip(
+    x.astype(int) + np.random.default_rng(seed).integers(-15, 16, (len(y), 1, 1, 3)), 0, 255
+  )
+  return x.astype(np.uint8), y
+
+
+def _ctx(mesh):
+  xtr, ytr = _solid_images(16, 0)
+  xte, yte = _solid_images(8, 1)
+  return finetune.Context(_MeanColour(), {"scale": jnp.ones(())}, {}, xtr, ytr, xte, yte, 4, mesh)
+
+
+def test_augmented_probe_separates_a_toy_set_and_shards():
+  cfg = dict(epochs=6, batch_size=16, lrs=(0.0, 0.1, 1.0))
+  one = linear_aug.augmented_probe(_ctx(sharding.make_mesh([("data", 1)])), cfg)
+  eight = linear_aug.augmented_probe(_ctx(sharding.make_mesh([("data", 8)])), cfg)
+  assert one["linear_aug"] == 100.0 and one["linear_aug_lr"] == 0.1  # the first best head
+  assert one["linear_aug@lr1"] == 100.0
+  assert one["linear_aug@lr0"] == 25.0  # an untrained head: every logit 0, all class 0
+  # sharding over 8 devices changes nothing but summation order
+  for k in one:
+    assert eight[k] == pytest.approx(one[k], abs=1e-6), k
+
+
+def _scalars(workdir, tag):
+  """(step, value) of `tag` in the run's TensorBoard event files (TFRecord framing)."""
+  out = []
+  for path in sorted(glob.glob(f"{workdir}/tensorboard/events.out.tfevents*")):
+    buf = open(path, "rb").read()
+    pos = 0
+    while pos < len(buf):
+      (n,) = struct.unpack("<Q", buf[pos : pos + 8])
+      ev = event_pb2.Event.FromString(buf[pos + 12 : pos + 12 + n])
+      pos += 12 + n + 4
+      for v in ev.summary.value:
+        if v.tag == tag:
+          out.append((ev.step, v.simple_value))
+  return out
+
+
+@pytest.mark.slow
+def test_tiny_run_eval_every_steps_and_protocols(tmp_path):
+  """6 steps of the demo shrunk: k-NN every 2 steps to TensorBoard; at the end few-shot and the
+  augmented probe above chance (10 classes) on the embedded set."""
+  c = tiny_simclr(steps=6, batch=32)
+  c.eval_every_steps = 2
+  c.eval_every_subset = 200
+  c.evals = {
+    "knn": {"ks": (5,), "temperature": 0.07},
+    "fewshot": {"shots": (5, 25), "draws": 1},
+    "linear_aug": {"epochs": 2, "batch_size": 64, "lrs": (0.1, 1.0)},
+  }
+  res = train.train_and_evaluate(c, str(tmp_path))
+  curve = _scalars(tmp_path, "eval/knn_5")  # tensorboardX writes "@" as "_"
+  assert [s for s, _ in curve] == [2, 4, 6, 6]  # every 2 steps on the subset, then the final
+  assert all(0.0 < v <= 100.0 for _, v in curve)
+  assert curve[-1][1] == pytest.approx(res["knn@5"])
+  assert res["fewshot@25"] > 15.0 and res["fewshot@5"] > 12.0
+  assert res["linear_aug"] > 15.0 and res["linear_aug_lr"] in (0.1, 1.0)
+  jax.clear_caches()
