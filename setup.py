@@ -42,7 +42,11 @@ EXTRAS = {
   "plots": ["matplotlib>=3.8", "scikit-learn>=1.4", "umap-learn>=0.5"],
   # Tests: plots without UMAP (numba is slow to install and compile), selenium for the
   # simulation page in headless chromium (Debian's chromium + chromium-driver, see .ci/run);
-  # a GCS API on loopback (gcp-storage-emulator) for the gs:// workdir tests.
+  # a GCS API on loopback (gcp-storage-emulator) for the gs:// workdir tests; libtpu for the
+  # planner's TPU-compiler tests (tests/test_planning.py).
+  # The TPU compiler without a TPU: `python -m sslx plan --topology=v4-32` compiles the train
+  # step for a slice on any machine (sslx/planning.py). The version jax[tpu]==0.10.2 pins.
+  "tpu-compile": ["libtpu==0.0.42.*"],
   "dev": [
     "pytest>=8",
     "ruff==0.17.6",
@@ -51,6 +55,7 @@ EXTRAS = {
     "selenium>=4.20",
     "gcp-storage-emulator>=2026.7",
     *GCS,
+    "libtpu==0.0.42.*",
   ],
 }
 

@@ -260,6 +260,10 @@ def optimizer(
   return ml_collections.ConfigDict(c)
 
 
+# Methods whose accelerator-length presets compute in bf16 (their heads follow model.dtype).
+BF16_METHODS = ("simclr", "byol", "moco", "vicreg", "dino", "dinov2", "mae", "beit", "data2vec")
+
+
 def long_run(
   c: ml_collections.ConfigDict,
   *,
@@ -273,6 +277,10 @@ def long_run(
   c.batch_size = batch_size
   c.total_steps = 0
   c.num_epochs = float(epochs)
+  if c.method.name in BF16_METHODS and c.model.name.startswith(("vit", "resnet", "convnet")):
+    # bf16 matmuls/convolutions (encoder, heads, MAE's decoder); parameters, normalisation
+    # statistics, softmax and losses stay float32 (sslx/models/precision.py)
+    c.model.dtype = "bfloat16"
   c.checkpoint_every_steps = checkpoint_every_steps
   c.log_every_steps = 100
   c.eval_baselines = False

@@ -47,7 +47,8 @@ def nt_xent(z: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
   two_n = z.shape[0]
   n = two_n // 2
   z = l2_normalize(z.astype(jnp.float32))
-  logits = z @ z.T / temperature
+  with jax.named_scope("loss_similarities"):  # float32 on purpose (named for HLO checks)
+    logits = z @ z.T / temperature
   # An anchor is never its own candidate: mask the diagonal out of the softmax.
   logits = jnp.where(jnp.eye(two_n, dtype=bool), -jnp.inf, logits)
   positive = jnp.concatenate([jnp.arange(n, two_n), jnp.arange(0, n)])

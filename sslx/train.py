@@ -111,11 +111,12 @@ def train_step(
     metrics = dict(aux.metrics)
     if probe_enabled:
       # Stop-gradient: the probe watches the representation without shaping it.
-      feats = jax.lax.stop_gradient(aux.features)
-      logits = feats @ params["probe"]["kernel"] + params["probe"]["bias"]
-      probe_loss, probe_acc = losses.softmax_cross_entropy(
-        logits, batch["label"], valid=batch["label"] >= 0
-      )
+      with jax.named_scope("online_probe"):  # a float32 classifier (named for HLO checks)
+        feats = jax.lax.stop_gradient(aux.features)
+        logits = feats @ params["probe"]["kernel"] + params["probe"]["bias"]
+        probe_loss, probe_acc = losses.softmax_cross_entropy(
+          logits, batch["label"], valid=batch["label"] >= 0
+        )
       total = total + probe_loss
       metrics.update(probe_loss=probe_loss, probe_acc=probe_acc)
     return total, (loss, aux, metrics)
@@ -138,9 +139,13 @@ def train_step(
   return new, metrics
 
 
-def build(config, sample_images: np.ndarray, num_examples: int, num_classes: int) -> Setup:
-  """Mesh, method, optimizer and state shardings from config (no arrays allocated)."""
-  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
+def build(
+  config, sample_images: np.ndarray, num_examples: int, num_classes: int, devices=None
+) -> Setup:
+  """Mesh, method, optimizer and state shardings from config (no arrays allocated).
+  ``devices`` defaults to all of jax's; compile-only devices of a TPU topology plan a slice
+  (sslx/planning.py)."""
+  mesh = sharding.make_mesh([tuple(a) for a in config.mesh], devices)
   config_lib.validate(config, num_devices=mesh.size)
   spe = config_lib.steps_per_epoch(num_examples, config.batch_size)
   total = config_lib.total_steps(config, num_examples)

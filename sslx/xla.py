@@ -8,9 +8,19 @@ first ``jax.devices()``), so flags must be in the environment before that. Entry
     configure_xla_for_cpu()
     import jax  # importing jax is fine either way; creating arrays is what starts the backend
 
-What it does, only when the run targets the CPU (``JAX_PLATFORMS``/``JAX_PLATFORM_NAME`` unset
-or naming ``cpu`` first): it appends to ``XLA_FLAGS`` each flag below that the user has not
-already set, so a user's own value for the same flag always wins.
+What it does, only when the process will run on the CPU (:func:`target_platform`): it appends
+to ``XLA_FLAGS`` each flag below that the user has not already set, so a user's own value for
+the same flag always wins. ``XLA_FLAGS`` reaches every backend's compiler, so on a TPU VM or a
+GPU host these CPU-tuned flags (``--xla_disable_hlo_passes`` in particular) must stay out.
+
+Which backend jax will pick is decided here without starting one (starting it would fix
+``XLA_FLAGS`` too early): ``JAX_PLATFORMS`` (or ``JAX_PLATFORM_NAME``) wins when set, its first
+entry naming the platform; otherwise an accelerator counts only when both its jax plugin is
+installed and its device nodes exist -- ``libtpu`` with ``/dev/accel*`` or ``/dev/vfio/<n>``
+(TPU VMs), a CUDA plugin with ``/dev/nvidia<n>``, a ROCm plugin with ``/dev/kfd`` -- which is
+the condition under which jax's own start-up would find one. ``libtpu`` installed on a machine
+without TPU devices (e.g. to compile for a TPU topology, see :mod:`sslx.planning`) still means
+CPU.
 
 ``--xla_cpu_experimental_ynn_fusion_type=reduce``: only reductions go to YNNPACK; convolutions
   and matmuls go to Eigen / XLA's own emitters. By default XLA:CPU sends convolutions, matmuls
@@ -36,9 +46,12 @@ Set ``SSLX_NO_XLA_FLAGS=1`` to skip the set-up entirely.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 
 CPU_FLAGS: dict[str, str] = {
   "--xla_cpu_experimental_ynn_fusion_type": "reduce",  # YNNPACK for reductions only
@@ -50,12 +63,66 @@ def _flag_name(token: str) -> str:
   return token.split("=", 1)[0]
 
 
+# jax plugin modules (or packages) per platform; any one installed counts.
+PLUGINS: dict[str, tuple[str, ...]] = {
+  "tpu": ("libtpu", "jax_plugins.xla_tpu"),
+  "cuda": (
+    "jax_cuda13_plugin",
+    "jax_cuda12_plugin",
+    "jax_plugins.xla_cuda13",
+    "jax_plugins.xla_cuda12",
+  ),
+  "rocm": (
+    "jax_rocm7_plugin",
+    "jax_rocm6_plugin",
+    "jax_plugins.xla_rocm7",
+    "jax_plugins.xla_rocm6",
+  ),
+}
+# Device nodes that show the accelerator is present (globs).
+DEVICE_NODES: dict[str, tuple[str, ...]] = {
+  "tpu": ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*"),
+  "cuda": ("/dev/nvidia[0-9]*",),
+  "rocm": ("/dev/kfd",),
+}
+# In jax's order of preference when several are present.
+_ACCELERATORS = ("tpu", "cuda", "rocm")
+
+
+def _module_installed(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):  # a parent package missing
+    return False
+
+
+def target_platform(
+  env=None,
+  installed: Callable[[str], bool] | None = None,
+  device_nodes: Callable[[str], Iterable[str]] | None = None,
+) -> str:
+  """The platform jax will run this process on: "cpu", "tpu", "cuda", "rocm" (or whatever
+  ``JAX_PLATFORMS`` names first), decided without initialising a backend.
+
+  ``installed(module)`` and ``device_nodes(pattern)`` are injectable for tests.
+  """
+  env = os.environ if env is None else env
+  installed = installed or _module_installed
+  device_nodes = device_nodes or glob.glob
+  requested = (env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or "").strip().lower()
+  if requested:
+    first = requested.split(",")[0].strip()
+    return "cuda" if first == "gpu" else first
+  for platform in _ACCELERATORS:
+    if any(installed(m) for m in PLUGINS[platform]) and any(
+      any(True for _ in device_nodes(pattern)) for pattern in DEVICE_NODES[platform]
+    ):
+      return platform
+  return "cpu"
+
+
 def _targets_cpu(env) -> bool:
-  plat = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
-  plat = plat.strip().lower()
-  if not plat:
-    return True  # nothing requested: on the CPU-only machines this project targets
-  return plat.split(",")[0].strip() == "cpu"
+  return target_platform(env) == "cpu"
 
 
 def merge_flags(existing: str, extra: dict[str, str]) -> str:

@@ -197,6 +197,27 @@ def test_color_jitter_brightness_only_factor_range():
   assert abs(factors.mean() - 1.0) < 0.03
 
 
+@pytest.mark.parametrize("active", [(0, 1, 2, 3), (0, 2, 3), (1, 2)])
+def test_color_ops_compute_only_the_chosen_op_yet_equal_the_sequence(active):
+  """Every order of the active ops, batched (each image its own order, as under vmap), equals
+  applying the ops one after another; and the hue (the costly op) is traced once."""
+  import itertools
+
+  orders = jnp.asarray(list(itertools.permutations(range(len(active)))), jnp.int32)
+  x = jnp.asarray(_rand_image(9, (len(orders), 6, 6, 3)))
+  f = jnp.array([1.3, 0.6, 1.5, 0.12])
+  got = jax.vmap(lambda im, o: A._apply_color_ops(im, f, o, active))(x, orders)
+  for i, order in enumerate(np.asarray(orders)):
+    want = x[i]
+    for k in order:
+      want = A._COLOR_OPS[active[k]](want, f[active[k]])
+    np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(lambda im: A._apply_color_ops(im, f, orders[0], active))(x[0]))
+  # the hue rotation's modulos appear once: one traced rotation, not one per position
+  per_hue = str(jax.make_jaxpr(A._adjust_hue)(x[0], f[3])).count(" rem ")
+  assert per_hue > 0 and jaxpr.count(" rem ") == (per_hue if 3 in active else 0)
+
+
 def test_color_jitter_random_order_and_range():
   keys = jax.random.split(jax.random.key(2), 500)
   orders = np.asarray(jax.vmap(lambda k: A._sample_color_jitter(k, 0.4, 0.4, 0.4, 0.1)[1])(keys))

@@ -401,6 +401,60 @@ def test_flags_only_for_cpu():
   assert sxla.configure_xla_for_cpu(env) == ""
 
 
+def _fake_host(modules=(), nodes=()):
+  """`installed` and `device_nodes` callables for sxla.target_platform: a host with these
+  plugin modules installed and these device nodes present."""
+  import fnmatch
+
+  return (
+    lambda m: m in modules,
+    lambda pattern: [n for n in nodes if fnmatch.fnmatch(n, pattern)],
+  )
+
+
+@pytest.mark.parametrize(
+  "modules, nodes, env, expected",
+  [
+    # a TPU VM: libtpu and /dev/accel* (v4) or /dev/vfio/N (v5e and later)
+    (("libtpu",), ("/dev/accel0", "/dev/accel1"), {}, "tpu"),
+    (("libtpu",), ("/dev/vfio/0",), {}, "tpu"),
+    # a GPU host
+    (("jax_cuda12_plugin",), ("/dev/nvidia0", "/dev/nvidiactl"), {}, "cuda"),
+    (("jax_rocm7_plugin",), ("/dev/kfd",), {}, "rocm"),
+    # libtpu installed only to compile for a TPU topology, no TPU: the CPU
+    (("libtpu",), (), {}, "cpu"),
+    # a CUDA plugin without a GPU (CI installing jax[cuda12]), or /dev/nvidiactl only
+    (("jax_cuda12_plugin",), ("/dev/nvidiactl",), {}, "cpu"),
+    # devices without the plugin: jax cannot use them
+    ((), ("/dev/accel0", "/dev/nvidia0"), {}, "cpu"),
+    # JAX_PLATFORMS wins either way
+    (("libtpu",), ("/dev/accel0",), {"JAX_PLATFORMS": "cpu"}, "cpu"),
+    ((), (), {"JAX_PLATFORMS": "gpu,cpu"}, "cuda"),
+    ((), (), {"JAX_PLATFORM_NAME": "tpu"}, "tpu"),
+  ],
+)
+def test_target_platform(modules, nodes, env, expected):
+  installed, device_nodes = _fake_host(modules, nodes)
+  assert sxla.target_platform(env, installed, device_nodes) == expected
+
+
+def test_cpu_flags_stay_off_accelerator_hosts(monkeypatch):
+  """On a TPU VM or GPU host with JAX_PLATFORMS unset (their normal state) XLA_FLAGS is left
+  alone; on a CPU host the flags are added."""
+  for modules, nodes, added in [
+    (("libtpu",), ("/dev/accel0",), False),
+    (("jax_cuda12_plugin",), ("/dev/nvidia0",), False),
+    (("libtpu",), (), True),
+  ]:
+    installed, device_nodes = _fake_host(modules, nodes)
+    monkeypatch.setattr(sxla, "_module_installed", installed)
+    monkeypatch.setattr(sxla.glob, "glob", device_nodes)
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+    new = sxla.configure_xla_for_cpu(env)
+    assert ("--xla_disable_hlo_passes=tree_reduction_rewriter" in new) == added, modules
+    assert new.startswith("--xla_dump_to=/tmp/d")
+
+
 _FLAG_SCRIPT = r"""
 import json, os, sys
 if sys.argv[1] == "on":

@@ -176,8 +176,9 @@ def create(config, total_steps: int) -> BYOL:
     raise ValueError("BYOL uses two views: set augment.num_local_crops=0")
   encoder = base.encoder_from_config(config)
   dim = int(m.projector_dim)
-  projector = models.MLPHead(hidden_dims=tuple(m.projector_hidden), out_dim=dim)
-  predictor = models.MLPHead(hidden_dims=tuple(m.predictor_hidden), out_dim=dim)
+  dtype = config.model.get("dtype", "float32")  # the heads compute as the encoder does
+  projector = models.MLPHead(hidden_dims=tuple(m.projector_hidden), out_dim=dim, dtype=dtype)
+  predictor = models.MLPHead(hidden_dims=tuple(m.predictor_hidden), out_dim=dim, dtype=dtype)
   return BYOL(
     net=BYOLNet(encoder, projector, predictor),
     views=views,

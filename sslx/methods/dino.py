@@ -389,9 +389,11 @@ def no_drop_path(backbone: nn.Module) -> nn.Module:
   return backbone
 
 
-def head_from_config(m) -> DINOHead:
-  """The projection head `config.method` (or a dict of its settings) describes."""
+def head_from_config(m, dtype: str = "float32") -> DINOHead:
+  """The projection head `config.method` (or a dict of its settings) describes, computing in
+  the encoder's `dtype`."""
   return DINOHead(
+    dtype=dtype,
     out_dim=int(m["out_dim"]),
     hidden_dim=int(m["hidden_dim"]),
     bottleneck_dim=int(m["bottleneck_dim"]),
@@ -424,7 +426,7 @@ def create(config, total_steps: int) -> DINO:
   m = config.method
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   backbone = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  head = head_from_config(m)
+  head = head_from_config(m, config.model.get("dtype", "float32"))
   return DINO(
     net=DINONet(backbone, head),
     teacher_net=DINONet(no_drop_path(backbone), head),

@@ -457,12 +457,13 @@ def create(config, total_steps: int) -> DINOv2:
       f"global crop size {views.global_size} is not divisible by the patch "
       f"size {backbone.patch_size}"
     )
-  dino_head = head_from_config(m)
+  dtype = config.model.get("dtype", "float32")
+  dino_head = head_from_config(m, dtype)
   separate = bool(m.separate_ibot_head)
   patch_out = int(m.patch_out_dim)
   ibot_head = None
   if separate:
-    ibot_head = head_from_config(dict(m.to_dict(), out_dim=patch_out))
+    ibot_head = head_from_config(dict(m.to_dict(), out_dim=patch_out), dtype)
   elif patch_out != dino_head.out_dim:
     raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
   ratio = tuple(float(r) for r in m.mask_ratio)

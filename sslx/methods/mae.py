@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -38,6 +38,7 @@ import numpy as np
 
 from sslx import augment, masking
 from sslx.methods import base
+from sslx.models import precision
 from sslx.models import vit as vit_lib
 
 
@@ -61,7 +62,10 @@ class MAEDecoder(nn.Module):
   """The light decoder (MAE §3 "MAE decoder").
 
   Input: encoder tokens [B, K+1, D_enc] (CLS first) and ids_restore [B, N].
-  Output: [B, N, p²·3] predicted pixels of every patch (only masked ones enter the loss)."""
+  Output: [B, N, p²·3] float32 predicted pixels of every patch (only masked ones enter the
+  loss). ``dtype`` and ``remat`` follow the encoder's ``model.dtype`` / ``model.remat``
+  (sslx/models/precision.py): the decoder runs on all N + 1 tokens, so at 75% masking it
+  holds most of the step's activations."""
 
   dim: int
   depth: int
@@ -69,31 +73,37 @@ class MAEDecoder(nn.Module):
   patch_size: int
   grid: tuple[int, int]
   mlp_ratio: float = 4.0
+  dtype: Any = "float32"
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, latent, ids_restore):
+    dtype = precision.compute_dtype(self.dtype)
+    block_cls = precision.maybe_remat(vit_lib.Block, self.remat, static_argnums=(2,))
     b = latent.shape[0]
     n = ids_restore.shape[1]
-    x = vit_lib.FlatDense(self.dim, kernel_init=nn.initializers.xavier_uniform(), name="embed")(
-      latent
-    )
+    x = vit_lib.FlatDense(
+      self.dim, kernel_init=nn.initializers.xavier_uniform(), dtype=dtype, name="embed"
+    )(latent)
     mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.dim))
     visible = x[:, 1:]
     tokens = jnp.concatenate(
-      [visible, jnp.broadcast_to(mask_token, (b, n - visible.shape[1], self.dim))], axis=1
+      [visible, jnp.broadcast_to(mask_token.astype(dtype), (b, n - visible.shape[1], self.dim))],
+      axis=1,
     )
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)  # unshuffle
-    pos = jnp.asarray(sincos_pos_embed_2d(self.dim, self.grid))[None]
+    pos = jnp.asarray(sincos_pos_embed_2d(self.dim, self.grid), dtype)[None]
     tokens = jnp.concatenate([x[:, :1], tokens + pos], axis=1)
+    mlp_dim = int(self.mlp_ratio * self.dim)
     for i in range(self.depth):
-      tokens, _ = vit_lib.Block(
-        self.dim, self.num_heads, int(self.mlp_ratio * self.dim), name=f"block{i}"
-      )(tokens)
-    tokens = nn.LayerNorm(epsilon=1e-6, name="norm")(tokens)
+      tokens, _ = block_cls(self.dim, self.num_heads, mlp_dim, False, 0.0, dtype, name=f"block{i}")(
+        tokens, False
+      )
+    tokens = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(tokens)
     pred = vit_lib.FlatDense(
-      self.patch_size**2 * 3, kernel_init=nn.initializers.xavier_uniform(), name="pred"
+      self.patch_size**2 * 3, kernel_init=nn.initializers.xavier_uniform(), dtype=dtype, name="pred"
     )(tokens)
-    return pred[:, 1:]
+    return pred[:, 1:].astype(jnp.float32)
 
 
 def patch_targets(images, patch_size: int, norm_pix: bool):
@@ -276,6 +286,8 @@ def create(config, total_steps: int) -> MAE:
     num_heads=int(m.decoder_heads),
     patch_size=encoder.patch_size,
     grid=(g, g),
+    dtype=config.model.get("dtype", "float32"),
+    remat=config.model.get("remat", "none"),
   )
   return MAE(
     encoder=encoder,

@@ -331,6 +331,7 @@ def create(config, total_steps: int) -> MoCo:
     hidden_dims=tuple(m.projector_hidden),
     out_dim=embed_dim,
     use_bn=bool(m.projector_bn),
+    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return MoCo(
     net=EncoderWithHead(encoder, head),

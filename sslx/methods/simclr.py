@@ -162,6 +162,7 @@ def create(config, total_steps: int) -> SimCLR:
     last_bias=not out_bn,
     last_bn=out_bn,
     last_bn_scale=True,
+    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return SimCLR(
     net=EncoderWithProjector(encoder, projector),

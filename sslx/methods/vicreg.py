@@ -125,6 +125,7 @@ def create(config, total_steps: int) -> VICReg:
   expander = models.MLPHead(
     hidden_dims=tuple(m.expander_hidden),
     out_dim=int(m.expander_dim),
+    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return VICReg(
     net=EncoderWithHead(encoder, expander),

@@ -18,10 +18,13 @@ Not registered as an encoder: methods import :class:`DINOHead` directly.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslx.models import precision
 from sslx.models.vit import FlatDense
 
 _TRUNC_002 = nn.initializers.truncated_normal(stddev=0.02)
@@ -38,6 +41,9 @@ class DINOHead(nn.Module):
     nlayers: number of Linear layers before the bottleneck output (≥ 1; 3 in DINO).
     use_bn: BatchNorm after each hidden Linear.
     norm_last_layer: fix the weight-norm gain g to 1 (True) or learn it (False).
+    dtype: compute dtype of the matmuls ("float32" | "bfloat16", the encoder's
+      ``model.dtype``). The L2 normalisation, the weight norm and the logits are float32
+      (the prototype matmul takes bf16 operands and accumulates in float32).
   """
 
   out_dim: int = 65536
@@ -46,6 +52,7 @@ class DINOHead(nn.Module):
   nlayers: int = 3
   use_bn: bool = False
   norm_last_layer: bool = True
+  dtype: Any = "float32"
 
   @nn.compact
   def __call__(self, x, train: bool = True, freeze_last_layer=False):
@@ -60,16 +67,20 @@ class DINOHead(nn.Module):
     """
     if self.nlayers < 1:
       raise ValueError(f"DINOHead.nlayers must be >= 1, got {self.nlayers}")
+    dtype = precision.compute_dtype(self.dtype)
     x = jnp.asarray(x, jnp.float32)
     widths = [self.hidden_dim] * (self.nlayers - 1) + [self.bottleneck_dim]
     for i, w in enumerate(widths):
-      x = FlatDense(w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros, name=f"fc{i}")(x)
+      x = FlatDense(
+        w, kernel_init=_TRUNC_002, bias_init=nn.initializers.zeros, dtype=dtype, name=f"fc{i}"
+      )(x)
       if i < len(widths) - 1:
         if self.use_bn:
           x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{i}"
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"bn{i}"
           )(x)
         x = nn.gelu(x, approximate=False)
+    x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
     v = self.param("last_v", _TORCH_LINEAR, (self.bottleneck_dim, self.out_dim))
     frozen = jnp.asarray(freeze_last_layer)
@@ -79,4 +90,4 @@ class DINOHead(nn.Module):
     if not self.norm_last_layer:
       g = self.param("last_g", nn.initializers.ones, (self.out_dim,))
       w = w * jnp.where(frozen, jax.lax.stop_gradient(g), g)
-    return x @ w
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)

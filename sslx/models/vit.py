@@ -206,6 +206,41 @@ class _DenseParams(nn.Module):
     return kernel, bias
 
 
+def _scores(q, k):
+  return jnp.einsum("bqhe,bkhe->bhqk", q, k, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _scores_low_precision(q, k):
+  return _scores(q, k)
+
+
+def _scores_fwd(q, k):
+  return _scores(q, k), (q, k)
+
+
+def _scores_bwd(res, g):
+  # The float32 cotangent of the logits goes back to the operands' dtype, so the two
+  # backward matmuls run in bf16 as well (autodiff would upcast them to float32).
+  q, k = res
+  g = g.astype(q.dtype)
+  dq = jnp.einsum("bhqk,bkhe->bqhe", g, k, preferred_element_type=jnp.float32)
+  dk = jnp.einsum("bhqk,bqhe->bkhe", g, q, preferred_element_type=jnp.float32)
+  return dq.astype(q.dtype), dk.astype(k.dtype)
+
+
+_scores_low_precision.defvjp(_scores_fwd, _scores_bwd)
+
+
+def attention_scores(q, k):
+  """``[B, Q, h, e] x [B, K, h, e] -> [B, h, Q, K]`` float32 attention logits. With bf16
+  ``q, k`` the products accumulate in float32 and the logits are not rounded to bf16 before
+  the softmax; the backward matmuls take bf16 operands."""
+  if q.dtype == jnp.float32:
+    return _scores(q, k)
+  return _scores_low_precision(q, k)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention written with einsums over q, k, v as the qkv matmul wrote
   them (``[B, T, 3, heads, head_dim]``), leaving each attention matmul's layout to XLA."""
@@ -229,9 +264,9 @@ class Attention(nn.Module):
     # attention matmul to XLA (an explicit transpose to [3, B, h, T, hd] cost ~12%).
     qkv = qkv.reshape(b, t, 3, h, hd)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum("bqhe,bkhe->bhqk", q * jnp.asarray(hd**-0.5, self.dtype), k)
-    # softmax in float32 whatever the compute dtype (bf16 exponentials lose the tail)
-    logits = logits.astype(jnp.float32)
+    # Logits accumulate and come out in float32 (bf16 operands): rounding them to bf16 before
+    # the softmax would cost ~3 significant digits exactly where exp() magnifies errors.
+    logits = attention_scores(q * jnp.asarray(hd**-0.5, self.dtype), k)
     if attn_bias is not None:
       logits = logits + attn_bias.astype(jnp.float32)
     attn = jax.nn.softmax(logits, axis=-1)

@@ -1,0 +1,184 @@
+"""sslx.planning: targets, FLOP counting, per-device bytes, bf16 steps, and (slow) the TPU
+compiler on a v4 slice."""
+
+import functools
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import planning, train
+from sslx.models.dino_head import DINOHead
+from tests.helpers import experiment
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def test_targets():
+  t = planning.target("v4-32")  # Cloud names count TensorCores: 16 megacore chips
+  assert (t.num_devices, t.topology, t.chip.memory_bytes) == (16, "v4:2x2x4", 32 * 2**30)
+  assert not t.estimate
+  t = planning.target("v5e-16")
+  assert (t.num_devices, t.topology, t.chip.memory_bytes) == (16, "v5e:4x4", 16 * 2**30)
+  assert planning.target("v4:2x2x2").num_devices == 8
+  t = planning.target("8xH100")
+  assert (t.num_devices, t.estimate, t.chip.peak_flops) == (8, True, 989e12)
+  with pytest.raises(ValueError, match="v4:2x2x2, v4-32"):
+    planning.target("v9:2x2")
+  with pytest.raises(ValueError, match="no known chip grid"):
+    planning.target("v4-12")
+
+
+def test_knobs_offer_only_what_the_config_does_not_use_yet():
+  c = experiment("simclr", "imagenet")
+  c.model.dtype = "float32"
+  flags = [f for f, _ in planning.knobs(c, 16)]
+  assert flags[:2] == ["--config.model.dtype=bfloat16", "--config.model.remat=block"]
+  assert any("fsdp" in f for f in flags) and "--config.batch_size=2048" in flags
+  assert any(f.startswith("--config.method.grad_cache_chunk=") for f in flags)
+  c.model.dtype, c.model.remat = "bfloat16", "dots"
+  c.mesh = (("data", -1), ("fsdp", 4))
+  flags = [f for f, _ in planning.knobs(c, 16)]
+  assert not any("dtype" in f or "remat" in f or "fsdp" in f for f in flags)
+  # each knob's changes apply to a copy
+  changed = planning.override(c, **{"model.remat": "block", "batch_size": 8})
+  assert (changed.model.remat, changed.batch_size, c.model.remat) == ("block", 8, "dots")
+
+
+def test_plan_cli_environment():
+  """A GPU estimate gets as many fake CPU devices as GPUs before jax starts; a TPU slice
+  needs none (its devices come from libtpu's compile-only client)."""
+  from sslx.cli import plan as plan_cli
+
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  plan_cli.prepare_environment("8xH100", env)
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
+  env = {"JAX_PLATFORMS": "cpu"}
+  plan_cli.prepare_environment("v4-32", env)
+  assert "XLA_FLAGS" not in env
+
+
+def test_matmul_flops_counts_dots_and_convolutions_outside_augmentation():
+  def f(x, w, k):
+    with jax.named_scope("sslx_augment"):
+      x = x @ jnp.eye(4)  # 2*64*4*4, left out
+    y = x @ w  # 2*64*16*4
+    z = jax.lax.conv_general_dilated(
+      x.reshape(1, 8, 8, 4), k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )  # 2 * (8*8*8 outputs) * (3*3*4 taps)
+    return y.sum() + z.sum()
+
+  lowered = jax.jit(f).lower(jnp.ones((64, 4)), jnp.ones((4, 16)), jnp.ones((3, 3, 4, 8)))
+  text = planning.hlo_text(lowered)
+  assert planning.matmul_flops(text) == 2 * 64 * 16 * 4 + 2 * 512 * 36
+  assert planning.matmul_flops(text, None) == 2 * 64 * 16 * 4 + 2 * 512 * 36 + 2 * 64 * 16
+  # forward and the weights' gradients (x is constant): twice the forward's FLOPs
+  g = jax.jit(jax.value_and_grad(f, argnums=(1, 2))).lower(
+    jnp.ones((64, 4)), jnp.ones((4, 16)), jnp.ones((3, 3, 4, 8))
+  )
+  assert planning.matmul_flops(planning.hlo_text(g)) == 2 * (2 * 64 * 16 * 4 + 2 * 512 * 36)
+
+
+def _tiny_simclr():
+  c = experiment("simclr")
+  c.batch_size = 16
+  c.model.widths = (8, 16, 16, 32)
+  c.method.projector_hidden = (64,)
+  c.method.projector_dim = 32
+  c.total_steps = 10
+  return c
+
+
+def test_per_device_parameter_bytes_are_count_times_4_over_fsdp():
+  c = _tiny_simclr()
+  c.mesh = (("data", 2), ("fsdp", 4))
+  c.sharding_rules = ((".*", "fsdp"),)
+  t = planning.Target("8 fake devices", planning.CHIPS["h100"], 8)
+  p = planning.plan(c, t, num_examples=160, devices=jax.devices()[:8])
+  setup = train.build(c, np.zeros((2, 32, 32, 3), np.uint8), 160, 10, jax.devices()[:8])
+  shapes = jax.eval_shape(
+    functools.partial(train.init_state, setup.method, setup.tx, num_classes=10),
+    jax.ShapeDtypeStruct((2,), jnp.uint32),
+    jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.uint8),
+  )
+  count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes.params["model"]))
+  assert p.params_bytes == count * 4 // 4
+  # AdamW for the model, Adam for the online probe: two moments per parameter, scalar counts
+  probe = planning._per_device_bytes(shapes.params["probe"], setup.state_sharding.params["probe"])
+  assert 0 <= p.opt_state_bytes - 2 * (p.params_bytes + probe) < 64
+  assert p.batch_bytes == 16 // 8 * (32 * 32 * 3 + 4)
+  assert p.mesh == {"data": 2, "fsdp": 4}
+  assert p.model_flops > 0 and p.flops_per_device > 0
+  text = planning.report(p)
+  assert "ESTIMATE" in text and "fits" in text
+
+
+ALLOWED_FLOAT32 = ("sslx_augment", "online_probe", "loss_similarities")
+
+
+def _lowered_step_hlo(c):
+  sample = np.zeros((2, 32, 32, 3), np.uint8)
+  setup = train.build(c, sample, 160, 10, jax.devices()[:1])
+  shapes = jax.eval_shape(
+    functools.partial(train.init_state, setup.method, setup.tx, num_classes=10),
+    jax.ShapeDtypeStruct((2,), jnp.uint32),
+    jax.ShapeDtypeStruct(sample.shape, sample.dtype),
+  )
+  batch = {
+    "image": jax.ShapeDtypeStruct((c.batch_size, 32, 32, 3), jnp.uint8),
+    "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32),
+  }
+  return planning.hlo_text(train.compile_step(setup, True).lower(shapes, batch))
+
+
+def _tiny_mae():
+  c = experiment("mae")
+  c.batch_size = 8
+  c.model.depth = 1
+  c.method.decoder_depth = 1
+  c.total_steps = 10
+  return c
+
+
+@pytest.mark.parametrize("make", [_tiny_simclr, _tiny_mae], ids=["simclr_resnet", "mae_vit"])
+def test_bf16_step_has_no_float32_matmul_outside_the_allow_list(make):
+  """With model.dtype=bfloat16 every dot/convolution of the step (encoder, projection head,
+  MAE decoder, their gradients) takes bf16 operands, except the named float32 parts: the
+  augmentation (default precision), the online probe and the contrastive similarities."""
+  c = make()
+  if c.model.name == "convnet":
+    c.model = type(c.model)(dict(name="resnet18", widths=(8, 8, 16, 16), stem="cifar"))
+  fp32 = planning.float32_matmuls(_lowered_step_hlo(c), ALLOWED_FLOAT32)
+  assert len(fp32) > 4  # the check sees them when they are there
+  c.model.dtype = "bfloat16"
+  assert planning.float32_matmuls(_lowered_step_hlo(c), ALLOWED_FLOAT32) == []
+
+
+def test_dino_head_bf16_keeps_float32_logits():
+  head32 = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16)
+  head16 = head32.clone(dtype="bfloat16")
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 24))
+  params = head32.init(jax.random.PRNGKey(1), x)
+  out16 = head16.apply(params, x)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(out16, head32.apply(params, x), atol=2e-2)
+  lowered = jax.jit(lambda p: head16.apply(p, x).sum()).lower(params)
+  assert planning.float32_matmuls(planning.hlo_text(lowered)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (the tpu-compile extra) not installed")
+def test_mae_imagenet_preset_fits_a_v4_slice_with_the_tpu_compiler():
+  """The memory plan, checked by the TPU compiler: MAE ViT-B/16 at the paper's batch 4096
+  compiles for a v4-32 slice (16 megacore chips, 32 GiB each) and fits."""
+  c = experiment("mae", "imagenet")
+  c.mesh = (("data", -1),)
+  t = planning.target("v4-32")
+  p = planning.plan(c, t)
+  assert p.mesh == {"data": 16}
+  # ViT-B/16 encoder + 8 x 512 decoder: ~111 M parameters, replicated
+  assert 105e6 * 4 < p.params_bytes < 115e6 * 4
+  assert p.fits, planning.report(p)
+  assert p.temp_bytes > 2**30  # a real step's activations, not an empty program
