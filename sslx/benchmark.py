@@ -1,6 +1,6 @@
 r"""Times the jitted train step on random data, after compilation.
 
-    python -m sslx.benchmark --config=experiments/simclr.py --config.model.name=resnet18 \
+    python -m sslx benchmark --config=experiments/simclr.py --config.model.name=resnet18 \
         --config.batch_size=256 --steps=5 [--peer_python=/tmp/torch-peer/bin/python]
 
 Prints one JSON line: images_per_sec (both views counted), step_time_s (median of --steps
@@ -27,7 +27,7 @@ device kind, or --peak_tflops per device; CPUs have no table entry, so both are 
 analysis), sequence length and forward+backward time at each mask ratio, for config.model at
 config.dataset.image_size, e.g.
 
-    python -m sslx.benchmark --config=experiments/mae.py:imagenet --config.batch_size=8 \
+    python -m sslx benchmark --config=experiments/mae.py:imagenet --config.batch_size=8 \
         --mae_mask_ratios=0,0.75 --steps=3
 
 --input_pipeline also times the host input pipeline (grain loader over config.dataset, decoding
@@ -37,29 +37,22 @@ input_images_per_sec (source images/s with all their views made), per core and c
 --input_peer runs ../shared/bench/input_peer.py (torchvision's ImageFolder + RandomResizedCrop
 on PIL, same folder and workers) alternating with it --rounds times and adds the ratio:
 
-    python -m sslx.benchmark --config=experiments/dino.py:imagenet \
+    python -m sslx benchmark --config=experiments/dino.py:imagenet \
         --config.dataset.name=image_folder --config.dataset.path=DIR \
         --config.dataset.num_workers=2 --input_pipeline --steps=0 --input_peer --rounds=3
 """
 
-from sslx import xla
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
 
-xla.configure_xla_for_cpu()
+from sslx import data, methods, models, planning, train
+from sslx.methods import base, mae
 
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sslx import planning  # noqa: E402
-
-FLAGS = flags.FLAGS
 DEFAULT_PEER_SCRIPT = os.path.join(
   os.path.dirname(__file__), "..", "..", "shared", "bench", "torch_peer.py"
 )
@@ -103,7 +96,6 @@ def mfu(flops_per_step, step_time_s, device_kind, num_devices, override_tflops=N
 
 def _input_views(config):
   """The host crops the config's method takes (None: the decoded square images)."""
-  from sslx import data, methods
 
   if not config.dataset.get("host_crops", False):
     return None
@@ -114,7 +106,6 @@ def _input_views(config):
 def time_input_pipeline(config, batches: int = 20, batch_size: int = 0) -> dict:
   """Source images/s the host pipeline delivers (grain loader over config.dataset, decoding and
   every view included), after 2 warm-up batches; no train step is built."""
-  from sslx import data
 
   source = data.build_source(config.dataset, config.dataset.train_split)
   groups = _input_views(config)
@@ -213,18 +204,26 @@ def _run_input_peer(python: str, script: str, config, images: int) -> dict:
   return result
 
 
-def input_benchmark(config) -> dict:
-  """--steps=0 --input_pipeline: the host pipeline alone, alternating with the peer's."""
+def input_benchmark(
+  config,
+  rounds: int = 1,
+  batches: int = 20,
+  batch_size: int = 0,
+  peer_script: str | None = None,
+  peer_python: str | None = None,
+) -> dict:
+  """--steps=0 --input_pipeline: the host pipeline alone, alternating `rounds` times with the
+  peer's (`peer_script`, run by `peer_python` or this python) when a peer script is given."""
   ours, peer, ours_cpu, peer_cpu = [], [], [], []
   result = {}
-  for _ in range(max(FLAGS.rounds, 1)):
-    result = time_input_pipeline(config, FLAGS.input_batches, FLAGS.input_batch_size)
+  for _ in range(max(rounds, 1)):
+    result = time_input_pipeline(config, batches, batch_size)
     ours.append(result["input_images_per_sec"])
     ours_cpu.append(result["input_images_per_cpu_s"])
-    if FLAGS.input_peer:
+    if peer_script:
       p = time_input_peer(
-        FLAGS.input_peer_python or sys.executable,
-        os.path.abspath(FLAGS.input_peer_script),
+        peer_python or sys.executable,
+        os.path.abspath(peer_script),
         config,
         result["input_images_timed"],
       )
@@ -246,34 +245,6 @@ def input_benchmark(config) -> dict:
       result["cpu_ratio"] = round(statistics.median(o / p for o, p in pairs), 3)
   result["load_avg_1m"] = round(os.getloadavg()[0], 2)
   return result
-
-
-def define_flags():
-  """Flags exist only when this module runs as a program (importing it defines none)."""
-  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
-  flags.DEFINE_integer("steps", 5, "timed steps (median reported)")
-  flags.DEFINE_enum("workload", "peer", ["peer", "config"], "see module docstring")
-  flags.DEFINE_string("peer_python", None, "python of a venv with torch==2.13.0")
-  flags.DEFINE_string("peer_script", DEFAULT_PEER_SCRIPT, "path of torch_peer.py")
-  flags.DEFINE_integer("rounds", 1, "alternating sslx/peer rounds (with --peer_python)")
-  flags.DEFINE_integer("threads", 2, "threads given to the peer")
-  flags.DEFINE_float("peak_tflops", None, "peak TFLOP/s per device for MFU (overrides table)")
-  flags.DEFINE_bool(
-    "input_pipeline", False, "also time the host input pipeline (with --steps=0: only that)"
-  )
-  flags.DEFINE_integer("input_batches", 20, "batches timed by --input_pipeline")
-  flags.DEFINE_integer("input_batch_size", 0, "their size (0: batch_size, capped by the data)")
-  flags.DEFINE_bool("input_peer", False, "with --input_pipeline --steps=0: also run input_peer.py")
-  flags.DEFINE_string("input_peer_script", DEFAULT_INPUT_PEER, "path of input_peer.py")
-  flags.DEFINE_string("input_peer_python", None, "python for input_peer.py (default: this one)")
-  flags.DEFINE_list(
-    "mae_mask_ratios",
-    [],
-    "instead of the SimCLR step: the MAE encoder's "
-    "FLOPs and forward+backward time at each mask ratio (e.g. 0,0.75) for "
-    "config.model (a ViT) at config.dataset.image_size, batch_size images",
-  )
-  flags.mark_flags_as_required(["config"])
 
 
 def peer_workload(config):
@@ -313,8 +284,6 @@ def peer_workload(config):
 def time_sslx(config, steps: int) -> dict:
   import jax
   import numpy as np
-
-  from sslx import train
 
   rng = np.random.default_rng(0)
   b = config.batch_size
@@ -402,8 +371,6 @@ def time_peer(python: str, script: str, model: str, batch: int, steps: int, thre
 
 def time_mae_encoder(config, ratios, steps: int) -> dict:
   """MAE's asymmetry measured: the encoder on the visible patches only, at each mask ratio."""
-  from sslx import models
-  from sslx.methods import base, mae
 
   encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   size = config.dataset.image_size
@@ -423,62 +390,3 @@ def time_mae_encoder(config, ratios, steps: int) -> dict:
     if steps:
       out["speedup"] = round(per_ratio[lo]["step_s"] / per_ratio[hi]["step_s"], 3)
   return out
-
-
-def main(argv):
-  del argv
-  config = FLAGS.config
-  if FLAGS.mae_mask_ratios:
-    print(json.dumps(time_mae_encoder(config, FLAGS.mae_mask_ratios, FLAGS.steps)), flush=True)
-    return
-  if FLAGS.input_pipeline and FLAGS.steps == 0:
-    print(json.dumps(input_benchmark(config)), flush=True)
-    return
-  if FLAGS.workload == "peer":
-    config = peer_workload(config)
-  result = None
-  peer_runs, ours = [], []
-  for _ in range(max(FLAGS.rounds, 1)):
-    result = time_sslx(config, FLAGS.steps)
-    ours.append(result["images_per_sec"])
-    if FLAGS.peer_python:
-      peer_runs.append(
-        time_peer(
-          FLAGS.peer_python,
-          os.path.abspath(FLAGS.peer_script),
-          config.model.name,
-          config.batch_size,
-          FLAGS.steps,
-          FLAGS.threads,
-        )["images_per_sec"]
-      )
-  result["images_per_sec"] = statistics.median(ours)
-  for key, flops in (("mfu", "model_flops_per_step"), ("hfu", "flops_per_step")):
-    result[key] = mfu(
-      result[flops],
-      result["step_time_s"],
-      result["device"],
-      result["num_devices"],
-      FLAGS.peak_tflops,
-    )
-  if FLAGS.input_pipeline:
-    result.update(time_input_pipeline(config))
-    # The step consumes batch_size source images per step (2 views each).
-    consumed = result["images_per_sec"] / 2
-    result["step_source_images_per_sec"] = round(consumed, 1)
-    result["input_bound"] = result["input_images_per_sec"] < consumed
-  if peer_runs:
-    result["torch_images_per_sec"] = statistics.median(peer_runs)
-    result["ratio"] = round(statistics.median(o / p for o, p in zip(ours, peer_runs)), 3)
-  print(json.dumps(result), flush=True)
-  sys.stdout.flush()
-
-
-if __name__ == "__main__":
-  from sslx import config_lib
-
-  define_flags()
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)

@@ -38,9 +38,9 @@ def test_benchmark_peer_workload_matches_the_torch_peer():
 
 
 def run_benchmark(*args) -> dict:
-  """`python -m sslx.benchmark ARGS`: its JSON line, after checking it succeeded."""
+  """`python -m sslx benchmark ARGS`: its JSON line, after checking it succeeded."""
   out = subprocess.run(
-    [sys.executable, "-m", "sslx.benchmark", *args],
+    [sys.executable, "-m", "sslx", "benchmark", *args],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -359,7 +359,7 @@ def test_benchmark_times_the_host_pipeline_alone(tmp_path, recipe, views):
   if os.path.exists(peer):
     args += ["--input_peer", f"--input_peer_script={peer}"]
   out = subprocess.run(
-    [sys.executable, "-m", "sslx.benchmark", *args],
+    [sys.executable, "-m", "sslx", "benchmark", *args],
     cwd=REPO,
     capture_output=True,
     text=True,

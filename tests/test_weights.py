@@ -202,7 +202,7 @@ def test_safetensors_roundtrip_through_a_method(tmp_path):
 
 @pytest.mark.slow
 def test_cli_export_of_a_trained_run_verifies_and_init_from_reads_it(tmp_path):
-  """Two steps of SimCLR with a tiny ViT, `python -m sslx.cli.export --format=timm --verify`
+  """Two steps of SimCLR with a tiny ViT, `python -m sslx export --format=timm --verify`
   (with the peer: max_abs_diff printed), then the trainer's init_from reading the file back:
   the fresh state's encoder gives the trained run's features."""
   import json
@@ -224,7 +224,7 @@ def test_cli_export_of_a_trained_run_verifies_and_init_from_reads_it(tmp_path):
   train.train_and_evaluate(c, work)
   out = str(tmp_path / "vit.safetensors")
   fmt_args = ["--format=timm"] + (["--verify", f"--peer_python={PEER}"] if PEER else [])
-  cmd = [sys.executable, "-m", "sslx.cli.export", f"--config={cfg_file}"]
+  cmd = [sys.executable, "-m", "sslx", "export", f"--config={cfg_file}"]
   overrides = []
   env = dict(os.environ, PYTHONPATH=helpers.REPO)
   proc = subprocess.run(

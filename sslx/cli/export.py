@@ -16,8 +16,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sslx import config_lib, weights, xla
 from sslx import export as export_lib
+from sslx import weights
 
 
 def define_flags():
@@ -41,12 +41,3 @@ def main(argv):
   except (weights.NoCounterpart, FileNotFoundError) as e:
     sys.exit(f"error: {e}")  # the user's choice of model/format/workdir: no traceback
   print(json.dumps(result))
-
-
-if __name__ == "__main__":
-  xla.configure_xla_for_cpu()
-  define_flags()
-  problem = config_lib.check_override_keys(sys.argv[1:])
-  if problem:
-    sys.exit(f"error: {problem}")
-  app.run(main)

@@ -25,7 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 # Importing jax (through these) does not start a backend: XLA_FLAGS set below still apply.
-from sslx import cli, planning
+from sslx import planning
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +77,3 @@ def main(argv):
     ]
     with open(FLAGS.json, "w") as f:
       json.dump(out, f, indent=1)
-
-
-if __name__ == "__main__":
-  cli.run(main, define_flags, sys.argv, __doc__)

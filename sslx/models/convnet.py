@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx.models import precision, register_model
+from sslx.models import precision
+from sslx.models.registry import register_model
 
 
 @jax.custom_vjp

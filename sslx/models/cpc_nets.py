@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sslx.models import register_model
+from sslx.models.registry import register_model
 
 
 class PatchConvNet(nn.Module):

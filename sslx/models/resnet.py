@@ -38,8 +38,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx.models import precision, register_model
+from sslx.models import precision
 from sslx.models.fast_conv import FastConv
+from sslx.models.registry import register_model
 
 ModuleDef = Any
 

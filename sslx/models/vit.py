@@ -68,7 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx.models import precision, register_model
+from sslx.models import precision
+from sslx.models.registry import register_model
 
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
