@@ -27,14 +27,14 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  c.method = cl.method("beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64)
-  c.model = cl.model("convnet")
-  c.augment = cl.crop_only(32, (0.5, 1.0))
-  c.optimizer = cl.optimizer("adamw", 2e-3, b2=0.99, warmup_epochs=0.1, final_lr_fraction=0.1)
-  c.batch_size = 64
-  c.num_epochs = 1.0
-  c.checkpoint_every_steps = 0
+  c = cl.base_config(
+    method=cl.method("beit_tokenizer", patch_size=4, codebook_size=256, code_dim=16, hidden=64),
+    model=cl.model("convnet"),
+    augment=cl.crop_only(32, (0.5, 1.0)),
+    optimizer=cl.optimizer("adamw", 2e-3, b2=0.99, warmup_epochs=0.1, final_lr_fraction=0.1),
+    num_epochs=1.0,
+    checkpoint_every_steps=0,
+  )
   c.keep_checkpoints = 1
   c.online_probe = ml_collections.ConfigDict(dict(enabled=False, lr=1e-3))
   c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(20,), temperature=0.07)))

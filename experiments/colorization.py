@@ -34,14 +34,12 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  c.method = cl.method("colorization", decoder_widths=(128, 64))
-  c.model = cl.model("convnet", widths=(32, 64, 128, 256))
-  # Crop and flip only: colour augmentation would change the targets.
-  c.augment = cl.crop_only(32, (0.5, 1.0))
-  c.optimizer = cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.2)
-  c.batch_size = 64
-  c.num_epochs = 1.0
+  c = cl.base_config(
+    method=cl.method("colorization", decoder_widths=(128, 64)),
+    # Crop and flip only: colour augmentation would change the targets.
+    augment=cl.crop_only(32, (0.5, 1.0)),
+    num_epochs=1.0,
+  )
   return c
 
 

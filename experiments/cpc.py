@@ -30,34 +30,34 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  c.method = cl.method(
-    "cpc",
-    first_step=2,
-    # Cosine score at τ=0.1 instead of the paper's zᵀ W_k c (temperature=0): see
-    # methods/cpc.py; in the demo it is what makes the features beat random init on k-NN.
-    temperature=0.1,
-    # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
-    patch_augment=dict(
-      brightness=0.4,
-      contrast=0.4,
-      saturation=0.4,
-      hue=0.1,
-      jitter_prob=0.8,
-      grayscale_prob=0.5,
-      blur_prob=0.0,
-      flip_prob=0.0,
+  c = cl.base_config(
+    method=cl.method(
+      "cpc",
+      first_step=2,
+      # Cosine score at τ=0.1 instead of the paper's zᵀ W_k c (temperature=0): see
+      # methods/cpc.py; in the demo it is what makes the features beat random init on k-NN.
+      temperature=0.1,
+      # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
+      patch_augment=dict(
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        jitter_prob=0.8,
+        grayscale_prob=0.5,
+        blur_prob=0.0,
+        flip_prob=0.0,
+      ),
     ),
+    # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
+    model=cl.model("cpc_convnet", widths=(16, 32, 64, 128), blocks=1),
+    # One view of the whole image before the patches are cut.
+    augment=cl.two_views(32, (0.3, 1.0)),
+    optimizer=cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.15),
+    num_epochs=0.0,
+    total_steps=400,
+    log_every_steps=25,
   )
-  # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
-  c.model = cl.model("cpc_convnet", widths=(16, 32, 64, 128), blocks=1)
-  # One view of the whole image before the patches are cut.
-  c.augment = cl.two_views(32, (0.3, 1.0))
-  c.optimizer = cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.15)
-  c.batch_size = 64
-  c.num_epochs = 0.0
-  c.total_steps = 400
-  c.log_every_steps = 25
   return c
 
 

@@ -39,14 +39,13 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  c.method = cl.method("jigsaw", tile_dim=128, head_hidden=(256,))
-  # A mild random crop and flip before tiling; no colour jitter (tiles are normalised).
-  c.augment = cl.crop_only(32, (0.6, 1.0))
-  c.optimizer = cl.optimizer("adamw", 3e-3, weight_decay=1e-4, warmup_epochs=0.2)
-  c.model = cl.model("convnet", widths=(32, 64, 128, 256))
-  c.batch_size = 64
-  c.num_epochs = 1.0
+  c = cl.base_config(
+    method=cl.method("jigsaw", tile_dim=128, head_hidden=(256,)),
+    # A mild random crop and flip before tiling; no colour jitter (tiles are normalised).
+    augment=cl.crop_only(32, (0.6, 1.0)),
+    optimizer=cl.optimizer("adamw", 3e-3, weight_decay=1e-4, warmup_epochs=0.2),
+    num_epochs=1.0,
+  )
   return c
 
 

@@ -27,14 +27,15 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  c.method = cl.method("mae", decoder_dim=64, decoder_depth=2, decoder_heads=4)
-  c.model = cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean")
-  # MAE augments with random-resized-crop and flip only (App. A.1).
-  c.augment = cl.crop_only(32, (0.2, 1.0))
-  c.optimizer = cl.optimizer("adamw", 1.5e-3, b2=0.95, weight_decay=0.05, warmup_epochs=0.5)
-  c.batch_size = 128
-  c.num_epochs = 4.0
+  c = cl.base_config(
+    method=cl.method("mae", decoder_dim=64, decoder_depth=2, decoder_heads=4),
+    model=cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean"),
+    # MAE augments with random-resized-crop and flip only (App. A.1).
+    augment=cl.crop_only(32, (0.2, 1.0)),
+    optimizer=cl.optimizer("adamw", 1.5e-3, b2=0.95, weight_decay=0.05, warmup_epochs=0.5),
+    batch_size=128,
+    num_epochs=4.0,
+  )
   return c
 
 

@@ -34,25 +34,25 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   del opts
-  c = cl.base_config()
-  # Everything replicated, the queue included (see the module docstring of methods/moco.py).
-  c.method = cl.method(
-    "moco",
-    version="v1",
-    temperature=0.07,
-    projector_hidden=(),
-    queue_size=4096,
-    momentum=0.99,
+  c = cl.base_config(
+    # Everything replicated, the queue included (see the module docstring of methods/moco.py).
+    method=cl.method(
+      "moco",
+      version="v1",
+      temperature=0.07,
+      projector_hidden=(),
+      queue_size=4096,
+      momentum=0.99,
+    ),
+    # The paper's v1 augmentation (torchvision ColorJitter(0.4, 0.4, 0.4, 0.4), always on).
+    augment=cl.two_views(32, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_prob=1.0),
+    optimizer=cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0),
+    batch_size=128,
+    num_epochs=0.0,
+    total_steps=600,
+    log_every_steps=50,
+    checkpoint_every_steps=500,
   )
-  c.model = cl.model("convnet", widths=(32, 64, 128, 256))
-  # The paper's v1 augmentation (torchvision ColorJitter(0.4, 0.4, 0.4, 0.4), always on).
-  c.augment = cl.two_views(32, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_prob=1.0)
-  c.optimizer = cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0)
-  c.batch_size = 128
-  c.num_epochs = 0.0
-  c.total_steps = 600
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
   return c
 
 

@@ -22,20 +22,20 @@ def cpu(opts) -> ml_collections.ConfigDict:
   """The demo: a 4-conv CNN, SimCLR's CIFAR recipe (no blur at 32 px, jitter strength 0.5),
   AdamW, batch 256, 6 epochs."""
   del opts
-  c = cl.base_config()
-  c.method = cl.method(
-    "simclr",
-    temperature=0.2,
-    projector_hidden=(512,),
-    # BatchNorm on the projection output (SimCLR's code); the demo's figures were measured
-    # without it, so the cpu preset keeps it off
-    projector_out_bn=False,
+  c = cl.base_config(
+    method=cl.method(
+      "simclr",
+      temperature=0.2,
+      projector_hidden=(512,),
+      # BatchNorm on the projection output (SimCLR's code); the demo's figures were measured
+      # without it, so the cpu preset keeps it off
+      projector_out_bn=False,
+    ),
+    augment=cl.two_views(32, (0.2, 1.0)),
+    optimizer=cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0),
+    batch_size=256,
+    num_epochs=6.0,
   )
-  c.model = cl.model("convnet", widths=(32, 64, 128, 256))
-  c.augment = cl.two_views(32, (0.2, 1.0))
-  c.optimizer = cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0)
-  c.batch_size = 256
-  c.num_epochs = 6.0
   return c
 
 

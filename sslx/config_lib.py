@@ -42,12 +42,15 @@ def split_arg(arg: str, **defaults) -> tuple[str, ml_collections.ConfigDict]:
   return words[0] or "cpu", parse_arg(",".join(words[1:]), **defaults)
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(**settings) -> ml_collections.ConfigDict:
   """What every experiment file shares before it names its method, model, augmentations,
   optimizer and schedule: one data-parallel mesh axis with replicated parameters, the
   embedded dataset, logging/checkpoint cadence, the online probe, and the end-of-run
   evaluations (k-NN@20/200 and a linear probe, with the untrained-encoder and raw-pixel
-  baselines). Experiment files override any of it."""
+  baselines); the CPU demos' encoder (the 4-conv CNN), optimizer (AdamW 2e-3, weight decay
+  1e-4, 0.2 warm-up epochs) and batch (64). `settings` (method=..., model=..., augment=...,
+  optimizer=..., batch_size=..., num_epochs=... and any top-level key) are set on top;
+  experiment files override the rest."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # tuples, not lists: ml_collections can override tuples from the command line
@@ -55,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = (("data", -1),)
   c.sharding_rules = ((".*", "replicate"),)
   c.dataset = dataset("embedded")
+  c.model = model("convnet", widths=(32, 64, 128, 256))
+  c.optimizer = optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=0.2)
+  c.batch_size = 64
   c.total_steps = 0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
@@ -80,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   # encoder weights to start from: timm:<model>, torchvision:<model> or file:<path>
   c.init_from = ""
   c.peer_python = ""  # a Python with torch (+ timm/torchvision) for init_from's torch side
+  for key, value in settings.items():
+    c[key] = value
   return c
 
 

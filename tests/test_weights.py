@@ -194,9 +194,9 @@ def test_safetensors_roundtrip_through_a_method(tmp_path):
   before = np.asarray(method.encode(fresh.params, fresh.batch_stats, jnp.asarray(images)))
   np.testing.assert_array_equal(got, want)
   assert np.abs(before - want).max() > 1e-2
-  # the projector is untouched by init_from
+  # the projection head is untouched by init_from
   np.testing.assert_array_equal(
-    jax.tree.leaves(p["projector"])[0], jax.tree.leaves(fresh.params["projector"])[0]
+    jax.tree.leaves(p["head"])[0], jax.tree.leaves(fresh.params["head"])[0]
   )
 
 

@@ -240,11 +240,35 @@ def _drop_rng(rng):
 
 class EMATeacher(base.Method):
   """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
-  features and attention maps. Needs `self.net` (with `encode` and `attention` methods),
-  `self.preprocess`, `self.momentum(step)`, `self.freeze_last_layer_steps` and
-  `self.eval_encoder`; `method_state["teacher"]` holds the teacher's params and batch_stats."""
+  features and attention maps, the momentum and teacher-temperature schedules. Needs
+  `self.net` (with `encode` and `attention` methods), `self.preprocess`, the schedules' fields
+  (`total_steps`, `base_momentum`, `teacher_temp`, `warmup_teacher_temp`,
+  `warmup_teacher_temp_fraction`), `self.freeze_last_layer_steps` and `self.eval_encoder`;
+  `method_state["teacher"]` holds the teacher's params and batch_stats."""
 
   EVAL_ENCODERS = ("teacher", "student")
+
+  def momentum(self, step):
+    return cosine_momentum(step, self.total_steps, self.base_momentum)
+
+  def temperature(self, step):
+    return teacher_temperature(
+      step,
+      self.total_steps,
+      self.warmup_teacher_temp,
+      self.teacher_temp,
+      self.warmup_teacher_temp_fraction,
+    )
+
+  def with_teacher(self, variables, **centers: int) -> base.Variables:
+    """Initial Variables from the student's flax `variables`: the teacher a copy of the
+    student, each named center a zero row of the given width."""
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    state = {"teacher": {"params": copy(params), "batch_stats": copy(batch_stats)}}
+    state.update({name: jnp.zeros((1, dim), jnp.float32) for name, dim in centers.items()})
+    return base.Variables(params, batch_stats, state)
 
   def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """The trainer's optimizer with the heads' last layers frozen in the optimizer for the
@@ -314,26 +338,7 @@ class DINO(EMATeacher):
       x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
     p_rng, d_rng = jax.random.split(rng)
     variables = self.net.init({"params": p_rng, "dropout": d_rng}, x, train=False)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    state = {
-      "teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
-      "center": jnp.zeros((1, self.out_dim), jnp.float32),
-    }
-    return base.Variables(params, batch_stats, state)
-
-  def momentum(self, step):
-    return cosine_momentum(step, self.total_steps, self.base_momentum)
-
-  def temperature(self, step):
-    return teacher_temperature(
-      step,
-      self.total_steps,
-      self.warmup_teacher_temp,
-      self.teacher_temp,
-      self.warmup_teacher_temp_fraction,
-    )
+    return self.with_teacher(variables, center=self.out_dim)
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """DINO loss on multi-crop views of `images` [B, H, W, 3] (uint8)."""

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 
 from sslx import losses, models, multicrop
 from sslx.methods import base
-from sslx.methods.common import cosine_momentum, embedding_std_metrics, std_warning
+from sslx.methods.common import embedding_std_metrics, std_warning
 from sslx.methods.dino import (
   EMATeacher,
   cross_view_loss,
@@ -72,7 +72,6 @@ from sslx.methods.dino import (
   head_from_config,
   no_drop_path,
   teacher_softmax,
-  teacher_temperature,
   update_center,
 )
 from sslx.models.vit import ViT
@@ -310,27 +309,7 @@ class DINOv2(EMATeacher):
       patch_ids=ids,
       train=False,
     )
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    state = {
-      "teacher": {"params": copy(params), "batch_stats": copy(batch_stats)},
-      "center": jnp.zeros((1, self.out_dim), jnp.float32),
-      "patch_center": jnp.zeros((1, self.patch_out_dim), jnp.float32),
-    }
-    return base.Variables(params, batch_stats, state)
-
-  def momentum(self, step):
-    return cosine_momentum(step, self.total_steps, self.base_momentum)
-
-  def temperature(self, step):
-    return teacher_temperature(
-      step,
-      self.total_steps,
-      self.warmup_teacher_temp,
-      self.teacher_temp,
-      self.warmup_teacher_temp_fraction,
-    )
+    return self.with_teacher(variables, center=self.out_dim, patch_center=self.patch_out_dim)
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     n = images.shape[0]

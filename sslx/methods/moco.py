@@ -84,32 +84,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sslx import augment, losses, models
 from sslx.methods import base
+from sslx.methods.common import EncoderWithHead
 
 VERSIONS = {
   "v1": dict(temperature=0.07, projector_hidden=()),
   "v2": dict(temperature=0.2, projector_hidden=(2048,)),
 }
 SCHEDULES = ("constant", "cosine")
-
-
-class EncoderWithHead(nn.Module):
-  """f(x) = head(encoder(x)["pre_logits"]): returns (features [B, F], embedding [B, D])."""
-
-  encoder: nn.Module
-  head: nn.Module
-
-  def __call__(self, x, train: bool = True):
-    features = self.encoder(x, train=train)["pre_logits"]
-    return features, self.head(features, train=train)
-
-  def encode(self, x, train: bool = False):
-    return self.encoder(x, train=train)["pre_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,14 +237,6 @@ class MoCo(base.Method):
       lambda k, q: m * k + (1.0 - m) * q, method_state["key_params"], params
     )
     return dict(method_state, key_params=key_params)
-
-  def encode(self, params, batch_stats, images):
-    """[B, F] query-encoder features before the head (train=False, running BN stats)."""
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=EncoderWithHead.encode,
-    )
 
   def collapse_warning(self, metrics: dict) -> str | None:
     # Unit vectors spread over D dimensions have a per-dimension std near 1/√D.

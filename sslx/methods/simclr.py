@@ -44,25 +44,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sslx import augment, losses, models
 from sslx.methods import base
-
-
-class EncoderWithProjector(nn.Module):
-  encoder: nn.Module
-  projector: nn.Module
-
-  def __call__(self, x, train: bool = True):
-    features = self.encoder(x, train=train)["pre_logits"]
-    return features, self.projector(features, train=train)
-
-  def encode(self, x, train: bool = False):
-    return self.encoder(x, train=train)["pre_logits"]
+from sslx.methods.common import EncoderWithHead
 
 
 def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
@@ -85,7 +73,7 @@ def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class SimCLR(base.Method):
-  net: EncoderWithProjector
+  net: EncoderWithHead
   view: augment.ViewParams | None
   preprocess: base.Preprocess
   temperature: float
@@ -132,13 +120,6 @@ class SimCLR(base.Method):
     features = features.reshape((-1,) + features.shape[2:])[inverse]
     return (features, z.reshape((-1,) + z.shape[2:])[inverse]), new_bs
 
-  def encode(self, params, batch_stats, images):
-    return self.net.apply(
-      {"params": params, "batch_stats": batch_stats},
-      self.preprocess(images),
-      method=EncoderWithProjector.encode,
-    )
-
 
 # The paper's ImageNet head (§B.1): a 2048-wide MLP to 128, BatchNorm after each layer, the
 # output's included; τ = 0.1. grad_cache_chunk > 0 embeds the views in chunks (GradCache).
@@ -165,7 +146,7 @@ def create(config, total_steps: int) -> SimCLR:
     dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return SimCLR(
-    net=EncoderWithProjector(encoder, projector),
+    net=EncoderWithHead(encoder, projector),
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     temperature=float(m.temperature),
