@@ -25,7 +25,7 @@ def tiny_byol(steps: int = 3, batch: int = 16, name: str = "byol", **overrides):
     "log_every_steps": 1,
     **heads,
   }
-  return tiny(name, total_steps=steps, batch_size=batch, **{**small, **overrides})
+  return tiny(name, **{"total_steps": steps, "batch_size": batch, **small, **overrides})
 
 
 def test_tau_schedule_endpoints_and_shape():

@@ -24,7 +24,7 @@ def tiny_cpc(steps: int = 4, batch: int = 16, **overrides):
     "method.first_step": 1,
     "evals": {},
   }
-  return tiny("cpc", total_steps=steps, batch_size=batch, **{**small, **overrides})
+  return tiny("cpc", **{"total_steps": steps, "batch_size": batch, **small, **overrides})
 
 
 def make(config):

@@ -29,7 +29,7 @@ def tiny_dino(steps: int = 3, batch: int = 16, name: str = "dino", **overrides):
   }
   if name == "dinov2":
     small["method.patch_out_dim"] = 64
-  return tiny(name, total_steps=steps, batch_size=batch, **{**small, **overrides})
+  return tiny(name, **{"total_steps": steps, "batch_size": batch, **small, **overrides})
 
 
 def batches(config, n=1):
