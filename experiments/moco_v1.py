@@ -38,9 +38,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # Everything replicated, the queue included (see the module docstring of methods/moco.py).
     method=cl.method(
       "moco",
-      version="v1",
-      temperature=0.07,
-      projector_hidden=(),
+      version="v1",  # τ = 0.07 and the linear head (methods/moco.py VERSIONS)
       queue_size=4096,
       momentum=0.99,
     ),

@@ -99,8 +99,8 @@ def base_config(**settings) -> ml_collections.ConfigDict:
 
 def method(name: str, **overrides) -> ml_collections.ConfigDict:
   """`config.method`: the method's module name (sslx/methods/<name>.py) and every setting it
-  reads, from the module's `DEFAULTS` (the paper's values: the one place they are written)
-  with `overrides` applied; an unknown setting is an error naming the valid ones."""
+  reads, from the module's `DEFAULTS` (the paper's values: the one place they are written),
+  then its `VERSIONS[version]` where it has versions, with `overrides` applied; an unknown setting is an error naming the valid ones."""
   defaults = getattr(methods.get(name), "DEFAULTS", None)
   if defaults is None:  # a method module without DEFAULTS takes its settings as given
     return ml_collections.ConfigDict(dict(name=name, **overrides))
@@ -110,7 +110,14 @@ def method(name: str, **overrides) -> ml_collections.ConfigDict:
       f"method {name!r} has no setting(s) {unknown}; valid: {sorted(defaults)} "
       f"(sslx/methods/{name}.py DEFAULTS)"
     )
-  return ml_collections.ConfigDict(dict(name=name, **{**defaults, **overrides}))
+  # A module with VERSIONS (MoCo v1/v2) fills the chosen version's values before the
+  # explicit overrides, so `method("moco", version="v1")` is MoCo v1 as published.
+  versions = getattr(methods.get(name), "VERSIONS", {})
+  version = overrides.get("version", defaults.get("version"))
+  if versions and version not in versions:
+    raise ValueError(f"method {name!r}: version={version!r}; valid: {sorted(versions)}")
+  chosen = versions.get(version, {}) if versions else {}
+  return ml_collections.ConfigDict(dict(name=name, **{**defaults, **chosen, **overrides}))
 
 
 def model(name: str, **kwargs) -> ml_collections.ConfigDict:

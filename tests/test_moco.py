@@ -58,15 +58,17 @@ def test_presets_validate_and_build(name, preset):
 
 
 def test_version_sets_defaults_and_explicit_keys_win():
+  v1 = config_lib.method("moco", version="v1")
+  assert (v1.temperature, tuple(v1.projector_hidden)) == (0.07, ())
+  v2 = config_lib.method("moco", version="v2")
+  assert (v2.temperature, tuple(v2.projector_hidden)) == (0.2, (2048,))
+  assert config_lib.method("moco", version="v1", temperature=0.5).temperature == 0.5
   c = tiny_moco()
-  del c.method["temperature"], c.method["projector_hidden"]
-  c.method.version = "v1"
+  c.method = config_lib.method("moco", version="v1", queue_size=128, projector_dim=16)
   assert make(c).temperature == 0.07 and make(c).net.head.hidden_dims == ()
-  c.method.version = "v2"
-  assert make(c).temperature == 0.2 and make(c).net.head.hidden_dims == (2048,)
-  c.method.temperature = 0.5
-  assert make(c).temperature == 0.5
-  c.method.version = "v3"
+  with pytest.raises(ValueError, match="version='v3'"):
+    config_lib.method("moco", version="v3")
+  c.method.version = "v3"  # set after construction: create() still refuses it
   with pytest.raises(ValueError, match="method.version='v3'"):
     make(c)
 

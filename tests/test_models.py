@@ -672,7 +672,7 @@ def test_simclr_projector_ends_in_batchnorm_with_scale_and_no_shift():
   c.method.projector_out_bn = True
   method = methods.get("simclr").create(c, total_steps=10)
   x = jax.random.normal(KEY, (32, 16))
-  head = method.net.projector
+  head = method.net.head
   v = head.init(KEY, x, train=False)
   p = v["params"]
   assert set(p["bn_out"]) == {"scale"} and "bias" not in p["fc1"]  # Linear(no bias) -> BN

@@ -14,7 +14,8 @@ after every optimizer step (`after_update`), and the B new keys replace the olde
 the queue. m = 0.999 by default; `momentum_schedule="cosine"` raises it to 1 over training,
 m_t = 1 − (1 − m)·(cos(π t / T) + 1) / 2 (BYOL's schedule, used by solo-learn's MoCo v2+).
 
-v1 vs v2 (`config.method.version` sets the defaults; any key given explicitly wins):
+v1 vs v2 (`config_lib.method("moco", version=...)` fills the version's values; keys given
+explicitly win):
   v1: a linear fc to 128 after the pooled features (`projector_hidden=()`), τ = 0.07, weaker
       augmentation (crop, grayscale, colour jitter 0.4 always applied; set in the experiment).
   v2: a 2-layer MLP head 2048 → ReLU → 128 (`projector_hidden=(2048,)`, no BN as in the
