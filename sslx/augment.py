@@ -101,7 +101,7 @@ def _is_static(x: Any, value: float) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _fallback_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def fallback_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
   """torchvision's fallback: the whole image, clipped to the aspect-ratio range."""
   in_ratio = width / height
   if in_ratio < min(ratio):
@@ -149,20 +149,27 @@ def _crop_draws(num_tries: int) -> int:
   return 2 * num_tries + 2
 
 
-def _crop_box_from_uniforms(u: Array, height: int, width: int, scale, ratio):
-  """:func:`sample_crop_box` given its ``2 * num_tries + 2`` U[0, 1) draws."""
+def crop_candidates(u, height: int, width: int, scale, ratio, xp):
+  """RandomResizedCrop's ``num_tries`` candidate sides ``(h, w)`` (rounded, still float) from
+  ``2 * num_tries + 2`` uniforms: area fraction ~ U(scale), log aspect ~ U(log ratio). `xp` is
+  the array module (jnp on device, np on the host: sslx.data.crops), so both sample alike."""
   num_tries = (u.shape[0] - 2) // 2
   area = float(height * width)
   target_area = area * (scale[0] + u[:num_tries] * (scale[1] - scale[0]))
   lo, hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = jnp.exp(lo + u[num_tries : 2 * num_tries] * (hi - lo))
-  w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-  h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+  aspect = xp.exp(lo + u[num_tries : 2 * num_tries] * (hi - lo))
+  return xp.round(xp.sqrt(target_area / aspect)), xp.round(xp.sqrt(target_area * aspect))
+
+
+def _crop_box_from_uniforms(u: Array, height: int, width: int, scale, ratio):
+  """:func:`sample_crop_box` given its ``2 * num_tries + 2`` U[0, 1) draws."""
+  h, w = crop_candidates(u, height, width, scale, ratio, jnp)
+  h, w = h.astype(jnp.int32), w.astype(jnp.int32)
   valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
   first = jnp.argmax(valid)  # index of the first True (0 if none)
   any_valid = jnp.any(valid)
 
-  fb_h, fb_w = _fallback_box_size(height, width, ratio)
+  fb_h, fb_w = fallback_box_size(height, width, ratio)
   h = jnp.where(any_valid, h[first], fb_h)
   w = jnp.where(any_valid, w[first], fb_w)
   # Offsets uniform over all placements (inclusive), like torch.randint(0, H - h + 1).
@@ -220,28 +227,20 @@ def _resample_matrix(in_size: int, out_size: int, start: Any, length: Any) -> Ar
   return jnp.where(inside[:, None], weights, 0.0)
 
 
-def random_resized_crop(
-  rng: Array,
-  image: Array,
-  out_size: int,
-  scale: tuple[float, float] = (0.08, 1.0),
-  ratio: tuple[float, float] = (3 / 4, 4 / 3),
-  num_tries: int = 10,
-) -> Array:
+def random_resized_crop(rng: Array, image: Array, out_size: int, **box) -> Array:
   """torchvision-style RandomResizedCrop (SimCLR Appendix A: crop + resize).
 
   Args:
     rng: PRNG key.
     image: ``[H, W, C]`` float image.
     out_size: static output side.
-    scale, ratio, num_tries: see :func:`sample_crop_box`.
+    box: ``scale``, ``ratio``, ``num_tries`` of :func:`sample_crop_box` (its defaults).
 
   Returns:
     ``[out_size, out_size, C]`` float32.
   """
   height, width = image.shape[0], image.shape[1]
-  box = sample_crop_box(rng, height, width, scale, ratio, num_tries)
-  return crop_and_resize(image, box, out_size)
+  return crop_and_resize(image, sample_crop_box(rng, height, width, **box), out_size)
 
 
 # --------------------------------------------------------------------------

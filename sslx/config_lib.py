@@ -144,6 +144,7 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
   kinds = {
     "embedded": dict(small, name="embedded"),
     "cifar10": dict(small, name="image_folder"),
+    # fmt: off
     "imagenet": dict(
       small,
       name="tfds",
@@ -153,8 +154,8 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
       image_size=224,
       num_workers=8,
       normalization="imagenet",
-      host_crops=False,
     ),
+    # fmt: on
   }
   if kind not in kinds:
     raise ValueError(f"dataset kind {kind!r}; valid: {sorted(kinds)}")
@@ -175,21 +176,23 @@ def two_views(
   """`config.augment` for methods whose views all share one recipe (augment.ViewParams):
   SimCLR's random-resized crop, flip, colour jitter (brightness, contrast, saturation, hue),
   grayscale, blur and solarize. Blur defaults off: at 32 px it destroys the image."""
-  brightness, contrast, saturation, hue = jitter
   return ml_collections.ConfigDict(
     dict(
       crop_size=size,
       crop_scale=tuple(scale),
-      brightness=brightness,
-      contrast=contrast,
-      saturation=saturation,
-      hue=hue,
-      jitter_prob=jitter_prob,
-      grayscale_prob=grayscale_prob,
+      **colour(jitter, jitter_prob, grayscale_prob, flip_prob),
       blur_prob=blur_prob,
-      flip_prob=flip_prob,
       solarize_prob=solarize_prob,
     )
+  )
+
+
+def colour(jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=0.8, grayscale_prob=0.2, flip_prob=0.5) -> dict:
+  """The colour and flip keys of augment.ViewParams: jitter strengths (brightness, contrast,
+  saturation, hue) applied with probability `jitter_prob`, grayscale and flip probabilities."""
+  strengths = dict(zip(("brightness", "contrast", "saturation", "hue"), jitter, strict=True))
+  return dict(
+    strengths, jitter_prob=jitter_prob, grayscale_prob=grayscale_prob, flip_prob=flip_prob
   )
 
 
@@ -226,15 +229,7 @@ def multi_crop(
       local_blur_prob=local_blur,
       local_solarize_prob=0.0,
     )
-  c.update(
-    brightness=0.4,
-    contrast=0.4,
-    saturation=0.2,
-    hue=0.1,
-    jitter_prob=0.8,
-    grayscale_prob=0.2,
-    flip_prob=0.5,
-  )
+  c.update(colour(jitter=(0.4, 0.4, 0.2, 0.1)))
   return ml_collections.ConfigDict(c)
 
 

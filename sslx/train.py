@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -229,14 +229,19 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   return setup, state, step
 
 
-def compile_step(setup: Setup, probe_enabled: bool):
-  step = functools.partial(
-    train_step,
+def _bind(step_fn, setup: Setup, probe_enabled: bool):
+  """`step_fn(state, batch, ...)` with the run's method, optimizer and schedule bound."""
+  return functools.partial(
+    step_fn,
     method=setup.method,
     tx=setup.tx,
     schedule=setup.schedule,
     probe_enabled=probe_enabled,
   )
+
+
+def compile_step(setup: Setup, probe_enabled: bool):
+  step = _bind(train_step, setup, probe_enabled)
   batch_shardings = {"image": setup.batch_sharding, "label": setup.batch_sharding}
   return jax.jit(
     step,
@@ -262,13 +267,7 @@ def add_metrics(sums: dict, metrics: dict) -> dict:
 def compile_accumulating_step(setup: Setup, probe_enabled: bool):
   """``(state, batch, sums) -> (state, metrics, sums)``: the train step that also adds its
   metrics to ``sums`` inside the jitted computation (no per-step host work for them)."""
-  step = functools.partial(
-    _accumulating_step,
-    method=setup.method,
-    tx=setup.tx,
-    schedule=setup.schedule,
-    probe_enabled=probe_enabled,
-  )
+  step = _bind(_accumulating_step, setup, probe_enabled)
   rep = sharding.replicated(setup.mesh)
   return jax.jit(
     step,
@@ -280,13 +279,7 @@ def compile_accumulating_step(setup: Setup, probe_enabled: bool):
 
 def zero_metric_sums(setup: Setup, probe_enabled: bool, state, batch) -> dict:
   """Zeros in the shape of ``add_metrics``'s sums for this step (traced, not compiled)."""
-  step = functools.partial(
-    train_step,
-    method=setup.method,
-    tx=setup.tx,
-    schedule=setup.schedule,
-    probe_enabled=probe_enabled,
-  )
+  step = _bind(train_step, setup, probe_enabled)
   _, metrics = jax.eval_shape(step, state, batch)
   rep = sharding.replicated(setup.mesh)
   names = [k for k in metrics if k != "finite"] + ["steps"]
@@ -330,12 +323,23 @@ def check_eval_split(config, num_classes: int) -> None:
     ) from e
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config`'s method in `workdir` (a path or URL; resuming if it holds a checkpoint),
-  evaluates, and returns the results also written to `workdir/results.json`.
+class _Run(NamedTuple):
+  """What a run starts from: its checkpoint manager and latest step, the built setup, the
+  device batches and the state (restored or new) at step `start`."""
 
-  On SIGTERM/SIGINT it saves the step it is at and raises `preemption.Preempted` (a
-  SystemExit with status 75)."""
+  mngr: Any
+  latest: int | None
+  train_source: Any
+  setup: Setup
+  loader: data.DevicePrefetcher
+  state: TrainState
+  start: int
+  probe_enabled: bool
+
+
+def _open_run(config, workdir: str) -> _Run:
+  """Checks the config, the workdir and the data before any work, builds the setup and
+  restores the latest checkpoint of `workdir` (model and data-loader state) or starts anew."""
   config_lib.validate(config)
   paths.check_writable(workdir)  # a missing bucket or credentials fail here, naming the URL
   mngr = checkpointing.manager(
@@ -367,6 +371,51 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if progress.is_lead():
     paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
+  return _Run(mngr, latest, train_source, setup, loader, state, start, probe_enabled)
+
+
+def _report(step: int, values: dict, prog: progress.Progress, writer, method) -> None:
+  """A log step: the mean metrics since the last one to TensorBoard and the console (with
+  rates and ETA), and the method's collapse warning if any."""
+  rates = prog.update(step)
+  writer.scalars(
+    step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}), prefix="train/"
+  )
+  shown = {k: values[k] for k in sorted(values) if k in ("loss", "probe_acc", "learning_rate")}
+  progress.console(prog.line(step, shown, rates))
+  warning = method.collapse_warning(values)
+  if warning:
+    log.warning("step %d: %s", step, warning)
+    progress.console(f"WARNING step {step}: {warning}")
+
+
+def _training_results(config, setup: Setup, step: int, start: int, t_train, t_compile) -> dict:
+  """results.json's record of the training: what ran, for how long and how fast (images/s over
+  the steps after the first, which compiles)."""
+  images_per_sec = None
+  if step - start > 1 and t_train > 0:
+    images_per_sec = (step - start - 1) * 2 * config.batch_size / t_train
+  return {
+    "method": config.method.name,
+    "model": config.model.name,
+    "dataset": config.dataset.name,
+    "batch_size": config.batch_size,
+    "steps": int(step),
+    "epochs": step / setup.steps_per_epoch,
+    "train_images_per_sec": images_per_sec,
+    "compile_s": t_compile,
+  }
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config`'s method in `workdir` (a path or URL; resuming if it holds a checkpoint),
+  evaluates, and returns the results also written to `workdir/results.json`.
+
+  On SIGTERM/SIGINT it saves the step it is at and raises `preemption.Preempted` (a
+  SystemExit with status 75)."""
+  run = _open_run(config, workdir)
+  mngr, setup, loader, state, start = run.mngr, run.setup, run.loader, run.state, run.start
+  latest, probe_enabled = run.latest, run.probe_enabled
   step_fn = compile_accumulating_step(setup, probe_enabled)
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
   periodic_eval = knn.PeriodicKnn(config, setup.method, setup.mesh, writer)
@@ -379,7 +428,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
   progress.console(
     f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
-    f"({len(train_source)} images, {num_classes} classes), batch {config.batch_size}, "
+    f"({len(run.train_source)} images, {setup.num_classes} classes), batch {config.batch_size}, "
     f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
   )
   saved = {"step": latest}
@@ -430,22 +479,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last_loss = values["loss"]
           if not bool(metrics["finite"]):
             continue  # reported by the check above on the next iteration or after the loop
-          rates = prog.update(step)
-          writer.scalars(
-            step, dict(values, **{k: v for k, v in rates.items() if k != "eta_s"}), prefix="train/"
-          )
-          progress.console(
-            prog.line(
-              step,
-              {k: values[k] for k in sorted(values) if k in ("loss", "probe_acc", "learning_rate")},
-              rates,
-            )
-          )
+          _report(step, values, prog, writer, setup.method)
           sums = None
-          warning = setup.method.collapse_warning(values)
-          if warning:
-            log.warning("step %d: %s", step, warning)
-            progress.console(f"WARNING step {step}: {warning}")
         periodic_eval(step, state)
         if step < setup.total_steps and schedule.due(step):
           save(step)
@@ -470,21 +505,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if stop.signal_name is not None:  # a signal after the last step: its checkpoint is committed
       _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
 
-  images_per_sec = None
-  if step - start > 1 and t_train > 0:
-    images_per_sec = (step - start - 1) * 2 * config.batch_size / t_train
-  results = {
-    "method": config.method.name,
-    "model": config.model.name,
-    "dataset": config.dataset.name,
-    "batch_size": config.batch_size,
-    "steps": int(step),
-    "epochs": step / setup.steps_per_epoch,
-    "train_images_per_sec": images_per_sec,
-    "compile_s": t_compile,
-    "train_loss_first": first_loss,
-    "train_loss_last": last_loss,
-  }
+  results = _training_results(config, setup, step, start, t_train, t_compile)
+  results.update(train_loss_first=first_loss, train_loss_last=last_loss)
   evaluated = evaluation.run_all(
     config, setup.method, state, setup.mesh, writer, step, workdir=workdir
   )

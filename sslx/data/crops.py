@@ -40,7 +40,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
-from sslx import multicrop
+from sslx import augment, multicrop
 from sslx.data import sources
 
 NUM_TRIES = 10
@@ -102,26 +102,14 @@ def sample_box(
   candidates, the first that fits is kept, its offset uniform over every placement; if none
   fits, the whole image clipped to the ratio range, centred. Returns ``(x0, y0, w, h)``.
   """
-  tries = (len(u) - 2) // 2
-  area = float(width * height)
-  target = area * (scale[0] + u[:tries] * (scale[1] - scale[0]))
-  lo, hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = np.exp(lo + u[tries : 2 * tries] * (hi - lo))
-  ws = np.round(np.sqrt(target * aspect)).astype(np.int64)
-  hs = np.round(np.sqrt(target / aspect)).astype(np.int64)
+  hs, ws = (s.astype(np.int64) for s in augment.crop_candidates(u, height, width, scale, ratio, np))
   fits = np.flatnonzero((ws > 0) & (ws <= width) & (hs > 0) & (hs <= height))
   if len(fits):
     w, h = int(ws[fits[0]]), int(hs[fits[0]])
     y0 = min(int(u[-2] * (height - h + 1)), height - h)
     x0 = min(int(u[-1] * (width - w + 1)), width - w)
     return x0, y0, w, h
-  in_ratio = width / height
-  if in_ratio < min(ratio):
-    w, h = width, int(round(width / min(ratio)))
-  elif in_ratio > max(ratio):
-    w, h = int(round(height * max(ratio))), height
-  else:
-    w, h = width, height
+  h, w = augment.fallback_box_size(height, width, ratio)
   return (width - w) // 2, (height - h) // 2, w, h
 
 

@@ -182,6 +182,41 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _check_loader_args(
+  source, global_batch_size, process_index, process_count, num_epochs, num_workers
+) -> None:
+  """make_train_loader's arguments, checked before anything is read."""
+  num_records = len(source)
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"the process count ({process_count})"
+    )
+  if global_batch_size > num_records:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} is larger than the dataset "
+      f"({num_records} records in {source!r})"
+    )
+  if num_epochs is not None and num_epochs <= 0:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
+def _read_threads(source, view_maker, num_workers: int) -> int:
+  """Reading threads per process: by image size (the views' when made on the host), shared
+  out among the grain workers."""
+  size = getattr(source, "image_size", 0) or 0
+  if view_maker is not None:
+    size = max(g.size for g in view_maker.groups)
+  threads = default_read_threads(size)
+  if num_workers > 0 and threads:  # the workers share the cores
+    threads = max(1, threads // num_workers)
+  return threads
+
+
 def make_train_loader(
   source,
   global_batch_size: int,
@@ -236,22 +271,9 @@ def make_train_loader(
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
-  if process_count <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
-      f"global_batch_size={global_batch_size} must be a positive multiple of "
-      f"the process count ({process_count})"
-    )
-  if global_batch_size > num_records:
-    raise ValueError(
-      f"global_batch_size={global_batch_size} is larger than the dataset "
-      f"({num_records} records in {source!r})"
-    )
-  if num_epochs is not None and num_epochs <= 0:
-    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
-  if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+  _check_loader_args(
+    source, global_batch_size, process_index, process_count, num_epochs, num_workers
+  )
 
   ds = grain.MapDataset.source(source if view_maker is None else _EncodedRecords(source))
   if shuffle:
@@ -274,12 +296,7 @@ def make_train_loader(
       ds, view_maker, source, global_batch_size, local, process_index * local, local_epoch
     )
   if read_threads is None:
-    size = getattr(source, "image_size", 0) or 0
-    if view_maker is not None:
-      size = max(g.size for g in view_maker.groups)
-    read_threads = default_read_threads(size)
-    if num_workers > 0 and read_threads:  # the workers share the cores
-      read_threads = max(1, read_threads // num_workers)
+    read_threads = _read_threads(source, view_maker, num_workers)
   # Elements are records, or whole batches of views: then a few of them bound the memory.
   prefetch = _PREFETCH_RECORDS if view_maker is None else max(2, read_threads)
   it_ds = ds.to_iter_dataset(

@@ -172,18 +172,23 @@ class _ArchiveFiles:
     return self.buffer[self.offsets[k] : self.offsets[k + 1]]
 
 
+def _tar_files(archive: tarfile.TarFile):
+  """(name, member) of each regular file, the name without leading "./" and "/"."""
+  for member in archive:
+    if member.isfile():
+      name = member.name
+      while name.startswith("./"):
+        name = name[2:]
+      yield name.lstrip("/"), member
+
+
 def _load_archive_bytes(data: bytes, path: str) -> _ArchiveFiles:
   if data[:2] == b"\x1f\x8b":  # The gzip magic number; decompress in one call (fast).
     data = gzip.decompress(data)
   names, chunks = [], []
   with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-    for member in archive:
-      if not member.isfile():
-        continue
-      name = member.name
-      while name.startswith("./"):
-        name = name[2:]
-      names.append(name.lstrip("/"))
+    for name, member in _tar_files(archive):
+      names.append(name)
       chunks.append(data[member.offset_data : member.offset_data + member.size])
   offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
   np.cumsum([len(c) for c in chunks], out=offsets[1:])
@@ -217,13 +222,8 @@ def _index_tar(path: str) -> _TarIndex:
   """Member names and offsets of an uncompressed tar (headers only: tarfile seeks past data)."""
   names, offsets, sizes = [], [], []
   with tarfile.open(path, mode="r:") as archive:
-    for member in archive:
-      if not member.isfile():
-        continue
-      name = member.name
-      while name.startswith("./"):
-        name = name[2:]
-      names.append(name.lstrip("/"))
+    for name, member in _tar_files(archive):
+      names.append(name)
       offsets.append(member.offset_data)
       sizes.append(member.size)
   return _TarIndex(path, tuple(names), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64))

@@ -56,17 +56,13 @@ class ProbeState(NamedTuple):
 
 
 def _view(cfg, size: int) -> augment.ViewParams:
+  colour_off = dict.fromkeys(
+    ("brightness", "contrast", "saturation", "hue", "jitter_prob", "grayscale_prob", "blur_prob"),
+    0.0,
+  )
+  flip = 0.5 if cfg["flip"] else 0.0
   return augment.ViewParams(
-    crop_size=size,
-    crop_scale=tuple(cfg["crop_scale"]),
-    brightness=0.0,
-    contrast=0.0,
-    saturation=0.0,
-    hue=0.0,
-    jitter_prob=0.0,
-    grayscale_prob=0.0,
-    blur_prob=0.0,
-    flip_prob=0.5 if cfg["flip"] else 0.0,
+    crop_size=size, crop_scale=tuple(cfg["crop_scale"]), flip_prob=flip, **colour_off
   )
 
 

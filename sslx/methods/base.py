@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -154,6 +155,21 @@ class Preprocess:
       raise ValueError(f"dataset.normalization={name!r}; valid choices: {sorted(stats)}")
     mean, std = stats[name]
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def read_settings(cls: type, m, names: str) -> dict:
+  """`config.method`'s values of the whitespace-separated `names`, each converted to the type
+  its field in the method dataclass `cls` declares (float, int, bool, str, a tuple of them):
+  what create() passes on as `name=float(m.name)`, written once."""
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for name in names.split():
+    hint, value = hints[name], m[name]
+    if typing.get_origin(hint) is tuple:
+      out[name] = tuple(typing.get_args(hint)[0](v) for v in value)
+    else:
+      out[name] = hint(value)
+  return out
 
 
 def check_eval_encoder(value: str, choices: tuple[str, ...]) -> str:

@@ -238,13 +238,29 @@ def _drop_rng(rng):
   return {"dropout": rng}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EMATeacher(base.Method):
-  """What DINO and DINOv2 share around their losses: the EMA teacher update, evaluation
-  features and attention maps, the momentum and teacher-temperature schedules. Needs
-  `self.net` (with `encode` and `attention` methods), `self.preprocess`, the schedules' fields
-  (`total_steps`, `base_momentum`, `teacher_temp`, `warmup_teacher_temp`,
-  `warmup_teacher_temp_fraction`), `self.freeze_last_layer_steps` and `self.eval_encoder`;
+  """What DINO and DINOv2 share around their losses: the student and teacher networks (`net`
+  and `teacher_net` with `encode` and `attention` methods), the multi-crop views, the EMA
+  teacher update, evaluation features and attention maps, the momentum and
+  teacher-temperature schedules and the settings they read (`ema_teacher_settings`);
   `method_state["teacher"]` holds the teacher's params and batch_stats."""
+
+  net: nn.Module
+  teacher_net: nn.Module  # same parameters; no stochastic depth in the teacher
+  views: multicrop.MultiCrop
+  preprocess: base.Preprocess
+  total_steps: int
+  out_dim: int
+  student_temp: float
+  teacher_temp: float
+  warmup_teacher_temp: float
+  warmup_teacher_temp_fraction: float
+  center_momentum: float
+  base_momentum: float
+  freeze_last_layer_steps: int
+  collapse_std: float
+  eval_encoder: str
 
   EVAL_ENCODERS = ("teacher", "student")
 
@@ -259,6 +275,15 @@ class EMATeacher(base.Method):
       self.teacher_temp,
       self.warmup_teacher_temp_fraction,
     )
+
+  def init_inputs(self, rng, images):
+    """(init rngs, two preprocessed sample images at the global crop size) for `net.init`."""
+    x = self.preprocess(images[:2])
+    size = self.views.global_size
+    if x.shape[1] != size:
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    p_rng, d_rng = jax.random.split(rng)
+    return {"params": p_rng, "dropout": d_rng}, x
 
   def with_teacher(self, variables, **centers: int) -> base.Variables:
     """Initial Variables from the student's flax `variables`: the teacher a copy of the
@@ -308,23 +333,9 @@ class EMATeacher(base.Method):
     return self.net.apply(variables, self.preprocess(images), method=type(self.net).attention)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DINO(EMATeacher):
-  net: DINONet
-  teacher_net: DINONet  # same parameters; no stochastic depth in the teacher
-  views: multicrop.MultiCrop
-  preprocess: base.Preprocess
-  total_steps: int
-  out_dim: int
-  student_temp: float = 0.1
-  teacher_temp: float = 0.04
-  warmup_teacher_temp: float = 0.04
-  warmup_teacher_temp_fraction: float = 0.0
-  center_momentum: float = 0.9
-  base_momentum: float = 0.996
-  freeze_last_layer_steps: int = 0
-  collapse_std: float = 0.05
-  eval_encoder: str = "teacher"
+  """DINO: EMATeacher's fields (net and teacher_net are DINONets) and the loss above."""
 
   def _crops(self, rng, images):
     crops = self.views(rng, images)
@@ -332,13 +343,8 @@ class DINO(EMATeacher):
     return (self.preprocess(crops.global_crops), None if local is None else self.preprocess(local))
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    p_rng, d_rng = jax.random.split(rng)
-    variables = self.net.init({"params": p_rng, "dropout": d_rng}, x, train=False)
-    return self.with_teacher(variables, center=self.out_dim)
+    rngs, x = self.init_inputs(rng, images)
+    return self.with_teacher(self.net.init(rngs, x, train=False), center=self.out_dim)
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """DINO loss on multi-crop views of `images` [B, H, W, 3] (uint8)."""
@@ -427,25 +433,28 @@ DEFAULTS = dict(
 # fmt: on
 
 
-def create(config, total_steps: int) -> DINO:
+def ema_teacher_settings(config, total_steps: int, backbone: nn.Module, net) -> dict:
+  """EMATeacher's fields from `config`: the student `net(backbone)` and the teacher
+  `net(no_drop_path(backbone))`, the views, preprocessing and the typed settings of
+  `config.method` the two methods share."""
   m = config.method
-  views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
-  backbone = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  head = head_from_config(m, config.model.get("dtype", "float32"))
-  return DINO(
-    net=DINONet(backbone, head),
-    teacher_net=DINONet(no_drop_path(backbone), head),
-    views=views,
+  return dict(
+    net=net(backbone),
+    teacher_net=net(no_drop_path(backbone)),
+    views=multicrop.MultiCrop.from_config(config.augment, num_global=2),
     preprocess=base.Preprocess.from_config(config.dataset),
     total_steps=int(total_steps),
-    out_dim=head.out_dim,
-    student_temp=float(m.student_temp),
-    teacher_temp=float(m.teacher_temp),
-    warmup_teacher_temp=float(m.warmup_teacher_temp),
-    warmup_teacher_temp_fraction=float(m.warmup_teacher_temp_fraction),
-    center_momentum=float(m.center_momentum),
-    base_momentum=float(m.base_momentum),
-    freeze_last_layer_steps=int(m.freeze_last_layer_steps),
-    collapse_std=float(m.collapse_std),
+    **base.read_settings(
+      EMATeacher,
+      m,
+      "out_dim student_temp teacher_temp warmup_teacher_temp warmup_teacher_temp_fraction "
+      "center_momentum base_momentum freeze_last_layer_steps collapse_std",
+    ),
     eval_encoder=base.check_eval_encoder(m.eval_encoder, EMATeacher.EVAL_ENCODERS),
   )
+
+
+def create(config, total_steps: int) -> DINO:
+  backbone = models.create_model(config.model.name, **base.model_kwargs(config.model))
+  head = head_from_config(config.method, config.model.get("dtype", "float32"))
+  return DINO(**ema_teacher_settings(config, total_steps, backbone, lambda b: DINONet(b, head)))

@@ -67,10 +67,10 @@ from sslx.methods.common import embedding_std_metrics, std_warning
 from sslx.methods.dino import (
   EMATeacher,
   cross_view_loss,
+  ema_teacher_settings,
   entropy_fraction,
   entropy_warning,
   head_from_config,
-  no_drop_path,
   teacher_softmax,
   update_center,
 )
@@ -259,33 +259,20 @@ def masked_positions(token_mask: jax.Array, max_masked: int) -> tuple[jax.Array,
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DINOv2(EMATeacher):
-  net: DINOv2Net
-  teacher_net: DINOv2Net
-  views: multicrop.MultiCrop
-  preprocess: base.Preprocess
-  total_steps: int
-  out_dim: int
+  """EMATeacher's fields (net and teacher_net are DINOv2Nets) and those of iBOT and KoLeo."""
+
   patch_out_dim: int
   patch_size: int
-  student_temp: float = 0.1
-  teacher_temp: float = 0.07
-  warmup_teacher_temp: float = 0.04
-  warmup_teacher_temp_fraction: float = 0.0
-  center_momentum: float = 0.9
-  base_momentum: float = 0.992
-  freeze_last_layer_steps: int = 0
-  centering: str = "center"
-  sinkhorn_iterations: int = 3
-  dino_loss_weight: float = 1.0
-  ibot_loss_weight: float = 1.0
-  koleo_loss_weight: float = 0.1
-  koleo_group_size: int = 64
-  mask_probability: float = 0.5
-  mask_ratio: tuple[float, float] = (0.1, 0.5)
-  collapse_std: float = 0.05
-  eval_encoder: str = "teacher"
+  centering: str
+  sinkhorn_iterations: int
+  dino_loss_weight: float
+  ibot_loss_weight: float
+  koleo_loss_weight: float
+  koleo_group_size: int
+  mask_probability: float
+  mask_ratio: tuple[float, float]
 
   @property
   def num_patches(self) -> int:
@@ -296,14 +283,10 @@ class DINOv2(EMATeacher):
     return int(self.mask_ratio[1] * self.num_patches)
 
   def init(self, rng, images) -> base.Variables:
-    x = self.preprocess(images[:2])
-    size = self.views.global_size
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    p_rng, d_rng = jax.random.split(rng)
+    rngs, x = self.init_inputs(rng, images)
     ids = jnp.zeros((2, max(self.max_masked, 1)), jnp.int32)
     variables = self.net.init(
-      {"params": p_rng, "dropout": d_rng},
+      rngs,
       x,
       token_mask=jnp.zeros((2, self.num_patches), bool),
       patch_ids=ids,
@@ -426,26 +409,23 @@ DEFAULTS = dict(
 
 def create(config, total_steps: int) -> DINOv2:
   m = config.method
-  views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   backbone = masked_vit(models.create_model(config.model.name, **base.model_kwargs(config.model)))
   centering = m.centering
   if centering not in CENTERINGS:
     raise ValueError(f"method.centering={centering!r}; valid choices: {list(CENTERINGS)}")
-  if views.global_size % backbone.patch_size:
+  global_size = multicrop.MultiCrop.from_config(config.augment, num_global=2).global_size
+  if global_size % backbone.patch_size:
     raise ValueError(
-      f"global crop size {views.global_size} is not divisible by the patch "
-      f"size {backbone.patch_size}"
+      f"global crop size {global_size} is not divisible by the patch size {backbone.patch_size}"
     )
   dtype = config.model.get("dtype", "float32")
   dino_head = head_from_config(m, dtype)
-  separate = bool(m.separate_ibot_head)
   patch_out = int(m.patch_out_dim)
   ibot_head = None
-  if separate:
+  if m.separate_ibot_head:
     ibot_head = head_from_config(dict(m.to_dict(), out_dim=patch_out), dtype)
   elif patch_out != dino_head.out_dim:
     raise ValueError("patch_out_dim differs from out_dim: set separate_ibot_head=True")
-  ratio = tuple(float(r) for r in m.mask_ratio)
   koleo_group = int(m.koleo_group_size)
   batch = int(config.batch_size)
   if koleo_group < 0 or (0 < koleo_group < batch and batch % koleo_group):
@@ -453,30 +433,15 @@ def create(config, total_steps: int) -> DINOv2:
       f"method.koleo_group_size={koleo_group} must divide batch_size={batch} (or be >= it, "
       "or 0 for the whole batch)"
     )
+  net = lambda b: DINOv2Net(b, dino_head, ibot_head)  # noqa: E731
   return DINOv2(
-    net=DINOv2Net(backbone, dino_head, ibot_head),
-    teacher_net=DINOv2Net(no_drop_path(backbone), dino_head, ibot_head),
-    views=views,
-    preprocess=base.Preprocess.from_config(config.dataset),
-    total_steps=int(total_steps),
-    out_dim=dino_head.out_dim,
+    **ema_teacher_settings(config, total_steps, backbone, net),
     patch_out_dim=patch_out,
     patch_size=backbone.patch_size,
-    student_temp=float(m.student_temp),
-    teacher_temp=float(m.teacher_temp),
-    warmup_teacher_temp=float(m.warmup_teacher_temp),
-    warmup_teacher_temp_fraction=float(m.warmup_teacher_temp_fraction),
-    center_momentum=float(m.center_momentum),
-    base_momentum=float(m.base_momentum),
-    freeze_last_layer_steps=int(m.freeze_last_layer_steps),
-    centering=centering,
-    sinkhorn_iterations=int(m.sinkhorn_iterations),
-    dino_loss_weight=float(m.dino_loss_weight),
-    ibot_loss_weight=float(m.ibot_loss_weight),
-    koleo_loss_weight=float(m.koleo_loss_weight),
-    koleo_group_size=koleo_group,
-    mask_probability=float(m.mask_probability),
-    mask_ratio=ratio,
-    collapse_std=float(m.collapse_std),
-    eval_encoder=base.check_eval_encoder(m.eval_encoder, EMATeacher.EVAL_ENCODERS),
+    **base.read_settings(
+      DINOv2,
+      m,
+      "centering sinkhorn_iterations dino_loss_weight ibot_loss_weight koleo_loss_weight "
+      "koleo_group_size mask_probability mask_ratio",
+    ),
   )

@@ -77,12 +77,12 @@ class VICReg(base.Method):
   net: EncoderWithHead
   views: multicrop.MultiCrop
   preprocess: base.Preprocess
-  sim_coeff: float = 25.0
-  std_coeff: float = 25.0
-  cov_coeff: float = 1.0
-  gamma: float = 1.0
-  eps: float = 1e-4
-  collapse_std: float = 0.05
+  sim_coeff: float  # the settings' values: DEFAULTS below
+  std_coeff: float
+  cov_coeff: float
+  gamma: float
+  eps: float
+  collapse_std: float
 
   def init(self, rng, images) -> base.Variables:
     variables = base.init_net(self.net, self.preprocess, rng, images, self.views.global_size)
@@ -131,10 +131,5 @@ def create(config, total_steps: int) -> VICReg:
     net=EncoderWithHead(encoder, expander),
     views=views,
     preprocess=base.Preprocess.from_config(config.dataset),
-    sim_coeff=float(m.sim_coeff),
-    std_coeff=float(m.std_coeff),
-    cov_coeff=float(m.cov_coeff),
-    gamma=float(m.gamma),
-    eps=float(m.eps),
-    collapse_std=float(m.collapse_std),
+    **base.read_settings(VICReg, m, "sim_coeff std_coeff cov_coeff gamma eps collapse_std"),
   )
