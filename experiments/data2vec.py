@@ -26,21 +26,10 @@ from sslx import config_lib as cl
 
 
 def cpu(opts) -> ml_collections.ConfigDict:
-  del opts
-  c = cl.base_config(
-    method=cl.method(
-      "data2vec",
-      top_k=2,
-      ema_decay=0.99,
-      ema_end_decay=0.999,
-    ),
-    model=cl.model("vit_tiny", patch_size=4, dim=96, depth=4, num_heads=3, pool="mean"),
-    # data2vec (like BEiT) uses random-resized-crop and flip, plus mild colour jitter.
-    augment=cl.two_views(32, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.0), grayscale_prob=0.0),
-    optimizer=cl.optimizer("adamw", 1e-3, weight_decay=0.05, warmup_epochs=0.5),
-    batch_size=128,
-    num_epochs=4.0,
-  )
+  # BEiT's CPU setting: the same small ViT (mean-pooled), random-resized crop, flip and mild
+  # colour jitter, AdamW 1e-3, batch 128, 4 epochs.
+  c = cl.sibling(__file__, "beit").cpu(opts)
+  c.method = cl.method("data2vec", top_k=2, ema_decay=0.99, ema_end_decay=0.999)
   return c
 
 

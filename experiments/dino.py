@@ -66,7 +66,13 @@ def _paper_recipe(c, out_dim: int):
     warmup_teacher_temp_fraction=0.3,
     base_momentum=0.996,
   )
-  c.optimizer = cl.optimizer(
+  c.optimizer = paper_optimizer()
+
+
+def paper_optimizer() -> ml_collections.ConfigDict:
+  """AdamW 5e-4·B/256, 10 warm-up epochs, cosine to 2e-3 of the peak, weight decay cosine
+  0.04 → 0.4, gradients clipped at norm 3 (DINO's and DINOv2's)."""
+  return cl.optimizer(
     "adamw",
     5e-4,
     lr_scaling="linear",

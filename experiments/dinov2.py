@@ -27,6 +27,8 @@ import ml_collections
 
 from sslx import config_lib as cl
 
+dino = cl.sibling(__file__, "dino")
+
 # variant -> (registered model, overrides)
 VARIANTS = {
   "S": ("vit_small", {}),
@@ -44,7 +46,7 @@ def _vit(variant: str, patch: int, **extra) -> ml_collections.ConfigDict:
 
 
 def cpu(opts) -> ml_collections.ConfigDict:
-  c = cl.base_config()
+  c = dino.cpu(opts)  # DINO's multi-crop views, optimizer and epochs
   c.method = cl.method(
     "dinov2",
     out_dim=1024,
@@ -59,10 +61,6 @@ def cpu(opts) -> ml_collections.ConfigDict:
   c.model = cl.model("vit_tiny", patch_size=8, dim=96, depth=4, num_heads=3)
   if opts.variant:
     c.model = _vit(opts.variant, opts.patch or 8)
-  c.augment = cl.multi_crop(32, (0.3, 1.0), num_local=4, local_size=16, local_scale=(0.05, 0.3))
-  c.optimizer = cl.optimizer("adamw", 5e-4, weight_decay=0.04, warmup_epochs=0.2)
-  c.batch_size = 64
-  c.num_epochs = 2.5
   return c
 
 
@@ -82,16 +80,7 @@ def _paper_recipe(c, out_dim: int):
     warmup_teacher_temp_fraction=0.3,
     base_momentum=0.992,
   )
-  c.optimizer = cl.optimizer(
-    "adamw",
-    5e-4,
-    lr_scaling="linear",
-    weight_decay=0.04,
-    weight_decay_end=0.4,
-    grad_clip_norm=3.0,
-    warmup_epochs=10.0,
-    final_lr_fraction=2e-3,
-  )
+  c.optimizer = dino.paper_optimizer()
 
 
 def cifar10(c, opts):

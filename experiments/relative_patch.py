@@ -11,8 +11,9 @@ Learning by Context Prediction") experiment presets.
         pretrained   k-NN@20 41.8  k-NN@200 39.2  linear 48.3
         random init  k-NN@20 41.2  k-NN@200 37.3  linear 46.7   (raw pixels 38.8 / 36.8 / 26.7)
       One epoch is not enough: the loss stays near chance and the probe at random init.
-  cifar10: ResNet-18 (CIFAR stem), images upsampled to 96 px, 24 px patches, 12 px gaps
-      (the paper's gap = patch/2), ±3 px jitter, colour dropping; SGD. No published CIFAR
+  cifar10: ResNet-18 (CIFAR stem), images upsampled to 96 px, 22 px patches, 11 px gaps
+      and ±2 px jitter (the paper's 96/48/±7 px scaled to fit 3·patch + 2·gap + 2·jitter in
+      the image), colour dropping; SGD. No published CIFAR
       figure for this protocol:
         python -m sslx.main --config=experiments/relative_patch.py:cifar10 \
           --config.dataset.path=/data/cifar10-{split}.tar.gz --workdir=...
@@ -50,9 +51,9 @@ def cifar10(c, opts):
   c.model = cl.model("resnet18", stem="cifar")
   c.method.update(
     image_size=96,
-    patch_size=24,
-    gap=12,
-    jitter=3,
+    patch_size=22,
+    gap=11,
+    jitter=2,
     color_guard="drop",
     tile_dim=512,
     head_hidden=(4096,),

@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from sslx import config_lib, data, train
 
@@ -49,6 +50,24 @@ def tiny_simclr(steps: int = 6, batch: int = 32, **overrides):
     "checkpoint_every_steps": 3,
   }
   return tiny("simclr", **{**fixed, **overrides})
+
+
+def crash_mid_run(config, workdir: str, monkeypatch, at_batch: int = 5) -> None:
+  """Runs `config` in `workdir` until the `at_batch`-th batch reaches the devices, where it
+  crashes (a RuntimeError, as a dying host would); the data path is restored afterwards."""
+  real = data.to_global_array
+  calls = {"n": 0}
+
+  def crashing(batch, sharding):
+    calls["n"] += 1
+    if calls["n"] == at_batch:
+      raise RuntimeError("simulated crash")
+    return real(batch, sharding)
+
+  monkeypatch.setattr(data, "to_global_array", crashing)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(data, "to_global_array", real)
 
 
 def held_out_images(config, n: int = 32) -> np.ndarray:

@@ -111,17 +111,6 @@ def test_sharded_step_equals_single_device(byol_step):
   assert_steps_close(eight, one, before, ("params", "batch_stats", "method_state"))
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
-def test_presets_validate_and_build(preset):
-  from sslx import config_lib, methods
-
-  c = experiment("byol", preset)
-  config_lib.validate(c)
-  assert c.method.name == "byol"
-  method = methods.get("byol").create(c, total_steps=10)
-  assert method.views.num_global == 2
-
-
 @pytest.mark.slow
 def test_short_cpu_run_learns(tmp_path):
   config = tiny("byol", total_steps=20, batch_size=32, **{"optimizer.warmup_epochs": 0.0})

@@ -11,15 +11,6 @@ from sslx.cli import evaluate
 from tests.helpers import REPO, experiment, tiny_simclr
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
-def test_simclr_presets_validate(preset):
-  from sslx import config_lib
-
-  c = experiment("simclr", preset)
-  config_lib.validate(c)
-  assert c.method.name == "simclr"
-
-
 def test_preset_arguments_and_bad_preset():
   assert experiment("simclr", "cpu,steps=7").total_steps == 7
   with pytest.raises(ValueError, match="unknown preset"):

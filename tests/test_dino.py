@@ -13,7 +13,7 @@ import pytest
 from sslx import data, multicrop, train
 from sslx.methods import dino
 from sslx.models.dino_head import DINOHead
-from tests.helpers import assert_learns, experiment, tiny
+from tests.helpers import assert_learns, tiny
 
 
 def tiny_dino(steps: int = 3, batch: int = 16, name: str = "dino", **overrides):
@@ -360,17 +360,6 @@ def test_sharded_step_equals_single_device(dino_step):
   _, _, eight, m8 = one_step(_dino_step_config(), batches(config)[0], mesh=[("data", 8)])
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   assert_steps_close(eight, one, before)
-
-
-@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
-def test_presets_validate_and_build(preset):
-  from sslx import config_lib, methods
-
-  c = experiment("dino", preset)
-  config_lib.validate(c)
-  assert c.method.name == "dino"
-  method = methods.get("dino").create(c, total_steps=10)
-  assert method.views.num_global == 2
 
 
 @pytest.mark.slow

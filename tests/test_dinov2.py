@@ -209,17 +209,6 @@ def test_sharded_step_equals_single_device_with_sinkhorn_knopp(dinov2_step):
   assert_steps_close(eight, one, before)
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
-def test_presets_validate_and_build(preset):
-  from sslx import config_lib, methods
-
-  c = experiment("dinov2", preset)
-  config_lib.validate(c)
-  assert c.method.name == "dinov2"
-  method = methods.get("dinov2").create(c, total_steps=10)
-  assert method.views.num_global == 2
-
-
 def test_variants_give_the_vit_sizes():
   g = experiment("dinov2", "imagenet,variant=g,patch=14")
   assert (g.model.name, g.model.dim, g.model.depth, g.model.num_heads) == ("vit_huge", 1536, 40, 24)

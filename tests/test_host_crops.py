@@ -287,7 +287,7 @@ def test_prefetch_set_state_before_start():
 @pytest.mark.slow
 def test_resume_with_host_crops_is_bit_exact(tmp_path, monkeypatch):
   from sslx import checkpointing, train
-  from tests.helpers import tiny_simclr
+  from tests.helpers import crash_mid_run, tiny_simclr
 
   root = write_folder(tmp_path / "images", n=96, size=(56, 40), corrupt=False)
   config = tiny_simclr(
@@ -312,19 +312,7 @@ def test_resume_with_host_crops_is_bit_exact(tmp_path, monkeypatch):
     return mngr.latest_step(), jax.device_get(state), data_state
 
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  real = data.to_global_array
-  calls = {"n": 0}
-
-  def crashing(batch, sharding):
-    calls["n"] += 1
-    if calls["n"] == 5:
-      raise RuntimeError("simulated crash")
-    return real(batch, sharding)
-
-  monkeypatch.setattr(data, "to_global_array", crashing)
-  with pytest.raises(RuntimeError, match="simulated crash"):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(data, "to_global_array", real)
+  crash_mid_run(config, str(tmp_path / "resumed"), monkeypatch)
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
   step_a, a, data_a = final(str(tmp_path / "straight"))
   step_b, b, data_b = final(str(tmp_path / "resumed"))

@@ -9,7 +9,7 @@ import pytest
 
 from sslx import checkpointing, config_lib, data, methods, train
 from sslx.methods import base, moco
-from tests.helpers import experiment, override, tiny
+from tests.helpers import crash_mid_run, experiment, override, tiny
 from tests.test_sharding import run_steps
 from tests.test_train import final_state
 
@@ -130,21 +130,9 @@ def test_queue_fifo_and_state_survive_checkpoint_resume(tmp_path, monkeypatch):
   an uninterrupted run's bit for bit, and rows written before the checkpoint stay in place."""
   config = tiny_moco(steps=6, batch=32, queue=128, evals={})
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  real = data.to_global_array
-  calls = {"n": 0}
-
-  def crashing(batch, sharding):
-    calls["n"] += 1
-    if calls["n"] == 5:
-      raise RuntimeError("simulated crash")
-    return real(batch, sharding)
-
-  monkeypatch.setattr(data, "to_global_array", crashing)
-  with pytest.raises(RuntimeError, match="simulated crash"):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  crash_mid_run(config, str(tmp_path / "resumed"), monkeypatch)
   step3, at3, _ = final_state(config, str(tmp_path / "resumed"))
   assert step3 == 3 and int(at3.method_state["queue_ptr"]) == 96
-  monkeypatch.setattr(data, "to_global_array", real)
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   step_a, a, _ = final_state(config, str(tmp_path / "straight"))

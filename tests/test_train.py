@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sslx import checkpointing, data, losses, train
-from tests.helpers import REPO, assert_learns, tiny_simclr
+from tests.helpers import REPO, assert_learns, crash_mid_run, tiny_simclr
 
 
 def final_state(config, workdir):
@@ -40,20 +40,8 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
   train.train_and_evaluate(config, str(tmp_path / "straight"))
 
   # Crash after 4 steps (a checkpoint exists at step 3), then run again.
-  real = data.to_global_array
-  calls = {"n": 0}
-
-  def crashing(batch, sharding):
-    calls["n"] += 1
-    if calls["n"] == 5:
-      raise RuntimeError("simulated crash")
-    return real(batch, sharding)
-
-  monkeypatch.setattr(data, "to_global_array", crashing)
-  with pytest.raises(RuntimeError, match="simulated crash"):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  crash_mid_run(config, str(tmp_path / "resumed"), monkeypatch)
   assert checkpointing.manager(str(tmp_path / "resumed")).latest_step() == 3
-  monkeypatch.setattr(data, "to_global_array", real)
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   step_a, a, data_a = final_state(config, str(tmp_path / "straight"))
