@@ -121,6 +121,31 @@ def target_platform(
   return "cpu"
 
 
+def keep_idle_plugins_asleep(
+  env=None,
+  installed: Callable[[str], bool] | None = None,
+  device_nodes: Callable[[str], Iterable[str]] | None = None,
+) -> bool:
+  """Sets ``JAX_PLATFORMS=cpu`` when the process will run on the CPU although an accelerator
+  plugin is installed (``libtpu`` beside a CPU-only jax, to compile for TPU topologies): jax
+  would otherwise start that plugin, which finds no device and prints a page of errors (libtpu's
+  host-bounds and worker-hostname warnings) before every command. Nothing is changed when
+  ``JAX_PLATFORMS`` is set or a device is present. Returns whether it set the variable.
+  TPU compilation without a TPU (:mod:`sslx.planning`) works with ``JAX_PLATFORMS=cpu``."""
+  env = os.environ if env is None else env
+  installed = installed or _module_installed
+  if env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME"):
+    return False
+  if target_platform(env, installed, device_nodes) != "cpu":
+    return False
+  if not any(installed(m) for platform in _ACCELERATORS for m in PLUGINS[platform]):
+    return False
+  env["JAX_PLATFORMS"] = "cpu"
+  if env is os.environ and "jax" in sys.modules:  # jax read the variable at import: tell it too
+    sys.modules["jax"].config.update("jax_platforms", "cpu")
+  return True
+
+
 def _targets_cpu(env) -> bool:
   return target_platform(env) == "cpu"
 

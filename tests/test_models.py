@@ -455,6 +455,23 @@ def test_cpu_flags_stay_off_accelerator_hosts(monkeypatch):
     assert new.startswith("--xla_dump_to=/tmp/d")
 
 
+@pytest.mark.parametrize(
+  "modules, nodes, env, expected",
+  [
+    (("libtpu",), (), {}, "cpu"),  # libtpu for compiling only: the plugin stays asleep
+    (("jax_cuda12_plugin",), (), {}, "cpu"),
+    (("libtpu",), ("/dev/accel0",), {}, None),  # a TPU VM: jax picks the TPU itself
+    ((), (), {}, None),  # nothing to keep asleep
+    (("libtpu",), (), {"JAX_PLATFORMS": "tpu"}, "tpu"),  # the user's choice stands
+  ],
+)
+def test_idle_accelerator_plugins_are_not_started(modules, nodes, env, expected):
+  installed, device_nodes = _fake_host(modules, nodes)
+  set_it = sxla.keep_idle_plugins_asleep(env, installed, device_nodes)
+  assert env.get("JAX_PLATFORMS") == expected
+  assert set_it == (expected == "cpu")
+
+
 _FLAG_SCRIPT = r"""
 import json, os, sys
 if sys.argv[1] == "on":

@@ -45,6 +45,7 @@ def run(
 ):
   """Starts one command: `argv` is its command line (argv[0] is the program name); `doc` is
   what --help prints above the command's flags."""
+  xla.keep_idle_plugins_asleep()  # no TPU plugin start-up noise on a CPU-only machine
   xla.configure_xla_for_cpu()  # before anything starts a jax backend
   define_flags()
   if doc:
