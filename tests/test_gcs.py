@@ -1,6 +1,7 @@
 """gs:// workdirs against a real GCS JSON API on loopback (the gcp-storage-emulator package):
 a run killed with SIGKILL resumes from the bucket and ends as an uninterrupted local run."""
 
+import hashlib
 import json
 import os
 import signal
@@ -11,8 +12,10 @@ import time
 
 import pytest
 
+from sslx.data import array_records
 from tests.helpers import REPO, tiny_simclr
 from tests.test_preemption import assert_same_state, start_worker, wait_for_line
+from tests.test_prepare import image_bytes
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
@@ -172,3 +175,43 @@ def test_dataset_folder_and_files_on_gs(gcs, tmp_path):
   out = in_subprocess(gcs_env(gcs), code).splitlines()
   assert out[0] == "4 2 1 40"
   assert out[1].startswith("ERR gs://bucket/ds: no images") and "'val'" in out[1]
+
+
+def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
+  """`sslx prepare --out=gs://...` stages the shards and uploads them: the bucket ends with the
+  files of a local prepare, byte for byte; reading shards from a URL fails naming the path."""
+  folder = tmp_path / "src"
+  for split, n in (("train", 8), ("test", 4)):
+    for k in range(n):
+      (folder / split / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+      (folder / split / f"class{k % 2}" / f"{k}.jpg").write_bytes(image_bytes(10 * n + k))
+  env = gcs_env(gcs)
+  url = "gs://bucket/prepared"
+  for out in (url, str(tmp_path / "local")):
+    proc = subprocess.run(
+      [sys.executable, "-m", "sslx", "prepare", f"--src={folder}", f"--out={out}"],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  listing = in_subprocess(
+    env,
+    "import hashlib, json\nfrom sslx import paths\n"
+    f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({url!r} + '/' + r)).hexdigest()"
+    f" for r in paths.walk_files({url!r})}}))\n",
+  )
+  in_bucket = json.loads(listing.strip().splitlines()[-1])
+  local = tmp_path / "local"
+  on_disk = {
+    os.path.relpath(os.path.join(d, f), local): hashlib.sha256(
+      open(os.path.join(d, f), "rb").read()
+    ).hexdigest()
+    for d, _, files in os.walk(local)
+    for f in files
+  }
+  assert in_bucket == on_disk and any(r.endswith(".array_record") for r in on_disk)
+  with pytest.raises(ValueError, match="gs://bucket/prepared.*read from a local disk"):
+    array_records.read_metadata(url, "train")

@@ -207,6 +207,13 @@ def _copy_tree(local: str, url: str) -> None:
 
 def read_metadata(path: str, split: str) -> tuple[str, dict]:
   """(split directory, its metadata), checking every shard is there whole."""
+  if "://" in str(path):
+    raise ValueError(
+      f"dataset.path={path!r}: ArrayRecord shards are read from a local disk (the reader opens "
+      "files, not URLs). Copy them next to the run first (e.g. `gcloud storage cp -r "
+      f"{path} /data/`), or read images straight from the bucket with "
+      "dataset.name='image_folder' (folders or .tar archives)"
+    )
   split_dir = os.path.join(os.path.expanduser(path), split)
   meta_path = os.path.join(split_dir, METADATA)
   if not os.path.exists(meta_path):
