@@ -210,18 +210,25 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   """(setup, state, step) of the latest checkpoint in `workdir`, for the commands that work on a
   trained run (evaluate, embed, visualize, fine-tune, export). The checkpoint must come from the
   same method and model (checked). `pretrained=False` returns the untrained initial state
-  instead (a baseline), still requiring the checkpoint."""
+  instead (a baseline), still requiring the checkpoint. Without a checkpoint, `config.init_from`
+  (published or exported weights) gives the encoder at step 0: evaluation, attention maps,
+  fine-tuning and export of weights sslx did not train."""
   config_lib.validate(config)
   mngr = checkpointing.manager(workdir, async_save=False)
   step = checkpointing.check_compatible(mngr, config)
-  if step is None:
+  init_from = config.get("init_from") or ""
+  if step is None and not (init_from and pretrained):
     raise FileNotFoundError(
       f"no checkpoint in {mngr.directory}: train first with "
-      f"python -m sslx.main --config=... --workdir={workdir}"
+      f"python -m sslx.main --config=... --workdir={workdir}, or give the encoder's weights "
+      "with --config.init_from=timm:<name>|torchvision:<name>|file:<path>"
     )
   source = data.build_source(config.dataset, config.dataset.train_split)
   sample = np.zeros((2, source.image_size, source.image_size, 3), np.uint8)
   setup = build(config, sample, len(source), getattr(source, "num_classes", 0))
+  if step is None:  # no run here: the encoder from init_from, everything else fresh
+    state = init_encoder_from(config, setup, create_state(setup, config.seed, sample))
+    return setup, state, 0
   if pretrained:  # read straight into the shards: no fresh state beside the restored one
     state, _ = checkpointing.restore(mngr, step, setup.abstract_state)
   else:

@@ -256,3 +256,12 @@ def test_cli_export_of_a_trained_run_verifies_and_init_from_reads_it(tmp_path):
   want = enc(trained.params["model"], trained.batch_stats, images)
   got = enc(loaded.params["model"], loaded.batch_stats, images)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # the commands on a trained run (evaluate, visualize, finetune, export) take init_from where
+  # the workdir holds no checkpoint: the same encoder at step 0
+  _, state, step = train.restore_latest(c, str(tmp_path / "empty"))
+  got = enc(state.params["model"], state.batch_stats, images)
+  assert step == 0
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  c.init_from = ""
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*--config.init_from="):
+    train.restore_latest(c, str(tmp_path / "empty"))

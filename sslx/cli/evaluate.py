@@ -1,6 +1,9 @@
-"""Runs `config.evals` (k-NN, linear probe, ...) on the latest checkpoint in --workdir:
+"""Runs `config.evals` (k-NN, linear probe, ...) on the latest checkpoint in --workdir, or on
+the encoder `--config.init_from` names where the workdir holds none:
 
     python -m sslx evaluate --config=experiments/simclr.py --workdir=/tmp/sslx-demo
+    python -m sslx evaluate --config=experiments/dino.py:imagenet --workdir=/tmp/dino-s16 \
+      --config.init_from=timm:vit_small_patch16_224.dino
 
 The config must describe the same method and model the checkpoint was trained with (checked);
 the results are merged into workdir/results.json under "evaluate".
