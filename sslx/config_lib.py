@@ -141,21 +141,16 @@ def dataset(kind: str = "embedded") -> ml_collections.ConfigDict:
     # takes host views); 32 px data keeps the device crop.
     host_crops=False,
   )
+  # fmt: off
+  imagenet = dict(
+    small, name="tfds", tfds_name="imagenet2012", data_dir="", eval_split="validation",
+    image_size=224, num_workers=8, normalization="imagenet",
+  )
+  # fmt: on
   kinds = {
     "embedded": dict(small, name="embedded"),
     "cifar10": dict(small, name="image_folder"),
-    # fmt: off
-    "imagenet": dict(
-      small,
-      name="tfds",
-      tfds_name="imagenet2012",
-      data_dir="",
-      eval_split="validation",
-      image_size=224,
-      num_workers=8,
-      normalization="imagenet",
-    ),
-    # fmt: on
+    "imagenet": imagenet,
   }
   if kind not in kinds:
     raise ValueError(f"dataset kind {kind!r}; valid: {sorted(kinds)}")
@@ -337,14 +332,9 @@ def tiny(c: ml_collections.ConfigDict, opts) -> ml_collections.ConfigDict:
     m.widths = tuple(max(w // 8, 4) for w in m.widths)
   if m.name.startswith("vit"):
     m.update(dim=32, depth=2, num_heads=2)
-  c.batch_size = 16
-  c.num_epochs = 0.0
-  c.total_steps = 4
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 0
-  c.eval_baselines = False
+  c.update(batch_size=16, num_epochs=0.0, total_steps=4, log_every_steps=2)
+  c.update(checkpoint_every_steps=0, eval_baselines=False, eval_train_limit=500)
   c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(5,), temperature=0.07)))
-  c.eval_train_limit = 500
   return c
 
 
