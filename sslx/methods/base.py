@@ -241,6 +241,15 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
   return augment.ViewParams.from_config(ml_collections.ConfigDict(cfg))
 
 
+def view_pixels(rng, images, view):
+  """[B, S, S, 3] float pixels in [0, 1] of one training view: `view`'s augmentation of the
+  uint8 `images`, or the images rescaled as they are when augmentation is off (`view` None).
+  Not yet normalised: pretext tasks cut tiles, holes or lightness from it first."""
+  if view is None:
+    return images.astype(jnp.float32) / 255.0
+  return augment.augment_batch(rng, images, view)
+
+
 def two_views(rng, images, view, preprocess):
   """[2B, S, S, 3] normalised views: rows i and i + B come from image i."""
   if isinstance(images, multicrop.HostViews):  # cropped on the host (dataset.host_crops)

@@ -102,11 +102,7 @@ class BEiT(base.MaskTokenMethod):
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
-    raw = (
-      augment.augment_batch(aug_rng, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    raw = base.view_pixels(aug_rng, images, self.view)
     x = self.preprocess(raw)
     mask = self.mask(mask_rng, x)
     logits, codes, features = self.forward(params, method_state, x, mask, drop_rng)

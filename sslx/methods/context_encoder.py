@@ -132,11 +132,7 @@ class ContextEncoder(base.Method):
     """(generator loss, discriminator loss, aux) with the stop-gradients that make the sum's
     gradient split exactly: generator loss sees sg(D), discriminator loss sees sg(G(x))."""
     k_view, k_mask = jax.random.split(rng)
-    rgb = (
-      augment.augment_batch(k_view, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    rgb = base.view_pixels(k_view, images, self.view)
     x = self.preprocess(rgb)
     masked, target, weights, hole = self.mask_batch(k_mask, x)
     (_, prediction), updates = self.generator.apply(
