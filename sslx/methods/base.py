@@ -197,6 +197,13 @@ class Preprocess:
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
+def check_choice(key: str, value, choices):
+  """`config.method.<key>` = `value`, checked against `choices` (listed as given)."""
+  if value not in choices:
+    raise ValueError(f"method.{key}={value!r}; valid choices: {choices}")
+  return value
+
+
 def check_eval_encoder(value: str, choices: tuple[str, ...]) -> str:
   """`method.eval_encoder` checked against the method's `choices`."""
   if value not in choices:

@@ -213,9 +213,7 @@ DEFAULTS = dict(
 def create(config, total_steps: int) -> ContextEncoder:
   del total_steps
   m = config.method
-  mode = str(m.mask_mode)
-  if mode not in MASK_MODES:
-    raise ValueError(f"method.mask_mode={mode!r}; valid choices: {MASK_MODES}")
+  mode = base.check_choice("mask_mode", str(m.mask_mode), MASK_MODES)
   view = base.view_params(config.augment)
   size = base.crop_size(view, config)
   encoder = base.encoder_from_config(config)

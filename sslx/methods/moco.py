@@ -290,14 +290,10 @@ DEFAULTS = dict(
 
 def create(config, total_steps: int) -> MoCo:
   m = config.method
-  version = m.version
-  if version not in VERSIONS:
-    raise ValueError(f"method.version={version!r}; valid choices: {sorted(VERSIONS)}")
+  base.check_choice("version", m.version, sorted(VERSIONS))
   queue_size = int(m.queue_size)
   check_queue_size(queue_size, int(config.batch_size))
-  schedule = m.momentum_schedule
-  if schedule not in SCHEDULES:
-    raise ValueError(f"method.momentum_schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
+  schedule = base.check_choice("momentum_schedule", m.momentum_schedule, list(SCHEDULES))
   momentum = float(m.momentum)
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"method.momentum={momentum} must be in [0, 1]")

@@ -148,9 +148,7 @@ DEFAULTS = dict(
 def create(config, total_steps: int) -> RelativePatch:
   del total_steps
   m = config.method
-  guard = str(m.color_guard)
-  if guard not in COLOR_GUARDS:
-    raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
+  guard = base.check_choice("color_guard", str(m.color_guard), COLOR_GUARDS)
   encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,
