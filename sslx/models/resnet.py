@@ -55,27 +55,31 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
-def _add_shortcut(block, x, y, out: int, last_norm: str):
-  """relu(shortcut(x) + norm(y)): the end of a residual block (called from its compact
-  `__call__`) whose branch y has `out` channels. The last norm's scale starts at zero with
-  `zero_init_last` (each block starts as the identity); the shortcut is a 1 × 1 conv + norm
-  where the width or resolution changes, else x itself."""
-  y = block.norm(
-    name=last_norm,
-    scale_init=nn.initializers.zeros if block.zero_init_last else nn.initializers.ones,
-  )(y)
-  if x.shape[-1] != out or block.strides != 1:
-    x = block.conv(out, (1, 1), block.strides, name="proj_conv")(x)
-    x = block.norm(name="proj_bn")(x)
-  return nn.relu(x + y)
+class ResidualBlock(nn.Module):
+  """What BasicBlock and Bottleneck share: their fields and the end of the block."""
 
-
-class BasicBlock(nn.Module):
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
   zero_init_last: bool = False
+
+  def add_shortcut(self, x, y, out: int, last_norm: str):
+    """relu(shortcut(x) + norm(y)) for the residual branch y with `out` channels (called from
+    the compact `__call__`). The last norm's scale starts at zero with `zero_init_last` (each
+    block starts as the identity); the shortcut is a 1 × 1 conv + norm where the width or
+    resolution changes, else x itself."""
+    y = self.norm(
+      name=last_norm,
+      scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones,
+    )(y)
+    if x.shape[-1] != out or self.strides != 1:
+      x = self.conv(out, (1, 1), self.strides, name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class BasicBlock(ResidualBlock):
   expansion = 1
 
   @nn.compact
@@ -83,15 +87,10 @@ class BasicBlock(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), 1, name="conv2")(y)
-    return _add_shortcut(self, x, y, self.features, "bn2")
+    return self.add_shortcut(x, y, self.features, "bn2")
 
 
-class Bottleneck(nn.Module):
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  zero_init_last: bool = False
+class Bottleneck(ResidualBlock):
   expansion = 4
 
   @nn.compact
@@ -102,7 +101,7 @@ class Bottleneck(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(out, (1, 1), 1, name="conv3")(y)
-    return _add_shortcut(self, x, y, out, "bn3")
+    return self.add_shortcut(x, y, out, "bn3")
 
 
 def _make_conv(impl: str, dtype=jnp.float32):
