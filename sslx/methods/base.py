@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslx import augment, models, multicrop
+from sslx import augment, masking, models, multicrop
 
 
 class Variables(NamedTuple):
@@ -132,6 +132,47 @@ class MaskedImageMethod(Method):
     return {"encoder": params["encoder"]}
 
 
+class MaskTokenMethod(MaskedImageMethod):
+  """BEiT and data2vec: the ViT in `self.encoder` sees every patch, the masked ones replaced
+  by a learned mask token e[M] (BEiT §2.3), and a linear `self.head` on its final patch tokens
+  predicts the targets. Parameters: {"encoder", "mask_token" [1, 1, D], "head"}. Subclasses
+  have the fields `encoder` (a ViT), `head`, `view` and `mask_ratio`."""
+
+  min_block = 16  # the smallest block `mask` draws, in patches (BEiT Algorithm 1)
+
+  def init_params(self, rng, images) -> dict:
+    """Initial {"encoder", "mask_token", "head"} for the side the encoder will see."""
+    s = self.view.crop_size if self.view is not None else images.shape[1]
+    x = jnp.zeros((2, s, s, 3), jnp.float32)
+    enc_rng, tok_rng, head_rng = jax.random.split(rng, 3)
+    d = self.encoder.dim
+    return {
+      "encoder": self.encoder.init(enc_rng, x, train=False)["params"],
+      "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
+      "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"],
+    }
+
+  def mask(self, rng, x):
+    """[B, N] bool (True = masked): BEiT's blockwise masking of `mask_ratio` of x's patches."""
+    p = self.encoder.patch_size
+    grid = (x.shape[1] // p, x.shape[2] // p)
+    return masking.blockwise_masking(rng, x.shape[0], grid, self.mask_ratio, self.min_block)
+
+  def predict(self, params, x, mask, rng=None):
+    """([B, N, ·] head outputs per patch, [B, D] pre_logits) for normalised x [B, S, S, 3]
+    and mask [B, N] (True = masked). With `rng` the encoder runs in training mode (stochastic
+    depth), else in eval mode."""
+    out = self.encoder.apply(
+      {"params": params["encoder"]},
+      x,
+      train=rng is not None,
+      token_mask=mask,
+      mask_embedding=params["mask_token"],
+      rngs=None if rng is None else {"dropout": rng},
+    )
+    return self.head.apply({"params": params["head"]}, out["tokens"][:, 1:]), out["pre_logits"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """Eval-time input transform: uint8 → float, mean/std normalised (no augmentation)."""
@@ -170,6 +211,13 @@ def read_settings(cls: type, m, names: str) -> dict:
     else:
       out[name] = hint(value)
   return out
+
+
+def check_choice(key: str, value, choices):
+  """`config.method.<key>` = `value`, checked against `choices` (listed as given)."""
+  if value not in choices:
+    raise ValueError(f"method.{key}={value!r}; valid choices: {choices}")
+  return value
 
 
 def check_eval_encoder(value: str, choices: tuple[str, ...]) -> str:
@@ -214,6 +262,15 @@ def view_params(augment_cfg) -> augment.ViewParams | None:
   if not cfg.pop("enabled", True):
     return None
   return augment.ViewParams.from_config(ml_collections.ConfigDict(cfg))
+
+
+def view_pixels(rng, images, view):
+  """[B, S, S, 3] float pixels in [0, 1] of one training view: `view`'s augmentation of the
+  uint8 `images`, or the images rescaled as they are when augmentation is off (`view` None).
+  Not yet normalised: pretext tasks cut tiles, holes or lightness from it first."""
+  if view is None:
+    return images.astype(jnp.float32) / 255.0
+  return augment.augment_batch(rng, images, view)
 
 
 def two_views(rng, images, view, preprocess):

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslx import augment, checkpointing, masking, models, paths
+from sslx import augment, checkpointing, models, paths
 from sslx.methods import base, beit_tokenizer
 from sslx.models import vit as vit_lib
 
@@ -71,7 +71,7 @@ def load_tokenizer(workdir: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class BEiT(base.MaskedImageMethod):
+class BEiT(base.MaskTokenMethod):
   encoder: vit_lib.ViT
   head: nn.Dense
   tokenizer: beit_tokenizer.VQTokenizer
@@ -82,22 +82,8 @@ class BEiT(base.MaskedImageMethod):
   min_block: int = 16
 
   def init(self, rng, images) -> base.Variables:
-    s = self.view.crop_size if self.view is not None else images.shape[1]
-    x = jnp.zeros((2, s, s, 3), jnp.float32)
-    enc_rng, tok_rng, head_rng = jax.random.split(rng, 3)
-    d = self.encoder.dim
-    params = {
-      "encoder": self.encoder.init(enc_rng, x, train=False)["params"],
-      "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
-      "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"],
-    }
     tok = jax.tree.map(jnp.asarray, self.tokenizer_params)
-    return base.Variables(params, {}, {"tokenizer": tok})
-
-  def mask(self, rng, x):
-    p = self.encoder.patch_size
-    grid = (x.shape[1] // p, x.shape[2] // p)
-    return masking.blockwise_masking(rng, x.shape[0], grid, self.mask_ratio, self.min_block)
+    return base.Variables(self.init_params(rng, images), {}, {"tokenizer": tok})
 
   def forward(self, params, method_state, x, mask, rng=None):
     """(logits [B, N, |V|], visual tokens [B, N], pre_logits [B, D]) for normalised x. With
@@ -110,36 +96,18 @@ class BEiT(base.MaskedImageMethod):
         ),
       )
     )
-    out = self.encoder.apply(
-      {"params": params["encoder"]},
-      x,
-      train=rng is not None,
-      token_mask=mask,
-      mask_embedding=params["mask_token"],
-      rngs=None if rng is None else {"dropout": rng},
-    )
-    logits = self.head.apply({"params": params["head"]}, out["tokens"][:, 1:])
-    return logits, codes, out["pre_logits"]
+    logits, features = self.predict(params, x, mask, rng)
+    return logits, codes, features
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
     aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
-    raw = (
-      augment.augment_batch(aug_rng, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    raw = base.view_pixels(aug_rng, images, self.view)
     x = self.preprocess(raw)
     mask = self.mask(mask_rng, x)
     logits, codes, features = self.forward(params, method_state, x, mask, drop_rng)
     loss, acc = masked_cross_entropy(logits, codes, mask)
     return loss, base.LossAux(batch_stats, method_state, {"loss": loss, "mim_acc": acc}, features)
-
-  def encode(self, params, batch_stats, images):
-    del batch_stats
-    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images), train=False)[
-      "pre_logits"
-    ]
 
 
 def masked_cross_entropy(logits, labels, mask):

@@ -84,11 +84,18 @@ class VQTokenizer(base.Method):
   view: augment.ViewParams | None
   preprocess: base.Preprocess
   codebook_size: int
-  code_dim: int
   beta: float
-  patch_size: int
   ema_decay: float = 0.99
   dead_threshold: float = 0.03
+
+  @property
+  def code_dim(self) -> int:
+    return self.enc.code_dim
+
+  @property
+  def patch_size(self) -> int:
+    """One code per patch_size × patch_size patch (the encoder's, which BEiT's ViT must match)."""
+    return self.enc.patch_size
 
   def init(self, rng, images) -> base.Variables:
     s = self.view.crop_size if self.view is not None else images.shape[1]
@@ -191,9 +198,7 @@ def create(config, total_steps: int) -> VQTokenizer:
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     codebook_size=int(m.codebook_size),
-    code_dim=int(m.code_dim),
     beta=float(m.beta),
-    patch_size=p,
     ema_decay=float(m.ema_decay),
     dead_threshold=float(m.dead_threshold),
   )

@@ -88,11 +88,7 @@ class Colorization(base.Method):
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    rgb = (
-      augment.augment_batch(rng, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    rgb = base.view_pixels(rng, images, self.view)
     (features, logits), updates = self.net.apply(
       {"params": params, "batch_stats": batch_stats},
       to_lightness_input(rgb),

@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import losses
+from sslx import losses, models
+from sslx.methods import base
 
 
 class EncoderWithHead(nn.Module):
@@ -28,6 +29,20 @@ class EncoderWithHead(nn.Module):
 
   def encode(self, x, train: bool = False):
     return self.encoder(x, train=train)["pre_logits"]
+
+
+def encoder_with_head(config, head: str = "projector", **head_kwargs) -> EncoderWithHead:
+  """The encoder `config.model` names under an MLP head `config.method.<head>_hidden` wide
+  with `<head>_dim` outputs (SimCLR's and MoCo's projector, VICReg's expander), computing in
+  the encoder's `model.dtype`; `head_kwargs` set the rest of :class:`models.MLPHead`."""
+  m = config.method
+  mlp = models.MLPHead(
+    hidden_dims=tuple(m[f"{head}_hidden"]),
+    out_dim=int(m[f"{head}_dim"]),
+    dtype=config.model.get("dtype", "float32"),
+    **head_kwargs,
+  )
+  return EncoderWithHead(base.encoder_from_config(config), mlp)
 
 
 def cosine_momentum(step, total_steps: int, base_momentum: float):

@@ -132,11 +132,7 @@ class ContextEncoder(base.Method):
     """(generator loss, discriminator loss, aux) with the stop-gradients that make the sum's
     gradient split exactly: generator loss sees sg(D), discriminator loss sees sg(G(x))."""
     k_view, k_mask = jax.random.split(rng)
-    rgb = (
-      augment.augment_batch(k_view, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    rgb = base.view_pixels(k_view, images, self.view)
     x = self.preprocess(rgb)
     masked, target, weights, hole = self.mask_batch(k_mask, x)
     (_, prediction), updates = self.generator.apply(
@@ -217,9 +213,7 @@ DEFAULTS = dict(
 def create(config, total_steps: int) -> ContextEncoder:
   del total_steps
   m = config.method
-  mode = str(m.mask_mode)
-  if mode not in MASK_MODES:
-    raise ValueError(f"method.mask_mode={mode!r}; valid choices: {MASK_MODES}")
+  mode = base.check_choice("mask_mode", str(m.mask_mode), MASK_MODES)
   view = base.view_params(config.augment)
   size = base.crop_size(view, config)
   encoder = base.encoder_from_config(config)

@@ -136,7 +136,26 @@ class Predictors(nn.Module):
     return [nn.Dense(self.dim, use_bias=False, name=f"W_{k}")(c) for k in self.steps]
 
 
-class CPCImageNet(nn.Module):
+class CPCNet(nn.Module):
+  """CPC's network (Oord et al. 2018 §2): z = embed(x) by the encoder, c = context(z) (never
+  looking ahead), predictions W_k c for k in `steps`. Subclasses have the fields `encoder`,
+  `context` and `steps`, and define `embed`."""
+
+  def embed(self, x):
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x):
+    z = self.embed(x)
+    c = self.context(z)
+    return z, c, Predictors(tuple(self.steps), z.shape[-1], name="predict")(c)
+
+  def contexts(self, x):
+    """c ([B, G, G, H] or [B, T', H]): row r (step t) depends on rows (steps) <= r only."""
+    return self.context(self.embed(x))
+
+
+class CPCImageNet(CPCNet):
   """Patch encoder + row-causal context + predictors over a [B, G, G, P, P, 3] patch grid."""
 
   encoder: nn.Module
@@ -148,16 +167,6 @@ class CPCImageNet(nn.Module):
     b, g1, g2 = patches.shape[:3]
     flat = patches.reshape((b * g1 * g2,) + patches.shape[3:])
     return self.encoder(flat, train=True)["pre_logits"].reshape(b, g1, g2, -1)
-
-  def contexts(self, patches):
-    """c [B, G, G, H]; row r depends on patch rows <= r only."""
-    return self.context(self.embed(patches))
-
-  @nn.compact
-  def __call__(self, patches):
-    z = self.embed(patches)
-    c = self.context(z)
-    return z, c, Predictors(tuple(self.steps), z.shape[-1], name="predict")(c)
 
   def pooled(self, patches):
     """[B, D]: the mean of z over the grid (evaluation features)."""
@@ -295,7 +304,7 @@ def create(config, total_steps: int) -> CPC:
 # -- 1-D sequences ------------------------------------------------------------------------
 
 
-class CPC1DNet(nn.Module):
+class CPC1DNet(CPCNet):
   """CPC over [B, T, C] signals: z = encoder(x) [B, T', D], c = context(z) [B, T', H],
   predictions W_k c for k in `steps` (Oord et al. 2018 §3.1, audio)."""
 
@@ -303,14 +312,9 @@ class CPC1DNet(nn.Module):
   context: nn.Module  # e.g. cpc_nets.GRUContext()
   steps: Sequence[int] = (1, 2, 3)
 
-  @nn.compact
-  def __call__(self, signals):
-    z = self.encoder(signals)
-    c = self.context(z)
-    return z, c, Predictors(tuple(self.steps), z.shape[-1], name="predict")(c)
-
-  def contexts(self, signals):
-    return self.context(self.encoder(signals))
+  def embed(self, signals):
+    """z [B, T', D]."""
+    return self.encoder(signals)
 
 
 def cpc_1d_loss(

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, masking, models
+from sslx import augment, models
 from sslx.methods import base
 from sslx.models import vit as vit_lib
 
@@ -90,7 +90,7 @@ def ema_decay(step, start: float, end: float, anneal_steps: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class Data2Vec(base.MaskedImageMethod):
+class Data2Vec(base.MaskTokenMethod):
   encoder: vit_lib.ViT
   head: nn.Dense
   view: augment.ViewParams | None
@@ -105,17 +105,8 @@ class Data2Vec(base.MaskedImageMethod):
   eval_encoder: str = "student"
 
   def init(self, rng, images) -> base.Variables:
-    s = self.view.crop_size if self.view is not None else images.shape[1]
-    x = jnp.zeros((2, s, s, 3), jnp.float32)
-    enc_rng, tok_rng, head_rng = jax.random.split(rng, 3)
-    enc = self.encoder.init(enc_rng, x, train=False)["params"]
-    d = self.encoder.dim
-    params = {
-      "encoder": enc,
-      "mask_token": jax.random.normal(tok_rng, (1, 1, d)) * 0.02,
-      "head": self.head.init(head_rng, jnp.zeros((1, d)))["params"],
-    }
-    teacher = jax.tree.map(jnp.array, enc)
+    params = self.init_params(rng, images)
+    teacher = jax.tree.map(jnp.array, params["encoder"])
     return base.Variables(params, {}, {"teacher": teacher})
 
   def inputs(self, rng, images):
@@ -123,30 +114,11 @@ class Data2Vec(base.MaskedImageMethod):
       return self.preprocess(images)
     return self.preprocess(augment.augment_batch(rng, images, self.view))
 
-  def mask(self, rng, x):
-    p = self.encoder.patch_size
-    grid = (x.shape[1] // p, x.shape[2] // p)
-    return masking.blockwise_masking(rng, x.shape[0], grid, self.mask_ratio)
-
   def targets(self, teacher_params, x):
     """[B, N, D] y_t of the patches from the teacher's top-K block outputs (module docstring)."""
     out = self.encoder.apply({"params": teacher_params}, x, train=False, return_blocks=True)
     top = [a[:, 1:] for a in out["block_outputs"][-self.top_k :]]
     return jax.lax.stop_gradient(average_targets(top, self.target_norm))
-
-  def predict(self, params, x, mask, rng=None):
-    """Student: ([B, N, D] regression-head predictions per patch, [B, D] pre_logits). With
-    `rng` the encoder runs in training mode (stochastic depth), else in eval mode."""
-    out = self.encoder.apply(
-      {"params": params["encoder"]},
-      x,
-      train=rng is not None,
-      token_mask=mask,
-      mask_embedding=params["mask_token"],
-      rngs=None if rng is None else {"dropout": rng},
-    )
-    pred = self.head.apply({"params": params["head"]}, out["tokens"][:, 1:])
-    return pred, out["pre_logits"]
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
@@ -175,13 +147,6 @@ class Data2Vec(base.MaskedImageMethod):
     if self.eval_encoder == "teacher":
       return dict(params, encoder=method_state["teacher"]), batch_stats
     return params, batch_stats
-
-  def encode(self, params, batch_stats, images):
-    """[B, D] encoder features of the full image (no mask token, no head)."""
-    del batch_stats
-    return self.encoder.apply({"params": params["encoder"]}, self.preprocess(images), train=False)[
-      "pre_logits"
-    ]
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if metrics.get("pred_std", 1.0) < 1e-3:

@@ -103,11 +103,7 @@ class Jigsaw(base.Method):
   def puzzles(self, rng, images, perms):
     """uint8 [B, H, W, 3] -> (tiles [B, 9, T, T, 3] normalised per tile, labels [B])."""
     k_view, k_puz = jax.random.split(rng)
-    x = (
-      augment.augment_batch(k_view, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    x = base.view_pixels(k_view, images, self.view)
     keys = jax.random.split(k_puz, images.shape[0])
     return jax.vmap(lambda k, im: make_puzzle(k, im, perms, self.image_size, self.tile_size))(
       keys, x

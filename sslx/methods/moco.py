@@ -88,8 +88,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, losses, models
-from sslx.methods import base
+from sslx import augment, losses
+from sslx.methods import base, common
 from sslx.methods.common import EncoderWithHead
 
 VERSIONS = {
@@ -290,14 +290,10 @@ DEFAULTS = dict(
 
 def create(config, total_steps: int) -> MoCo:
   m = config.method
-  version = m.version
-  if version not in VERSIONS:
-    raise ValueError(f"method.version={version!r}; valid choices: {sorted(VERSIONS)}")
+  base.check_choice("version", m.version, sorted(VERSIONS))
   queue_size = int(m.queue_size)
   check_queue_size(queue_size, int(config.batch_size))
-  schedule = m.momentum_schedule
-  if schedule not in SCHEDULES:
-    raise ValueError(f"method.momentum_schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
+  schedule = base.check_choice("momentum_schedule", m.momentum_schedule, list(SCHEDULES))
   momentum = float(m.momentum)
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"method.momentum={momentum} must be in [0, 1]")
@@ -305,15 +301,8 @@ def create(config, total_steps: int) -> MoCo:
   symmetric = bool(m.symmetric)
   shuffle_bn_group = int(m.shuffle_bn_group)
   check_shuffle_bn_group(shuffle_bn_group, int(config.batch_size) * (2 if symmetric else 1))
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
-  head = models.MLPHead(
-    hidden_dims=tuple(m.projector_hidden),
-    out_dim=embed_dim,
-    use_bn=bool(m.projector_bn),
-    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
-  )
   return MoCo(
-    net=EncoderWithHead(encoder, head),
+    net=common.encoder_with_head(config, use_bn=bool(m.projector_bn)),
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     temperature=float(m.temperature),

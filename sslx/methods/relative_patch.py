@@ -114,11 +114,7 @@ class RelativePatch(base.Method):
   def pairs(self, rng, images):
     """uint8 [B, H, W, 3] -> (normalised patches [B, 2, P, P, 3], labels [B])."""
     k_view, k_pair = jax.random.split(rng)
-    x = (
-      augment.augment_batch(k_view, images, self.view)
-      if self.view is not None
-      else images.astype(jnp.float32) / 255.0
-    )
+    x = base.view_pixels(k_view, images, self.view)
     keys = jax.random.split(k_pair, images.shape[0])
     patches, labels = jax.vmap(
       lambda k, im: make_pair(
@@ -152,9 +148,7 @@ DEFAULTS = dict(
 def create(config, total_steps: int) -> RelativePatch:
   del total_steps
   m = config.method
-  guard = str(m.color_guard)
-  if guard not in COLOR_GUARDS:
-    raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
+  guard = base.check_choice("color_guard", str(m.color_guard), COLOR_GUARDS)
   encoder = base.encoder_from_config(config)
   net = pretext_nets.TileSetClassifier(
     encoder,

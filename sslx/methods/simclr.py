@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses, models
-from sslx.methods import base
+from sslx import augment, losses
+from sslx.methods import base, common
 from sslx.methods.common import EncoderWithHead
 
 
@@ -134,19 +134,16 @@ DEFAULTS = dict(
 def create(config, total_steps: int) -> SimCLR:
   del total_steps  # no schedule inside SimCLR's loss
   m = config.method
-  encoder = models.create_model(config.model.name, **base.model_kwargs(config.model))
   out_bn = bool(m.projector_out_bn)
-  projector = models.MLPHead(
-    hidden_dims=tuple(m.projector_hidden),
-    out_dim=int(m.projector_dim),
+  net = common.encoder_with_head(
+    config,
     use_bn=bool(m.projector_bn),
     last_bias=not out_bn,
     last_bn=out_bn,
     last_bn_scale=True,
-    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
   )
   return SimCLR(
-    net=EncoderWithHead(encoder, projector),
+    net=net,
     view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     temperature=float(m.temperature),

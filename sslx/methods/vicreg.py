@@ -36,9 +36,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sslx import models, multicrop
+from sslx import multicrop
 from sslx.methods import base
-from sslx.methods.common import EncoderWithHead, embedding_std_metrics, std_warning
+from sslx.methods.common import (
+  EncoderWithHead,
+  embedding_std_metrics,
+  encoder_with_head,
+  std_warning,
+)
 
 
 def invariance(z1: jax.Array, z2: jax.Array) -> jax.Array:
@@ -121,14 +126,8 @@ def create(config, total_steps: int) -> VICReg:
   views = multicrop.MultiCrop.from_config(config.augment, num_global=2)
   if views.num_local:
     raise ValueError("VICReg uses two views: set augment.num_local_crops=0")
-  encoder = base.encoder_from_config(config)
-  expander = models.MLPHead(
-    hidden_dims=tuple(m.expander_hidden),
-    out_dim=int(m.expander_dim),
-    dtype=config.model.get("dtype", "float32"),  # the head computes as the encoder does
-  )
   return VICReg(
-    net=EncoderWithHead(encoder, expander),
+    net=encoder_with_head(config, "expander"),
     views=views,
     preprocess=base.Preprocess.from_config(config.dataset),
     **base.read_settings(VICReg, m, "sim_coeff std_coeff cov_coeff gamma eps collapse_std"),

@@ -55,12 +55,31 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+  """What BasicBlock and Bottleneck share: their fields and the end of the block."""
+
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
   zero_init_last: bool = False
+
+  def add_shortcut(self, x, y, out: int, last_norm: str):
+    """relu(shortcut(x) + norm(y)) for the residual branch y with `out` channels (called from
+    the compact `__call__`). The last norm's scale starts at zero with `zero_init_last` (each
+    block starts as the identity); the shortcut is a 1 × 1 conv + norm where the width or
+    resolution changes, else x itself."""
+    y = self.norm(
+      name=last_norm,
+      scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones,
+    )(y)
+    if x.shape[-1] != out or self.strides != 1:
+      x = self.conv(out, (1, 1), self.strides, name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class BasicBlock(ResidualBlock):
   expansion = 1
 
   @nn.compact
@@ -68,21 +87,10 @@ class BasicBlock(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), 1, name="conv2")(y)
-    y = self.norm(
-      name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-    )(y)
-    if x.shape[-1] != self.features or self.strides != 1:
-      x = self.conv(self.features, (1, 1), self.strides, name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return self.add_shortcut(x, y, self.features, "bn2")
 
 
-class Bottleneck(nn.Module):
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  zero_init_last: bool = False
+class Bottleneck(ResidualBlock):
   expansion = 4
 
   @nn.compact
@@ -93,13 +101,7 @@ class Bottleneck(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(out, (1, 1), 1, name="conv3")(y)
-    y = self.norm(
-      name="bn3", scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-    )(y)
-    if x.shape[-1] != out or self.strides != 1:
-      x = self.conv(out, (1, 1), self.strides, name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return self.add_shortcut(x, y, out, "bn3")
 
 
 def _make_conv(impl: str, dtype=jnp.float32):
