@@ -421,10 +421,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
   On SIGTERM/SIGINT it saves the step it is at and raises `preemption.Preempted` (a
   SystemExit with status 75)."""
   run = _open_run(config, workdir)
-  mngr, setup, loader, state, start = run.mngr, run.setup, run.loader, run.state, run.start
-  latest, probe_enabled = run.latest, run.probe_enabled
-  step_fn = compile_accumulating_step(setup, probe_enabled)
+  setup = run.setup
   writer = progress.Writer(workdir, enabled=config.get("tensorboard", True))
+  progress.console(
+    f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
+    f"({len(run.train_source)} images, {setup.num_classes} classes), batch {config.batch_size}, "
+    f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
+  )
+  state, step, t_train, t_compile, first_loss, last_loss = _train_loop(config, run, writer)
+  results = _training_results(config, setup, step, run.start, t_train, t_compile)
+  results.update(train_loss_first=first_loss, train_loss_last=last_loss)
+  evaluated = evaluation.run_all(
+    config, setup.method, state, setup.mesh, writer, step, workdir=workdir
+  )
+  results.update(evaluated)
+  if not evaluated:
+    reason = "config.evals is empty" if not config.get("evals") else "the dataset has no labels"
+    results["evaluation"] = f"none: {reason}"
+  writer.close()
+  path = progress.write_results(workdir, results)
+  progress.console(f"results written to {path}")
+  return results
+
+
+def _train_loop(config, run: _Run, writer):
+  """Steps from `run.start` to the end with logging, periodic k-NN, checkpoints on schedule
+  and at the end, a NaN check one step behind, and a save-and-exit on SIGTERM/SIGINT.
+  Returns (state, step, training seconds, compile seconds, first and last logged loss)."""
+  mngr, setup, loader, state, start = run.mngr, run.setup, run.loader, run.state, run.start
+  step_fn = compile_accumulating_step(setup, run.probe_enabled)
   periodic_eval = knn.PeriodicKnn(config, setup.method, setup.mesh, writer)
   prog = progress.Progress(setup.total_steps, start, 2 * config.batch_size)
   log_every = max(int(config.get("log_every_steps", 50)), 1)
@@ -433,12 +458,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config.get("checkpoint_every_minutes", 0.0),
     sync_every=log_every,
   )
-  progress.console(
-    f"sslx: {config.method.name} / {config.model.name} on {config.dataset.name} "
-    f"({len(run.train_source)} images, {setup.num_classes} classes), batch {config.batch_size}, "
-    f"{setup.total_steps} steps ({setup.steps_per_epoch}/epoch), mesh {dict(setup.mesh.shape)}"
-  )
-  saved = {"step": latest}
+  saved = {"step": run.latest}
 
   def save(step, force=False):
     if saved["step"] != step:
@@ -456,7 +476,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batch = next(loader)  # already on the devices (DevicePrefetcher)
         if sums is None:  # after a log step: the sums start again from zero on the devices
           if zero_sums is None:
-            zero_sums = zero_metric_sums(setup, probe_enabled, state, batch)
+            zero_sums = zero_metric_sums(setup, run.probe_enabled, state, batch)
           sums = jax.tree.map(jnp.copy, zero_sums)
         state, metrics, sums = step_fn(state, batch, sums)
         # Check the previous step's loss while this one runs: no host sync on the hot path,
@@ -512,16 +532,4 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if stop.signal_name is not None:  # a signal after the last step: its checkpoint is committed
       _stopped(preemption.Preempted(step, str(mngr.directory), stop.seconds_since_signal()))
 
-  results = _training_results(config, setup, step, start, t_train, t_compile)
-  results.update(train_loss_first=first_loss, train_loss_last=last_loss)
-  evaluated = evaluation.run_all(
-    config, setup.method, state, setup.mesh, writer, step, workdir=workdir
-  )
-  results.update(evaluated)
-  if not evaluated:
-    reason = "config.evals is empty" if not config.get("evals") else "the dataset has no labels"
-    results["evaluation"] = f"none: {reason}"
-  writer.close()
-  path = progress.write_results(workdir, results)
-  progress.console(f"results written to {path}")
-  return results
+  return state, step, t_train, t_compile, first_loss, last_loss

@@ -249,16 +249,10 @@ def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_clas
   return _State(optax.apply_updates(state.params, updates), bs, opt_state), (loss, acc)
 
 
-def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
-  """Fine-tunes ctx's encoder with a new linear head; returns ({"finetune": top-1 % on the
-  test images, "finetune_train_loss": last loss, "finetune_train_acc": accuracy (%) on
-  the last quarter of the training batches (mixed targets' argmax when mixup is on)}, fine-tuned params {"model", "head"})."""
-  cfg = dict(DEFAULTS, **(dict(cfg) if cfg else {}))
-  unknown = sorted(set(cfg) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+def _training_set(ctx: Context, cfg: dict, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """The images and labels fine-tuning trains on: a class-balanced `label_fraction` of the
+  train images (its list written to the workdir), then at most `train_limit` of them."""
   xtr, ytr = ctx.train_images, np.asarray(ctx.train_labels)
-  fraction = float(cfg["label_fraction"])
   if fraction:
     if not 0 < fraction < 1:
       raise ValueError(f"evals.finetune.label_fraction={fraction} must be in (0, 1) (0: all)")
@@ -269,6 +263,35 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   if cfg["train_limit"] and cfg["train_limit"] < len(xtr):
     idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[: cfg["train_limit"]]
     xtr, ytr = xtr[idx], ytr[idx]
+  return xtr, ytr
+
+
+def _initial_params(ctx: Context, sample: np.ndarray) -> dict:
+  """{"model": the pretrained encoder's parameters, "head": a zero linear classifier}."""
+  model_params = finetuned_params(ctx.method, ctx.params)
+  dim = jax.eval_shape(
+    lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
+    model_params,
+    ctx.batch_stats,
+    jnp.asarray(sample),
+  ).shape[-1]
+  head = {
+    "kernel": jnp.zeros((dim, ctx.num_classes), jnp.float32),
+    "bias": jnp.zeros((ctx.num_classes,), jnp.float32),
+  }
+  return {"model": model_params, "head": head}
+
+
+def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
+  """Fine-tunes ctx's encoder with a new linear head; returns ({"finetune": top-1 % on the
+  test images, "finetune_train_loss": last loss, "finetune_train_acc": accuracy (%) on
+  the last quarter of the training batches (mixed targets' argmax when mixup is on)}, fine-tuned params {"model", "head"})."""
+  cfg = dict(DEFAULTS, **(dict(cfg) if cfg else {}))
+  unknown = sorted(set(cfg) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+  fraction = float(cfg["label_fraction"])
+  xtr, ytr = _training_set(ctx, cfg, fraction)
   mesh = ctx.mesh or sharding.make_mesh([("data", -1)])
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   batch = min(int(cfg["batch_size"]), len(xtr))
@@ -276,20 +299,7 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   steps = int(cfg["steps"])
   if steps <= 0:
     raise ValueError(f"evals.finetune.steps={steps} must be positive")
-  model_params = finetuned_params(ctx.method, ctx.params)
-  dim = jax.eval_shape(
-    lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
-    model_params,
-    ctx.batch_stats,
-    jnp.asarray(xtr[:2]),
-  ).shape[-1]
-  params = {
-    "model": model_params,
-    "head": {
-      "kernel": jnp.zeros((dim, ctx.num_classes), jnp.float32),
-      "bias": jnp.zeros((ctx.num_classes,), jnp.float32),
-    },
-  }
+  params = _initial_params(ctx, xtr[:2])
   tx = make_tx(params, cfg, steps)
   # a copy: the step donates its state, and the caller's pretrained arrays must survive
   state = _State(params, ctx.batch_stats, tx.init(params))
