@@ -734,38 +734,42 @@ _PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "sola
 def augment_views(
   rng: Array, images: Array, views: Sequence[ViewParams], cropped: bool = False
 ) -> Array:
-  """One view per :class:`ViewParams` of every image: ``[V * B, S, S, 3]``, rows
-  ``v * B ... v * B + B - 1`` holding view ``v`` of images ``0 ... B - 1``.
+  """One view per :class:`ViewParams` of every image, *image-major*: ``[B * V, S, S, 3]``,
+  row ``i * V + v`` holding view ``v`` of image ``i``.
 
-  Views are augmented in ONE vmapped pipeline over the tiled batch whenever they differ at
+  Image-major keeps an image's views next to each other, so with the batch sharded over
+  devices every view of an image is made, and later compared, on the device that holds the
+  image: no reshape here or in a cross-view loss moves rows between devices (view-major
+  ``[V * B]`` rows would put view 0 of all images on the first devices and view 1 on the
+  last, and every per-image comparison would gather across them).
+
+  Views are augmented in ONE vmapped pipeline over the repeated batch whenever they differ at
   most in their probabilities (SimCLR's identical views; BYOL's and DINO's blur 1.0 / 0.1,
   solarize 0 / 0.2): those become per-row traced values. Views differing in anything else
-  (crop size, scales, strengths) are augmented one call each.
+  (strengths, scales) are augmented one call each and interleaved.
 
-  ``cropped=True``: ``images`` are already the views, ``[V * B, S, S, 3]`` in that row order
+  ``cropped=True``: ``images`` are already the views, ``[B * V, S, S, 3]`` in that row order
   (made on the host); only the crop is skipped.
   """
   views = tuple(views)
+  nv = len(views)
   images = jnp.asarray(images)
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 255.0
-  if cropped:
-    b = images.shape[0] // len(views)
-    tiled = images
-  else:
-    b = images.shape[0]
-    tiled = jnp.concatenate([images] * len(views), axis=0)
+  b = images.shape[0] // nv if cropped else images.shape[0]
   differing = [f for f in ViewParams.field_names() if len({getattr(v, f) for v in views}) > 1]
-  if not differing:
-    return augment_batch(rng, tiled, views[0], cropped=cropped)
-  if not set(differing) <= set(_PROB_FIELDS):
-    keys = jax.random.split(rng, len(views))
-    parts = [tiled[v * b : (v + 1) * b] if cropped else images for v in range(len(views))]
-    return jnp.concatenate(
-      [augment_batch(k, x, v, cropped=cropped) for k, x, v in zip(keys, parts, views)], 0
-    )
+  if differing and not set(differing) <= set(_PROB_FIELDS):
+    keys = jax.random.split(rng, nv)
+    per_view = images.reshape((b, nv) + images.shape[1:]) if cropped else None
+    outs = [
+      augment_batch(k, per_view[:, v] if cropped else images, p, cropped=cropped)
+      for v, (k, p) in enumerate(zip(keys, views))
+    ]
+    out = jnp.stack(outs, axis=1)
+    return out.reshape((b * nv,) + out.shape[2:])
+  tiled = images if cropped else jnp.repeat(images, nv, axis=0)
   probs = {
-    f: jnp.repeat(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b) for f in differing
+    f: jnp.tile(jnp.asarray([getattr(v, f) for v in views], jnp.float32), b) for f in differing
   }
   return augment_batch(rng, tiled, views[0], probs, cropped)
 

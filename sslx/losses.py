@@ -36,7 +36,8 @@ def nt_xent(z: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
   """SimCLR's NT-Xent (Chen et al. 2020, eq. 1) over the global batch.
 
   Args:
-    z: [2N, D] projections; rows i and i + N are the two views of image i.
+    z: [2N, D] projections, image-major: rows 2i and 2i + 1 are the two views of image i
+      (with the batch sharded, an anchor's positive lives on its own device).
     temperature: τ.
 
   Returns:
@@ -45,13 +46,12 @@ def nt_xent(z: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     anchors whose most similar candidate is their positive.
   """
   two_n = z.shape[0]
-  n = two_n // 2
   z = l2_normalize(z.astype(jnp.float32))
   with jax.named_scope("loss_similarities"):  # float32 on purpose (named for HLO checks)
     logits = z @ z.T / temperature
   # An anchor is never its own candidate: mask the diagonal out of the softmax.
   logits = jnp.where(jnp.eye(two_n, dtype=bool), -jnp.inf, logits)
-  positive = jnp.concatenate([jnp.arange(n, two_n), jnp.arange(0, n)])
+  positive = jnp.arange(two_n) ^ 1  # 2i <-> 2i + 1
   log_norm = jax.nn.logsumexp(logits, axis=-1)
   pos_logit = jnp.take_along_axis(logits, positive[:, None], axis=-1)[:, 0]
   loss = jnp.mean(log_norm - pos_logit)

@@ -2,10 +2,14 @@
 
 Every image of the batch gives ``G`` global crops (large scale range, e.g. 224 px, scale
 0.4–1.0; 32 px on CIFAR) and ``N`` local crops (small scale range, e.g. 96 px, scale
-0.05–0.4; 16 px on CIFAR). The crops of one resolution are stacked in one array, *view-major*:
+0.05–0.4; 16 px on CIFAR). The crops of one resolution are stacked in one array, *image-major*:
 
-    global_crops [G·B, Sg, Sg, 3]   row v·B + i is global view v of image i
-    local_crops  [N·B, Sl, Sl, 3]   row v·B + i is local view v of image i (None if N = 0)
+    global_crops [B·G, Sg, Sg, 3]   row i·G + v is global view v of image i
+    local_crops  [B·N, Sl, Sl, 3]   row i·N + v is local view v of image i (None if N = 0)
+
+so that with the batch sharded over devices an image's views stay on its device, through the
+encoder and into the cross-view loss (:func:`per_image` gives ``[B, V, ...]`` without moving
+a row between devices).
 
 All sizes are Python ints fixed by the config, so a train step that uses them compiles once.
 Each global view has its *own* :class:`sslx.augment.ViewParams`, which expresses the asymmetric
@@ -69,17 +73,32 @@ class HostViews(NamedTuple):
     return (s[0],) + tuple(s[2:])
 
 
-def view_major(views: jax.Array) -> jax.Array:
-  """[B, V, S, S, 3] -> [V·B, S, S, 3], row v·B + i holding view v of image i."""
+def flat_views(views: jax.Array) -> jax.Array:
+  """[B, V, ...] -> [B·V, ...], row i·V + v holding view v of image i (image-major)."""
   views = jnp.asarray(views)
-  return jnp.swapaxes(views, 0, 1).reshape((-1,) + views.shape[2:])
+  return views.reshape((-1,) + views.shape[2:])
+
+
+def per_image(rows: jax.Array, num_views: int) -> jax.Array:
+  """[B·V, ...] image-major rows -> [B, V, ...]: a local reshape under a sharded batch."""
+  return rows.reshape((rows.shape[0] // num_views, num_views) + rows.shape[1:])
+
+
+def swap_views(rows: jax.Array) -> jax.Array:
+  """[B·2, ...] image-major rows with each image's two views exchanged."""
+  return flat_views(per_image(rows, 2)[:, ::-1])
+
+
+def first_view(rows: jax.Array, num_views: int) -> jax.Array:
+  """[B·V, ...] image-major rows -> [B, ...], view 0 of every image."""
+  return per_image(rows, num_views)[:, 0]
 
 
 class Crops(NamedTuple):
-  """Float32 crops in [0, 1] (not yet mean/std-normalised), view-major (see module doc)."""
+  """Float32 crops in [0, 1] (not yet mean/std-normalised), image-major (see module doc)."""
 
-  global_crops: jax.Array  # [G·B, Sg, Sg, 3]
-  local_crops: jax.Array | None  # [N·B, Sl, Sl, 3], None when N = 0
+  global_crops: jax.Array  # [B·G, Sg, Sg, 3]
+  local_crops: jax.Array | None  # [B·N, Sl, Sl, 3], None when N = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,29 +154,29 @@ class MultiCrop:
       images: [B, H, W, 3] uint8 (or float in [0, 1]).
 
     Returns:
-      :class:`Crops`: global [G·B, Sg, Sg, 3] and local [N·B, Sl, Sl, 3] (or None), float32
-      in [0, 1].
+      :class:`Crops`: global [B·G, Sg, Sg, 3] and local [B·N, Sl, Sl, 3] (or None), float32
+      in [0, 1], image-major.
     """
     if isinstance(images, HostViews):
       return self._from_host(rng, images)
     x = jnp.asarray(images)
     x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    b = x.shape[0]
     if not self.enabled:
-      g = _resize(x, self.global_size)
-      glob = jnp.concatenate([g] * self.num_global, axis=0)
+      glob = jnp.repeat(_resize(x, self.global_size), self.num_global, axis=0)
       local = None
       if self.num_local:
-        local = jnp.concatenate([_resize(x, self.local_size)] * self.num_local, axis=0)
+        local = jnp.repeat(_resize(x, self.local_size), self.num_local, axis=0)
       return Crops(glob, local)
     keys = jax.random.split(rng, self.num_global + 1)
     glob = augment.augment_views(keys[0], x, self.global_views)
     local = None
     if self.num_local:
-      # The N local views share one ViewParams: vmap over their keys (traced once).
+      # The N local views share one ViewParams: vmap over their keys (traced once), the
+      # view axis placed after the image axis.
       lkeys = jax.random.split(keys[-1], self.num_local)
-      local = jax.vmap(lambda k: augment.augment_batch(k, x, self.local_view))(lkeys)
-      local = local.reshape((self.num_local * b,) + local.shape[2:])
+      local = flat_views(
+        jax.vmap(lambda k: augment.augment_batch(k, x, self.local_view), out_axes=1)(lkeys)
+      )
     return Crops(glob, local)
 
   def _from_host(self, rng: jax.Array, views: HostViews) -> Crops:
@@ -169,17 +188,19 @@ class MultiCrop:
       )
     keys = jax.random.split(rng, self.num_global + 1)
     if not self.enabled:
-      local = None if views.local_views is None else view_major(views.local_views) / 255.0
-      return Crops(view_major(g).astype(jnp.float32) / 255.0, local)
-    glob = augment.augment_views(keys[0], view_major(g), self.global_views, cropped=True)
+      local = None if views.local_views is None else flat_views(views.local_views) / 255.0
+      return Crops(flat_views(g).astype(jnp.float32) / 255.0, local)
+    glob = augment.augment_views(keys[0], flat_views(g), self.global_views, cropped=True)
     local = None
     if self.num_local:
-      loc = jnp.swapaxes(jnp.asarray(views.local_views), 0, 1)  # [N, B, Sl, Sl, 3]
       lkeys = jax.random.split(keys[-1], self.num_local)
-      local = jax.vmap(lambda k, x: augment.augment_batch(k, x, self.local_view, cropped=True))(
-        lkeys, loc
+      local = flat_views(
+        jax.vmap(
+          lambda k, x: augment.augment_batch(k, x, self.local_view, cropped=True),
+          in_axes=(0, 1),
+          out_axes=1,
+        )(lkeys, jnp.asarray(views.local_views))
       )
-      local = local.reshape((-1,) + local.shape[2:])
     return Crops(glob, local)
 
   @classmethod

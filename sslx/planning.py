@@ -221,6 +221,53 @@ def float32_matmuls(text: str, allow: tuple[str, ...] = ()) -> list[str]:
   return out
 
 
+_COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+_RESHARDING = ("all-gather", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+}
+_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_COLLECTIVE_OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-done)?\(")
+
+
+def collective_bytes(text: str) -> dict[str, int]:
+  """Bytes each kind of collective produces in optimised, partitioned HLO text
+  (``compiled.as_text()``), per device: the result shapes of every all-gather, all-to-all,
+  collective-permute, all-reduce and reduce-scatter (their asynchronous ``-done`` halves;
+  the ``-start`` halves are not counted twice). An instruction counts once per appearance
+  (one inside a loop body once, not once per trip). All-reduces are what data parallelism
+  needs (gradients, BatchNorm statistics, loss sums); the first three are resharding."""
+  out = {k: 0 for k in _COLLECTIVES}
+  for line in text.splitlines():
+    m = _COLLECTIVE_OP.search(line)
+    if not m or f"{m.group(2)}-start(" in line:
+      continue
+    for dtype, dims in _SHAPE.findall(m.group(1)):
+      if dtype in _DTYPE_BYTES:
+        out[m.group(2)] += _DTYPE_BYTES[dtype] * math.prod(_dims(dims))
+  return out
+
+
+def resharding_bytes(text: str) -> int:
+  """All-gather + all-to-all + collective-permute bytes of :func:`collective_bytes`."""
+  counts = collective_bytes(text)
+  return sum(counts[k] for k in _RESHARDING)
+
+
 # ------------------------------------------------------------------------------ the plan
 
 
@@ -245,6 +292,7 @@ class Plan:
   steps_per_epoch: int
   total_steps: int
   compile_s: float
+  collectives: dict = dataclasses.field(default_factory=dict)  # bytes per kind, per device
 
   @property
   def peak_bytes(self) -> int:
@@ -375,6 +423,7 @@ def plan(config, t: Target, num_examples: int | None = None, devices=None) -> Pl
     steps_per_epoch=setup.steps_per_epoch,
     total_steps=setup.total_steps,
     compile_s=compile_s,
+    collectives=collective_bytes(compiled.as_text()),
   )
 
 
@@ -475,6 +524,13 @@ def report(p: Plan, mfu: float = 0.4, suggestions=None) -> str:
     f"({_flops(p.model_flops / t.num_devices)} per device; matmuls/convs without remat or "
     "augmentation)",
   ]
+  if p.collectives:
+    c = p.collectives
+    lines.append(
+      "  collectives         "
+      + ", ".join(f"{k} {_gib(c[k]).strip()}" for k in _COLLECTIVES if c.get(k))
+      + f" (resharding: {_gib(sum(c.get(k, 0) for k in _RESHARDING)).strip()})"
+    )
   step = p.step_seconds(mfu)
   lines.append(
     f"at {mfu:.0%} MFU: step {step * 1e3:.1f} ms, epoch ({p.steps_per_epoch} steps) "

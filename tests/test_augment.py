@@ -357,8 +357,8 @@ def test_view_params_rejects_unknown_key():
 
 
 def test_augment_views_row_layout_and_per_view_probabilities():
-  # Two views differing only in solarize probability (1 vs 0) run as one pipeline: view 0
-  # (rows 0..B-1) is solarized everywhere, view 1 (rows B..2B-1) never.
+  # Two views differing only in solarize probability (1 vs 0) run as one pipeline; rows are
+  # image-major: row 2i is view 0 of image i (solarized everywhere), row 2i + 1 view 1 (never).
   base = A.ViewParams(
     crop_size=24,
     crop_scale=(1, 1),
@@ -372,15 +372,16 @@ def test_augment_views_row_layout_and_per_view_probabilities():
   v0, v1 = (dataclasses.replace(base, solarize_prob=p) for p in (1.0, 0.0))
   views = jax.jit(A.augment_views, static_argnums=2)
   out = np.asarray(views(jax.random.key(0), imgs, (v0, v1)))
-  expected = np.concatenate([np.where(imgs >= 0.5, 1 - imgs, imgs), imgs])
+  expected = np.stack([np.where(imgs >= 0.5, 1 - imgs, imgs), imgs], axis=1).reshape(6, 24, 24, 3)
   np.testing.assert_allclose(out, expected, atol=1e-5)
-  # Identical views: two independent views per image, image i in rows i and i + B.
+  # Identical views: two independent views per image, image i in rows 2i and 2i + 1.
   same = np.asarray(views(jax.random.key(1), _batch(), (_PARAMS, _PARAMS)))
   assert same.shape == (12, 16, 16, 3)
-  assert np.abs(same[:6] - same[6:]).max() > 1e-2
+  assert np.abs(same[0::2] - same[1::2]).max() > 1e-2
   # Views differing in more than probabilities (here the crop scale) are augmented one
-  # call each: view 1 is then exactly augment_batch of its own key.
+  # call each and interleaved: view v is then exactly augment_batch of its own key.
   tight = dataclasses.replace(_PARAMS, crop_scale=(0.9, 1.0))
   mixed = np.asarray(views(jax.random.key(2), _batch(), (_PARAMS, tight)))
   k0, k1 = jax.random.split(jax.random.key(2))
-  np.testing.assert_allclose(mixed[6:], np.asarray(_augment(k1, _batch(), tight)), atol=1e-6)
+  np.testing.assert_allclose(mixed[1::2], np.asarray(_augment(k1, _batch(), tight)), atol=1e-6)
+  np.testing.assert_allclose(mixed[0::2], np.asarray(_augment(k0, _batch(), _PARAMS)), atol=1e-6)

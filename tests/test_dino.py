@@ -54,7 +54,7 @@ def one_step(config, batch, mesh=None):
 # --------------------------------------------------------------------------------- multi-crop
 
 
-def test_multicrop_shapes_per_view_params_and_view_major_order():
+def test_multicrop_shapes_per_view_params_and_image_major_order():
   cfg = dict(
     global_crop_size=16,
     global_crop_scale=(0.4, 1.0),
@@ -77,18 +77,23 @@ def test_multicrop_shapes_per_view_params_and_view_major_order():
   assert crops.global_crops.shape == (8, 16, 16, 3)
   assert crops.local_crops.shape == (12, 8, 8, 3)
   assert 0.0 <= float(crops.global_crops.min()) and float(crops.global_crops.max()) <= 1.0
-  # Independent keys per view: the two global views of image 0 differ.
-  assert not np.allclose(crops.global_crops[0], crops.global_crops[4])
-  # Augmentation off: every view is the resized image, row v·B + i ↔ image i.
+  # Independent keys per view: the two global views of image 0 (rows 0 and 1) differ.
+  assert not np.allclose(crops.global_crops[0], crops.global_crops[1])
+  # Augmentation off: every view is the resized image, row i·V + v ↔ image i (image-major).
   off = multicrop.MultiCrop.from_config(dict(cfg, enabled=False))
   plain = off(jax.random.PRNGKey(0), images)
   for v in range(2):
     np.testing.assert_allclose(
-      plain.global_crops[4 * v : 4 * v + 4],
+      plain.global_crops[v::2],
       jax.image.resize(images / 255.0, (4, 16, 16, 3), "bilinear"),
       atol=1e-6,
     )
-  np.testing.assert_allclose(plain.local_crops[8:12], plain.local_crops[0:4])
+  local = np.asarray(plain.local_crops).reshape(4, 3, 8, 8, 3)
+  np.testing.assert_allclose(
+    local,
+    np.repeat(jax.image.resize(images / 255.0, (4, 8, 8, 3), "bilinear")[:, None], 3, 1),
+    atol=1e-6,
+  )
 
 
 def test_multicrop_config_errors_name_the_keys():
@@ -109,13 +114,11 @@ def test_pair_count_and_loss_uses_exactly_those_pairs(num_local):
   assert all(i != j and i < 2 for i, j in pairs)
   b, k = 3, 7
   rng = np.random.default_rng(num_local)
-  s = rng.normal(size=(v * b, k)).astype(np.float32)
-  t = rng.dirichlet(np.ones(k), size=2 * b).astype(np.float32)
+  s = rng.normal(size=(b * v, k)).astype(np.float32)  # image-major: row n·V + j
+  t = rng.dirichlet(np.ones(k), size=b * 2).astype(np.float32)  # row n·2 + i
   loss = float(dino.cross_view_loss(jnp.asarray(s), jnp.asarray(t), 2, 0.1))
   logp = s / 0.1 - np.log(np.exp(s / 0.1).sum(-1, keepdims=True))
-  expected = np.mean(
-    [np.mean(-(t[i * b : (i + 1) * b] * logp[j * b : (j + 1) * b]).sum(-1)) for i, j in pairs]
-  )
+  expected = np.mean([np.mean(-(t[i::2] * logp[j::v]).sum(-1)) for i, j in pairs])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 

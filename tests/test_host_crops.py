@@ -198,7 +198,7 @@ def test_host_views_skip_the_device_crop_and_keep_the_rest():
   )
   out = mc(jax.random.PRNGKey(0), views)
   assert out.global_crops.shape == (8, 16, 16, 3) and out.local_crops.shape == (12, 8, 8, 3)
-  # Without colour, blur or solarize, a view is its host crop, flipped or not (row v·B + i).
+  # Without colour, blur or solarize, a view is its host crop, flipped or not (row i·2 + v).
   plain = multicrop.MultiCrop.from_config(
     {
       "global_crop_size": 16,
@@ -215,8 +215,8 @@ def test_host_views_skip_the_device_crop_and_keep_the_rest():
   for v in range(2):
     for i in range(4):
       src = views.global_views[i, v] / 255.0
-      assert np.allclose(g[v * 4 + i], src, atol=1e-6) or np.allclose(
-        g[v * 4 + i], src[:, ::-1], atol=1e-6
+      assert np.allclose(g[i * 2 + v], src, atol=1e-6) or np.allclose(
+        g[i * 2 + v], src[:, ::-1], atol=1e-6
       )
 
 

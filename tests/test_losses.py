@@ -17,10 +17,9 @@ def test_info_nce_worked_example():
 def numpy_nt_xent(z, tau):
   z = z / np.linalg.norm(z, axis=1, keepdims=True)
   n2 = len(z)
-  n = n2 // 2
   total = 0.0
   for i in range(n2):
-    j = (i + n) % n2
+    j = i + 1 if i % 2 == 0 else i - 1  # image-major: rows 2k and 2k + 1 are a pair
     sims = np.array([z[i] @ z[k] / tau for k in range(n2) if k != i])
     pos = z[i] @ z[j] / tau
     total += -pos + np.log(np.exp(sims).sum())
@@ -36,7 +35,7 @@ def test_nt_xent_matches_numpy():
 
 def test_nt_xent_perfect_pairs_have_full_accuracy():
   base = np.eye(4, 8, dtype=np.float32)
-  z = np.concatenate([base, base])
+  z = np.repeat(base, 2, axis=0)  # each image's two views side by side
   loss, acc = losses.nt_xent(jnp.asarray(z), 0.1)
   assert float(acc) == 1.0
   # Positive logit 10, 6 orthogonal negatives at 0: loss = log(e^10 + 6) - 10.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import checkpointing, config_lib, data, methods, train
+from sslx import checkpointing, config_lib, data, methods, multicrop, train
 from sslx.methods import base, moco
 from tests.helpers import crash_mid_run, experiment, override, tiny
 from tests.test_sharding import run_steps
@@ -217,10 +217,11 @@ def test_loss_equals_numpy_info_nce_over_queue_negatives(symmetric):
     loss_fn = lambda p: method.loss(p, v.batch_stats, state, images, rng, 0)  # noqa: E731
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     views = base.two_views(rng, images, method.view, method.preprocess)
+    # image-major views: rows 2i and 2i + 1 are image i's
     if symmetric:  # one query pass over both views (BN over 2B), one key pass over both
-      x_q, x_k = views, jnp.concatenate([views[16:], views[:16]])
+      x_q, x_k = views, multicrop.swap_views(views)
     else:
-      x_q, x_k = views[:16], views[16:]
+      x_q, x_k = views[0::2], views[1::2]
     return (
       loss,
       aux,
@@ -234,8 +235,9 @@ def test_loss_equals_numpy_info_nce_over_queue_negatives(symmetric):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert float(aux.metrics["loss"]) == pytest.approx(expected, rel=1e-5)
   # The keys enqueued are the second view's; the gradient reaches the query encoder.
+  second = k[0::2] if symmetric else k  # symmetric keys come as (k2, k1) per image
   np.testing.assert_allclose(
-    np.asarray(aux.method_state["queue"])[:16], np.asarray(k[:16]), rtol=1e-5, atol=1e-6
+    np.asarray(aux.method_state["queue"])[:16], np.asarray(second), rtol=1e-5, atol=1e-6
   )
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0
@@ -256,7 +258,7 @@ def test_key_pass_sees_only_the_key_batch_and_global_bn_is_permutation_equivaria
   views = jax.jit(base.two_views, static_argnums=(2, 3))(
     jax.random.PRNGKey(1), images, method.view, method.preprocess
   )
-  x_q, x_k = views[:16], views[16:]
+  x_q, x_k = views[0::2], views[1::2]  # image-major: rows 2i, 2i + 1 are image i's views
   keys = jax.jit(lambda x: method.keys(v.method_state, x))
 
   k_alone, stats_alone = keys(x_k)
@@ -298,7 +300,7 @@ def test_shuffle_bn_groups_statistics_and_unshuffle():
   v = method.init(jax.random.PRNGKey(0), images)
   x = jax.jit(base.two_views, static_argnums=(2, 3))(
     jax.random.PRNGKey(1), images, method.view, method.preprocess
-  )[16:]
+  )[1::2]  # the key views
   rng = jax.random.PRNGKey(5)
   perm, inverse = moco.shuffle_permutation(rng, 16)
   assert sorted(np.asarray(perm).tolist()) == list(range(16))

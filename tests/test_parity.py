@@ -124,7 +124,10 @@ def close(name, ours, ref, tol=TOL):
 
 def test_nt_xent_simclr(peer):
   inp, ref = peer
-  z = jnp.concatenate([inp["ntxent/z0"], inp["ntxent/z1"]])
+  # image-major, as sslx stacks views: rows 2i and 2i + 1 are image i's two views
+  z = jnp.stack([inp["ntxent/z0"], inp["ntxent/z1"]], axis=1).reshape(
+    -1, inp["ntxent/z0"].shape[-1]
+  )
   close("nt_xent", losses.nt_xent(z, inp["ntxent/temp"])[0], ref["ntxent/loss"])
 
 
@@ -162,8 +165,9 @@ def test_dino_loss_center_update_and_teacher_temperature_warmup(peer):
   got_loss, got_center, got_temp = [], [], []
   for e in range(epochs):
     tau = dino.teacher_temperature(e, epochs, warm, temp, warm_epochs / epochs)
-    teacher = jnp.asarray(inp["dino/teacher"][e].reshape(g * b, -1))
-    student = jnp.asarray(inp["dino/student"][e].reshape(v * b, -1))
+    # lightly's views come view by view; sslx's rows are image-major (row i·V + v)
+    teacher = jnp.asarray(inp["dino/teacher"][e].swapaxes(0, 1).reshape(g * b, -1))
+    student = jnp.asarray(inp["dino/student"][e].swapaxes(0, 1).reshape(v * b, -1))
     probs = dino.teacher_softmax(teacher, center, tau)
     got_loss.append(dino.cross_view_loss(student, probs, g, float(s_temp)))
     center = dino.update_center(center, teacher, float(momentum))

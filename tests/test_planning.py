@@ -183,3 +183,52 @@ def test_dino_imagenet_preset_fits_a_v4_slice_with_the_tpu_compiler():
   assert 42e6 * 4 < p.params_bytes < 46e6 * 4
   assert p.fits, planning.report(p)
   assert p.temp_bytes > 2**30  # a real step's activations, not an empty program
+
+
+def test_collective_bytes_reads_sync_and_async_collectives_once():
+  text = "\n".join(
+    [
+      "  %ag = f32[64,128]{1,0} all-gather(f32[8,128]{1,0} %x), dimensions={0}",
+      "  %s = (bf16[4,8]{1,0}, bf16[32,8]{1,0}) all-gather-start(bf16[4,8]{1,0} %y)",
+      "  %d = bf16[32,8]{1,0} all-gather-done((bf16[4,8], bf16[32,8]) %s)",
+      "  %a2a = (f32[2,3]{1,0}, f32[2,3]{1,0}) all-to-all(f32[2,3] %p, f32[2,3] %q)",
+      "  %ar = f32[10]{0} all-reduce(f32[10]{0} %g), to_apply=%sum",
+      "  %cp = s32[5]{0} collective-permute(s32[5]{0} %z), source_target_pairs={{0,1}}",
+      "  %dot = f32[64,64]{1,0} dot(f32[64,128] %ag, f32[64,128] %ag)",
+    ]
+  )
+  got = planning.collective_bytes(text)
+  assert got == {
+    "all-gather": 64 * 128 * 4 + 32 * 8 * 2,
+    "all-to-all": 2 * 6 * 4,
+    "collective-permute": 20,
+    "all-reduce": 40,
+    "reduce-scatter": 0,
+  }
+  assert planning.resharding_bytes(text) == 64 * 128 * 4 + 32 * 8 * 2 + 48 + 20
+
+
+def _fake_device_plan(c, n=8):
+  t = planning.Target(f"{n} fake devices", planning.CHIPS["h100"], n)
+  c.mesh = (("data", n),)
+  return planning.plan(c, t, num_examples=10 * c.batch_size, devices=jax.devices()[:n])
+
+
+@pytest.mark.parametrize("name", ["dino", "moco_v2", "byol"])
+def test_sharded_steps_move_no_views_between_devices(name):
+  """Image-major views keep every image's crops, and the cross-view losses, on the device
+  holding the image: the compiled 8-device step reshards nothing but what the method
+  must share (MoCo's new queue keys, which every device's replicated queue needs). With
+  view-major stacking the same steps gathered the crops and logits across devices."""
+  c = experiment(name)
+  c.batch_size = 16
+  p = _fake_device_plan(c)
+  gathered = p.collectives["all-gather"]
+  assert p.collectives["all-to-all"] == 0 and p.collectives["collective-permute"] == 0, (
+    p.collectives
+  )
+  if name == "moco_v2":
+    assert gathered == c.batch_size * c.method.projector_dim * 4  # the enqueued keys, f32
+  else:
+    assert gathered == 0, p.collectives
+  assert p.collectives["all-reduce"] > 0  # gradients and BatchNorm statistics

@@ -274,15 +274,15 @@ def view_pixels(rng, images, view):
 
 
 def two_views(rng, images, view, preprocess):
-  """[2B, S, S, 3] normalised views: rows i and i + B come from image i."""
+  """[B·2, S, S, 3] normalised views, image-major: rows 2i and 2i + 1 come from image i
+  (:func:`sslx.multicrop.per_image` splits them without moving rows between devices)."""
   if isinstance(images, multicrop.HostViews):  # cropped on the host (dataset.host_crops)
-    x = multicrop.view_major(images.global_views)
+    x = multicrop.flat_views(images.global_views)
     if view is None:
       return preprocess(x)
     return preprocess(augment.augment_views(rng, x, (view, view), cropped=True))
   if view is None:
-    x = preprocess(images)
-    return jnp.concatenate([x, x], axis=0)
+    return jnp.repeat(preprocess(images), 2, axis=0)
   # One vmapped pipeline over the doubled batch, not two calls: the same maths with half
   # the augmentation graph to compile.
   return preprocess(augment.augment_views(rng, images, (view, view)))

@@ -118,8 +118,7 @@ class BYOL(base.Method):
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """Symmetrised BYOL loss on two views of `images` [B, H, W, 3] (uint8)."""
-    n = images.shape[0]
-    x = self.preprocess(self.views(rng, images).global_crops)  # [2B, S, S, 3]
+    x = self.preprocess(self.views(rng, images).global_crops)  # [B·2, S, S, 3] image-major
     (features, z, q), updates = self.net.apply(
       {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
     )
@@ -135,7 +134,7 @@ class BYOL(base.Method):
     zt = jax.lax.stop_gradient(zt)
     # Eq. 2 for (view 1 → view 2) plus L̃ for (view 2 → view 1): prediction of view v
     # regresses the target projection of the other view.
-    zt_swapped = jnp.concatenate([zt[n:], zt[:n]], axis=0)
+    zt_swapped = multicrop.swap_views(zt)
     per_row = regression_loss(q, zt_swapped)  # [2B]
     loss = 2.0 * jnp.mean(per_row)  # = mean(L) + mean(L̃)
     new_state = {
@@ -147,7 +146,8 @@ class BYOL(base.Method):
       "cosine": jnp.mean(1.0 - per_row / 2.0),
       **embedding_std_metrics(z),
     }
-    return loss, base.LossAux(updates["batch_stats"], new_state, metrics, features[:n])
+    features = multicrop.first_view(features, 2)
+    return loss, base.LossAux(updates["batch_stats"], new_state, metrics, features)
 
   def after_update(self, params, method_state, step):
     """ξ ← τ_k·ξ + (1 − τ_k)·θ with the updated online params θ (eq. 1)."""

@@ -71,13 +71,17 @@ class DINONet(nn.Module):
   backbone: nn.Module
   head: nn.Module
 
-  def __call__(self, global_x, local_x=None, train: bool = True, freeze_last_layer=False):
-    """global_x [G·B, Sg, Sg, 3], local_x [N·B, Sl, Sl, 3] or None →
-    (backbone features of the global crops [G·B, D], head logits [(G + N)·B, K])."""
+  def __call__(
+    self, global_x, local_x=None, train: bool = True, freeze_last_layer=False, num_global=2
+  ):
+    """global_x [B·G, Sg, Sg, 3], local_x [B·N, Sl, Sl, 3] or None, both image-major →
+    (backbone features of the global crops [B·G, D], head logits [B·(G + N), K], image-major:
+    row i·(G + N) + v is view v of image i, the G global views first)."""
     feats = self.backbone(global_x, train=train)["pre_logits"]
     allf = feats
     if local_x is not None:
-      allf = jnp.concatenate([feats, self.backbone(local_x, train=train)["pre_logits"]], 0)
+      local = self.backbone(local_x, train=train)["pre_logits"]
+      allf = join_views(feats, local, num_global)
     return feats, self.head(allf, train=train, freeze_last_layer=freeze_last_layer)
 
   def encode(self, x, train: bool = False):
@@ -86,6 +90,21 @@ class DINONet(nn.Module):
   def attention(self, x):
     """Last block's attention [B, heads, T, T] (ViT backbones only)."""
     return self.backbone(x, train=False, return_attention=True)["attention"]
+
+
+def join_views(global_rows, local_rows, num_global: int):
+  """Global [B·G, ...] and local [B·N, ...] image-major rows -> [B·(G + N), ...], each
+  image's G global then N local views: joined image by image, so a sharded batch keeps every
+  image's rows on its device (a concatenation of the two row blocks would not)."""
+  b = global_rows.shape[0] // num_global
+  joined = jnp.concatenate(
+    [
+      multicrop.per_image(global_rows, num_global),
+      local_rows.reshape((b, -1) + local_rows.shape[1:]),
+    ],
+    axis=1,
+  )
+  return multicrop.flat_views(joined)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,9 +125,10 @@ def cross_view_loss(
   H(P_t(x_i), P_s(x_j)).
 
   Args:
-    student_logits: [V·B, K], view-major (row v·B + b is view v of image b); the first
-      G views are the global crops.
-    teacher_probs: [G·B, K] centred and sharpened teacher distributions of the global crops.
+    student_logits: [B·V, K], image-major (row b·V + v is view v of image b); the first
+      G views of each image are the global crops.
+    teacher_probs: [B·G, K] centred and sharpened teacher distributions of the global crops,
+      image-major.
     num_global: G.
     student_temp: τ_s.
   """
@@ -117,7 +137,9 @@ def cross_view_loss(
   b = teacher_probs.shape[0] // g
   v = student_logits.shape[0] // b
   log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
-  ce = -jnp.einsum("ibk,jbk->ij", teacher_probs.reshape(g, b, k), log_p.reshape(v, b, k)) / b
+  # [G, V] cross-entropies summed over the batch: each device contracts its own images and
+  # only the G x V sums are reduced across devices.
+  ce = -jnp.einsum("bik,bjk->ij", teacher_probs.reshape(b, g, k), log_p.reshape(b, v, k)) / b
   pairs = multicrop.teacher_student_pairs(g, v)
   mask = np.zeros((g, v), np.float32)
   mask[tuple(np.array(pairs).T)] = 1.0  # j ≠ i
@@ -348,7 +370,6 @@ class DINO(EMATeacher):
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     """DINO loss on multi-crop views of `images` [B, H, W, 3] (uint8)."""
-    n = images.shape[0]
     aug_rng, drop_rng = jax.random.split(rng)
     g, loc = self._crops(aug_rng, images)
     freeze = jnp.asarray(step) < self.freeze_last_layer_steps
@@ -358,6 +379,7 @@ class DINO(EMATeacher):
       loc,
       train=True,
       freeze_last_layer=freeze,
+      num_global=self.views.num_global,
       mutable=["batch_stats"],
       rngs=_drop_rng(drop_rng),
     )
@@ -386,7 +408,8 @@ class DINO(EMATeacher):
       "teacher_momentum": self.momentum(step),
       **embedding_std_metrics(feats),
     }
-    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, feats[:n])
+    feats = multicrop.first_view(feats, self.views.num_global)
+    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, feats)
 
   def collapse_warning(self, metrics: dict) -> str | None:
     return entropy_warning(metrics) or std_warning(metrics, self.collapse_std)

@@ -71,6 +71,7 @@ from sslx.methods.dino import (
   entropy_fraction,
   entropy_warning,
   head_from_config,
+  join_views,
   teacher_softmax,
   update_center,
 )
@@ -101,20 +102,22 @@ class DINOv2Net(nn.Module):
     patch_ids=None,
     train: bool = True,
     freeze_last_layer=False,
+    num_global=2,
   ):
-    """Args:
-      global_x [G·B, S, S, 3]; local_x [N·B, s, s, 3] or None;
-      token_mask [G·B, P] bool (student: masked patches) or None (teacher);
-      patch_ids [G·B, M] int: the patch positions whose head outputs are returned.
+    """Args (rows image-major, as :mod:`sslx.multicrop` makes them):
+      global_x [B·G, S, S, 3]; local_x [B·N, s, s, 3] or None;
+      token_mask [B·G, P] bool (student: masked patches) or None (teacher);
+      patch_ids [B·G, M] int: the patch positions whose head outputs are returned.
 
-    Returns: (CLS features of the global crops [G·B, D], CLS logits [(G + N)·B, K],
-      patch logits [G·B, M, K_patch] at `patch_ids`, or None when patch_ids is None).
+    Returns: (CLS features of the global crops [B·G, D], CLS logits [B·(G + N), K] (each
+      image's G global views, then its N local ones), patch logits [B·G, M, K_patch] at
+      `patch_ids`, or None when patch_ids is None).
     """
     out = self.backbone(global_x, train=train, token_mask=token_mask)
     cls = out["tokens"][:, 0]
     allc = cls
     if local_x is not None:
-      allc = jnp.concatenate([cls, self.backbone(local_x, train=train)["tokens"][:, 0]], axis=0)
+      allc = join_views(cls, self.backbone(local_x, train=train)["tokens"][:, 0], num_global)
     cls_logits = self.dino_head(allc, train=train, freeze_last_layer=freeze_last_layer)
     patch_logits = None
     if patch_ids is not None:
@@ -317,6 +320,7 @@ class DINOv2(EMATeacher):
       patch_ids=ids,
       train=True,
       freeze_last_layer=freeze,
+      num_global=num_g,
       mutable=["batch_stats"],
       rngs={"dropout": drop_rng},
     )
@@ -363,9 +367,8 @@ class DINOv2(EMATeacher):
       loss = loss + self.ibot_loss_weight * ibot
       metrics["ibot_loss"] = ibot
     if self.koleo_loss_weight > 0:
-      koleo = sum(
-        grouped_koleo_loss(cls[i * n : (i + 1) * n], self.koleo_group_size) for i in range(num_g)
-      )
+      per_view = multicrop.per_image(cls, num_g)  # [B, G, D]
+      koleo = sum(grouped_koleo_loss(per_view[:, i], self.koleo_group_size) for i in range(num_g))
       loss = loss + self.koleo_loss_weight * koleo
       metrics["koleo_loss"] = koleo
     metrics["loss"] = loss
@@ -374,7 +377,8 @@ class DINOv2(EMATeacher):
       "center": new_center,
       "patch_center": new_patch_center,
     }
-    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, cls[:n])
+    features = multicrop.first_view(cls, num_g)
+    return loss, base.LossAux(updates.get("batch_stats", {}), new_state, metrics, features)
 
   def collapse_warning(self, metrics: dict) -> str | None:
     if self.centering == "sinkhorn_knopp":

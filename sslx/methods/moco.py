@@ -88,7 +88,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, losses
+from sslx import augment, losses, multicrop
 from sslx.methods import base, common
 from sslx.methods.common import EncoderWithHead
 
@@ -191,12 +191,14 @@ class MoCo(base.Method):
     """
     del step
     n = images.shape[0]
-    views = base.two_views(rng, images, self.view, self.preprocess)  # [2B]: x_q then x_k
+    # [B·2] image-major: rows 2i, 2i + 1 are image i's views, on the device holding image i
+    views = base.two_views(rng, images, self.view, self.preprocess)
     if self.symmetric:
-      x_q = views  # q1 | q2
-      x_k = jnp.concatenate([views[n:], views[:n]], axis=0)  # k2 | k1
+      x_q = views  # (q1, q2) of each image
+      x_k = multicrop.swap_views(views)  # (k2, k1)
     else:
-      x_q, x_k = views[:n], views[n:]
+      pairs = multicrop.per_image(views, 2)
+      x_q, x_k = pairs[:, 0], pairs[:, 1]
     features, q, new_bs = self.queries(params, batch_stats, x_q)
     # The shuffle's key is derived from the step's key, leaving the views' draws unchanged.
     k, new_key_bs = self.keys(method_state, x_k, jax.random.fold_in(rng, 1))
@@ -208,7 +210,8 @@ class MoCo(base.Method):
     loss = losses.info_nce(sims, self.temperature)
     # Enqueue the second view's B keys over the oldest B, advance the pointer (FIFO).
     ptr = method_state["queue_ptr"]
-    new_queue = jax.lax.dynamic_update_slice(queue, k[:n].astype(queue.dtype), (ptr, 0))
+    new_keys = multicrop.first_view(k, 2) if self.symmetric else k  # view 2's B keys
+    new_queue = jax.lax.dynamic_update_slice(queue, new_keys.astype(queue.dtype), (ptr, 0))
     new_state = dict(
       method_state,
       key_batch_stats=new_key_bs,
@@ -222,7 +225,9 @@ class MoCo(base.Method):
       "negative_sim": jnp.mean(l_neg),
       "embedding_std": jnp.mean(jnp.std(q, axis=0)),
     }
-    return loss, base.LossAux(new_bs, new_state, metrics, features[:n])
+    if self.symmetric:
+      features = multicrop.first_view(features, 2)
+    return loss, base.LossAux(new_bs, new_state, metrics, features)
 
   def momentum_at(self, step) -> jax.Array:
     """m_t: constant m, or the cosine ramp 1 − (1 − m)(cos(πt/T) + 1)/2 to 1 at t = T."""

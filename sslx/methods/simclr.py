@@ -28,16 +28,17 @@ only each chunk's embeddings, and reverse mode recomputes one chunk's forward at
 backpropagates the full-batch embedding gradient through it — the paper's two passes,
 expressed through JAX's autodiff rather than by hand.
 
-Chunk composition (`grad_cache_order`): cut in view-major order, chunk b would hold view 1 of
-images I_b and chunk b + B/c view 2 of the *same* images, so those two chunks' BatchNorm
-statistics would come from one image set — a signature pairing each anchor's chunk with the
-chunk of its positive (the leak MoCo's shuffle BN removes). The rows are permuted before
-chunking instead: chunk k holds view 1 of the k-th block of c/2 consecutive images and view 2
-of the images i ≡ k (mod n), n the number of chunks. The view-1 sets of the chunks are
-disjoint, so are the view-2 sets, no two chunks hold the same image set, and every two chunks
-share about the same number of images (exactly c/n when n divides c/2), the pair holding
-an image's two views no more than any other pair. The embeddings are put back in the
-original order before the loss.
+Chunk composition (`grad_cache_order`): the views are image-major (rows 2i, 2i + 1 from image
+i), and chunks are not cut from them directly. A chunk of consecutive rows would hold both
+views of its images, and its BatchNorm statistics would be a signature shared by each anchor
+and its positive and by no negative (the leak MoCo's shuffle BN removes); cut view by view,
+chunk b would hold view 1 of images I_b and chunk b + B/c view 2 of the *same* images, the
+same signature spread over two chunks. The rows are permuted before chunking instead: chunk
+k holds view 1 of the k-th block of c/2 consecutive images and view 2 of the images
+i ≡ k (mod n), n the number of chunks. The view-1 sets of the chunks are disjoint, so are the
+view-2 sets, no two chunks hold the same image set, and every two chunks share about the same
+number of images (exactly c/n when n divides c/2), the pair holding an image's two views no
+more than any other pair. The embeddings are put back in the original order before the loss.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, losses
+from sslx import augment, losses, multicrop
 from sslx.methods import base, common
 from sslx.methods.common import EncoderWithHead
 
 
 def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
-  """[2·batch] row order of the view-major views (row v·B + i = view v of image i) for
+  """[2·batch] row order of the image-major views (row 2i + v = view v of image i) for
   GradCache chunks of `chunk` rows (see the module docstring): chunk k = rows
   [k·c, (k + 1)·c) of the result = view 1 of images [k·c/2, (k + 1)·c/2) followed by view 2
   of the images i ≡ k (mod n)."""
@@ -65,9 +66,9 @@ def grad_cache_order(batch: int, chunk: int) -> np.ndarray:
       "batch (2 x batch_size)"
     )
   half = chunk // 2
-  view1 = np.arange(batch).reshape(n, half)
+  view1 = 2 * np.arange(batch).reshape(n, half)
   # images by residue mod n: [0, n, 2n, ..., 1, n + 1, ...] cut into n runs of c/2
-  view2 = batch + np.argsort(np.arange(batch) % n, kind="stable").reshape(n, half)
+  view2 = 1 + 2 * np.argsort(np.arange(batch) % n, kind="stable").reshape(n, half)
   return np.concatenate([view1, view2], axis=1).reshape(-1)
 
 
@@ -92,13 +93,14 @@ class SimCLR(base.Method):
     views = base.two_views(rng, images, self.view, self.preprocess)
     (features, z), new_batch_stats = self.embed(params, batch_stats, views)
     loss, acc = losses.nt_xent(z, self.temperature)
-    n = images.shape[0]
     metrics = {
       "loss": loss,
       "contrastive_acc": acc,
       "embedding_std": jnp.mean(jnp.std(losses.l2_normalize(z), axis=0)),
     }
-    return loss, base.LossAux(new_batch_stats, method_state, metrics, features[:n])
+    return loss, base.LossAux(
+      new_batch_stats, method_state, metrics, multicrop.first_view(features, 2)
+    )
 
   def embed(self, params, batch_stats, views):
     """((features [2B, D], z [2B, d]), new batch_stats), whole or in GradCache chunks."""

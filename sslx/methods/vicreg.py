@@ -95,17 +95,18 @@ class VICReg(base.Method):
 
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    n = images.shape[0]
-    x = self.preprocess(self.views(rng, images).global_crops)  # [2B, S, S, 3]
+    x = self.preprocess(self.views(rng, images).global_crops)  # [B·2, S, S, 3] image-major
     # One forward pass over both views: BatchNorm statistics over all 2B views.
     (features, z), updates = self.net.apply(
       {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
     )
+    pairs = multicrop.per_image(z, 2)  # [B, 2, d]: an image's views on its own device
     loss, terms = vicreg_loss(
-      z[:n], z[n:], self.sim_coeff, self.std_coeff, self.cov_coeff, self.gamma, self.eps
+      pairs[:, 0], pairs[:, 1], self.sim_coeff, self.std_coeff, self.cov_coeff, self.gamma, self.eps
     )
     metrics = {"loss": loss, **terms, **embedding_std_metrics(z)}
-    return loss, base.LossAux(updates.get("batch_stats", {}), method_state, metrics, features[:n])
+    features = multicrop.first_view(features, 2)
+    return loss, base.LossAux(updates.get("batch_stats", {}), method_state, metrics, features)
 
   def collapse_warning(self, metrics: dict) -> str | None:
     return std_warning(metrics, self.collapse_std)
