@@ -262,10 +262,9 @@ def collective_bytes(text: str) -> dict[str, int]:
   return out
 
 
-def resharding_bytes(text: str) -> int:
-  """All-gather + all-to-all + collective-permute bytes of :func:`collective_bytes`."""
-  counts = collective_bytes(text)
-  return sum(counts[k] for k in _RESHARDING)
+def resharding(counts: dict[str, int]) -> int:
+  """All-gather + all-to-all + collective-permute bytes of :func:`collective_bytes`' counts."""
+  return sum(counts.get(k, 0) for k in _RESHARDING)
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -529,7 +528,7 @@ def report(p: Plan, mfu: float = 0.4, suggestions=None) -> str:
     lines.append(
       "  collectives         "
       + ", ".join(f"{k} {_gib(c[k]).strip()}" for k in _COLLECTIVES if c.get(k))
-      + f" (resharding: {_gib(sum(c.get(k, 0) for k in _RESHARDING)).strip()})"
+      + f" (resharding: {_gib(resharding(c)).strip()})"
     )
   step = p.step_seconds(mfu)
   lines.append(

@@ -205,7 +205,7 @@ def test_collective_bytes_reads_sync_and_async_collectives_once():
     "all-reduce": 40,
     "reduce-scatter": 0,
   }
-  assert planning.resharding_bytes(text) == 64 * 128 * 4 + 32 * 8 * 2 + 48 + 20
+  assert planning.resharding(got) == 64 * 128 * 4 + 32 * 8 * 2 + 48 + 20
 
 
 def _fake_device_plan(c, n=8):
