@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 
-from sslx import data, methods, models, planning, train
+from sslx import data, methods, models, planning, train, xla
 from sslx.methods import base, mae
 
 DEFAULT_PEER_SCRIPT = os.path.join(
@@ -345,6 +345,7 @@ def time_sslx(config, steps: int) -> dict:
     "model_flops_per_step": model_flops,
     "loss": float(m["loss"]),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "allocator": xla.allocator(),
   }
 
 

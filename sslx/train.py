@@ -35,6 +35,7 @@ from sslx import (
   progress,
   sharding,
   weights,
+  xla,
 )
 from sslx.evaluation import knn
 from sslx.state import TrainState
@@ -411,6 +412,7 @@ def _training_results(config, setup: Setup, step: int, start: int, t_train, t_co
     "epochs": step / setup.steps_per_epoch,
     "train_images_per_sec": images_per_sec,
     "compile_s": t_compile,
+    "allocator": xla.allocator(),
   }
 
 

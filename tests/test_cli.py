@@ -1,12 +1,13 @@
 """Entry points: benchmark, evaluate, experiment presets."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from sslx import benchmark, train
+from sslx import benchmark, train, xla
 from sslx.cli import evaluate
 from tests.helpers import REPO, experiment, tiny_simclr
 
@@ -53,6 +54,11 @@ def test_benchmark_times_the_step_and_prints_json():
   )
   for key in ("images_per_sec", "step_time_s", "compile_s", "peak_memory_mb"):
     assert result[key] > 0, key
+  # An sslx command on the CPU restarts itself with tcmalloc where it is installed.
+  if xla.fast_malloc({**os.environ, "LD_PRELOAD": "", "JAX_PLATFORMS": "cpu"}) or "tcmalloc" in (
+    os.environ.get("LD_PRELOAD", "")
+  ):
+    assert "tcmalloc" in result["allocator"], result
   assert result["images_per_sec"] == pytest.approx(32 / result["step_time_s"], rel=1e-2)
   # MFU from the model's matmul FLOPs, hardware utilisation from XLA's count of the compiled
   # step, both over the given peak; the input pipeline's own rate.

@@ -472,6 +472,51 @@ def test_idle_accelerator_plugins_are_not_started(modules, nodes, env, expected)
   assert set_it == (expected == "cpu")
 
 
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+@pytest.mark.parametrize(
+  "env, files, platform, expected",
+  [
+    ({"JAX_PLATFORMS": "cpu"}, (TCMALLOC,), "linux", TCMALLOC),  # installed: preload it
+    ({"JAX_PLATFORMS": "cpu"}, (), "linux", ""),  # none installed: glibc's malloc
+    ({"JAX_PLATFORMS": "cpu", "SSLX_MALLOC": "system"}, (TCMALLOC,), "linux", ""),
+    ({"JAX_PLATFORMS": "cpu", "LD_PRELOAD": "/opt/libjemalloc.so.2"}, (TCMALLOC,), "linux", ""),
+    ({"JAX_PLATFORMS": "cpu", "_SSLX_MALLOC_REEXEC": "1"}, (TCMALLOC,), "linux", ""),
+    ({"JAX_PLATFORMS": "tpu"}, (TCMALLOC,), "linux", ""),  # accelerator runs: left alone
+    ({"JAX_PLATFORMS": "cpu"}, (TCMALLOC,), "darwin", ""),
+    ({"JAX_PLATFORMS": "cpu", "SSLX_MALLOC": "/opt/tc.so"}, ("/opt/tc.so",), "linux", "/opt/tc.so"),
+  ],
+)
+def test_fast_malloc_choice(env, files, platform, expected):
+  assert sxla.fast_malloc(env, exists=lambda p: p in files, platform=platform) == expected
+
+
+def test_fast_malloc_names_a_missing_library():
+  with pytest.raises(FileNotFoundError, match="SSLX_MALLOC='/nope.so'"):
+    sxla.fast_malloc({"JAX_PLATFORMS": "cpu", "SSLX_MALLOC": "/nope.so"}, platform="linux")
+
+
+def test_reexec_only_for_sslx_commands(monkeypatch):
+  """The restart keeps the interpreter, its flags and arguments and prepends the library to
+  LD_PRELOAD; a process whose main module is not sslx's (pytest here) is never restarted."""
+  calls = []
+  env = {"JAX_PLATFORMS": "cpu", "LD_PRELOAD": "/opt/other.so"}
+  monkeypatch.setattr(sxla, "fast_malloc", lambda env: TCMALLOC)
+  monkeypatch.setattr(sxla, "backend_initialized", lambda: False)
+  assert not sxla.reexec_with_fast_malloc(env, execv=lambda *a: calls.append(a))
+  assert not calls and "_SSLX_MALLOC_REEXEC" not in env
+  fake_main = type(sys)("__main__")
+  fake_main.__spec__ = type("Spec", (), {"name": "sslx.main"})()
+  monkeypatch.setitem(sys.modules, "__main__", fake_main)
+  monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", "-m", "sslx.main", "--config=x"])
+  assert sxla.reexec_with_fast_malloc(env, execv=lambda *a: calls.append(a))
+  assert calls == [
+    (sys.executable, [sys.executable, "-X", "utf8", "-m", "sslx.main", "--config=x"])
+  ]
+  assert env["LD_PRELOAD"] == f"{TCMALLOC}:/opt/other.so" and env["_SSLX_MALLOC_REEXEC"] == "1"
+
+
 _FLAG_SCRIPT = r"""
 import json, os, sys
 if sys.argv[1] == "on":

@@ -2,7 +2,8 @@
 
 Each command module defines ``define_flags()`` (its absl flags; nothing is defined on import,
 so tests and notebooks can import a command's module freely) and ``main(argv)``. :func:`run`
-is the one start-up path every command shares: CPU XLA flags before jax starts its backend,
+is the one start-up path every command shares: on the CPU a restart with a caching allocator
+when one is installed (:func:`sslx.xla.reexec_with_fast_malloc`), CPU XLA flags before jax starts its backend,
 flags, a clear message for an unknown ``--config.<key>``, and WARNING-level logging unless
 ``--verbosity`` asks for more. The commands are thin: the work is done by library functions.
 
@@ -45,6 +46,7 @@ def run(
 ):
   """Starts one command: `argv` is its command line (argv[0] is the program name); `doc` is
   what --help prints above the command's flags."""
+  xla.reexec_with_fast_malloc()  # CPU runs: restart once with tcmalloc when it is installed
   xla.keep_idle_plugins_asleep()  # no TPU plugin start-up noise on a CPU-only machine
   xla.configure_xla_for_cpu()  # before anything starts a jax backend
   define_flags()
