@@ -1,13 +1,12 @@
 r"""BYOL (Grill et al. 2020) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) on the embedded
-      10k-image CIFAR-10 subset, batch 64, AdamW 2e-3, τ_base 0.99, 3 epochs (468 steps):
+      10k-image CIFAR-10 subset, batch 64, AdamW 2e-3, τ_base 0.99, 8 epochs (1248 steps):
         python -m sslx.main --config=experiments/byol.py --workdir=/tmp/byol-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
-      one and raw pixels. Measured with --config.total_steps=400 (8m44s in all on a shared
-      2-core CPU, 128 img/s): k-NN@20/200 42.3/39.7 vs 41.2/37.3 at random init, linear
-      51.4 vs 46.7. BYOL starts slower than SimCLR (no negatives): below ~300 steps its k-NN
-      is still under the random-init encoder's (whose colour statistics alone give 41%).
+      one and raw pixels (first-run figures in docs/results.md). BYOL starts slower than
+      SimCLR (no negatives): below ~300 steps its k-NN is still under the random-init
+      encoder's (whose colour statistics alone give 41%).
   cifar10: ResNet-18 (CIFAR stem), batch 512, LARS, τ_base 0.99, projector/predictor
       4096→256, asymmetric solarization (0 / 0.2), no blur at 32 px — the solo-learn CIFAR
       recipe (solo-learn reports ~92.6% linear after 1000 epochs at batch 256; lightly's
@@ -39,7 +38,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # Two global views with BYOL's asymmetric recipe (Table 6); no blur at 32x32.
     augment=cl.multi_crop(32, (0.2, 1.0)),
     # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
-    num_epochs=3.0,
+    num_epochs=8.0,
   )
   return c
 

@@ -3,11 +3,11 @@ presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) on the L channel of the embedded
       10k-image CIFAR-10 subset, two up-convolutions to 8×8 (1/4 resolution), 261 computed
-      ab bins, soft targets (5 nearest, σ=5), rebalancing λ=0.5 from a running prior:
+      ab bins, soft targets (5 nearest, σ=5), rebalancing λ=0.5 from a running prior, 8 epochs:
         python -m sslx.main --config=experiments/colorization.py --workdir=/tmp/color-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder on the L channel of the whole image). Expected: linear probe above the
-      random-init encoder (figures in BUILD_NOTES.md). Render colorizations with
+      random-init encoder (first-run figures in docs/results.md). Render colorizations with
         python -m sslx.visualizers.colorization --config=experiments/colorization.py \
           --workdir=/tmp/color-cpu --out=/tmp/color.png
   cifar10: ResNet-18 (CIFAR stem) on L, Adam lr 3e-4 (the paper uses Adam, β1 0.9,
@@ -38,7 +38,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("colorization", decoder_widths=(128, 64)),
     # Crop and flip only: colour augmentation would change the targets.
     augment=cl.crop_only(32, (0.5, 1.0)),
-    num_epochs=1.0,
+    num_epochs=8.0,
   )
   return c
 

@@ -4,15 +4,12 @@ projection head (a linear fc to 128 after the pooled features), τ = 0.07, and t
 weaker augmentation: random resized crop (scale 0.2-1), grayscale p=0.2, colour jitter 0.4
 (brightness, contrast, saturation and hue, always applied), horizontal flip; no blur.
 
-  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 600
-      steps of batch 128 (7.7 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
-      little in 600 steps), AdamW:
+  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1500
+      steps of batch 128 (19 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
+      little in a run this short), AdamW:
         python -m sslx.main --config=experiments/moco_v1.py --workdir=/tmp/moco_v1-cpu
       Prints k-NN and linear-probe accuracy for the pretrained encoder, the untrained one and
-      raw pixels. Measured on a 2-core CPU shared with other jobs (load ~12; ~120 train
-      images/s, about 5 minutes when the machine is free):
-        pretrained   k-NN@20 48.0  k-NN@200 47.8  linear 51.2
-        random init  k-NN@20 39.8  k-NN@200 35.4  linear 45.0   (raw pixels 38.8 / 36.8 / 26.7)
+      raw pixels (first-run figures in docs/results.md).
   cifar10: ResNet-18 (CIFAR stem), batch 512, queue 4096, m=0.99, SGD lr 0.06·B/256, weight
       decay 5e-4, 200 epochs (the paper's ImageNet recipe scaled to CIFAR as in lightly's
       benchmark; the trainer's schedule is cosine where the paper drops the lr ×0.1 at epochs
@@ -47,7 +44,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     optimizer=cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0),
     batch_size=128,
     num_epochs=0.0,
-    total_steps=600,
+    total_steps=1500,
     log_every_steps=50,
     checkpoint_every_steps=500,
   )

@@ -1,15 +1,12 @@
 r"""MoCo v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning")
 experiment presets. Method: sslx/methods/moco.py (`method.version="v2"`).
 
-  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 600
-      steps of batch 128 (7.7 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
-      little in 600 steps), a 512-wide MLP head, AdamW:
+  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1500
+      steps of batch 128 (19 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
+      little in a run this short), a 512-wide MLP head, AdamW:
         python -m sslx.main --config=experiments/moco_v2.py --workdir=/tmp/moco_v2-cpu
       Prints k-NN and linear-probe accuracy for the pretrained encoder, the untrained one and
-      raw pixels. Measured on a 2-core CPU shared with other jobs (load ~15; ~100 train
-      images/s, about 5 minutes when the machine is free):
-        pretrained   k-NN@20 48.5  k-NN@200 45.7  linear 55.1
-        random init  k-NN@20 39.8  k-NN@200 35.4  linear 45.0   (raw pixels 38.8 / 36.8 / 26.8)
+      raw pixels (first-run figures in docs/results.md).
   cifar10: ResNet-18 (CIFAR stem), batch 512, queue 4096, τ=0.1, symmetric loss, m=0.99,
       SGD lr 0.06·B/128 with weight decay 5e-4 and a cosine schedule, 200 epochs: lightly's
       CIFAR-10 benchmark recipe (k-NN 0.847 at 200 epochs, batch 512, reported there):

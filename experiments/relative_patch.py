@@ -3,13 +3,10 @@ Learning by Context Prediction") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) as the siamese patch encoder on the
       embedded 10k-image CIFAR-10 subset: images upsampled to 48 px, 12 px patches, 4 px
-      gaps, ±1 px jitter, chromatic-aberration projection, 8 epochs of batch 64 (1248 steps,
-      ~1.5 minutes of training on a quiet 2-core CPU, ~1900 img/s):
+      gaps, ±1 px jitter, chromatic-aberration projection, 32 epochs of batch 64 (4992 steps):
         python -m sslx.main --config=experiments/relative_patch.py --workdir=/tmp/rp-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
-      (the encoder on the whole 32 px image). Measured (loss 2.06 -> 1.72; chance is ln 8 = 2.08):
-        pretrained   k-NN@20 41.8  k-NN@200 39.2  linear 48.3
-        random init  k-NN@20 41.2  k-NN@200 37.3  linear 46.7   (raw pixels 38.8 / 36.8 / 26.7)
+      (the encoder on the whole 32 px image; first-run figures in docs/results.md).
       One epoch is not enough: the loss stays near chance and the probe at random init.
   cifar10: ResNet-18 (CIFAR stem), images upsampled to 96 px, 22 px patches, 11 px gaps
       and ±2 px jitter (the paper's 96/48/±7 px scaled to fit 3·patch + 2·gap + 2·jitter in
@@ -42,7 +39,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("relative_patch", tile_dim=128, head_hidden=(256,)),
     # A mild random crop and flip before cutting patches; no colour jitter.
     augment=cl.crop_only(32, (0.6, 1.0)),
-    num_epochs=8.0,
+    num_epochs=32.0,
   )
   return c
 

@@ -2,11 +2,10 @@ r"""Rotation prediction (Gidaris et al. 2018, "Unsupervised Representation Learn
 Predicting Image Rotations") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) on the embedded 10k-image CIFAR-10
-      subset, all four rotations of 64 images per step (256 encoder inputs):
+      subset, all four rotations of 64 images per step (256 encoder inputs), 6 epochs:
         python -m sslx.main --config=experiments/rotation.py --workdir=/tmp/rotation-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features.
-      Expected: linear probe above the random-init encoder (measured figures in
-      BUILD_NOTES.md; ~3 min on a 2-core CPU with `--config.total_steps=300`).
+      (first-run figures in docs/results.md).
   cifar10: the paper's CIFAR setting in spirit: a ResNet-18 (CIFAR stem) instead of the
       paper's NIN, SGD momentum 0.9, lr 0.1, weight decay 5e-4, batch 128 (x4 rotations),
       100 epochs, random crop + flip. The paper reports 89.06% for a non-linear classifier on
@@ -38,7 +37,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("rotation"),
     # The paper's CIFAR augmentation: random crop and horizontal flip, no colour jitter.
     augment=cl.crop_only(32, (0.5, 1.0)),
-    num_epochs=1.0,
+    num_epochs=6.0,
   )
   return c
 

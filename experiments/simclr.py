@@ -4,7 +4,7 @@ r"""SimCLR (Chen et al. 2020) experiment presets.
       2-core CPU in under 10 minutes including compile and evaluation:
         python -m sslx.main --config=experiments/simclr.py --workdir=/tmp/sslx-demo
       Prints k-NN and linear-probe accuracy for the pretrained encoder, the untrained one
-      and raw pixels (figures in BUILD_NOTES.md).
+      and raw pixels (first-run figures in docs/results.md).
   cifar10: ResNet-18 (CIFAR stem), batch 512, LARS, 1000 epochs, τ=0.2 — the solo-learn
       recipe; ~92% k-NN / 91% linear reported there on the original CIFAR-10:
         python -m sslx.main --config=experiments/simclr.py:cifar10 \

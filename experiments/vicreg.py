@@ -2,12 +2,10 @@ r"""VICReg (Bardes, Ponce & LeCun 2022) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) with a 3-layer
       expander 512-512-512 on the embedded 10k-image CIFAR-10 subset, batch 64, AdamW 2e-3,
-      3 epochs (468 steps):
+      12 epochs (1872 steps):
         python -m sslx.main --config=experiments/vicreg.py --workdir=/tmp/vicreg-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
-      one and raw pixels. Measured with --config.total_steps=400 (7m46s in all on a shared
-      2-core CPU, 148 img/s): k-NN@20/200 45.3/42.7 vs 41.2/37.3 at random init, linear
-      50.7 vs 46.7.
+      one and raw pixels (first-run figures in docs/results.md).
   cifar10: ResNet-18 (CIFAR stem), expander 2048-2048-2048, λ = μ = 25, ν = 1, LARS lr 0.3
       (× B/256), weight decay 1e-4, batch 512, 1000 epochs, solarize p 0.1 on both views, no
       blur — the solo-learn CIFAR recipe (~92% linear reported there after 1000 epochs):
@@ -30,7 +28,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # Two views, BYOL-style asymmetric solarization; no blur at 32x32.
     augment=cl.multi_crop(32, (0.2, 1.0)),
     # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
-    num_epochs=3.0,
+    num_epochs=12.0,
   )
   return c
 
