@@ -20,12 +20,13 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   """The demo: a 4-conv CNN, SimCLR's CIFAR recipe (no blur at 32 px, jitter strength 0.5),
-  AdamW, batch 256, 6 epochs."""
+  AdamW, batch 256, 12 epochs. τ = 0.1: at 5 epochs its k-NN@20 was 49.7 against 49.4 at
+  0.07, 48.1 at 0.2 and 45.9 at 0.5."""
   del opts
   c = cl.base_config(
     method=cl.method(
       "simclr",
-      temperature=0.2,
+      temperature=0.1,
       projector_hidden=(512,),
       # BatchNorm on the projection output (SimCLR's code); the demo's figures were measured
       # without it, so the cpu preset keeps it off
@@ -34,7 +35,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     augment=cl.two_views(32, (0.2, 1.0)),
     optimizer=cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0),
     batch_size=256,
-    num_epochs=6.0,
+    num_epochs=12.0,
   )
   return c
 
@@ -43,6 +44,7 @@ def cifar10(c, opts):
   """ResNet-18 (CIFAR stem), LARS, batch 512, 1000 epochs (solo-learn's recipe)."""
   c.model = cl.model("resnet18", stem="cifar")
   c.augment.crop_scale = (0.08, 1.0)
+  c.method.temperature = 0.2
   c.method.projector_hidden = (2048,)
   c.method.projector_dim = 256
   c.method.projector_out_bn = True

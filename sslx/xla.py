@@ -48,7 +48,7 @@ buffers of more than a few MiB with ``mmap`` and returns them to the kernel when
 step faults hundreds of MiB of zeroed pages back in: 16% of the CPU time of the SimCLR demo was
 kernel time (28.6 M page faults in a 6-epoch run). An allocator that keeps freed memory for
 reuse removes that: with gperftools' tcmalloc preloaded, the demo's step takes 0.74 s instead
-of 0.93 s, DINO's cpu step 0.21 s instead of 0.30 s and MAE's 0.30 s instead of 0.58 s (same
+of 0.93 s, DINO's tiny-ViT step 0.21 s instead of 0.30 s and MAE's 0.30 s instead of 0.58 s (same
 results; ``python -m sslx benchmark --workload=config``). The allocator must be in place before
 the interpreter starts, so :func:`reexec_with_fast_malloc` restarts a ``python -m sslx ...``
 command once with ``LD_PRELOAD`` set when the run will be on the CPU, a tcmalloc library is

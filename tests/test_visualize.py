@@ -89,7 +89,7 @@ def test_attention_cli_writes_png_of_expected_size(trained, tmp_path):
       "sslx",
       "visualize",
       "attention",
-      "--config=experiments/dino.py",
+      "--config=experiments/dino.py:vit",
       *TINY_FLAGS,
       f"--workdir={workdir}",
       f"--image={image}",
