@@ -29,6 +29,8 @@ def tiny_dino(steps: int = 3, batch: int = 16, name: str = "dino", **overrides):
   }
   if name == "dinov2":
     small["method.patch_out_dim"] = 64
+  else:  # the vit preset's head (the CNN default puts BatchNorm in it)
+    small["method.head_bn"] = False
   return tiny(name, **{"total_steps": steps, "batch_size": batch, **small, **overrides})
 
 
@@ -374,6 +376,9 @@ def test_short_cpu_run_learns_and_checkpoints_the_center(tmp_path):
     total_steps=12,
     batch_size=32,
     **{
+      # the vit preset's network, at the tiny preset's widths
+      "model": {"name": "vit_tiny", "patch_size": 8, "dim": 32, "depth": 2, "num_heads": 2},
+      "method.head_bn": False,
       "augment.num_local_crops": 2,
       "optimizer.warmup_epochs": 0.0,
       "optimizer.base_lr": 2e-3,

@@ -37,3 +37,16 @@ def test_a_training_run_ends_with_its_pictures(tmp_path, capsys):
   assert paths == [f"{workdir}/reconstruction.png"]
   assert Image.open(paths[0]).size[0] > 0
   assert capsys.readouterr().out.strip().splitlines()[-1].endswith("reconstruction.png")
+
+
+def test_a_cnn_dino_run_skips_attention_maps_saying_why(capsys):
+  """DINO's default encoder is a CNN: it has no attention to draw, so the run names the
+  reason instead of failing after training (the vit preset draws them)."""
+  from sslx.cli import train as train_command
+  from tests.helpers import experiment
+
+  config = experiment("dino")
+  assert config.model.name == "convnet"
+  assert train_command.draw_pictures(config, "/nonexistent-workdir") == []
+  assert "not a ViT" in capsys.readouterr().out
+  assert experiment("dino", "vit").model.name.startswith("vit")
