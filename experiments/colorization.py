@@ -3,7 +3,7 @@ presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) on the L channel of the embedded
       10k-image CIFAR-10 subset, two up-convolutions to 8×8 (1/4 resolution), 261 computed
-      ab bins, soft targets (5 nearest, σ=5), rebalancing λ=0.5 from a running prior, 8 epochs:
+      ab bins, soft targets (5 nearest, σ=5), rebalancing λ=0.5 from a running prior, 5 epochs:
         python -m sslx.main --config=experiments/colorization.py --workdir=/tmp/color-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder on the L channel of the whole image). Expected: linear probe above the
@@ -38,7 +38,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("colorization", decoder_widths=(128, 64)),
     # Crop and flip only: colour augmentation would change the targets.
     augment=cl.crop_only(32, (0.5, 1.0)),
-    num_epochs=8.0,
+    num_epochs=5.0,
   )
   return c
 

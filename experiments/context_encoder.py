@@ -4,7 +4,7 @@ Inpainting") experiment presets.
   cpu (default): the 4-conv CNN (widths 32-64-128-256) as the encoder, channel-wise fc,
       up-convolutions to the 16×16 central region of the embedded 10k-image CIFAR-10
       images (hole 14×14: 1 px overlap weighted ×10), loss 0.999·L2 + 0.001·adversarial with
-      the discriminator trained in the same step, 8 epochs:
+      the discriminator trained in the same step, 5 epochs:
         python -m sslx.main --config=experiments/context_encoder.py --workdir=/tmp/ce-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder on the whole, unmasked image). Expected: linear probe above the
@@ -39,7 +39,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
   c = cl.base_config(
     method=cl.method("context_encoder"),
     augment=cl.crop_only(32, (0.5, 1.0)),
-    num_epochs=8.0,
+    num_epochs=5.0,
   )
   return c
 

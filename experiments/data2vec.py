@@ -3,7 +3,7 @@ r"""data2vec (Baevski et al. 2022) image experiment presets.
   cpu (default): a tiny ViT (dim 96, depth 4, 3 heads, patch 4, mean-pooled features) on the
       embedded 10k-image CIFAR-10 subset; blockwise masking of 60% of the 64 patches, targets
       the layer-normalised average of the teacher's top-2 (of 4) layer-normalised block
-      outputs, EMA 0.99 → 0.999 over the run, 8 epochs; under 10 minutes on a 2-core CPU:
+      outputs, EMA 0.99 → 0.999 over the run, 5 epochs; under 10 minutes on a 2-core CPU:
         python -m sslx.main --config=experiments/data2vec.py --workdir=/tmp/data2vec-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels (first-run figures in docs/results.md).
@@ -27,10 +27,10 @@ from sslx import config_lib as cl
 
 def cpu(opts) -> ml_collections.ConfigDict:
   # BEiT's CPU setting: the same small ViT (mean-pooled), random-resized crop, flip and mild
-  # colour jitter, AdamW 1e-3, batch 128; 8 epochs (its EMA teacher makes a step ~1.3x BEiT's).
+  # colour jitter, AdamW 1e-3, batch 128; 5 epochs (its EMA teacher makes a step ~1.3x BEiT's).
   c = cl.sibling(__file__, "beit").cpu(opts)
   c.method = cl.method("data2vec", top_k=2, ema_decay=0.99, ema_end_decay=0.999)
-  c.num_epochs = 8.0
+  c.num_epochs = 5.0
   return c
 
 

@@ -3,7 +3,7 @@ r"""DINOv2-style (Oquab et al. 2023: DINO + iBOT + KoLeo) experiment presets.
   cpu (default): the tiny ViT of the DINO vit preset (dim 96, depth 4, 3 heads, patch 8) on
       the embedded 10k-image CIFAR-10 subset, 2 global 32 px + 4 local 16 px crops, K = 1024
       for both heads (shared), masking p = 0.5 with ratio U(0.1, 0.5), KoLeo 0.1, running
-      centers, 8 epochs; under 10 minutes on a 2-core CPU:
+      centers, 5 epochs; under 10 minutes on a 2-core CPU:
         python -m sslx.main --config=experiments/dinov2.py --workdir=/tmp/dinov2-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels (first-run figures in docs/results.md).
@@ -48,7 +48,7 @@ def _vit(variant: str, patch: int, **extra) -> ml_collections.ConfigDict:
 def cpu(opts) -> ml_collections.ConfigDict:
   c = dino.cpu(opts)  # DINO's multi-crop views and optimizer, at the ViT's learning rate
   c.optimizer.base_lr = 5e-4
-  c.num_epochs = 8.0
+  c.num_epochs = 5.0
   c.method = cl.method(
     "dinov2",
     out_dim=1024,

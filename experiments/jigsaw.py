@@ -3,7 +3,7 @@ by Solving Jigsaw Puzzles") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) as the siamese tile encoder on the
       embedded 10k-image CIFAR-10 subset: images upsampled to 48 px, 3×3 cells of 16 px,
-      12 px tiles at random offsets, 100 greedy maximal-Hamming permutations, 12 epochs:
+      12 px tiles at random offsets, 100 greedy maximal-Hamming permutations, 8 epochs:
         python -m sslx.main --config=experiments/jigsaw.py --workdir=/tmp/jigsaw-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder applied to the whole 32 px image). Expected: linear probe above the
@@ -44,7 +44,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # A mild random crop and flip before tiling; no colour jitter (tiles are normalised).
     augment=cl.crop_only(32, (0.6, 1.0)),
     optimizer=cl.optimizer("adamw", 3e-3, weight_decay=1e-4, warmup_epochs=0.2),
-    num_epochs=12.0,
+    num_epochs=8.0,
   )
   return c
 

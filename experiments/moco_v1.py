@@ -4,8 +4,8 @@ projection head (a linear fc to 128 after the pooled features), τ = 0.07, and t
 weaker augmentation: random resized crop (scale 0.2-1), grayscale p=0.2, colour jitter 0.4
 (brightness, contrast, saturation and hue, always applied), horizontal flip; no blur.
 
-  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1500
-      steps of batch 128 (19 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
+  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1000
+      steps of batch 128 (13 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
       little in a run this short), AdamW:
         python -m sslx.main --config=experiments/moco_v1.py --workdir=/tmp/moco_v1-cpu
       Prints k-NN and linear-probe accuracy for the pretrained encoder, the untrained one and
@@ -44,7 +44,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     optimizer=cl.optimizer("adamw", 1e-3, weight_decay=1e-4, warmup_epochs=1.0),
     batch_size=128,
     num_epochs=0.0,
-    total_steps=1500,
+    total_steps=1000,
     log_every_steps=50,
     checkpoint_every_steps=500,
   )

@@ -1,8 +1,8 @@
 r"""MoCo v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning")
 experiment presets. Method: sslx/methods/moco.py (`method.version="v2"`).
 
-  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1500
-      steps of batch 128 (19 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
+  cpu (default): the demo. The 4-conv CNN on the embedded 10k-image CIFAR-10 subset, 1000
+      steps of batch 128 (13 epochs), queue 4096, m = 0.99 (0.999 moves the key encoder too
       little in a run this short), a 512-wide MLP head, AdamW:
         python -m sslx.main --config=experiments/moco_v2.py --workdir=/tmp/moco_v2-cpu
       Prints k-NN and linear-probe accuracy for the pretrained encoder, the untrained one and

@@ -3,7 +3,7 @@ Learning by Context Prediction") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) as the siamese patch encoder on the
       embedded 10k-image CIFAR-10 subset: images upsampled to 48 px, 12 px patches, 4 px
-      gaps, ±1 px jitter, chromatic-aberration projection, 32 epochs of batch 64 (4992 steps):
+      gaps, ±1 px jitter, chromatic-aberration projection, 24 epochs of batch 64 (3744 steps):
         python -m sslx.main --config=experiments/relative_patch.py --workdir=/tmp/rp-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder on the whole 32 px image; first-run figures in docs/results.md).
@@ -39,7 +39,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("relative_patch", tile_dim=128, head_hidden=(256,)),
     # A mild random crop and flip before cutting patches; no colour jitter.
     augment=cl.crop_only(32, (0.6, 1.0)),
-    num_epochs=32.0,
+    num_epochs=24.0,
   )
   return c
 

@@ -2,7 +2,7 @@ r"""Rotation prediction (Gidaris et al. 2018, "Unsupervised Representation Learn
 Predicting Image Rotations") experiment presets.
 
   cpu (default): the 4-conv CNN (widths 32-64-128-256) on the embedded 10k-image CIFAR-10
-      subset, all four rotations of 64 images per step (256 encoder inputs), 6 epochs:
+      subset, all four rotations of 64 images per step (256 encoder inputs), 4 epochs:
         python -m sslx.main --config=experiments/rotation.py --workdir=/tmp/rotation-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features.
       (first-run figures in docs/results.md).
@@ -37,7 +37,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     method=cl.method("rotation"),
     # The paper's CIFAR augmentation: random crop and horizontal flip, no colour jitter.
     augment=cl.crop_only(32, (0.5, 1.0)),
-    num_epochs=6.0,
+    num_epochs=4.0,
   )
   return c
 

@@ -2,7 +2,7 @@ r"""VICReg (Bardes, Ponce & LeCun 2022) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) with a 3-layer
       expander 512-512-512 on the embedded 10k-image CIFAR-10 subset, batch 64, AdamW 2e-3,
-      12 epochs (1872 steps):
+      8 epochs (1248 steps):
         python -m sslx.main --config=experiments/vicreg.py --workdir=/tmp/vicreg-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels (first-run figures in docs/results.md).
@@ -28,7 +28,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # Two views, BYOL-style asymmetric solarization; no blur at 32x32.
     augment=cl.multi_crop(32, (0.2, 1.0)),
     # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
-    num_epochs=12.0,
+    num_epochs=8.0,
   )
   return c
 
