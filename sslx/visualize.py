@@ -53,6 +53,8 @@ class Subcommand:
   run: Callable[[Any, str, dict], str]
   help: str
   flags: tuple[Flag, ...] = ()
+  # config -> why this picture cannot be drawn for it ("" when it can)
+  unavailable: Callable[[Any], str] | None = None
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
@@ -62,16 +64,23 @@ COMMON_FLAGS = (
 )
 
 
-def register(name: str, help: str, flags: Sequence[Flag] = ()):  # noqa: A002
-  """Decorator: makes `fn(config, workdir, args) -> path` the subcommand `name`."""
+def register(name: str, help: str, flags: Sequence[Flag] = (), unavailable=None):  # noqa: A002
+  """Decorator: makes `fn(config, workdir, args) -> path` the subcommand `name`;
+  `unavailable(config)` says why a config cannot have this picture ("" when it can)."""
 
   def deco(fn):
     if name in SUBCOMMANDS:
       raise ValueError(f"visualize subcommand {name!r} registered twice")
-    SUBCOMMANDS[name] = Subcommand(name, fn, help, tuple(flags))
+    SUBCOMMANDS[name] = Subcommand(name, fn, help, tuple(flags), unavailable)
     return fn
 
   return deco
+
+
+def unavailable(name: str, config) -> str:
+  """Why subcommand `name` cannot draw `config`'s network ("" when it can)."""
+  check = SUBCOMMANDS[name].unavailable
+  return check(config) if check else ""
 
 
 def run(name: str, config, workdir: str, **args) -> str:
@@ -292,6 +301,9 @@ def figure_size(num_heads: int, panel: int) -> tuple[int, int]:
     ),
     Flag("panel", 160, "pixels per panel side", int),
     Flag("backend", "auto", "auto | matplotlib | pil"),
+  ),
+  unavailable=lambda c: (
+    "" if c.model.name.startswith("vit") else f"the encoder is {c.model.name}, not a ViT"
   ),
 )
 def attention(config, workdir: str, args: dict) -> str:

@@ -3,9 +3,9 @@
 Each command module defines ``define_flags()`` (its absl flags; nothing is defined on import,
 so tests and notebooks can import a command's module freely) and ``main(argv)``. :func:`run`
 is the one start-up path every command shares: on the CPU a restart with a caching allocator
-when one is installed (:func:`sslx.xla.reexec_with_fast_malloc`), CPU XLA flags before jax starts its backend,
-flags, a clear message for an unknown ``--config.<key>``, and WARNING-level logging unless
-``--verbosity`` asks for more. The commands are thin: the work is done by library functions.
+when one is installed (:func:`sslx.xla.reexec_with_fast_malloc`), CPU XLA flags before jax
+starts its backend, flags, a clear message for an unknown ``--config.<key>``, and
+WARNING-level logging unless ``--verbosity`` asks for more. The commands are thin: the work is done by library functions.
 
 ``python -m sslx.main`` is kept as the training command's historical name.
 """

@@ -34,8 +34,9 @@ def draw_pictures(config, workdir: str) -> list[str]:
   checkpoint into the workdir and named in the last lines of output."""
   paths = []
   for name in getattr(methods.get(config.method.name), "PICTURES", ()):
-    if name == "attention" and not config.model.name.startswith("vit"):
-      progress.console(f"no attention maps: the encoder is {config.model.name}, not a ViT")
+    why = visualize.unavailable(name, config)
+    if why:
+      progress.console(f"no {name} picture: {why}")
       continue
     out = os.path.join(workdir, f"{name}.png")
     paths.append(visualize.run(name, config, workdir, out=out))
