@@ -174,10 +174,16 @@ class MultiCrop:
       # The N local views share one ViewParams: vmap over their keys (traced once), the
       # view axis placed after the image axis.
       lkeys = jax.random.split(keys[-1], self.num_local)
-      local = flat_views(
-        jax.vmap(lambda k: augment.augment_batch(k, x, self.local_view), out_axes=1)(lkeys)
+      local = self._finish_local(
+        jax.vmap(lambda k: augment.augment_batch_parts(k, x, self.local_view), out_axes=1)(lkeys)
       )
     return Crops(glob, local)
+
+  def _finish_local(self, parts) -> jax.Array:
+    """Blur and solarize of the ``[B, N]`` local views in one batch of rows (outside the
+    vmap over views, so only the rows that drew the blur are blurred)."""
+    views, tail = parts
+    return augment.finish_views(flat_views(views), jax.tree.map(flat_views, tail), self.local_view)
 
   def _from_host(self, rng: jax.Array, views: HostViews) -> Crops:
     """Host-cropped views: the same per-view randomness as ``__call__`` without the crop."""
@@ -194,9 +200,9 @@ class MultiCrop:
     local = None
     if self.num_local:
       lkeys = jax.random.split(keys[-1], self.num_local)
-      local = flat_views(
+      local = self._finish_local(
         jax.vmap(
-          lambda k, x: augment.augment_batch(k, x, self.local_view, cropped=True),
+          lambda k, x: augment.augment_batch_parts(k, x, self.local_view, cropped=True),
           in_axes=(0, 1),
           out_axes=1,
         )(lkeys, jnp.asarray(views.local_views))

@@ -49,6 +49,7 @@ class Chip:
   name: str
   memory_bytes: int  # HBM per device
   peak_flops: float  # dense bf16 FLOP/s per device
+  hbm_bandwidth: float  # bytes/s per device (the vendors' figures)
   platform: str  # "tpu" (compiled with libtpu) or "gpu" (estimated on fake CPU devices)
   topology_prefix: str = ""  # get_topology_desc's name prefix ("v4")
   topology_kwargs: tuple = ()  # extra get_topology_desc arguments
@@ -57,15 +58,19 @@ class Chip:
 
 CHIPS: dict[str, Chip] = {
   # Megacore: jax on a v4 / v5p VM shows one device per chip (2 TensorCores, 32 / 95 GiB).
-  "v4": Chip("TPU v4", 32 * GiB, 275e12, "tpu", "v4", (("chip_config_name", "megacore"),), 2),
-  "v5e": Chip("TPU v5 lite", 16 * GiB, 197e12, "tpu", "v5e"),
-  "v5p": Chip("TPU v5p", 95 * GiB, 459e12, "tpu", "v5p", (("chip_config_name", "megacore"),), 2),
-  "v6e": Chip("TPU v6 lite", 32 * GiB, 918e12, "tpu", "v6e"),
-  "h100": Chip("NVIDIA H100 80GB", 80 * GiB, 989e12, "gpu"),
-  "h200": Chip("NVIDIA H200", 141 * GiB, 989e12, "gpu"),
-  "a100": Chip("NVIDIA A100 80GB", 80 * GiB, 312e12, "gpu"),
-  "a100-40gb": Chip("NVIDIA A100 40GB", 40 * GiB, 312e12, "gpu"),
-  "l4": Chip("NVIDIA L4", 24 * GiB, 121e12, "gpu"),
+  "v4": Chip(
+    "TPU v4", 32 * GiB, 275e12, 1.2e12, "tpu", "v4", (("chip_config_name", "megacore"),), 2
+  ),
+  "v5e": Chip("TPU v5 lite", 16 * GiB, 197e12, 0.82e12, "tpu", "v5e"),
+  "v5p": Chip(
+    "TPU v5p", 95 * GiB, 459e12, 2.76e12, "tpu", "v5p", (("chip_config_name", "megacore"),), 2
+  ),
+  "v6e": Chip("TPU v6 lite", 32 * GiB, 918e12, 1.64e12, "tpu", "v6e"),
+  "h100": Chip("NVIDIA H100 80GB", 80 * GiB, 989e12, 3.35e12, "gpu"),
+  "h200": Chip("NVIDIA H200", 141 * GiB, 989e12, 4.8e12, "gpu"),
+  "a100": Chip("NVIDIA A100 80GB", 80 * GiB, 312e12, 2.04e12, "gpu"),
+  "a100-40gb": Chip("NVIDIA A100 40GB", 40 * GiB, 312e12, 1.56e12, "gpu"),
+  "l4": Chip("NVIDIA L4", 24 * GiB, 121e12, 0.3e12, "gpu"),
 }
 
 # Chip grid of the common slice sizes (chips -> "AxBxC"), for Cloud names like v4-32.
@@ -286,6 +291,7 @@ class Plan:
   temp_bytes: int
   code_bytes: int
   flops_per_device: float  # compiled program, remat and augmentation included
+  bytes_per_device: float  # memory traffic of the compiled program by the compiler's cost model
   model_flops: float  # whole step, all devices: matmuls/convs without remat or augmentation
   compiler_seconds: float | None  # the TPU cost model's estimate of one step, if it gives one
   steps_per_epoch: int
@@ -417,6 +423,7 @@ def plan(config, t: Target, num_examples: int | None = None, devices=None) -> Pl
     temp_bytes=int(mem.temp_size_in_bytes),
     code_bytes=int(mem.generated_code_size_in_bytes),
     flops_per_device=float(cost.get("flops", 0.0)),
+    bytes_per_device=float(cost.get("bytes accessed", 0.0)),
     model_flops=model_flops,
     compiler_seconds=float(seconds) if seconds and seconds > 0 and not t.estimate else None,
     steps_per_epoch=setup.steps_per_epoch,
@@ -538,8 +545,10 @@ def report(p: Plan, mfu: float = 0.4, suggestions=None) -> str:
     "device-hours)"
   )
   hw = p.flops_per_device / chip.peak_flops
+  hbm = p.bytes_per_device / chip.hbm_bandwidth
   lines.append(
-    f"lower bound: compiled FLOPs at 100% of peak {hw * 1e3:.1f} ms/step"
+    f"lower bound: compiled FLOPs at 100% of peak {hw * 1e3:.1f} ms/step; memory traffic "
+    f"{p.bytes_per_device / 1e9:.1f} GB (cost model) at full HBM bandwidth {hbm * 1e3:.1f} ms/step"
     + (
       f"; TPU cost model {p.compiler_seconds * 1e3:.1f} ms/step"
       if p.compiler_seconds is not None

@@ -356,6 +356,73 @@ def test_view_params_rejects_unknown_key():
     A.ViewParams(jitter_prob=1.5)
 
 
+def _blur_reference(x, drawn, sigma):
+  kernel = A._blur_kernel(x.shape[1:])
+  blurred = jax.vmap(lambda im, s: A._blur_with_sigma(im, s, kernel))(x, sigma)
+  return np.where(np.asarray(drawn)[:, None, None, None], np.asarray(blurred), np.asarray(x))
+
+
+@pytest.mark.parametrize("room", [9, 5, 16])
+def test_blur_drawn_rows_blurs_exactly_the_drawn_rows_whatever_the_room(room):
+  # 16 rows, 7 drew the blur. room 9: the compact branch (7 rows fit); room 5: too few,
+  # the step takes the every-row branch; room 16: no compaction at all. Same result each way.
+  x = jnp.asarray(np.random.default_rng(0).random((16, 12, 12, 3)), jnp.float32)
+  drawn = jnp.asarray(np.isin(np.arange(16), [0, 3, 4, 8, 11, 14, 15]))
+  sigma = jnp.linspace(0.3, 2.0, 16)
+  got = jax.jit(lambda x, d, s: A.blur_drawn_rows(x, d, s, room=room, groups=1))(x, drawn, sigma)
+  np.testing.assert_allclose(np.asarray(got), _blur_reference(x, drawn, sigma), atol=1e-6)
+  assert np.array_equal(np.asarray(got)[~np.asarray(drawn)], np.asarray(x)[~np.asarray(drawn)])
+
+
+def test_blur_drawn_rows_blurs_only_its_room():
+  # The compacted program blurs `room` rows: the blur's tap sums run on [room, H, W, C].
+  x = jax.ShapeDtypeStruct((64, 12, 12, 3), jnp.float32)
+  d = jax.ShapeDtypeStruct((64,), jnp.bool_)
+  s = jax.ShapeDtypeStruct((64,), jnp.float32)
+  room = A.blur_room(np.full(64, 0.5), 1)
+  assert room == 48  # 32 expected + 4 standard deviations of 4
+  blur = lambda p, groups=1: jax.jit(  # noqa: E731
+    lambda x, d, s: A.blur_drawn_rows(x, d, s, np.full(64, p), groups=groups)
+  )
+  text = blur(0.5).lower(x, d, s).as_text()
+  assert "x48x12x12x3xf32>" in text and "stablehlo.case" in text and "sort" in text
+  # Eight groups of 8 rows leave no room to save (4 + 4 * 1.41 > 8): every row, no branch.
+  text = blur(0.5, 8).lower(x, d, s).as_text()
+  assert "48x12x12x3" not in text and "stablehlo.case" not in text
+  # Probabilities known to be 0 or 1 decide at trace time: no branch, no sort.
+  for p in (0.0, 1.0):
+    text = blur(p).lower(x, d, s).as_text()
+    assert "sort" not in text and "stablehlo.case" not in text
+  # DINO's global views (1.0 / 0.1 alternating rows, 64 images) and local views (p 0.5).
+  assert A.blur_room(np.tile([1.0, 0.1], 64), 1) == 64 + 6 + 10
+  assert A.blur_room(np.full(640, 0.5), 1) == 371
+
+
+def test_compact_blur_off_blurs_every_row_with_the_same_result():
+  # 256 rows: groups of 256 / gcd(256, device count) rows, at least 32, leave room to save.
+  imgs = jnp.asarray(np.random.default_rng(2).integers(0, 256, (256, 12, 12, 3)), jnp.uint8)
+  on = A.ViewParams(crop_size=8, blur_prob=0.5)
+  off = dataclasses.replace(on, compact_blur=False)
+  run = jax.jit(A.augment_batch, static_argnums=2)
+  key = jax.random.key(4)
+  np.testing.assert_allclose(
+    np.asarray(run(key, imgs, on)), np.asarray(run(key, imgs, off)), atol=1e-6
+  )
+  assert "stablehlo.case" in run.lower(key, imgs, on).as_text()
+  assert "stablehlo.case" not in run.lower(key, imgs, off).as_text()
+
+
+def test_augment_batch_equals_per_image_views_with_compacted_blur():
+  # augment_batch finishes blur and solarize over the batch (compacted blur); each row is
+  # still view() of its own key and image.
+  imgs = jnp.asarray(np.random.default_rng(1).integers(0, 256, (48, 20, 20, 3)), jnp.uint8)
+  p = A.ViewParams(crop_size=16, blur_prob=0.5, solarize_prob=0.2)
+  got = np.asarray(jax.jit(A.augment_batch, static_argnums=2)(jax.random.key(3), imgs, p))
+  keys = jax.random.split(jax.random.key(3), 48)
+  ref = jax.vmap(lambda k, im: A.view(k, im.astype(jnp.float32) / 255.0, p))(keys, imgs)
+  np.testing.assert_allclose(got, np.asarray(ref), atol=1e-6)
+
+
 def test_augment_views_row_layout_and_per_view_probabilities():
   # Two views differing only in solarize probability (1 vs 0) run as one pipeline; rows are
   # image-major: row 2i is view 0 of image i (solarized everywhere), row 2i + 1 view 1 (never).

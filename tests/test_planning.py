@@ -214,14 +214,49 @@ def _fake_device_plan(c, n=8):
   return planning.plan(c, t, num_examples=10 * c.batch_size, devices=jax.devices()[:n])
 
 
-@pytest.mark.parametrize("name", ["dino", "moco_v2", "byol"])
+def test_compacted_blur_stays_on_each_device():
+  # DINO's multi-crop with its blur probabilities on 8 devices, 64 images: 16 global and 32
+  # local rows per device, so both blurs are compacted (a conditional in the program), and
+  # the compaction's sort, gather and scatter move nothing between devices.
+  import ml_collections
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  from sslx import multicrop
+
+  mc = multicrop.MultiCrop.from_config(
+    ml_collections.ConfigDict(
+      dict(
+        global_crop_size=24,
+        local_crop_size=12,
+        num_local_crops=4,
+        global_blur_prob=(1.0, 0.1),
+        local_blur_prob=0.5,
+      )
+    )
+  )
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  images = jax.ShapeDtypeStruct(
+    (64, 32, 32, 3), jnp.uint8, sharding=NamedSharding(mesh, PartitionSpec("data"))
+  )
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+  text = jax.jit(mc).lower(key, images).compile().as_text()
+  assert text.count(" conditional(") >= 2, "both blurs compacted"
+  assert planning.resharding(planning.collective_bytes(text)) == 0
+
+
+@pytest.mark.parametrize("name", ["dino", "moco_v2", "byol", "dino_blur"])
 def test_sharded_steps_move_no_views_between_devices(name):
   """Image-major views keep every image's crops, and the cross-view losses, on the device
   holding the image: the compiled 8-device step reshards nothing but what the method
   must share (MoCo's new queue keys, which every device's replicated queue needs). With
-  view-major stacking the same steps gathered the crops and logits across devices."""
-  c = experiment(name)
+  view-major stacking the same steps gathered the crops and logits across devices.
+  dino_blur: DINO's blur probabilities at a batch where the blur is compacted (32 local
+  and 16 global rows per device): its sort, gather and scatter stay on each device."""
+  c = experiment(name.removesuffix("_blur"))
   c.batch_size = 16
+  if name == "dino_blur":
+    c.batch_size = 64
+    c.augment.update(global_blur_prob=(1.0, 0.1), local_blur_prob=0.5)
   p = _fake_device_plan(c)
   gathered = p.collectives["all-gather"]
   assert p.collectives["all-to-all"] == 0 and p.collectives["collective-permute"] == 0, (
