@@ -2,7 +2,8 @@ r"""DINO (Caron et al. 2021) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (DINO is published with ResNets as well as
       ViTs) on the embedded 10k-image CIFAR-10 subset with 2 global 32 px crops and 4 local
-      16 px crops, K = 1024 prototypes, BatchNorm in the head, AdamW 2e-3, 4.5 epochs; under
+      16 px crops, K = 1024 prototypes, BatchNorm in the head, teacher momentum 0.98, AdamW
+      2e-3, 4.5 epochs; under
       10 minutes on a 2-core CPU:
         python -m sslx.main --config=experiments/dino.py --workdir=/tmp/dino-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
@@ -45,7 +46,9 @@ def cpu(opts) -> ml_collections.ConfigDict:
       out_dim=1024,
       hidden_dim=512,
       bottleneck_dim=128,
-      base_momentum=0.99,
+      # Teacher momentum 0.98 (from 0.99): k-NN@20 43.5 vs 42.25 in this 702-step run; a
+      # 4.5-epoch teacher must follow the student faster than a 100-epoch one.
+      base_momentum=0.98,
       # BatchNorm in the projection head (an option of DINO's code): without it the CNN's
       # teacher drifted to uniform outputs (entropy 0.998·log K) and k-NN stayed at random init.
       head_bn=True,
@@ -64,6 +67,7 @@ def vit(c, opts):
   del opts
   c.model = cl.model("vit_tiny", patch_size=8, dim=96, depth=4, num_heads=3)
   c.method.head_bn = False  # DINO's ViT head
+  c.method.base_momentum = 0.99
   c.optimizer.base_lr = 5e-4
   c.num_epochs = 13.0
 
