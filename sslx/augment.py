@@ -744,10 +744,11 @@ def _finish_view(x: Array, tail: Tail, params: ViewParams, probs: Mapping[str, A
 
 
 def _where_drawn(drawn: Array, x: Array, fn: Callable[[Array], Array], p: Any) -> Array:
-  """``fn(x)`` where the coin was drawn; a Python 0 or 1 probability decides at trace time."""
-  if _is_static(p, 0):
+  """``fn(x)`` where the coin was drawn (``drawn`` broadcasts against ``x``); a probability
+  known while tracing (a Python number or NumPy rows) that is all 0 or all 1 decides there."""
+  if _is_static(p, 0) or (isinstance(p, np.ndarray) and not p.any()):
     return x
-  if _is_static(p, 1):
+  if _is_static(p, 1) or (isinstance(p, np.ndarray) and (p == 1).all()):
     return fn(x)
   return jnp.where(drawn, fn(x), x)
 
@@ -820,11 +821,12 @@ def finish_views(
     room = None if params.compact_blur else n
     x = blur_drawn_rows(views, tail.blur, tail.sigma, static_rows("blur_prob"), room=room)
     sol = static_rows("solarize_prob")
-    if sol is not None and not sol.any():
-      return x
-    if sol is not None and (sol == 1).all():
-      return solarize(x, params.solarize_threshold)
-    return jnp.where(tail.solarize[:, None, None, None], solarize(x, params.solarize_threshold), x)
+    return _where_drawn(
+      tail.solarize[:, None, None, None],
+      x,
+      lambda im: solarize(im, params.solarize_threshold),
+      probs.get("solarize_prob", params.solarize_prob) if sol is None else sol,
+    )
 
 
 # Room the compacted blur makes per group of rows: the expected count of rows that draw it
