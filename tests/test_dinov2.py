@@ -1,5 +1,5 @@
-"""DINOv2-style: Sinkhorn-Knopp, KoLeo, iBOT's masked-patch loss, the masked ViT, the EMA
-teacher, sharding and a short learning run."""
+"""DINOv2-style: Sinkhorn-Knopp, KoLeo, iBOT's masked-patch loss, the masked ViT and CNN, the
+EMA teacher, sharding and a short learning run."""
 
 import functools
 import json
@@ -131,7 +131,7 @@ def test_masks_and_masked_positions():
 
 def test_masked_vit_is_the_vit_plus_a_mask_token():
   vit = models.create_model("vit_tiny", patch_size=8, dim=16, depth=2, num_heads=2)
-  mvit = dinov2.masked_vit(vit)
+  mvit = dinov2.masked_backbone(vit)
   # jitted: op-by-op dispatch of even a tiny ViT costs tens of seconds on 8 fake devices
   minit = jax.jit(mvit.init, static_argnames="train")
   mapply = jax.jit(mvit.apply, static_argnames="train")
@@ -154,8 +154,70 @@ def test_masked_vit_is_the_vit_plus_a_mask_token():
     )
   )(params)
   assert float(jnp.abs(g["mask_token"]).max()) > 0
-  with pytest.raises(ValueError, match="ViT backbone"):
-    dinov2.masked_vit(models.create_model("convnet"))
+  with pytest.raises(ValueError, match="a ViT .* or the demo CNN .*got ResNet"):
+    dinov2.masked_backbone(models.create_model("resnet18"))
+
+
+def test_masked_convnet_paints_the_masked_cells_with_a_learned_colour():
+  net = models.create_model("convnet", widths=(4, 8, 8, 16))
+  masked = dinov2.masked_backbone(net)
+  assert masked.patch_size == 8  # the last block runs on a 4x4 grid of a 32 px image
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  mask = jnp.zeros((2, 16), bool).at[0, 6].set(True).at[1, 15].set(True)
+  variables = jax.jit(masked.init, static_argnames="train")(
+    jax.random.PRNGKey(1), x, train=False, token_mask=mask
+  )
+  params = dict(variables["params"])
+  plain_init = jax.eval_shape(functools.partial(net.init, train=False), jax.random.PRNGKey(1), x)
+  assert set(params) == set(plain_init["params"]) | {"mask_token"}
+  params["mask_token"] = jnp.asarray([0.5, -1.0, 2.0])
+  stats = variables["batch_stats"]
+  plain = {k: v for k, v in params.items() if k != "mask_token"}
+  apply = jax.jit(masked.apply, static_argnames="train")
+  out = apply({"params": params, "batch_stats": stats}, x, train=False, token_mask=mask)
+  # Reference: the plain CNN on images painted by hand (cell 6 = row 1, column 2 of the 4x4
+  # grid: pixels [8:16, 16:24]; cell 15 = pixels [24:32, 24:32]).
+  painted = (
+    x.at[0, 8:16, 16:24].set(params["mask_token"]).at[1, 24:32, 24:32].set(params["mask_token"])
+  )
+  ref = net.apply({"params": plain, "batch_stats": stats}, painted, train=False)
+  for key in ("pre_logits", "patch_tokens"):
+    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  assert out["patch_tokens"].shape == (2, 16, 16)
+  unmasked = net.apply({"params": plain, "batch_stats": stats}, x, train=False)
+  np.testing.assert_allclose(
+    apply({"params": params, "batch_stats": stats}, x, train=False)["pre_logits"],
+    unmasked["pre_logits"],
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  g = jax.grad(
+    lambda p: jnp.sum(
+      masked.apply({"params": p, "batch_stats": stats}, x, train=False, token_mask=mask)[
+        "pre_logits"
+      ]
+      ** 2
+    )
+  )(params)
+  assert float(jnp.abs(g["mask_token"]).max()) > 0
+  with pytest.raises(ValueError, match="4x4 cells of 8 px"):
+    masked.apply({"params": params, "batch_stats": stats}, x, train=False, token_mask=mask[:, :4])
+  with pytest.raises(ValueError, match="mask_token=True"):
+    net.apply({"params": plain, "batch_stats": stats}, x, train=False, token_mask=mask)
+
+
+def test_cnn_step_trains_the_mask_colour_and_shards_exactly():
+  """The default's backbone: one step of the CNN with the iBOT term moves the mask colour,
+  and the same step on 8 devices equals it (global BatchNorm, KoLeo groups, masks)."""
+  cnn = {"model": {"name": "convnet", "widths": (4, 8, 8, 16)}, "batch_size": 16}
+  config = sgd(tiny_dinov2(**cnn))
+  setup, before, one, m1 = one_step(config, batches(config)[0], mesh=[("data", 1)])
+  assert m1["ibot_loss"] > 0 and m1["masked_fraction"] > 0
+  assert float(jnp.abs(one.params["model"]["backbone"]["mask_token"]).max()) > 0
+  _, _, eight, m8 = one_step(sgd(tiny_dinov2(**cnn)), batches(config)[0], mesh=[("data", 8)])
+  for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
+  assert_steps_close(eight, one, before)
 
 
 # DINOv2's own choices (Sinkhorn-Knopp, a separate iBOT head); the preset's centering runs in
@@ -227,8 +289,8 @@ def test_short_cpu_run_learns(tmp_path):
     batch_size=32,
     **{"augment.num_local_crops": 2, "optimizer.warmup_epochs": 0.0},
   )
-  # 12 steps cut the held-out loss against the trained teacher by 0.599 (seed 0); about
-  # half of it is asked.
-  assert_learns(config, tmp_path, margin=0.3, measured=0.599)
+  # The default's CNN: 12 steps cut the held-out loss against the trained teacher by 0.363
+  # (seed 0); about half of it is asked.
+  assert_learns(config, tmp_path, margin=0.18, measured=0.363)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@5" in saved

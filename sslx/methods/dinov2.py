@@ -3,7 +3,10 @@ without Supervision", §4), i.e. DINO + iBOT + KoLeo, with Sinkhorn-Knopp center
 
 Student and EMA teacher are ViTs with a :class:`~sslx.models.dino_head.DINOHead` on the CLS
 token and an iBOT head on the patch tokens (shared with the DINO head unless
-``separate_ibot_head``). The loss is
+``separate_ibot_head``). The demo CNN (:class:`~sslx.models.convnet.ConvNet`) also works: its
+pooled features take the CLS token's place, the cells of its last block (a 4x4 grid of 8 px
+cells on 32 px crops) the patch tokens', and a learned pixel colour over a masked cell the mask
+token's (dense masking, as SimMIM masks convolutional encoders). The loss is
 
     L = w_dino·L_DINO + w_ibot·L_iBOT + w_koleo·Σ_{global crops} L_KoLeo
 
@@ -75,22 +78,33 @@ from sslx.methods.dino import (
   teacher_softmax,
   update_center,
 )
+from sslx.models.convnet import ConvNet
 from sslx.models.vit import ViT
 
 
-def masked_vit(vit: ViT) -> ViT:
-  """`vit` with iBOT's learned mask token: ``token_mask`` [B, N] bool (True = masked) replaces
-  those patch embeddings by ``mask_token`` (zeros at init, as DINOv2) before the position
-  embedding, so the transformer still outputs a token at every masked position. Parameters are
-  the ViT's (same names) plus ``mask_token`` [1, 1, dim]; with no mask the function is exactly
-  the ViT's (and it keeps the ViT's dtype and remat settings)."""
-  if not isinstance(vit, ViT):
-    raise ValueError(f"DINOv2 needs a ViT backbone (model.name=vit_*), got {type(vit).__name__}")
-  return vit.clone(mask_token=True, num_classes=0)
+def masked_backbone(net: ViT | ConvNet) -> ViT | ConvNet:
+  """`net` with iBOT's learned mask token: ``token_mask`` [B, N] bool (True = masked) replaces
+  those patches -- a ViT's patch embeddings before the position embedding (a ``mask_token``
+  [1, 1, dim]), a ConvNet's pixel cells before the first convolution (a ``mask_token`` [3]
+  colour) -- both zeros at init, as DINOv2, so the network still outputs a token at every
+  masked position. Parameters are the network's (same names) plus ``mask_token``; with no mask
+  the function is exactly the network's (dtype and remat settings kept)."""
+  if not isinstance(net, ViT | ConvNet):
+    raise ValueError(
+      "DINOv2 needs a backbone with patch tokens: a ViT (model.name=vit_*) or the demo CNN "
+      f"(model.name=convnet), got {type(net).__name__}"
+    )
+  return net.clone(mask_token=True, num_classes=0)
+
+
+def cls_features(out: dict) -> jax.Array:
+  """The image-level features of a backbone's outputs: a ViT's CLS token (after the final
+  norm), a CNN's pooled features."""
+  return out["tokens"][:, 0] if "tokens" in out else out["pre_logits"]
 
 
 class DINOv2Net(nn.Module):
-  backbone: ViT
+  backbone: ViT | ConvNet
   dino_head: nn.Module
   ibot_head: nn.Module | None = None  # None: the DINO head also maps patch tokens
 
@@ -114,10 +128,10 @@ class DINOv2Net(nn.Module):
       `patch_ids`, or None when patch_ids is None).
     """
     out = self.backbone(global_x, train=train, token_mask=token_mask)
-    cls = out["tokens"][:, 0]
+    cls = cls_features(out)
     allc = cls
     if local_x is not None:
-      allc = join_views(cls, self.backbone(local_x, train=train)["tokens"][:, 0], num_global)
+      allc = join_views(cls, cls_features(self.backbone(local_x, train=train)), num_global)
     cls_logits = self.dino_head(allc, train=train, freeze_last_layer=freeze_last_layer)
     patch_logits = None
     if patch_ids is not None:
@@ -130,9 +144,10 @@ class DINOv2Net(nn.Module):
     return cls, cls_logits, patch_logits
 
   def encode(self, x, train: bool = False):
-    return self.backbone(x, train=train)["tokens"][:, 0]
+    return cls_features(self.backbone(x, train=train))
 
   def attention(self, x):
+    """Last block's attention [B, heads, T, T] (ViT backbones only)."""
     return self.backbone(x, train=False, return_attention=True)["attention"]
 
 
@@ -413,7 +428,9 @@ DEFAULTS = dict(
 
 def create(config, total_steps: int) -> DINOv2:
   m = config.method
-  backbone = masked_vit(models.create_model(config.model.name, **base.model_kwargs(config.model)))
+  backbone = masked_backbone(
+    models.create_model(config.model.name, **base.model_kwargs(config.model))
+  )
   centering = m.centering
   if centering not in CENTERINGS:
     raise ValueError(f"method.centering={centering!r}; valid choices: {list(CENTERINGS)}")

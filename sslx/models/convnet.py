@@ -1,6 +1,14 @@
 """A small 4-conv CNN for the CPU demo: (conv3x3 - BN - ReLU - maxpool 2x2) x 4, then global
 average pooling. Widths (32, 64, 128, 256) give a 256-d ``pre_logits`` and ~0.39M parameters.
 
+Outputs: ``pre_logits`` [B, C]; ``feature_map`` (the last block after its pool); and
+``patch_tokens`` [B, h·w, C], the last block's cells *before* its pool (a 4x4 grid of 8 px
+cells on 32 px images: ``patch_size`` pixels per cell), which play the ViT's patch tokens for
+masked-token losses (DINOv2's iBOT term). With ``mask_token=True`` a ``token_mask`` [B, h·w]
+bool (True = masked) replaces the pixels of those cells by a learned colour (zeros at init: the
+normalised mean) before the first convolution -- the CNN counterpart of a ViT's mask token
+(dense masking, as SimMIM does for hierarchical encoders).
+
 BatchNorm has no ``axis_name``: under ``jax.jit`` over a batch sharded across devices XLA
 computes the statistics over the global batch (global BN).
 """
@@ -58,24 +66,55 @@ class ConvNet(nn.Module):
   pool: bool = True  # 2x2 max-pool after each block (skipped once the map is 1x1)
   num_classes: int = 0
   dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
+  mask_token: bool = False  # a learned pixel colour for `token_mask` (DINOv2's iBOT term)
+
+  @property
+  def patch_size(self) -> int:
+    """Pixels per side of a ``patch_tokens`` cell (the stride of the last block's input)."""
+    return 2 ** (len(self.widths) - 1) if self.pool else 1
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, token_mask=None):
     dtype = precision.compute_dtype(self.dtype)
     x = jnp.asarray(x, jnp.float32)
+    if self.mask_token:
+      colour = self.param("mask_token", nn.initializers.zeros, (x.shape[-1],))
+      if token_mask is not None:
+        x = jnp.where(self._pixel_mask(token_mask, x.shape), colour, x)
+    elif token_mask is not None:
+      raise ValueError("token_mask needs a mask colour: build the ConvNet with mask_token=True")
+    cells = x
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), padding="SAME", use_bias=False, dtype=dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"bn{i}"
       )(x)
       x = nn.relu(x)
+      cells = x
       if self.pool and x.shape[1] > 1 and x.shape[2] > 1:
         x = max_pool_2x2(x)
     x = x.astype(jnp.float32)
-    out = {"feature_map": x, "pre_logits": jnp.mean(x, axis=(1, 2))}
+    b, h, w, c = cells.shape
+    out = {
+      "feature_map": x,
+      "pre_logits": jnp.mean(x, axis=(1, 2)),
+      "patch_tokens": cells.astype(jnp.float32).reshape(b, h * w, c),
+    }
     if self.num_classes:
       out["logits"] = nn.Dense(self.num_classes, name="head")(out["pre_logits"])
     return out
+
+  def _pixel_mask(self, token_mask, shape):
+    """[B, h·w] cell mask -> [B, H, W, 1] pixel mask (cells of `patch_size` pixels)."""
+    b, height, width, _ = shape
+    p = self.patch_size
+    if height % p or width % p or token_mask.shape != (b, (height // p) * (width // p)):
+      raise ValueError(
+        f"token_mask has shape {token_mask.shape}; a {height}x{width} image has "
+        f"{height // p}x{width // p} cells of {p} px (ConvNet.patch_size) per image"
+      )
+    grid = token_mask.reshape(b, height // p, width // p)
+    return jnp.repeat(jnp.repeat(grid, p, axis=1), p, axis=2)[..., None]
 
 
 @register_model("convnet")
