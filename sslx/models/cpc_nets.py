@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sslx.models.convnet import max_pool_2x2
 from sslx.models.registry import register_model
 
 
@@ -52,7 +53,9 @@ class PatchConvNet(nn.Module):
         y = nn.Conv(w, kernel, padding="SAME", name=f"conv{i}_{j}")(x)
         x = nn.relu(x + nn.GroupNorm(num_groups=1, name=f"norm{i}_{j}")(y))
       if x.shape[1] > 1 and x.shape[2] > 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        # the demo CNN's max-pool: XLA's own gradient (a select-and-scatter) made this
+        # encoder's forward + backward ~1.4x slower on CPU (3136 patches of 8 px)
+        x = max_pool_2x2(x)
     return {"feature_map": x, "pre_logits": jnp.mean(x, axis=(1, 2))}
 
 
