@@ -26,8 +26,8 @@ def tiny_dino(steps: int = 3, batch: int = 16, name: str = "dino", **overrides):
     "augment.num_local_crops": 2,
     "optimizer.warmup_epochs": 0.0,  # a non-zero learning rate at step 0
     "log_every_steps": 1,
+    "method.head_bn": False,  # the vit presets' head (the CNN defaults put BatchNorm in it)
   }
-  small["method.head_bn"] = False  # the vit preset's head (the CNN default puts BatchNorm in it)
   if name == "dinov2":
     small["method.patch_out_dim"] = 64
   return tiny(name, **{"total_steps": steps, "batch_size": batch, **small, **overrides})

@@ -83,7 +83,6 @@ class ConvNet(nn.Module):
         x = jnp.where(self._pixel_mask(token_mask, x.shape), colour, x)
     elif token_mask is not None:
       raise ValueError("token_mask needs a mask colour: build the ConvNet with mask_token=True")
-    cells = x
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), padding="SAME", use_bias=False, dtype=dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(
