@@ -335,6 +335,8 @@ def tiny(c: ml_collections.ConfigDict, opts) -> ml_collections.ConfigDict:
     m.widths = tuple(max(w // 8, 4) for w in m.widths)
   if m.name.startswith("vit"):
     m.update(dim=32, depth=2, num_heads=2)
+    if "top_k" in c.method:  # data2vec's target layers: at most the ViT's depth
+      c.method.top_k = min(int(c.method.top_k), m.depth)
   c.update(batch_size=16, num_epochs=0.0, total_steps=4, log_every_steps=2)
   c.update(checkpoint_every_steps=0, eval_baselines=False, eval_train_limit=500)
   c.evals = ml_collections.ConfigDict(dict(knn=dict(ks=(5,), temperature=0.07)))

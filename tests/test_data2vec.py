@@ -11,9 +11,10 @@ from sslx.methods import data2vec
 from tests.helpers import assert_learns, override, tiny
 
 
-def tiny_config(steps=4):
-  """The tiny preset with targets from the top 2 of its 2 blocks."""
-  return tiny("data2vec", total_steps=steps, **{"method.top_k": 2})
+def tiny_config(steps=4, student="masked"):
+  """The tiny preset with targets from the top 2 of its 2 blocks and data2vec's all-token
+  student (the cpu preset's is the visible-patch one)."""
+  return tiny("data2vec", total_steps=steps, **{"method.top_k": 2, "method.student": student})
 
 
 def images(n=4, seed=0):
@@ -58,6 +59,43 @@ def test_mask_token_replaces_only_masked_patches():
   other = jax.random.normal(jax.random.PRNGKey(9), v.params["mask_token"].shape)
   c, _ = method.predict(dict(v.params, mask_token=other), xn, mask)
   assert float(jnp.abs(a - c).max()) > 1e-3
+
+
+def test_visible_student_sees_only_visible_patches():
+  """data2vec 2.0's student: the encoder runs on the visible patches (MAE's sequence), the
+  decoder predicts the teacher's D features at every patch, and the masked pixels reach the
+  prediction only through the teacher."""
+  config = override(
+    tiny_config(student="visible"),
+    **{"method.decoder_dim": 16, "method.decoder_depth": 1},
+  )
+  config.method.decoder_heads = 2
+  method = data2vec.create(config, total_steps=10)
+  x = images()
+  v = method.init(jax.random.PRNGKey(0), x)
+  assert set(v.params) == {"encoder", "decoder"}
+  xn = method.preprocess(x)
+  mask = method.mask(jax.random.PRNGKey(1), xn)
+  drop = jax.random.PRNGKey(2)
+  a, feats = method.predict_visible(v.params, xn, mask, drop)
+  assert a.shape == (4, 64, 32) and feats.shape == (4, 32)
+  pix = jnp.repeat(jnp.repeat(mask.reshape(4, 8, 8), 4, 1), 4, 2)[..., None]
+  b, _ = method.predict_visible(v.params, jnp.where(pix, 7.0, xn), mask, drop)
+  np.testing.assert_allclose(a, b, atol=1e-5)  # masked pixels never reach the student
+  c, _ = method.predict_visible(v.params, jnp.where(pix, xn, 7.0), mask, drop)
+  assert float(jnp.abs(a - c).max()) > 1e-3  # visible ones do
+  # the encoder's sequence is the 26 visible patches (+ CLS) in their image order
+  ids = np.stack([np.flatnonzero(~np.asarray(m)) for m in mask])
+  ref = method.encoder.apply({"params": v.params["encoder"]}, xn, train=False, mask=ids)
+  np.testing.assert_allclose(feats, ref["pre_logits"], atol=1e-5)
+  # one step: the loss is the masked positions' smooth L1 against the full-image teacher
+  loss, _ = method.loss(v.params, {}, v.method_state, x, jax.random.PRNGKey(3), 0)
+  aug_rng, mask_rng, drop_rng = jax.random.split(jax.random.PRNGKey(3), 3)
+  xa = method.inputs(aug_rng, x)
+  m = method.mask(mask_rng, xa)
+  pred, _ = method.predict_visible(v.params, xa, m, drop_rng)
+  y = method.targets(v.method_state["teacher"], xa)
+  np.testing.assert_allclose(loss, data2vec.masked_smooth_l1(pred, y, m, 2.0), rtol=1e-5)
 
 
 def test_student_applies_drop_path_in_training():
@@ -130,14 +168,17 @@ def test_ema_teacher_moves_toward_the_student_and_has_no_gradient():
 
 
 @pytest.mark.slow
-def test_short_cpu_run_learns(tmp_path):
+# 12 steps cut the held-out loss against the trained teacher by `measured` (seed 0); about
+# half of it is asked.
+@pytest.mark.parametrize(
+  "student,margin,measured", [("masked", 0.09, 0.187), ("visible", 0.18, 0.354)]
+)
+def test_short_cpu_run_learns(tmp_path, student, margin, measured):
   config = override(
-    tiny_config(steps=12),
+    tiny_config(steps=12, student=student),
     batch_size=32,
     **{"optimizer.warmup_epochs": 0.0, "optimizer.warmup_steps": 1},
   )
-  # 12 steps cut the held-out loss against the trained teacher by 0.187 (seed 0); about half
-  # of it is asked.
-  assert_learns(config, tmp_path, margin=0.09, measured=0.187)
+  assert_learns(config, tmp_path, margin=margin, measured=measured)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@5" in saved

@@ -19,6 +19,15 @@ Self-supervised Learning in Speech, Vision and Language").
   loss:    smooth L1 (β) between a linear regression head on the student's final tokens and
            y_t, at masked positions only (§3.3 "Objective").
 
+`student="visible"` is data2vec 2.0's student instead (Baevski et al. 2023, "Efficient
+Self-supervised Learning with Contextualized Target Representations for Vision, Speech and
+Language", §3): the encoder sees only the visible patches (no mask tokens, as MAE's), and a
+light decoder fills the masked positions with a learned token, adds position embeddings and
+predicts y_t for every patch; the loss is still taken at masked positions. The decoder here is
+MAE's transformer decoder (`decoder_dim/depth/heads`) with D outputs per patch where the paper
+uses a few convolutions. The encoder thus never trains on mask tokens it will not meet at
+evaluation, the first-run default's choice. Parameters are then {"encoder", "decoder"}.
+
 Parameters: {"encoder": ViT params, "mask_token": [1, 1, D], "head": Dense D→D}. `encode`
 applies only `params["encoder"]` to the full image and returns the ViT's `pre_logits` (the
 presets use `model.pool="mean"`: the mean of patch tokens, data2vec's linear-probe feature).
@@ -28,7 +37,9 @@ the EMA encoder instead).
 Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm
 ("layer" | "instance"), loss_beta (β of smooth L1; 2.0), ema_decay / ema_end_decay /
 ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
-runs), eval_encoder ("student" | "teacher").
+runs), eval_encoder ("student" | "teacher"), student ("masked": data2vec's ViT on all tokens
+with mask tokens | "visible": data2vec 2.0's encoder on the visible patches and a decoder),
+decoder_dim / decoder_depth / decoder_heads (the "visible" student's decoder).
 """
 
 from __future__ import annotations
@@ -39,11 +50,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, models
-from sslx.methods import base
+from sslx import augment, masking, models
+from sslx.methods import base, mae
 from sslx.models import vit as vit_lib
 
 EVAL_ENCODERS = ("student", "teacher")
+STUDENTS = ("masked", "visible")
 
 
 def instance_norm(x, eps: float = 1e-5):
@@ -103,11 +115,39 @@ class Data2Vec(base.MaskTokenMethod):
   ema_end: float
   ema_anneal_steps: int
   eval_encoder: str = "student"
+  decoder: mae.MAEDecoder | None = None  # set iff the student sees only visible patches
 
   def init(self, rng, images) -> base.Variables:
-    params = self.init_params(rng, images)
+    if self.decoder is None:
+      params = self.init_params(rng, images)
+    else:
+      s = self.view.crop_size if self.view is not None else images.shape[1]
+      enc_rng, dec_rng = jax.random.split(rng)
+      x = jnp.zeros((2, s, s, 3), jnp.float32)
+      n = (s // self.encoder.patch_size) ** 2
+      keep = n - masking.num_masked(n, self.mask_ratio)
+      latent = jnp.zeros((2, keep + 1, self.encoder.dim), jnp.float32)
+      ids = jnp.tile(jnp.arange(n, dtype=jnp.int32), (2, 1))
+      params = {
+        "encoder": self.encoder.init(enc_rng, x, train=False)["params"],
+        "decoder": self.decoder.init(dec_rng, latent, ids)["params"],
+      }
     teacher = jax.tree.map(jnp.array, params["encoder"])
     return base.Variables(params, {}, {"teacher": teacher})
+
+  def predict_visible(self, params, x, mask, rng):
+    """data2vec 2.0's student: ([B, N, D] decoder predictions, [B, D] pre_logits of the
+    visible patches) for normalised x and mask [B, N] (True = masked, the same count per row)."""
+    n = mask.shape[1]
+    hidden = masking.num_masked(n, self.mask_ratio)
+    ids_keep = masking.ids_of_mask(mask, n - hidden, value=False)
+    ids_shuffle = jnp.concatenate([ids_keep, masking.ids_of_mask(mask, hidden)], axis=1)
+    ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+    out = self.encoder.apply(
+      {"params": params["encoder"]}, x, train=True, mask=ids_keep, rngs={"dropout": rng}
+    )
+    pred = self.decoder.apply({"params": params["decoder"]}, out["tokens"], ids_restore)
+    return pred, out["pre_logits"]
 
   def inputs(self, rng, images):
     if self.view is None:
@@ -125,7 +165,10 @@ class Data2Vec(base.MaskTokenMethod):
     x = self.inputs(aug_rng, images)
     mask = self.mask(mask_rng, x)
     y = self.targets(method_state["teacher"], x)
-    pred, features = self.predict(params, x, mask, drop_rng)
+    if self.decoder is None:
+      pred, features = self.predict(params, x, mask, drop_rng)
+    else:
+      pred, features = self.predict_visible(params, x, mask, drop_rng)
     loss = masked_smooth_l1(pred, y, mask, self.loss_beta)
     metrics = {
       "loss": loss,
@@ -162,7 +205,8 @@ class Data2Vec(base.MaskTokenMethod):
 # fmt: off
 DEFAULTS = dict(
   mask_ratio=0.6, top_k=6, target_norm="layer", loss_beta=2.0, ema_decay=0.9998,
-  ema_end_decay=0.9998, ema_anneal_steps=0, eval_encoder="student",
+  ema_end_decay=0.9998, ema_anneal_steps=0, eval_encoder="student", student="masked",
+  decoder_dim=256, decoder_depth=2, decoder_heads=8,
 )
 # fmt: on
 
@@ -180,6 +224,24 @@ def create(config, total_steps: int) -> Data2Vec:
     raise ValueError(f"method.target_norm={norm!r}; valid: 'layer', 'instance'")
   eval_encoder = base.check_eval_encoder(m.eval_encoder, EVAL_ENCODERS)
   anneal = int(m.ema_anneal_steps) or int(total_steps)
+  if m.student not in STUDENTS:
+    raise ValueError(f"method.student={m.student!r}; valid: {STUDENTS}")
+  decoder = None
+  if m.student == "visible":
+    if not 0.0 < float(m.mask_ratio) < 1.0:
+      raise ValueError(f"method.mask_ratio={m.mask_ratio} must be in (0, 1) for a visible student")
+    size = base.crop_size(base.view_params(config.augment), config)
+    g = size // encoder.patch_size
+    decoder = mae.MAEDecoder(
+      dim=int(m.decoder_dim),
+      depth=int(m.decoder_depth),
+      num_heads=int(m.decoder_heads),
+      patch_size=encoder.patch_size,
+      grid=(g, g),
+      dtype=config.model.get("dtype", "float32"),
+      remat=config.model.get("remat", "none"),
+      out_dim=encoder.dim,
+    )
   return Data2Vec(
     encoder=encoder,
     head=vit_lib.FlatDense(encoder.dim),
@@ -193,4 +255,5 @@ def create(config, total_steps: int) -> Data2Vec:
     ema_end=float(m.ema_end_decay),
     ema_anneal_steps=anneal,
     eval_encoder=eval_encoder,
+    decoder=decoder,
   )

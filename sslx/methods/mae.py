@@ -63,7 +63,7 @@ class MAEDecoder(nn.Module):
 
   Input: encoder tokens [B, K+1, D_enc] (CLS first) and ids_restore [B, N].
   Output: [B, N, p²·3] float32 predicted pixels of every patch (only masked ones enter the
-  loss). ``dtype`` and ``remat`` follow the encoder's ``model.dtype`` / ``model.remat``
+  loss), or [B, N, out_dim] with `out_dim` > 0 (data2vec 2.0's teacher features). ``dtype`` and ``remat`` follow the encoder's ``model.dtype`` / ``model.remat``
   (sslx/models/precision.py): the decoder runs on all N + 1 tokens, so at 75% masking it
   holds most of the step's activations."""
 
@@ -75,6 +75,7 @@ class MAEDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = "float32"
   remat: str = "none"
+  out_dim: int = 0  # 0: pixels (p²·3 per patch)
 
   @nn.compact
   def __call__(self, latent, ids_restore):
@@ -101,7 +102,10 @@ class MAEDecoder(nn.Module):
       )
     tokens = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(tokens)
     pred = vit_lib.FlatDense(
-      self.patch_size**2 * 3, kernel_init=nn.initializers.xavier_uniform(), dtype=dtype, name="pred"
+      self.out_dim or self.patch_size**2 * 3,
+      kernel_init=nn.initializers.xavier_uniform(),
+      dtype=dtype,
+      name="pred",
     )(tokens)
     return pred[:, 1:].astype(jnp.float32)
 
