@@ -230,18 +230,7 @@ def create(config, total_steps: int) -> Data2Vec:
   if m.student == "visible":
     if not 0.0 < float(m.mask_ratio) < 1.0:
       raise ValueError(f"method.mask_ratio={m.mask_ratio} must be in (0, 1) for a visible student")
-    size = base.crop_size(base.view_params(config.augment), config)
-    g = size // encoder.patch_size
-    decoder = mae.MAEDecoder(
-      dim=int(m.decoder_dim),
-      depth=int(m.decoder_depth),
-      num_heads=int(m.decoder_heads),
-      patch_size=encoder.patch_size,
-      grid=(g, g),
-      dtype=config.model.get("dtype", "float32"),
-      remat=config.model.get("remat", "none"),
-      out_dim=encoder.dim,
-    )
+    decoder = mae.decoder_from_config(config, encoder, out_dim=encoder.dim)
   return Data2Vec(
     encoder=encoder,
     head=vit_lib.FlatDense(encoder.dim),

@@ -272,19 +272,12 @@ DEFAULTS = dict(
 # fmt: on
 
 
-def create(config, total_steps: int) -> MAE:
-  del total_steps  # no schedule inside MAE's loss
+def decoder_from_config(config, encoder: vit_lib.ViT, out_dim: int = 0) -> MAEDecoder:
+  """The decoder `config.method.decoder_dim/depth/heads` describe, on the grid of the images
+  the encoder sees, in the encoder's dtype and remat (`out_dim` 0: pixels)."""
   m = config.method
-  encoder = base.encoder_from_config(config)
-  if not isinstance(encoder, vit_lib.ViT):
-    raise ValueError(f"MAE needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
-  view = base.view_params(config.augment)
-  size = base.crop_size(view, config)
-  g = size // encoder.patch_size
-  ratio = float(m.mask_ratio)
-  if not 0.0 <= ratio < 1.0:
-    raise ValueError(f"method.mask_ratio={ratio} must be in [0, 1)")
-  decoder = MAEDecoder(
+  g = base.crop_size(base.view_params(config.augment), config) // encoder.patch_size
+  return MAEDecoder(
     dim=int(m.decoder_dim),
     depth=int(m.decoder_depth),
     num_heads=int(m.decoder_heads),
@@ -292,11 +285,23 @@ def create(config, total_steps: int) -> MAE:
     grid=(g, g),
     dtype=config.model.get("dtype", "float32"),
     remat=config.model.get("remat", "none"),
+    out_dim=out_dim,
   )
+
+
+def create(config, total_steps: int) -> MAE:
+  del total_steps  # no schedule inside MAE's loss
+  m = config.method
+  encoder = base.encoder_from_config(config)
+  if not isinstance(encoder, vit_lib.ViT):
+    raise ValueError(f"MAE needs a ViT encoder (model.name vit_*), got {config.model.name!r}")
+  ratio = float(m.mask_ratio)
+  if not 0.0 <= ratio < 1.0:
+    raise ValueError(f"method.mask_ratio={ratio} must be in [0, 1)")
   return MAE(
     encoder=encoder,
-    decoder=decoder,
-    view=view,
+    decoder=decoder_from_config(config, encoder),
+    view=base.view_params(config.augment),
     preprocess=base.Preprocess.from_config(config.dataset),
     mask_ratio=ratio,
     norm_pix_loss=bool(m.norm_pix_loss),
