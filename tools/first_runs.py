@@ -149,7 +149,9 @@ def chart(rows: list[dict], out: pathlib.Path) -> None:
   ax.set_xticklabels([f"{r['name']}\n{r['metric']}" for r in rows], rotation=45, ha="right")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize="small")
+  top = max([r[k] or 0.0 for r in rows for k in ("trained", "untrained", "pixels")] + [1.0])
+  ax.set_ylim(0, top * 1.25)  # room above the bars for the legend
+  ax.legend(fontsize="small", ncol=3, loc="upper left")
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)
