@@ -27,7 +27,7 @@ def test_demo_beats_random_init_and_raw_pixels_by_five_points(tmp_path):
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=1200,
+    timeout=2400,  # ~10 min on a fast 2-core machine, over 2x that on a slow one
     env=env,
   )
   assert out.returncode == 0, out.stderr[-3000:]
