@@ -125,12 +125,9 @@ class Data2Vec(base.MaskTokenMethod):
       enc_rng, dec_rng = jax.random.split(rng)
       x = jnp.zeros((2, s, s, 3), jnp.float32)
       n = (s // self.encoder.patch_size) ** 2
-      keep = n - masking.num_masked(n, self.mask_ratio)
-      latent = jnp.zeros((2, keep + 1, self.encoder.dim), jnp.float32)
-      ids = jnp.tile(jnp.arange(n, dtype=jnp.int32), (2, 1))
       params = {
         "encoder": self.encoder.init(enc_rng, x, train=False)["params"],
-        "decoder": self.decoder.init(dec_rng, latent, ids)["params"],
+        "decoder": mae.init_decoder(self.decoder, dec_rng, self.encoder.dim, n, self.mask_ratio),
       }
     teacher = jax.tree.map(jnp.array, params["encoder"])
     return base.Variables(params, {}, {"teacher": teacher})

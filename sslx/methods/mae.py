@@ -158,11 +158,10 @@ class MAE(base.MaskedImageMethod):
     x = jnp.zeros((2, s, s, 3), jnp.float32)
     enc_rng, dec_rng = jax.random.split(rng)
     enc = self.encoder.init(enc_rng, x, train=False)["params"]
-    n = self.num_patches(s)
-    keep = n - masking.num_masked(n, self.mask_ratio)
-    latent = jnp.zeros((2, keep + 1, self.encoder.dim), jnp.float32)
-    dec = self.decoder.init(dec_rng, latent, jnp.tile(jnp.arange(n, dtype=jnp.int32), (2, 1)))
-    return base.Variables({"encoder": enc, "decoder": dec["params"]}, {}, {})
+    dec = init_decoder(
+      self.decoder, dec_rng, self.encoder.dim, self.num_patches(s), self.mask_ratio
+    )
+    return base.Variables({"encoder": enc, "decoder": dec}, {}, {})
 
   def inputs(self, rng, images):
     """[B, S, S, 3] normalised training input (crop + flip for MAE, or as given)."""
@@ -270,6 +269,15 @@ DEFAULTS = dict(
   mask_ratio=0.75, decoder_dim=512, decoder_depth=8, decoder_heads=16, norm_pix_loss=True,
 )
 # fmt: on
+
+
+def init_decoder(decoder: MAEDecoder, rng, encoder_dim: int, num_patches: int, mask_ratio: float):
+  """The decoder's initial params for an encoder of width `encoder_dim` that keeps
+  num_patches − round(mask_ratio · num_patches) patches (+ CLS)."""
+  keep = num_patches - masking.num_masked(num_patches, mask_ratio)
+  latent = jnp.zeros((2, keep + 1, encoder_dim), jnp.float32)
+  ids = jnp.tile(jnp.arange(num_patches, dtype=jnp.int32), (2, 1))
+  return decoder.init(rng, latent, ids)["params"]
 
 
 def decoder_from_config(config, encoder: vit_lib.ViT, out_dim: int = 0) -> MAEDecoder:
