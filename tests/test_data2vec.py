@@ -46,7 +46,7 @@ def test_mask_token_replaces_only_masked_patches():
   xn = method.preprocess(x)
   mask = method.mask(jax.random.PRNGKey(1), xn)
   assert mask.shape == (4, 64)
-  np.testing.assert_array_equal(np.asarray(mask).sum(1), round(0.6 * 64))
+  np.testing.assert_array_equal(np.asarray(mask).sum(1), round(method.mask_ratio * 64))
   a, _ = method.predict(v.params, xn, mask)
   # Changing the pixels of masked patches does not change the student's output.
   pix = jnp.repeat(jnp.repeat(mask.reshape(4, 8, 8), 4, 1), 4, 2)[..., None]
