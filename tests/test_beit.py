@@ -1,5 +1,6 @@
 """BEiT: the VQ-VAE tokenizer stage, loading it, blockwise masking, masked-only CE, a run."""
 
+import dataclasses
 import json
 
 import jax
@@ -44,6 +45,33 @@ def test_tokenizer_gives_one_code_per_patch():
   loss, aux = tok.loss(v.params, {}, v.method_state, x, jax.random.PRNGKey(1), 0)
   assert aux.method_state["codebook"].shape == (16, 8)
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 8)
+
+
+def test_norm_pix_tokenizer_reconstructs_standardised_patches():
+  """With norm_pix the decoder's target is every 4×4 patch standardised on its own: zero mean,
+  unit (unbiased) variance per patch, and blind to a patch's brightness and contrast; the
+  recon_mse metric is the decoder's error against that target."""
+  cfg = tokenizer_config()
+  cfg.unlock()
+  cfg.method.norm_pix = True
+  tok = beit_tokenizer.create(cfg, 0)
+  x = tok.preprocess(images())
+  t = np.asarray(tok.target(x)).reshape(4, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5)
+  t = t.reshape(4, 64, 48)
+  np.testing.assert_allclose(t.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(t.var(-1, ddof=1), 1.0, rtol=1e-4)
+  # a per-patch affine change of the pixels (brighter, more contrast) leaves the target
+  scale = jnp.repeat(jnp.repeat(jnp.linspace(0.5, 2.0, 64).reshape(1, 8, 8, 1), 4, 1), 4, 2)
+  np.testing.assert_allclose(tok.target(x * scale + 0.3), tok.target(x), atol=1e-4)
+  # off, the target is the image itself
+  assert beit_tokenizer.create(tokenizer_config(), 0).target(x) is x
+  tok = dataclasses.replace(tok, view=None)  # the loss on x as given, no augmentation
+  v = tok.init(jax.random.PRNGKey(0), images())
+  _, aux = tok.loss(v.params, {}, v.method_state, images(), jax.random.PRNGKey(1), 0)
+  z_e, _, e_k = tok.quantize(dict(v.params, codebook=v.method_state["codebook"]), x)
+  recon = tok.dec.apply({"params": v.params["decoder"]}, e_k)
+  expected = float(jnp.mean(jnp.square(recon - tok.target(x))))
+  np.testing.assert_allclose(float(aux.metrics["recon_mse"]), expected, rtol=1e-4)
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

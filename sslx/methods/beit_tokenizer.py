@@ -12,6 +12,10 @@ ViT patch, the grid BEiT predicts.
   x̂  = Dec(z_q)
   L  = ‖x − x̂‖² + β‖z_e − sg(e_k)‖²    (VQ-VAE eq. 3, β = 0.25; the codebook term is replaced
        by EMA k-means updates of the codebook, VQ-VAE App. A.1, with dead-code restarts)
+  With `norm_pix`, x̂ reconstructs every patch standardised by its own mean and variance
+  (MAE's target) instead of x: the codes then carry each patch's structure (edges, texture)
+  rather than its mean colour, which a neighbouring patch already tells. With a few hundred
+  codes for 4 × 4 patches, colour codes make BEiT's masked prediction an interpolation.
 
 Parameters: {"encoder", "decoder"}; method_state: {"codebook" [K, d], "ema_sum", "ema_count"}
 (a small randomly initialised codebook trained by gradient collapsed to ~2 codes here). `tokenize({"encoder", "codebook"}, images)` → [B, gh·gw]
@@ -20,7 +24,7 @@ linear probe) is the mean of z_e over the grid. Metrics: `perplexity` of the cod
 in the batch (how many codes are in use), `recon_mse`.
 
 Config (`config.method`): codebook_size, code_dim, hidden (widths), beta, ema_decay,
-dead_threshold, patch_size
+dead_threshold, norm_pix (False: reconstruct the pixels, as DALL-E's dVAE), patch_size
 (must equal BEiT's ViT patch size; any size dividing the image).
 """
 
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from sslx import augment
-from sslx.methods import base
+from sslx.methods import base, mae
 from sslx.models import vit as vit_lib
 
 
@@ -87,6 +91,7 @@ class VQTokenizer(base.Method):
   beta: float
   ema_decay: float = 0.99
   dead_threshold: float = 0.03
+  norm_pix: bool = False
 
   @property
   def code_dim(self) -> int:
@@ -135,7 +140,7 @@ class VQTokenizer(base.Method):
     z_e, codes, e_k = self.quantize(dict(params, codebook=method_state["codebook"]), x)
     z_q = z_e + jax.lax.stop_gradient(e_k - z_e)  # straight-through (VQ-VAE eq. 3)
     recon = self.dec.apply({"params": params["decoder"]}, z_q)
-    recon_mse = jnp.mean(jnp.square(recon - x))
+    recon_mse = jnp.mean(jnp.square(recon - self.target(x)))
     commit = jnp.mean(jnp.sum(jnp.square(z_e - jax.lax.stop_gradient(e_k)), -1))
     loss = recon_mse + self.beta * commit
     onehot = jax.nn.one_hot(codes.reshape(-1), self.codebook_size)
@@ -144,6 +149,14 @@ class VQTokenizer(base.Method):
     new_state = self.update_codebook(method_state, jax.lax.stop_gradient(z_e), onehot, rng)
     metrics = {"loss": loss, "recon_mse": recon_mse, "commitment": commit, "perplexity": perplexity}
     return loss, base.LossAux(batch_stats, new_state, metrics, z_e.mean(axis=(1, 2)))
+
+  def target(self, x):
+    """What the decoder reconstructs: x, or each patch of x standardised (`norm_pix`)."""
+    if not self.norm_pix:
+      return x
+    p = self.patch_size
+    patches = mae.patch_targets(x, p, norm_pix=True)
+    return vit_lib.unpatchify(patches, p, (x.shape[1] // p, x.shape[2] // p))
 
   def update_codebook(self, state, z_e, onehot, rng):
     """EMA k-means codebook (VQ-VAE App. A.1 / VQ-VAE-2): N_k ← γN_k + (1−γ)n_k,
@@ -182,7 +195,7 @@ class VQTokenizer(base.Method):
 # fmt: off
 DEFAULTS = dict(
   patch_size=16, codebook_size=8192, code_dim=32, hidden=256, beta=0.25, ema_decay=0.99,
-  dead_threshold=0.03,
+  dead_threshold=0.03, norm_pix=False,
 )
 # fmt: on
 
@@ -201,4 +214,6 @@ def create(config, total_steps: int) -> VQTokenizer:
     beta=float(m.beta),
     ema_decay=float(m.ema_decay),
     dead_threshold=float(m.dead_threshold),
+    # runs saved before the option existed reconstructed pixels
+    norm_pix=bool(m.get("norm_pix", False)),
   )
