@@ -74,7 +74,10 @@ def test_image_shapes_encode_and_loss():
   assert v.batch_stats == {} and v.method_state == {}
   assert sorted(v.params["predict"]) == ["W_1", "W_2", "W_3"]
   patches = cpc.patch_grid(method.preprocess(images), 8, 4)
-  z, c, preds = jax.jit(method.net.apply)({"params": v.params}, patches)
+  z, per_direction = jax.jit(method.net.apply)({"params": v.params}, patches)
+  assert len(per_direction) == 1  # Oord et al.'s single direction, top to bottom
+  zd, c, preds = per_direction[0]
+  np.testing.assert_array_equal(np.asarray(zd), np.asarray(z))
   assert z.shape == (4, 7, 7, 16) and c.shape == (4, 7, 7, 16)
   assert len(preds) == 3 and all(p.shape == (4, 7, 7, 16) for p in preds)
   feats = jax.jit(method.encode)(v.params, {}, images)
@@ -85,6 +88,57 @@ def test_image_shapes_encode_and_loss():
   loss, aux = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
   assert np.isfinite(float(loss)) and aux.features.shape == (4, 16)
   assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1", "contrastive_acc_k3"}
+
+
+def test_four_directions_each_predict_their_own_way():
+  """directions=4 (CPC v2): one encoder, the z grid turned for bottom-up, right-left and
+  left-right with a context network and predictors each; the loss is the mean of the four
+  directions' InfoNCE; each direction's context never sees the patches "ahead" of it in the
+  original image (below / above / left / right)."""
+  method = make(tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}}))
+  four = make(
+    tiny_cpc(**{"augment.enabled": False, "method.patch_augment": {}, "method.directions": 4})
+  )
+  images = some_images(2)
+  v = jax.jit(four.init)(jax.random.PRNGKey(0), images)
+  assert sorted(v.params) == sorted(
+    ["encoder", "context", "predict"]
+    + [f"{n}_rot{k}" for n in ("context", "predict") for k in (1, 2, 3)]
+  )
+  one = jax.jit(method.init)(jax.random.PRNGKey(0), images)
+  assert jax.tree.map(jnp.shape, one.params["context"]) == jax.tree.map(
+    jnp.shape, v.params["context_rot2"]
+  )
+  patches = cpc.patch_grid(four.preprocess(images), 8, 4)
+  z, per_direction = four.net.apply({"params": v.params}, patches)
+  expected = 0.0
+  for turn, (zd, _, preds) in zip(cpc.DIRECTION_TURNS, per_direction):
+    np.testing.assert_array_equal(np.asarray(zd), np.asarray(jnp.rot90(z, turn, axes=(1, 2))))
+    expected += cpc.predictive_info_nce(zd, preds, four.steps, four.temperature)[0] / 4
+  loss, aux = four.loss(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  assert {"loss_bottom_up", "loss_right_left", "loss_left_right"} <= set(aux.metrics)
+
+  def contexts(p):
+    return [c for _, c, _ in four.net.apply({"params": v.params}, p)[1]]
+
+  c0 = contexts(patches)
+  noise = jax.random.normal(jax.random.PRNGKey(3), patches.shape)
+  r, g = 2, 7
+  # what each direction's turned row r may not see, as [rows, cols] of the original grid
+  ahead = {
+    0: (slice(r + 1, None), slice(None)),  # top-down: rows below r
+    1: (slice(None, g - 1 - r), slice(None)),  # bottom-up: rows above g-1-r
+    2: (slice(None), slice(None, g - 1 - r)),  # right-left: columns left of g-1-r
+    3: (slice(None), slice(r + 1, None)),  # left-right: columns right of r
+  }
+  for d, (rows, cols) in ahead.items():
+    changed = patches.at[:, rows, cols].add(noise[:, rows, cols])
+    c1 = contexts(changed)[d]
+    np.testing.assert_allclose(np.asarray(c1[:, : r + 1]), np.asarray(c0[d][:, : r + 1]), atol=1e-5)
+    assert not np.allclose(np.asarray(c1[:, r + 1 :]), np.asarray(c0[d][:, r + 1 :]))
+  with pytest.raises(ValueError, match="directions=5"):
+    make(tiny_cpc(**{"method.directions": 5}))
 
 
 # -- causality -------------------------------------------------------------------------
@@ -197,7 +251,7 @@ def test_image_loss_equals_numpy_on_the_networks_outputs():
   images = some_images(3)
   v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
   loss, _ = jax.jit(method.loss)(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)
-  z, _, preds = jax.jit(method.net.apply)(
+  z, ((_, _, preds),) = jax.jit(method.net.apply)(
     {"params": v.params}, cpc.patch_grid(method.preprocess(images), 8, 4)
   )
   assert method.temperature == 0.1  # the cpu preset's cosine score

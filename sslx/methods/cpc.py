@@ -53,6 +53,9 @@ Config (`config.method`):
   first_step:                the nearest row predicted (1, or 2 to skip overlapping patches)
   patch_augment:             per-patch augmentation ({} or None: off)
   temperature:               0 for the paper's score zᵀ W_k c; τ > 0 for cos(z, W_k c) / τ
+  directions:                1 (top to bottom, Oord et al.) .. 4: also bottom-up, right-left and
+                             left-right, each with its own context network and predictors (CPC
+                             v2); the loss is the mean over directions
   context_dim, context_layers, context_kernel_rows: H and the depth/height of the masked
                              convolutions of the context network
 Note: the trainer's images/s counts two views per image; CPC uses one, so images seen per
@@ -155,12 +158,38 @@ class CPCNet(nn.Module):
     return self.context(self.embed(x))
 
 
+# Quarter turns of the z grid, one per prediction direction, in the order `directions` adds
+# them: top→bottom (Oord et al.), bottom→top, right→left, left→right. rot90 by k maps the
+# original grid so that predicting "down" in the turned grid is that direction in the original.
+DIRECTION_TURNS = (0, 2, 1, 3)
+DIRECTION_NAMES = ("top_down", "bottom_up", "right_left", "left_right")
+
+
 class CPCImageNet(CPCNet):
-  """Patch encoder + row-causal context + predictors over a [B, G, G, P, P, 3] patch grid."""
+  """Patch encoder + row-causal context + predictors over a [B, G, G, P, P, 3] patch grid.
+
+  With `directions` > 1 the same z grid is also predicted turned by quarter turns
+  (`DIRECTION_TURNS`), each direction with its own context network and predictors (Hénaff et
+  al. 2019 §3: predictions in all four directions); direction 0 keeps the names "context" and
+  "predict", so a one-direction network's parameters are those of Oord et al.'s."""
 
   encoder: nn.Module
   context: nn.Module
   steps: Sequence[int]
+  directions: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    """(z [B, G, G, D], [(z turned, c, predictions) per direction])."""
+    z = self.embed(x)
+    out = []
+    for k in DIRECTION_TURNS[: self.directions]:
+      zk = jnp.rot90(z, k, axes=(1, 2))
+      context = self.context if k == 0 else self.context.clone(parent=self, name=f"context_rot{k}")
+      c = context(zk)
+      name = "predict" if k == 0 else f"predict_rot{k}"
+      out.append((zk, c, Predictors(tuple(self.steps), z.shape[-1], name=name)(c)))
+    return z, out
 
   def embed(self, patches):
     """z [B, G, G, D]: every patch encoded on its own."""
@@ -217,15 +246,23 @@ class CPC(base.Method):
       # one image no longer share colour statistics the context could match instead of content.
       flat = patches.reshape((-1,) + patches.shape[3:])
       patches = augment.augment_batch(patch_rng, flat, self.patch_view).reshape(patches.shape)
-    z, c, predictions = self.net.apply({"params": params}, self.preprocess(patches))
-    loss, acc, accs = predictive_info_nce(z, predictions, self.steps, self.temperature)
-    metrics = {
-      "loss": loss,
-      "contrastive_acc": acc,
-      "context_std": jnp.mean(jnp.std(c.reshape(-1, c.shape[-1]), axis=0)),
-      "embedding_std": jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0)),
-    }
-    metrics.update({f"contrastive_acc_k{k}": a for k, a in zip(self.steps, accs)})
+    z, per_direction = self.net.apply({"params": params}, self.preprocess(patches))
+    metrics = {}
+    loss = acc = 0.0
+    for name, (zd, c, predictions) in zip(DIRECTION_NAMES, per_direction):
+      loss_d, acc_d, accs = predictive_info_nce(zd, predictions, self.steps, self.temperature)
+      loss, acc = loss + loss_d, acc + acc_d
+      if name == "top_down":
+        metrics["context_std"] = jnp.mean(jnp.std(c.reshape(-1, c.shape[-1]), axis=0))
+        metrics.update({f"contrastive_acc_k{k}": a for k, a in zip(self.steps, accs)})
+      else:
+        metrics[f"loss_{name}"] = loss_d
+    loss, acc = loss / len(per_direction), acc / len(per_direction)
+    metrics.update(
+      loss=loss,
+      contrastive_acc=acc,
+      embedding_std=jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0)),
+    )
     return loss, base.LossAux(batch_stats, method_state, metrics, jnp.mean(z, axis=(1, 2)))
 
   def encode(self, params, batch_stats, images):
@@ -254,7 +291,7 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
 # fmt: off
 DEFAULTS = dict(
   patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
-  context_kernel_rows=3, temperature=0.0, patch_augment={},
+  context_kernel_rows=3, temperature=0.0, patch_augment={}, directions=1,
 )
 # fmt: on
 
@@ -276,6 +313,12 @@ def create(config, total_steps: int) -> CPC:
     g,
     f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
   )
+  directions = int(m.get("directions", 1))
+  if not 1 <= directions <= len(DIRECTION_TURNS):
+    raise ValueError(
+      f"method.directions={directions} must be 1..4 ({', '.join(DIRECTION_NAMES)}, added in "
+      "that order)"
+    )
   encoder = base.encoder_from_config(config)
   context = cpc_nets.RowCausalContext(
     features=int(m.context_dim),
@@ -290,7 +333,7 @@ def create(config, total_steps: int) -> CPC:
     patch_cfg.setdefault("crop_ratio", (1.0, 1.0))
     patch_view = augment.ViewParams(crop_size=patch, **patch_cfg)
   return CPC(
-    net=CPCImageNet(encoder, context, steps),
+    net=CPCImageNet(encoder, context, steps, directions),
     view=view,
     patch_view=patch_view,
     preprocess=base.Preprocess.from_config(config.dataset),
