@@ -2,7 +2,8 @@ r"""BEiT (Bao et al. 2022) stage-two experiment presets (train the tokenizer fir
 
   cpu (default): a tiny ViT (dim 96, depth 4, 3 heads, patch 4, mean-pooled features) on the
       embedded 10k-image CIFAR-10 subset; blockwise masking of 40% of the 64 patches (exactly
-      26), predicting the 256-code VQ-VAE tokens of experiments/beit_tokenizer.py, 6 epochs:
+      26), predicting the 256-code VQ-VAE tokens of experiments/beit_tokenizer.py (codes of
+      per-patch standardised pixels), 12 epochs:
         python -m sslx.main --config=experiments/beit_tokenizer.py --workdir=/tmp/beit-tok
         python -m sslx.main --config=experiments/beit.py --workdir=/tmp/beit-cpu \
           --config.method.tokenizer_workdir=/tmp/beit-tok
@@ -35,7 +36,8 @@ def cpu(opts) -> ml_collections.ConfigDict:
     augment=cl.two_views(32, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.0), grayscale_prob=0.0),
     optimizer=cl.optimizer("adamw", 1e-3, weight_decay=0.05, warmup_epochs=0.5),
     batch_size=128,
-    num_epochs=6.0,
+    # linear probe 40.1 at 12 epochs, 39.6 at 10 (untrained 36.4)
+    num_epochs=12.0,
   )
   return c
 

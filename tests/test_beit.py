@@ -51,10 +51,14 @@ def test_norm_pix_tokenizer_reconstructs_standardised_patches():
   """With norm_pix the decoder's target is every 4×4 patch standardised on its own: zero mean,
   unit (unbiased) variance per patch, and blind to a patch's brightness and contrast; the
   recon_mse metric is the decoder's error against that target."""
-  cfg = tokenizer_config()
-  cfg.unlock()
-  cfg.method.norm_pix = True
-  tok = beit_tokenizer.create(cfg, 0)
+
+  def with_norm_pix(on):
+    cfg = tokenizer_config()
+    cfg.unlock()
+    cfg.method.norm_pix = on
+    return beit_tokenizer.create(cfg, 0)
+
+  tok = with_norm_pix(True)
   x = tok.preprocess(images())
   t = np.asarray(tok.target(x)).reshape(4, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5)
   t = t.reshape(4, 64, 48)
@@ -64,7 +68,7 @@ def test_norm_pix_tokenizer_reconstructs_standardised_patches():
   scale = jnp.repeat(jnp.repeat(jnp.linspace(0.5, 2.0, 64).reshape(1, 8, 8, 1), 4, 1), 4, 2)
   np.testing.assert_allclose(tok.target(x * scale + 0.3), tok.target(x), atol=1e-4)
   # off, the target is the image itself
-  assert beit_tokenizer.create(tokenizer_config(), 0).target(x) is x
+  assert with_norm_pix(False).target(x) is x
   tok = dataclasses.replace(tok, view=None)  # the loss on x as given, no augmentation
   v = tok.init(jax.random.PRNGKey(0), images())
   _, aux = tok.loss(v.params, {}, v.method_state, images(), jax.random.PRNGKey(1), 0)
