@@ -313,7 +313,7 @@ def create(config, total_steps: int) -> CPC:
     g,
     f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
   )
-  directions = int(m.get("directions", 1))
+  directions = int(m.directions)
   if not 1 <= directions <= len(DIRECTION_TURNS):
     raise ValueError(
       f"method.directions={directions} must be 1..4 ({', '.join(DIRECTION_NAMES)}, added in "
