@@ -36,15 +36,18 @@ def _generate(num_permutations: int, seed: int, num_tiles: int) -> np.ndarray:
   total = len(pool)
   if not 1 <= num_permutations <= total:
     raise ValueError(f"num_permutations={num_permutations} must be in [1, {total}]")
-  chosen = np.zeros(total, bool)
+  # One row per tile slot: each distance update is num_tiles contiguous byte comparisons
+  # (1000 of 9! permutations in ~3 s, against ~12 s comparing whole [total, num_tiles] rows).
+  slots = np.ascontiguousarray(pool.T)
   summed = np.zeros(total, np.int64)  # D̄: summed Hamming distance to the chosen set
   j = int(np.random.default_rng(seed).integers(total))
   order = []
   for _ in range(num_permutations):
     order.append(j)
-    chosen[j] = True
-    summed += np.sum(pool != pool[j], axis=1)
-    j = int(np.argmax(np.where(chosen, -1, summed)))
+    for slot, tile in zip(slots, pool[j], strict=True):
+      summed += slot != tile
+    summed[order] = -1  # the chosen ones are never picked again
+    j = int(np.argmax(summed))
   out = pool[np.asarray(order)].astype(np.int32)
   out.setflags(write=False)
   return out
