@@ -121,7 +121,12 @@ def method(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def model(name: str, **kwargs) -> ml_collections.ConfigDict:
-  """`config.model`: a registered model name (sslx/models) and its constructor's kwargs."""
+  """`config.model`: a registered model name (sslx/models) and its constructor's kwargs.
+
+  A CNN that picks its convolution by backend (`conv_impl="auto"`: the CPU-fast one on CPU,
+  XLA's own elsewhere) shows the choice, so `--config.model.conv_impl=xla` can pin it."""
+  if models.registry.takes_option(name, "conv_impl"):
+    kwargs.setdefault("conv_impl", "auto")
   return ml_collections.ConfigDict(dict(name=name, **kwargs))
 
 

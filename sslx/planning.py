@@ -345,8 +345,11 @@ def num_classes_for(config) -> int:
 
 def for_accelerator(config):
   """What the run would build on the accelerator: this process's backend is the CPU, where
-  ResNet's ``conv_impl="auto"`` would pick the CPU-only convolution (sslx/models/fast_conv)."""
-  if config.model.name.startswith("resnet") and config.model.get("conv_impl", "auto") == "auto":
+  ``conv_impl="auto"`` (ResNet's, the demo CNN's, CPC's patch encoder's) would pick a CPU-only
+  convolution (sslx/models/fast_conv)."""
+  name = config.model.name
+  cnn = name.startswith("resnet") or name in ("convnet", "cpc_convnet")
+  if cnn and config.model.get("conv_impl", "auto") == "auto":
     return override(config, **{"model.conv_impl": "xla"})
   return config
 

@@ -180,6 +180,59 @@ def test_fast_conv_matches_lax_conv(k, stride, hw):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+  "k,h,wd,c", [(3, 1, 1, 5), (3, 2, 3, 5), (3, 3, 4, 5), (3, 5, 6, 3), (3, 5, 6, 5), (1, 4, 5, 5)]
+)
+def test_small_map_convs_match_lax_conv(k, h, wd, c):
+  """Every path of small_map_conv2d: 1x1 map, a side of 2, <= 4 channels, lax.conv."""
+  kx, kw, kd = jax.random.split(jax.random.PRNGKey(k * 10 + h), 3)
+  x = jax.random.normal(kx, (3, h, wd, c))
+  w = jax.random.normal(kw, (k, k, c, 6)) * 0.3
+
+  def ref(x, w):
+    return jax.lax.conv_general_dilated(
+      x, w, (1, 1), [(k // 2, k // 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+  y_ref = ref(x, w)
+  dy = jax.random.normal(kd, y_ref.shape)
+  g_ref = jax.vjp(ref, x, w)[1](dy)
+  for conv in (fast_conv.im2col_conv2d, fast_conv.small_map_conv2d):
+    np.testing.assert_allclose(jax.jit(conv)(x, w), y_ref, atol=1e-5, rtol=1e-5)
+    g = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(conv, x, w)[1](dy))(x, w, dy)
+    for a, b in zip(g, g_ref):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="odd kernel"):
+      conv(x, jnp.zeros((2, 2, c, 6)))
+
+
+@pytest.mark.parametrize("name,kw", [("convnet", {}), ("cpc_convnet", dict(widths=(4, 8, 8, 16)))])
+def test_small_cnns_im2col_and_xla_agree(name, kw):
+  """The demo CNN and CPC's patch encoder: same parameters, values and gradients either way
+  (8 px inputs reach the 2x2 and 1x1 maps and every path of small_map_conv2d)."""
+  x = jax.random.normal(KEY, (4, 8, 8, 3))
+  m_i2c = create_model(name, conv_impl="fast", **kw)
+  m_xla = create_model(name, conv_impl="xla", **kw)
+  v = _init(m_xla, x)
+  assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(_init(m_i2c, x))
+  r = jax.random.normal(jax.random.PRNGKey(3), (4, m_xla.widths[-1]))
+
+  def loss(m):
+    def f(p):
+      out, _ = m.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out["pre_logits"] * r)
+
+    return jax.jit(jax.value_and_grad(f))(v["params"])
+
+  (l1, g1), (l2, g2) = loss(m_i2c), loss(m_xla)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    # float32 sums in another order, amplified by BatchNorm's backward: 1e-5 of the leaf's scale
+    np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
+  with pytest.raises(ValueError, match="conv_impl must be"):
+    create_model(name, conv_impl="im2col", **kw)
+
+
 def test_resnet_fast_and_xla_conv_agree():
   # one block per stage: 3x3 and 1x1 convs, strides 1 and 2, identity and projection shortcuts
   x = jax.random.normal(KEY, (4, 8, 8, 3))

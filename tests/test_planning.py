@@ -47,6 +47,18 @@ def test_knobs_offer_only_what_the_config_does_not_use_yet():
   assert (changed.model.remat, changed.batch_size, c.model.remat) == ("block", 8, "dots")
 
 
+def test_plans_build_the_accelerator_convolutions():
+  """The planner runs on the CPU, where conv_impl="auto" picks CPU-only convolutions: a plan
+  is of the model with XLA's own, as on the accelerator; an explicit choice stays."""
+  for name in ("simclr", "cpc"):  # the demo CNN, CPC's patch encoder
+    c = experiment(name)
+    assert planning.for_accelerator(c).model.conv_impl == "xla"
+    c.model.conv_impl = "fast"
+    assert planning.for_accelerator(c).model.conv_impl == "fast"
+  vit = experiment("mae")
+  assert "conv_impl" not in planning.for_accelerator(vit).model
+
+
 def test_plan_cli_environment():
   """A GPU estimate gets as many fake CPU devices as GPUs before jax starts; a TPU slice
   needs none (its devices come from libtpu's compile-only client)."""

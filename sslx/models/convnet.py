@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from sslx.models import precision
+from sslx.models.fast_conv import SmallMapConv, resolve_conv_impl
 from sslx.models.registry import register_model
 
 
@@ -67,6 +68,9 @@ class ConvNet(nn.Module):
   num_classes: int = 0
   dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
   mask_token: bool = False  # a learned pixel colour for `token_mask` (DINOv2's iBOT term)
+  # "auto": on CPU models/fast_conv.small_map_conv2d (matmuls on 1x1 and 2x2 maps and on the
+  # 3-channel input), nn.Conv elsewhere; the parameters are the same either way.
+  conv_impl: str = "auto"
 
   @property
   def patch_size(self) -> int:
@@ -83,8 +87,12 @@ class ConvNet(nn.Module):
         x = jnp.where(self._pixel_mask(token_mask, x.shape), colour, x)
     elif token_mask is not None:
       raise ValueError("token_mask needs a mask colour: build the ConvNet with mask_token=True")
+    fast = resolve_conv_impl(self.conv_impl) == "fast"
     for i, w in enumerate(self.widths):
-      x = nn.Conv(w, (3, 3), padding="SAME", use_bias=False, dtype=dtype, name=f"conv{i}")(x)
+      if fast:
+        x = SmallMapConv(w, (3, 3), use_bias=False, dtype=dtype, name=f"conv{i}")(x)
+      else:
+        x = nn.Conv(w, (3, 3), padding="SAME", use_bias=False, dtype=dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"bn{i}"
       )(x)
@@ -122,6 +130,10 @@ def convnet(
   pool: bool = True,
   num_classes: int = 0,
   dtype: str = "float32",
+  conv_impl: str = "auto",
 ):
   precision.compute_dtype(dtype)
-  return ConvNet(widths=tuple(widths), pool=pool, num_classes=num_classes, dtype=dtype)
+  resolve_conv_impl(conv_impl)
+  return ConvNet(
+    widths=tuple(widths), pool=pool, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl
+  )

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslx.models.convnet import max_pool_2x2
+from sslx.models.fast_conv import SmallMapConv, resolve_conv_impl
 from sslx.models.registry import register_model
 
 
@@ -38,19 +39,24 @@ class PatchConvNet(nn.Module):
 
   widths: Sequence[int] = (32, 64, 128, 256)
   blocks: int = 1
+  conv_impl: str = "auto"  # as the demo CNN's (models/fast_conv.small_map_conv2d on CPU)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train  # no batch statistics, no dropout: the same function in training and eval
     x = jnp.asarray(x, jnp.float32)
+    if resolve_conv_impl(self.conv_impl) == "fast":
+      conv = lambda w, kernel, name: SmallMapConv(w, kernel, name=name)  # noqa: E731
+    else:
+      conv = lambda w, kernel, name: nn.Conv(w, kernel, padding="SAME", name=name)  # noqa: E731
     for i, w in enumerate(self.widths):
       # On a 1x1 map a padded 3x3 convolution only uses its centre tap: use a 1x1 (same
       # function class, 9x fewer multiplications).
       kernel = (3, 3) if x.shape[1] > 1 or x.shape[2] > 1 else (1, 1)
-      x = nn.Conv(w, kernel, padding="SAME", name=f"conv{i}")(x)
+      x = conv(w, kernel, f"conv{i}")(x)
       x = nn.relu(nn.GroupNorm(num_groups=1, name=f"norm{i}")(x))
       for j in range(1, self.blocks):
-        y = nn.Conv(w, kernel, padding="SAME", name=f"conv{i}_{j}")(x)
+        y = conv(w, kernel, f"conv{i}_{j}")(x)
         x = nn.relu(x + nn.GroupNorm(num_groups=1, name=f"norm{i}_{j}")(y))
       if x.shape[1] > 1 and x.shape[2] > 1:
         # the demo CNN's max-pool: XLA's own gradient (a select-and-scatter) made this
@@ -60,8 +66,11 @@ class PatchConvNet(nn.Module):
 
 
 @register_model("cpc_convnet")
-def cpc_convnet(widths: Sequence[int] = (32, 64, 128, 256), blocks: int = 1):
-  return PatchConvNet(widths=tuple(widths), blocks=blocks)
+def cpc_convnet(
+  widths: Sequence[int] = (32, 64, 128, 256), blocks: int = 1, conv_impl: str = "auto"
+):
+  resolve_conv_impl(conv_impl)
+  return PatchConvNet(widths=tuple(widths), blocks=blocks, conv_impl=conv_impl)
 
 
 class RowCausalContext(nn.Module):

@@ -27,6 +27,11 @@ def available_models() -> list:
   return sorted(_REGISTRY)
 
 
+def takes_option(name: str, option: str) -> bool:
+  """Whether the model registered as ``name`` accepts the keyword ``option``."""
+  return name in _REGISTRY and option in inspect.signature(_REGISTRY[name]).parameters
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
   """Build the model registered as ``name`` with the given keyword overrides.
 

@@ -35,24 +35,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sslx.models import precision
-from sslx.models.fast_conv import FastConv
+from sslx.models.fast_conv import FastConv, resolve_conv_impl
 from sslx.models.registry import register_model
 
 ModuleDef = Any
 
 _KAIMING = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's init
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-  if conv_impl not in ("auto", "xla", "fast"):
-    raise ValueError(f"conv_impl must be 'auto', 'xla' or 'fast', got {conv_impl!r}")
-  if conv_impl == "auto":
-    return "fast" if jax.default_backend() == "cpu" else "xla"
-  return conv_impl
 
 
 class ResidualBlock(nn.Module):
