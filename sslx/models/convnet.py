@@ -68,8 +68,8 @@ class ConvNet(nn.Module):
   num_classes: int = 0
   dtype: Any = "float32"  # compute dtype; params stay float32 (see models/precision.py)
   mask_token: bool = False  # a learned pixel colour for `token_mask` (DINOv2's iBOT term)
-  # "auto": on CPU models/fast_conv.small_map_conv2d (matmuls on 1x1 and 2x2 maps and on the
-  # 3-channel input), nn.Conv elsewhere; the parameters are the same either way.
+  # "auto": on CPU models/fast_conv.small_map_conv2d (matmuls on 1x1 and 2x2 maps), nn.Conv
+  # elsewhere; the parameters are the same either way.
   conv_impl: str = "auto"
 
   @property

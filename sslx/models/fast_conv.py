@@ -1,6 +1,6 @@
 """2-D convolutions that run fast on XLA:CPU: ``conv2d`` (ResNet's) with a custom VJP for its
 weight gradient, and ``small_map_conv2d`` (the demo CNN's and the CPC patch encoder's) for the
-1x1 and 2x2 maps and 3-channel inputs where XLA:CPU's convolution is slowest; see its docstring.
+1x1 and 2x2 maps where XLA:CPU's convolution is slowest; see its docstring.
 
 ``conv2d(x, w, stride)`` is ``lax.conv_general_dilated`` (NHWC x HWIO, symmetric padding k//2,
 no bias). Forward and input gradient are exactly what autodiff produces. Only the weight
@@ -145,10 +145,11 @@ def small_map_conv2d(x, w):
 
   * a 1x1 map: only the kernel's centre tap meets the input, so one [N, C] x [C, O] matmul
     (128->256, 576 maps: 5.4 ms against 24.6 ms for ``lax.conv``);
-  * a map with a side of 2, or an input of <= 4 channels (the first layer):
-    :func:`im2col_conv2d` (128->256 on 2x2, 256 maps: 8.7 ms against 132 ms; 3->32 on 32x32,
-    512 maps: 42 ms against 97 ms);
-  * anything else: ``lax.conv`` itself, faster there (0.7-0.94x as a matmul).
+  * a map with a side of 2: :func:`im2col_conv2d` (128->256 on 2x2, 256 maps: 8.7 ms against
+    132 ms);
+  * anything else: ``lax.conv`` itself. It is faster on larger maps (0.7-0.94x as a matmul)
+    except for the 3-channel first layer (2.2-2.7x as a matmul, yet only 2% of the SimCLR
+    demo's step), and it keeps runs on whole 32 px images bit-identical to ``nn.Conv``'s.
 
   The demo CNN meets the 1x1 and 2x2 maps on jigsaw tiles, DINO's 16 px local crops and
   CPC's 8 px patches. Values and gradients equal ``lax.conv``'s to float32 rounding.
@@ -159,7 +160,7 @@ def small_map_conv2d(x, w):
     raise ValueError(f"small_map_conv2d needs an odd kernel, got {kh}x{kw}")
   if h == 1 and wd == 1:
     return (x.reshape(n, c) @ w[kh // 2, kw // 2]).reshape(n, 1, 1, o)
-  if c <= 4 or min(h, wd) <= 2:
+  if min(h, wd) <= 2:
     return im2col_conv2d(x, w)
   return lax.conv_general_dilated(x, w, (1, 1), _pads((kh, kw)), dimension_numbers=_DN)
 
