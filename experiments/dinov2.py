@@ -1,7 +1,7 @@
 r"""DINOv2-style (Oquab et al. 2023: DINO + iBOT + KoLeo) experiment presets.
 
   cpu (default): DINO's demo (the 4-conv CNN, 2 global 32 px + 4 local 16 px crops, a head
-      with BatchNorm, teacher momentum 0.98, AdamW 2e-3, 4.5 epochs) with DINOv2's three
+      with BatchNorm, teacher momentum 0.98, AdamW 2e-3, 8 epochs) with DINOv2's three
       terms on the embedded 10k-image CIFAR-10 subset: K = 1024 for both heads (shared), iBOT
       on the CNN's last-block cells (a 4x4 grid of 8 px cells; masking p = 0.5 with ratio
       U(0.1, 0.5), masked cells painted with a learned colour), KoLeo 0.1, running centers:
@@ -60,7 +60,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     bottleneck_dim=128,
     teacher_temp=0.04,
     # As DINO's CNN demo: BatchNorm in the head keeps the CNN's teacher from drifting to
-    # uniform outputs, and a 4.5-epoch teacher follows the student at 0.98.
+    # uniform outputs, and a teacher of a few epochs follows the student at 0.98.
     head_bn=True,
     base_momentum=0.98,
   )
