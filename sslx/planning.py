@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sslx import train
+from sslx import models, train
 
 GiB = 2**30
 
@@ -347,9 +347,8 @@ def for_accelerator(config):
   """What the run would build on the accelerator: this process's backend is the CPU, where
   ``conv_impl="auto"`` (ResNet's, the demo CNN's, CPC's patch encoder's) would pick a CPU-only
   convolution (sslx/models/fast_conv)."""
-  name = config.model.name
-  cnn = name.startswith("resnet") or name in ("convnet", "cpc_convnet")
-  if cnn and config.model.get("conv_impl", "auto") == "auto":
+  takes_it = models.registry.takes_option(config.model.name, "conv_impl")
+  if takes_it and config.model.get("conv_impl", "auto") == "auto":
     return override(config, **{"model.conv_impl": "xla"})
   return config
 
