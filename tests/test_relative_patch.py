@@ -94,3 +94,35 @@ def test_cpu_preset_short_run_learns(tmp_path):
   # a method that learns nothing drops by exactly 0. Over 40% of it is asked.
   assert_learns(c, tmp_path, margin=0.02, measured=0.047)
   assert (tmp_path / "results.json").exists()
+
+
+def test_all_neighbours_classifies_each_pair_as_the_pair_net_does():
+  c = tiny("relative_patch", **SMALL, **{"method.all_neighbours": True})
+  method = rp.create(c, total_steps=6)
+  images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), np.uint8)
+  v = method.init(jax.random.PRNGKey(0), images)
+  variables = {"params": v.params, "batch_stats": v.batch_stats}
+  grids = method.grids(jax.random.PRNGKey(1), images)  # [3, 9, P, P, 3]
+  assert grids.shape == (3, 9, method.patch_size, method.patch_size, 3)
+  _, grouped = method.net.apply(variables, grids, train=False, groups=rp.GRID_PAIRS)
+  # The same pairs stacked as the one-pair task feeds them: (centre, neighbour k) for label k.
+  pairs = jnp.stack([grids[:, [4, n]] for _, n in rp.GRID_PAIRS], axis=1).reshape(
+    (-1, 2) + grids.shape[2:]
+  )
+  _, single = method.net.apply(variables, pairs, train=False)
+  np.testing.assert_allclose(np.asarray(grouped), np.asarray(single), rtol=1e-5, atol=1e-5)
+  # Label k is the neighbour cell NEIGHBOURS[k] of the row-major grid.
+  assert [divmod(n, 3) for _, n in rp.GRID_PAIRS] == list(rp.NEIGHBOURS)
+  loss, aux = jax.jit(method.loss)(
+    v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
+  )
+  assert abs(float(loss) - np.log(8)) < 1.0 and aux.features.shape == (3, c.model.widths[-1])
+
+
+def test_grid_cuts_every_cell_at_its_corner():
+  img = jnp.asarray(np.random.default_rng(0).random((48, 48, 3)), jnp.float32)
+  key = jax.random.PRNGKey(3)
+  grid = np.asarray(rp.make_grid(key, img, 48, 12, 4, 1, "none"))
+  c = np.asarray(rp.patch_corners(jax.random.split(key)[0], 48, 12, 4, 1)).reshape(9, 2)
+  for i, (r, q) in enumerate(c):
+    np.testing.assert_array_equal(grid[i], np.asarray(img)[r : r + 12, q : q + 12])

@@ -7,7 +7,9 @@ Per image (on device, pure functions of the step's rng, static shapes):
   2. jitter every patch independently by up to `jitter` px on each axis (the paper: "up to 7
      pixels"), so that the layout never lines up exactly;
   3. take the centre patch and one of its 8 neighbours, chosen uniformly: the label (0..7,
-     row-major over the grid without its centre);
+     row-major over the grid without its centre); with `all_neighbours` every image gives
+     all 8 pairs instead, its 9 patches encoded once (`make_grid`, `GRID_PAIRS`): 8 labels
+     for 9 patches encoded rather than 1 for 2, each pair still classified on its own;
   4. optionally remove chromatic aberration (`color_guard`, paper §3.1): "project" shifts
      green and magenta toward grey (projects every pixel off the green–magenta axis
      (−1, 2, −1)/√6), "drop" keeps one random channel per patch and replaces the other two
@@ -18,6 +20,7 @@ concatenated and an MLP predicts the 8-way position (`pretext_nets.TileSetClassi
 Config (`config.method`):
   image_size, patch_size, gap, jitter: geometry above (3·patch + 2·gap + 2·jitter <= image)
   color_guard: "none" | "project" | "drop"
+  all_neighbours: False (the paper: one random pair per image) | True (all 8 pairs)
   tile_dim, head_hidden: per-patch fc width, classifier hidden widths (paper: fc6 4096, fc7
                          4096 then fc8 8)
 """
@@ -95,6 +98,22 @@ def make_pair(rng, image, image_size: int, patch_size: int, gap: int, jitter: in
   return jnp.stack([centre, other]), label
 
 
+def make_grid(rng, image, image_size: int, patch_size: int, gap: int, jitter: int, guard: str):
+  """All nine patches of one image: [H, W, 3] float image -> [9, P, P, 3], row-major (the
+  centre is index 4), each with its own jitter and chromatic-aberration guard."""
+  k_grid, k_guard = jax.random.split(rng)
+  if image.shape[0] != image_size or image.shape[1] != image_size:
+    image = jax.image.resize(image, (image_size, image_size, 3), "bilinear")
+  corners = patch_corners(k_grid, image_size, patch_size, gap, jitter).reshape(9, 2)
+  cut = lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (patch_size, patch_size, 3))
+  guard_one = lambda k, o: remove_chromatic_aberration(k, cut(o), guard)
+  return jax.vmap(guard_one)(jax.random.split(k_guard, 9), corners)
+
+
+# (centre, neighbour) tile indices of the row-major 3×3 grid, in label order (NEIGHBOURS).
+GRID_PAIRS = tuple((4, 3 * r + c) for r, c in NEIGHBOURS)
+
+
 @dataclasses.dataclass(frozen=True)
 class RelativePatch(base.Method):
   net: pretext_nets.TileSetClassifier
@@ -105,6 +124,7 @@ class RelativePatch(base.Method):
   gap: int
   jitter: int
   color_guard: str
+  all_neighbours: bool = False
 
   def init(self, rng, images) -> base.Variables:
     pairs = jnp.zeros((2, 2, self.patch_size, self.patch_size, 3), jnp.float32)
@@ -123,11 +143,29 @@ class RelativePatch(base.Method):
     )(keys, x)
     return self.preprocess(patches), labels
 
+  def grids(self, rng, images):
+    """uint8 [B, H, W, 3] -> normalised patches [B, 9, P, P, 3] (row-major 3×3 grids)."""
+    k_view, k_grid = jax.random.split(rng)
+    x = base.view_pixels(k_view, images, self.view)
+    keys = jax.random.split(k_grid, images.shape[0])
+    grids = jax.vmap(
+      lambda k, im: make_grid(
+        k, im, self.image_size, self.patch_size, self.gap, self.jitter, self.color_guard
+      )
+    )(keys, x)
+    return self.preprocess(grids)
+
   def loss(self, params, batch_stats, method_state, images, rng, step):
     del step
-    patches, labels = self.pairs(rng, images)
+    variables = {"params": params, "batch_stats": batch_stats}
+    if self.all_neighbours:
+      # Every image gives all 8 (centre, neighbour) pairs; its 9 patches are encoded once.
+      tiles, groups = self.grids(rng, images), GRID_PAIRS
+      labels = jnp.tile(jnp.arange(NUM_POSITIONS, dtype=jnp.int32), images.shape[0])
+    else:
+      (tiles, labels), groups = self.pairs(rng, images), None
     (_, logits), updates = self.net.apply(
-      {"params": params, "batch_stats": batch_stats}, patches, train=True, mutable=["batch_stats"]
+      variables, tiles, train=True, groups=groups, mutable=["batch_stats"]
     )
     loss, acc = losses.softmax_cross_entropy(logits, labels)
     # Online probe: whole-image features (eval-mode BN, no gradient), what `encode` returns.
@@ -140,7 +178,7 @@ class RelativePatch(base.Method):
 # fmt: off
 DEFAULTS = dict(
   image_size=48, patch_size=12, gap=4, jitter=1, color_guard="project", tile_dim=256,
-  head_hidden=(512,),
+  head_hidden=(512,), all_neighbours=False,
 )
 # fmt: on
 
@@ -165,6 +203,7 @@ def create(config, total_steps: int) -> RelativePatch:
     gap=int(m.gap),
     jitter=int(m.jitter),
     color_guard=guard,
+    all_neighbours=bool(m.all_neighbours),
   )
   if 3 * method.patch_size + 2 * method.gap + 2 * method.jitter > method.image_size:
     raise ValueError("method: 3·patch_size + 2·gap + 2·jitter must be <= image_size")

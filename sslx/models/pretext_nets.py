@@ -51,11 +51,18 @@ class TileSetClassifier(nn.Module):
   hidden: Sequence[int] = (512,)
 
   @nn.compact
-  def __call__(self, tiles, train: bool = True):
+  def __call__(self, tiles, train: bool = True, groups=None):
+    """`groups`: None classifies all K tiles of an example together; a static tuple of
+    index tuples classifies each group of those tiles on its own (every group the same
+    size), so tiles shared by several groups are encoded once: logits [B·len(groups), ...]."""
     b, k = tiles.shape[:2]
     feats = self.encoder(tiles.reshape((b * k,) + tiles.shape[2:]), train=train)["pre_logits"]
     z = nn.relu(nn.Dense(self.tile_dim, name="tile_fc")(feats))  # Noroozi's fc6, per tile
-    z = z.reshape(b, k * self.tile_dim)
+    z = z.reshape(b, k, self.tile_dim)
+    if groups is not None:
+      z = z[:, jnp.asarray(groups)]  # [B, G, n, tile_dim]
+      b = b * len(groups)
+    z = z.reshape(b, -1)
     logits = MLPHead(hidden_dims=tuple(self.hidden), out_dim=self.num_classes, name="classifier")(
       z, train=train
     )
