@@ -4,8 +4,8 @@ Method: sslx/methods/cpc.py; patch encoder and context network: sslx/models/cpc_
   cpu (default): the demo. A BN-free 4-conv CNN (widths 16-128) on 8x8 patches (a 7x7 grid
       at stride 4 on 32 px images), a row-causal context of 3 layers, predicting rows 2 and 3
       ahead (row 1 shares half its pixels with the context's row), per-patch colour
-      augmentation, cosine score τ=0.1, 400 steps of batch 64, on the embedded 10k-image
-      CIFAR-10 subset:
+      augmentation and flips, cosine score τ=0.1, 400 steps of batch 64, on the embedded
+      10k-image CIFAR-10 subset:
         python -m sslx.main --config=experiments/cpc.py --workdir=/tmp/cpc-cpu
       Prints k-NN and linear-probe accuracy for the pretrained encoder (mean-pooled patch
       embeddings), the untrained one and raw pixels (the trainer's images/s counts two views
@@ -34,7 +34,8 @@ def cpu(opts) -> ml_collections.ConfigDict:
       # Cosine score at τ=0.1 instead of the paper's zᵀ W_k c (temperature=0): see
       # methods/cpc.py; in the demo it is what makes the features beat random init on k-NN.
       temperature=0.1,
-      # Each patch its own colour jitter and colour dropping (Hénaff et al. 2019 §4.1).
+      # Each patch its own colour jitter, colour dropping and horizontal flip (Hénaff et al.
+      # 2019 §4.1).
       patch_augment=dict(
         brightness=0.4,
         contrast=0.4,
@@ -43,7 +44,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
         jitter_prob=0.8,
         grayscale_prob=0.5,
         blur_prob=0.0,
-        flip_prob=0.0,
+        flip_prob=0.5,
       ),
     ),
     # 49 overlapping patches cost ~3x the pixels of the whole image: half the demo CNN's widths.
