@@ -83,16 +83,22 @@ def remove_chromatic_aberration(rng, patch: jax.Array, guard: str) -> jax.Array:
   raise ValueError(f"method.color_guard={guard!r}; valid choices: {COLOR_GUARDS}")
 
 
+def patch_cutter(image, image_size: int, patch_size: int):
+  """Resizes one [H, W, 3] image to `image_size` (if needed) and returns corner (row, col) ->
+  its [P, P, 3] patch there."""
+  if image.shape[0] != image_size or image.shape[1] != image_size:
+    image = jax.image.resize(image, (image_size, image_size, 3), "bilinear")
+  return lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (patch_size, patch_size, 3))
+
+
 def make_pair(rng, image, image_size: int, patch_size: int, gap: int, jitter: int, guard: str):
   """One example: [H, W, 3] float image -> (patches [2, P, P, 3] (centre, neighbour),
   label int32 in 0..7)."""
   k_grid, k_lab, k_c0, k_c1 = jax.random.split(rng, 4)
-  if image.shape[0] != image_size or image.shape[1] != image_size:
-    image = jax.image.resize(image, (image_size, image_size, 3), "bilinear")
+  cut = patch_cutter(image, image_size, patch_size)
   corners = patch_corners(k_grid, image_size, patch_size, gap, jitter)
   label = jax.random.randint(k_lab, (), 0, NUM_POSITIONS, dtype=jnp.int32)
   cells = jnp.asarray(NEIGHBOURS, jnp.int32)[label]
-  cut = lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (patch_size, patch_size, 3))
   centre = remove_chromatic_aberration(k_c0, cut(corners[1, 1]), guard)
   other = remove_chromatic_aberration(k_c1, cut(corners[cells[0], cells[1]]), guard)
   return jnp.stack([centre, other]), label
@@ -102,10 +108,8 @@ def make_grid(rng, image, image_size: int, patch_size: int, gap: int, jitter: in
   """All nine patches of one image: [H, W, 3] float image -> [9, P, P, 3], row-major (the
   centre is index 4), each with its own jitter and chromatic-aberration guard."""
   k_grid, k_guard = jax.random.split(rng)
-  if image.shape[0] != image_size or image.shape[1] != image_size:
-    image = jax.image.resize(image, (image_size, image_size, 3), "bilinear")
+  cut = patch_cutter(image, image_size, patch_size)
   corners = patch_corners(k_grid, image_size, patch_size, gap, jitter).reshape(9, 2)
-  cut = lambda o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (patch_size, patch_size, 3))
   guard_one = lambda k, o: remove_chromatic_aberration(k, cut(o), guard)
   return jax.vmap(guard_one)(jax.random.split(k_guard, 9), corners)
 
