@@ -48,6 +48,23 @@ def test_a_tiny_run_is_timed_and_tabulated(tmp_path):
     ["--workdir", str(tmp_path), "--only=rotation", "--preset=tiny", "--no_docs"]
   )
   assert rows[0]["name"] == "rotation" and rows[0]["metric"] == "linear"
-  assert rows[0]["wall"] > 0
+  assert rows[0]["wall"] > 0 and rows[0]["commit"] == first_runs.source_version()
   assert json.loads((tmp_path / "rotation" / "results.json").read_text())["steps"] == 4
   assert "| rotation |" in (tmp_path / "first_runs.md").read_text()
+
+
+def test_a_finished_run_is_read_with_the_commit_it_ran_at(tmp_path):
+  out = tmp_path / "rotation"
+  out.mkdir()
+  (out / "results.json").write_text(json.dumps({"linear": 50.0}))
+  (out / "first_run.json").write_text(json.dumps({"wall_s": 120.0, "commit": "abc1234"}))
+  results = first_runs.run("rotation", "", tmp_path)  # nothing is trained: it is finished
+  assert (results["wall_s"], results["commit"]) == (120.0, "abc1234")
+  (out / "first_run.json").write_text(json.dumps({"wall_s": 120.0}))  # older timing file
+  assert first_runs.run("rotation", "", tmp_path)["commit"] == "unknown"
+
+
+def test_stamp_names_each_commit_when_runs_come_from_several():
+  rows = [dict(name=n, commit=c) for n, c in (("a", "111"), ("b", "222"), ("c", "111"))]
+  assert first_runs.stamp(rows[:1] + rows[2:], "2026-01-02") == "on 2026-01-02 at commit 111"
+  assert first_runs.stamp(rows, "2026-01-02") == "on 2026-01-02 at commits 111 (a, c); 222 (b)"

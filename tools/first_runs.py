@@ -11,8 +11,9 @@ self-distillation methods, the linear probe for masked modeling and pretext task
 same protocol on the untrained encoder and on raw pixels. The table (method, wall time, metric,
 untrained, raw pixels, margin over the better baseline) and a bar chart replace the block
 between the `first-runs` markers in docs/results.md and README.md, stamped with the date and
-the commit; nothing in that block is edited by hand. A run already finished in --workdir is
-read, not repeated (delete its folder to run it again).
+the commit each run was made at; nothing in that block is edited by hand. A run already
+finished in --workdir is read, not repeated (delete its folder to run it again): it keeps the
+commit it ran at, so a table mixing runs of several commits names each commit and its rows.
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ def experiments() -> list[str]:
   return [n for n in names if n != "beit_tokenizer"]
 
 
+def source_version() -> str:
+  """The short commit of the code a run uses, "-dirty" when tracked files differ from it."""
+
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def run(name: str, preset: str, workdir: pathlib.Path) -> dict:
   """Trains and evaluates one experiment in workdir/<name> (skipped when already finished);
-  returns its results.json with the measured wall time added."""
+  returns its results.json with the measured wall time and the commit it ran at added."""
   out = workdir / name
   results_path = out / "results.json"
   timing = out / "first_run.json"
@@ -77,13 +88,16 @@ def run(name: str, preset: str, workdir: pathlib.Path) -> dict:
     else:
       before = None
     print(f"{name}: {' '.join(cmd[1:])}", flush=True)
+    version = source_version()
     start = time.perf_counter()
     with open(out / "first_run.log", "w") as log:
       for c in [before, cmd] if before else [cmd]:
         subprocess.run(c, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+    timing.write_text(json.dumps({"wall_s": time.perf_counter() - start, "commit": version}))
   results = json.loads(results_path.read_text())
-  results["wall_s"] = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
+  meta = json.loads(timing.read_text()) if timing.exists() else {}
+  results["wall_s"] = meta.get("wall_s")
+  results["commit"] = meta.get("commit", "unknown")
   return results
 
 
@@ -106,15 +120,28 @@ def row(name: str, results: dict) -> dict:
     margin=margin,
     wall=wall,
     passed=passed,
+    commit=results.get("commit", "unknown"),
   )
 
 
-def table(rows: list[dict], stamp: str) -> str:
+def stamp(rows: list[dict], date: str) -> str:
+  """The table's stamp: the date and the commit the runs were made at, or, when they come from
+  several commits, each commit with its runs."""
+  by_commit: dict[str, list[str]] = {}
+  for r in rows:
+    by_commit.setdefault(r["commit"], []).append(r["name"])
+  if len(by_commit) == 1:
+    return f"on {date} at commit {next(iter(by_commit))}"
+  parts = [f"{c} ({', '.join(names)})" for c, names in by_commit.items()]
+  return f"on {date} at commits {'; '.join(parts)}"
+
+
+def table(rows: list[dict], when: str) -> str:
   def f(x, fmt="{:.2f}"):
     return "–" if x is None else fmt.format(x)
 
   lines = [
-    f"Measured {stamp} with `python tools/first_runs.py` (one seed, 2,000 test images: one",
+    f"Measured {when} with `python tools/first_runs.py` (one seed, 2,000 test images: one",
     "standard error is about 1.1 points). A run passes with at least "
     f"+{MARGIN:g} points over the better baseline within {BUDGET_S / 60:g} minutes.",
     "",
@@ -181,11 +208,7 @@ def main(argv=None):
     parser.error(f"unknown experiments {unknown}; valid: {experiments()}")
   workdir = pathlib.Path(args.workdir)
   rows = [row(n, run(n, args.preset, workdir)) for n in names]
-  commit = subprocess.run(
-    ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-  ).stdout.strip()
-  stamp = f"on {datetime.date.today().isoformat()} at commit {commit or 'unknown'}"
-  text = table(rows, stamp)
+  text = table(rows, stamp(rows, datetime.date.today().isoformat()))
   print(text)
   (workdir / "first_runs.md").write_text(text + "\n")
   if not args.no_docs:
