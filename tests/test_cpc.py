@@ -90,6 +90,32 @@ def test_image_shapes_encode_and_loss():
   assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1", "contrastive_acc_k3"}
 
 
+def test_encoder_input_size_resizes_every_patch_before_the_encoder():
+  """method.encoder_input_size=16: each 8 px patch is resized (bilinear) to 16 px and only
+  then encoded, in training and in `encode`; the z grid keeps its 7x7 layout."""
+  settings = {"augment.enabled": False, "method.patch_augment": {}}
+  plain = make(tiny_cpc(**settings, **{"method.encoder_input_size": 0}))
+  resized = make(tiny_cpc(**settings, **{"method.encoder_input_size": 16}))
+  images = some_images(2)
+  params = jax.jit(resized.init)(jax.random.PRNGKey(0), images).params
+  patches = cpc.patch_grid(resized.preprocess(images), 8, 4)  # [2, 7, 7, 8, 8, 3]
+  big = jax.image.resize(patches.reshape(98, 8, 8, 3), (98, 16, 16, 3), "bilinear")
+  want = resized.net.encoder.apply({"params": params["encoder"]}, big)["pre_logits"]
+  z, _ = resized.net.apply({"params": params}, patches)
+  np.testing.assert_allclose(
+    np.asarray(z), np.asarray(want).reshape(2, 7, 7, -1), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    np.asarray(resized.encode(params, {}, images)),
+    np.asarray(z.mean(axis=(1, 2))),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  # the same parameters on the unresized 8 px patches give another function
+  z8, _ = plain.net.apply({"params": params}, patches)
+  assert not np.allclose(np.asarray(z8), np.asarray(z), atol=1e-3)
+
+
 def test_four_directions_each_predict_their_own_way():
   """directions=4 (CPC v2): one encoder, the z grid turned for bottom-up, right-left and
   left-right with a context network and predictors each; the loss is the mean of the four

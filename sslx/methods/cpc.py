@@ -49,6 +49,8 @@ same `predictive_info_nce` over time steps.
 
 Config (`config.method`):
   patch_size, patch_stride:  P and s (8 and 4 for 32 px images)
+  encoder_input_size:        0, or the size every patch is resized to (bilinear) before the
+                             encoder, so that a deeper patch encoder sees maps larger than 1x1
   steps_ahead:               K, the farthest row predicted (must be < G; `create` checks)
   first_step:                the nearest row predicted (1, or 2 to skip overlapping patches)
   patch_augment:             per-patch augmentation ({} or None: off)
@@ -177,6 +179,7 @@ class CPCImageNet(CPCNet):
   context: nn.Module
   steps: Sequence[int]
   directions: int = 1
+  input_size: int = 0  # > 0: every patch resized to this many px before the encoder
 
   @nn.compact
   def __call__(self, x):
@@ -195,6 +198,9 @@ class CPCImageNet(CPCNet):
     """z [B, G, G, D]: every patch encoded on its own."""
     b, g1, g2 = patches.shape[:3]
     flat = patches.reshape((b * g1 * g2,) + patches.shape[3:])
+    if self.input_size and self.input_size != flat.shape[1]:
+      n, c = flat.shape[0], flat.shape[-1]
+      flat = jax.image.resize(flat, (n, self.input_size, self.input_size, c), "bilinear")
     return self.encoder(flat, train=True)["pre_logits"].reshape(b, g1, g2, -1)
 
   def pooled(self, patches):
@@ -291,7 +297,7 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
 # fmt: off
 DEFAULTS = dict(
   patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
-  context_kernel_rows=3, temperature=0.0, patch_augment={}, directions=1,
+  context_kernel_rows=3, temperature=0.0, patch_augment={}, directions=1, encoder_input_size=0,
 )
 # fmt: on
 
@@ -333,7 +339,7 @@ def create(config, total_steps: int) -> CPC:
     patch_cfg.setdefault("crop_ratio", (1.0, 1.0))
     patch_view = augment.ViewParams(crop_size=patch, **patch_cfg)
   return CPC(
-    net=CPCImageNet(encoder, context, steps, directions),
+    net=CPCImageNet(encoder, context, steps, directions, int(m.encoder_input_size)),
     view=view,
     patch_view=patch_view,
     preprocess=base.Preprocess.from_config(config.dataset),
