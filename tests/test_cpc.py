@@ -400,7 +400,7 @@ def test_1d_cpc_predicts_a_predictable_future_and_not_noise():
 def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   # 6 warm-up steps of 312: the short run must learn at once
   config = tiny("cpc", total_steps=30, batch_size=32, **{"optimizer.warmup_epochs": 0.02})
-  # 30 steps cut the held-out InfoNCE by 0.252 (seed 0); half of it is asked.
-  assert_learns(config, tmp_path, margin=0.12, measured=0.252)
+  # 30 steps cut the held-out InfoNCE by 0.323 (seed 0); half of it is asked.
+  assert_learns(config, tmp_path, margin=0.16, measured=0.323)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["method"] == "cpc" and saved["steps"] == 30 and saved["knn@5"] > 10.0
