@@ -320,6 +320,8 @@ def test_steps_ahead_beyond_the_grid_fails_before_training(tmp_path):
   with pytest.raises(ValueError, match="first_step=4 must be in"):
     make(tiny_cpc(**{"method.first_step": 4}))
   assert make(tiny_cpc(**{"method.first_step": 2})).steps == (2, 3)
+  with pytest.raises(ValueError, match="encoder_input_size=-16 must be 0 .* own 8 px"):
+    make(tiny_cpc(**{"method.encoder_input_size": -16}))
   net = tiny_1d_net(steps=(1, 8))
   x = jnp.zeros((2, 64, 1))
   with pytest.raises(

@@ -319,6 +319,12 @@ def create(config, total_steps: int) -> CPC:
     g,
     f"the {g}x{g} grid of {patch} px patches at stride {stride} on {size} px images",
   )
+  input_size = int(m.encoder_input_size)
+  if input_size < 0:
+    raise ValueError(
+      f"method.encoder_input_size={input_size} must be 0 (patches encoded at their own "
+      f"{patch} px) or the size in px every patch is resized to before the encoder"
+    )
   directions = int(m.directions)
   if not 1 <= directions <= len(DIRECTION_TURNS):
     raise ValueError(
@@ -339,7 +345,7 @@ def create(config, total_steps: int) -> CPC:
     patch_cfg.setdefault("crop_ratio", (1.0, 1.0))
     patch_view = augment.ViewParams(crop_size=patch, **patch_cfg)
   return CPC(
-    net=CPCImageNet(encoder, context, steps, directions, int(m.encoder_input_size)),
+    net=CPCImageNet(encoder, context, steps, directions, input_size),
     view=view,
     patch_view=patch_view,
     preprocess=base.Preprocess.from_config(config.dataset),
