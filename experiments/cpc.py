@@ -75,14 +75,8 @@ def cifar10(c, opts):
 def imagenet(c, opts):
   c.model = cl.model("cpc_convnet", widths=(64, 128, 256, 512, 1024, 1024), blocks=2)
   c.augment = cl.two_views(256, (0.3, 1.0))
-  c.method.update(
-    patch_size=64,
-    patch_stride=32,
-    steps_ahead=5,
-    context_dim=1024,
-    context_layers=3,
-    encoder_input_size=0,
-  )
+  c.method.update(patch_size=64, patch_stride=32, steps_ahead=5, context_dim=1024)
+  c.method.update(context_layers=3, encoder_input_size=0)  # 64 px patches as they are
   c.optimizer = cl.optimizer("adamw", 2e-4, warmup_epochs=1.0)
   cl.imagenet_run(c, batch_size=512, epochs=100)
   c.dataset.image_size = 256
