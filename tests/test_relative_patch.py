@@ -104,7 +104,9 @@ def test_all_neighbours_classifies_each_pair_as_the_pair_net_does():
   variables = {"params": v.params, "batch_stats": v.batch_stats}
   grids = method.grids(jax.random.PRNGKey(1), images)  # [3, 9, P, P, 3]
   assert grids.shape == (3, 9, method.patch_size, method.patch_size, 3)
-  _, grouped = method.net.apply(variables, grids, train=False, groups=rp.GRID_PAIRS)
+  feats, grouped = method.net.apply(variables, grids, train=False, groups=rp.GRID_PAIRS)
+  # Per-patch features stay per patch (9 per image), the logits are per pair (8 per image).
+  assert feats.shape == (3, 9, c.model.widths[-1]) and grouped.shape == (3 * 8, 8)
   # The same pairs stacked as the one-pair task feeds them: (centre, neighbour k) for label k.
   pairs = jnp.stack([grids[:, [4, n]] for _, n in rp.GRID_PAIRS], axis=1).reshape(
     (-1, 2) + grids.shape[2:]

@@ -42,7 +42,7 @@ class TileSetClassifier(nn.Module):
 
   Input [B, K, T, T, C] -> encoder on [B·K, T, T, C] (one pass, shared weights) ->
   Dense(tile_dim) per tile -> concat [B, K·tile_dim] -> MLPHead(hidden, num_classes).
-  Returns (per-tile pre_logits [B, K, D], logits [B, num_classes]).
+  Returns (per-tile pre_logits [B, K, D], logits [B, num_classes], or [B·G, ...] by `groups`).
   """
 
   encoder: nn.Module
@@ -61,8 +61,7 @@ class TileSetClassifier(nn.Module):
     z = z.reshape(b, k, self.tile_dim)
     if groups is not None:
       z = z[:, jnp.asarray(groups)]  # [B, G, n, tile_dim]
-      b = b * len(groups)
-    z = z.reshape(b, -1)
+    z = z.reshape(-1, z.shape[-2] * self.tile_dim)  # [B·G, n·tile_dim] (or [B, K·tile_dim])
     logits = MLPHead(hidden_dims=tuple(self.hidden), out_dim=self.num_classes, name="classifier")(
       z, train=train
     )
