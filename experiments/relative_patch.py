@@ -5,7 +5,8 @@ Learning by Context Prediction") experiment presets.
       embedded 10k-image CIFAR-10 subset at its own 32 px: 8 px patches, 3 px gaps, ±1 px
       jitter, chromatic-aberration projection; every image gives all 8 (centre, neighbour)
       pairs of its grid (`all_neighbours`, its 9 patches encoded once) instead of the paper's
-      one; 8 epochs of batch 64 (1248 steps):
+      one; a linear position classifier on 64-d patch embeddings; 8 epochs of batch 64
+      (1248 steps):
         python -m sslx.main --config=experiments/relative_patch.py --workdir=/tmp/rp-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
       (the encoder on the whole 32 px image; first-run figures in docs/results.md).
@@ -47,8 +48,12 @@ def cpu(opts) -> ml_collections.ConfigDict:
       gap=3,
       jitter=1,
       all_neighbours=True,
-      tile_dim=128,
-      head_hidden=(256,),
+      # A linear classifier on two 64-d patch embeddings: the position has to be readable
+      # from the embeddings themselves, so the encoder does the work an MLP head would.
+      # Linear probe over seeds 0-2: 51.0, 48.2, 50.25 against 49.6, 49.25, 48.55 with a
+      # 128-d embedding and a 256-wide hidden layer (untrained: 46.7, 45.2, 45.8).
+      tile_dim=64,
+      head_hidden=(),
     ),
     # A mild random crop and flip before cutting patches; no colour jitter.
     augment=cl.crop_only(32, (0.6, 1.0)),
