@@ -5,15 +5,17 @@ by Solving Jigsaw Puzzles") experiment presets.
       embedded 10k-image CIFAR-10 subset: images upsampled to 48 px, 3×3 cells of 16 px,
       12 px tiles at random offsets, 1000 greedy maximal-Hamming permutations (the paper's
       main run; 100, its ablation's set, learns less here: linear probe 47.45 against 49.0),
-      8 epochs:
+      16 epochs:
         python -m sslx.main --config=experiments/jigsaw.py --workdir=/tmp/jigsaw-cpu
       Ends with k-NN and linear probe on the pretrained, untrained and raw-pixel features
-      (the encoder applied to the whole 32 px image). Expected: linear probe above the
-      random-init encoder (first-run figures in docs/results.md).
+      (the encoder applied to the whole image at the tiles' scale: resized to 48 px, see
+      `method.whole_image`). Expected: linear probe above the random-init encoder
+      (first-run figures in docs/results.md).
   cifar10: ResNet-18 (CIFAR stem) tile encoder, images upsampled to 96 px (32 px cells,
-      24 px tiles: the paper's 64-in-75 ratio), the cpu preset's 1000 permutations, SGD
-      lr 0.01·B/256, 350k-step-equivalent budget cut to 200 epochs. No published CIFAR
-      figure for jigsaw with this protocol; expect well below contrastive methods:
+      24 px tiles: the paper's 64-in-75 ratio; evaluated at 96 px too), the cpu preset's
+      1000 permutations, SGD lr 0.01·B/256, 350k-step-equivalent budget cut to 200 epochs.
+      No published CIFAR figure for jigsaw with this protocol; expect well below
+      contrastive methods:
         python -m sslx.main --config=experiments/jigsaw.py:cifar10 \
           --config.dataset.path=/data/cifar10-{split}.tar.gz --workdir=...
 
@@ -46,7 +48,7 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # A mild random crop and flip before tiling; no colour jitter (tiles are normalised).
     augment=cl.crop_only(32, (0.6, 1.0)),
     optimizer=cl.optimizer("adamw", 3e-3, weight_decay=1e-4, warmup_epochs=0.2),
-    num_epochs=8.0,
+    num_epochs=16.0,
   )
   return c
 

@@ -27,12 +27,14 @@ def export_checkpoint(
     )
   setup, state, step = train.restore_latest(config, workdir)
   source = data.build_source(config.dataset, config.dataset.train_split)
-  size = source.image_size
   records = [source[i] for i in range(min(16, len(source)))]
   images = np.stack([r["image"] for r in records if r is not None][:8])
   params, stats = weights.find_encoder(
     setup.method, encoder, state.params["model"], state.batch_stats, images
   )
+  # The side the method's encode resizes whole images to (jigsaw: its tile scale), else the
+  # source's.
+  size = int(setup.method.encoder_input(images[:1]).shape[1])
   meta = weights.export(
     encoder, config.model.name, fmt, params, stats, setup.method.preprocess, size, out
   )

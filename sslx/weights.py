@@ -415,7 +415,7 @@ def find_encoder(method, encoder, params, batch_stats, images: np.ndarray, atol=
       f"({type(encoder).__name__}); is the config the one the checkpoint was trained with?"
     )
   want = np.asarray(jax.jit(method.encode)(params, batch_stats, jnp.asarray(images)))
-  x = method.preprocess(jnp.asarray(images))
+  x = method.encoder_input(jnp.asarray(images))
   for pp in p_paths:
     for sp in s_paths:
       ep = _pick(_at(params, pp), tp)

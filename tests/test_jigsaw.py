@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import permutations
+from sslx import permutations, weights
 from sslx.methods import jigsaw
 from tests.helpers import assert_learns, override, tiny
 
@@ -82,6 +82,50 @@ def test_method_state_carries_the_permutation_set():
     v.params, v.batch_stats, v.method_state, images, jax.random.PRNGKey(1), 0
   )
   assert np.isfinite(float(loss)) and aux.features.shape == (4, c.model.widths[-1])
+
+
+def test_encode_sees_whole_images_at_the_tile_scale():
+  """The tiles are cut from images resized to `image_size` (48 px from 32 px sources), so
+  `encode` resizes whole images the same way: objects keep the size the encoder trained on."""
+  c = tiny("jigsaw", **SMALL)
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
+  method = jigsaw.create(c, total_steps=6)
+  v = method.init(jax.random.PRNGKey(0), images)
+  x = method.preprocess(jnp.asarray(images))
+  x48 = jax.image.resize(x, (4, 48, 48, 3), "bilinear")
+  assert method.encoder_input(images).shape == (4, 48, 48, 3)
+  np.testing.assert_allclose(np.asarray(method.encoder_input(images)), np.asarray(x48), atol=1e-5)
+  variables = {"params": v.params, "batch_stats": v.batch_stats}
+  enc = jigsaw.pretext_nets.TileSetClassifier.encode
+  want = method.net.apply(variables, x48, method=enc)
+  got = method.encode(v.params, v.batch_stats, images)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # "as_given" keeps the source's 32 px, which gives other features.
+  override(c, **{"method.whole_image": "as_given"})
+  as_given = jigsaw.create(c, total_steps=6)
+  got32 = as_given.encode(v.params, v.batch_stats, images)
+  np.testing.assert_allclose(
+    np.asarray(got32), np.asarray(method.net.apply(variables, x, method=enc)), atol=1e-5
+  )
+  assert np.abs(np.asarray(got32) - np.asarray(got)).max() > 1e-3
+  override(c, **{"method.whole_image": "tiles"})
+  with pytest.raises(ValueError, match="method.whole_image='tiles'"):
+    jigsaw.create(c, total_steps=6)
+
+
+def test_export_finds_the_encoder_behind_the_resize():
+  """Export locates the plain encoder by equal features on the method's own encoder input
+  (48 px here), and records that side as the input size."""
+  c = tiny("jigsaw", **SMALL)
+  images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8)
+  method = jigsaw.create(c, total_steps=6)
+  v = method.init(jax.random.PRNGKey(0), images)
+  encoder = weights.encoder_module(c)
+  ep, es = weights.find_encoder(method, encoder, v.params, v.batch_stats, images)
+  x = method.encoder_input(jnp.asarray(images))
+  got = encoder.apply({"params": ep, "batch_stats": es}, x, train=False)["pre_logits"]
+  want = method.encode(v.params, v.batch_stats, images)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 @pytest.mark.slow

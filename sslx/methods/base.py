@@ -64,6 +64,12 @@ class Method(abc.ABC):
     Default: :meth:`encoder_apply` with `train=False`."""
     return self.encoder_apply(params, batch_stats, images, train=False)[0]
 
+  def encoder_input(self, images: jax.Array) -> jax.Array:
+    """What the encoder is given for whole images (evaluation, fine-tuning, export): by
+    default `preprocess(images)`. A method whose encoder trains on inputs of another scale or
+    normalisation (jigsaw's tiles) returns whole images as its encoder saw its inputs."""
+    return self.preprocess(images)
+
   def encoder_apply(self, params, batch_stats, images, train: bool, rng=None):
     """(features [B, D], updated batch_stats) of the encoder alone, in training mode when
     `train` (fine-tuning trains it). Default: a ``self.net`` with an ``encode(x, train)``
@@ -75,7 +81,7 @@ class Method(abc.ABC):
         "Method.encoder_apply to fine-tune its encoder"
       )
     variables = {"params": params, "batch_stats": batch_stats}
-    x = self.preprocess(images)
+    x = self.encoder_input(images)
     rngs = {"dropout": rng} if rng is not None else {}
     if train:
       feats, updates = net.apply(
@@ -124,7 +130,7 @@ class MaskedImageMethod(Method):
   def encoder_apply(self, params, batch_stats, images, train: bool, rng=None):
     rngs = {"dropout": rng} if rng is not None else {}
     out = self.encoder.apply(
-      {"params": params["encoder"]}, self.preprocess(images), train=train, rngs=rngs
+      {"params": params["encoder"]}, self.encoder_input(images), train=train, rngs=rngs
     )
     return out["pre_logits"], batch_stats
 

@@ -26,6 +26,11 @@ Config (`config.method`):
   tile_size:        side of each tile, <= image_size // 3
   tile_dim:         per-tile fc width (the paper's fc6: 512)
   head_hidden:      hidden widths of the classifier on the concatenation (fc7: 4096)
+  whole_image:      what `encode` (evaluation, fine-tuning, the online probe, export) gives
+                    the encoder for a whole image: "tile_scale" resizes it to `image_size`,
+                    so objects have the size they had in the training tiles (the paper's
+                    transfer applies the conv layers to images at the resolution its tiles
+                    were cut from); "as_given" keeps the source resolution
 """
 
 from __future__ import annotations
@@ -93,6 +98,14 @@ class Jigsaw(base.Method):
   perms: tuple  # N tuples of 9 ints: the greedy set (also in method_state)
   image_size: int
   tile_size: int
+  whole_image: str = "tile_scale"
+
+  def encoder_input(self, images):
+    x = self.preprocess(images)
+    s = self.image_size
+    if self.whole_image == "tile_scale" and x.shape[1:3] != (s, s):
+      x = jax.image.resize(x, (x.shape[0], s, s, x.shape[-1]), "bilinear")
+    return x
 
   def init(self, rng, images) -> base.Variables:
     tiles = jnp.zeros((2, GRID * GRID, self.tile_size, self.tile_size, 3), jnp.float32)
@@ -119,7 +132,7 @@ class Jigsaw(base.Method):
     features = jax.lax.stop_gradient(
       self.net.apply(
         {"params": params, "batch_stats": updates["batch_stats"]},
-        self.preprocess(images),
+        self.encoder_input(images),
         method=pretext_nets.TileSetClassifier.encode,
       )
     )
@@ -131,7 +144,7 @@ class Jigsaw(base.Method):
 # fmt: off
 DEFAULTS = dict(
   num_permutations=100, permutation_seed=0, image_size=48, tile_size=12, tile_dim=256,
-  head_hidden=(512,),
+  head_hidden=(512,), whole_image="tile_scale",
 )
 # fmt: on
 
@@ -151,6 +164,8 @@ def create(config, total_steps: int) -> Jigsaw:
     tile_dim=int(m.tile_dim),
     hidden=tuple(m.head_hidden),
   )
+  if m.whole_image not in ("tile_scale", "as_given"):
+    raise ValueError(f"method.whole_image={m.whole_image!r}; valid choices: tile_scale, as_given")
   image_size = int(m.image_size)
   tile_size = int(m.tile_size)
   if tile_size > image_size // GRID:
@@ -164,4 +179,5 @@ def create(config, total_steps: int) -> Jigsaw:
     perms=tuple(tuple(int(i) for i in p) for p in perms),
     image_size=image_size,
     tile_size=tile_size,
+    whole_image=str(m.whole_image),
   )
