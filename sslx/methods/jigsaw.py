@@ -46,6 +46,7 @@ from sslx.methods import base
 from sslx.models import pretext_nets
 
 GRID = 3
+WHOLE_IMAGE = ("tile_scale", "as_given")  # `method.whole_image` choices (module docstring)
 
 
 def tile_offsets(rng, image_size: int, tile_size: int) -> jax.Array:
@@ -129,13 +130,7 @@ class Jigsaw(base.Method):
     (_, logits), updates = self.net.apply(variables, tiles, train=True, mutable=["batch_stats"])
     loss, acc = losses.softmax_cross_entropy(logits, labels)
     # Online probe: whole-image features (eval-mode BN, no gradient), what `encode` returns.
-    features = jax.lax.stop_gradient(
-      self.net.apply(
-        {"params": params, "batch_stats": updates["batch_stats"]},
-        self.encoder_input(images),
-        method=pretext_nets.TileSetClassifier.encode,
-      )
-    )
+    features = jax.lax.stop_gradient(self.encode(params, updates["batch_stats"], images))
     metrics = {"loss": loss, "jigsaw_acc": acc}
     return loss, base.LossAux(updates["batch_stats"], method_state, metrics, features)
 
@@ -164,8 +159,7 @@ def create(config, total_steps: int) -> Jigsaw:
     tile_dim=int(m.tile_dim),
     hidden=tuple(m.head_hidden),
   )
-  if m.whole_image not in ("tile_scale", "as_given"):
-    raise ValueError(f"method.whole_image={m.whole_image!r}; valid choices: tile_scale, as_given")
+  whole_image = base.check_choice("whole_image", str(m.whole_image), WHOLE_IMAGE)
   image_size = int(m.image_size)
   tile_size = int(m.tile_size)
   if tile_size > image_size // GRID:
@@ -179,5 +173,5 @@ def create(config, total_steps: int) -> Jigsaw:
     perms=tuple(tuple(int(i) for i in p) for p in perms),
     image_size=image_size,
     tile_size=tile_size,
-    whole_image=str(m.whole_image),
+    whole_image=whole_image,
   )
