@@ -94,8 +94,20 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
   target = jax.tree.map(
     lambda x: ocp.utils.to_shape_dtype_struct(x) if isinstance(x, jax.Array) else x, target
   )
-  out = mngr.restore(
-    step,
-    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
-  )
+  try:
+    out = mngr.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+    )
+  except ValueError as e:
+    if "not compatible with the stored shape" not in str(e):
+      raise
+    # Same method and model name (check_compatible), but a setting that sizes the state
+    # differs: name both shapes and where the run's own config is.
+    raise IncompatibleCheckpoint(
+      f"{mngr.directory} (step {step}) does not fit this config: {e}. Something that sets "
+      "an array's size (model widths or depth, head or prototype sizes, a method setting) "
+      "differs from the run that wrote it; its config is config.json in the workdir. Use "
+      "that config, or a fresh --workdir."
+    ) from e
   return out["state"], out["data"]

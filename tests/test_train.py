@@ -78,6 +78,14 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     train.train_and_evaluate(other, str(tmp_path))
 
 
+def test_checkpoint_of_another_width_is_refused_naming_the_shapes(tmp_path):
+  train.train_and_evaluate(tiny_simclr(steps=3, evals={}), str(tmp_path))
+  wider = tiny_simclr(steps=3, evals={}, **{"model.widths": (8, 24)})
+  with pytest.raises(checkpointing.IncompatibleCheckpoint, match=r"\(step 3\) does not fit") as e:
+    train.restore_latest(wider, str(tmp_path))
+  assert "24" in str(e.value) and "config.json" in str(e.value)
+
+
 @pytest.mark.parametrize(
   "key,value,expected",
   [
