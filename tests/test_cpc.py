@@ -90,6 +90,34 @@ def test_image_shapes_encode_and_loss():
   assert set(aux.metrics) >= {"loss", "contrastive_acc", "contrastive_acc_k1", "contrastive_acc_k3"}
 
 
+def test_grid_feature_keeps_every_patch_embedding_in_its_place():
+  """method.feature="grid": encode returns z of the unaugmented image flattened row by row,
+  [B, 7·7·D] (patch (i, j) at offset (7i + j)·D), the online probe's feature likewise; "mean"
+  is its average over the 49 positions; another value is refused by name."""
+  settings = {"augment.enabled": False, "method.patch_augment": {}}
+  mean = make(tiny_cpc(**settings))
+  grid = make(tiny_cpc(**settings, **{"method.feature": "grid"}))
+  images = some_images(3)
+  params = jax.jit(grid.init)(jax.random.PRNGKey(0), images).params
+  z, _ = grid.net.apply({"params": params}, cpc.patch_grid(grid.preprocess(images), 8, 4))
+  feats = np.asarray(jax.jit(grid.encode)(params, {}, images))
+  assert feats.shape == (3, 7 * 7 * 16)
+  d = 16
+  for i, j in [(0, 0), (2, 5), (6, 6)]:
+    at = (7 * i + j) * d
+    np.testing.assert_allclose(feats[:, at : at + d], np.asarray(z[:, i, j]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    feats.reshape(3, 49, d).mean(axis=1),
+    np.asarray(mean.encode(params, {}, images)),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  _, aux = jax.jit(grid.loss)(params, {}, {}, images, jax.random.PRNGKey(1), 0)
+  np.testing.assert_allclose(np.asarray(aux.features), feats, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"method\.feature='pooled'.*'mean', 'grid'"):
+    make(tiny_cpc(**{"method.feature": "pooled"}))
+
+
 def test_encoder_input_size_resizes_every_patch_before_the_encoder():
   """method.encoder_input_size=16: each 8 px patch is resized (bilinear) to 16 px and only
   then encoded, in training and in `encode`; the z grid keeps its 7x7 layout."""

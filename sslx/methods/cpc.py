@@ -39,9 +39,12 @@ drifting along a shared direction, and cosine k-NN on z then mostly measures tha
 cpu demo, k-NN of the learned z stayed at the random-init level). `temperature=τ` scores
 cos(z, W_k c_t) / τ instead, shaping the angles k-NN reads; the cpu preset uses τ = 0.1.
 
-Evaluation (`encode`): the mean over the G x G grid of the patch embeddings z of the
-unaugmented image, [B, D] (Hénaff et al. evaluate a classifier on the spatial grid of z; the
-mean is its linear-probe / k-NN analogue). The online probe watches the same pooled z.
+Evaluation (`encode`): the patch embeddings z of the unaugmented image, read out as
+`method.feature` says: "mean" (default), their mean over the G x G grid, [B, D], what a
+linear classifier on CPC features is trained on; "grid", the whole grid flattened in row-major
+order, [B, G·G·D], the layout kept, as the classifiers Hénaff et al. train on the spatial grid
+of z see it. The untrained-encoder baseline gets the same readout, and the online probe
+watches it on the training patches (so its head, and a checkpoint, are sized by it).
 
 1-D sequences: `CPC1DNet` (a strided conv `SignalEncoder` and a `GRUContext`) and the pure
 function `cpc_1d_loss(net, params, signals)` for any [B, T, C] signal, e.g. raw audio; the
@@ -51,6 +54,7 @@ Config (`config.method`):
   patch_size, patch_stride:  P and s (8 and 4 for 32 px images)
   encoder_input_size:        0, or the size every patch is resized to (bilinear) before the
                              encoder, so that a deeper patch encoder sees maps larger than 1x1
+  feature:                   "mean" or "grid": the evaluation readout of z (above)
   steps_ahead:               K, the farthest row predicted (must be < G; `create` checks)
   first_step:                the nearest row predicted (1, or 2 to skip overlapping patches)
   patch_augment:             per-patch augmentation ({} or None: off)
@@ -203,10 +207,6 @@ class CPCImageNet(CPCNet):
       flat = jax.image.resize(flat, (n, self.input_size, self.input_size, c), "bilinear")
     return self.encoder(flat, train=True)["pre_logits"].reshape(b, g1, g2, -1)
 
-  def pooled(self, patches):
-    """[B, D]: the mean of z over the grid (evaluation features)."""
-    return jnp.mean(self.embed(patches), axis=(1, 2))
-
 
 @dataclasses.dataclass(frozen=True)
 class CPC(base.Method):
@@ -218,6 +218,7 @@ class CPC(base.Method):
   patch_stride: int
   steps: tuple
   temperature: float | None
+  feature: str = "mean"
 
   def _patches(self, x):
     return patch_grid(x, self.patch_size, self.patch_stride)
@@ -269,14 +270,21 @@ class CPC(base.Method):
       contrastive_acc=acc,
       embedding_std=jnp.mean(jnp.std(z.reshape(-1, z.shape[-1]), axis=0)),
     )
-    return loss, base.LossAux(batch_stats, method_state, metrics, jnp.mean(z, axis=(1, 2)))
+    return loss, base.LossAux(batch_stats, method_state, metrics, self.readout(z))
+
+  def readout(self, z):
+    """z [B, G, G, D] → the image's feature: [B, D] ("mean") or [B, G·G·D] ("grid")."""
+    if self.feature == "grid":
+      return z.reshape(z.shape[0], -1)
+    return jnp.mean(z, axis=(1, 2))
 
   def encode(self, params, batch_stats, images):
-    """[B, D]: patch embeddings of the unaugmented image, mean-pooled over the grid."""
+    """The readout (`method.feature`) of the unaugmented image's patch embeddings."""
     del batch_stats
-    return self.net.apply(
-      {"params": params}, self._patches(self.preprocess(images)), method=CPCImageNet.pooled
+    z = self.net.apply(
+      {"params": params}, self._patches(self.preprocess(images)), method=CPCImageNet.embed
     )
+    return self.readout(z)
 
 
 def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tuple:
@@ -292,12 +300,16 @@ def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tupl
   return tuple(range(first_step, steps_ahead + 1))
 
 
+# The evaluation readouts of the patch embeddings z (see the module docstring).
+FEATURES = ("mean", "grid")
+
 # temperature 0 = the paper's bilinear score zᵀ W_k c; > 0 = a cosine score at that τ.
 # patch_augment: per-patch ViewParams settings ({} = none).
 # fmt: off
 DEFAULTS = dict(
   patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
   context_kernel_rows=3, temperature=0.0, patch_augment={}, directions=1, encoder_input_size=0,
+  feature="mean",
 )
 # fmt: on
 
@@ -353,6 +365,7 @@ def create(config, total_steps: int) -> CPC:
     patch_stride=stride,
     steps=steps,
     temperature=float(m.temperature) or None,
+    feature=base.check_choice("feature", str(m.feature), FEATURES),
   )
 
 
