@@ -16,6 +16,7 @@ arrays are read straight into their shards, and no freshly initialised state exi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -103,9 +104,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
     if "not compatible with the stored shape" not in str(e):
       raise
     # Same method and model name (check_compatible), but a setting that sizes the state
-    # differs: name both shapes and where the run's own config is.
+    # differs: name both shapes (not orbax's hint to truncate) and the run's own config.
+    shapes = re.search(r"Requested shape: (\(.*?\)).*stored shape: (\(.*?\))", str(e))
+    what = f"an array stored as {shapes[2]} is asked for as {shapes[1]}" if shapes else str(e)
     raise IncompatibleCheckpoint(
-      f"{mngr.directory} (step {step}) does not fit this config: {e}. Something that sets "
+      f"{mngr.directory} (step {step}) does not fit this config: {what}. Something that sets "
       "an array's size (model widths or depth, head or prototype sizes, a method setting) "
       "differs from the run that wrote it; its config is config.json in the workdir. Use "
       "that config, or a fresh --workdir."
