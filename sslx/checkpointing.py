@@ -89,12 +89,53 @@ def abstract(shapes: Any, shardings: Any) -> Any:
   )
 
 
+def _leaf_names(tree) -> dict:
+  """{"params.probe.kernel": leaf, ...}: a pytree's leaves by their dotted path."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    out[".".join(str(p) for p in parts)] = leaf
+  return out
+
+
+def _refuse(mngr, step: int, what: str):
+  # Same method and model name (check_compatible), but a setting that sizes the state differs.
+  raise IncompatibleCheckpoint(
+    f"{mngr.directory} (step {step}) does not fit this config: {what}. Something that sets "
+    "an array's size (model widths or depth, head or prototype sizes, a method setting) "
+    "differs from the run that wrote it; its config is config.json in the workdir. Use "
+    "that config, or a fresh --workdir."
+  )
+
+
+def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
+  """Refuses, naming the arrays, a checkpoint whose stored shapes differ from `target`'s,
+  before any array is read. Skipped where the metadata cannot be read (restore then decides)."""
+  try:
+    meta = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state")
+    stored = _leaf_names(getattr(meta, "item_metadata", meta))
+  except Exception:  # an older layout or an unreadable store: nothing to compare
+    return
+  wanted = _leaf_names(target)
+  bad = [
+    f"{name} is {tuple(stored[name].shape)} there, {tuple(leaf.shape)} here"
+    for name, leaf in wanted.items()
+    if name in stored
+    and getattr(stored[name], "shape", None) is not None
+    and tuple(stored[name].shape) != tuple(leaf.shape)
+  ]
+  if bad:
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    _refuse(mngr, step, "; ".join(bad[:3]) + more)
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
   """Restores (state, data_state) at `step`. `target` gives shapes, dtypes and shardings:
   ShapeDtypeStructs (`abstract`, nothing allocated before the read) or arrays."""
   target = jax.tree.map(
     lambda x: ocp.utils.to_shape_dtype_struct(x) if isinstance(x, jax.Array) else x, target
   )
+  check_shapes(mngr, step, target)
   try:
     out = mngr.restore(
       step,
@@ -103,14 +144,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
   except ValueError as e:
     if "not compatible with the stored shape" not in str(e):
       raise
-    # Same method and model name (check_compatible), but a setting that sizes the state
-    # differs: name both shapes (not orbax's hint to truncate) and the run's own config.
+    # The shapes check could not read the metadata: name the shapes orbax gives (not its hint
+    # to truncate).
     shapes = re.search(r"Requested shape: (\(.*?\)).*stored shape: (\(.*?\))", str(e))
-    what = f"an array stored as {shapes[2]} is asked for as {shapes[1]}" if shapes else str(e)
-    raise IncompatibleCheckpoint(
-      f"{mngr.directory} (step {step}) does not fit this config: {what}. Something that sets "
-      "an array's size (model widths or depth, head or prototype sizes, a method setting) "
-      "differs from the run that wrote it; its config is config.json in the workdir. Use "
-      "that config, or a fresh --workdir."
-    ) from e
+    _refuse(mngr, step, f"an array is {shapes[2]} there, {shapes[1]} here" if shapes else str(e))
   return out["state"], out["data"]
