@@ -122,6 +122,7 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
     for name, leaf in wanted.items()
     if name in stored
     and getattr(stored[name], "shape", None) is not None
+    and getattr(leaf, "shape", None) is not None
     and tuple(stored[name].shape) != tuple(leaf.shape)
   ]
   if bad:
