@@ -16,7 +16,6 @@ arrays are read straight into their shards, and no freshly initialised state exi
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
@@ -98,19 +97,11 @@ def _leaf_names(tree) -> dict:
   return out
 
 
-def _refuse(mngr, step: int, what: str):
-  # Same method and model name (check_compatible), but a setting that sizes the state differs.
-  raise IncompatibleCheckpoint(
-    f"{mngr.directory} (step {step}) does not fit this config: {what}. Something that sets "
-    "an array's size (model widths or depth, head or prototype sizes, a method setting) "
-    "differs from the run that wrote it; its config is config.json in the workdir. Use "
-    "that config, or a fresh --workdir."
-  )
-
-
 def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
   """Refuses, naming the arrays, a checkpoint whose stored shapes differ from `target`'s,
-  before any array is read. Skipped where the metadata cannot be read (restore then decides)."""
+  before any array is read: same method and model name (check_compatible), but a setting that
+  sizes the state differs. Skipped where the metadata cannot be read (orbax's restore then
+  reports the mismatch itself)."""
   try:
     meta = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state")
     stored = _leaf_names(getattr(meta, "item_metadata", meta))
@@ -127,7 +118,12 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
   ]
   if bad:
     more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-    _refuse(mngr, step, "; ".join(bad[:3]) + more)
+    raise IncompatibleCheckpoint(
+      f"{mngr.directory} (step {step}) does not fit this config: {'; '.join(bad[:3])}{more}. "
+      "Something that sets an array's size (model widths or depth, head or prototype sizes, a "
+      "method setting) differs from the run that wrote it; its config is config.json in the "
+      "workdir. Use that config, or a fresh --workdir."
+    )
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
@@ -137,16 +133,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any):
     lambda x: ocp.utils.to_shape_dtype_struct(x) if isinstance(x, jax.Array) else x, target
   )
   check_shapes(mngr, step, target)
-  try:
-    out = mngr.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
-    )
-  except ValueError as e:
-    if "not compatible with the stored shape" not in str(e):
-      raise
-    # The shapes check could not read the metadata: name the shapes orbax gives (not its hint
-    # to truncate).
-    shapes = re.search(r"Requested shape: (\(.*?\)).*stored shape: (\(.*?\))", str(e))
-    _refuse(mngr, step, f"an array is {shapes[2]} there, {shapes[1]} here" if shapes else str(e))
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+  )
   return out["state"], out["data"]
