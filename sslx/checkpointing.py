@@ -12,6 +12,9 @@ whose save was interrupted is never listed, so it is never restored.
 
 Restores go into an abstract target (shapes, dtypes and shardings, from `jax.eval_shape`): the
 arrays are read straight into their shards, and no freshly initialised state exists beside them.
+A resume reads the whole state (`restore`); the commands that use a trained encoder read only
+its parts (`restore_parts`), so a run pretrained on one dataset evaluates on another with
+another number of classes (the online probe and the optimizer's state stay on disk).
 """
 
 from __future__ import annotations
@@ -103,7 +106,13 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
   sizes the state differs. Skipped where the metadata cannot be read (orbax's restore then
   reports the mismatch itself)."""
   try:
-    meta = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "state")
+    # The item's handler, not a Checkpointer: that would look for checkpoint-level metadata in
+    # the item's directory (the manager keeps it one level up) and log that it is missing.
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      meta = handler.metadata(mngr.directory / str(step) / "state")
+    finally:
+      handler.close()
     stored = _leaf_names(getattr(meta, "item_metadata", meta))
   except Exception:  # an older layout or an unreadable store: nothing to compare
     return
@@ -124,6 +133,26 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
       "method setting) differs from the run that wrote it; its config is config.json in the "
       "workdir. Use that config, or a fresh --workdir."
     )
+
+
+def restore_parts(mngr: ocp.CheckpointManager, step: int, parts: dict) -> dict:
+  """Restores only `parts` of the state at `step`: a nested dict that mirrors part of the
+  stored state's tree (field names, then the pytree's own keys) with abstract leaves, e.g.
+  {"step": ..., "params": {"model": ...}}. What it leaves out is never read, so its stored
+  shapes may differ from the config's. Shapes are checked for what it names, as `restore`'s."""
+  check_shapes(mngr, step, parts)
+  handler = ocp.PyTreeCheckpointHandler()  # the item's handler: see check_shapes
+  try:
+    return handler.restore(
+      mngr.directory / str(step) / "state",
+      args=ocp.args.PyTreeRestore(
+        item=parts,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
+        partial_restore=True,
+      ),
+    )
+  finally:
+    handler.close()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any):

@@ -207,11 +207,20 @@ def init_encoder_from(config, setup: Setup, state: TrainState) -> TrainState:
   return jax.device_put(new, setup.state_sharding)
 
 
+def encoder_side(state: TrainState) -> TrainState:
+  """`state` without what only training uses: params holds "model" alone and opt_state is None
+  (the online probe and the optimizer's state are sized by the training set's classes and the
+  optimizer, not by the encoder)."""
+  return state.replace(params={"model": state.params["model"]}, opt_state=None)
+
+
 def restore_latest(config, workdir: str, *, pretrained: bool = True):
   """(setup, state, step) of the latest checkpoint in `workdir`, for the commands that work on a
   trained run (evaluate, embed, visualize, fine-tune, export). The checkpoint must come from the
-  same method and model (checked). `pretrained=False` returns the untrained initial state
-  instead (a baseline), still requiring the checkpoint. Without a checkpoint, `config.init_from`
+  same method and model (checked); the dataset may differ (its classes, its path): only the
+  encoder's side of the state is read (`encoder_side`: step, params["model"], batch_stats,
+  method_state, rng). `pretrained=False` returns the untrained initial state instead (a
+  baseline), still requiring the checkpoint. Without a checkpoint, `config.init_from`
   (published or exported weights) gives the encoder at step 0: evaluation, attention maps,
   fine-tuning and export of weights sslx did not train."""
   config_lib.validate(config)
@@ -229,12 +238,16 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   setup = build(config, sample, len(source), getattr(source, "num_classes", 0))
   if step is None:  # no run here: the encoder from init_from, everything else fresh
     state = init_encoder_from(config, setup, create_state(setup, config.seed, sample))
-    return setup, state, 0
-  if pretrained:  # read straight into the shards: no fresh state beside the restored one
-    state, _ = checkpointing.restore(mngr, step, setup.abstract_state)
-  else:
-    state = create_state(setup, config.seed, sample)
-  return setup, state, step
+    return setup, encoder_side(state), 0
+  if not pretrained:
+    return setup, encoder_side(create_state(setup, config.seed, sample)), step
+  # Read straight into the shards: no fresh state beside the restored one.
+  target = encoder_side(setup.abstract_state)
+  fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+  parts = checkpointing.restore_parts(
+    mngr, step, {k: v for k, v in fields.items() if jax.tree.leaves(v)}
+  )
+  return setup, target.replace(**parts), step
 
 
 def _bind(step_fn, setup: Setup, probe_enabled: bool):

@@ -88,6 +88,38 @@ def test_checkpoint_of_another_width_is_refused_naming_the_shapes(tmp_path):
   assert "config.json" in message and "strict" not in message  # not orbax's truncation hint
   # named before any array is read: the last stage's bias, 16 wide there and 24 here
   assert re.search(r"params\.model\.\S*bias is \(16,\) there, \(24,\) here", message), message
+  with pytest.raises(checkpointing.IncompatibleCheckpoint, match=r"bias is \(16,\) there"):
+    train.train_and_evaluate(wider, str(tmp_path))  # a resume is refused alike
+
+
+def test_a_run_evaluates_on_a_dataset_with_other_classes(tmp_path):
+  # Pretrained on the embedded 10-class subset, evaluated on a 3-class folder: the online
+  # probe (16 x 10 in the checkpoint) and the optimizer's state are not read, the encoder is.
+  from PIL import Image
+
+  from sslx.cli import evaluate
+
+  config = tiny_simclr(steps=3, evals={})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 30), ("test", 12)):
+    for k in range(n):
+      d = tmp_path / "folder" / split / f"c{k % 3}"
+      d.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(d / f"{k:02d}.jpg")
+  other = tiny_simclr(steps=3, **{"dataset.name": "image_folder"})
+  other.dataset.path = str(tmp_path / "folder")
+  other.evals = {"knn": {"ks": (5,), "temperature": 0.07}}
+  setup, state, step = train.restore_latest(other, str(tmp_path / "run"))
+  assert step == 3 and setup.num_classes == 3
+  assert set(state.params) == {"model"} and state.opt_state is None
+  _, stored, _ = final_state(config, str(tmp_path / "run"))
+  for x, y in zip(jax.tree.leaves(stored.params["model"]), jax.tree.leaves(state.params["model"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  results = evaluate.evaluate_checkpoint(other, str(tmp_path / "run"))
+  assert 0.0 <= results["knn@5"] <= 100.0
+  saved = json.load(open(tmp_path / "run" / "results.json"))["evaluate"]
+  assert saved["step"] == 3 and saved["knn@5"] == results["knn@5"]
 
 
 @pytest.mark.parametrize(
