@@ -152,6 +152,19 @@ def test_gs_workdir_killed_mid_run_resumes_from_bucket_and_equals_local_run(gcs,
   # The final states are equal bit for bit (the bucket's read from its downloaded copy).
   assert_same_state(tiny_simclr(**settings), tmp_path / "local", dump)
 
+  # The evaluation commands read the encoder's side straight from the bucket.
+  digest = (
+    "import hashlib, jax, numpy as np\n"
+    "from sslx import train\nfrom tests.helpers import tiny_simclr\n"
+    "def digest(workdir):\n"
+    f"  _, state, step = train.restore_latest(tiny_simclr(**{settings!r}), workdir)\n"
+    "  leaves = jax.tree.leaves(state.params['model'])\n"
+    "  return step, hashlib.sha256(b''.join(np.asarray(x).tobytes() for x in leaves)).hexdigest()\n"
+  )
+  from_bucket = in_subprocess(env, digest + f"print(*digest({url!r}))")
+  from_disk = in_subprocess(env, digest + f"print(*digest({str(tmp_path / 'local')!r}))")
+  assert from_bucket.split()[-2:] == from_disk.split()[-2:] and from_disk.split()[-2] == "24"
+
 
 def test_dataset_folder_and_files_on_gs(gcs, tmp_path):
   code = (
