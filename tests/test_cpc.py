@@ -434,3 +434,12 @@ def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   assert_learns(config, tmp_path, margin=0.16, measured=0.323)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["method"] == "cpc" and saved["steps"] == 30 and saved["knn@5"] > 10.0
+  # Trained with the mean readout, read back with the grid's: the online probe, sized by the
+  # readout, is not read; the grid's mean is the mean feature.
+  config.method.feature = "grid"
+  setup, state, step = train.restore_latest(config, str(tmp_path))
+  images = some_images(2)
+  grid = np.asarray(setup.method.encode(state.params["model"], {}, images))
+  mean = np.asarray(make(tiny("cpc")).encode(state.params["model"], {}, images))
+  assert step == 30 and grid.shape == (2, 49 * mean.shape[1])
+  np.testing.assert_allclose(grid.reshape(2, 49, -1).mean(1), mean, rtol=1e-5, atol=1e-6)

@@ -44,7 +44,8 @@ Evaluation (`encode`): the patch embeddings z of the unaugmented image, read out
 linear classifier on CPC features is trained on; "grid", the whole grid flattened in row-major
 order, [B, G·G·D], the layout kept, as the classifiers Hénaff et al. train on the spatial grid
 of z see it. The untrained-encoder baseline gets the same readout, and the online probe
-watches it on the training patches (so its head, and a checkpoint, are sized by it).
+watches it on the training patches (its head is sized by it, but evaluation commands do not
+read the head: a checkpoint trained with one readout evaluates with the other).
 
 1-D sequences: `CPC1DNet` (a strided conv `SignalEncoder` and a `GRUContext`) and the pure
 function `cpc_1d_loss(net, params, signals)` for any [B, T, C] signal, e.g. raw audio; the
