@@ -127,11 +127,18 @@ def console(msg: str):
     print(msg, flush=True, file=sys.stdout)
 
 
-def write_results(workdir: str, results: dict) -> str:
-  """Merges `results` into workdir/results.json (written whole, by the lead process)."""
+def write_results(workdir: str, results: dict, transfer: str | None = None) -> str:
+  """Merges `results` into workdir/results.json (written whole, by the lead process). With
+  `transfer` (a dataset other than the run's, `evaluation.transfer_label`) they go under
+  results["transfer"][transfer] instead, beside those of other datasets, never in place of
+  the run's own figures."""
   path = paths.join(workdir, "results.json")
   if not is_lead():
     return path
   current = paths.read_json(path) if paths.exists(path) else {}
-  current.update(results)
+  if transfer:
+    section = current.setdefault("transfer", {}).setdefault(transfer, {})
+    section.update(results)
+  else:
+    current.update(results)
   return paths.write_text(path, json.dumps(current, indent=2, sort_keys=True))

@@ -118,8 +118,11 @@ def test_a_run_evaluates_on_a_dataset_with_other_classes(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   results = evaluate.evaluate_checkpoint(other, str(tmp_path / "run"))
   assert 0.0 <= results["knn@5"] <= 100.0
-  saved = json.load(open(tmp_path / "run" / "results.json"))["evaluate"]
-  assert saved["step"] == 3 and saved["knn@5"] == results["knn@5"]
+  # Kept apart from the run's own figures (which the report shows), under the folder's label.
+  saved = json.load(open(tmp_path / "run" / "results.json"))
+  label = f"image_folder {tmp_path / 'folder'} (test, 32 px)"
+  assert "evaluate" not in saved and list(saved["transfer"]) == [label]
+  assert saved["transfer"][label]["evaluate"] == dict(results, step=3)
 
 
 @pytest.mark.parametrize(

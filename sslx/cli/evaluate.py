@@ -6,7 +6,9 @@ the encoder `--config.init_from` names where the workdir holds none:
       --config.init_from=timm:vit_small_patch16_224.dino
 
 The config must describe the same method and model the checkpoint was trained with (checked);
-the results are merged into workdir/results.json under "evaluate".
+the dataset may be another (the encoder alone is read from the checkpoint). The results are
+merged into workdir/results.json under "evaluate", or, on a dataset other than the run's,
+under "transfer" and that dataset's label, apart from the run's own figures.
 """
 
 from absl import app, flags
@@ -17,7 +19,10 @@ from sslx import cli, evaluation, progress, train
 def evaluate_checkpoint(config, workdir: str) -> dict:
   setup, state, step = train.restore_latest(config, workdir)
   results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
-  progress.write_results(workdir, {"evaluate": dict(results, step=step)})
+  transfer = evaluation.transfer_label(config, workdir)
+  path = progress.write_results(workdir, {"evaluate": dict(results, step=step)}, transfer)
+  where = f'transfer["{transfer}"].evaluate' if transfer else "evaluate"
+  progress.console(f"results of step {step} under {where} in {path}")
   return results
 
 

@@ -48,13 +48,15 @@ def finetune_checkpoint(
   key = next(iter(results))  # finetune, or finetune_<pct>pct on a label subset
   if from_scratch:
     results = {key.replace("finetune", "finetune_from_scratch", 1): results[key]}
-    progress.write_results(workdir, results)
+    progress.write_results(workdir, results, evaluation.transfer_label(config, workdir))
     progress.console(
       f"trained the untrained encoder with the fine-tuning recipe: top-1 "
       f"{next(iter(results.values())):.2f}%"
     )
     return results
-  progress.write_results(workdir, dict(results, finetune_step=step))
+  progress.write_results(
+    workdir, dict(results, finetune_step=step), evaluation.transfer_label(config, workdir)
+  )
   progress.console(f"fine-tuned checkpoint step {step}: top-1 {results[key]:.2f}% ({key})")
   return results
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import data, progress, sharding
+from sslx import data, paths, progress, sharding
 
 _NOT_PROTOCOLS = {"features"}
 # protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
@@ -124,6 +124,26 @@ def load_eval_data(config):
       xtr, ytr = xtr[idx], ytr[idx]
   xte, yte = data.decode_all(test)
   return xtr, ytr, xte, yte, train.num_classes
+
+
+# What makes an evaluation one of the run's own: the same images at the same size.
+_DATASET_IDENTITY = ("name", "path", "train_split", "eval_split", "image_size")
+
+
+def transfer_label(config, workdir: str) -> str | None:
+  """None when `config` evaluates on the dataset the run in `workdir` trained on (its
+  config.json; a workdir without one, e.g. one evaluating `init_from` weights, has no dataset of
+  its own); otherwise a label naming the other dataset, e.g. "image_folder /data/stl10 (test,
+  96 px)", under which its results are kept apart from the run's own (`progress.write_results`)."""
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
+    return None
+  ran = paths.read_json(path).get("dataset", {})
+  d = config.dataset
+  if all(str(ran.get(k, "")) == str(d.get(k, "")) for k in _DATASET_IDENTITY):
+    return None
+  where = f" {d.path}" if d.get("path") else ""
+  return f"{d.name}{where} ({d.get('eval_split', 'test')}, {d.get('image_size')} px)"
 
 
 def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
