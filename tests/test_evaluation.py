@@ -54,3 +54,28 @@ def test_linear_probe_separates_separable_data_and_not_noise():
     rng.normal(size=(600, 16)), ytr, rng.normal(size=(200, 16)), yte, 3, epochs=20, batch_size=64
   )
   assert noise < 50.0
+
+
+def test_results_on_another_dataset_are_kept_apart_by_its_label(tmp_path):
+  import json
+
+  from sslx import evaluation, progress
+  from tests.helpers import tiny_simclr
+
+  run = tiny_simclr()
+  (tmp_path / "config.json").write_text(run.to_json_best_effort())
+  assert evaluation.transfer_label(run, str(tmp_path)) is None  # the run's own dataset
+  assert evaluation.transfer_label(run, str(tmp_path / "no_run")) is None  # nothing trained
+  other = tiny_simclr(**{"dataset.name": "image_folder", "dataset.image_size": 48})
+  other.dataset.path = "/data/stl10"
+  label = evaluation.transfer_label(other, str(tmp_path))
+  assert label == "image_folder /data/stl10 (test, 48 px)"
+  bigger = tiny_simclr(**{"dataset.image_size": 64})  # the same images at another size
+  assert evaluation.transfer_label(bigger, str(tmp_path)) == "embedded (test, 64 px)"
+
+  progress.write_results(str(tmp_path), {"knn@20": 40.0, "evaluate": {"knn@20": 41.0}})
+  progress.write_results(str(tmp_path), {"evaluate": {"knn@20": 30.0, "step": 3}}, label)
+  progress.write_results(str(tmp_path), {"finetune": 55.0}, label)
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["knn@20"] == 40.0 and saved["evaluate"] == {"knn@20": 41.0}
+  assert saved["transfer"] == {label: {"evaluate": {"knn@20": 30.0, "step": 3}, "finetune": 55.0}}
