@@ -65,6 +65,34 @@ class Progress:
     return " | ".join(parts)
 
 
+class Ticker:
+  """Progress of one long piece of work outside the train loop (feature extraction, a probe's
+  epochs, k-NN over a large test set): "<what>: 12,288/50,000 images (25%) | ETA 1m20s" on the
+  console at most every `every_s` seconds, and "<what>: 50,000 images in 1m42s" at the end.
+  Work that ends within `every_s` prints nothing, so small evaluations stay quiet."""
+
+  def __init__(self, what: str, total: int, unit: str, every_s: float = 15.0):
+    self.what, self.total, self.unit, self.every_s = what, int(total), unit, every_s
+    self.start = self.last = time.perf_counter()
+    self.printed = False
+
+  def update(self, done: int) -> None:
+    now = time.perf_counter()
+    if now - self.last < self.every_s or done <= 0:
+      return
+    self.last, self.printed = now, True
+    eta = (now - self.start) * (self.total - done) / done
+    console(
+      f"{self.what}: {done:,}/{self.total:,} {self.unit} ({100.0 * done / max(self.total, 1):.0f}%)"
+      f" | ETA {format_seconds(eta)}"
+    )
+
+  def finish(self) -> None:
+    if self.printed or time.perf_counter() - self.start >= self.every_s:
+      took = format_seconds(time.perf_counter() - self.start)
+      console(f"{self.what}: {self.total:,} {self.unit} in {took}")
+
+
 class Writer:
   """Scalars to TensorBoard event files under `workdir/tensorboard` and to the console."""
 

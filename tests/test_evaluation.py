@@ -79,3 +79,27 @@ def test_results_on_another_dataset_are_kept_apart_by_its_label(tmp_path):
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["knn@20"] == 40.0 and saved["evaluate"] == {"knn@20": 41.0}
   assert saved["transfer"] == {label: {"evaluate": {"knn@20": 30.0, "step": 3}, "finetune": 55.0}}
+
+
+def test_long_work_reports_progress_with_eta_and_short_work_stays_quiet(capsys, monkeypatch):
+  from sslx import progress
+
+  now = [100.0]
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+  quick = progress.Ticker("quick", 10, "images", every_s=15.0)
+  now[0] += 5.0
+  quick.update(10)
+  quick.finish()
+  assert capsys.readouterr().out == ""
+
+  slow = progress.Ticker("pretrained: k-NN", 50_000, "test images", every_s=15.0)
+  now[0] += 20.0  # 12,500 done in 20 s: 37,500 to go at that rate is 60 s
+  slow.update(12_500)
+  now[0] += 5.0  # within 15 s of the last line: nothing
+  slow.update(20_000)
+  now[0] += 35.0
+  slow.finish()
+  assert capsys.readouterr().out.splitlines() == [
+    "pretrained: k-NN: 12,500/50,000 test images (25%) | ETA 1m00s",
+    "pretrained: k-NN: 50,000 test images in 1m00s",
+  ]

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from sslx import paths
+from sslx import paths, progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -735,7 +735,10 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 def decode_all(
-  source, num_threads: int | None = None, indices: Sequence[int] | None = None
+  source,
+  num_threads: int | None = None,
+  indices: Sequence[int] | None = None,
+  what: str = "decoding",
 ) -> tuple[np.ndarray, np.ndarray]:
   """Decodes every record, or those at ``indices``: (images uint8[N, S, S, 3], labels int32[N]).
 
@@ -744,6 +747,7 @@ def decode_all(
   one array allocated up front (peak memory: the result, not a list of records plus a copy).
   Unreadable files are left out and named in one summary log line, so N can be smaller than
   requested. PIL releases the GIL while decoding, so a few threads help with large images.
+  Long decodes report progress under `what` (`progress.Ticker`).
   """
   order = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
   n = len(order)
@@ -761,12 +765,16 @@ def decode_all(
         images[j], labels[j], ok[j] = record["image"], record["label"], True
 
   starts = range(0, n, 512)
+  ticker = progress.Ticker(what, n, "images")
   if num_threads > 1 and len(starts) > 1:
     with futures.ThreadPoolExecutor(num_threads) as pool:
-      list(pool.map(decode_chunk, starts))
+      for i, _ in enumerate(futures.as_completed([pool.submit(decode_chunk, s) for s in starts])):
+        ticker.update(min(n, (i + 1) * 512))
   else:
     for start in starts:
       decode_chunk(start)
+      ticker.update(min(n, start + 512))
+  ticker.finish()
   if not ok.all():
     bad = [source.name(int(order[j])) for j in np.flatnonzero(~ok)]
     logging.warning("skipped %d unreadable files: %s", len(bad), _list_names(bad))

@@ -44,6 +44,11 @@ class Features:
   # Protocols that train the encoder (fine-tuning) need more than features: the method, its
   # pretrained variables and the raw images. None for the raw-pixel baseline.
   context: object = None
+  encoder: str = ""  # whose features: "pretrained", "random_init", ... (for progress lines)
+
+  def what(self, protocol: str) -> str:
+    """`protocol`'s name in progress lines, with the encoder's when there is one."""
+    return f"{self.encoder}: {protocol}" if self.encoder else protocol
 
 
 @dataclasses.dataclass
@@ -63,18 +68,25 @@ class Context:
   workdir: str | None = None  # where label-subset image lists are written
 
 
-def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
+def extract(
+  encode_fn, images: np.ndarray, mesh, batch_size: int = 512, what: str = "features"
+) -> np.ndarray:
   """Applies `encode_fn(images[B]) -> [B, D]` over `images` [N, H, W, 3] in fixed-size
   batches sharded over the mesh (the last batch is padded, so it compiles once).
 
   Every process holds all of `images`; each places only the rows its devices own. Features
   stay sharded on the devices batch after batch and are gathered once at the end, replicated,
-  so every process can read them (multi-host safe)."""
+  so every process can read them (multi-host safe). Long extractions report progress under
+  `what` (`progress.Ticker`)."""
   batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
   data_sharding = sharding.batch_sharding(mesh)
   fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=data_sharding)
   out = []
+  ticker = progress.Ticker(what, len(images), "images")
   for start in range(0, len(images), batch_size):
+    if out:  # one batch in flight: progress counts finished work, not queued work
+      out[-1].block_until_ready()
+      ticker.update(start)
     chunk = images[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
@@ -83,6 +95,7 @@ def extract(encode_fn, images: np.ndarray, mesh, batch_size: int = 512) -> np.nd
     out.append(fn(x))
   if not out:
     return np.zeros((0, 0), np.float32)
+  ticker.finish()
   gather = jax.jit(
     lambda *xs: jnp.concatenate(xs, axis=0).astype(jnp.float32),
     out_shardings=sharding.replicated(mesh),
@@ -116,13 +129,14 @@ def load_eval_data(config):
   except NotImplementedError:  # tfds reads labels with the records
     labels = None
   if labels is not None:
-    xtr, ytr = data.decode_all(train, indices=data.balanced_subset(labels, limit))
+    subset = data.balanced_subset(labels, limit)
+    xtr, ytr = data.decode_all(train, indices=subset, what="decoding the train split")
   else:
-    xtr, ytr = data.decode_all(train)
+    xtr, ytr = data.decode_all(train, what="decoding the train split")
     if limit and limit < len(xtr):
       idx = data.balanced_subset(ytr, limit)
       xtr, ytr = xtr[idx], ytr[idx]
-  xte, yte = data.decode_all(test)
+  xte, yte = data.decode_all(test, what="decoding the test split")
   return xtr, ytr, xte, yte, train.num_classes
 
 
@@ -168,24 +182,33 @@ def run_all(
     return {}
   xtr, ytr, xte, yte, num_classes = eval_data
   batch = config.get("eval_batch_size", 512)
+  baselines = (
+    " (and of the untrained encoder and raw pixels)" if config.get("eval_baselines") else ""
+  )
+  progress.console(
+    f"evaluating: {', '.join(sorted(config.evals))} on {len(xtr):,} train and {len(xte):,} "
+    f"test images{baselines}"
+  )
 
-  def evaluate(params, batch_stats):
+  def evaluate(params, batch_stats, encoder: str):
     encode_fn = functools.partial(method.encode, params, batch_stats)
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
       context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
     feats = Features(
-      extract(encode_fn, xtr, mesh, batch),
+      extract(encode_fn, xtr, mesh, batch, f"{encoder}: train features"),
       ytr,
-      extract(encode_fn, xte, mesh, batch),
+      extract(encode_fn, xte, mesh, batch, f"{encoder}: test features"),
       yte,
       num_classes,
       context,
+      encoder,
     )
     return run_protocols(config.evals, feats)
 
   results = evaluate(
-    *method.eval_variables(state.params["model"], state.batch_stats, state.method_state)
+    *method.eval_variables(state.params["model"], state.batch_stats, state.method_state),
+    "pretrained",
   )
   table = {"pretrained": results}
   if config.get("eval_baselines", False):
@@ -193,7 +216,7 @@ def run_all(
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)[0]
     init = method.init(init_rng, jnp.asarray(xtr[:2]))
     table["random_init"] = evaluate(
-      *method.eval_variables(init.params, init.batch_stats, init.method_state)
+      *method.eval_variables(init.params, init.batch_stats, init.method_state), "random_init"
     )
     pixel_mean = xtr.reshape(len(xtr), -1).astype(np.float32).mean(0) / 255.0
     table["raw_pixels"] = run_protocols(
@@ -204,6 +227,7 @@ def run_all(
         raw_pixel_features(xte, pixel_mean),
         yte,
         num_classes,
+        encoder="raw_pixels",
       ),
     )
   if writer is not None:

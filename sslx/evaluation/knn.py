@@ -52,11 +52,13 @@ def knn_accuracy(
   temperature: float = 0.07,
   chunk: int = 1024,
   temperatures=(),
+  what: str = "k-NN",
 ) -> dict:
   """Top-1 accuracy (%) of weighted k-NN for each k in `ks` and each temperature.
 
   Args:
     train_feats: [N, D]; train_labels: [N] int; test_feats: [M, D]; test_labels: [M].
+    what: the name progress lines give the work (`progress.Ticker`; long runs only).
   Returns:
     {"knn@k": accuracy at `temperature`, "knn@k_T<t>": at each extra t in `temperatures`}.
   """
@@ -70,6 +72,7 @@ def knn_accuracy(
   correct = np.zeros((len(eff), len(temps)), np.int64)
   test_labels = np.asarray(test_labels)
   m = test.shape[0]
+  ticker = progress.Ticker(what, m, "test images")
   for start in range(0, m, chunk):
     q = test[start : start + chunk]
     n_real = q.shape[0]
@@ -77,6 +80,8 @@ def knn_accuracy(
       q = jnp.pad(q, ((0, chunk - n_real), (0, 0)))
     pred = np.asarray(_chunk_predictions(q, train, train_labels, t_arr, eff, num_classes))
     correct += (pred[:, :, :n_real] == test_labels[start : start + n_real]).sum(-1)
+    ticker.update(start + n_real)
+  ticker.finish()
   out = {}
   for k in ks:
     i = eff.index(min(k, train.shape[0]))
@@ -97,6 +102,7 @@ def run(cfg, feats) -> dict:
     temperature=cfg.get("temperature", 0.07),
     chunk=cfg.get("chunk", 1024),
     temperatures=tuple(cfg.get("temperatures", ())),
+    what=feats.what("k-NN"),
   )
 
 

@@ -4,7 +4,7 @@ encoder (Zhang et al. 2016; Kolesnikov et al. 2019).
 Features are extracted once without augmentation and standardised with the training set's
 mean and std (equivalent to a BatchNorm without affine parameters in front of the linear
 layer, as MAE's probe does), then a linear classifier is trained with SGD + Nesterov momentum
-and a cosine schedule. The whole training loop is one `lax.scan`, so the probe costs seconds.
+and a cosine schedule. Each epoch is one jitted `lax.scan`, so the probe costs seconds.
 """
 
 from __future__ import annotations
@@ -16,37 +16,50 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import losses
+from sslx import losses, progress
 
 
-@functools.partial(jax.jit, static_argnames=("epochs", "batch_size", "num_classes"))
-def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes: int):
-  n, d = x.shape
-  steps_per_epoch = max(n // batch_size, 1)
-  schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
-  tx = optax.chain(
+def _optimizer(lr, weight_decay, total_steps: int):
+  schedule = optax.cosine_decay_schedule(lr, total_steps)
+  return optax.chain(
     optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=0.9, nesterov=True)
   )
-  params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
-  opt_state = tx.init(params)
+
+
+@functools.partial(jax.jit, static_argnames=("total_steps", "batch_size"), donate_argnums=0)
+def _epoch(carry, x, y, key, lr, weight_decay, total_steps: int, batch_size: int):
+  """One epoch of SGD over a fresh permutation of (x, y): `carry` is (params, opt_state)."""
+  n = x.shape[0]
+  steps = max(n // batch_size, 1)
+  tx = _optimizer(lr, weight_decay, total_steps)
+  perm = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
   def loss_fn(p, xb, yb):
     return losses.softmax_cross_entropy(xb @ p["w"] + p["b"], yb)[0]
 
-  def epoch(carry, key):
-    perm = jax.random.permutation(key, n)[: steps_per_epoch * batch_size]
-    perm = perm.reshape(steps_per_epoch, batch_size)
+  def step(carry, idx):
+    p, s = carry
+    g = jax.grad(loss_fn)(p, x[idx], y[idx])
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
 
-    def step(carry, idx):
-      p, s = carry
-      g = jax.grad(loss_fn)(p, x[idx], y[idx])
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
+  return jax.lax.scan(step, carry, perm)[0]
 
-    return jax.lax.scan(step, carry, perm)[0], None
 
-  (params, _), _ = jax.lax.scan(epoch, (params, opt_state), jax.random.split(rng, epochs))
-  return params
+def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes: int, what: str):
+  """The classifier's params after `epochs` epochs, one jitted call per epoch (so that long
+  probes report progress; the schedule runs over all epochs' steps)."""
+  n, d = x.shape
+  total_steps = epochs * max(n // batch_size, 1)
+  params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
+  carry = (params, _optimizer(lr, weight_decay, total_steps).init(params))
+  ticker = progress.Ticker(what, epochs, "epochs")
+  for i, key in enumerate(jax.random.split(rng, epochs)):
+    carry = _epoch(carry, x, y, key, lr, weight_decay, total_steps, batch_size)
+    jax.block_until_ready(carry)
+    ticker.update(i + 1)
+  ticker.finish()
+  return carry[0]
 
 
 def linear_probe_accuracy(
@@ -60,8 +73,10 @@ def linear_probe_accuracy(
   lr: float = 0.1,
   weight_decay: float = 0.0,
   seed: int = 0,
+  what: str = "linear probe",
 ) -> float:
-  """Top-1 test accuracy (%) of a linear classifier trained on standardised features."""
+  """Top-1 test accuracy (%) of a linear classifier trained on standardised features (`what`:
+  the name its progress lines give it, on long runs only)."""
   train = np.asarray(train_feats, np.float32)
   mean, std = train.mean(0), train.std(0) + 1e-6
   x = jnp.asarray((train - mean) / std)
@@ -76,6 +91,7 @@ def linear_probe_accuracy(
     epochs,
     batch_size,
     num_classes,
+    what,
   )
   pred = np.asarray(jnp.argmax(xt @ params["w"] + params["b"], -1))
   return 100.0 * float((pred == np.asarray(test_labels)).mean())
@@ -94,5 +110,6 @@ def run(cfg, feats) -> dict:
       lr=cfg.get("lr", 0.1),
       weight_decay=cfg.get("weight_decay", 0.0),
       seed=cfg.get("seed", 0),
+      what=feats.what("linear probe"),
     )
   }
