@@ -3,8 +3,9 @@ r"""Side-by-side comparison of runs: a Markdown table and a bar chart from resul
     python -m sslx report --workdirs=/tmp/simclr,/tmp/byol --out=report.md
 
 Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN@200, linear,
-fine-tune, the untrained encoder's k-NN@20 and linear, images/s) and report.png next to it (grouped bars of the accuracies; needs
-matplotlib: pip install 'sslx[plots]').
+fine-tune, the untrained encoder's k-NN@20 and linear, images/s; then, for runs evaluated or
+fine-tuned on other datasets, one row per run and dataset) and report.png next to it (grouped
+bars of the accuracies; needs matplotlib: pip install 'sslx[plots]').
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ COLUMNS = (  # (header, results.json key, format)
   ("images/s", "train_images_per_sec", "{:.0f}"),
 )
 ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
+# A run evaluated or fine-tuned on other datasets (results.json["transfer"][<dataset label>]):
+# one row per run and dataset.
+TRANSFER_COLUMNS = (
+  ("method", "method", "{}"),
+  ("dataset", "dataset", "{}"),
+  ("step", "evaluate.step", "{}"),
+  ("k-NN@20", "evaluate.knn@20", "{:.2f}"),
+  ("k-NN@200", "evaluate.knn@200", "{:.2f}"),
+  ("linear", "evaluate.linear", "{:.2f}"),
+  ("fine-tune", "finetune", "{:.2f}"),
+  ("k-NN@20 untrained", "evaluate.baselines.random_init.knn@20", "{:.2f}"),
+  ("linear untrained", "evaluate.baselines.random_init.linear", "{:.2f}"),
+  ("k-NN@20 raw pixels", "evaluate.baselines.raw_pixels.knn@20", "{:.2f}"),
+)
 
 
 def load_results(workdir: str) -> dict:
@@ -63,18 +78,27 @@ def _get(results: dict, key: str):
   return node
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
   """One Markdown row per results dict; missing values shown as "–"."""
   lines = [
-    "| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-    "|---" * (len(COLUMNS) + 1) + "|",
+    "| run | " + " | ".join(h for h, _, _ in columns) + " |",
+    "|---" * (len(columns) + 1) + "|",
   ]
   for r in rows:
     name = os.path.basename(os.path.normpath(r.get("workdir", ""))) or "-"
     lines.append(
-      f"| {name} | " + " | ".join(_cell(_get(r, k), fmt) for _, k, fmt in COLUMNS) + " |"
+      f"| {name} | " + " | ".join(_cell(_get(r, k), fmt) for _, k, fmt in columns) + " |"
     )
   return "\n".join(lines) + "\n"
+
+
+def transfer_rows(rows: list[dict]) -> list[dict]:
+  """One row per run and other dataset it was evaluated or fine-tuned on."""
+  return [
+    dict(section, workdir=r.get("workdir", ""), method=r.get("method"), dataset=label)
+    for r in rows
+    for label, section in sorted(r.get("transfer", {}).items())
+  ]
 
 
 def bar_chart(rows: list[dict], out: str) -> str:
@@ -142,5 +166,8 @@ def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
   text = "# sslx runs\n\n" + markdown_table(rows)
   if png:
     text += f"\n![accuracies]({os.path.basename(png)})\n"
+  other = transfer_rows(rows)
+  if other:
+    text += "\n## On other datasets\n\n" + markdown_table(other, TRANSFER_COLUMNS)
   paths.write_text(out, text)
   return {"markdown": out, "chart": png}

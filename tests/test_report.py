@@ -82,3 +82,36 @@ def test_table_and_chart_from_workdirs(tmp_path):
 def test_missing_results_says_which(tmp_path):
   with pytest.raises(FileNotFoundError, match="results.json does not exist"):
     report.write_report([str(tmp_path)], str(tmp_path / "r.md"), chart=False)
+
+
+def test_runs_evaluated_on_other_datasets_get_their_own_table(tmp_path):
+  stl = "image_folder /data/stl10 (test, 96 px)"
+  a = _run(
+    tmp_path,
+    "demo",
+    method="simclr",
+    transfer={
+      stl: {
+        "evaluate": {
+          "knn@20": 50.0,
+          "linear": 55.5,
+          "step": 532,
+          "baselines": {"random_init": {"knn@20": 40.0}, "raw_pixels": {"knn@20": 35.125}},
+        },
+        "finetune": 70.0,
+      }
+    },
+    **{"knn@20": 55.3},
+  )
+  b = _run(tmp_path, "other", method="byol", **{"knn@20": 42.0})
+  written = report.write_report([a, b], str(tmp_path / "r.md"), chart=False)
+  text = open(written["markdown"]).read()
+  main, transfer = text.split("## On other datasets")
+  assert "| demo | simclr |" in main and "50.00" not in main  # the run's own row keeps 55.30
+  rows = [l for l in transfer.splitlines() if l.startswith("| demo")]
+  assert rows == [
+    f"| demo | simclr | {stl} | 532 | 50.00 | – | 55.50 | 70.00 | 40.00 | – | 35.12 |"
+  ]
+  assert "other" not in transfer
+  only_own = report.write_report([b], str(tmp_path / "own.md"), chart=False)
+  assert "On other datasets" not in open(only_own["markdown"]).read()
