@@ -37,8 +37,8 @@ def evaluated_features(monkeypatch, config, method, state, data):
   seen = []
   real = evaluation.extract
 
-  def spy(encode_fn, images, mesh, batch_size=512):
-    out = real(encode_fn, images, mesh, batch_size)
+  def spy(encode_fn, images, mesh, *args, **kwargs):
+    out = real(encode_fn, images, mesh, *args, **kwargs)
     seen.append(out)
     return out
 
