@@ -97,7 +97,7 @@ def test_a_run_evaluates_on_a_dataset_with_other_classes(tmp_path):
   # probe (16 x 10 in the checkpoint) and the optimizer's state are not read, the encoder is.
   from PIL import Image
 
-  from sslx.cli import evaluate
+  from sslx.cli import evaluate, finetune
 
   config = tiny_simclr(steps=3, evals={})
   train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -123,6 +123,13 @@ def test_a_run_evaluates_on_a_dataset_with_other_classes(tmp_path):
   label = f"image_folder {tmp_path / 'folder'} (test, 32 px)"
   assert "evaluate" not in saved and list(saved["transfer"]) == [label]
   assert saved["transfer"][label]["evaluate"] == dict(results, step=3)
+  # Fine-tuning on it likewise: a 3-way head, the figures beside the evaluation's.
+  tuned = finetune.finetune_checkpoint(
+    other, str(tmp_path / "run"), cfg={"steps": 2, "batch_size": 8}
+  )
+  saved = json.load(open(tmp_path / "run" / "results.json"))
+  assert "finetune" not in saved and saved["transfer"][label]["finetune_step"] == 3
+  assert saved["transfer"][label]["finetune"] == tuned["finetune"]
 
 
 @pytest.mark.parametrize(
