@@ -28,7 +28,7 @@ def grads(scale):
 
 
 def global_norm(tree):
-  return float(optax.global_norm(tree))
+  return float(optax.tree.norm(tree))
 
 
 def test_clipping_bounds_the_update_norm():
