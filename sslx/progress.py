@@ -76,6 +76,11 @@ class Ticker:
     self.start = self.last = time.perf_counter()
     self.printed = False
 
+  def due(self) -> bool:
+    """Whether `update` would print now: callers that dispatch work asynchronously wait for it
+    only then, so progress counts finished work without a sync per piece."""
+    return time.perf_counter() - self.last >= self.every_s
+
   def update(self, done: int) -> None:
     now = time.perf_counter()
     if now - self.last < self.every_s or done <= 0:

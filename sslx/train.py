@@ -245,7 +245,7 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   target = encoder_side(setup.abstract_state)
   fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
   parts = checkpointing.restore_parts(
-    mngr, step, {k: v for k, v in fields.items() if jax.tree.leaves(v)}
+    mngr, step, {k: v for k, v in fields.items() if v is not None}
   )
   return setup, target.replace(**parts), step
 

@@ -46,17 +46,16 @@ def finetune_checkpoint(
   )
   results, _ = finetune.finetune(ctx, cfg)
   key = next(iter(results))  # finetune, or finetune_<pct>pct on a label subset
+  transfer = evaluation.transfer_label(config, workdir)
   if from_scratch:
     results = {key.replace("finetune", "finetune_from_scratch", 1): results[key]}
-    progress.write_results(workdir, results, evaluation.transfer_label(config, workdir))
+    progress.write_results(workdir, results, transfer)
     progress.console(
       f"trained the untrained encoder with the fine-tuning recipe: top-1 "
       f"{next(iter(results.values())):.2f}%"
     )
     return results
-  progress.write_results(
-    workdir, dict(results, finetune_step=step), evaluation.transfer_label(config, workdir)
-  )
+  progress.write_results(workdir, dict(results, finetune_step=step), transfer)
   progress.console(f"fine-tuned checkpoint step {step}: top-1 {results[key]:.2f}% ({key})")
   return results
 

@@ -84,7 +84,7 @@ def extract(
   out = []
   ticker = progress.Ticker(what, len(images), "images")
   for start in range(0, len(images), batch_size):
-    if out:  # one batch in flight: progress counts finished work, not queued work
+    if out and ticker.due():  # progress counts finished work, not queued work
       out[-1].block_until_ready()
       ticker.update(start)
     chunk = images[start : start + batch_size]

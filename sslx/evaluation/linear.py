@@ -56,8 +56,9 @@ def _fit(x, y, rng, lr, weight_decay, epochs: int, batch_size: int, num_classes:
   ticker = progress.Ticker(what, epochs, "epochs")
   for i, key in enumerate(jax.random.split(rng, epochs)):
     carry = _epoch(carry, x, y, key, lr, weight_decay, total_steps, batch_size)
-    jax.block_until_ready(carry)
-    ticker.update(i + 1)
+    if ticker.due():  # wait for the epoch only when a line is due
+      jax.block_until_ready(carry)
+      ticker.update(i + 1)
   ticker.finish()
   return carry[0]
 
