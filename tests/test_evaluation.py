@@ -56,7 +56,7 @@ def test_linear_probe_separates_separable_data_and_not_noise():
   assert noise < 50.0
 
 
-def test_results_on_another_dataset_are_kept_apart_by_its_label(tmp_path):
+def test_results_on_another_dataset_are_kept_apart_by_its_label(tmp_path, monkeypatch):
   import json
 
   from sslx import evaluation, progress
@@ -70,6 +70,17 @@ def test_results_on_another_dataset_are_kept_apart_by_its_label(tmp_path):
   other.dataset.path = "/data/stl10"
   label = evaluation.transfer_label(other, str(tmp_path))
   assert label == "image_folder /data/stl10 (test, 48 px)"
+  folder = tmp_path / "stl10"
+  folder.mkdir()
+  there = tiny_simclr(**{"dataset.name": "image_folder"})
+  there.dataset.path = str(folder)
+  (tmp_path / "config.json").write_text(there.to_json_best_effort())
+  monkeypatch.chdir(tmp_path)
+  for spelled in ("stl10", "./stl10/", str(folder) + "/"):  # one folder, spelled three ways
+    here = tiny_simclr(**{"dataset.name": "image_folder"})
+    here.dataset.path = spelled
+    assert evaluation.transfer_label(here, str(tmp_path)) is None, spelled
+  (tmp_path / "config.json").write_text(run.to_json_best_effort())
   bigger = tiny_simclr(**{"dataset.image_size": 64})  # the same images at another size
   assert evaluation.transfer_label(bigger, str(tmp_path)) == "embedded (test, 64 px)"
 

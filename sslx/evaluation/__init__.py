@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import os
 import pkgutil
 from typing import Any
 
@@ -154,7 +155,16 @@ def transfer_label(config, workdir: str) -> str | None:
     return None
   ran = paths.read_json(path).get("dataset", {})
   d = config.dataset
-  if all(str(ran.get(k, "")) == str(d.get(k, "")) for k in _DATASET_IDENTITY):
+
+  def same(key):
+    a, b = str(ran.get(key, "")), str(d.get(key, ""))
+    if key == "path" and a and b and not (paths.is_remote(a) or paths.is_remote(b)):
+      # A local folder given relative here and absolute there, with "~" or a trailing "/", is
+      # one dataset (relative paths resolve against this process's directory).
+      a, b = (os.path.realpath(os.path.expanduser(x)) for x in (a, b))
+    return a == b
+
+  if all(same(k) for k in _DATASET_IDENTITY):
     return None
   where = f" {d.path}" if d.get("path") else ""
   return f"{d.name}{where} ({d.get('eval_split', 'test')}, {d.get('image_size')} px)"
