@@ -5,7 +5,8 @@ r"""Side-by-side comparison of runs: a Markdown table and a bar chart from resul
 Writes report.md (one row per run: method, encoder, epochs, batch, k-NN@20, k-NN@200, linear,
 fine-tune, the untrained encoder's k-NN@20 and linear, images/s; then, for runs evaluated or
 fine-tuned on other datasets, one row per run and dataset) and report.png next to it (grouped
-bars of the accuracies; needs matplotlib: pip install 'sslx[plots]').
+bars of the accuracies; needs matplotlib: pip install 'sslx[plots]'), plus
+report_other_datasets.png with the same bars for the other datasets' rows.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ COLUMNS = (  # (header, results.json key, format)
 )
 ACCURACIES = ("knn@20", "knn@200", "linear", "finetune")
 # A run evaluated or fine-tuned on other datasets (results.json["transfer"][<dataset label>]):
-# one row per run and dataset.
+# one row per run and dataset (`transfer_rows`).
 TRANSFER_COLUMNS = (
   ("method", "method", "{}"),
   ("dataset", "dataset", "{}"),
-  ("step", "evaluate.step", "{}"),
-  ("k-NN@20", "evaluate.knn@20", "{:.2f}"),
-  ("k-NN@200", "evaluate.knn@200", "{:.2f}"),
-  ("linear", "evaluate.linear", "{:.2f}"),
+  ("step", "step", "{}"),
+  ("k-NN@20", "knn@20", "{:.2f}"),
+  ("k-NN@200", "knn@200", "{:.2f}"),
+  ("linear", "linear", "{:.2f}"),
   ("fine-tune", "finetune", "{:.2f}"),
-  ("k-NN@20 untrained", "evaluate.baselines.random_init.knn@20", "{:.2f}"),
-  ("linear untrained", "evaluate.baselines.random_init.linear", "{:.2f}"),
-  ("k-NN@20 raw pixels", "evaluate.baselines.raw_pixels.knn@20", "{:.2f}"),
+  ("k-NN@20 untrained", "baselines.random_init.knn@20", "{:.2f}"),
+  ("linear untrained", "baselines.random_init.linear", "{:.2f}"),
+  ("k-NN@20 raw pixels", "baselines.raw_pixels.knn@20", "{:.2f}"),
 )
 
 
@@ -93,16 +94,46 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
 
 
 def transfer_rows(rows: list[dict]) -> list[dict]:
-  """One row per run and other dataset it was evaluated or fine-tuned on."""
+  """One row per run and other dataset it was evaluated or fine-tuned on, shaped as a run's own
+  row (its `evaluate` figures and `finetune` at the top level) so that the table and the chart
+  read both alike."""
   return [
-    dict(section, workdir=r.get("workdir", ""), method=r.get("method"), dataset=label)
+    dict(
+      section.get("evaluate", {}),
+      finetune=section.get("finetune"),
+      workdir=r.get("workdir", ""),
+      method=r.get("method"),
+      dataset=label,
+    )
     for r in rows
     for label, section in sorted(r.get("transfer", {}).items())
   ]
 
 
+def _bar_name(r: dict) -> str:
+  run, method = os.path.basename(os.path.normpath(r.get("workdir", ""))), r.get("method", "?")
+  name = run if run == method else f"{run}\n{method}"
+  if r.get("dataset"):  # a transfer row: which dataset, shortly ("stl10 (test, 96 px)")
+    label = r["dataset"]
+    where, _, rest = label.partition(" (")
+    where = os.path.basename(os.path.normpath(where.split(" ", 1)[-1]))
+    name += f"\n{where} ({rest}" if rest else f"\n{label}"
+  return name
+
+
+def chart_series(rows: list[dict]) -> dict[str, list]:
+  """What `bar_chart` draws: per accuracy present in any row, each row's figure (None where the
+  row has none), and the untrained encoder's (the black ticks)."""
+  keys = [k for k in ACCURACIES if any(r.get(k) is not None for r in rows)]
+  return {
+    k: ([r.get(k) for r in rows], [_get(r, f"baselines.random_init.{k}") for r in rows])
+    for k in keys
+  }
+
+
 def bar_chart(rows: list[dict], out: str) -> str:
-  """Grouped bars: one group per run, one bar per accuracy present in any run."""
+  """Grouped bars: one group per run (or run and other dataset), one bar per accuracy present in
+  any row."""
   try:
     import matplotlib
   except ImportError as e:
@@ -111,22 +142,22 @@ def bar_chart(rows: list[dict], out: str) -> str:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  keys = [k for k in ACCURACIES if any(r.get(k) is not None for r in rows)]
-  names = []
-  for r in rows:
-    run, method = os.path.basename(os.path.normpath(r.get("workdir", ""))), r.get("method", "?")
-    names.append(run if run == method else f"{run}\n{method}")
-  fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(rows) + 2), 4))
+  series = chart_series(rows)
+  keys = list(series)
+  names = [_bar_name(r) for r in rows]
+  # Slanted names where they would run into each other (many runs, or long dataset names).
+  slant = len(rows) > 6 or max(len(line) for n in names for line in n.split("\n")) > 14
+  width_in = max(4, 1.1 * len(rows) + 2)
+  fig, ax = plt.subplots(figsize=(width_in, 4.8 if slant else 4))
   width = 0.8 / max(len(keys), 1)
   x = np.arange(len(rows))
   top = 0.0
   marked = False
-  for i, k in enumerate(keys):
-    vals = [r.get(k) if r.get(k) is not None else 0.0 for r in rows]
+  for i, (k, (vals, base)) in enumerate(series.items()):
+    vals = [v if v is not None else 0.0 for v in vals]
     pos = x + (i - (len(keys) - 1) / 2) * width
     ax.bar(pos, vals, width, label=k)
     # the untrained encoder's figure as a black tick on each bar: what pretraining added
-    base = [_get(r, f"baselines.random_init.{k}") for r in rows]
     pts = [(p, b) for p, b in zip(pos, base) if b is not None]
     if pts:
       ax.scatter(
@@ -141,13 +172,18 @@ def bar_chart(rows: list[dict], out: str) -> str:
       marked = True
     top = max([top] + vals + [b for _, b in pts])
   ax.set_xticks(x)
-  ax.set_xticklabels(
-    names, rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center"
-  )
+  ax.set_xticklabels(names, rotation=30 if slant else 0, ha="right" if slant else "center")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_ylim(0, min(100.0, top * 1.15 + 1.0))
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize="small", ncol=len(keys) + 1)
+  # above the axes, where no bar can be under it
+  ax.legend(
+    fontsize="small",
+    ncol=max(1, min(len(keys) + 1, int(width_in / 1.35))),  # rows of entries that fit the width
+    loc="lower center",
+    bbox_to_anchor=(0.5, 1.0),
+    frameon=False,
+  )
   fig.tight_layout()
   paths.save(out, lambda f: fig.savefig(f, format=paths.file_format(out), dpi=100))
   plt.close(fig)
@@ -156,18 +192,23 @@ def bar_chart(rows: list[dict], out: str) -> str:
 
 def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
   """Writes the Markdown table to `out` (with the chart embedded when written) and the chart
-  to `out` with a .png suffix. Returns {"markdown": path, "chart": path or None}."""
+    to `out` with a .png suffix (and, when runs have other datasets' results, theirs to
+  <out>_other_datasets.png). Returns {"markdown": path, "chart": path or None, "other_chart": path
+  or None}."""
   if not workdirs:
     raise ValueError("no workdirs given: pass --workdirs=run_a,run_b,...")
   rows = [load_results(w) for w in workdirs]
-  png = None
-  if chart:
-    png = bar_chart(rows, os.path.splitext(out)[0] + ".png")
+  stem = os.path.splitext(out)[0]
+  png = bar_chart(rows, stem + ".png") if chart else None
   text = "# sslx runs\n\n" + markdown_table(rows)
   if png:
     text += f"\n![accuracies]({os.path.basename(png)})\n"
   other = transfer_rows(rows)
+  other_png = None
   if other:
     text += "\n## On other datasets\n\n" + markdown_table(other, TRANSFER_COLUMNS)
+    if chart:
+      other_png = bar_chart(other, stem + "_other_datasets.png")
+      text += f"\n![accuracies on other datasets]({os.path.basename(other_png)})\n"
   paths.write_text(out, text)
-  return {"markdown": out, "chart": png}
+  return {"markdown": out, "chart": png, "other_chart": other_png}

@@ -115,3 +115,17 @@ def test_runs_evaluated_on_other_datasets_get_their_own_table(tmp_path):
   assert "other" not in transfer
   only_own = report.write_report([b], str(tmp_path / "own.md"), chart=False)
   assert "On other datasets" not in open(only_own["markdown"]).read()
+
+  # Their chart draws the same figures as the table, the untrained encoder's as ticks.
+  other = report.transfer_rows([report.load_results(a), report.load_results(b)])
+  assert report.chart_series(other) == {
+    "knn@20": ([50.0], [40.0]),
+    "linear": ([55.5], [None]),
+    "finetune": ([70.0], [None]),
+  }
+  pytest.importorskip("matplotlib")
+  charted = report.write_report([a, b], str(tmp_path / "c.md"))
+  assert charted["other_chart"] == str(tmp_path / "c_other_datasets.png")
+  assert os.path.getsize(charted["other_chart"]) > 2000
+  assert "](c_other_datasets.png)" in open(charted["markdown"]).read()
+  assert report.write_report([b], str(tmp_path / "d.md"))["other_chart"] is None

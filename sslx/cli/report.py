@@ -21,4 +21,5 @@ def main(argv):
   f = flags.FLAGS
   written = report.write_report([w for w in f.workdirs if w], f.out, chart=f.chart)
   print(paths.read_text(written["markdown"]))
-  print(f"wrote {written['markdown']}" + (f" and {written['chart']}" if written["chart"] else ""))
+  charts = [written[k] for k in ("chart", "other_chart") if written[k]]
+  print(f"wrote {written['markdown']}" + "".join(f" and {c}" for c in charts))
