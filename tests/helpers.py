@@ -110,3 +110,19 @@ def assert_learns(config, workdir: str, margin: float, measured: float) -> dict:
     f"{config.seed} when the margin was set)"
   )
   return results
+
+
+def assert_method_state_gets_no_gradient(method, state, images) -> None:
+  """The loss's gradient with respect to the method's state (EMA teachers, centers, queues) is
+  exactly zero: the state moves only by its own update rule, never by the optimiser."""
+  import jax.numpy as jnp
+
+  grads = jax.jit(
+    jax.grad(
+      lambda ms: method.loss(
+        state.params["model"], state.batch_stats, ms, images, jax.random.PRNGKey(0), 0
+      )[0]
+    )
+  )(state.method_state)
+  assert jax.tree.leaves(grads), "the method has no state to check"
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
