@@ -49,6 +49,8 @@ EXTRAS = {
   "tpu-compile": ["libtpu==0.0.42.*"],
   "dev": [
     "pytest>=8",
+    # two test workers (`pytest -n 2`): the suite's compilations are mostly single-threaded
+    "pytest-xdist>=3.5",
     "ruff==0.17.6",
     "matplotlib>=3.8",
     "scikit-learn>=1.4",
