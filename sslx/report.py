@@ -121,7 +121,7 @@ def _bar_name(r: dict) -> str:
   return name
 
 
-def chart_series(rows: list[dict]) -> dict[str, list]:
+def chart_series(rows: list[dict]) -> dict[str, tuple[list, list]]:
   """What `bar_chart` draws: per accuracy present in any row, each row's figure (None where the
   row has none), and the untrained encoder's (the black ticks)."""
   keys = [k for k in ACCURACIES if any(r.get(k) is not None for r in rows)]
@@ -192,7 +192,7 @@ def bar_chart(rows: list[dict], out: str) -> str:
 
 def write_report(workdirs: list[str], out: str, chart: bool = True) -> dict:
   """Writes the Markdown table to `out` (with the chart embedded when written) and the chart
-    to `out` with a .png suffix (and, when runs have other datasets' results, theirs to
+  to `out` with a .png suffix (and, when runs have other datasets' results, theirs to
   <out>_other_datasets.png). Returns {"markdown": path, "chart": path or None, "other_chart": path
   or None}."""
   if not workdirs:
