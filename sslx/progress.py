@@ -65,14 +65,22 @@ class Progress:
     return " | ".join(parts)
 
 
+# How often a Ticker prints, in seconds.
+TICK_SECONDS = 15.0
+
+
 class Ticker:
   """Progress of one long piece of work outside the train loop (feature extraction, a probe's
-  epochs, k-NN over a large test set): "<what>: 12,288/50,000 images (25%) | ETA 1m20s" on the
-  console at most every `every_s` seconds, and "<what>: 50,000 images in 1m42s" at the end.
-  Work that ends within `every_s` prints nothing, so small evaluations stay quiet."""
+  epochs, k-NN over a large test set, dataset preparation): "<what>: 12,288/50,000 images (25%)
+  | ETA 1m20s" on the console at most every `every_s` seconds (default `TICK_SECONDS`), and
+  "<what>: 50,000 images in 1m42s" at the end. Work that ends within `every_s` prints nothing,
+  so small evaluations stay quiet. `stream`: print there instead of the lead process's stdout
+  (a command whose stdout is its machine-readable result)."""
 
-  def __init__(self, what: str, total: int, unit: str, every_s: float = 15.0):
-    self.what, self.total, self.unit, self.every_s = what, int(total), unit, every_s
+  def __init__(self, what: str, total: int, unit: str, every_s: float | None = None, stream=None):
+    self.what, self.total, self.unit = what, int(total), unit
+    self.every_s = TICK_SECONDS if every_s is None else every_s
+    self._say = console if stream is None else (lambda m: print(m, file=stream, flush=True))
     self.start = self.last = time.perf_counter()
     self.printed = False
 
@@ -87,7 +95,7 @@ class Ticker:
       return
     self.last, self.printed = now, True
     eta = (now - self.start) * (self.total - done) / done
-    console(
+    self._say(
       f"{self.what}: {done:,}/{self.total:,} {self.unit} ({100.0 * done / max(self.total, 1):.0f}%)"
       f" | ETA {format_seconds(eta)}"
     )
@@ -95,7 +103,7 @@ class Ticker:
   def finish(self) -> None:
     if self.printed or time.perf_counter() - self.start >= self.every_s:
       took = format_seconds(time.perf_counter() - self.start)
-      console(f"{self.what}: {self.total:,} {self.unit} in {took}")
+      self._say(f"{self.what}: {self.total:,} {self.unit} in {took}")
 
 
 class Writer:

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslx import data
+from sslx import data, progress
 from sslx.data import array_records, sources
 from tests.helpers import REPO
 
@@ -36,9 +37,21 @@ def folder(tmp_path):
   return root
 
 
-def test_prepare_round_trip_and_corrupt_file_skipped(folder, tmp_path, caplog):
+def test_prepare_round_trip_and_corrupt_file_skipped(folder, tmp_path, caplog, capsys, monkeypatch):
+  monkeypatch.setattr(progress, "TICK_SECONDS", 0.0)  # a progress line for every chunk
   out = tmp_path / "ar"
   meta = array_records.prepare(str(folder), str(out), shard_bytes=4000)
+  printed = capsys.readouterr()
+  assert printed.out == ""  # stdout stays the command's JSON result
+  lines = [re.sub(r" in \d+m\d+s$", " in <time>", x) for x in printed.err.splitlines()]
+  assert lines[:2] == [
+    "prepare train: 13/13 images (100%) | ETA 0m00s",
+    "prepare train: 13 images in <time>",
+  ]
+  assert lines[2:] == [
+    "prepare test: 6/6 images (100%) | ETA 0m00s",
+    "prepare test: 6 images in <time>",
+  ]
   assert sorted(meta) == ["test", "train"]
   assert meta["train"]["num_records"] == 12 and len(meta["train"]["shards"]) > 1
   assert meta["train"]["skipped"] == [f"{folder}/train/class1/broken.jpg"]
@@ -101,3 +114,23 @@ def test_prepare_command_line(folder, tmp_path):
     ("train", 12, 1),
     ("test", 6, 0),
   }
+
+
+def test_upload_reports_its_progress_in_mib_on_stderr(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(progress, "TICK_SECONDS", 0.0)
+  staged = tmp_path / "staged" / "train"
+  staged.mkdir(parents=True)
+  for name in ("a.array_record", "b.array_record"):
+    (staged / name).write_bytes(os.urandom(2 << 20))
+  dest = tmp_path / "dest"
+  array_records._copy_tree(str(tmp_path / "staged"), str(dest))
+  for name in ("a.array_record", "b.array_record"):
+    assert (dest / "train" / name).read_bytes() == (staged / name).read_bytes()
+  printed = capsys.readouterr()
+  assert printed.out == ""
+  times = r"(ETA|in) \d+m\d+s$"
+  assert [re.sub(times, r"\1 <time>", x) for x in printed.err.splitlines()] == [
+    f"copying to {dest}: 2/4 MiB (50%) | ETA <time>",
+    f"copying to {dest}: 4/4 MiB (100%) | ETA <time>",
+    f"copying to {dest}: 4 MiB in <time>",
+  ]

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from collections.abc import Sequence
 from concurrent import futures
@@ -39,6 +40,7 @@ import simplejpeg
 from array_record.python import array_record_data_source, array_record_module
 from PIL import Image
 
+from sslx import progress
 from sslx.data import sources
 
 FORMAT = 1
@@ -110,6 +112,8 @@ def prepare_split(
       shards[-1]["bytes"] = os.path.getsize(os.path.join(split_dir, current))
       writer = None
 
+  # On stderr: stdout is the command's JSON result lines.
+  ticker = progress.Ticker(f"prepare {split}", n, "images", stream=sys.stderr)
   with futures.ThreadPoolExecutor(threads) as pool:
     for start in range(0, n, 1024):
       for j, (data, label, error) in enumerate(pool.map(read, range(start, min(n, start + 1024)))):
@@ -134,11 +138,13 @@ def prepare_split(
         size += len(record)
         shards[-1]["records"] += 1
         labels.append(label)
+      ticker.update(min(n, start + 1024))
   close()
   for k, shard in enumerate(shards):  # final names once the shard count is known
     final = _shard_name(split, k, len(shards))
     os.replace(os.path.join(split_dir, shard["file"]), os.path.join(split_dir, final))
     shard["file"] = final
+  ticker.finish()
   np.save(os.path.join(split_dir, LABELS), np.asarray(labels, np.int32))
   meta = {
     "format": FORMAT,
@@ -196,6 +202,10 @@ def prepare(
 def _copy_tree(local: str, url: str) -> None:
   from etils import epath  # pylint: disable=g-import-not-at-top  # only for URLs
 
+  files = [os.path.join(d, n) for d, _, names in os.walk(local) for n in names]
+  mib = sum(os.path.getsize(f) for f in files) / 2**20
+  ticker = progress.Ticker(f"copying to {url}", round(mib), "MiB", stream=sys.stderr)
+  copied = 0
   for dirpath, _, names in os.walk(local):
     rel = os.path.relpath(dirpath, local)
     dest = epath.Path(url) if rel == "." else epath.Path(url) / rel
@@ -203,6 +213,9 @@ def _copy_tree(local: str, url: str) -> None:
     for name in sorted(names, key=lambda n: n == METADATA):  # metadata last
       with open(os.path.join(dirpath, name), "rb") as fi, (dest / name).open("wb") as fo:
         shutil.copyfileobj(fi, fo, 16 << 20)
+      copied += os.path.getsize(os.path.join(dirpath, name))
+      ticker.update(round(copied / 2**20))
+  ticker.finish()
 
 
 def read_metadata(path: str, split: str) -> tuple[str, dict]:
