@@ -134,3 +134,59 @@ def test_upload_reports_its_progress_in_mib_on_stderr(tmp_path, capsys, monkeypa
     f"copying to {dest}: 4/4 MiB (100%) | ETA <time>",
     f"copying to {dest}: 4 MiB in <time>",
   ]
+
+
+class _Interrupted(sources.ImageFolderSource):
+  """An image-folder source that counts its reads and, with `stop_at`, dies there as a killed
+  process would (KeyboardInterrupt is no unreadable image: nothing catches it)."""
+
+  stop_at = None
+  reads: list = []
+
+  def read_encoded(self, i):
+    if self.stop_at is not None and i >= self.stop_at:
+      raise KeyboardInterrupt
+    type(self).reads.append(i)
+    return super().read_encoded(i)
+
+
+def test_prepare_interrupted_then_rerun_keeps_closed_shards_and_equals_one_run(
+  folder, tmp_path, capsys
+):
+  whole = array_records.prepare_split(
+    sources.ImageFolderSource(str(folder), "train", 1), "train", str(tmp_path / "once"), 4000
+  )
+  out = tmp_path / "twice"
+  source = _Interrupted(str(folder), "train", 1)
+  source.stop_at = 11
+  with pytest.raises(KeyboardInterrupt):
+    array_records.prepare_split(source, "train", str(out), 4000, threads=1)
+  split = out / "train"
+  journal = [json.loads(x) for x in (split / array_records.JOURNAL).read_text().splitlines()]
+  kept = journal[1:]
+  assert kept and kept[-1]["next"] <= 11 and not (split / array_records.METADATA).exists()
+  # the truncated file (image 8) was met inside a closed shard: its name is kept with it
+  assert [e["skipped"] for e in kept][-1] == [f"{folder}/train/class1/broken.jpg"]
+
+  source.stop_at, _Interrupted.reads = None, []
+  meta = array_records.prepare_split(source, "train", str(out), 4000, threads=1)
+  assert _Interrupted.reads == list(range(kept[-1]["next"], len(source)))  # nothing read twice
+  assert f"resuming at image {kept[-1]['next']}" in capsys.readouterr().err
+  assert meta == whole  # shards, their sizes, labels and the skipped file, as one run wrote them
+  assert sorted(os.listdir(split)) == sorted(os.listdir(tmp_path / "once" / "train"))
+  for name in os.listdir(split):
+    assert (split / name).read_bytes() == (tmp_path / "once" / "train" / name).read_bytes(), name
+
+  # A journal written for another source (here: another image count) is not resumed from.
+  source.stop_at = 9
+  with pytest.raises(KeyboardInterrupt):
+    array_records.prepare_split(source, "train", str(out), 4000, threads=1)
+
+  class Shorter(_Interrupted):
+    def __len__(self):
+      return super().__len__() - 1
+
+  _Interrupted.reads = []
+  shorter = Shorter(str(folder), "train", 1)
+  array_records.prepare_split(shorter, "train", str(out), 4000, threads=1)
+  assert _Interrupted.reads == list(range(len(shorter)))  # started over

@@ -6,7 +6,8 @@ r"""Prepares an image dataset as ArrayRecord shards (``dataset.name=array_record
 ``--src``: a folder or an uncompressed tar (indexed by member offsets and read lazily) in the
 ``<split>/<class>/<image>`` layout; ``--out``: a directory (or a URL etils.epath writes). The
 encoded images are stored unchanged; corrupt ones are skipped, named and counted. Prints one
-JSON line per split: records, skipped, shards.
+JSON line per split (records, skipped, shards) on stdout, progress with ETA on stderr. Killed
+or preempted, the same command again goes on after the last shard it had closed.
 """
 
 import json

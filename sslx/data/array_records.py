@@ -15,7 +15,10 @@ image file's bytes, unchanged (no re-encoding: the host crop decodes the origina
 scale it needs). Shards are written with ``group_size:1`` so that every record is one random
 read. A shard that is missing or whose size differs from metadata.json fails at start-up naming
 the file; the metadata is written last, so an interrupted ``prepare`` leaves no dataset that
-looks complete.
+looks complete. Rerun with the same arguments, it keeps the shards it had closed (listed in
+``prepare.journal.jsonl`` until it finishes) and reads on from the first image after them: the
+result is that of one uninterrupted run. A ``gs://`` output is staged in a fresh local directory
+and uploaded at the end, so an interrupted one starts over.
 
 Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
 which still reads the whole entropy-coded stream), named in the log and counted in
@@ -81,10 +84,40 @@ def _shard_name(split: str, k: int, n: int) -> str:
   return f"{split}-{k:05d}-of-{n:05d}.array_record"
 
 
+# Closed shards of an unfinished `prepare_split`, one JSON line each, so that a rerun after a
+# crash or preemption continues after the last of them instead of starting over.
+JOURNAL = "prepare.journal.jsonl"
+
+
+def _resume_point(split_dir: str, header: dict) -> list[dict]:
+  """The journal's shards whose files are whole, when the journal was written for the same
+  source (`header`: its size and classes); [] otherwise. Other staged shards are removed."""
+  path = os.path.join(split_dir, JOURNAL)
+  kept = []
+  if os.path.exists(path):
+    with open(path) as f:
+      lines = [json.loads(x) for x in f if x.strip().endswith("}")]
+    if lines and lines[0] == header:
+      for entry in lines[1:]:
+        file = os.path.join(split_dir, entry["file"])
+        if not (os.path.exists(file) and os.path.getsize(file) == entry["bytes"]):
+          break
+        kept.append(entry)
+  names = {e["file"] for e in kept}
+  for name in os.listdir(split_dir):
+    if name.endswith(".array_record") and "-tmp-" in name and name not in names:
+      os.remove(os.path.join(split_dir, name))
+  with open(path, "w") as f:  # the header and what is kept: the journal the rest appends to
+    f.writelines(json.dumps(x) + "\n" for x in [header] + kept)
+  return kept
+
+
 def prepare_split(
   source, split: str, out_dir: str, shard_bytes: int = _DEFAULT_SHARD_BYTES, threads: int = 0
 ) -> dict:
-  """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``."""
+  """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``. Run
+  again after an interruption, it keeps the shards it had closed (`JOURNAL`) and goes on from
+  the first image after them; the result is byte for byte that of an uninterrupted run."""
   split_dir = os.path.join(out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
   for stale in (METADATA, LABELS):
@@ -92,6 +125,18 @@ def prepare_split(
       os.remove(os.path.join(split_dir, stale))
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
+  header = {"format": FORMAT, "images": n, "class_names": list(source.class_names)}
+  kept = _resume_point(split_dir, header)
+  shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
+  labels = [label for e in kept for label in e["labels"]]
+  skipped = [name for e in kept for name in e["skipped"]]
+  begin = kept[-1]["next"] if kept else 0
+  if kept:
+    print(
+      f"prepare {split}: resuming at image {begin:,} of {n:,} ({len(kept)} shards kept)",
+      file=sys.stderr,
+      flush=True,
+    )
 
   def read(i):
     try:
@@ -101,33 +146,41 @@ def prepare_split(
     except Exception as e:  # pylint: disable=broad-except  # skip-and-name
       return None, None, e
 
-  shards, labels, skipped = [], [], []
-  writer, current, size = None, None, 0
-  tmp_names = []
+  writer, size = None, 0
+  shard_labels, shard_skipped = [], []
 
-  def close():
-    nonlocal writer
-    if writer is not None:
-      writer.close()
-      shards[-1]["bytes"] = os.path.getsize(os.path.join(split_dir, current))
-      writer = None
+  def close(next_index: int):
+    """Closes the open shard and journals it with its labels and the unreadable files met while
+    it was open: `next_index` is the first image not in it."""
+    nonlocal writer, shard_labels, shard_skipped
+    if writer is None:
+      return
+    writer.close()
+    shards[-1]["bytes"] = os.path.getsize(os.path.join(split_dir, shards[-1]["file"]))
+    entry = dict(shards[-1], next=next_index, labels=shard_labels, skipped=shard_skipped)
+    with open(os.path.join(split_dir, JOURNAL), "a") as f:
+      f.write(json.dumps(entry) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    labels.extend(shard_labels)
+    skipped.extend(shard_skipped)
+    writer, shard_labels, shard_skipped = None, [], []
 
   # On stderr: stdout is the command's JSON result lines.
-  ticker = progress.Ticker(f"prepare {split}", n, "images", stream=sys.stderr)
+  ticker = progress.Ticker(f"prepare {split}", n - begin, "images", stream=sys.stderr)
   with futures.ThreadPoolExecutor(threads) as pool:
-    for start in range(0, n, 1024):
+    for start in range(begin, n, 1024):
       for j, (data, label, error) in enumerate(pool.map(read, range(start, min(n, start + 1024)))):
         i = start + j
         if error is not None:
           logging.warning(
             "skipping unreadable image %s (%s: %s)", source.name(i), type(error).__name__, error
           )
-          skipped.append(source.name(i))
+          shard_skipped.append(source.name(i))
           continue
         if writer is None or size >= shard_bytes:
-          close()
+          close(i)
           current = f"{split}-tmp-{len(shards):05d}.array_record"
-          tmp_names.append(current)
           writer = array_record_module.ArrayRecordWriter(
             os.path.join(split_dir, current), "group_size:1"
           )
@@ -137,14 +190,15 @@ def prepare_split(
         writer.write(record)
         size += len(record)
         shards[-1]["records"] += 1
-        labels.append(label)
-      ticker.update(min(n, start + 1024))
-  close()
+        shard_labels.append(label)
+      ticker.update(min(n, start + 1024) - begin)
+  close(n)
+  skipped.extend(shard_skipped)  # files met while no shard was open (none readable after them)
+  ticker.finish()
   for k, shard in enumerate(shards):  # final names once the shard count is known
     final = _shard_name(split, k, len(shards))
     os.replace(os.path.join(split_dir, shard["file"]), os.path.join(split_dir, final))
     shard["file"] = final
-  ticker.finish()
   np.save(os.path.join(split_dir, LABELS), np.asarray(labels, np.int32))
   meta = {
     "format": FORMAT,
@@ -156,6 +210,7 @@ def prepare_split(
   }
   with open(os.path.join(split_dir, METADATA), "w") as f:
     json.dump(meta, f, indent=1)
+  os.remove(os.path.join(split_dir, JOURNAL))
   if skipped:
     logging.warning(
       "%s: skipped %d unreadable files: %s", split, len(skipped), sources.list_names(skipped)
