@@ -228,3 +228,59 @@ def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
   assert in_bucket == on_disk and any(r.endswith(".array_record") for r in on_disk)
   with pytest.raises(ValueError, match="gs://bucket/prepared.*read from a local disk"):
     array_records.read_metadata(url, "train")
+
+
+def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tmp_path):
+  """Killed while staging, `prepare --out=gs://...` run again on the same machine goes on from
+  the shards it had closed, and the bucket ends with one run's files."""
+  folder = tmp_path / "src"
+  for k in range(12):
+    (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+    (folder / "train" / f"class{k % 2}" / f"{k:02d}.jpg").write_bytes(image_bytes(k))
+  env = dict(gcs_env(gcs), TMPDIR=str(tmp_path / "tmp"))
+  os.makedirs(env["TMPDIR"])
+  url = "gs://bucket/resumed"
+  run = (
+    "import json\nfrom sslx.data import array_records, sources\n"
+    "reads, read = [], sources.ImageFolderSource.read_encoded\n"
+    "def counted(self, i):\n"
+    "  if i >= STOP:\n    raise KeyboardInterrupt\n"
+    "  reads.append(i)\n  return read(self, i)\n"
+    "sources.ImageFolderSource.read_encoded = counted\n"
+    "try:\n"
+    f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=4000, threads=1)\n"
+    "except KeyboardInterrupt:\n  print('interrupted')\n"
+    "print(json.dumps(reads))\n"
+  )
+  first = in_subprocess(env, f"STOP, OUT = 9, {url!r}\n" + run).splitlines()
+  assert first[-2] == "interrupted"
+  staged = array_records_staging(env, url)
+  journal = (tmp_path / "tmp" / staged / "train" / "prepare.journal.jsonl").read_text()
+  resume_at = json.loads(journal.splitlines()[-1])["next"]
+  assert 0 < resume_at <= 9
+  second = in_subprocess(env, f"STOP, OUT = 10**9, {url!r}\n" + run).splitlines()
+  assert json.loads(second[-1]) == list(range(resume_at, 12))  # nothing read twice
+  assert not (tmp_path / "tmp" / staged).exists()  # removed once uploaded
+  in_subprocess(env, f"STOP, OUT = 10**9, {str(tmp_path / 'local')!r}\n" + run)
+  listing = in_subprocess(
+    env,
+    "import hashlib, json\nfrom sslx import paths\n"
+    f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({url!r} + '/' + r)).hexdigest()"
+    f" for r in paths.walk_files({url!r})}}))\n",
+  )
+  in_bucket = json.loads(listing.strip().splitlines()[-1])
+  local = tmp_path / "local"
+  on_disk = {
+    os.path.relpath(os.path.join(d, f), local): hashlib.sha256(
+      open(os.path.join(d, f), "rb").read()
+    ).hexdigest()
+    for d, _, files in os.walk(local)
+    for f in files
+  }
+  assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
+
+
+def array_records_staging(env, url: str) -> str:
+  """The name of the staging folder `prepare` uses for `url` under env's TMPDIR."""
+  code = f"import os\nfrom sslx.data import array_records\nprint(os.path.basename(array_records.staging_dir({url!r})))\n"
+  return in_subprocess(env, code).strip().splitlines()[-1]

@@ -17,8 +17,8 @@ read. A shard that is missing or whose size differs from metadata.json fails at 
 the file; the metadata is written last, so an interrupted ``prepare`` leaves no dataset that
 looks complete. Rerun with the same arguments, it keeps the shards it had closed (listed in
 ``prepare.journal.jsonl`` until it finishes) and reads on from the first image after them: the
-result is that of one uninterrupted run. A ``gs://`` output is staged in a fresh local directory
-and uploaded at the end, so an interrupted one starts over.
+result is that of one uninterrupted run. A ``gs://`` output is staged in a local directory named
+after the URL (`staging_dir`) and uploaded at the end, so it resumes alike on the same machine.
 
 Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
 which still reads the whole entropy-coded stream), named in the log and counted in
@@ -27,6 +27,7 @@ which still reads the whole entropy-coded stream), named in the log and counted 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -91,7 +92,7 @@ JOURNAL = "prepare.journal.jsonl"
 
 def _resume_point(split_dir: str, header: dict) -> list[dict]:
   """The journal's shards whose files are whole, when the journal was written for the same
-  source (`header`: its size and classes); [] otherwise. Other staged shards are removed."""
+  source and shard size (`header`); [] otherwise. Other staged shards are removed."""
   path = os.path.join(split_dir, JOURNAL)
   kept = []
   if os.path.exists(path):
@@ -125,7 +126,12 @@ def prepare_split(
       os.remove(os.path.join(split_dir, stale))
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
-  header = {"format": FORMAT, "images": n, "class_names": list(source.class_names)}
+  header = {
+    "format": FORMAT,
+    "images": n,
+    "class_names": list(source.class_names),
+    "shard_bytes": shard_bytes,
+  }
   kept = _resume_point(split_dir, header)
   shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
   labels = [label for e in kept for label in e["labels"]]
@@ -242,7 +248,7 @@ def prepare(
         "pass --splits"
       )
   remote = "://" in out
-  target = tempfile.mkdtemp(prefix="sslx-prepare-") if remote else out
+  target = staging_dir(out) if remote else out
   results, class_names = {}, None
   for split in sorted(splits, key=lambda s: s != "train"):
     source = sources.ImageFolderSource(src, split, 1, class_names=class_names, _files=files)
@@ -252,6 +258,16 @@ def prepare(
     _copy_tree(target, out)
     shutil.rmtree(target, ignore_errors=True)
   return results
+
+
+def staging_dir(url: str) -> str:
+  """Where the shards for `url` are written before the upload: named after the URL, so that a
+  rerun after an interruption finds (and resumes) what the last run wrote; removed once
+  uploaded."""
+  name = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+  path = os.path.join(tempfile.gettempdir(), f"sslx-prepare-{name}")
+  os.makedirs(path, exist_ok=True)
+  return path
 
 
 def _copy_tree(local: str, url: str) -> None:
