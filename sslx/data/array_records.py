@@ -90,9 +90,10 @@ def _shard_name(split: str, k: int, n: int) -> str:
 JOURNAL = "prepare.journal.jsonl"
 
 
-def _resume_point(split_dir: str, header: dict) -> list[dict]:
+def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
   """The journal's shards whose files are whole, when the journal was written for the same
-  source and shard size (`header`); [] otherwise. Other staged shards are removed."""
+  source and shard size (`header`); [] otherwise. Every other shard of the split (a partial
+  one, or a finished earlier run's) is removed."""
   path = os.path.join(split_dir, JOURNAL)
   kept = []
   if os.path.exists(path):
@@ -106,7 +107,7 @@ def _resume_point(split_dir: str, header: dict) -> list[dict]:
         kept.append(entry)
   names = {e["file"] for e in kept}
   for name in os.listdir(split_dir):
-    if name.endswith(".array_record") and "-tmp-" in name and name not in names:
+    if name.startswith(f"{split}-") and name.endswith(".array_record") and name not in names:
       os.remove(os.path.join(split_dir, name))
   with open(path, "w") as f:  # the header and what is kept: the journal the rest appends to
     f.writelines(json.dumps(x) + "\n" for x in [header] + kept)
@@ -132,7 +133,7 @@ def prepare_split(
     "class_names": list(source.class_names),
     "shard_bytes": shard_bytes,
   }
-  kept = _resume_point(split_dir, header)
+  kept = _resume_point(split_dir, split, header)
   shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
   labels = [label for e in kept for label in e["labels"]]
   skipped = [name for e in kept for name in e["skipped"]]
