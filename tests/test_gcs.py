@@ -247,28 +247,41 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
     "  if i >= STOP:\n    raise KeyboardInterrupt\n"
     "  reads.append(i)\n  return read(self, i)\n"
     "sources.ImageFolderSource.read_encoded = counted\n"
+    "def killed_upload(local, url):\n  raise KeyboardInterrupt\n"
+    "if KILL_UPLOAD:\n  array_records._copy_tree = killed_upload\n"
     "try:\n"
     f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=4000, threads=1)\n"
     "except KeyboardInterrupt:\n  print('interrupted')\n"
     "print(json.dumps(reads))\n"
   )
-  first = in_subprocess(env, f"STOP, OUT = 9, {url!r}\n" + run).splitlines()
+  first = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 9, {url!r}, 0\n" + run).splitlines()
   assert first[-2] == "interrupted"
   staged = array_records_staging(env, url)
   journal = (tmp_path / "tmp" / staged / "train" / "prepare.journal.jsonl").read_text()
   resume_at = json.loads(journal.splitlines()[-1])["next"]
   assert 0 < resume_at <= 9
-  second = in_subprocess(env, f"STOP, OUT = 10**9, {url!r}\n" + run).splitlines()
+  second = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url!r}, 0\n" + run).splitlines()
   assert json.loads(second[-1]) == list(range(resume_at, 12))  # nothing read twice
   assert not (tmp_path / "tmp" / staged).exists()  # removed once uploaded
-  in_subprocess(env, f"STOP, OUT = 10**9, {str(tmp_path / 'local')!r}\n" + run)
-  listing = in_subprocess(
-    env,
-    "import hashlib, json\nfrom sslx import paths\n"
-    f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({url!r} + '/' + r)).hexdigest()"
-    f" for r in paths.walk_files({url!r})}}))\n",
-  )
-  in_bucket = json.loads(listing.strip().splitlines()[-1])
+  in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {str(tmp_path / 'local')!r}, 0\n" + run)
+  # Killed during the upload instead: the rerun uploads the staged split without reading it.
+  url2 = "gs://bucket/uploaded"
+  third = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 1\n" + run)
+  assert third.splitlines()[-2] == "interrupted"
+  fourth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 0\n" + run)
+  assert json.loads(fourth.splitlines()[-1]) == []
+
+  def bucket(u):
+    listing = in_subprocess(
+      env,
+      "import hashlib, json\nfrom sslx import paths\n"
+      f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({u!r} + '/' + r)).hexdigest()"
+      f" for r in paths.walk_files({u!r})}}))\n",
+    )
+    return json.loads(listing.strip().splitlines()[-1])
+
+  in_bucket = bucket(url)
+  assert bucket(url2) == in_bucket
   local = tmp_path / "local"
   on_disk = {
     os.path.relpath(os.path.join(d, f), local): hashlib.sha256(

@@ -6,7 +6,8 @@
 Layout of ``<out>/<split>/``:
 
     metadata.json                  {"format", "split", "class_names", "num_records",
-                                    "shards": [{"file", "records", "bytes"}], "skipped": [...]}
+                                    "shards": [{"file", "records", "bytes"}], "skipped": [...],
+                                    "prepared_from": {source size, classes, shard size}}
     labels.npy                     int32[N], every record's label (balanced subsets, no reads)
     <split>-00000-of-000NN.array_record ...
 
@@ -18,7 +19,9 @@ the file; the metadata is written last, so an interrupted ``prepare`` leaves no 
 looks complete. Rerun with the same arguments, it keeps the shards it had closed (listed in
 ``prepare.journal.jsonl`` until it finishes) and reads on from the first image after them: the
 result is that of one uninterrupted run. A ``gs://`` output is staged in a local directory named
-after the URL (`staging_dir`) and uploaded at the end, so it resumes alike on the same machine.
+after the URL (`staging_dir`) and uploaded at the end, so it resumes alike on the same machine;
+killed during the upload, a rerun uploads the finished staged splits again without reading the
+images.
 
 Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
 which still reads the whole entropy-coded stream), named in the log and counted in
@@ -115,16 +118,20 @@ def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
 
 
 def prepare_split(
-  source, split: str, out_dir: str, shard_bytes: int = _DEFAULT_SHARD_BYTES, threads: int = 0
+  source,
+  split: str,
+  out_dir: str,
+  shard_bytes: int = _DEFAULT_SHARD_BYTES,
+  threads: int = 0,
+  reuse_finished: bool = False,
 ) -> dict:
   """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``. Run
   again after an interruption, it keeps the shards it had closed (`JOURNAL`) and goes on from
-  the first image after them; the result is byte for byte that of an uninterrupted run."""
+  the first image after them; the result is byte for byte that of an uninterrupted run.
+  `reuse_finished`: a split already finished there from the same source size, classes and
+  shard size is returned as it is (a staging folder whose upload was interrupted)."""
   split_dir = os.path.join(out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
-  for stale in (METADATA, LABELS):
-    if os.path.exists(os.path.join(split_dir, stale)):
-      os.remove(os.path.join(split_dir, stale))
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
   header = {
@@ -133,6 +140,15 @@ def prepare_split(
     "class_names": list(source.class_names),
     "shard_bytes": shard_bytes,
   }
+  if reuse_finished and os.path.exists(os.path.join(split_dir, METADATA)):
+    with open(os.path.join(split_dir, METADATA)) as f:
+      meta = json.load(f)
+    if meta.get("prepared_from") == header:
+      print(f"prepare {split}: already staged, not read again", file=sys.stderr, flush=True)
+      return meta
+  for stale in (METADATA, LABELS):
+    if os.path.exists(os.path.join(split_dir, stale)):
+      os.remove(os.path.join(split_dir, stale))
   kept = _resume_point(split_dir, split, header)
   shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
   labels = [label for e in kept for label in e["labels"]]
@@ -214,6 +230,7 @@ def prepare_split(
     "num_records": len(labels),
     "shards": shards,
     "skipped": skipped,
+    "prepared_from": header,
   }
   with open(os.path.join(split_dir, METADATA), "w") as f:
     json.dump(meta, f, indent=1)
@@ -254,7 +271,7 @@ def prepare(
   for split in sorted(splits, key=lambda s: s != "train"):
     source = sources.ImageFolderSource(src, split, 1, class_names=class_names, _files=files)
     class_names = class_names or source.class_names
-    results[split] = prepare_split(source, split, target, shard_bytes, threads)
+    results[split] = prepare_split(source, split, target, shard_bytes, threads, remote)
   if remote:
     _copy_tree(target, out)
     shutil.rmtree(target, ignore_errors=True)
