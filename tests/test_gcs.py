@@ -210,21 +210,7 @@ def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
       timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-  listing = in_subprocess(
-    env,
-    "import hashlib, json\nfrom sslx import paths\n"
-    f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({url!r} + '/' + r)).hexdigest()"
-    f" for r in paths.walk_files({url!r})}}))\n",
-  )
-  in_bucket = json.loads(listing.strip().splitlines()[-1])
-  local = tmp_path / "local"
-  on_disk = {
-    os.path.relpath(os.path.join(d, f), local): hashlib.sha256(
-      open(os.path.join(d, f), "rb").read()
-    ).hexdigest()
-    for d, _, files in os.walk(local)
-    for f in files
-  }
+  in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
   assert in_bucket == on_disk and any(r.endswith(".array_record") for r in on_disk)
   with pytest.raises(ValueError, match="gs://bucket/prepared.*read from a local disk"):
     array_records.read_metadata(url, "train")
@@ -270,27 +256,32 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   assert third.splitlines()[-2] == "interrupted"
   fourth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 0\n" + run)
   assert json.loads(fourth.splitlines()[-1]) == []
+  in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
+  assert bucket_hashes(env, url2) == in_bucket
+  assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
 
-  def bucket(u):
-    listing = in_subprocess(
-      env,
-      "import hashlib, json\nfrom sslx import paths\n"
-      f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({u!r} + '/' + r)).hexdigest()"
-      f" for r in paths.walk_files({u!r})}}))\n",
-    )
-    return json.loads(listing.strip().splitlines()[-1])
 
-  in_bucket = bucket(url)
-  assert bucket(url2) == in_bucket
-  local = tmp_path / "local"
-  on_disk = {
-    os.path.relpath(os.path.join(d, f), local): hashlib.sha256(
+def bucket_hashes(env, url: str) -> dict:
+  """{relative path: sha256} of every object under `url`, read in a process talking to env's
+  emulator."""
+  listing = in_subprocess(
+    env,
+    "import hashlib, json\nfrom sslx import paths\n"
+    f"print(json.dumps({{r: hashlib.sha256(paths.read_bytes({url!r} + '/' + r)).hexdigest()"
+    f" for r in paths.walk_files({url!r})}}))\n",
+  )
+  return json.loads(listing.strip().splitlines()[-1])
+
+
+def folder_hashes(root) -> dict:
+  """{relative path: sha256} of every file under `root`."""
+  return {
+    os.path.relpath(os.path.join(d, f), root): hashlib.sha256(
       open(os.path.join(d, f), "rb").read()
     ).hexdigest()
-    for d, _, files in os.walk(local)
+    for d, _, files in os.walk(root)
     for f in files
   }
-  assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
 
 
 def array_records_staging(env, url: str) -> str:
