@@ -291,18 +291,20 @@ def staging_dir(url: str) -> str:
 def _copy_tree(local: str, url: str) -> None:
   from etils import epath  # pylint: disable=g-import-not-at-top  # only for URLs
 
-  files = [os.path.join(d, n) for d, _, names in os.walk(local) for n in names]
-  mib = sum(os.path.getsize(f) for f in files) / 2**20
-  ticker = progress.Ticker(f"copying to {url}", round(mib), "MiB", stream=sys.stderr)
+  tree = [(d, sorted(names, key=lambda n: n == METADATA)) for d, _, names in os.walk(local)]
+  sizes = {os.path.join(d, n): os.path.getsize(os.path.join(d, n)) for d, ns in tree for n in ns}
+  ticker = progress.Ticker(
+    f"copying to {url}", round(sum(sizes.values()) / 2**20), "MiB", stream=sys.stderr
+  )
   copied = 0
-  for dirpath, _, names in os.walk(local):
+  for dirpath, names in tree:  # each split's metadata last
     rel = os.path.relpath(dirpath, local)
     dest = epath.Path(url) if rel == "." else epath.Path(url) / rel
     dest.mkdir(parents=True, exist_ok=True)
-    for name in sorted(names, key=lambda n: n == METADATA):  # metadata last
+    for name in names:
       with open(os.path.join(dirpath, name), "rb") as fi, (dest / name).open("wb") as fo:
         shutil.copyfileobj(fi, fo, 16 << 20)
-      copied += os.path.getsize(os.path.join(dirpath, name))
+      copied += sizes[os.path.join(dirpath, name)]
       ticker.update(round(copied / 2**20))
   ticker.finish()
 
