@@ -148,6 +148,35 @@ def walk_files(url) -> list[str]:
   return sorted(out)
 
 
+def file_info(url) -> dict[str, dict]:
+  """{relative "/"-separated path: {"size": bytes, "md5": base64 MD5 digest or None}} of every
+  file under `url` ({} if there is none), in one listing for an object store. "md5" is the
+  store's own digest of the object (GCS's md5Hash; None where it keeps none, e.g. composite
+  objects) and None for local files."""
+  if not is_remote(url):
+    root, out = os.fspath(url), {}
+    for dirpath, _, filenames in os.walk(root):
+      rel = os.path.relpath(dirpath, root)
+      prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+      for f in filenames:
+        out[prefix + f] = {"size": os.path.getsize(os.path.join(dirpath, f)), "md5": None}
+    return out
+  import fsspec  # noqa: PLC0415  (URLs only)
+
+  fs, root = fsspec.core.url_to_fs(os.fspath(url))
+  root = root.rstrip("/")
+  fs.invalidate_cache(root)  # another process may have written there since the last listing
+  try:
+    found = fs.find(root, detail=True)
+  except FileNotFoundError:
+    return {}
+  return {
+    name[len(root) :].lstrip("/"): {"size": int(info["size"]), "md5": info.get("md5Hash")}
+    for name, info in found.items()
+    if info.get("type", "file") == "file" and name.startswith(root + "/")
+  }
+
+
 class StorageError(OSError):
   """A workdir or dataset URL that cannot be reached or written (named, with the cause)."""
 

@@ -234,7 +234,12 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
     "  reads.append(i)\n  return read(self, i)\n"
     "sources.ImageFolderSource.read_encoded = counted\n"
     "def killed_upload(local, url):\n  raise KeyboardInterrupt\n"
-    "if KILL_UPLOAD:\n  array_records._copy_tree = killed_upload\n"
+    "if KILL_UPLOAD == 1:\n  array_records._copy_tree = killed_upload\n"
+    "uploads, upload = [], array_records._upload\n"
+    "def killed_after_two(*args):\n"
+    "  if len(uploads) == 2:\n    raise KeyboardInterrupt\n"
+    "  uploads.append(args[1])\n  upload(*args)\n"
+    "if KILL_UPLOAD == 2:\n  array_records._upload = killed_after_two\n"
     "try:\n"
     f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=4000, threads=1)\n"
     "except KeyboardInterrupt:\n  print('interrupted')\n"
@@ -256,9 +261,33 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   assert third.splitlines()[-2] == "interrupted"
   fourth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 0\n" + run)
   assert json.loads(fourth.splitlines()[-1]) == []
+  # Killed after two files were uploaded: the rerun sends the rest, not those two again.
+  url3 = "gs://bucket/half-uploaded"
+  assert (
+    in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url3!r}, 2\n" + run).splitlines()[-2]
+    == "interrupted"
+  )
+  before = bucket_generations(env, url3)
+  assert len(before) == 2
+  in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url3!r}, 0\n" + run)
+  after = bucket_generations(env, url3)
+  assert {k: after[k] for k in before} == before and len(after) > 2
+  # Finished in the bucket, the same prepare again reads nothing and stages nothing.
+  fifth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url!r}, 0\n" + run)
+  assert json.loads(fifth.splitlines()[-1]) == [] and not (tmp_path / "tmp" / staged).exists()
   in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
-  assert bucket_hashes(env, url2) == in_bucket
+  assert bucket_hashes(env, url2) == bucket_hashes(env, url3) == in_bucket
   assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
+
+
+def bucket_generations(env, url: str) -> dict:
+  """{object name: generation} of every object under `url` (a rewrite gives a new one)."""
+  code = (
+    "import fsspec, json\nfrom sslx import paths\n"
+    f"fs, root = fsspec.core.url_to_fs({url!r})\n"
+    "print(json.dumps({k: v['generation'] for k, v in fs.find(root, detail=True).items()}))\n"
+  )
+  return json.loads(in_subprocess(env, code).strip().splitlines()[-1])
 
 
 def bucket_hashes(env, url: str) -> dict:

@@ -180,8 +180,8 @@ def test_prepare_interrupted_then_rerun_keeps_closed_shards_and_equals_one_run(
 
   # A journal written for another source (here: another image count) is not resumed from.
   source.stop_at = 9
-  with pytest.raises(KeyboardInterrupt):
-    array_records.prepare_split(source, "train", str(out), 4000, threads=1)
+  with pytest.raises(KeyboardInterrupt):  # (overwrite: the finished split would be kept)
+    array_records.prepare_split(source, "train", str(out), 4000, threads=1, overwrite=True)
 
   class Shorter(_Interrupted):
     def __len__(self):
@@ -193,3 +193,49 @@ def test_prepare_interrupted_then_rerun_keeps_closed_shards_and_equals_one_run(
   assert _Interrupted.reads == list(range(len(shorter)))  # started over
   shards = sorted(n for n in os.listdir(split) if n.endswith(".array_record"))
   assert shards == sorted(s["file"] for s in meta["shards"])  # nothing left of the runs before
+
+
+def test_finished_splits_are_kept_on_a_rerun_unless_overwrite(
+  folder, tmp_path, monkeypatch, capsys
+):
+  """A conversion killed in its second split keeps the first one on the rerun; a finished
+  output is not read again; a damaged or differently sourced split is, and so is everything
+  with `overwrite`."""
+  reads, read = [], sources.ImageFolderSource.read_encoded
+  die_in = {"test"}
+
+  def counted(self, i):
+    if self.split in die_in and i == 3:
+      raise KeyboardInterrupt
+    reads.append((self.split, i))
+    return read(self, i)
+
+  monkeypatch.setattr(sources.ImageFolderSource, "read_encoded", counted)
+  out = tmp_path / "ar"
+  with pytest.raises(KeyboardInterrupt):
+    array_records.prepare(str(folder), str(out), shard_bytes=4000, threads=1)
+  assert {s for s, _ in reads} == {"train", "test"}
+  die_in.clear()
+  reads.clear()
+  once = array_records.prepare(str(folder), str(out), shard_bytes=4000, threads=1)
+  assert reads and {s for s, _ in reads} == {"test"}  # train was finished: not read again
+  assert "train is already prepared from this source; not read again" in capsys.readouterr().err
+  reads.clear()
+  assert array_records.prepare(str(folder), str(out), shard_bytes=4000, threads=1) == once
+  assert reads == []
+
+  shard = out / "train" / once["train"]["shards"][0]["file"]
+  shard.write_bytes(shard.read_bytes()[:-10])  # damaged: that split is prepared again
+  assert array_records.prepare(str(folder), str(out), shard_bytes=4000, threads=1) == once
+  assert {s for s, _ in reads} == {"train"} and len(reads) == 13
+  reads.clear()
+  array_records.prepare(str(folder), str(out), shard_bytes=4000, threads=1, overwrite=True)
+  assert sorted(reads) == sorted(
+    [("train", i) for i in range(13)] + [("test", i) for i in range(6)]
+  )
+
+  moved = tmp_path / "moved"  # the same images elsewhere: another source
+  os.rename(folder, moved)
+  reads.clear()
+  meta = array_records.prepare(str(moved), str(out), splits=["test"], shard_bytes=4000)
+  assert len(reads) == 6 and meta["test"]["prepared_from"]["source"] == str(moved)

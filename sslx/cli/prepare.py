@@ -7,7 +7,9 @@ r"""Prepares an image dataset as ArrayRecord shards (``dataset.name=array_record
 ``<split>/<class>/<image>`` layout; ``--out``: a directory (or a URL etils.epath writes). The
 encoded images are stored unchanged; corrupt ones are skipped, named and counted. Prints one
 JSON line per split (records, skipped, shards) on stdout, progress with ETA on stderr. Killed
-or preempted, the same command again goes on after the last shard it had closed.
+or preempted, the same command again goes on after the last shard it had closed; a split the
+output already holds, finished from the same source and shard size, is not prepared again
+(``--overwrite`` prepares it anew), and files already uploaded whole are not sent again.
 """
 
 import json
@@ -25,6 +27,7 @@ def define_flags():
   flags.DEFINE_list("splits", None, "splits to prepare (default: every split folder found)")
   flags.DEFINE_integer("shard_mb", 256, "shard size in MiB")
   flags.DEFINE_integer("threads", 0, "reading/checking threads (0: up to 8)")
+  flags.DEFINE_bool("overwrite", False, "prepare splits again that --out already holds finished")
   flags.mark_flags_as_required(["src", "out"])
 
 
@@ -32,7 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  results = array_records.prepare(f.src, f.out, f.splits, f.shard_mb << 20, f.threads)
+  results = array_records.prepare(f.src, f.out, f.splits, f.shard_mb << 20, f.threads, f.overwrite)
   for split, meta in results.items():
     line = {
       "split": split,

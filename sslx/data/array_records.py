@@ -7,7 +7,7 @@ Layout of ``<out>/<split>/``:
 
     metadata.json                  {"format", "split", "class_names", "num_records",
                                     "shards": [{"file", "records", "bytes"}], "skipped": [...],
-                                    "prepared_from": {source size, classes, shard size}}
+                                    "prepared_from": {source path and size, classes, shard size}}
     labels.npy                     int32[N], every record's label (balanced subsets, no reads)
     <split>-00000-of-000NN.array_record ...
 
@@ -18,10 +18,13 @@ read. A shard that is missing or whose size differs from metadata.json fails at 
 the file; the metadata is written last, so an interrupted ``prepare`` leaves no dataset that
 looks complete. Rerun with the same arguments, it keeps the shards it had closed (listed in
 ``prepare.journal.jsonl`` until it finishes) and reads on from the first image after them: the
-result is that of one uninterrupted run. A ``gs://`` output is staged in a local directory named
-after the URL (`staging_dir`) and uploaded at the end, so it resumes alike on the same machine;
-killed during the upload, a rerun uploads the finished staged splits again without reading the
-images.
+result is that of one uninterrupted run. A split already finished in ``out`` from the same
+source (path, image count, classes) and shard size is left as it is (``overwrite=True``
+prepares it again), so a conversion killed in its second split keeps the first. A ``gs://``
+output is staged in a local directory named after the URL (`staging_dir`) and uploaded at the
+end, so it resumes alike on the same machine; killed during the upload, a rerun uploads the
+finished staged splits without reading the images, skipping the files the bucket already holds
+with the same size and MD5.
 
 Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
 which still reads the whole entropy-coded stream), named in the log and counted in
@@ -30,6 +33,7 @@ which still reads the whole entropy-coded stream), named in the log and counted 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -47,7 +51,7 @@ import simplejpeg
 from array_record.python import array_record_data_source, array_record_module
 from PIL import Image
 
-from sslx import progress
+from sslx import paths, progress
 from sslx.data import sources
 
 FORMAT = 1
@@ -117,38 +121,75 @@ def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
   return kept
 
 
+def _header(source, shard_bytes: int) -> dict:
+  """What a split's shards are prepared from: a journal or a finished split with another
+  header belongs to another conversion."""
+  path = os.fspath(getattr(source, "path", ""))
+  return {
+    "format": FORMAT,
+    "source": path if "://" in path else os.path.abspath(os.path.expanduser(path)),
+    "images": len(source),
+    "class_names": list(source.class_names),
+    "shard_bytes": shard_bytes,
+  }
+
+
+def finished(split_url: str, header: dict) -> dict | None:
+  """The metadata of a split that `prepare` finished at `split_url` (a folder or URL) from
+  `header`'s source and shard size, every shard and the labels there at their sizes; None if
+  there is no such split."""
+  meta_url = paths.join(split_url, METADATA)
+  try:
+    meta = paths.read_json(meta_url)
+  except (FileNotFoundError, ValueError):
+    return None
+  if meta.get("prepared_from") != header:
+    return None
+  files = paths.file_info(split_url)
+  sizes = {name: f["size"] for name, f in files.items()}
+  if LABELS not in sizes or any(sizes.get(s["file"]) != s["bytes"] for s in meta["shards"]):
+    return None
+  return meta
+
+
+def _say_finished(split: str, where: str) -> None:
+  print(
+    f"prepare {split}: {where} is already prepared from this source; not read again "
+    "(--overwrite prepares it again)",
+    file=sys.stderr,
+    flush=True,
+  )
+
+
 def prepare_split(
   source,
   split: str,
   out_dir: str,
   shard_bytes: int = _DEFAULT_SHARD_BYTES,
   threads: int = 0,
-  reuse_finished: bool = False,
+  overwrite: bool = False,
 ) -> dict:
   """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``. Run
   again after an interruption, it keeps the shards it had closed (`JOURNAL`) and goes on from
-  the first image after them; the result is byte for byte that of an uninterrupted run.
-  `reuse_finished`: a split already finished there from the same source size, classes and
-  shard size is returned as it is (a staging folder whose upload was interrupted)."""
+  the first image after them; the result is byte for byte that of an uninterrupted run. A
+  split already finished there from the same source (path, image count, classes) and shard
+  size is returned as it is, unless `overwrite`, which prepares it again from the first
+  image."""
   split_dir = os.path.join(out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
-  header = {
-    "format": FORMAT,
-    "images": n,
-    "class_names": list(source.class_names),
-    "shard_bytes": shard_bytes,
-  }
-  if reuse_finished and os.path.exists(os.path.join(split_dir, METADATA)):
-    with open(os.path.join(split_dir, METADATA)) as f:
-      meta = json.load(f)
-    if meta.get("prepared_from") == header:
-      print(f"prepare {split}: already staged, not read again", file=sys.stderr, flush=True)
+  header = _header(source, shard_bytes)
+  if not overwrite:
+    meta = finished(split_dir, header)
+    if meta is not None:
+      _say_finished(split, split_dir)
       return meta
   for stale in (METADATA, LABELS):
     if os.path.exists(os.path.join(split_dir, stale)):
       os.remove(os.path.join(split_dir, stale))
+  if overwrite and os.path.exists(os.path.join(split_dir, JOURNAL)):
+    os.remove(os.path.join(split_dir, JOURNAL))
   kept = _resume_point(split_dir, split, header)
   shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
   labels = [label for e in kept for label in e["labels"]]
@@ -248,13 +289,16 @@ def prepare(
   splits: Sequence[str] | None = None,
   shard_bytes: int = _DEFAULT_SHARD_BYTES,
   threads: int = 0,
+  overwrite: bool = False,
 ) -> dict[str, dict]:
   """Prepares ``src`` (an image folder, or a tar archive, in ``<split>/<class>/<image>``
   layout) as ArrayRecord shards under ``out`` (a directory, or a URL that ``etils.epath``
   writes: shards are then staged locally and copied). Returns each split's metadata.
 
   ``splits``: default every known split name found at the top of ``src``. Class names are the
-  train split's (when there is one), so that labels agree across splits.
+  train split's (when there is one), so that labels agree across splits. A split that ``out``
+  already holds, finished from the same source and shard size, is not prepared again unless
+  ``overwrite``.
   """
   files = sources.Files(src)
   if splits is None:
@@ -271,7 +315,14 @@ def prepare(
   for split in sorted(splits, key=lambda s: s != "train"):
     source = sources.ImageFolderSource(src, split, 1, class_names=class_names, _files=files)
     class_names = class_names or source.class_names
-    results[split] = prepare_split(source, split, target, shard_bytes, threads, remote)
+    if remote and not overwrite:
+      done = finished(paths.join(out, split), _header(source, shard_bytes))
+      if done is not None:
+        _say_finished(split, paths.join(out, split))
+        shutil.rmtree(os.path.join(target, split), ignore_errors=True)
+        results[split] = done
+        continue
+    results[split] = prepare_split(source, split, target, shard_bytes, threads, overwrite)
   if remote:
     _copy_tree(target, out)
     shutil.rmtree(target, ignore_errors=True)
@@ -288,25 +339,57 @@ def staging_dir(url: str) -> str:
   return path
 
 
+def _md5(file: str) -> str:
+  """A file's MD5 as GCS reports it (base64 of the digest)."""
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(file, "rb") as f:
+    for block in iter(lambda: f.read(16 << 20), b""):
+      digest.update(block)
+  return base64.b64encode(digest.digest()).decode()
+
+
+def _upload(fs, file: str, remote: str) -> None:
+  """One file whole: an object store's upload is committed complete or not at all (a kill
+  mid-file leaves no truncated object behind)."""
+  fs.put_file(file, remote)
+
+
 def _copy_tree(local: str, url: str) -> None:
-  from etils import epath  # pylint: disable=g-import-not-at-top  # only for URLs
+  """Uploads every file under `local` to `url`, each split's metadata.json after its shards.
+  A file the store already holds with the same size and MD5 (an upload killed after it) is
+  not sent again."""
+  import fsspec  # noqa: PLC0415  (URLs only)
 
   tree = [(d, sorted(names, key=lambda n: n == METADATA)) for d, _, names in os.walk(local)]
   sizes = {os.path.join(d, n): os.path.getsize(os.path.join(d, n)) for d, ns in tree for n in ns}
+  if not sizes:
+    return
+  there = paths.file_info(url)
+  fs, root = fsspec.core.url_to_fs(url)
   ticker = progress.Ticker(
     f"copying to {url}", round(sum(sizes.values()) / 2**20), "MiB", stream=sys.stderr
   )
-  copied = 0
-  for dirpath, names in tree:  # each split's metadata last
-    rel = os.path.relpath(dirpath, local)
-    dest = epath.Path(url) if rel == "." else epath.Path(url) / rel
-    dest.mkdir(parents=True, exist_ok=True)
+  copied, kept = 0, 0
+  for dirpath, names in tree:
+    rel = os.path.relpath(dirpath, local).replace(os.sep, "/")
     for name in names:
-      with open(os.path.join(dirpath, name), "rb") as fi, (dest / name).open("wb") as fo:
-        shutil.copyfileobj(fi, fo, 16 << 20)
-      copied += sizes[os.path.join(dirpath, name)]
+      file, key = os.path.join(dirpath, name), name if rel == "." else f"{rel}/{name}"
+      remote = there.get(key)
+      if remote and remote["size"] == sizes[file] and remote["md5"] == _md5(file):
+        kept += 1
+      else:
+        if not paths.is_remote(url):  # object stores have no folders to make
+          os.makedirs(os.path.join(root, rel), exist_ok=True)
+        _upload(fs, file, f"{root.rstrip('/')}/{key}")
+      copied += sizes[file]
       ticker.update(round(copied / 2**20))
   ticker.finish()
+  if kept:
+    print(
+      f"copying to {url}: {kept} of {len(sizes)} files were there already (same size and MD5)",
+      file=sys.stderr,
+      flush=True,
+    )
 
 
 def read_metadata(path: str, split: str) -> tuple[str, dict]:
