@@ -100,11 +100,9 @@ def _leaf_names(tree) -> dict:
   return out
 
 
-def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
-  """Refuses, naming the arrays, a checkpoint whose stored shapes differ from `target`'s,
-  before any array is read: same method and model name (check_compatible), but a setting that
-  sizes the state differs. Skipped where the metadata cannot be read (orbax's restore then
-  reports the mismatch itself)."""
+def _stored_leaves(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+  """The stored state's leaf metadata (with .shape) by dotted path; None where the metadata
+  cannot be read (an older layout or an unreadable store)."""
   try:
     # The item's handler, not a Checkpointer: that would look for checkpoint-level metadata in
     # the item's directory (the manager keeps it one level up) and log that it is missing.
@@ -113,8 +111,18 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
       meta = handler.metadata(mngr.directory / str(step) / "state")
     finally:
       handler.close()
-    stored = _leaf_names(getattr(meta, "item_metadata", meta))
-  except Exception:  # an older layout or an unreadable store: nothing to compare
+    return _leaf_names(getattr(meta, "item_metadata", meta))
+  except Exception:  # nothing to compare
+    return None
+
+
+def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
+  """Refuses, naming the arrays, a checkpoint whose stored shapes differ from `target`'s,
+  before any array is read: same method and model name (check_compatible), but a setting that
+  sizes the state differs. Skipped where the metadata cannot be read (orbax's restore then
+  reports the mismatch itself)."""
+  stored = _stored_leaves(mngr, step)
+  if stored is None:
     return
   wanted = _leaf_names(target)
   bad = [
@@ -135,11 +143,29 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
     )
 
 
-def restore_parts(mngr: ocp.CheckpointManager, step: int, parts: dict) -> dict:
+def restore_parts(
+  mngr: ocp.CheckpointManager, step: int, parts: dict, resizable: tuple[str, ...] = ()
+) -> dict:
   """Restores only `parts` of the state at `step`: a nested dict that mirrors part of the
   stored state's tree (field names, then the pytree's own keys) with abstract leaves, e.g.
   {"step": ..., "params": {"model": ...}}. What it leaves out is never read, so its stored
-  shapes may differ from the config's. Shapes are checked for what it names, as `restore`'s."""
+  shapes may differ from the config's. Shapes are checked for what it names, as `restore`'s,
+  except leaves whose last key is in `resizable`: those are read at their stored shape (a
+  ViT's position embedding, sized by the training crop, which the model resamples to the grid
+  of the images it is given)."""
+  if resizable:
+    stored = _stored_leaves(mngr, step) or {}
+
+    def as_stored(path, leaf):
+      name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      there = stored.get(name)
+      if name.rsplit(".", 1)[-1] in resizable and getattr(there, "shape", None) is not None:
+        return jax.ShapeDtypeStruct(
+          tuple(there.shape), leaf.dtype, sharding=getattr(leaf, "sharding", None)
+        )
+      return leaf
+
+    parts = jax.tree_util.tree_map_with_path(as_stored, parts)
   check_shapes(mngr, step, parts)
   handler = ocp.PyTreeCheckpointHandler()  # the item's handler: see check_shapes
   try:

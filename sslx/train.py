@@ -244,8 +244,10 @@ def restore_latest(config, workdir: str, *, pretrained: bool = True):
   # Read straight into the shards: no fresh state beside the restored one.
   target = encoder_side(setup.abstract_state)
   fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+  # A ViT evaluated at another resolution than it trained at resamples its stored position
+  # embedding to the new patch grid (models/vit.py), as DINO's evaluation does.
   parts = checkpointing.restore_parts(
-    mngr, step, {k: v for k, v in fields.items() if v is not None}
+    mngr, step, {k: v for k, v in fields.items() if v is not None}, resizable=("pos_embed",)
   )
   return setup, target.replace(**parts), step
 

@@ -92,6 +92,49 @@ def test_checkpoint_of_another_width_is_refused_naming_the_shapes(tmp_path):
     train.train_and_evaluate(wider, str(tmp_path))  # a resume is refused alike
 
 
+def test_a_vit_evaluates_at_another_crop_size_with_its_position_embedding_resampled(tmp_path):
+  """A ViT run evaluated with a config whose crops (and images) are larger than the run's: the
+  stored 4x4 position embedding is read as it is, not refused for the 6x6 grid the config
+  would initialise, and the ViT resamples it to the 48 px images' grid."""
+  from sslx import config_lib
+  from sslx.cli import evaluate
+  from tests.helpers import experiment
+
+  config = config_lib.tiny(experiment("dino", "vit"), None)
+  train.train_and_evaluate(config, str(tmp_path))
+  _, trained, _ = train.restore_latest(config, str(tmp_path))
+  larger = config_lib.tiny(experiment("dino", "vit"), None)
+  larger.augment.global_crop_size = 48
+  larger.dataset.image_size = 48
+  setup, state, _ = train.restore_latest(larger, str(tmp_path))
+  assert setup.abstract_state.params["model"]["backbone"]["pos_embed"].shape == (1, 36, 32)
+  for x, y in zip(jax.tree.leaves(trained.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # the run's weights, all of them
+  images = data.build_source(larger.dataset, "test")[0]["image"][None]
+  assert images.shape == (1, 48, 48, 3)
+  params, batch_stats = setup.method.eval_variables(
+    state.params["model"], state.batch_stats, state.method_state
+  )
+  features = setup.method.encode(params, batch_stats, np.repeat(images, 2, 0))
+  assert features.shape == (2, 32) and np.isfinite(np.asarray(features)).all()
+  assert "knn@5" in evaluate.evaluate_checkpoint(larger, str(tmp_path))
+  # Fine-tuned at 48 px, the embedding is resampled once to the 6x6 grid and trained there.
+  from sslx.evaluation import finetune
+  from sslx.models import vit
+
+  pixels = data.build_source(larger.dataset, "train")
+  x = np.stack([pixels[i]["image"] for i in range(32)])
+  y = np.asarray(pixels.labels[:32])
+  ctx = finetune.Context(setup.method, params, batch_stats, x, y, x[:16], y[:16], 10)
+  _, tuned = finetune.finetune(ctx, dict(steps=1, batch_size=16, lr=0.0))
+  stored = params["backbone"]["pos_embed"]
+  np.testing.assert_allclose(
+    tuned["model"]["backbone"]["pos_embed"],
+    vit.resize_pos_embed(stored.reshape(4, 4, 32), (6, 6)).reshape(1, 36, 32),
+    atol=1e-6,
+  )
+
+
 def test_a_run_evaluates_on_a_dataset_with_other_classes(tmp_path):
   # Pretrained on the embedded 10-class subset, evaluated on a 3-class folder: the online
   # probe (16 x 10 in the checkpoint) and the optimizer's state are not read, the encoder is.

@@ -30,6 +30,7 @@ import optax
 
 from sslx import paths, progress, sharding
 from sslx.evaluation import Context, extract  # noqa: F401  (Context: the protocol's input)
+from sslx.models import vit
 
 DEFAULTS = dict(
   steps=500,
@@ -267,8 +268,11 @@ def _training_set(ctx: Context, cfg: dict, fraction: float) -> tuple[np.ndarray,
 
 
 def _initial_params(ctx: Context, sample: np.ndarray) -> dict:
-  """{"model": the pretrained encoder's parameters, "head": a zero linear classifier}."""
-  model_params = finetuned_params(ctx.method, ctx.params)
+  """{"model": the pretrained encoder's parameters, "head": a zero linear classifier}. A ViT
+  pretrained at another resolution gets its position embedding resampled to `sample`'s grid."""
+  model_params = vit.pos_embed_for_images(
+    finetuned_params(ctx.method, ctx.params), sample.shape[1:3]
+  )
   dim = jax.eval_shape(
     lambda p, b, x: encoder_apply(ctx.method, p, b, x, False)[0],
     model_params,

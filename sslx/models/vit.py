@@ -141,6 +141,27 @@ def resize_pos_embed(pos, grid):
   return jnp.einsum("ai,bj,ijd->abd", rows, cols, pos.astype(jnp.float32))
 
 
+def pos_embed_for_images(params, image_hw: tuple[int, int]):
+  """`params` (any tree holding ViTs) with each ViT's learned position embedding resampled
+  once to the patch grid of `image_hw` images, where it was stored for another grid (the
+  training crop's): fine-tuning at a new resolution then trains an embedding of the new grid,
+  as timm and DeiT do, instead of resampling the old one in every step. Everything else is
+  returned as it is."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: pos_embed_for_images(v, image_hw) for k, v in params.items()}
+  if "pos_embed" in out and isinstance(out.get("patch_embed"), dict):
+    p = out["patch_embed"]["kernel"].shape[0]
+    grid = (image_hw[0] // p, image_hw[1] // p)
+    pos = out["pos_embed"]
+    g0 = int(round(np.sqrt(pos.shape[1])))
+    if pos.shape[1] != grid[0] * grid[1] and g0 * g0 == pos.shape[1]:
+      d = pos.shape[-1]
+      resized = resize_pos_embed(pos.reshape(g0, g0, d), grid)
+      out["pos_embed"] = resized.reshape(1, grid[0] * grid[1], d).astype(pos.dtype)
+  return out
+
+
 def relative_position_index(grid) -> np.ndarray:
   """[N+1, N+1] int index into BEiT's relative position bias table for a (gh, gw) patch grid
   with CLS first: patch pairs by their 2-D offset (dy, dx) -> (dy + gh − 1)·(2gw − 1) +
