@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from sslx import benchmark, train, xla
 from sslx.cli import evaluate
-from tests.helpers import REPO, experiment, tiny_simclr
+from tests.helpers import REPO, experiment, override, tiny_simclr
 
 
 def test_preset_arguments_and_bad_preset():
@@ -134,3 +135,39 @@ def test_sslx_command_dispatcher_lists_commands_and_refuses_unknown_ones():
   assert wrong.returncode != 0 and "unknown command 'trian'" in wrong.stderr
   helped = run("report", "--help")  # the command's docstring and its own flags
   assert "python -m sslx report --workdirs" in helped.stdout and "--[no]chart" in helped.stdout
+
+
+def test_a_refused_input_prints_its_message_not_a_traceback(tmp_path):
+  """sslx's own checks end a command with their one-line message and where they were raised;
+  SSLX_TRACEBACK=1 (or --verbosity) shows the traceback; errors from other code keep theirs."""
+  import numpy as np
+
+  from sslx import cli, config_lib
+
+  def run(*args, **env):
+    return subprocess.run(
+      [sys.executable, "-m", "sslx", *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=dict(os.environ, **env),
+    )
+
+  missing = ["prepare", f"--src={tmp_path / 'nowhere'}", f"--out={tmp_path / 'out'}"]
+  short = run(*missing)
+  assert short.returncode == 1 and "Traceback" not in short.stderr
+  assert re.fullmatch(
+    r"error: dataset path does not exist: \S+/nowhere\n"
+    r"\(raised at sslx/paths\.py:\d+; SSLX_TRACEBACK=1 shows the whole traceback\)",
+    short.stderr.strip(),
+  ), short.stderr
+  whole = run(*missing, SSLX_TRACEBACK="1")
+  assert whole.returncode == 1 and "Traceback (most recent call last)" in whole.stderr
+  assert whole.stderr.strip().endswith(f"dataset path does not exist: {tmp_path / 'nowhere'}")
+  with pytest.raises(ValueError) as numpy_error:
+    np.zeros(-1)
+  assert cli.raised_at(numpy_error.value) is None  # numpy's own error: its traceback is kept
+  with pytest.raises(ValueError, match="batch_size=0 must be positive") as check:
+    config_lib.validate(override(tiny_simclr(), batch_size=0))
+  assert re.fullmatch(r"raised at sslx/config_lib\.py:\d+", cli.raised_at(check.value))

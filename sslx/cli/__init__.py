@@ -13,6 +13,7 @@ WARNING-level logging unless ``--verbosity`` asks for more. The commands are thi
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -59,12 +60,40 @@ def run(
   if problem:
     sys.exit(f"error: {problem}")
 
+  verbose = any(a.startswith(("--verbosity", "-v=")) for a in argv)
+
   def quiet_main(args):
-    if not any(a.startswith(("--verbosity", "-v=")) for a in argv):
+    if not verbose:
       logging.set_verbosity(logging.WARNING)  # no orbax/absl INFO lines between the results
-    return main(args)
+    try:
+      return main(args)
+    except CHECKS as e:
+      if verbose or os.environ.get("SSLX_TRACEBACK") or raised_at(e) is None:
+        raise
+      sys.exit(f"error: {e}\n({raised_at(e)}; SSLX_TRACEBACK=1 shows the whole traceback)")
 
   app.run(quiet_main, argv=list(argv))
+
+
+# What sslx raises when it refuses input (a config value, a path, a checkpoint of another run):
+# its own message names the problem, so the command prints that line, not a traceback.
+CHECKS = (ValueError, OSError, RuntimeError, FloatingPointError)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def raised_at(error: BaseException) -> str | None:
+  """ "raised at sslx/<file>:<line>" where `error` was raised by sslx's own code (a check
+  with its message), None where it came from elsewhere (jax, a library: a bug or an
+  environment problem, whose traceback is worth seeing)."""
+  tb = error.__traceback__
+  if tb is None:
+    return None
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  file = os.path.abspath(tb.tb_frame.f_code.co_filename)
+  if not file.startswith(_PACKAGE + os.sep):
+    return None
+  return f"raised at sslx/{os.path.relpath(file, _PACKAGE)}:{tb.tb_lineno}"
 
 
 def dispatch(argv: Sequence[str]) -> None:
