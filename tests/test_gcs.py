@@ -228,6 +228,7 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   url = "gs://bucket/resumed"
   run = (
     "import json\nfrom sslx.data import array_records, sources\n"
+    "SHARD = globals().get('SHARD', 4000)\n"
     "reads, read = [], sources.ImageFolderSource.read_encoded\n"
     "def counted(self, i):\n"
     "  if i >= STOP:\n    raise KeyboardInterrupt\n"
@@ -241,7 +242,7 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
     "  uploads.append(args[1])\n  upload(*args)\n"
     "if KILL_UPLOAD == 2:\n  array_records._upload = killed_after_two\n"
     "try:\n"
-    f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=4000, threads=1)\n"
+    f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=SHARD, threads=1)\n"
     "except KeyboardInterrupt:\n  print('interrupted')\n"
     "print(json.dumps(reads))\n"
   )
@@ -278,6 +279,13 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
   assert bucket_hashes(env, url2) == bucket_hashes(env, url3) == in_bucket
   assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
+  # Prepared again with larger shards: the bucket holds that conversion alone (no shard of the
+  # first one left beside it).
+  bigger = "SHARD = 9000\nSTOP, OUT, KILL_UPLOAD = 10**9, {!r}, 0\n"
+  in_subprocess(env, bigger.format(url) + run)
+  in_subprocess(env, bigger.format(str(tmp_path / "local9000")) + run)
+  shards = [r for r in bucket_hashes(env, url) if r.endswith(".array_record")]
+  assert bucket_hashes(env, url) == folder_hashes(tmp_path / "local9000") and 1 < len(shards) < 4
 
 
 def bucket_generations(env, url: str) -> dict:

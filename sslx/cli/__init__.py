@@ -68,9 +68,10 @@ def run(
     try:
       return main(args)
     except CHECKS as e:
-      if verbose or os.environ.get("SSLX_TRACEBACK") or raised_at(e) is None:
+      where = raised_at(e)
+      if verbose or os.environ.get("SSLX_TRACEBACK") or where is None:
         raise
-      sys.exit(f"error: {e}\n({raised_at(e)}; SSLX_TRACEBACK=1 shows the whole traceback)")
+      sys.exit(f"error: {e}\n({where}; SSLX_TRACEBACK=1 shows the whole traceback)")
 
   app.run(quiet_main, argv=list(argv))
 
@@ -82,8 +83,8 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def raised_at(error: BaseException) -> str | None:
-  """ "raised at sslx/<file>:<line>" where `error` was raised by sslx's own code (a check
-  with its message), None where it came from elsewhere (jax, a library: a bug or an
+  """Where sslx's own code raised `error` (a check with its message), as "raised at
+  sslx/<file>:<line>"; None where it came from elsewhere (jax, a library: a bug or an
   environment problem, whose traceback is worth seeing)."""
   tb = error.__traceback__
   if tb is None:

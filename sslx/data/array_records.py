@@ -357,36 +357,48 @@ def _upload(fs, file: str, remote: str) -> None:
 def _copy_tree(local: str, url: str) -> None:
   """Uploads every file under `local` to `url`, each split's metadata.json after its shards.
   A file the store already holds with the same size and MD5 (an upload killed after it) is
-  not sent again."""
+  not sent again; in the folders it uploads to, objects of an earlier conversion (shards it
+  does not have, a metadata.json it replaces) are deleted first, so that no reader meets a
+  metadata.json beside shards it does not describe."""
   import fsspec  # noqa: PLC0415  (URLs only)
 
   tree = [(d, sorted(names, key=lambda n: n == METADATA)) for d, _, names in os.walk(local)]
-  sizes = {os.path.join(d, n): os.path.getsize(os.path.join(d, n)) for d, ns in tree for n in ns}
-  if not sizes:
+  files = {}  # key (relative to url) -> local file, each split's metadata last
+  for dirpath, names in tree:
+    rel = os.path.relpath(dirpath, local).replace(os.sep, "/")
+    files.update(
+      {name if rel == "." else f"{rel}/{name}": os.path.join(dirpath, name) for name in names}
+    )
+  if not files:
     return
+  sizes = {key: os.path.getsize(file) for key, file in files.items()}
   there = paths.file_info(url)
+  same = {
+    key
+    for key, file in files.items()
+    if key in there and there[key]["size"] == sizes[key] and there[key]["md5"] == _md5(file)
+  }
   fs, root = fsspec.core.url_to_fs(url)
+  root = root.rstrip("/")
+  folders = {key.rpartition("/")[0] for key in files}
+  stale = [k for k in there if k.rpartition("/")[0] in folders and k not in same]
+  if stale:
+    fs.rm([f"{root}/{k}" for k in stale])
   ticker = progress.Ticker(
     f"copying to {url}", round(sum(sizes.values()) / 2**20), "MiB", stream=sys.stderr
   )
-  copied, kept = 0, 0
-  for dirpath, names in tree:
-    rel = os.path.relpath(dirpath, local).replace(os.sep, "/")
-    for name in names:
-      file, key = os.path.join(dirpath, name), name if rel == "." else f"{rel}/{name}"
-      remote = there.get(key)
-      if remote and remote["size"] == sizes[file] and remote["md5"] == _md5(file):
-        kept += 1
-      else:
-        if not paths.is_remote(url):  # object stores have no folders to make
-          os.makedirs(os.path.join(root, rel), exist_ok=True)
-        _upload(fs, file, f"{root.rstrip('/')}/{key}")
-      copied += sizes[file]
-      ticker.update(round(copied / 2**20))
+  copied = 0
+  for key, file in files.items():
+    if key not in same:
+      if not paths.is_remote(url):  # object stores have no folders to make
+        os.makedirs(os.path.dirname(os.path.join(root, key)), exist_ok=True)
+      _upload(fs, file, f"{root}/{key}")
+    copied += sizes[key]
+    ticker.update(round(copied / 2**20))
   ticker.finish()
-  if kept:
+  if same:
     print(
-      f"copying to {url}: {kept} of {len(sizes)} files were there already (same size and MD5)",
+      f"copying to {url}: {len(same)} of {len(files)} files were there already (same size and MD5)",
       file=sys.stderr,
       flush=True,
     )
