@@ -416,9 +416,16 @@ def read_metadata(path: str, split: str) -> tuple[str, dict]:
   split_dir = os.path.join(os.path.expanduser(path), split)
   meta_path = os.path.join(split_dir, METADATA)
   if not os.path.exists(meta_path):
+    root = os.path.expanduser(path)
+    there = sorted(
+      d
+      for d in (os.listdir(root) if os.path.isdir(root) else [])
+      if os.path.exists(os.path.join(root, d, METADATA))
+    )
+    found = f"; the splits prepared there: {', '.join(there)}" if there else ""
     raise FileNotFoundError(
       f"{meta_path}: missing; dataset.name='array_record' needs a directory written by "
-      f"`python -m sslx prepare --src=... --out={path}` (split {split!r})"
+      f"`python -m sslx prepare --src=... --out={path}` (split {split!r}){found}"
     )
   with open(meta_path) as f:
     meta = json.load(f)
