@@ -1,5 +1,5 @@
-"""Paths are URLs: local paths, `gs://bucket/dir`, or any fsspec protocol whose package is
-installed (`s3://` with s3fs, `memory://`, ...), all through `etils.epath`.
+"""Paths are URLs: local paths, `gs://bucket/dir`, or another scheme `etils.epath` opens
+through fsspec (`s3://` with s3fs, `az://` with adlfs), all through `etils.epath`.
 
 Orbax checkpoints take the same URLs: orbax lists and renames directories through epath and
 writes arrays through tensorstore, whose own GCS driver talks to GCS directly.

@@ -216,9 +216,39 @@ def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
     array_records.read_metadata(url, "train")
 
 
+def test_prepare_to_a_bucket_uploads_each_shard_as_it_closes(gcs, tmp_path):
+  """Every shard goes to the bucket as soon as it is closed, while the next ones are written:
+  the staging folder never holds more than three shards, whatever the dataset's size."""
+  folder = tmp_path / "src"
+  for k in range(16):
+    (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+    (folder / "train" / f"class{k % 2}" / f"{k:02d}.jpg").write_bytes(image_bytes(k))
+  env = dict(gcs_env(gcs), TMPDIR=str(tmp_path / "tmp"))
+  os.makedirs(env["TMPDIR"])
+  url = "gs://bucket/streamed"
+  code = (
+    "import json, os\nfrom sslx.data import array_records\n"
+    "counts, upload = [], array_records._upload\n"
+    "def counting(fs, file, remote):\n"
+    f"  staged = array_records.staging_dir({url!r})\n"
+    "  counts.append(sum(n.endswith('.array_record') for _, _, ns in os.walk(staged) for n in ns))\n"
+    "  upload(fs, file, remote)\n"
+    "array_records._upload = counting\n"
+    f"array_records.prepare({str(folder)!r}, {url!r}, shard_bytes=2000)\n"
+    "print(json.dumps(counts))\n"
+  )
+  counts = json.loads(in_subprocess(env, code).strip().splitlines()[-1])
+  array_records.prepare(str(folder), str(tmp_path / "local"), shard_bytes=2000)
+  on_disk = folder_hashes(tmp_path / "local")
+  assert bucket_hashes(env, url) == on_disk
+  shards = sum(r.endswith(".array_record") for r in on_disk)
+  assert shards >= 8 and len(counts) == shards + 2  # every shard, then labels and metadata
+  assert 1 <= max(counts) <= 3 and os.listdir(tmp_path / "tmp") == []
+
+
 def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tmp_path):
-  """Killed while staging, `prepare --out=gs://...` run again on the same machine goes on from
-  the shards it had closed, and the bucket ends with one run's files."""
+  """Killed while preparing or uploading, `prepare --out=gs://...` run again on the same
+  machine goes on from the shards it had closed, and the bucket ends with one run's files."""
   folder = tmp_path / "src"
   for k in range(12):
     (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
@@ -234,13 +264,11 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
     "  if i >= STOP:\n    raise KeyboardInterrupt\n"
     "  reads.append(i)\n  return read(self, i)\n"
     "sources.ImageFolderSource.read_encoded = counted\n"
-    "def killed_upload(local, url):\n  raise KeyboardInterrupt\n"
-    "if KILL_UPLOAD == 1:\n  array_records._copy_tree = killed_upload\n"
     "uploads, upload = [], array_records._upload\n"
-    "def killed_after_two(*args):\n"
-    "  if len(uploads) == 2:\n    raise KeyboardInterrupt\n"
+    "def killed_upload(*args):\n"
+    "  if len(uploads) == KILL_UPLOAD - 1:\n    raise KeyboardInterrupt\n"
     "  uploads.append(args[1])\n  upload(*args)\n"
-    "if KILL_UPLOAD == 2:\n  array_records._upload = killed_after_two\n"
+    "if KILL_UPLOAD:\n  array_records._upload = killed_upload\n"
     "try:\n"
     f"  array_records.prepare({str(folder)!r}, OUT, shard_bytes=SHARD, threads=1)\n"
     "except KeyboardInterrupt:\n  print('interrupted')\n"
@@ -256,28 +284,26 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   assert json.loads(second[-1]) == list(range(resume_at, 12))  # nothing read twice
   assert not (tmp_path / "tmp" / staged).exists()  # removed once uploaded
   in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {str(tmp_path / 'local')!r}, 0\n" + run)
-  # Killed during the upload instead: the rerun uploads the staged split without reading it.
-  url2 = "gs://bucket/uploaded"
-  third = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 1\n" + run)
-  assert third.splitlines()[-2] == "interrupted"
-  fourth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url2!r}, 0\n" + run)
-  assert json.loads(fourth.splitlines()[-1]) == []
-  # Killed after two files were uploaded: the rerun sends the rest, not those two again.
-  url3 = "gs://bucket/half-uploaded"
-  assert (
-    in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url3!r}, 2\n" + run).splitlines()[-2]
-    == "interrupted"
-  )
-  before = bucket_generations(env, url3)
-  assert len(before) == 2
-  in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url3!r}, 0\n" + run)
-  after = bucket_generations(env, url3)
-  assert {k: after[k] for k in before} == before and len(after) > 2
+  # Killed in an upload (the first, or the third: KILL_UPLOAD = n dies in upload n): the rerun
+  # reads only the images after the journal's shards, uploads the staged ones, and does not
+  # send again what was uploaded.
+  for kill_at in (1, 3):
+    url_k = f"gs://bucket/upload-killed-{kill_at}"
+    killed = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url_k!r}, {kill_at}\n" + run)
+    assert killed.splitlines()[-2] == "interrupted"
+    staged_k = tmp_path / "tmp" / array_records_staging(env, url_k) / "train"
+    entries = [json.loads(x) for x in (staged_k / "prepare.journal.jsonl").read_text().splitlines()]
+    before = bucket_generations(env, url_k)
+    assert len(before) == kill_at - 1  # shards only: no labels or metadata yet
+    rerun = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url_k!r}, 0\n" + run)
+    assert json.loads(rerun.splitlines()[-1]) == list(range(entries[-1]["next"], 12))
+    after = bucket_generations(env, url_k)
+    assert {k: after[k] for k in before} == before and len(after) > len(before)
+    assert bucket_hashes(env, url_k) == bucket_hashes(env, url)
   # Finished in the bucket, the same prepare again reads nothing and stages nothing.
   fifth = in_subprocess(env, f"STOP, OUT, KILL_UPLOAD = 10**9, {url!r}, 0\n" + run)
   assert json.loads(fifth.splitlines()[-1]) == [] and not (tmp_path / "tmp" / staged).exists()
   in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
-  assert bucket_hashes(env, url2) == bucket_hashes(env, url3) == in_bucket
   assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
   # Prepared again with larger shards: the bucket holds that conversion alone (no shard of the
   # first one left beside it).

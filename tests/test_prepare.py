@@ -116,26 +116,6 @@ def test_prepare_command_line(folder, tmp_path):
   }
 
 
-def test_upload_reports_its_progress_in_mib_on_stderr(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(progress, "TICK_SECONDS", 0.0)
-  staged = tmp_path / "staged" / "train"
-  staged.mkdir(parents=True)
-  for name in ("a.array_record", "b.array_record"):
-    (staged / name).write_bytes(os.urandom(2 << 20))
-  dest = tmp_path / "dest"
-  array_records._copy_tree(str(tmp_path / "staged"), str(dest))
-  for name in ("a.array_record", "b.array_record"):
-    assert (dest / "train" / name).read_bytes() == (staged / name).read_bytes()
-  printed = capsys.readouterr()
-  assert printed.out == ""
-  times = r"(ETA|in) \d+m\d+s$"
-  assert [re.sub(times, r"\1 <time>", x) for x in printed.err.splitlines()] == [
-    f"copying to {dest}: 2/4 MiB (50%) | ETA <time>",
-    f"copying to {dest}: 4/4 MiB (100%) | ETA <time>",
-    f"copying to {dest}: 4 MiB in <time>",
-  ]
-
-
 class _Interrupted(sources.ImageFolderSource):
   """An image-folder source that counts its reads and, with `stop_at`, dies there as a killed
   process would (KeyboardInterrupt is no unreadable image: nothing catches it)."""

@@ -4,12 +4,13 @@ r"""Prepares an image dataset as ArrayRecord shards (``dataset.name=array_record
     python -m sslx prepare --src=/data/ILSVRC-train.tar --out=/data/imagenet-ar --splits=train
 
 ``--src``: a folder or an uncompressed tar (indexed by member offsets and read lazily) in the
-``<split>/<class>/<image>`` layout; ``--out``: a directory (or a URL etils.epath writes). The
-encoded images are stored unchanged; corrupt ones are skipped, named and counted. Prints one
-JSON line per split (records, skipped, shards) on stdout, progress with ETA on stderr. Killed
-or preempted, the same command again goes on after the last shard it had closed; a split the
-output already holds, finished from the same source and shard size, is not prepared again
-(``--overwrite`` prepares it anew), and files already uploaded whole are not sent again.
+``<split>/<class>/<image>`` layout; ``--out``: a directory, or a ``gs://`` URL (each shard is
+uploaded as soon as it is closed; the local disk holds a few). The encoded images are stored
+unchanged; corrupt ones are skipped, named and counted. Prints one JSON line per split
+(records, skipped, shards) on stdout, progress with ETA on stderr. Killed or preempted, the
+same command again goes on after the last shard it had closed (uploaded shards are not sent
+again); a split the output already holds, finished from the same source and shard size, is not
+prepared again (``--overwrite`` prepares it anew).
 """
 
 import json

@@ -9,7 +9,7 @@ Layout of ``<out>/<split>/``:
                                     "shards": [{"file", "records", "bytes"}], "skipped": [...],
                                     "prepared_from": {source path and size, classes, shard size}}
     labels.npy                     int32[N], every record's label (balanced subsets, no reads)
-    <split>-00000-of-000NN.array_record ...
+    <split>-00000.array_record ...
 
 Each record is ``b"SSLX" + uint32 (little-endian) n + n bytes of JSON {"name", "label"} +`` the
 image file's bytes, unchanged (no re-encoding: the host crop decodes the original JPEG at the DCT
@@ -20,11 +20,11 @@ looks complete. Rerun with the same arguments, it keeps the shards it had closed
 ``prepare.journal.jsonl`` until it finishes) and reads on from the first image after them: the
 result is that of one uninterrupted run. A split already finished in ``out`` from the same
 source (path, image count, classes) and shard size is left as it is (``overwrite=True``
-prepares it again), so a conversion killed in its second split keeps the first. A ``gs://``
-output is staged in a local directory named after the URL (`staging_dir`) and uploaded at the
-end, so it resumes alike on the same machine; killed during the upload, a rerun uploads the
-finished staged splits without reading the images, skipping the files the bucket already holds
-with the same size and MD5.
+prepares it again), so a conversion killed in its second split keeps the first. For a
+``gs://`` output each shard is uploaded as soon as it is closed, while the next ones are
+written, and then deleted locally: the local disk holds the journal and a few shards
+(`staging_dir`, named after the URL, so a rerun on the same machine resumes), not the dataset.
+A rerun keeps the journal's shards that are in the bucket at their size or still staged.
 
 Corrupt images in the source are skipped while preparing (each is decoded once at 1/8 scale,
 which still reads the whole entropy-coded stream), named in the log and counted in
@@ -33,7 +33,6 @@ which still reads the whole entropy-coded stream), named in the log and counted 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -88,8 +87,11 @@ def check_image(data: bytes) -> None:
     img.load()
 
 
-def _shard_name(split: str, k: int, n: int) -> str:
-  return f"{split}-{k:05d}-of-{n:05d}.array_record"
+def _shard_name(split: str, k: int) -> str:
+  """Shards are named by their index alone (no "-of-N"): a shard keeps the name it was written
+  under, so a closed one can be uploaded at once and never renamed (a rename in a bucket is a
+  copy)."""
+  return f"{split}-{k:05d}.array_record"
 
 
 # Closed shards of an unfinished `prepare_split`, one JSON line each, so that a rerun after a
@@ -97,10 +99,11 @@ def _shard_name(split: str, k: int, n: int) -> str:
 JOURNAL = "prepare.journal.jsonl"
 
 
-def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
-  """The journal's shards whose files are whole, when the journal was written for the same
-  source and shard size (`header`); [] otherwise. Every other shard of the split (a partial
-  one, or a finished earlier run's) is removed."""
+def _resume_point(split_dir: str, split: str, header: dict, uploaded: dict) -> list[dict]:
+  """The journal's shards that are whole, here or (`uploaded`: {name: bytes} already in the
+  bucket) uploaded, when the journal was written for the same source and shard size
+  (`header`); [] otherwise. Every other local shard of the split (a partial one, or a
+  finished earlier run's) is removed."""
   path = os.path.join(split_dir, JOURNAL)
   kept = []
   if os.path.exists(path):
@@ -109,7 +112,8 @@ def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
     if lines and lines[0] == header:
       for entry in lines[1:]:
         file = os.path.join(split_dir, entry["file"])
-        if not (os.path.exists(file) and os.path.getsize(file) == entry["bytes"]):
+        here = os.path.exists(file) and os.path.getsize(file) == entry["bytes"]
+        if not (here or uploaded.get(entry["file"]) == entry["bytes"]):
           break
         kept.append(entry)
   names = {e["file"] for e in kept}
@@ -119,6 +123,37 @@ def _resume_point(split_dir: str, split: str, header: dict) -> list[dict]:
   with open(path, "w") as f:  # the header and what is kept: the journal the rest appends to
     f.writelines(json.dumps(x) + "\n" for x in [header] + kept)
   return kept
+
+
+class _Uploads:
+  """Closed shards sent to a bucket folder in the background as the next ones are written, each
+  deleted here once uploaded: the local disk holds a few shards, not the dataset. At most
+  `pending` uploads wait; an upload's error (or a kill) surfaces at the next `send` or `wait`."""
+
+  def __init__(self, url: str, pending: int = 2):
+    import fsspec  # noqa: PLC0415  (URLs only)
+
+    self.fs, root = fsspec.core.url_to_fs(url)
+    self.root, self.pending = root.rstrip("/"), pending
+    self.pool = futures.ThreadPoolExecutor(1)
+    self.queue: list[futures.Future] = []
+
+  def send(self, file: str, remove: bool = True) -> None:
+    while len(self.queue) >= self.pending:
+      self.queue.pop(0).result()
+    self.queue.append(self.pool.submit(self._one, file, remove))
+
+  def _one(self, file: str, remove: bool) -> None:
+    _upload(self.fs, file, f"{self.root}/{os.path.basename(file)}")
+    if remove:
+      os.remove(file)
+
+  def wait(self) -> None:
+    try:
+      while self.queue:
+        self.queue.pop(0).result()
+    finally:
+      self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _header(source, shard_bytes: int) -> dict:
@@ -168,19 +203,25 @@ def prepare_split(
   shard_bytes: int = _DEFAULT_SHARD_BYTES,
   threads: int = 0,
   overwrite: bool = False,
+  upload_to: str | None = None,
 ) -> dict:
   """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``. Run
   again after an interruption, it keeps the shards it had closed (`JOURNAL`) and goes on from
   the first image after them; the result is byte for byte that of an uninterrupted run. A
   split already finished there from the same source (path, image count, classes) and shard
   size is returned as it is, unless `overwrite`, which prepares it again from the first
-  image."""
+  image.
+
+  `upload_to`: a bucket folder (URL) the split goes to instead; ``out_dir`` is then a staging
+  folder that holds the journal and the few shards not uploaded yet (`_Uploads`). Objects of
+  another conversion in that folder are deleted before the first upload, and the folder's
+  metadata.json is uploaded last."""
   split_dir = os.path.join(out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
   header = _header(source, shard_bytes)
-  if not overwrite:
+  if not overwrite and upload_to is None:
     meta = finished(split_dir, header)
     if meta is not None:
       _say_finished(split, split_dir)
@@ -190,7 +231,22 @@ def prepare_split(
       os.remove(os.path.join(split_dir, stale))
   if overwrite and os.path.exists(os.path.join(split_dir, JOURNAL)):
     os.remove(os.path.join(split_dir, JOURNAL))
-  kept = _resume_point(split_dir, split, header)
+  there = {k: v["size"] for k, v in paths.file_info(upload_to).items()} if upload_to else {}
+  kept = _resume_point(split_dir, split, header, there)
+  uploads = None
+  if upload_to:
+    uploads = _Uploads(upload_to)
+    names = {e["file"] for e in kept}
+    stale = [k for k in there if k not in names]
+    if stale:  # another conversion's objects (or its metadata): none left beside ours
+      uploads.fs.rm([f"{uploads.root}/{k}" for k in stale])
+    for e in kept:  # closed before the kill but not (or not known to be) uploaded
+      file = os.path.join(split_dir, e["file"])
+      if os.path.exists(file):
+        if there.get(e["file"]) == e["bytes"]:
+          os.remove(file)
+        else:
+          uploads.send(file)
   shards = [{k: e[k] for k in ("file", "records", "bytes")} for e in kept]
   labels = [label for e in kept for label in e["labels"]]
   skipped = [name for e in kept for name in e["skipped"]]
@@ -215,12 +271,13 @@ def prepare_split(
 
   def close(next_index: int):
     """Closes the open shard and journals it with its labels and the unreadable files met while
-    it was open: `next_index` is the first image not in it."""
+    it was open: `next_index` is the first image not in it. Then sends it to the bucket."""
     nonlocal writer, shard_labels, shard_skipped
     if writer is None:
       return
     writer.close()
-    shards[-1]["bytes"] = os.path.getsize(os.path.join(split_dir, shards[-1]["file"]))
+    file = os.path.join(split_dir, shards[-1]["file"])
+    shards[-1]["bytes"] = os.path.getsize(file)
     entry = dict(shards[-1], next=next_index, labels=shard_labels, skipped=shard_skipped)
     with open(os.path.join(split_dir, JOURNAL), "a") as f:
       f.write(json.dumps(entry) + "\n")
@@ -229,40 +286,44 @@ def prepare_split(
     labels.extend(shard_labels)
     skipped.extend(shard_skipped)
     writer, shard_labels, shard_skipped = None, [], []
+    if uploads is not None:
+      uploads.send(file)
 
   # On stderr: stdout is the command's JSON result lines.
   ticker = progress.Ticker(f"prepare {split}", n - begin, "images", stream=sys.stderr)
-  with futures.ThreadPoolExecutor(threads) as pool:
-    for start in range(begin, n, 1024):
-      for j, (data, label, error) in enumerate(pool.map(read, range(start, min(n, start + 1024)))):
-        i = start + j
-        if error is not None:
-          logging.warning(
-            "skipping unreadable image %s (%s: %s)", source.name(i), type(error).__name__, error
-          )
-          shard_skipped.append(source.name(i))
-          continue
-        if writer is None or size >= shard_bytes:
-          close(i)
-          current = f"{split}-tmp-{len(shards):05d}.array_record"
-          writer = array_record_module.ArrayRecordWriter(
-            os.path.join(split_dir, current), "group_size:1"
-          )
-          shards.append({"file": current, "records": 0, "bytes": 0})
-          size = 0
-        record = encode_record(data, label, source.name(i))
-        writer.write(record)
-        size += len(record)
-        shards[-1]["records"] += 1
-        shard_labels.append(label)
-      ticker.update(min(n, start + 1024) - begin)
-  close(n)
+  try:
+    with futures.ThreadPoolExecutor(threads) as pool:
+      for start in range(begin, n, 1024):
+        chunk = pool.map(read, range(start, min(n, start + 1024)))
+        for j, (data, label, error) in enumerate(chunk):
+          i = start + j
+          if error is not None:
+            logging.warning(
+              "skipping unreadable image %s (%s: %s)", source.name(i), type(error).__name__, error
+            )
+            shard_skipped.append(source.name(i))
+            continue
+          if writer is None or size >= shard_bytes:
+            close(i)
+            shards.append({"file": _shard_name(split, len(shards)), "records": 0, "bytes": 0})
+            writer = array_record_module.ArrayRecordWriter(
+              os.path.join(split_dir, shards[-1]["file"]), "group_size:1"
+            )
+            size = 0
+          record = encode_record(data, label, source.name(i))
+          writer.write(record)
+          size += len(record)
+          shards[-1]["records"] += 1
+          shard_labels.append(label)
+        ticker.update(min(n, start + 1024) - begin)
+    close(n)
+    if uploads is not None:
+      uploads.wait()
+  finally:
+    if uploads is not None:
+      uploads.pool.shutdown(wait=False, cancel_futures=True)
   skipped.extend(shard_skipped)  # files met while no shard was open (none readable after them)
   ticker.finish()
-  for k, shard in enumerate(shards):  # final names once the shard count is known
-    final = _shard_name(split, k, len(shards))
-    os.replace(os.path.join(split_dir, shard["file"]), os.path.join(split_dir, final))
-    shard["file"] = final
   np.save(os.path.join(split_dir, LABELS), np.asarray(labels, np.int32))
   meta = {
     "format": FORMAT,
@@ -275,6 +336,9 @@ def prepare_split(
   }
   with open(os.path.join(split_dir, METADATA), "w") as f:
     json.dump(meta, f, indent=1)
+  if uploads is not None:  # the labels, then the metadata that makes the split complete
+    for name in (LABELS, METADATA):
+      _upload(uploads.fs, os.path.join(split_dir, name), f"{uploads.root}/{name}")
   os.remove(os.path.join(split_dir, JOURNAL))
   if skipped:
     logging.warning(
@@ -322,86 +386,29 @@ def prepare(
         shutil.rmtree(os.path.join(target, split), ignore_errors=True)
         results[split] = done
         continue
-    results[split] = prepare_split(source, split, target, shard_bytes, threads, overwrite)
+    upload_to = paths.join(out, split) if remote else None
+    results[split] = prepare_split(
+      source, split, target, shard_bytes, threads, overwrite, upload_to
+    )
   if remote:
-    _copy_tree(target, out)
     shutil.rmtree(target, ignore_errors=True)
   return results
 
 
 def staging_dir(url: str) -> str:
-  """Where the shards for `url` are written before the upload: named after the URL, so that a
-  rerun after an interruption finds (and resumes) what the last run wrote; removed once
-  uploaded."""
+  """Where the journal and the shards not uploaded yet for `url` are kept: named after the
+  URL, so that a rerun after an interruption finds (and resumes) what the last run wrote;
+  removed once everything is uploaded."""
   name = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
   path = os.path.join(tempfile.gettempdir(), f"sslx-prepare-{name}")
   os.makedirs(path, exist_ok=True)
   return path
 
 
-def _md5(file: str) -> str:
-  """A file's MD5 as GCS reports it (base64 of the digest)."""
-  digest = hashlib.md5(usedforsecurity=False)
-  with open(file, "rb") as f:
-    for block in iter(lambda: f.read(16 << 20), b""):
-      digest.update(block)
-  return base64.b64encode(digest.digest()).decode()
-
-
 def _upload(fs, file: str, remote: str) -> None:
   """One file whole: an object store's upload is committed complete or not at all (a kill
   mid-file leaves no truncated object behind)."""
   fs.put_file(file, remote)
-
-
-def _copy_tree(local: str, url: str) -> None:
-  """Uploads every file under `local` to `url`, each split's metadata.json after its shards.
-  A file the store already holds with the same size and MD5 (an upload killed after it) is
-  not sent again; in the folders it uploads to, objects of an earlier conversion (shards it
-  does not have, a metadata.json it replaces) are deleted first, so that no reader meets a
-  metadata.json beside shards it does not describe."""
-  import fsspec  # noqa: PLC0415  (URLs only)
-
-  tree = [(d, sorted(names, key=lambda n: n == METADATA)) for d, _, names in os.walk(local)]
-  files = {}  # key (relative to url) -> local file, each split's metadata last
-  for dirpath, names in tree:
-    rel = os.path.relpath(dirpath, local).replace(os.sep, "/")
-    files.update(
-      {name if rel == "." else f"{rel}/{name}": os.path.join(dirpath, name) for name in names}
-    )
-  if not files:
-    return
-  sizes = {key: os.path.getsize(file) for key, file in files.items()}
-  there = paths.file_info(url)
-  same = {
-    key
-    for key, file in files.items()
-    if key in there and there[key]["size"] == sizes[key] and there[key]["md5"] == _md5(file)
-  }
-  fs, root = fsspec.core.url_to_fs(url)
-  root = root.rstrip("/")
-  folders = {key.rpartition("/")[0] for key in files}
-  stale = [k for k in there if k.rpartition("/")[0] in folders and k not in same]
-  if stale:
-    fs.rm([f"{root}/{k}" for k in stale])
-  ticker = progress.Ticker(
-    f"copying to {url}", round(sum(sizes.values()) / 2**20), "MiB", stream=sys.stderr
-  )
-  copied = 0
-  for key, file in files.items():
-    if key not in same:
-      if not paths.is_remote(url):  # object stores have no folders to make
-        os.makedirs(os.path.dirname(os.path.join(root, key)), exist_ok=True)
-      _upload(fs, file, f"{root}/{key}")
-    copied += sizes[key]
-    ticker.update(round(copied / 2**20))
-  ticker.finish()
-  if same:
-    print(
-      f"copying to {url}: {len(same)} of {len(files)} files were there already (same size and MD5)",
-      file=sys.stderr,
-      flush=True,
-    )
 
 
 def read_metadata(path: str, split: str) -> tuple[str, dict]:
