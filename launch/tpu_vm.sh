@@ -11,7 +11,13 @@
 #
 #   launch/tpu_vm.sh --name sslx-v4 --zone us-central2-b --type v4-32 --spot \
 #       --config experiments/simclr.py:imagenet --workdir gs://BUCKET/simclr-r50 \
-#       [--resume-loop] [--max-restarts 50] [--poll 60] [--dry-run] [-- --config.batch_size=4096]
+#       [--mount-bucket DATA_BUCKET] [--resume-loop] [--max-restarts 50] [--poll 60] \
+#       [--dry-run] [-- --config.batch_size=4096]
+#
+# --mount-bucket B (repeatable) mounts gs://B read-only at /mnt/B on every worker with gcsfuse
+# (installed from Google's apt repository), e.g. for ArrayRecord shards that `python -m sslx
+# prepare --out=gs://B/imagenet-ar` wrote: -- --config.dataset.path=/mnt/B/imagenet-ar
+# (the reader opens files; a worker's boot disk is too small to copy ImageNet onto).
 #
 # --dry-run prints every gcloud command instead of running it (as if the VM did not exist and
 # the run finished at the first try); tests/test_launch.py checks it, and runs the loop against
@@ -20,8 +26,8 @@ set -euo pipefail
 
 name="" zone="" type="" config="" workdir="" spot=0 dry=0 resume=0 max_restarts=50 poll=60
 runtime="tpu-ubuntu2204-base" project="${CLOUDSDK_CORE_PROJECT:-}"
-extra=()
-usage() { sed -n '2,19p' "$0"; exit 2; }
+extra=() buckets=()
+usage() { sed -n '2,25p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name=$2; shift 2;;
@@ -30,6 +36,7 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2;;
     --workdir) workdir=$2; shift 2;;
     --runtime) runtime=$2; shift 2;;
+    --mount-bucket) buckets+=("${2#gs://}"); shift 2;;
     --project) project=$2; shift 2;;
     --max-restarts) max_restarts=$2; shift 2;;
     --poll) poll=$2; shift 2;;
@@ -43,6 +50,12 @@ while [ $# -gt 0 ]; do
 done
 for v in name zone type config workdir; do
   if [ -z "${!v}" ]; then echo "missing --$v" >&2; usage; fi
+done
+for b in "${buckets[@]}"; do
+  if [[ ! "$b" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
+    echo "--mount-bucket takes a bucket (B or gs://B), not a folder in it: $b" >&2
+    exit 2
+  fi
 done
 if [ "$resume" = 1 ] && [[ "$workdir" != gs://* ]]; then
   echo "--resume-loop needs a gs:// workdir (a VM's local disk goes with the VM)" >&2
@@ -86,6 +99,17 @@ install() {
   run gcloud compute tpus tpu-vm scp "$bundle" "$name":sslx.tgz --worker=all "${where[@]}"
   run gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" --command \
     "rm -rf ~/sslx && mkdir -p ~/sslx && tar xzf ~/sslx.tgz -C ~/sslx && cd ~/sslx && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
+  if [ "${#buckets[@]}" -gt 0 ]; then
+    local mount="set -e; if ! command -v gcsfuse >/dev/null; then"
+    mount+=" echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null;"
+    mount+=" curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null;"
+    mount+=" sudo apt-get update -qq && sudo apt-get install -y -qq fuse gcsfuse; fi"
+    for b in "${buckets[@]}"; do
+      mount+="; sudo mkdir -p /mnt/$b && sudo chown \$USER /mnt/$b"
+      mount+=" && (mountpoint -q /mnt/$b || gcsfuse -o ro --implicit-dirs $b /mnt/$b)"
+    done
+    run gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" --command "$mount"
+  fi
 }
 
 train() {

@@ -212,7 +212,7 @@ def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
   in_bucket, on_disk = bucket_hashes(env, url), folder_hashes(tmp_path / "local")
   assert in_bucket == on_disk and any(r.endswith(".array_record") for r in on_disk)
-  with pytest.raises(ValueError, match="gs://bucket/prepared.*read from a local disk"):
+  with pytest.raises(ValueError, match="gs://bucket/prepared.*read from a local disk.*gcsfuse"):
     array_records.read_metadata(url, "train")
 
 

@@ -65,6 +65,37 @@ def test_tpu_vm_resume_loop_and_extra_overrides():
   assert "--spot" not in out.stdout
 
 
+def test_tpu_vm_mounts_data_buckets_read_only_on_every_worker(tmp_path):
+  """--mount-bucket B: after the install, every worker gets gs://B at /mnt/B through gcsfuse;
+  the remote command is run here against stand-in commands that log their arguments."""
+  import shlex
+
+  args = ("--name", "n", "--zone", "z", "--type", "v4-8", "--config", "c.py", "--workdir")
+  out = dry_run(*args, "gs://b/w", "--mount-bucket", "gs://data", "--mount-bucket", "more")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  mount = [x for x in lines if "gcsfuse" in x]
+  assert len(mount) == 1 and "--worker=all" in mount[0]
+  assert lines.index(mount[0]) == len(lines) - 2  # after the install, before training
+  command = shlex.split(mount[0])[-1]
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  for tool in ("sudo", "gcsfuse", "mountpoint", "lsb_release", "curl", "apt-get"):
+    status = 1 if tool == "mountpoint" else 0  # nothing mounted yet
+    (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/log\nexit {status}\n')
+    (stubs / tool).chmod(0o755)
+  env = dict(os.environ, PATH=f"{stubs}:/usr/bin:/bin", USER="me")
+  done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  log = (tmp_path / "log").read_text().splitlines()
+  assert "gcsfuse -o ro --implicit-dirs data /mnt/data" in log
+  assert "gcsfuse -o ro --implicit-dirs more /mnt/more" in log
+  assert "sudo mkdir -p /mnt/data" in log and "sudo chown me /mnt/data" in log
+  assert not any(x.startswith("apt-get") or "apt-get" in x for x in log)  # gcsfuse was there
+  folder = dry_run(*args, "gs://b/w", "--mount-bucket", "gs://data/imagenet")
+  assert folder.returncode == 2 and "not a folder in it: data/imagenet" in folder.stderr
+
+
 def test_tpu_vm_resume_loop_needs_a_bucket():
   out = dry_run(
     *("--name", "n", "--zone", "z", "--type", "v4-8", "--config", "c.py"),

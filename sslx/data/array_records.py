@@ -416,9 +416,11 @@ def read_metadata(path: str, split: str) -> tuple[str, dict]:
   if "://" in str(path):
     raise ValueError(
       f"dataset.path={path!r}: ArrayRecord shards are read from a local disk (the reader opens "
-      "files, not URLs). Copy them next to the run first (e.g. `gcloud storage cp -r "
-      f"{path} /data/`), or read images straight from the bucket with "
-      "dataset.name='image_folder' (folders or .tar archives)"
+      "files, not URLs). Mount the bucket with gcsfuse (`gcsfuse -o ro --implicit-dirs BUCKET "
+      "/mnt/BUCKET`; launch/tpu_vm.sh --mount-bucket does it on every TPU worker) and give "
+      f"the mounted folder, copy the shards next to the run (`gcloud storage cp -r {path} "
+      "/data/`), or read images straight from the bucket with dataset.name='image_folder' "
+      "(folders or .tar archives)"
     )
   split_dir = os.path.join(os.path.expanduser(path), split)
   meta_path = os.path.join(split_dir, METADATA)
