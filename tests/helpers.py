@@ -1,6 +1,8 @@
 """The tiny config every test shares, and the end-to-end check that a method learns."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -126,3 +128,16 @@ def assert_method_state_gets_no_gradient(method, state, images) -> None:
   )(state.method_state)
   assert jax.tree.leaves(grads), "the method has no state to check"
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def run_module(module: str, *args: str, timeout: int = 300, **env: str):
+  """`python -m <module> <args>` from the repository root with `env` added to this process's
+  environment; the CompletedProcess, output captured as text."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, **env),
+  )

@@ -10,7 +10,7 @@ import pytest
 
 from sslx import benchmark, train, xla
 from sslx.cli import evaluate
-from tests.helpers import REPO, experiment, override, tiny_simclr
+from tests.helpers import REPO, experiment, override, run_module, tiny_simclr
 
 
 def test_preset_arguments_and_bad_preset():
@@ -123,9 +123,7 @@ def test_cifar10_preset_reads_the_shared_archives_per_split(shared_cifar):
 
 def test_sslx_command_dispatcher_lists_commands_and_refuses_unknown_ones():
   def run(*args):
-    return subprocess.run(
-      [sys.executable, "-m", "sslx", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return run_module("sslx", *args, timeout=120)
 
   listing = run()
   assert listing.returncode != 0 and "usage: python -m sslx COMMAND" in listing.stderr
@@ -145,14 +143,7 @@ def test_a_refused_input_prints_its_message_not_a_traceback(tmp_path):
   from sslx import cli, config_lib
 
   def run(*args, **env):
-    return subprocess.run(
-      [sys.executable, "-m", "sslx", *args],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=120,
-      env=dict(os.environ, **env),
-    )
+    return run_module("sslx", *args, timeout=120, **env)
 
   missing = ["prepare", f"--src={tmp_path / 'nowhere'}", f"--out={tmp_path / 'out'}"]
   short = run(*missing)

@@ -216,15 +216,25 @@ def test_prepare_writes_its_shards_to_a_bucket_as_to_a_folder(gcs, tmp_path):
     array_records.read_metadata(url, "train")
 
 
+def two_class_train_folder(tmp_path, n: int):
+  """`tmp_path/src/train/class{0,1}/` with n small JPEGs, alternating classes."""
+  folder = tmp_path / "src"
+  for k in range(n):
+    (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+    (folder / "train" / f"class{k % 2}" / f"{k:02d}.jpg").write_bytes(image_bytes(k))
+  return folder
+
+
+def staging_env(gcs, tmp_path) -> dict:
+  """The emulator's environment with TMPDIR at `tmp_path/tmp` (where `prepare` stages)."""
+  os.makedirs(tmp_path / "tmp")
+  return dict(gcs_env(gcs), TMPDIR=str(tmp_path / "tmp"))
+
+
 def test_prepare_to_a_bucket_uploads_each_shard_as_it_closes(gcs, tmp_path):
   """Every shard goes to the bucket as soon as it is closed, while the next ones are written:
   the staging folder never holds more than three shards, whatever the dataset's size."""
-  folder = tmp_path / "src"
-  for k in range(16):
-    (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
-    (folder / "train" / f"class{k % 2}" / f"{k:02d}.jpg").write_bytes(image_bytes(k))
-  env = dict(gcs_env(gcs), TMPDIR=str(tmp_path / "tmp"))
-  os.makedirs(env["TMPDIR"])
+  folder, env = two_class_train_folder(tmp_path, 16), staging_env(gcs, tmp_path)
   url = "gs://bucket/streamed"
   code = (
     "import json, os\nfrom sslx.data import array_records\n"
@@ -249,12 +259,7 @@ def test_prepare_to_a_bucket_uploads_each_shard_as_it_closes(gcs, tmp_path):
 def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tmp_path):
   """Killed while preparing or uploading, `prepare --out=gs://...` run again on the same
   machine goes on from the shards it had closed, and the bucket ends with one run's files."""
-  folder = tmp_path / "src"
-  for k in range(12):
-    (folder / "train" / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
-    (folder / "train" / f"class{k % 2}" / f"{k:02d}.jpg").write_bytes(image_bytes(k))
-  env = dict(gcs_env(gcs), TMPDIR=str(tmp_path / "tmp"))
-  os.makedirs(env["TMPDIR"])
+  folder, env = two_class_train_folder(tmp_path, 12), staging_env(gcs, tmp_path)
   url = "gs://bucket/resumed"
   run = (
     "import json\nfrom sslx.data import array_records, sources\n"

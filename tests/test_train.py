@@ -3,15 +3,13 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from sslx import checkpointing, data, losses, train
-from tests.helpers import REPO, assert_learns, crash_mid_run, tiny_simclr
+from tests.helpers import assert_learns, crash_mid_run, run_module, tiny_simclr
 
 
 def final_state(config, workdir):
@@ -192,13 +190,7 @@ def test_unknown_names_fail_before_any_work(tmp_path, key, value, expected):
 
 
 def run_main(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "sslx.main", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  return run_module("sslx.main", *args)
 
 
 def test_config_typo_on_the_command_line_names_the_key(tmp_path):
