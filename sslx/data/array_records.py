@@ -138,15 +138,14 @@ class _Uploads:
     self.pool = futures.ThreadPoolExecutor(1)
     self.queue: list[futures.Future] = []
 
-  def send(self, file: str, remove: bool = True) -> None:
+  def send(self, file: str) -> None:
     while len(self.queue) >= self.pending:
       self.queue.pop(0).result()
-    self.queue.append(self.pool.submit(self._one, file, remove))
+    self.queue.append(self.pool.submit(self._one, file))
 
-  def _one(self, file: str, remove: bool) -> None:
+  def _one(self, file: str) -> None:
     _upload(self.fs, file, f"{self.root}/{os.path.basename(file)}")
-    if remove:
-      os.remove(file)
+    os.remove(file)
 
   def wait(self) -> None:
     try:
