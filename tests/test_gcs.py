@@ -312,11 +312,15 @@ def test_prepare_to_a_bucket_interrupted_resumes_from_its_staging_folder(gcs, tm
   assert in_bucket == on_disk and len([r for r in on_disk if r.endswith(".array_record")]) > 2
   # Prepared again with larger shards: the bucket holds that conversion alone (no shard of the
   # first one left beside it).
+  # A file of the user's in that folder is not touched.
+  in_subprocess(env, f"from sslx import paths\npaths.write_text({url!r} + '/train/notes.txt', 'x')")
   bigger = "SHARD = 9000\nSTOP, OUT, KILL_UPLOAD = 10**9, {!r}, 0\n"
   in_subprocess(env, bigger.format(url) + run)
   in_subprocess(env, bigger.format(str(tmp_path / "local9000")) + run)
-  shards = [r for r in bucket_hashes(env, url) if r.endswith(".array_record")]
-  assert bucket_hashes(env, url) == folder_hashes(tmp_path / "local9000") and 1 < len(shards) < 4
+  in_bucket = bucket_hashes(env, url)
+  assert in_bucket.pop("train/notes.txt") == hashlib.sha256(b"x").hexdigest()
+  shards = [r for r in in_bucket if r.endswith(".array_record")]
+  assert in_bucket == folder_hashes(tmp_path / "local9000") and 1 < len(shards) < 4
 
 
 def bucket_generations(env, url: str) -> dict:

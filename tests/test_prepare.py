@@ -98,6 +98,13 @@ def test_missing_or_truncated_shard_fails_at_start_naming_the_file(folder, tmp_p
     array_records.ArrayRecordSource(str(out), "test", 24)
 
 
+def test_an_output_inside_the_source_is_refused_before_any_work(folder):
+  for out in (folder, folder / "ar", folder / "train"):
+    with pytest.raises(ValueError, match=f"--out={out} is inside --src={folder}"):
+      array_records.prepare(str(folder), str(out))
+  assert sorted(os.listdir(folder)) == ["test", "train"]  # nothing written there
+
+
 def test_prepare_command_line(folder, tmp_path):
   out = tmp_path / "ar"
   proc = subprocess.run(

@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import sys
@@ -118,7 +119,7 @@ def _resume_point(split_dir: str, split: str, header: dict, uploaded: dict) -> l
         kept.append(entry)
   names = {e["file"] for e in kept}
   for name in os.listdir(split_dir):
-    if name.startswith(f"{split}-") and name.endswith(".array_record") and name not in names:
+    if name.endswith(".array_record") and _written_by_prepare(name, split) and name not in names:
       os.remove(os.path.join(split_dir, name))
   with open(path, "w") as f:  # the header and what is kept: the journal the rest appends to
     f.writelines(json.dumps(x) + "\n" for x in [header] + kept)
@@ -153,6 +154,16 @@ class _Uploads:
         self.queue.pop(0).result()
     finally:
       self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _written_by_prepare(name: str, split: str) -> bool:
+  """Whether `name` (relative to a split's folder) is a file `prepare` writes there: a shard
+  (this layout's or the earlier "-of-N" one), labels.npy or metadata.json. Nothing else in a
+  folder is ever deleted."""
+  return (
+    name in (METADATA, LABELS)
+    or re.fullmatch(rf"{re.escape(split)}-\d{{5}}(-of-\d{{5}})?\.array_record", name) is not None
+  )
 
 
 def _header(source, shard_bytes: int) -> dict:
@@ -236,8 +247,8 @@ def prepare_split(
   if upload_to:
     uploads = _Uploads(upload_to)
     names = {e["file"] for e in kept}
-    stale = [k for k in there if k not in names]
-    if stale:  # another conversion's objects (or its metadata): none left beside ours
+    stale = [k for k in there if _written_by_prepare(k, split) and k not in names]
+    if stale:  # another conversion's shards and metadata: none left beside ours
       uploads.fs.rm([f"{uploads.root}/{k}" for k in stale])
     for e in kept:  # closed before the kill but not (or not known to be) uploaded
       file = os.path.join(split_dir, e["file"])
@@ -363,6 +374,7 @@ def prepare(
   already holds, finished from the same source and shard size, is not prepared again unless
   ``overwrite``.
   """
+  _check_apart(src, out)
   files = sources.Files(src)
   if splits is None:
     tops = {t.rstrip("/") for t in files.top_level() if t.endswith("/")}
@@ -392,6 +404,22 @@ def prepare(
   if remote:
     shutil.rmtree(target, ignore_errors=True)
   return results
+
+
+def _check_apart(src: str, out: str) -> None:
+  """Refuses an output inside the source: shards and metadata would be written among the
+  images (a split's folder of the output would be the source's own)."""
+
+  def norm(p: str) -> str:
+    p = os.fspath(p)
+    return p.rstrip("/") + "/" if "://" in p else os.path.realpath(os.path.expanduser(p)) + "/"
+
+  a, b = norm(src), norm(out)
+  if b.startswith(a):
+    raise ValueError(
+      f"--out={out} is inside --src={src}: give an output folder outside the source "
+      "(e.g. a sibling, <src>-ar)"
+    )
 
 
 def staging_dir(url: str) -> str:
