@@ -159,6 +159,14 @@ def test_a_refused_input_prints_its_message_not_a_traceback(tmp_path):
   with pytest.raises(ValueError) as numpy_error:
     np.zeros(-1)
   assert cli.raised_at(numpy_error.value) is None  # numpy's own error: its traceback is kept
+  import jax
+  import jax.numpy as jnp
+
+  from sslx import losses
+
+  with pytest.raises(ValueError) as jax_error:  # raised in jax under sslx's frames
+    jax.jit(losses.softmax_cross_entropy)(jnp.zeros((4, 3)), jnp.zeros((5,), jnp.int32))
+  assert cli.raised_at(jax_error.value) is None
   with pytest.raises(ValueError, match="batch_size=0 must be positive") as check:
     config_lib.validate(override(tiny_simclr(), batch_size=0))
   assert re.fullmatch(r"raised at sslx/config_lib\.py:\d+", cli.raised_at(check.value))

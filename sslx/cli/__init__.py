@@ -87,7 +87,10 @@ def raised_at(error: BaseException) -> str | None:
   sslx/<file>:<line>"; None where it came from elsewhere (jax, a library: a bug or an
   environment problem, whose traceback is worth seeing)."""
   tb = error.__traceback__
-  if tb is None:
+  jax_filtered = type(error.__cause__).__name__ == "UnfilteredStackTrace" or any(
+    "JAX has removed its internal frames" in note for note in getattr(error, "__notes__", ())
+  )
+  if tb is None or jax_filtered:  # raised inside jax: its remaining frames may all be sslx's
     return None
   while tb.tb_next is not None:
     tb = tb.tb_next
