@@ -91,13 +91,14 @@ def abstract(shapes: Any, shardings: Any) -> Any:
   )
 
 
+def _dotted(path) -> str:
+  """A pytree key path as one dotted name, e.g. "params.probe.kernel"."""
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def _leaf_names(tree) -> dict:
   """{"params.probe.kernel": leaf, ...}: a pytree's leaves by their dotted path."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
-    out[".".join(str(p) for p in parts)] = leaf
-  return out
+  return {_dotted(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _stored_leaves(mngr: ocp.CheckpointManager, step: int) -> dict | None:
@@ -116,12 +117,14 @@ def _stored_leaves(mngr: ocp.CheckpointManager, step: int) -> dict | None:
     return None
 
 
-def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any) -> None:
+def check_shapes(
+  mngr: ocp.CheckpointManager, step: int, target: Any, stored: dict | None = None
+) -> None:
   """Refuses, naming the arrays, a checkpoint whose stored shapes differ from `target`'s,
   before any array is read: same method and model name (check_compatible), but a setting that
   sizes the state differs. Skipped where the metadata cannot be read (orbax's restore then
-  reports the mismatch itself)."""
-  stored = _stored_leaves(mngr, step)
+  reports the mismatch itself). `stored`: the metadata (`_stored_leaves`) when already read."""
+  stored = stored if stored is not None else _stored_leaves(mngr, step)
   if stored is None:
     return
   wanted = _leaf_names(target)
@@ -153,11 +156,11 @@ def restore_parts(
   except leaves whose last key is in `resizable`: those are read at their stored shape (a
   ViT's position embedding, sized by the training crop, which the model resamples to the grid
   of the images it is given)."""
-  if resizable:
-    stored = _stored_leaves(mngr, step) or {}
+  stored = _stored_leaves(mngr, step) if resizable else None
+  if stored:
 
     def as_stored(path, leaf):
-      name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      name = _dotted(path)
       there = stored.get(name)
       if name.rsplit(".", 1)[-1] in resizable and getattr(there, "shape", None) is not None:
         return jax.ShapeDtypeStruct(
@@ -166,7 +169,7 @@ def restore_parts(
       return leaf
 
     parts = jax.tree_util.tree_map_with_path(as_stored, parts)
-  check_shapes(mngr, step, parts)
+  check_shapes(mngr, step, parts, stored)
   handler = ocp.PyTreeCheckpointHandler()  # the item's handler: see check_shapes
   try:
     return handler.restore(
