@@ -52,8 +52,11 @@ for v in name zone type config workdir; do
   if [ -z "${!v}" ]; then echo "missing --$v" >&2; usage; fi
 done
 for b in "${buckets[@]}"; do
-  if [[ ! "$b" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
+  if [[ "$b" == */* ]]; then
     echo "--mount-bucket takes a bucket (B or gs://B), not a folder in it: $b" >&2
+    exit 2
+  elif [[ ! "$b" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
+    echo "--mount-bucket $b: not a bucket name (lowercase letters, digits, - _ .)" >&2
     exit 2
   fi
 done

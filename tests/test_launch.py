@@ -94,6 +94,8 @@ def test_tpu_vm_mounts_data_buckets_read_only_on_every_worker(tmp_path):
   assert not any(x.startswith("apt-get") or "apt-get" in x for x in log)  # gcsfuse was there
   folder = dry_run(*args, "gs://b/w", "--mount-bucket", "gs://data/imagenet")
   assert folder.returncode == 2 and "not a folder in it: data/imagenet" in folder.stderr
+  upper = dry_run(*args, "gs://b/w", "--mount-bucket", "Data")
+  assert upper.returncode == 2 and "--mount-bucket Data: not a bucket name" in upper.stderr
 
 
 def test_tpu_vm_resume_loop_needs_a_bucket():
