@@ -148,19 +148,11 @@ def walk_files(url) -> list[str]:
   return sorted(out)
 
 
-def file_info(url) -> dict[str, dict]:
-  """{relative "/"-separated path: {"size": bytes, "md5": base64 MD5 digest or None}} of every
-  file under `url` ({} if there is none), in one listing for an object store. "md5" is the
-  store's own digest of the object (GCS's md5Hash; None where it keeps none, e.g. composite
-  objects) and None for local files."""
+def file_sizes(url) -> dict[str, int]:
+  """{relative path: bytes} of every non-hidden file under `url` (`walk_files`' names; {} if
+  there is none), in one listing for an object store."""
   if not is_remote(url):
-    root, out = os.fspath(url), {}
-    for dirpath, _, filenames in os.walk(root):
-      rel = os.path.relpath(dirpath, root)
-      prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-      for f in filenames:
-        out[prefix + f] = {"size": os.path.getsize(os.path.join(dirpath, f)), "md5": None}
-    return out
+    return {rel: os.path.getsize(os.path.join(url, rel)) for rel in walk_files(url)}
   import fsspec  # noqa: PLC0415  (URLs only)
 
   fs, root = fsspec.core.url_to_fs(os.fspath(url))
@@ -171,7 +163,7 @@ def file_info(url) -> dict[str, dict]:
   except FileNotFoundError:
     return {}
   return {
-    name[len(root) :].lstrip("/"): {"size": int(info["size"]), "md5": info.get("md5Hash")}
+    name[len(root) :].lstrip("/"): int(info["size"])
     for name, info in found.items()
     if info.get("type", "file") == "file" and name.startswith(root + "/")
   }

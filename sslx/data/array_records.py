@@ -149,11 +149,8 @@ class _Uploads:
     os.remove(file)
 
   def wait(self) -> None:
-    try:
-      while self.queue:
-        self.queue.pop(0).result()
-    finally:
-      self.pool.shutdown(wait=True, cancel_futures=True)
+    while self.queue:
+      self.queue.pop(0).result()
 
 
 def _written_by_prepare(name: str, split: str) -> bool:
@@ -190,20 +187,10 @@ def finished(split_url: str, header: dict) -> dict | None:
     return None
   if meta.get("prepared_from") != header:
     return None
-  files = paths.file_info(split_url)
-  sizes = {name: f["size"] for name, f in files.items()}
+  sizes = paths.file_sizes(split_url)
   if LABELS not in sizes or any(sizes.get(s["file"]) != s["bytes"] for s in meta["shards"]):
     return None
   return meta
-
-
-def _say_finished(split: str, where: str) -> None:
-  print(
-    f"prepare {split}: {where} is already prepared from this source; not read again "
-    "(--overwrite prepares it again)",
-    file=sys.stderr,
-    flush=True,
-  )
 
 
 def prepare_split(
@@ -218,9 +205,9 @@ def prepare_split(
   """Writes one split of ``source`` (an image-folder source) into ``out_dir/<split>/``. Run
   again after an interruption, it keeps the shards it had closed (`JOURNAL`) and goes on from
   the first image after them; the result is byte for byte that of an uninterrupted run. A
-  split already finished there from the same source (path, image count, classes) and shard
-  size is returned as it is, unless `overwrite`, which prepares it again from the first
-  image.
+  split already finished there (or at `upload_to`) from the same source (path, image count,
+  classes) and shard size is returned as it is, unless `overwrite`, which prepares it again
+  from the first image.
 
   `upload_to`: a bucket folder (URL) the split goes to instead; ``out_dir`` is then a staging
   folder that holds the journal and the few shards not uploaded yet (`_Uploads`). Objects of
@@ -231,17 +218,24 @@ def prepare_split(
   n = len(source)
   threads = threads or min(8, os.cpu_count() or 1)
   header = _header(source, shard_bytes)
-  if not overwrite and upload_to is None:
-    meta = finished(split_dir, header)
+  if not overwrite:
+    meta = finished(upload_to or split_dir, header)
     if meta is not None:
-      _say_finished(split, split_dir)
+      print(
+        f"prepare {split}: {upload_to or split_dir} is already prepared from this source; not "
+        "read again (--overwrite prepares it again)",
+        file=sys.stderr,
+        flush=True,
+      )
+      if upload_to:  # nothing of it left to upload
+        shutil.rmtree(split_dir, ignore_errors=True)
       return meta
   for stale in (METADATA, LABELS):
     if os.path.exists(os.path.join(split_dir, stale)):
       os.remove(os.path.join(split_dir, stale))
   if overwrite and os.path.exists(os.path.join(split_dir, JOURNAL)):
     os.remove(os.path.join(split_dir, JOURNAL))
-  there = {k: v["size"] for k, v in paths.file_info(upload_to).items()} if upload_to else {}
+  there = paths.file_sizes(upload_to) if upload_to else {}
   kept = _resume_point(split_dir, split, header, there)
   uploads = None
   if upload_to:
@@ -329,7 +323,7 @@ def prepare_split(
     close(n)
     if uploads is not None:
       uploads.wait()
-  finally:
+  finally:  # after a failure or a kill: the queued uploads are dropped (the rerun sends them)
     if uploads is not None:
       uploads.pool.shutdown(wait=False, cancel_futures=True)
   skipped.extend(shard_skipped)  # files met while no shard was open (none readable after them)
@@ -390,13 +384,6 @@ def prepare(
   for split in sorted(splits, key=lambda s: s != "train"):
     source = sources.ImageFolderSource(src, split, 1, class_names=class_names, _files=files)
     class_names = class_names or source.class_names
-    if remote and not overwrite:
-      done = finished(paths.join(out, split), _header(source, shard_bytes))
-      if done is not None:
-        _say_finished(split, paths.join(out, split))
-        shutil.rmtree(os.path.join(target, split), ignore_errors=True)
-        results[split] = done
-        continue
     upload_to = paths.join(out, split) if remote else None
     results[split] = prepare_split(
       source, split, target, shard_bytes, threads, overwrite, upload_to
