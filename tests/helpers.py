@@ -1,5 +1,6 @@
 """The tiny config every test shares, and the end-to-end check that a method learns."""
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,10 @@ def run_module(module: str, *args: str, timeout: int = 300, **env: str):
     timeout=timeout,
     env=dict(os.environ, **env),
   )
+
+
+def run_benchmark(*args: str) -> dict:
+  """`python -m sslx benchmark ARGS`: its JSON line, after checking it succeeded."""
+  out = run_module("sslx", "benchmark", *args)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])

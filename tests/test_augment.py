@@ -20,6 +20,20 @@ def _rand_image(seed=0, shape=(24, 24, 3)):
 # ---------------------------------------------------------------- deterministic ops
 
 
+def _all_off(size: int) -> A.ViewParams:
+  """A view that changes nothing: the whole image at its size, every random step off."""
+  return A.ViewParams(
+    crop_size=size,
+    crop_scale=(1, 1),
+    crop_ratio=(1, 1),
+    jitter_prob=0,
+    grayscale_prob=0,
+    blur_prob=0,
+    flip_prob=0,
+    solarize_prob=0,
+  )
+
+
 def test_flip_is_exact_mirror_and_involution():
   x = _rand_image()
   y = np.asarray(A.horizontal_flip(jnp.asarray(x)))
@@ -274,16 +288,7 @@ def _batch():
 
 
 def test_view_all_off_full_crop_is_identity():
-  p = A.ViewParams(
-    crop_size=24,
-    crop_scale=(1, 1),
-    crop_ratio=(1, 1),
-    jitter_prob=0,
-    grayscale_prob=0,
-    blur_prob=0,
-    flip_prob=0,
-    solarize_prob=0,
-  )
+  p = _all_off(24)
   x = jnp.asarray(_rand_image(11))
   np.testing.assert_allclose(np.asarray(A.view(jax.random.key(0), x, p)), np.asarray(x), atol=1e-5)
   # Probabilities 1 but strengths 0 for jitter also stay identity.
@@ -426,15 +431,7 @@ def test_augment_batch_equals_per_image_views_with_compacted_blur():
 def test_augment_views_row_layout_and_per_view_probabilities():
   # Two views differing only in solarize probability (1 vs 0) run as one pipeline; rows are
   # image-major: row 2i is view 0 of image i (solarized everywhere), row 2i + 1 view 1 (never).
-  base = A.ViewParams(
-    crop_size=24,
-    crop_scale=(1, 1),
-    crop_ratio=(1, 1),
-    jitter_prob=0,
-    grayscale_prob=0,
-    blur_prob=0,
-    flip_prob=0,
-  )
+  base = _all_off(24)
   imgs = jnp.full((3, 24, 24, 3), 0.8, jnp.float32).at[1].set(0.3)
   v0, v1 = (dataclasses.replace(base, solarize_prob=p) for p in (1.0, 0.0))
   views = jax.jit(A.augment_views, static_argnums=2)

@@ -3,14 +3,12 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from sslx import benchmark, train, xla
 from sslx.cli import evaluate
-from tests.helpers import REPO, experiment, override, run_module, tiny_simclr
+from tests.helpers import experiment, override, run_benchmark, run_module, tiny_simclr
 
 
 def test_preset_arguments_and_bad_preset():
@@ -28,19 +26,6 @@ def test_benchmark_peer_workload_matches_the_torch_peer():
   assert c.optimizer.weight_decay == 1e-6 and not c.augment.enabled
   assert not c.online_probe.enabled
   assert c.model.to_dict() == {"name": "convnet"}  # the demo's widths are not carried over
-
-
-def run_benchmark(*args) -> dict:
-  """`python -m sslx benchmark ARGS`: its JSON line, after checking it succeeded."""
-  out = subprocess.run(
-    [sys.executable, "-m", "sslx", "benchmark", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-2000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_benchmark_times_the_step_and_prints_json():

@@ -323,12 +323,9 @@ def test_resume_with_host_crops_is_bit_exact(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe,views", [("simclr", "2x224"), ("dino", "2x224+10x96")])
 def test_benchmark_times_the_host_pipeline_alone(tmp_path, recipe, views):
-  import json
   import os
-  import subprocess
-  import sys
 
-  from tests.helpers import REPO
+  from tests.helpers import REPO, run_benchmark
 
   root = write_folder(tmp_path / "images", n=40, size=(250, 190), corrupt=False)
   args = [
@@ -346,15 +343,7 @@ def test_benchmark_times_the_host_pipeline_alone(tmp_path, recipe, views):
     peer = "/work/shared/bench/input_peer.py"
   if os.path.exists(peer):
     args += ["--input_peer", f"--input_peer_script={peer}"]
-  out = subprocess.run(
-    [sys.executable, "-m", "sslx", "benchmark", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-2000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = run_benchmark(*args)
   assert result["input_images_per_sec"] > 0 and result["cpu_cores"] == os.cpu_count()
   assert result["input_views"] == views and result["input_images_timed"] == 16
   assert "images_per_sec" not in result  # no train step was built

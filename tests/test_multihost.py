@@ -35,11 +35,11 @@ def last_json(text):
   return json.loads(text.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process_with_both_devices():
-  cmd = [sys.executable, "-m", "tests.multihost_worker"]
+def two_processes(cmd: list) -> list:
+  """`cmd` started twice as processes 0 and 1 of one jax.distributed job on a free loopback
+  port, two CPU devices each; output piped as text."""
   port = free_port()
-  procs = [
+  return [
     subprocess.Popen(
       cmd,
       cwd=REPO,
@@ -52,6 +52,12 @@ def test_two_processes_equal_one_process_with_both_devices():
     )
     for i in range(2)
   ]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_both_devices():
+  cmd = [sys.executable, "-m", "tests.multihost_worker"]
+  procs = two_processes(cmd)
   outs = []
   for p in procs:
     out, err = p.communicate(timeout=600)
@@ -79,20 +85,9 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
   step (reached_preemption_sync_point) and exit 75."""
   settings = {"steps": 60, "batch": 16, "evals": {}, "log_every_steps": 1, "mesh": "all"}
   settings["checkpoint_every_steps"] = 0
-  port = free_port()
-  procs = [
-    subprocess.Popen(
-      [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)],
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=env_with(
-        2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i
-      ),
-    )
-    for i in range(2)
-  ]
+  procs = two_processes(
+    [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
+  )
   lines = []
   for line in procs[0].stdout:  # the lead prints every step
     lines.append(line)
