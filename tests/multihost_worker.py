@@ -2,7 +2,9 @@
 
 Runs two train steps of the tiny SimCLR config on the global mesh, reading this process's
 slice of every global batch, and prints one JSON line: the global batch labels (all
-processes' rows, gathered), the losses and a checksum of the updated parameters.
+processes' rows, gathered), the losses and a checksum of the updated parameters; then the
+features of 100 test images read batch by batch (`evaluation.extract_split`) and how many of
+them this process read.
 """
 
 import json
@@ -16,8 +18,31 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from sslx import data, train  # noqa: E402
+from sslx import data, evaluation, train  # noqa: E402
 from tests.helpers import tiny_simclr  # noqa: E402
+
+
+class CountingSource:
+  """A source that counts the records read from it."""
+
+  def __init__(self, source):
+    self.source, self.reads = source, 0
+
+  def __getattr__(self, name):
+    return getattr(self.source, name)
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.source[i]
+
+
+def extracted(mesh) -> dict:
+  test = CountingSource(data.build_source(tiny_simclr().dataset, "test"))
+  split = evaluation.Split(test, np.arange(100), "test")
+  feats, labels = evaluation.extract_split(
+    lambda x: x.astype("float32").mean((1, 2)), split, mesh, batch_size=16
+  )
+  return {"reads": test.reads, "features": feats.tolist(), "labels": labels.tolist()}
 
 
 def main():
@@ -52,6 +77,7 @@ def main():
         "labels": [l.tolist() for l in labels],
         "losses": losses,
         "checksum": checksum,
+        "extract": extracted(setup.mesh),
       }
     ),
     flush=True,

@@ -1,13 +1,17 @@
 """Evaluation data at scale: a class-balanced train subset, decoding only what it uses."""
 
+import dataclasses
 import io
 import tracemalloc
+import types
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from sslx import config_lib, data, evaluation
+from sslx import config_lib, data, evaluation, sharding
 from sslx.data import sources
+from sslx.evaluation import knn
 
 
 def test_balanced_subset_is_even_over_classes():
@@ -68,3 +72,95 @@ def test_eval_decodes_only_the_subset_and_memory_does_not_grow_with_the_split(
   # 100 decoded images are 1.2 MB; the whole 2,000-image split would be 24 MB. The larger split
   # costs only its file list.
   assert peaks[2000] < 1.5 * peaks[200] + 1e6, peaks
+
+
+def _fingerprint(x):
+  """A deterministic 'encoder' for the extraction tests: a few pixels and the mean colour."""
+  x = x.astype(jnp.float32)
+  return jnp.concatenate([x[:, ::16, ::16].reshape(x.shape[0], -1), x.mean((1, 2))], axis=1)
+
+
+def test_streamed_features_equal_decoded_ones_on_8_devices_and_skip_unreadable_files(
+  tmp_path, monkeypatch
+):
+  write_split(tmp_path, "train", 75)
+  write_split(tmp_path, "test", 20)
+  (tmp_path / "train" / "c1" / "broken.jpg").write_bytes(b"not a jpeg")
+  train_split, test_split, num_classes = evaluation.eval_splits(eval_config(tmp_path, 0))
+  assert (len(train_split), len(test_split), num_classes) == (76, 20, 4)  # nothing decoded yet
+  mesh = sharding.make_mesh([("data", 8)])
+  calls = {"n": 0}
+  real = sources.decode_image
+
+  def counting(blob, size):
+    calls["n"] += 1
+    return real(blob, size)
+
+  monkeypatch.setattr(sources, "decode_image", counting)
+  for threads in (1, 3):  # decoded in this thread, and split over a pool
+    calls["n"] = 0
+    feats, labels = evaluation.extract_split(
+      _fingerprint, train_split, mesh, batch_size=16, num_threads=threads
+    )
+    assert calls["n"] == 76  # every record once, the unreadable one included
+    x, y = train_split.decode()
+    assert x.shape[0] == 75  # the unreadable file is left out by both
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(feats, evaluation.extract(_fingerprint, x, mesh, 16))
+
+
+def test_features_only_evaluation_reads_batches_and_equals_the_decoded_one(tmp_path, monkeypatch):
+  write_split(tmp_path, "train", 120)
+  write_split(tmp_path, "test", 40)
+  config = eval_config(tmp_path, 100)
+  config.evals = {"knn": {"ks": (5,)}, "linear": {"epochs": 20}, "fewshot": {"shots": (2,)}}
+  config.eval_baselines = False
+  method = _Encoder()
+  state = types.SimpleNamespace(params={"model": {}}, batch_stats={}, method_state={})
+  mesh = sharding.make_mesh([("data", 8)])
+  decoded = evaluation.run_all(
+    config, method, state, mesh, eval_data=evaluation.load_eval_data(config)
+  )
+
+  def refuse(self):
+    raise AssertionError(f"the {self.name} split was decoded whole")
+
+  monkeypatch.setattr(evaluation.Split, "decode", refuse)
+  streamed = evaluation.run_all(config, method, state, mesh)
+  assert streamed == decoded
+  assert 0 < streamed["knn@5"] < 100
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encoder:
+  """The smallest method evaluation can run: `encode` and the encoder it names."""
+
+  eval_encoder = "online"
+
+  def encode(self, params, batch_stats, images):
+    return _fingerprint(images)
+
+  def eval_variables(self, params, batch_stats, method_state):
+    return params, batch_stats
+
+
+def test_periodic_knn_decodes_only_its_subset(tmp_path, monkeypatch):
+  write_split(tmp_path, "train", 200)
+  write_split(tmp_path, "test", 60)
+  config = eval_config(tmp_path, 0)  # the final evaluation would decode all 200
+  config.eval_every_steps = 10
+  config.eval_every_subset = 30
+  calls = {"n": 0}
+  real = sources.decode_image
+
+  def counting(blob, size):
+    calls["n"] += 1
+    return real(blob, size)
+
+  monkeypatch.setattr(sources, "decode_image", counting)
+  periodic = knn.PeriodicKnn(config, _Encoder(), sharding.make_mesh([("data", 1)]), None)
+  assert calls["n"] == 30 + 15
+  xtr, ytr, xte, yte, _ = periodic.data
+  assert (len(xtr), len(xte)) == (30, 15)
+  state = types.SimpleNamespace(params={"model": {}}, batch_stats={}, method_state={})
+  assert periodic(9, state) is None and set(periodic(10, state)) == {"knn@20"}

@@ -77,6 +77,14 @@ def test_two_processes_equal_one_process_with_both_devices():
   for o in outs:
     assert o["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert o["checksum"] == pytest.approx(one["checksum"], rel=1e-6)
+  # Evaluation features read batch by batch: each process decodes only its devices' rows (100
+  # images in batches of 16: rows 0-7 of each batch on process 0, 8-15 on process 1), and both
+  # end with every image's features in the split's order, as one process reading them all.
+  reads = [o["extract"]["reads"] for o in outs]
+  assert sorted(reads) == [48, 52] and one["extract"]["reads"] == 100
+  for o in outs:
+    assert o["extract"]["labels"] == one["extract"]["labels"]
+    assert o["extract"]["features"] == one["extract"]["features"]
 
 
 @pytest.mark.slow

@@ -12,11 +12,13 @@ import functools
 import importlib
 import os
 import pkgutil
+from concurrent import futures
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from sslx import data, paths, progress, sharding
 
@@ -104,22 +106,37 @@ def extract(
   return np.asarray(gather(*out))[: len(images)]
 
 
-def run_protocols(evals_cfg, feats: Features) -> dict:
-  results = {}
-  for name in sorted(evals_cfg):
-    if name in _NEED_IMAGES and feats.context is None:
-      continue  # no encoder (raw pixels)
-    results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
-  return results
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A labelled split read only when needed: `source`'s records at `indices`. `limit` > 0 asks
+  for a class-balanced subset of that many records that can only be chosen once the records
+  (and so their labels) are read: a source that does not list its labels up front (tfds)."""
+
+  source: Any
+  indices: np.ndarray
+  name: str  # "train" / "test", for progress lines
+  limit: int = 0
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def decode(self) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8[N, S, S, 3], labels int32[N]), all in memory (`data.decode_all`)."""
+    x, y = data.decode_all(
+      self.source, indices=self.indices, what=f"decoding the {self.name} split"
+    )
+    if self.limit and self.limit < len(x):
+      idx = data.balanced_subset(y, self.limit)
+      x, y = x[idx], y[idx]
+    return x, y
 
 
-def load_eval_data(config):
-  """(train images, train labels, test images, test labels, num_classes) or None.
+def eval_splits(config) -> tuple[Split, Split, int] | None:
+  """(train split, test split, num_classes) of `config.dataset`, nothing decoded; None when
+  the dataset has no labels.
 
-  With ``eval_train_limit = L`` the train split gives a class-balanced subset of L records
-  (``data.balanced_subset``, chosen from the labels alone) and only those are decoded: memory
-  is bounded by L, whatever the split's size.
-  """
+  With ``eval_train_limit = L`` the train split is a class-balanced subset of L records
+  (``data.balanced_subset``, chosen from the labels alone where the source lists them)."""
   train = data.build_source(config.dataset, config.dataset.train_split)
   if not getattr(train, "num_classes", 0):
     return None
@@ -130,15 +147,138 @@ def load_eval_data(config):
   except NotImplementedError:  # tfds reads labels with the records
     labels = None
   if labels is not None:
-    subset = data.balanced_subset(labels, limit)
-    xtr, ytr = data.decode_all(train, indices=subset, what="decoding the train split")
+    train_split = Split(train, data.balanced_subset(labels, limit), "train")
   else:
-    xtr, ytr = data.decode_all(train, what="decoding the train split")
-    if limit and limit < len(xtr):
-      idx = data.balanced_subset(ytr, limit)
-      xtr, ytr = xtr[idx], ytr[idx]
-  xte, yte = data.decode_all(test, what="decoding the test split")
-  return xtr, ytr, xte, yte, train.num_classes
+    train_split = Split(train, np.arange(len(train)), "train", limit=limit)
+  return train_split, Split(test, np.arange(len(test)), "test"), train.num_classes
+
+
+def load_eval_data(config):
+  """(train images, train labels, test images, test labels, num_classes) or None: both
+  `eval_splits` decoded into memory (bounded by ``eval_train_limit`` on the train side).
+  Protocols that need only features read the splits in batches instead (`extract_split`)."""
+  splits = eval_splits(config)
+  if splits is None:
+    return None
+  train, test, num_classes = splits
+  return (*train.decode(), *test.decode(), num_classes)
+
+
+def _local_rows(data_sharding, shape) -> np.ndarray:
+  """The rows of a [B, ...] batch that this process's devices hold under `data_sharding`."""
+  rows = np.arange(shape[0])
+  spans = data_sharding.addressable_devices_indices_map(shape).values()
+  return np.unique(np.concatenate([rows[idx[0]] for idx in spans]))
+
+
+def extract_split(
+  encode_fn,
+  split: Split,
+  mesh,
+  batch_size: int = 512,
+  what: str = "features",
+  num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`extract` reading the split batch by batch: (features [N, D], labels [N]), in the order
+  of `split.indices`, records that cannot be read left out (and named in a warning).
+
+  Host memory holds the features and two batches of images, not the split: ImageNet's 1.28M
+  train images are 193 GB decoded at 224 px, their ViT-S features 2 GB. Each process decodes
+  only the rows its own devices encode, in `num_threads` threads (as `data.decode_all`), the
+  next batch while the devices encode the current one; every process ends with all the
+  features."""
+  batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
+  data_sharding = sharding.batch_sharding(mesh)
+  source, order, n = split.source, split.indices, len(split)
+  size = int(source.image_size)
+  shape = (batch_size, size, size, 3)
+  local = _local_rows(data_sharding, shape)
+  if num_threads is None:  # threads pay off for large images only (as in data.decode_all)
+    num_threads = 1 if size <= 64 else min(8, os.cpu_count() or 1)
+  chunks = [c for c in np.array_split(local, num_threads) if len(c)]
+  unreadable = []
+
+  def load(start):
+    images = np.zeros(shape, np.uint8)
+    labels = np.full(batch_size, -1, np.int32)  # -1: padding or an unreadable record
+
+    def decode(rows):
+      for j in rows:
+        if start + j < n:
+          record = source[int(order[start + j])]
+          if record is None:
+            unreadable.append(source.name(int(order[start + j])))
+          else:
+            images[j], labels[j] = record["image"], record["label"]
+
+    if len(chunks) > 1:
+      list(decoders.map(decode, chunks))
+    else:
+      decode(local)
+    return images, labels
+
+  # Each batch's features and labels come back replicated (an all-gather of one batch) and are
+  # copied to the host one batch behind the devices: device memory holds a batch, not the split.
+  fn = jax.jit(
+    lambda x, y: (encode_fn(x).astype(jnp.float32), y),
+    in_shardings=(data_sharding, data_sharding),
+    out_shardings=sharding.replicated(mesh),
+  )
+  feats, labels, done = [], [], 0
+
+  def fetch(out):
+    nonlocal done
+    f, y = (np.asarray(a.addressable_data(0)) for a in out)
+    feats.append(f)
+    labels.append(y)
+    done = min(done + batch_size, n)
+    if ticker.due():
+      ticker.update(done)
+
+  ticker = progress.Ticker(what, n, "images")
+  starts = list(range(0, n, batch_size))
+  with (
+    futures.ThreadPoolExecutor(max(len(chunks), 1)) as decoders,
+    futures.ThreadPoolExecutor(1) as prefetch,
+  ):
+    pending = prefetch.submit(load, 0) if starts else None
+    previous = None
+    for i, start in enumerate(starts):
+      images, batch_labels = pending.result()
+      if i + 1 < len(starts):
+        pending = prefetch.submit(load, starts[i + 1])
+      x = jax.make_array_from_callback(shape, data_sharding, lambda idx, a=images: a[idx])
+      y = jax.make_array_from_callback(
+        (batch_size,), data_sharding, lambda idx, a=batch_labels: a[idx]
+      )
+      out = fn(x, y)
+      if previous is not None:
+        fetch(previous)
+      previous = out
+    if previous is not None:
+      fetch(previous)
+  if not feats:
+    return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
+  ticker.finish()
+  f, y = np.concatenate(feats), np.concatenate(labels)
+  if unreadable:
+    shown = ", ".join(sorted(unreadable)[:10]) + (" ..." if len(unreadable) > 10 else "")
+    logging.warning("skipped %d unreadable files: %s", len(unreadable), shown)
+  keep = np.flatnonzero(y >= 0)
+  f, y = f[keep], y[keep]
+  if split.limit and split.limit < len(y):
+    idx = data.balanced_subset(y, split.limit)
+    f, y = f[idx], y[idx]
+  return f, y
+
+
+def run_protocols(evals_cfg, feats: Features) -> dict:
+  results = {}
+  for name in sorted(evals_cfg):
+    if name in _NEED_IMAGES and feats.context is None:
+      continue  # no encoder (raw pixels)
+    results.update(importlib.import_module(f"{__name__}.{name}").run(evals_cfg[name], feats))
+  return results
 
 
 # What makes an evaluation one of the run's own: the same images at the same size.
@@ -186,22 +326,37 @@ def run_all(
   `eval_encoder`. Returns flat results for the trained encoder plus {"baselines": {...}}."""
   if not config.get("evals"):
     return {}
-  eval_data = eval_data or load_eval_data(config)
+  splits = None
   if eval_data is None:
-    progress.console("evals skipped: the dataset has no labels")
-    return {}
-  xtr, ytr, xte, yte, num_classes = eval_data
+    splits = eval_splits(config)
+    if splits is None:
+      progress.console("evals skipped: the dataset has no labels")
+      return {}
+    if config.get("eval_baselines") or any(name in config.evals for name in _NEED_IMAGES):
+      # raw pixels and the protocols that train on images need the images in memory
+      eval_data = (*splits[0].decode(), *splits[1].decode(), splits[2])
+      splits = None
+  if splits is not None:  # features only: read batch by batch, no split held in memory
+    train_split, test_split, num_classes = splits
+    sizes, how = (len(train_split), len(test_split)), ", read batch by batch"
+  else:
+    xtr, ytr, xte, yte, num_classes = eval_data
+    sizes, how = (len(xtr), len(xte)), ""
   batch = config.get("eval_batch_size", 512)
   baselines = (
     " (and of the untrained encoder and raw pixels)" if config.get("eval_baselines") else ""
   )
   progress.console(
-    f"evaluating: {', '.join(sorted(config.evals))} on {len(xtr):,} train and {len(xte):,} "
-    f"test images{baselines}"
+    f"evaluating: {', '.join(sorted(config.evals))} on {sizes[0]:,} train and {sizes[1]:,} "
+    f"test images{how}{baselines}"
   )
 
   def evaluate(params, batch_stats, encoder: str):
     encode_fn = functools.partial(method.encode, params, batch_stats)
+    if splits is not None:
+      ftr, ltr = extract_split(encode_fn, train_split, mesh, batch, f"{encoder}: train features")
+      fte, lte = extract_split(encode_fn, test_split, mesh, batch, f"{encoder}: test features")
+      return run_protocols(config.evals, Features(ftr, ltr, fte, lte, num_classes, None, encoder))
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
       context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)

@@ -13,6 +13,7 @@ temperatures (extra temperatures, reported as knn@k_T<t>), chunk (1024).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import losses, progress
-from sslx.evaluation import extract, load_eval_data
+from sslx.evaluation import eval_splits, extract
 
 
 @functools.partial(jax.jit, static_argnames=("ks", "num_classes"))
@@ -119,17 +120,20 @@ class PeriodicKnn:
     self.data = None
     if self.every <= 0:
       return
-    eval_data = load_eval_data(config)
-    if eval_data is None:
+    splits = eval_splits(config)
+    if splits is None:
       progress.console("eval_every_steps ignored: the dataset has no labels")
       self.every = 0
       return
-    xtr, ytr, xte, yte, num_classes = eval_data
+    train, test, num_classes = splits
     n = int(config.get("eval_every_subset", 1000))
     rng = np.random.default_rng(0)
-    itr = rng.permutation(len(xtr))[:n]
-    ite = rng.permutation(len(xte))[: max(n // 2, 1)]
-    self.data = (xtr[itr], ytr[itr], xte[ite], yte[ite], num_classes)
+    itr = np.sort(rng.permutation(len(train))[:n])
+    ite = np.sort(rng.permutation(len(test))[: max(n // 2, 1)])
+    # only the subset is decoded (not the eval_train_limit images the final evaluation reads)
+    xtr, ytr = dataclasses.replace(train, indices=train.indices[itr], limit=0).decode()
+    xte, yte = dataclasses.replace(test, indices=test.indices[ite]).decode()
+    self.data = (xtr, ytr, xte, yte, num_classes)
     knn_cfg = dict(config.get("evals", {}).get("knn", {}) or {})
     self.ks = tuple(k for k in knn_cfg.get("ks", (20, 200)) if k <= len(itr)) or (len(itr),)
     self.temperature = knn_cfg.get("temperature", 0.07)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sslx import data, evaluation, paths, train
+from sslx import data, paths, train
 
 
 def grid_image(rows, pad: int = 2):
@@ -39,12 +39,9 @@ def render(config, workdir: str, out: str, num_images: int = 8, scale: int = 4) 
     raise ValueError(
       f"method {config.method.name!r} has no reconstruct(); reconstructions are drawn for MAE"
     )
-  eval_data = evaluation.load_eval_data(config)
-  if eval_data is not None:
-    images = eval_data[2][:num_images]
-  else:
-    images = data.decode_all(data.build_source(config.dataset, config.dataset.eval_split))[0]
-    images = images[:num_images]
+  # the eval split's first images, and only those decoded
+  source = data.build_source(config.dataset, config.dataset.eval_split)
+  images = data.decode_all(source, indices=np.arange(min(num_images, len(source))))[0]
   params = jax.device_get(state.params["model"])
   masked, recon = jax.jit(method.reconstruct)(params, images, jax.random.PRNGKey(0))
   original = images.astype(np.float32) / 255.0
