@@ -35,14 +35,14 @@ def eval_data(n=16, m=8):
 def evaluated_features(monkeypatch, config, method, state, data):
   """(the features run_all extracted for the test split, run_all's results)."""
   seen = []
-  real = evaluation.extract
+  real = evaluation.extract_split
 
   def spy(encode_fn, images, mesh, *args, **kwargs):
     out = real(encode_fn, images, mesh, *args, **kwargs)
-    seen.append(out)
+    seen.append(out[0])
     return out
 
-  monkeypatch.setattr(evaluation, "extract", spy)
+  monkeypatch.setattr(evaluation, "extract_split", spy)
   mesh = sharding.make_mesh([("data", 1)])
   results = evaluation.run_all(config, method, state, mesh, eval_data=data)
   return seen[1], results  # [train, test] of the trained encoder

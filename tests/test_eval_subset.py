@@ -99,9 +99,8 @@ def test_streamed_features_equal_decoded_ones_on_8_devices_and_skip_unreadable_f
   monkeypatch.setattr(sources, "decode_image", counting)
   for threads in (1, 3):  # decoded in this thread, and split over a pool
     calls["n"] = 0
-    feats, labels = evaluation.extract_split(
-      _fingerprint, train_split, mesh, batch_size=16, num_threads=threads
-    )
+    images = evaluation.SplitImages(train_split, num_threads=threads)
+    feats, labels = evaluation.extract_split(_fingerprint, images, mesh, batch_size=16)
     assert calls["n"] == 76  # every record once, the unreadable one included
     x, y = train_split.decode()
     assert x.shape[0] == 75  # the unreadable file is left out by both
@@ -164,3 +163,41 @@ def test_periodic_knn_decodes_only_its_subset(tmp_path, monkeypatch):
   assert (len(xtr), len(xte)) == (30, 15)
   state = types.SimpleNamespace(params={"model": {}}, batch_stats={}, method_state={})
   assert periodic(9, state) is None and set(periodic(10, state)) == {"knn@20"}
+
+
+def test_image_protocols_read_batch_by_batch_equal_the_decoded_ones(tmp_path, monkeypatch):
+  """Fine-tuning and the augmented probe over splits larger than the decode budget read their
+  batches from the files (each process its own rows) and give the decoded path's figures."""
+  import jax
+
+  from sslx import methods
+  from tests.helpers import tiny_simclr
+
+  write_split(tmp_path, "train", 96, size=32)
+  write_split(tmp_path, "test", 40, size=32)
+  (tmp_path / "test" / "c2" / "broken.jpg").write_bytes(b"not a jpeg")
+  config = tiny_simclr()
+  config.dataset = eval_config(tmp_path, 0).dataset
+  config.dataset.image_size = 32
+  config.eval_baselines = False
+  config.evals = {
+    "knn": {"ks": (5,)},
+    "finetune": {"steps": 6, "batch_size": 16},
+    "linear_aug": {"epochs": 1, "batch_size": 16, "lrs": (0.1,)},
+  }
+  method = methods.get("simclr").create(config, total_steps=10)
+  v = method.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3), jnp.uint8))
+  state = types.SimpleNamespace(
+    params={"model": v.params}, batch_stats=v.batch_stats, method_state=v.method_state
+  )
+  mesh = sharding.make_mesh([("data", 8)])
+  decoded = evaluation.run_all(config, method, state, mesh)
+
+  def refuse(self):
+    raise AssertionError(f"the {self.name} split was decoded whole")
+
+  monkeypatch.setattr(evaluation.Split, "decode", refuse)
+  config.eval_decode_gb = 0.0
+  streamed = evaluation.run_all(config, method, state, mesh)
+  assert streamed == decoded
+  assert {"knn@5", "finetune", "linear_aug"} <= set(streamed)

@@ -35,9 +35,10 @@ def finetune_checkpoint(
   """Fine-tunes the latest checkpoint in `workdir` (or, `from_scratch`, the untrained encoder)
   and merges the result into workdir/results.json; returns it."""
   setup, state, step = train.restore_latest(config, workdir, pretrained=not from_scratch)
-  eval_data = evaluation.load_eval_data(config)
-  if eval_data is None:
+  splits = evaluation.eval_splits(config)
+  if splits is None:
     raise ValueError(f"dataset {config.dataset.name!r} has no labels: nothing to fine-tune on")
+  eval_data = evaluation.eval_images(config, *splits, image_protocols=True)
   state = jax.device_get(state)
   if cfg is None:
     cfg = dict(config.get("evals", {}).get("finetune", {}) or {})

@@ -12,17 +12,17 @@ import functools
 import importlib
 import os
 import pkgutil
-from concurrent import futures
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from sslx import data, paths, progress, sharding
+from sslx.evaluation import reading
+from sslx.evaluation.reading import Split, SplitImages
 
-_NOT_PROTOCOLS = {"features"}
+_NOT_PROTOCOLS = {"features", "reading"}
 # protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
 _NEED_IMAGES = ("finetune", "linear_aug")
 # Protocols that are not frozen-feature evaluations are still run through config.evals:
@@ -106,31 +106,6 @@ def extract(
   return np.asarray(gather(*out))[: len(images)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """A labelled split read only when needed: `source`'s records at `indices`. `limit` > 0 asks
-  for a class-balanced subset of that many records that can only be chosen once the records
-  (and so their labels) are read: a source that does not list its labels up front (tfds)."""
-
-  source: Any
-  indices: np.ndarray
-  name: str  # "train" / "test", for progress lines
-  limit: int = 0
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def decode(self) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8[N, S, S, 3], labels int32[N]), all in memory (`data.decode_all`)."""
-    x, y = data.decode_all(
-      self.source, indices=self.indices, what=f"decoding the {self.name} split"
-    )
-    if self.limit and self.limit < len(x):
-      idx = data.balanced_subset(y, self.limit)
-      x, y = x[idx], y[idx]
-    return x, y
-
-
 def eval_splits(config) -> tuple[Split, Split, int] | None:
   """(train split, test split, num_classes) of `config.dataset`, nothing decoded; None when
   the dataset has no labels.
@@ -164,110 +139,85 @@ def load_eval_data(config):
   return (*train.decode(), *test.decode(), num_classes)
 
 
-def _local_rows(data_sharding, shape) -> np.ndarray:
-  """The rows of a [B, ...] batch that this process's devices hold under `data_sharding`."""
-  rows = np.arange(shape[0])
-  spans = data_sharding.addressable_devices_indices_map(shape).values()
-  return np.unique(np.concatenate([rows[idx[0]] for idx in spans]))
+def eval_images(
+  config, train: Split, test: Split, num_classes: int, image_protocols: bool | None = None
+) -> tuple:
+  """(train images, train labels, test images, test labels, num_classes) as `run_all` and the
+  image protocols take them: decoded arrays when raw pixels need them (`eval_baselines`) or
+  when a protocol trains on the images and both splits take at most `config.eval_decode_gb`
+  decoded (or their labels are only known once read: tfds); otherwise `SplitImages`, read batch by batch, with
+  the labels the sources list (None where they list none: taken from the records).
+  `image_protocols`: whether a protocol trains on the images (None: one in `config.evals`)."""
+  if image_protocols is None:
+    image_protocols = any(name in config.get("evals", {}) for name in _NEED_IMAGES)
+  labels = train.labels(), test.labels()
+  size = int(train.source.image_size)
+  decoded = (len(train) + len(test)) * size * size * 3
+  unknown = labels[0] is None or labels[1] is None
+  if config.get("eval_baselines") or (
+    image_protocols and (unknown or decoded <= float(config.get("eval_decode_gb", 4.0)) * 2**30)
+  ):
+    return (*train.decode(), *test.decode(), num_classes)
+  return SplitImages(train), labels[0], SplitImages(test), labels[1], num_classes
 
 
 def extract_split(
   encode_fn,
-  split: Split,
+  images,
   mesh,
   batch_size: int = 512,
   what: str = "features",
-  num_threads: int | None = None,
+  labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """`extract` reading the split batch by batch: (features [N, D], labels [N]), in the order
-  of `split.indices`, records that cannot be read left out (and named in a warning).
+  """(features [N, D], labels [N]) of `images`: a `Split` or `SplitImages` read batch by batch
+  (labels from its records, unreadable ones left out), or a decoded array with its `labels`.
 
   Host memory holds the features and two batches of images, not the split: ImageNet's 1.28M
   train images are 193 GB decoded at 224 px, their ViT-S features 2 GB. Each process decodes
-  only the rows its own devices encode, in `num_threads` threads (as `data.decode_all`), the
-  next batch while the devices encode the current one; every process ends with all the
-  features."""
+  only the rows its own devices encode, the next batch while the devices encode the current
+  one (`reading.device_batches`); each batch's features come back replicated and are copied
+  to the host one batch behind, so device memory holds a batch, and every process ends with
+  all the features."""
+  if isinstance(images, Split):
+    images = SplitImages(images)
   batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
   data_sharding = sharding.batch_sharding(mesh)
-  source, order, n = split.source, split.indices, len(split)
-  size = int(source.image_size)
-  shape = (batch_size, size, size, 3)
-  local = _local_rows(data_sharding, shape)
-  if num_threads is None:  # threads pay off for large images only (as in data.decode_all)
-    num_threads = 1 if size <= 64 else min(8, os.cpu_count() or 1)
-  chunks = [c for c in np.array_split(local, num_threads) if len(c)]
-  unreadable = []
-
-  def load(start):
-    images = np.zeros(shape, np.uint8)
-    labels = np.full(batch_size, -1, np.int32)  # -1: padding or an unreadable record
-
-    def decode(rows):
-      for j in rows:
-        if start + j < n:
-          record = source[int(order[start + j])]
-          if record is None:
-            unreadable.append(source.name(int(order[start + j])))
-          else:
-            images[j], labels[j] = record["image"], record["label"]
-
-    if len(chunks) > 1:
-      list(decoders.map(decode, chunks))
-    else:
-      decode(local)
-    return images, labels
-
-  # Each batch's features and labels come back replicated (an all-gather of one batch) and are
-  # copied to the host one batch behind the devices: device memory holds a batch, not the split.
+  n = len(images)
+  index_batches = (
+    np.concatenate([np.arange(s, min(s + batch_size, n)), np.full(max(s + batch_size - n, 0), -1)])
+    for s in range(0, n, batch_size)
+  )
   fn = jax.jit(
     lambda x, y: (encode_fn(x).astype(jnp.float32), y),
     in_shardings=(data_sharding, data_sharding),
     out_shardings=sharding.replicated(mesh),
   )
-  feats, labels, done = [], [], 0
+  feats, kept = [], []
+  ticker = progress.Ticker(what, n, "images")
 
   def fetch(out):
-    nonlocal done
     f, y = (np.asarray(a.addressable_data(0)) for a in out)
     feats.append(f)
-    labels.append(y)
-    done = min(done + batch_size, n)
+    kept.append(y)
     if ticker.due():
-      ticker.update(done)
+      ticker.update(min(len(feats) * batch_size, n))
 
-  ticker = progress.Ticker(what, n, "images")
-  starts = list(range(0, n, batch_size))
-  with (
-    futures.ThreadPoolExecutor(max(len(chunks), 1)) as decoders,
-    futures.ThreadPoolExecutor(1) as prefetch,
-  ):
-    pending = prefetch.submit(load, 0) if starts else None
-    previous = None
-    for i, start in enumerate(starts):
-      images, batch_labels = pending.result()
-      if i + 1 < len(starts):
-        pending = prefetch.submit(load, starts[i + 1])
-      x = jax.make_array_from_callback(shape, data_sharding, lambda idx, a=images: a[idx])
-      y = jax.make_array_from_callback(
-        (batch_size,), data_sharding, lambda idx, a=batch_labels: a[idx]
-      )
-      out = fn(x, y)
-      if previous is not None:
-        fetch(previous)
-      previous = out
+  previous = None
+  for x, y in reading.device_batches(images, labels, index_batches, data_sharding):
+    out = fn(x, y)
     if previous is not None:
       fetch(previous)
-  if not feats:
+    previous = out
+  if previous is None:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
+  fetch(previous)
   ticker.finish()
-  f, y = np.concatenate(feats), np.concatenate(labels)
-  if unreadable:
-    shown = ", ".join(sorted(unreadable)[:10]) + (" ..." if len(unreadable) > 10 else "")
-    logging.warning("skipped %d unreadable files: %s", len(unreadable), shown)
-  keep = np.flatnonzero(y >= 0)
+  f, y = np.concatenate(feats), np.concatenate(kept)
+  keep = np.flatnonzero(y >= 0)  # padding and unreadable records
   f, y = f[keep], y[keep]
-  if split.limit and split.limit < len(y):
-    idx = data.balanced_subset(y, split.limit)
+  limit = images.split.limit if isinstance(images, SplitImages) else 0
+  if limit and limit < len(y):
+    idx = data.balanced_subset(y, limit)
     f, y = f[idx], y[idx]
   return f, y
 
@@ -326,50 +276,31 @@ def run_all(
   `eval_encoder`. Returns flat results for the trained encoder plus {"baselines": {...}}."""
   if not config.get("evals"):
     return {}
-  splits = None
   if eval_data is None:
     splits = eval_splits(config)
     if splits is None:
       progress.console("evals skipped: the dataset has no labels")
       return {}
-    if config.get("eval_baselines") or any(name in config.evals for name in _NEED_IMAGES):
-      # raw pixels and the protocols that train on images need the images in memory
-      eval_data = (*splits[0].decode(), *splits[1].decode(), splits[2])
-      splits = None
-  if splits is not None:  # features only: read batch by batch, no split held in memory
-    train_split, test_split, num_classes = splits
-    sizes, how = (len(train_split), len(test_split)), ", read batch by batch"
-  else:
-    xtr, ytr, xte, yte, num_classes = eval_data
-    sizes, how = (len(xtr), len(xte)), ""
+    eval_data = eval_images(config, *splits)
+  xtr, ytr, xte, yte, num_classes = eval_data
   batch = config.get("eval_batch_size", 512)
   baselines = (
     " (and of the untrained encoder and raw pixels)" if config.get("eval_baselines") else ""
   )
+  how = ", read batch by batch" if isinstance(xtr, SplitImages) else ""
   progress.console(
-    f"evaluating: {', '.join(sorted(config.evals))} on {sizes[0]:,} train and {sizes[1]:,} "
+    f"evaluating: {', '.join(sorted(config.evals))} on {len(xtr):,} train and {len(xte):,} "
     f"test images{how}{baselines}"
   )
 
   def evaluate(params, batch_stats, encoder: str):
     encode_fn = functools.partial(method.encode, params, batch_stats)
-    if splits is not None:
-      ftr, ltr = extract_split(encode_fn, train_split, mesh, batch, f"{encoder}: train features")
-      fte, lte = extract_split(encode_fn, test_split, mesh, batch, f"{encoder}: test features")
-      return run_protocols(config.evals, Features(ftr, ltr, fte, lte, num_classes, None, encoder))
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
       context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
-    feats = Features(
-      extract(encode_fn, xtr, mesh, batch, f"{encoder}: train features"),
-      ytr,
-      extract(encode_fn, xte, mesh, batch, f"{encoder}: test features"),
-      yte,
-      num_classes,
-      context,
-      encoder,
-    )
-    return run_protocols(config.evals, feats)
+    train = extract_split(encode_fn, xtr, mesh, batch, f"{encoder}: train features", ytr)
+    test = extract_split(encode_fn, xte, mesh, batch, f"{encoder}: test features", yte)
+    return run_protocols(config.evals, Features(*train, *test, num_classes, context, encoder))
 
   results = evaluate(
     *method.eval_variables(state.params["model"], state.batch_stats, state.method_state),

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from sslx import paths, progress, sharding
-from sslx.evaluation import Context, extract  # noqa: F401  (Context: the protocol's input)
+from sslx.evaluation import Context, extract_split, reading  # noqa: F401  (Context: the input)
 from sslx.models import vit
 
 DEFAULTS = dict(
@@ -230,6 +230,18 @@ def write_subset(workdir: str, fraction: float, idx: np.ndarray, labels: np.ndar
   )
 
 
+def _index_batches(n: int, batch: int, steps: int, seed: int):
+  """`steps` batches of positions in [0, n): consecutive slices of a permutation, a fresh one
+  (same generator) whenever the rest of the current one is shorter than a batch."""
+  order = np.random.default_rng(seed)
+  perm, pos = order.permutation(n), 0
+  for _ in range(steps):
+    if pos + batch > len(perm):
+      perm, pos = order.permutation(n), 0
+    yield perm[pos : pos + batch]
+    pos += batch
+
+
 def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_classes):
   r_flip, r_mix, r_drop = jax.random.split(rng, 3)
   x = images.astype(jnp.float32) / 255.0
@@ -260,10 +272,10 @@ def _training_set(ctx: Context, cfg: dict, fraction: float) -> tuple[np.ndarray,
     idx = class_balanced_subset(ytr, fraction, cfg["seed"])
     if ctx.workdir:
       write_subset(ctx.workdir, fraction, idx, ytr)
-    xtr, ytr = xtr[idx], ytr[idx]
+    xtr, ytr = reading.take(xtr, idx), ytr[idx]
   if cfg["train_limit"] and cfg["train_limit"] < len(xtr):
     idx = np.random.default_rng(cfg["seed"]).permutation(len(xtr))[: cfg["train_limit"]]
-    xtr, ytr = xtr[idx], ytr[idx]
+    xtr, ytr = reading.take(xtr, idx), ytr[idx]
   return xtr, ytr
 
 
@@ -317,18 +329,13 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     donate_argnums=0,
   )
   rng = jax.random.PRNGKey(cfg["seed"])
-  order = np.random.default_rng(cfg["seed"])
-  perm, pos, loss, accs = order.permutation(len(xtr)), 0, None, []
-
+  loss, accs = None, []
   prog = progress.Progress(steps, 0, batch)
   report_every = max(steps // 10, 1)
-  for i in range(steps):
-    if pos + batch > len(perm):
-      perm, pos = order.permutation(len(xtr)), 0
-    idx = perm[pos : pos + batch]
-    pos += batch
-    xb = jax.make_array_from_callback((batch,) + xtr.shape[1:], data, lambda j, a=xtr[idx]: a[j])
-    yb = jax.make_array_from_callback((batch,), data, lambda j, a=ytr[idx].astype(np.int32): a[j])
+  batches = reading.device_batches(
+    xtr, ytr, _index_batches(len(xtr), batch, steps, cfg["seed"]), data
+  )
+  for i, (xb, yb) in enumerate(batches):
     state, (loss, acc) = step_fn(state, xb, yb, jax.random.fold_in(rng, i))
     accs.append(acc)
     if (i + 1) % report_every == 0 or i + 1 == steps:
@@ -350,14 +357,13 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
     return feats @ tuned["head"]["kernel"] + tuned["head"]["bias"]
 
   # test images in fixed-size batches sharded over the mesh, as every evaluation extracts
-  pred = extract(logits, ctx.test_images, mesh, 256).argmax(-1)
-  correct = int((pred == np.asarray(ctx.test_labels)).sum())
-  xte = ctx.test_images
+  scores, labels = extract_split(logits, ctx.test_images, mesh, 256, labels=ctx.test_labels)
+  correct = int((scores.argmax(-1) == labels).sum())
   last = accs[-max(len(accs) // 4, 1) :]
   name = f"finetune_{fraction * 100:g}pct" if fraction else "finetune"
   return (
     {
-      name: 100.0 * correct / len(xte),
+      name: 100.0 * correct / len(labels),
       "finetune_train_loss": float(loss),
       "finetune_train_acc": 100.0 * float(np.mean(jax.device_get(last))),
     },

@@ -5,7 +5,7 @@ exp(s / T). Every (k, T) of the sweep is read off ONE top-k of the similarities 
 queries: votes are scatter-added into [Q, C] per setting, so memory stays bounded by
 chunk × N_train similarities (50k × 1024 float32 ≈ 200 MB for full CIFAR-10) whatever the
 number of classes. The training features are all of them (`eval_train_limit=0`, the default),
-extracted by every device of every process (`evaluation.extract`).
+extracted by every device of every process (`evaluation.extract_split`).
 
 Settings (`config.evals.knn`): ks ((20, 200)), temperature (0.07; reported as knn@k),
 temperatures (extra temperatures, reported as knn@k_T<t>), chunk (1024).

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from sslx import augment, progress, sharding
-from sslx.evaluation import extract
+from sslx.evaluation import extract_split, reading
 
 DEFAULTS = dict(
   epochs=10,
@@ -101,6 +101,15 @@ def train_step(state: ProbeState, enc, images, labels, rng, *, encode, view, lrs
   ), per_head
 
 
+def _epochs(n: int, batch: int, epochs: int, seed: int):
+  """Batches of positions in [0, n): each epoch a fresh permutation cut into n // batch."""
+  order = np.random.default_rng(seed)
+  for _ in range(epochs):
+    perm = order.permutation(n)
+    for s in range(max(n // batch, 1)):
+      yield perm[s * batch : (s + 1) * batch]
+
+
 def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
   """Trains the heads on augmented training images of `ctx` (a finetune.Context) and returns
   {"linear_aug": best top-1 %, "linear_aug_lr": its lr, "linear_aug@lr<lr>": each head's}."""
@@ -146,25 +155,27 @@ def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
     out_shardings=(rep, rep),
     donate_argnums=0,
   )
-  order = np.random.default_rng(cfg["seed"])
   rng = jax.random.PRNGKey(cfg["seed"])
   prog = progress.Progress(total, 0, batch)
-  i, losses = 0, None
-  for _ in range(int(cfg["epochs"])):
-    perm = order.permutation(len(xtr))
-    for s in range(steps_per_epoch):
-      idx = perm[s * batch : (s + 1) * batch]
-      xb = jax.make_array_from_callback((batch,) + xtr.shape[1:], data, lambda j, a=xtr[idx]: a[j])
-      yb = jax.make_array_from_callback((batch,), data, lambda j, a=ytr[idx]: a[j])
-      state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
-      i += 1
-    rates = prog.update(i)
-    progress.console(
-      "linear_aug " + prog.line(i, {"loss_best_head": float(jnp.min(losses))}, rates)
-    )
-  test = extract(functools.partial(encode, ctx.params, ctx.batch_stats), ctx.test_images, mesh)
+  losses = None
+  batches = reading.device_batches(
+    xtr, ytr, _epochs(len(xtr), batch, int(cfg["epochs"]), cfg["seed"]), data
+  )
+  for i, (xb, yb) in enumerate(batches):
+    state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
+    if (i + 1) % steps_per_epoch == 0:
+      rates = prog.update(i + 1)
+      progress.console(
+        "linear_aug " + prog.line(i + 1, {"loss_best_head": float(jnp.min(losses))}, rates)
+      )
+  test, test_labels = extract_split(
+    functools.partial(encode, ctx.params, ctx.batch_stats),
+    ctx.test_images,
+    mesh,
+    labels=ctx.test_labels,
+  )
   logits = np.asarray(head_logits(state, jnp.asarray(test), state.mean, state.var))
-  acc = 100.0 * (logits.argmax(-1) == np.asarray(ctx.test_labels)[None]).mean(-1)
+  acc = 100.0 * (logits.argmax(-1) == test_labels[None]).mean(-1)
   best = int(np.argmax(acc))
   out = {"linear_aug": float(acc[best]), "linear_aug_lr": float(cfg["lrs"][best])}
   out.update({f"linear_aug@lr{lr:g}": float(a) for lr, a in zip(cfg["lrs"], acc)})
