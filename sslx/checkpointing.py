@@ -34,11 +34,15 @@ class IncompatibleCheckpoint(RuntimeError):
 
 
 def manager(
-  workdir: str, keep: int = 3, async_save: bool = True, keep_every: int = 0
+  workdir: str,
+  keep: int = 3,
+  async_save: bool = True,
+  keep_every: int = 0,
+  subdir: str = "checkpoints",
 ) -> ocp.CheckpointManager:
-  """The run's checkpoints under `workdir/checkpoints`: the `keep` latest, plus every step that
+  """The run's checkpoints under `workdir/<subdir>`: the `keep` latest, plus every step that
   is a multiple of `keep_every` (never deleted) when it is positive."""
-  directory = paths.path(workdir) / "checkpoints"
+  directory = paths.path(workdir) / subdir
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
     keep_period=keep_every or None,

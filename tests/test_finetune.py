@@ -209,3 +209,67 @@ def test_finetune_sharded_over_8_devices_equals_one_device(tmp_path):
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
   assert len(open(tmp_path / "label_subset_10pct.txt").readlines()) == 41  # header + 40
+
+
+def _tiny_context(workdir):
+  """A tiny untrained SimCLR encoder and 256/64 embedded images, fine-tuned into `workdir`."""
+  from sslx import data, methods
+
+  config = tiny_simclr()
+  method = methods.get("simclr").create(config, total_steps=10)
+  x, y = data.decode_all(data.EmbeddedSource("test"), indices=np.arange(0, 2000, 6))
+  v = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
+  return finetune.Context(
+    method, v.params, v.batch_stats, x[:256], y[:256], x[256:], y[256:], 10, None, str(workdir)
+  )
+
+
+def test_a_fine_tuning_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_one(
+  tmp_path, monkeypatch
+):
+  import signal
+
+  from sslx import preemption
+
+  cfg = dict(steps=12, batch_size=16, checkpoint_every_steps=5)
+  whole, whole_params = finetune.finetune(_tiny_context(tmp_path / "whole"), cfg)
+
+  real = finetune.reading.device_batches
+
+  def sigterm_before_batch(k):
+    def batches(*args, **kwargs):
+      for i, b in enumerate(real(*args, **kwargs)):
+        if i == k:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield b
+
+    return batches
+
+  work = tmp_path / "stopped"
+  monkeypatch.setattr(finetune.reading, "device_batches", sigterm_before_batch(6))
+  with pytest.raises(preemption.Preempted) as stopped:
+    finetune.finetune(_tiny_context(work), cfg)
+  assert stopped.value.code == preemption.EXIT_RESTART and stopped.value.step == 7
+  (folder,) = (work / "finetune_checkpoints").iterdir()
+  assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["7"]  # 5 dropped
+
+  monkeypatch.setattr(finetune.reading, "device_batches", real)
+  consumed = []
+
+  def counting(images, labels, positions, sharding):
+    positions = list(positions)
+    if len(images) == 256:  # the training batches (not the test set's extraction)
+      consumed.append(len(positions))
+    return real(images, labels, positions, sharding)
+
+  monkeypatch.setattr(finetune.reading, "device_batches", counting)
+  resumed, resumed_params = finetune.finetune(_tiny_context(work), cfg)
+  assert consumed == [12 - 7]  # only the batches after the checkpoint
+  assert resumed == whole
+  for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(whole_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # the final step is kept: a rerun trains nothing and reports the same figures
+  assert finetune.finetune(_tiny_context(work), cfg)[0] == whole and consumed[-1] == 0
+  # other settings are another fine-tuning: a folder of their own, trained from step 0
+  finetune.finetune(_tiny_context(work), dict(cfg, lr=2e-3))
+  assert consumed[-1] == 12 and len(list((work / "finetune_checkpoints").iterdir())) == 2

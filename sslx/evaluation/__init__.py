@@ -297,7 +297,7 @@ def run_all(
     encode_fn = functools.partial(method.encode, params, batch_stats)
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
-      context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh)
+      context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh, workdir)
     train = extract_split(encode_fn, xtr, mesh, batch, f"{encoder}: train features", ytr)
     test = extract_split(encode_fn, xte, mesh, batch, f"{encoder}: test features", yte)
     return run_protocols(config.evals, Features(*train, *test, num_classes, context, encoder))
