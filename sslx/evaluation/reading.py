@@ -7,8 +7,8 @@ of indices into global arrays on the mesh, each process decoding only the rows i
 hold, the next batch in a background thread while the current one is used. Fine-tuning, the
 augmented probe and feature extraction take either a decoded array or a `SplitImages`.
 
-An unreadable record reads as a black image with label -1 (logged once per split with its
-name); feature extraction leaves such rows out, as `data.decode_all` does, and the training
+An unreadable record reads as a black image with label -1 (its source logs the file once);
+feature extraction leaves such rows out, as `data.decode_all` does, and the training
 protocols' one-hot targets are zero for them.
 """
 
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
 from sslx import data
 
@@ -80,8 +78,6 @@ class SplitImages:
     size = int(split.source.image_size)
     self.shape = (len(split), size, size, 3)
     self.num_threads = default_threads(size) if num_threads is None else num_threads
-    self._warned = set()
-    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self.shape[0]
@@ -112,8 +108,6 @@ class SplitImages:
         record = source[int(order[p])] if p >= 0 else None
         if record is None:
           images[r], labels[r] = 0, -1
-          if p >= 0:
-            self._unreadable(source.name(int(order[p])))
         else:
           images[r], labels[r] = record["image"], record["label"]
 
@@ -123,14 +117,6 @@ class SplitImages:
         list(pool.map(decode, chunks))
     elif chunks:
       decode(chunks[0])
-
-  def _unreadable(self, name: str) -> None:
-    with self._lock:
-      if name not in self._warned:
-        self._warned.add(name)
-        logging.warning(
-          "%s split: unreadable file %s (read as a black image, left out)", self.split.name, name
-        )
 
 
 def take(images, idx):
