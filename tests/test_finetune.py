@@ -224,16 +224,32 @@ def _tiny_context(workdir):
   )
 
 
-def test_a_fine_tuning_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_one(
-  tmp_path, monkeypatch
+def _fine_tune(ctx, cfg):
+  return finetune.finetune(ctx, cfg)
+
+
+def _augmented_probe(ctx, cfg):
+  from sslx.evaluation import linear_aug
+
+  return linear_aug.augmented_probe(ctx, cfg), None
+
+
+@pytest.mark.parametrize(
+  "protocol,cfg",
+  [
+    (_fine_tune, dict(steps=12, batch_size=16, checkpoint_every_steps=5)),
+    (_augmented_probe, dict(epochs=2, batch_size=40, lrs=(0.1, 1.0), checkpoint_every_steps=5)),
+  ],
+)
+def test_a_protocol_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_one(
+  tmp_path, monkeypatch, protocol, cfg
 ):
+  """12 steps either way (fine-tuning: 12 of 16; the probe: 2 epochs of 256 // 40 = 6)."""
   import signal
 
   from sslx import preemption
 
-  cfg = dict(steps=12, batch_size=16, checkpoint_every_steps=5)
-  whole, whole_params = finetune.finetune(_tiny_context(tmp_path / "whole"), cfg)
-
+  whole, whole_params = protocol(_tiny_context(tmp_path / "whole"), cfg)
   real = finetune.reading.device_batches
 
   def sigterm_before_batch(k):
@@ -248,12 +264,11 @@ def test_a_fine_tuning_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_o
   work = tmp_path / "stopped"
   monkeypatch.setattr(finetune.reading, "device_batches", sigterm_before_batch(6))
   with pytest.raises(preemption.Preempted) as stopped:
-    finetune.finetune(_tiny_context(work), cfg)
+    protocol(_tiny_context(work), cfg)
   assert stopped.value.code == preemption.EXIT_RESTART and stopped.value.step == 7
-  (folder,) = (work / "finetune_checkpoints").iterdir()
+  (folder,) = (work / "protocol_checkpoints").iterdir()
   assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["7"]  # 5 dropped
 
-  monkeypatch.setattr(finetune.reading, "device_batches", real)
   consumed = []
 
   def counting(images, labels, positions, sharding):
@@ -263,13 +278,13 @@ def test_a_fine_tuning_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_o
     return real(images, labels, positions, sharding)
 
   monkeypatch.setattr(finetune.reading, "device_batches", counting)
-  resumed, resumed_params = finetune.finetune(_tiny_context(work), cfg)
+  resumed, resumed_params = protocol(_tiny_context(work), cfg)
   assert consumed == [12 - 7]  # only the batches after the checkpoint
   assert resumed == whole
   for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(whole_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # the final step is kept: a rerun trains nothing and reports the same figures
-  assert finetune.finetune(_tiny_context(work), cfg)[0] == whole and consumed[-1] == 0
-  # other settings are another fine-tuning: a folder of their own, trained from step 0
-  finetune.finetune(_tiny_context(work), dict(cfg, lr=2e-3))
-  assert consumed[-1] == 12 and len(list((work / "finetune_checkpoints").iterdir())) == 2
+  assert protocol(_tiny_context(work), cfg)[0] == whole and consumed[-1] == 0
+  # other settings are another run: a folder of their own, trained from step 0
+  protocol(_tiny_context(work), dict(cfg, seed=1))
+  assert consumed[-1] == 12 and len(list((work / "protocol_checkpoints").iterdir())) == 2

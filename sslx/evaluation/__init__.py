@@ -22,7 +22,7 @@ from sslx import data, paths, progress, sharding
 from sslx.evaluation import reading
 from sslx.evaluation.reading import Split, SplitImages
 
-_NOT_PROTOCOLS = {"features", "reading"}
+_NOT_PROTOCOLS = {"features", "reading", "resumable"}
 # protocols that run the encoder on raw images (fine-tuning, the augmented linear probe)
 _NEED_IMAGES = ("finetune", "linear_aug")
 # Protocols that are not frozen-feature evaluations are still run through config.evals:

@@ -20,18 +20,16 @@ checkpoint_every_steps (1000).
 With a workdir (`python -m sslx finetune`, and the evaluation at the end of a run) a
 fine-tuning survives preemption as training does: its state is saved every
 `checkpoint_every_steps` and on SIGTERM/SIGINT (exit status 75) in
-workdir/finetune_checkpoints/<result name>-<hash of settings, starting weights and data>, and
+workdir/protocol_checkpoints/<result name>-<hash of settings, starting weights and data>, and
 a rerun with the same three resumes there, taking the batches the uninterrupted run would
-have taken (the same figures). The final step is kept there: the fine-tuned weights.
+have taken (the same figures; `evaluation.resumable`). The final step is kept there: the
+fine-tuned weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import itertools
-import json
 import re
 from typing import Any, NamedTuple
 
@@ -40,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import checkpointing, paths, preemption, progress, sharding
-from sslx.evaluation import Context, extract_split, reading  # noqa: F401  (Context: the input)
+from sslx import paths, progress, sharding
+from sslx.evaluation import Context, extract_split, reading, resumable  # noqa: F401
 from sslx.models import vit
 
 DEFAULTS = dict(
@@ -311,62 +309,6 @@ def _initial_params(ctx: Context, sample: np.ndarray) -> dict:
   return {"model": model_params, "head": head}
 
 
-def _identity(cfg: dict, params, xtr, ytr, ctx: Context) -> dict:
-  """What a fine-tuning checkpoint must match to be resumed: the settings, the starting
-  weights (per-leaf sums) and the data (sizes, classes, a checksum of the labels)."""
-  leaves = jax.tree.leaves(jax.device_get(params))
-  weights = [
-    [float(np.sum(a, dtype=np.float64)), float(np.sum(np.abs(a), dtype=np.float64))] for a in leaves
-  ]
-  labels = np.asarray(ytr, np.int64)
-  return json.loads(
-    json.dumps(
-      {
-        "settings": {k: v for k, v in cfg.items() if k != "checkpoint_every_steps"},
-        "weights": hashlib.sha256(repr(weights).encode()).hexdigest(),
-        "data": [len(xtr), len(ctx.test_images), int(ctx.num_classes), list(xtr.shape[1:])],
-        "labels": int((labels * np.arange(1, len(labels) + 1)).sum()),
-      }
-    )
-  )
-
-
-class _Checkpoints:
-  """A fine-tuning's checkpoints, in workdir/finetune_checkpoints/<name>-<identity hash>: the
-  latest step is kept, and the final one holds the fine-tuned weights. Another encoder, other
-  settings or other data get another folder, so a rerun resumes only its own run."""
-
-  def __init__(self, workdir: str, name: str, identity: dict):
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    self.mngr = checkpointing.manager(
-      workdir, keep=1, async_save=False, subdir=f"finetune_checkpoints/{name}-{digest}"
-    )
-    self.directory = str(self.mngr.directory)
-    self.identity = identity
-
-  def restore(self, state):
-    """(state, step, {"loss", "accs"}) of the latest checkpoint, or (state, 0, {})."""
-    step = self.mngr.latest_step()
-    if step is None:
-      return state, 0, {}
-    restored, saved = checkpointing.restore(self.mngr, step, state)
-    progress.console(f"fine-tune: resuming at step {step} from {self.directory}")
-    return restored, step, saved
-
-  def save(self, step: int, state, loss, accs) -> None:
-    saved = {"loss": float(loss), "accs": [float(a) for a in jax.device_get(accs)]}
-    self.mngr.save(
-      step,
-      args=checkpointing.ocp.args.Composite(
-        state=checkpointing.ocp.args.StandardSave(state),
-        data=checkpointing.ocp.args.JsonSave(saved),
-        meta=checkpointing.ocp.args.JsonSave(self.identity),
-      ),
-      force=True,
-    )
-    self.mngr.wait_until_finished()
-
-
 def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   """Fine-tunes ctx's encoder with a new linear head; returns ({"finetune": top-1 % on the
   test images, "finetune_train_loss": last loss, "finetune_train_acc": accuracy (%) on
@@ -400,21 +342,24 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   rng = jax.random.PRNGKey(cfg["seed"])
   name = f"finetune_{fraction * 100:g}pct" if fraction else "finetune"
   tail = max(steps // 4, 1)  # the training accuracy reported is the last quarter's
-  ckpt = (
-    _Checkpoints(ctx.workdir, name, _identity(cfg, params, xtr, ytr, ctx)) if ctx.workdir else None
+  ident = (
+    resumable.identity(cfg, params, xtr, ytr, ctx.test_images, ctx.num_classes)
+    if ctx.workdir
+    else {}
   )
-  start, loss, accs = 0, None, []
-  if ckpt is not None:
-    state, start, saved = ckpt.restore(state)
-    loss, accs = saved.get("loss"), list(saved.get("accs", []))
-  prog = progress.Progress(steps, start, batch)
+  resume = resumable.Resumable(ctx.workdir, name, ident, cfg["checkpoint_every_steps"], steps)
   report_every = max(steps // 10, 1)
-  # a resumed run takes the batches the uninterrupted one would have taken from `start` on
-  positions = itertools.islice(_index_batches(len(xtr), batch, steps, cfg["seed"]), start, None)
-  batches = reading.device_batches(xtr, ytr, positions, data)
-  schedule = preemption.SaveSchedule(cfg["checkpoint_every_steps"])
-  with preemption.StopRequest() if ckpt is not None else contextlib.nullcontext() as stop:
-    for i, (xb, yb) in enumerate(batches, start):
+  with resume:
+    state, start, saved = resume.restore(state)
+    loss, accs = saved.get("loss"), list(saved.get("accs", []))
+    prog = progress.Progress(steps, start, batch)
+
+    def saved_now():
+      return {"loss": float(loss), "accs": [float(a) for a in jax.device_get(accs)]}
+
+    # a resumed run takes the batches the uninterrupted one would have taken from `start` on
+    positions = itertools.islice(_index_batches(len(xtr), batch, steps, cfg["seed"]), start, None)
+    for i, (xb, yb) in enumerate(reading.device_batches(xtr, ytr, positions, data), start):
       state, (loss, acc) = step_fn(state, xb, yb, jax.random.fold_in(rng, i))
       if i >= steps - tail:
         accs.append(acc)
@@ -423,18 +368,8 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
         progress.console(
           "fine-tune " + prog.line(i + 1, {"loss": float(loss), "train_acc": float(acc)}, rates)
         )
-      if ckpt is None or i + 1 == steps:
-        continue
-      if stop.due(i + 1):
-        progress.console(f"{stop.signal_name} received: saving fine-tuning step {i + 1}")
-        ckpt.save(i + 1, state, loss, accs)
-        e = preemption.Preempted(i + 1, ckpt.directory, stop.seconds_since_signal())
-        progress.console(str(e))
-        raise e
-      if schedule.due(i + 1):
-        ckpt.save(i + 1, state, loss, accs)
-    if ckpt is not None and start < steps:
-      ckpt.save(steps, state, loss, accs)  # the fine-tuned weights stay in the workdir
+      resume.after_step(i + 1, state, saved_now)
+    resume.finish(state, saved_now())  # the fine-tuned weights stay in the workdir
 
   # BatchNorm's running statistics trail the weights (momentum 0.9-0.99 over a few hundred
   # steps of a moving network): re-estimate them for the final weights before testing.

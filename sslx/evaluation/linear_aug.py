@@ -16,12 +16,14 @@ probe (`evals.linear`, features extracted once) stays the cheap default on a CPU
 
 Settings (`config.evals.linear_aug`): epochs (10), batch_size (256), lrs ((0.01, 0.03, 0.1,
 0.3, 1.0)), momentum (0.9), weight_decay (0.0), crop_scale ((0.08, 1.0)), flip (True),
-bn_momentum (0.9), seed (0).
+bn_momentum (0.9), seed (0), checkpoint_every_steps (1000: with a workdir the probe is saved
+then and on SIGTERM, and a rerun resumes it, as fine-tuning is; `evaluation.resumable`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -30,7 +32,7 @@ import numpy as np
 import optax
 
 from sslx import augment, progress, sharding
-from sslx.evaluation import extract_split, reading
+from sslx.evaluation import extract_split, reading, resumable
 
 DEFAULTS = dict(
   epochs=10,
@@ -42,6 +44,7 @@ DEFAULTS = dict(
   flip=True,
   bn_momentum=0.9,
   seed=0,
+  checkpoint_every_steps=1000,
 )
 _EPS = 1e-6
 
@@ -156,18 +159,27 @@ def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
     donate_argnums=0,
   )
   rng = jax.random.PRNGKey(cfg["seed"])
-  prog = progress.Progress(total, 0, batch)
-  losses = None
-  batches = reading.device_batches(
-    xtr, ytr, _epochs(len(xtr), batch, int(cfg["epochs"]), cfg["seed"]), data
+  workdir = getattr(ctx, "workdir", None)
+  ident = (
+    resumable.identity(cfg, enc, xtr, ytr, ctx.test_images, ctx.num_classes) if workdir else {}
   )
-  for i, (xb, yb) in enumerate(batches):
-    state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
-    if (i + 1) % steps_per_epoch == 0:
-      rates = prog.update(i + 1)
-      progress.console(
-        "linear_aug " + prog.line(i + 1, {"loss_best_head": float(jnp.min(losses))}, rates)
-      )
+  resume = resumable.Resumable(workdir, "linear_aug", ident, cfg["checkpoint_every_steps"], total)
+  with resume:
+    state, start, _ = resume.restore(state)
+    prog = progress.Progress(total, start, batch)
+    # a resumed run takes the batches the uninterrupted one would have taken from `start` on
+    positions = itertools.islice(
+      _epochs(len(xtr), batch, int(cfg["epochs"]), cfg["seed"]), start, None
+    )
+    for i, (xb, yb) in enumerate(reading.device_batches(xtr, ytr, positions, data), start):
+      state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
+      if (i + 1) % steps_per_epoch == 0:
+        rates = prog.update(i + 1)
+        progress.console(
+          "linear_aug " + prog.line(i + 1, {"loss_best_head": float(jnp.min(losses))}, rates)
+        )
+      resume.after_step(i + 1, state, dict)
+    resume.finish(state, {})
   test, test_labels = extract_split(
     functools.partial(encode, ctx.params, ctx.batch_stats),
     ctx.test_images,
