@@ -7,6 +7,7 @@ import types
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from sslx import config_lib, data, evaluation, sharding
@@ -45,9 +46,9 @@ def eval_config(path, limit):
   return c
 
 
-def test_eval_decodes_only_the_subset_and_memory_does_not_grow_with_the_split(
-  tmp_path, monkeypatch
-):
+@pytest.fixture
+def decodes(monkeypatch):
+  """{"n": how many images were decoded since the test began (or since reset to 0)}."""
   calls = {"n": 0}
   real = sources.decode_image
 
@@ -56,6 +57,11 @@ def test_eval_decodes_only_the_subset_and_memory_does_not_grow_with_the_split(
     return real(blob, size)
 
   monkeypatch.setattr(sources, "decode_image", counting)
+  return calls
+
+
+def test_eval_decodes_only_the_subset_and_memory_does_not_grow_with_the_split(tmp_path, decodes):
+  calls = decodes
   peaks = {}
   for n in (200, 2000):
     root = tmp_path / f"n{n}"
@@ -81,22 +87,15 @@ def _fingerprint(x):
 
 
 def test_streamed_features_equal_decoded_ones_on_8_devices_and_skip_unreadable_files(
-  tmp_path, monkeypatch
+  tmp_path, decodes
 ):
+  calls = decodes
   write_split(tmp_path, "train", 75)
   write_split(tmp_path, "test", 20)
   (tmp_path / "train" / "c1" / "broken.jpg").write_bytes(b"not a jpeg")
   train_split, test_split, num_classes = evaluation.eval_splits(eval_config(tmp_path, 0))
   assert (len(train_split), len(test_split), num_classes) == (76, 20, 4)  # nothing decoded yet
   mesh = sharding.make_mesh([("data", 8)])
-  calls = {"n": 0}
-  real = sources.decode_image
-
-  def counting(blob, size):
-    calls["n"] += 1
-    return real(blob, size)
-
-  monkeypatch.setattr(sources, "decode_image", counting)
   for threads in (1, 3):  # decoded in this thread, and split over a pool
     calls["n"] = 0
     images = evaluation.SplitImages(train_split, num_threads=threads)
@@ -143,20 +142,13 @@ class _Encoder:
     return params, batch_stats
 
 
-def test_periodic_knn_decodes_only_its_subset(tmp_path, monkeypatch):
+def test_periodic_knn_decodes_only_its_subset(tmp_path, decodes):
+  calls = decodes
   write_split(tmp_path, "train", 200)
   write_split(tmp_path, "test", 60)
   config = eval_config(tmp_path, 0)  # the final evaluation would decode all 200
   config.eval_every_steps = 10
   config.eval_every_subset = 30
-  calls = {"n": 0}
-  real = sources.decode_image
-
-  def counting(blob, size):
-    calls["n"] += 1
-    return real(blob, size)
-
-  monkeypatch.setattr(sources, "decode_image", counting)
   periodic = knn.PeriodicKnn(config, _Encoder(), sharding.make_mesh([("data", 1)]), None)
   assert calls["n"] == 30 + 15
   xtr, ytr, xte, yte, _ = periodic.data
