@@ -145,9 +145,10 @@ def eval_images(
   """(train images, train labels, test images, test labels, num_classes) as `run_all` and the
   image protocols take them: decoded arrays when raw pixels need them (`eval_baselines`) or
   when a protocol trains on the images and both splits take at most `config.eval_decode_gb`
-  decoded (or their labels are only known once read: tfds); otherwise `SplitImages`, read batch by batch, with
-  the labels the sources list (None where they list none: taken from the records).
-  `image_protocols`: whether a protocol trains on the images (None: one in `config.evals`)."""
+  decoded (or their labels are only known once read: tfds); otherwise `SplitImages`, read
+  batch by batch, with the labels the sources list (None where they list none: then taken
+  from the records). `image_protocols`: whether a protocol trains on the images (None: one
+  in `config.evals` does)."""
   if image_protocols is None:
     image_protocols = any(name in config.get("evals", {}) for name in _NEED_IMAGES)
   labels = train.labels(), test.labels()

@@ -312,7 +312,8 @@ def _initial_params(ctx: Context, sample: np.ndarray) -> dict:
 def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   """Fine-tunes ctx's encoder with a new linear head; returns ({"finetune": top-1 % on the
   test images, "finetune_train_loss": last loss, "finetune_train_acc": accuracy (%) on
-  the last quarter of the training batches (mixed targets' argmax when mixup is on)}, fine-tuned params {"model", "head"})."""
+  the last quarter of the training batches (mixed targets' argmax when mixup is on)},
+  the fine-tuned params {"model", "head"})."""
   cfg = dict(DEFAULTS, **(dict(cfg) if cfg else {}))
   unknown = sorted(set(cfg) - set(DEFAULTS))
   if unknown:
