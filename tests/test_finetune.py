@@ -212,12 +212,15 @@ def test_finetune_sharded_over_8_devices_equals_one_device(tmp_path):
 
 
 def _tiny_context(workdir):
-  """A tiny untrained SimCLR encoder and 256/64 embedded images, fine-tuned into `workdir`."""
+  """A tiny untrained SimCLR encoder and 256/78 embedded images, fine-tuned into `workdir`."""
   from sslx import data, methods
 
   config = tiny_simclr()
   method = methods.get("simclr").create(config, total_steps=10)
+  # every class on both sides: the split is sorted by class
   x, y = data.decode_all(data.EmbeddedSource("test"), indices=np.arange(0, 2000, 6))
+  order = np.random.default_rng(0).permutation(len(x))
+  x, y = x[order], y[order]
   v = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
   return finetune.Context(
     method, v.params, v.batch_stats, x[:256], y[:256], x[256:], y[256:], 10, None, str(workdir)
