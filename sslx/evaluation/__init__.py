@@ -74,36 +74,10 @@ class Context:
 def extract(
   encode_fn, images: np.ndarray, mesh, batch_size: int = 512, what: str = "features"
 ) -> np.ndarray:
-  """Applies `encode_fn(images[B]) -> [B, D]` over `images` [N, H, W, 3] in fixed-size
-  batches sharded over the mesh (the last batch is padded, so it compiles once).
-
-  Every process holds all of `images`; each places only the rows its devices own. Features
-  stay sharded on the devices batch after batch and are gathered once at the end, replicated,
-  so every process can read them (multi-host safe). Long extractions report progress under
-  `what` (`progress.Ticker`)."""
-  batch_size = max(batch_size - batch_size % mesh.size, mesh.size)
-  data_sharding = sharding.batch_sharding(mesh)
-  fn = jax.jit(encode_fn, in_shardings=data_sharding, out_shardings=data_sharding)
-  out = []
-  ticker = progress.Ticker(what, len(images), "images")
-  for start in range(0, len(images), batch_size):
-    if out and ticker.due():  # progress counts finished work, not queued work
-      out[-1].block_until_ready()
-      ticker.update(start)
-    chunk = images[start : start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    x = jax.make_array_from_callback(chunk.shape, data_sharding, lambda idx, c=chunk: c[idx])
-    out.append(fn(x))
-  if not out:
-    return np.zeros((0, 0), np.float32)
-  ticker.finish()
-  gather = jax.jit(
-    lambda *xs: jnp.concatenate(xs, axis=0).astype(jnp.float32),
-    out_shardings=sharding.replicated(mesh),
-  )
-  return np.asarray(gather(*out))[: len(images)]
+  """`encode_fn(images[B]) -> [B, D]` over every row of the decoded `images` [N, H, W, 3], in
+  order: `extract_split` without labels (fixed-size batches sharded over the mesh, the last
+  one padded so it compiles once; every process gets all the features)."""
+  return extract_split(encode_fn, images, mesh, batch_size, what, np.zeros(len(images)))[0]
 
 
 def eval_splits(config) -> tuple[Split, Split, int] | None:
