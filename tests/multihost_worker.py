@@ -4,7 +4,8 @@ Runs two train steps of the tiny SimCLR config on the global mesh, reading this 
 slice of every global batch, and prints one JSON line: the global batch labels (all
 processes' rows, gathered), the losses and a checksum of the updated parameters; then the
 features of 100 test images read batch by batch (`evaluation.extract_split`) and how many of
-them this process read.
+them this process read, and k-NN accuracies on them with the training features sharded over the
+global mesh and on one device.
 """
 
 import json
@@ -19,6 +20,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from sslx import data, evaluation, train  # noqa: E402
+from sslx.evaluation import knn  # noqa: E402
 from tests.helpers import tiny_simclr  # noqa: E402
 
 
@@ -42,7 +44,38 @@ def extracted(mesh) -> dict:
   feats, labels = evaluation.extract_split(
     lambda x: x.astype("float32").mean((1, 2)), split, mesh, batch_size=16
   )
-  return {"reads": test.reads, "features": feats.tolist(), "labels": labels.tolist()}
+  # k-NN with the first 60 images as the training set, sharded over every device of both
+  # processes, and on this process's first device alone. The mean colours are near-ties for
+  # grey images (cosine 1 within float rounding, which differs between the two layouts'
+  # matmuls): 16 random dimensions are added. Random labels, so that the accuracies depend on
+  # which neighbours are found.
+  rng = np.random.default_rng(0)
+  points = np.concatenate([feats, 50 * rng.normal(size=(len(feats), 16))], 1)
+  noise = rng.integers(0, 10, len(labels))
+  knn_args = (points[:60], noise[:60], points[60:], noise[60:], 10)
+  return {
+    "reads": test.reads,
+    "features": feats.tolist(),
+    "labels": labels.tolist(),
+    "knn": knn.knn_accuracy(*knn_args, ks=(1, 7), chunk=16, mesh=mesh),
+    "knn_one_device": knn.knn_accuracy(*knn_args, ks=(1, 7), chunk=16),
+    # every training image its own class, each test image labelled by its nearest one
+    "nearest": knn.knn_accuracy(
+      points[:60],
+      np.arange(60),
+      points[60:],
+      nearest(points[60:], points[:60]),
+      60,
+      ks=(1,),
+      mesh=mesh,
+    ),
+  }
+
+
+def nearest(queries, rows):
+  """The index of each query's most cosine-similar row (float64, on the host)."""
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+  return (unit(queries) @ unit(rows).T).argmax(1)
 
 
 def main():

@@ -114,3 +114,35 @@ def test_long_work_reports_progress_with_eta_and_short_work_stays_quiet(capsys, 
     "pretrained: k-NN: 12,500/50,000 test images (25%) | ETA 1m00s",
     "pretrained: k-NN: 50,000 test images in 1m00s",
   ]
+
+
+@pytest.mark.parametrize("mesh_shape", [(8,), (4, 2)])
+def test_knn_sharded_over_devices_finds_the_same_neighbours(mesh_shape):
+  """Training features spread by rows over 8 devices (301 rows: the last device holds padding;
+  13 rows: fewer per device than k): every query's nearest row is found exactly, and every
+  (k, T) gives the one-device accuracies and the brute-force reference's."""
+  import jax
+  from jax.sharding import Mesh
+
+  mesh = Mesh(
+    np.asarray(jax.devices()[:8]).reshape(mesh_shape), ("data", "fsdp")[: len(mesh_shape)]
+  )
+  rng = np.random.default_rng(3)
+  for n in (301, 13):
+    train = rng.normal(size=(n, 16)).astype(np.float32)
+    test = rng.normal(size=(50, 16)).astype(np.float32)
+    # Every training row its own class, each query labelled by its nearest row: 100% only if
+    # the nearest row of every query is found across the shards.
+    cos = (test / np.linalg.norm(test, axis=1, keepdims=True)) @ (
+      train / np.linalg.norm(train, axis=1, keepdims=True)
+    ).T
+    nearest = cos.argmax(1)
+    own = knn.knn_accuracy(train, np.arange(n), test, nearest, n, ks=(1,), chunk=16, mesh=mesh)
+    assert own == {"knn@1": 100.0}
+    ytr, yte = rng.integers(0, 4, n), rng.integers(0, 4, 50)
+    kw = dict(ks=(1, 5, 20), temperatures=(0.5,), chunk=16)
+    sharded = knn.knn_accuracy(train, ytr, test, yte, 4, mesh=mesh, **kw)
+    assert sharded == knn.knn_accuracy(train, ytr, test, yte, 4, **kw)
+    for k in (1, 5, 20):
+      expected = 100.0 * (brute_force_knn(train, ytr, test, min(k, n), 0.07, 4) == yte).mean()
+      assert sharded[f"knn@{k}"] == pytest.approx(expected)

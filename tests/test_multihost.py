@@ -85,6 +85,9 @@ def test_two_processes_equal_one_process_with_both_devices():
   for o in outs:
     assert o["extract"]["labels"] == one["extract"]["labels"]
     assert o["extract"]["features"] == one["extract"]["features"]
+    # k-NN with the training features spread over both processes' devices: as on one device.
+    assert o["extract"]["knn"] == o["extract"]["knn_one_device"] == one["extract"]["knn"]
+    assert o["extract"]["nearest"] == {"knn@1": 100.0}  # every nearest image found
 
 
 @pytest.mark.slow

@@ -279,3 +279,45 @@ def test_sharded_steps_move_no_views_between_devices(name):
   else:
     assert gathered == 0, p.collectives
   assert p.collectives["all-reduce"] > 0  # gradients and BatchNorm statistics
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (the tpu-compile extra) not installed")
+def test_knn_over_imagenet_features_is_spread_over_a_v5e_slice_by_the_tpu_compiler():
+  """k-NN on ResNet-50 features of ImageNet's train split (1,281,167 x 2048, float32: 9.8 GiB)
+  with 1,024-query chunks: on one v5e chip (16 GiB) the features and one chunk's similarities
+  would take 14.7 GiB (measured by compiling the same for one chip); sharded by rows over a
+  v5e-8 slice a chip holds an eighth of both."""
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from sslx.evaluation import knn
+
+  t = planning.target("v5e-8")
+  devices = planning.devices_for(t)
+
+  def bytes_per_device(num_devices):
+    mesh = Mesh(np.asarray(devices[:num_devices]), ("data",))
+    n = 1_281_167 + (-1_281_167) % num_devices
+
+    def arg(shape, dtype, spec):
+      return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+    rows = P("data")
+    lowered = knn._chunk_predictions.lower(
+      arg((1024, 2048), jnp.float32, P()),
+      arg((n, 2048), jnp.float32, rows),
+      arg((n,), jnp.int32, rows),
+      arg((n,), jnp.int32, rows),
+      arg((1,), jnp.float32, P()),
+      mesh=mesh,
+      ks=(20, 200),
+      num_classes=1000,
+    )
+    m = lowered.compile().memory_analysis()
+    return m.argument_size_in_bytes, m.temp_size_in_bytes
+
+  features = 1_281_167 * 2048 * 4
+  args, temp = bytes_per_device(8)
+  assert features / 8 < args < 1.01 * features / 8
+  # An eighth of one chunk's similarities (1024 x 1.28M x 4 B = 4.9 GiB) and their top-k.
+  assert temp < 1.3 * 1024 * 1_281_167 * 4 / 8, temp

@@ -48,6 +48,7 @@ class Features:
   # pretrained variables and the raw images. None for the raw-pixel baseline.
   context: object = None
   encoder: str = ""  # whose features: "pretrained", "random_init", ... (for progress lines)
+  mesh: Any = None  # the devices protocols may spread the features over (None: one device)
 
   def what(self, protocol: str) -> str:
     """`protocol`'s name in progress lines, with the encoder's when there is one."""
@@ -275,7 +276,7 @@ def run_all(
       context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh, workdir)
     train = extract_split(encode_fn, xtr, mesh, batch, f"{encoder}: train features", ytr)
     test = extract_split(encode_fn, xte, mesh, batch, f"{encoder}: test features", yte)
-    return run_protocols(config.evals, Features(*train, *test, num_classes, context, encoder))
+    return run_protocols(config.evals, Features(*train, *test, num_classes, context, encoder, mesh))
 
   results = evaluate(
     *method.eval_variables(state.params["model"], state.batch_stats, state.method_state),
@@ -299,6 +300,7 @@ def run_all(
         yte,
         num_classes,
         encoder="raw_pixels",
+        mesh=mesh,
       ),
     )
   if writer is not None:

@@ -2,10 +2,14 @@
 
 Cosine similarity; the k nearest training features vote for their class with weight
 exp(s / T). Every (k, T) of the sweep is read off ONE top-k of the similarities per chunk of
-queries: votes are scatter-added into [Q, C] per setting, so memory stays bounded by
-chunk × N_train similarities (50k × 1024 float32 ≈ 200 MB for full CIFAR-10) whatever the
-number of classes. The training features are all of them (`eval_train_limit=0`, the default),
-extracted by every device of every process (`evaluation.extract_split`).
+queries: votes are scatter-added into [Q, C] per setting. The training features are sharded
+by rows over every device of the mesh: each device scores a chunk of queries against its own
+rows and keeps its k best, the k best of those candidates are the chunk's neighbours. A device
+holds N / devices features and chunk × N / devices similarities: ResNet-50's 2048-d features
+of ImageNet's 1.28M train images are 10.5 GB, 1.3 GB per device on 8; the similarities of a
+1024-query chunk 5.2 GB, 0.66 GB per device. The training features are all of them
+(`eval_train_limit=0`, the default), extracted by every device of every process
+(`evaluation.extract_split`).
 
 Settings (`config.evals.knn`): ks ((20, 200)), temperature (0.07; reported as knn@k),
 temperatures (extra temperatures, reported as knn@k_T<t>), chunk (1024).
@@ -19,17 +23,40 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from sslx import losses, progress
+from sslx import losses, progress, sharding
 from sslx.evaluation import eval_splits, extract
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "num_classes"))
-def _chunk_predictions(query, train_feats, train_labels, temperatures, ks: tuple, num_classes: int):
-  """[len(ks), len(temperatures), Q] predicted classes."""
-  sims = query @ train_feats.T  # [Q, N]
-  top_sims, top_idx = jax.lax.top_k(sims, ks[-1])  # [Q, k_max] sorted descending
-  labels = train_labels[top_idx]  # [Q, k_max]
+def _neighbours(query, feats, labels, rows, k: int, axes: tuple):
+  """Per device (under shard_map): the k most similar of this device's rows to every query,
+  then the k best of every device's candidates: ([Q, k] similarities, [Q, k] labels), sorted
+  descending. `rows` are the rows' global positions, -1 for padding (never a neighbour)."""
+  sims = jnp.where(rows[None, :] >= 0, query @ feats.T, -jnp.inf)  # [Q, N_local]
+  top_sims, top_idx = jax.lax.top_k(sims, min(k, feats.shape[0]))
+  # Device order is row order, so among equal similarities the lower row still comes first.
+  top_sims = jax.lax.all_gather(top_sims, axes, axis=1, tiled=True)  # [Q, devices · k]
+  top_labels = jax.lax.all_gather(labels[top_idx], axes, axis=1, tiled=True)
+  best_sims, best = jax.lax.top_k(top_sims, k)
+  return best_sims, jnp.take_along_axis(top_labels, best, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "ks", "num_classes"))
+def _chunk_predictions(
+  query, train_feats, train_labels, rows, temperatures, mesh: Mesh, ks: tuple, num_classes: int
+):
+  """[len(ks), len(temperatures), Q] predicted classes of the queries [Q, D] (replicated;
+  l2-normalised here), against the normalised training features sharded by rows."""
+  axes = tuple(mesh.axis_names)
+  top_sims, labels = jax.shard_map(
+    functools.partial(_neighbours, k=ks[-1], axes=axes),
+    mesh=mesh,
+    in_specs=(P(), P(axes), P(axes), P(axes)),
+    out_specs=(P(), P()),
+    check_vma=False,
+  )(losses.l2_normalize(query), train_feats, train_labels, rows)
   q = jnp.arange(query.shape[0])[:, None]
   rank = jnp.arange(ks[-1])[None, :]
   preds = []
@@ -43,6 +70,27 @@ def _chunk_predictions(query, train_feats, train_labels, temperatures, ks: tuple
   return jnp.stack(preds)
 
 
+def _global(x: np.ndarray, sharding_) -> jax.Array:
+  """A global array of the host array `x` (the same on every process) under `sharding_`: each
+  process places only its own devices' parts."""
+  return jax.make_array_from_callback(x.shape, sharding_, lambda i: x[i])
+
+
+def shard_rows(feats, labels, mesh: Mesh) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(l2-normalised features [N', D], labels [N'], positions [N']) sharded by rows over every
+  device of `mesh`, N' = N padded to a multiple of the device count (padding: position -1)."""
+  feats = np.asarray(feats, np.float32)
+  n, pad = len(feats), (-len(feats)) % mesh.size
+  rows = np.concatenate([np.arange(n), np.full(pad, -1)]).astype(np.int32)
+  by_rows = sharding.batch_sharding(mesh)
+  normalise = jax.jit(losses.l2_normalize, out_shardings=by_rows, donate_argnums=0)
+  return (
+    normalise(_global(np.pad(feats, ((0, pad), (0, 0))), by_rows)),
+    _global(np.pad(np.asarray(labels, np.int32), (0, pad)), by_rows),
+    _global(rows, by_rows),
+  )
+
+
 def knn_accuracy(
   train_feats,
   train_labels,
@@ -54,38 +102,47 @@ def knn_accuracy(
   chunk: int = 1024,
   temperatures=(),
   what: str = "k-NN",
+  mesh: Mesh | None = None,
 ) -> dict:
   """Top-1 accuracy (%) of weighted k-NN for each k in `ks` and each temperature.
 
   Args:
-    train_feats: [N, D]; train_labels: [N] int; test_feats: [M, D]; test_labels: [M].
+    train_feats: [N, D]; train_labels: [N] int; test_feats: [M, D]; test_labels: [M] (host
+      arrays, the same on every process).
     what: the name progress lines give the work (`progress.Ticker`; long runs only).
+    mesh: the devices the training features are sharded over (None: this process's first).
   Returns:
     {"knn@k": accuracy at `temperature`, "knn@k_T<t>": at each extra t in `temperatures`}.
   """
-  train = losses.l2_normalize(jnp.asarray(train_feats, jnp.float32))
-  test = losses.l2_normalize(jnp.asarray(test_feats, jnp.float32))
-  train_labels = jnp.asarray(train_labels, jnp.int32)
+  if mesh is None:
+    mesh = Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
+  n = len(train_feats)
+  train, labels, rows = shard_rows(train_feats, train_labels, mesh)
   ks = sorted(int(k) for k in ks)
-  eff = tuple(sorted({min(k, train.shape[0]) for k in ks}))
+  eff = tuple(sorted({min(k, n) for k in ks}))
   temps = [float(temperature)] + [float(t) for t in temperatures if float(t) != float(temperature)]
   t_arr = jnp.asarray(temps, jnp.float32)
   correct = np.zeros((len(eff), len(temps)), np.int64)
+  test = np.asarray(test_feats, np.float32)
   test_labels = np.asarray(test_labels)
   m = test.shape[0]
+  replicated = sharding.replicated(mesh)
   ticker = progress.Ticker(what, m, "test images")
   for start in range(0, m, chunk):
     q = test[start : start + chunk]
     n_real = q.shape[0]
     if n_real < chunk and m > chunk:  # pad to a fixed shape: one compilation
-      q = jnp.pad(q, ((0, chunk - n_real), (0, 0)))
-    pred = np.asarray(_chunk_predictions(q, train, train_labels, t_arr, eff, num_classes))
+      q = np.pad(q, ((0, chunk - n_real), (0, 0)))
+    out = _chunk_predictions(
+      _global(q, replicated), train, labels, rows, t_arr, mesh, eff, num_classes
+    )
+    pred = np.asarray(out.addressable_data(0))
     correct += (pred[:, :, :n_real] == test_labels[start : start + n_real]).sum(-1)
     ticker.update(start + n_real)
   ticker.finish()
   out = {}
   for k in ks:
-    i = eff.index(min(k, train.shape[0]))
+    i = eff.index(min(k, n))
     for j, t in enumerate(temps):
       key = f"knn@{k}" if j == 0 else f"knn@{k}_T{t:g}"
       out[key] = float(100.0 * correct[i, j] / m)
@@ -104,6 +161,7 @@ def run(cfg, feats) -> dict:
     chunk=cfg.get("chunk", 1024),
     temperatures=tuple(cfg.get("temperatures", ())),
     what=feats.what("k-NN"),
+    mesh=feats.mesh,
   )
 
 
@@ -155,6 +213,7 @@ class PeriodicKnn:
       num_classes,
       ks=self.ks,
       temperature=self.temperature,
+      mesh=self.mesh,
     )
     if self.writer is not None:
       self.writer.scalars(step, res, prefix="eval/")
