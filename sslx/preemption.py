@@ -19,6 +19,7 @@ multi-host run with SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -43,6 +44,47 @@ class Preempted(SystemExit):
       f"stopped at step {self.step}: checkpoint committed in {self.directory}{took}; "
       f"exit status {EXIT_RESTART} (run again to resume)"
     )
+
+
+class StoppedEvaluating(Preempted):
+  """A signal during evaluation on frozen features, which keeps nothing worth saving: the
+  training checkpoint of `step` is complete and the next run evaluates it again."""
+
+  def __str__(self) -> str:
+    return (
+      f"stopped by {self.signal_name} while evaluating step {self.step} of {self.directory} "
+      f"(its checkpoint is complete); exit status {EXIT_RESTART} (run again to evaluate it)"
+    )
+
+  signal_name = "a signal"
+
+
+@contextlib.contextmanager
+def stop_evaluating(step: int, directory: str):
+  """While evaluating the checkpoint of `step` in `directory`: SIGTERM/SIGINT raise
+  `StoppedEvaluating` (exit 75, "run me again") at once instead of ending the process with
+  status 143, which launchers read as a failure (SLURM would not requeue it). Work inside
+  that checkpoints itself (fine-tuning, the augmented probe) installs its own `StopRequest`
+  meanwhile. One process only: with several, SIGTERM is JAX's preemption service's and the
+  evaluation runs on."""
+  if _multi_process() or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    for s, handler in previous.items():  # a second signal acts as it would have
+      signal.signal(s, handler)
+    stopped = StoppedEvaluating(step, directory, None)
+    stopped.signal_name = signal.Signals(signum).name
+    raise stopped
+
+  previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 def _multi_process() -> bool:

@@ -448,9 +448,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, step, t_train, t_compile, first_loss, last_loss = _train_loop(config, run, writer)
   results = _training_results(config, setup, step, run.start, t_train, t_compile)
   results.update(train_loss_first=first_loss, train_loss_last=last_loss)
-  evaluated = evaluation.run_all(
-    config, setup.method, state, setup.mesh, writer, step, workdir=workdir
-  )
+  try:
+    with preemption.stop_evaluating(step, workdir):
+      evaluated = evaluation.run_all(
+        config, setup.method, state, setup.mesh, writer, step, workdir=workdir
+      )
+  except preemption.Preempted as e:  # the final checkpoint is committed: the rerun evaluates it
+    writer.close()
+    if isinstance(e, preemption.StoppedEvaluating):  # (a protocol's own stop says it itself)
+      progress.console(str(e))
+    raise
   results.update(evaluated)
   if not evaluated:
     reason = "config.evals is empty" if not config.get("evals") else "the dataset has no labels"

@@ -164,3 +164,36 @@ def test_save_schedule_minutes_and_steps():
   s.saved()
   now[0] = 200.0
   assert not s.due(4) and s.due(10)  # the step cadence is independent of the clock
+
+
+def test_sigterm_while_evaluating_exits_75_and_the_rerun_evaluates_the_same_step(
+  tmp_path, monkeypatch
+):
+  """A SIGTERM during the final evaluation (here: before the second batch of features) ends
+  the run with status 75, not 143, and no results.json; the rerun trains nothing and evaluates
+  the committed last step: the uninterrupted run's figures."""
+  from sslx.evaluation import reading
+
+  config = tiny_simclr()
+  whole = train.train_and_evaluate(config, str(tmp_path / "whole"))
+  real = reading.device_batches
+
+  def sigterm_at_second_batch(*args, **kwargs):
+    for i, b in enumerate(real(*args, **kwargs)):
+      if i == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield b
+
+  work = str(tmp_path / "stopped")
+  monkeypatch.setattr(reading, "device_batches", sigterm_at_second_batch)
+  with pytest.raises(preemption.StoppedEvaluating) as stopped:
+    train.train_and_evaluate(config, work)
+  assert stopped.value.code == preemption.EXIT_RESTART and stopped.value.step == 6
+  assert stopped.value.signal_name == "SIGTERM"
+  assert not os.path.exists(os.path.join(work, "results.json"))
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+  monkeypatch.setattr(reading, "device_batches", real)
+  again = train.train_and_evaluate(config, work)
+  assert checkpointing.manager(work).latest_step() == 6
+  figures = [k for k in whole if k.startswith(("knn", "linear"))]
+  assert figures and {k: again[k] for k in figures} == {k: whole[k] for k in figures}

@@ -13,12 +13,17 @@ under "transfer" and that dataset's label, apart from the run's own figures.
 
 from absl import app, flags
 
-from sslx import cli, evaluation, progress, train
+from sslx import cli, evaluation, preemption, progress, train
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   setup, state, step = train.restore_latest(config, workdir)
-  results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
+  try:
+    with preemption.stop_evaluating(step, workdir):
+      results = evaluation.run_all(config, setup.method, state, setup.mesh, step=step)
+  except preemption.StoppedEvaluating as e:
+    progress.console(str(e))
+    raise
   transfer = evaluation.transfer_label(config, workdir)
   path = progress.write_results(workdir, {"evaluate": dict(results, step=step)}, transfer)
   where = f'transfer["{transfer}"].evaluate' if transfer else "evaluate"
