@@ -81,7 +81,9 @@ def base_config(**settings) -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
   c.eval_train_limit = 0
   # protocols that train on images (finetune, linear_aug) decode both splits up front when
-  # their images take at most this many GB decoded, and read them batch by batch otherwise
+  # their images take at most this many GB decoded, and read them batch by batch otherwise;
+  # what can only be decoded whole (the baselines, tfds images for those protocols) and
+  # would take more is refused at start-up
   c.eval_decode_gb = 4.0
   # k-NN on a fixed subset every N steps, to TensorBoard (eval/knn@k); 0: off
   c.eval_every_steps = 0

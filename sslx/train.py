@@ -331,19 +331,21 @@ def _stopped(e: preemption.Preempted):
   raise e
 
 
-def check_eval_split(config, num_classes: int) -> None:
-  """Fails before any work when the evaluation split cannot be read (evaluation on)."""
-  if not config.get("evals") or not num_classes:
+def check_eval_split(config, train_source) -> None:
+  """Fails before any work when the evaluation split cannot be read, or could not be held as
+  the protocols need it (`evaluation.decode_in_memory`) (evaluation on)."""
+  if not config.get("evals") or not getattr(train_source, "num_classes", 0):
     return
   split = config.dataset.eval_split
   try:
-    data.build_source(config.dataset, split)
+    train, test, _ = evaluation.eval_splits(config, train_source)
   except (OSError, ValueError) as e:
     raise ValueError(
       f"evaluation split {split!r} cannot be read from dataset.path="
       f"{config.dataset.get('path', '')!r}: {e}. Give the right dataset.eval_split, or set "
       "--config.evals='{}' to train without evaluation."
     ) from e
+  evaluation.decode_in_memory(config, train, test)  # raises where that could not be done
 
 
 class _Run(NamedTuple):
@@ -374,7 +376,7 @@ def _open_run(config, workdir: str) -> _Run:
 
   train_source = data.build_source(config.dataset, config.dataset.train_split)
   num_classes = getattr(train_source, "num_classes", 0)
-  check_eval_split(config, num_classes)
+  check_eval_split(config, train_source)
   size = train_source.image_size
   sample = np.zeros((2, size, size, 3), np.uint8)
   setup = build(config, sample, len(train_source), num_classes)

@@ -193,3 +193,58 @@ def test_image_protocols_read_batch_by_batch_equal_the_decoded_ones(tmp_path, mo
   streamed = evaluation.run_all(config, method, state, mesh)
   assert streamed == decoded
   assert {"knn@5", "finetune", "linear_aug"} <= set(streamed)
+
+
+class UnlabelledUpFront:
+  """A source as tfds is: its labels only come with its records (`labels` raises), here
+  `size` records of `image_size` px that must not be read."""
+
+  num_classes = 1000
+
+  def __init__(self, size, image_size=224):
+    self.size, self.image_size = size, image_size
+
+  def __len__(self):
+    return self.size
+
+  @property
+  def labels(self):
+    raise NotImplementedError("labels come with the records")
+
+  def __getitem__(self, i):
+    raise AssertionError("no record may be read")
+
+  def __repr__(self):
+    return f"UnlabelledUpFront({self.size})"
+
+
+def test_evaluations_that_would_decode_a_split_past_memory_fail_before_any_work(monkeypatch):
+  """Fine-tuning on ImageNet's 1.28M images from a source that lists no labels (tfds), or the
+  raw-pixel baselines on them, would decode 187 GiB at the end of the run: the trainer refuses
+  at start-up, naming the split's size and the ways out, and reads no record. Feature protocols
+  read the same source batch by batch, and a host given the memory decodes it as before."""
+  from sslx import train
+
+  config = config_lib.base_config()
+  config.evals = {"knn": {}, "finetune": {"steps": 10}}
+  config.eval_baselines = False
+  big, test = UnlabelledUpFront(1_281_167), UnlabelledUpFront(50_000)
+  monkeypatch.setattr(data, "build_source", lambda cfg, split: test)
+  with pytest.raises(
+    ValueError, match=r"finetune: the 1,281,167 train .* UnlabelledUpFront\(1281167\)"
+  ) as e:
+    train.check_eval_split(config, big)
+  assert "sslx prepare" in str(e.value) and "eval_decode_gb" in str(e.value)
+  splits = [evaluation.Split(s, np.arange(len(s)), n) for s, n in ((big, "train"), (test, "test"))]
+  with pytest.raises(ValueError, match="lists no labels up front"):
+    evaluation.eval_images(config, *splits, 1000)
+  config.eval_decode_gb = 200.0  # a host that has the memory: decoded whole, as before
+  assert evaluation.decode_in_memory(config, *splits)
+  config.eval_decode_gb = 4.0
+  config.evals = {"knn": {}}  # features only: read batch by batch
+  train.check_eval_split(config, big)
+  xtr, ytr, xte, yte, _ = evaluation.eval_images(config, *splits, 1000)
+  assert isinstance(xtr, evaluation.SplitImages) and ytr is None and len(xte) == 50_000
+  config.eval_baselines = True  # raw pixels need the images whatever the protocols
+  with pytest.raises(ValueError, match=r"eval_baselines: .* 186\.6 GiB .*eval_baselines=False"):
+    train.check_eval_split(config, big)

@@ -81,13 +81,14 @@ def extract(
   return extract_split(encode_fn, images, mesh, batch_size, what, np.zeros(len(images)))[0]
 
 
-def eval_splits(config) -> tuple[Split, Split, int] | None:
-  """(train split, test split, num_classes) of `config.dataset`, nothing decoded; None when
-  the dataset has no labels.
+def eval_splits(config, train=None) -> tuple[Split, Split, int] | None:
+  """(train split, test split, num_classes) of `config.dataset` (`train`: its train source,
+  when already built), nothing decoded; None when the dataset has no labels.
 
   With ``eval_train_limit = L`` the train split is a class-balanced subset of L records
   (``data.balanced_subset``, chosen from the labels alone where the source lists them)."""
-  train = data.build_source(config.dataset, config.dataset.train_split)
+  if train is None:
+    train = data.build_source(config.dataset, config.dataset.train_split)
   if not getattr(train, "num_classes", 0):
     return None
   test = data.build_source(config.dataset, config.dataset.eval_split)
@@ -124,17 +125,50 @@ def eval_images(
   batch by batch, with the labels the sources list (None where they list none: then taken
   from the records). `image_protocols`: whether a protocol trains on the images (None: one
   in `config.evals` does)."""
-  if image_protocols is None:
-    image_protocols = any(name in config.get("evals", {}) for name in _NEED_IMAGES)
   labels = train.labels(), test.labels()
-  size = int(train.source.image_size)
-  decoded = (len(train) + len(test)) * size * size * 3
-  unknown = labels[0] is None or labels[1] is None
-  if config.get("eval_baselines") or (
-    image_protocols and (unknown or decoded <= float(config.get("eval_decode_gb", 4.0)) * 2**30)
-  ):
+  if decode_in_memory(config, train, test, image_protocols):
     return (*train.decode(), *test.decode(), num_classes)
   return SplitImages(train), labels[0], SplitImages(test), labels[1], num_classes
+
+
+def decode_in_memory(
+  config, train: Split, test: Split, image_protocols: bool | None = None
+) -> bool:
+  """Whether `eval_images` decodes both splits into memory (see there). Raises, before any
+  work, where that is needed but would pass `eval_decode_gb`: the raw-pixel and untrained
+  baselines (`eval_baselines`) on a large dataset, or a protocol that trains on the images of
+  a source that lists no labels up front (tfds) and so is decoded whole (ImageNet's train
+  split: 180 GiB at 224 px)."""
+  evals = config.get("evals", {})
+  if image_protocols is None:
+    image_protocols = any(name in evals for name in _NEED_IMAGES)
+  size = int(train.source.image_size)
+  decoded = (len(train) + len(test)) * size * size * 3
+  limit_gb = float(config.get("eval_decode_gb", 4.0))
+  unknown = train.labels() is None or test.labels() is None
+  small = decoded <= limit_gb * 2**30
+  baselines = bool(config.get("eval_baselines"))
+  if small or not (baselines or (image_protocols and unknown)):
+    return baselines or (image_protocols and (unknown or small))
+  images = (
+    f"{len(train):,} train and {len(test):,} test images of {train.source!r} take "
+    f"{decoded / 2**30:,.1f} GiB decoded at {size} px, past eval_decode_gb={limit_gb:g}"
+  )
+  if baselines:
+    raise ValueError(
+      f"eval_baselines: raw pixels and the untrained encoder need both splits in memory, and "
+      f"the {images}. Set --config.eval_baselines=False (the imagenet presets do), a smaller "
+      "--config.eval_train_limit, or a larger --config.eval_decode_gb where the host has the "
+      "memory"
+    )
+  which = ", ".join(name for name in _NEED_IMAGES if name in evals) or "fine-tuning"
+  raise ValueError(
+    f"evals {which}: the {images}, and a source that lists no labels up front (tfds) can "
+    "only be decoded whole for them. Prepare the dataset as ArrayRecord (python -m sslx "
+    "prepare, then dataset.name=array_record: read batch by batch), raise "
+    "--config.eval_decode_gb where the host has the memory, or leave these protocols out of "
+    "config.evals"
+  )
 
 
 def extract_split(
