@@ -309,7 +309,7 @@ def imagenet_run(
   evaluations on a 100k-image class-balanced subset of the train split. Their images are read
   batch by batch (`evaluation.extract_split`), so `eval_train_limit=0`, the whole split as the
   papers' k-NN uses it, costs host memory for its features only (1.28M x D x 4 bytes: 2 GB
-  for ViT-S/16, 10 GB for ResNet-50), which k-NN and the frozen probe then hold on one device."""
+  for ViT-S/16, 10 GB for ResNet-50), which k-NN and the frozen probe split over the devices."""
   c.dataset = dataset("imagenet")
   c.dataset.host_crops = c.method.name in data.HOST_CROP_METHODS
   # Planned for TPU slices, where the TPU cost model counts more memory traffic for the

@@ -62,6 +62,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def local_mesh() -> Mesh:
+  """This process's first device as a one-device ("data",) mesh."""
+  return Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
+
+
+def host_to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array of the host array `x`, which every process holds alike: each process
+  places only its own devices' parts."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def rows_over_mesh(x: np.ndarray, mesh: Mesh, fill=0) -> jax.Array:
+  """`x` [N, ...] split by rows over every device of `mesh` (`batch_sharding`), padded with
+  `fill` to a multiple of the device count."""
+  pad = (-len(x)) % mesh.size
+  x = np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+  return host_to_global(x, batch_sharding(mesh))
+
+
 def _path_str(path) -> str:
   parts = []
   for k in path:

@@ -4,8 +4,8 @@ Runs two train steps of the tiny SimCLR config on the global mesh, reading this 
 slice of every global batch, and prints one JSON line: the global batch labels (all
 processes' rows, gathered), the losses and a checksum of the updated parameters; then the
 features of 100 test images read batch by batch (`evaluation.extract_split`) and how many of
-them this process read, and k-NN accuracies on them with the training features sharded over the
-global mesh and on one device.
+them this process read, and k-NN and linear-probe accuracies on them with the training
+features sharded over the global mesh and on one device.
 """
 
 import json
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from sslx import data, evaluation, train  # noqa: E402
-from sslx.evaluation import knn  # noqa: E402
+from sslx.evaluation import knn, linear  # noqa: E402
 from tests.helpers import tiny_simclr  # noqa: E402
 
 
@@ -59,6 +59,12 @@ def extracted(mesh) -> dict:
     "labels": labels.tolist(),
     "knn": knn.knn_accuracy(*knn_args, ks=(1, 7), chunk=16, mesh=mesh),
     "knn_one_device": knn.knn_accuracy(*knn_args, ks=(1, 7), chunk=16),
+    "linear": [
+      linear.linear_probe_accuracy(
+        points[:60], labels[:60], points[60:], labels[60:], 10, epochs=3, batch_size=8, mesh=m
+      )
+      for m in (mesh, None)
+    ],
     # every training image its own class, each test image labelled by its nearest one
     "nearest": knn.knn_accuracy(
       points[:60],

@@ -88,6 +88,7 @@ def test_two_processes_equal_one_process_with_both_devices():
     # k-NN with the training features spread over both processes' devices: as on one device.
     assert o["extract"]["knn"] == o["extract"]["knn_one_device"] == one["extract"]["knn"]
     assert o["extract"]["nearest"] == {"knn@1": 100.0}  # every nearest image found
+    assert o["extract"]["linear"] == [one["extract"]["linear"][0]] * 2
 
 
 @pytest.mark.slow

@@ -70,24 +70,16 @@ def _chunk_predictions(
   return jnp.stack(preds)
 
 
-def _global(x: np.ndarray, sharding_) -> jax.Array:
-  """A global array of the host array `x` (the same on every process) under `sharding_`: each
-  process places only its own devices' parts."""
-  return jax.make_array_from_callback(x.shape, sharding_, lambda i: x[i])
-
-
 def shard_rows(feats, labels, mesh: Mesh) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(l2-normalised features [N', D], labels [N'], positions [N']) sharded by rows over every
   device of `mesh`, N' = N padded to a multiple of the device count (padding: position -1)."""
-  feats = np.asarray(feats, np.float32)
-  n, pad = len(feats), (-len(feats)) % mesh.size
-  rows = np.concatenate([np.arange(n), np.full(pad, -1)]).astype(np.int32)
-  by_rows = sharding.batch_sharding(mesh)
-  normalise = jax.jit(losses.l2_normalize, out_shardings=by_rows, donate_argnums=0)
+  normalise = jax.jit(
+    losses.l2_normalize, out_shardings=sharding.batch_sharding(mesh), donate_argnums=0
+  )
   return (
-    normalise(_global(np.pad(feats, ((0, pad), (0, 0))), by_rows)),
-    _global(np.pad(np.asarray(labels, np.int32), (0, pad)), by_rows),
-    _global(rows, by_rows),
+    normalise(sharding.rows_over_mesh(np.asarray(feats, np.float32), mesh)),
+    sharding.rows_over_mesh(np.asarray(labels, np.int32), mesh),
+    sharding.rows_over_mesh(np.arange(len(feats), dtype=np.int32), mesh, fill=-1),
   )
 
 
@@ -114,8 +106,7 @@ def knn_accuracy(
   Returns:
     {"knn@k": accuracy at `temperature`, "knn@k_T<t>": at each extra t in `temperatures`}.
   """
-  if mesh is None:
-    mesh = Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
+  mesh = sharding.local_mesh() if mesh is None else mesh
   n = len(train_feats)
   train, labels, rows = shard_rows(train_feats, train_labels, mesh)
   ks = sorted(int(k) for k in ks)
@@ -134,7 +125,7 @@ def knn_accuracy(
     if n_real < chunk and m > chunk:  # pad to a fixed shape: one compilation
       q = np.pad(q, ((0, chunk - n_real), (0, 0)))
     out = _chunk_predictions(
-      _global(q, replicated), train, labels, rows, t_arr, mesh, eff, num_classes
+      sharding.host_to_global(q, replicated), train, labels, rows, t_arr, mesh, eff, num_classes
     )
     pred = np.asarray(out.addressable_data(0))
     correct += (pred[:, :, :n_real] == test_labels[start : start + n_real]).sum(-1)
