@@ -291,3 +291,18 @@ def test_a_protocol_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_one(
   # other settings are another run: a folder of their own, trained from step 0
   protocol(_tiny_context(work), dict(cfg, seed=1))
   assert consumed[-1] == 12 and len(list((work / "protocol_checkpoints").iterdir())) == 2
+
+
+def test_fine_tuning_alone_extracts_no_frozen_features(tmp_path, monkeypatch):
+  """With only fine-tuning in config.evals the end of a run does not extract features of both
+  splits for no protocol (at ImageNet size, a pass over 1.28M images); fine-tuning still runs."""
+  from sslx import evaluation, train
+  from tests.helpers import tiny_simclr
+
+  def no_extraction(*args, **kwargs):
+    raise AssertionError("frozen features extracted")
+
+  monkeypatch.setattr(evaluation, "extract_split", no_extraction)
+  config = tiny_simclr(steps=2, evals={"finetune": {"steps": 4, "batch_size": 16}})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= results["finetune"] <= 100.0 and "knn@20" not in results

@@ -116,3 +116,44 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
   assert sorted(s["process"] for s in stopped) == [0, 1]
   assert stopped[0]["stopped_at"] == stopped[1]["stopped_at"] < 60
   assert checkpointing.manager(str(tmp_path)).latest_step() == stopped[0]["stopped_at"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_during_fine_tuning_both_save_its_step_and_resume(tmp_path):
+  """Fine-tuning after pretraining on two processes: a SIGTERM to process 1 alone, once the
+  evaluation began, makes both save the same fine-tuning step (JAX's preemption service, the
+  protocol's own step ids) and exit 75; the rerun resumes that step and both finish with the
+  same figures."""
+  settings = {
+    "steps": 4,
+    "batch": 16,
+    "log_every_steps": 1,
+    "mesh": "all",
+    "checkpoint_every_steps": 0,
+    "evals": {"finetune": {"steps": 60, "batch_size": 16, "checkpoint_every_steps": 0}},
+  }
+  cmd = [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
+  procs = two_processes(cmd)
+  for line in procs[0].stdout:
+    if line.startswith("evaluating:"):
+      break
+  else:
+    raise AssertionError(procs[0].stderr.read()[-3000:])
+  procs[1].send_signal(signal.SIGTERM)
+  stopped = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 75, err[-3000:]
+    stopped.append(next(json.loads(l) for l in out.splitlines() if l.startswith('{"process"')))
+  step = stopped[0]["stopped_at"]
+  assert stopped[1]["stopped_at"] == step and 0 < step < 60
+  (folder,) = (tmp_path / "protocol_checkpoints").iterdir()
+  assert [p.name for p in folder.iterdir() if p.name.isdigit()] == [str(step)]
+  outs = []
+  for p in two_processes(cmd):
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    outs.append(out)
+  assert f"resuming at step {step}" in outs[0]  # the lead prints
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert 0.0 <= results["finetune"] <= 100.0

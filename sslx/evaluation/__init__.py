@@ -308,8 +308,11 @@ def run_all(
     context = None
     if any(name in config.evals for name in _NEED_IMAGES):
       context = Context(method, params, batch_stats, xtr, ytr, xte, yte, num_classes, mesh, workdir)
-    train = extract_split(encode_fn, xtr, mesh, batch, f"{encoder}: train features", ytr)
-    test = extract_split(encode_fn, xte, mesh, batch, f"{encoder}: test features", yte)
+    if all(name in _NEED_IMAGES for name in config.evals):  # no protocol reads features
+      train = test = (np.zeros((0, 0), np.float32), np.zeros((0,), np.int32))
+    else:
+      train = extract_split(encode_fn, xtr, mesh, batch, f"{encoder}: train features", ytr)
+      test = extract_split(encode_fn, xte, mesh, batch, f"{encoder}: test features", yte)
     return run_protocols(config.evals, Features(*train, *test, num_classes, context, encoder, mesh))
 
   results = evaluate(
