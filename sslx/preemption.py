@@ -50,13 +50,15 @@ class StoppedEvaluating(Preempted):
   """A signal during evaluation on frozen features, which keeps nothing worth saving: the
   training checkpoint of `step` is complete and the next run evaluates it again."""
 
+  def __init__(self, step: int, directory: str, signal_name: str):
+    super().__init__(step, directory, None)
+    self.signal_name = signal_name
+
   def __str__(self) -> str:
     return (
       f"stopped by {self.signal_name} while evaluating step {self.step} of {self.directory} "
       f"(its checkpoint is complete); exit status {EXIT_RESTART} (run again to evaluate it)"
     )
-
-  signal_name = "a signal"
 
 
 @contextlib.contextmanager
@@ -75,9 +77,7 @@ def stop_evaluating(step: int, directory: str):
     del frame
     for s, handler in previous.items():  # a second signal acts as it would have
       signal.signal(s, handler)
-    stopped = StoppedEvaluating(step, directory, None)
-    stopped.signal_name = signal.Signals(signum).name
-    raise stopped
+    raise StoppedEvaluating(step, directory, signal.Signals(signum).name)
 
   previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
