@@ -91,19 +91,12 @@ def test_two_processes_equal_one_process_with_both_devices():
     assert o["extract"]["linear"] == [one["extract"]["linear"][0]] * 2
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
-  """JAX's preemption service: a SIGTERM to process 1 alone makes both processes save the same
-  step (reached_preemption_sync_point) and exit 75."""
-  settings = {"steps": 60, "batch": 16, "evals": {}, "log_every_steps": 1, "mesh": "all"}
-  settings["checkpoint_every_steps"] = 0
-  procs = two_processes(
-    [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
-  )
-  lines = []
-  for line in procs[0].stdout:  # the lead prints every step
-    lines.append(line)
-    if line.startswith("step 3/"):
+def sigterm_to_process_1(cmd: list, at_line: str) -> list:
+  """`cmd` as the two processes; once the lead prints a line starting with `at_line`, a SIGTERM
+  to process 1 alone. Both must exit 75; returns their {"process", "stopped_at"} lines."""
+  procs = two_processes(cmd)
+  for line in procs[0].stdout:
+    if line.startswith(at_line):
       break
   else:
     raise AssertionError(procs[0].stderr.read()[-3000:])
@@ -113,6 +106,17 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 75, err[-3000:]
     stopped.append(next(json.loads(l) for l in out.splitlines() if l.startswith('{"process"')))
+  return stopped
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
+  """JAX's preemption service: a SIGTERM to process 1 alone makes both processes save the same
+  step (reached_preemption_sync_point) and exit 75."""
+  settings = {"steps": 60, "batch": 16, "evals": {}, "log_every_steps": 1, "mesh": "all"}
+  settings["checkpoint_every_steps"] = 0
+  cmd = [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
+  stopped = sigterm_to_process_1(cmd, "step 3/")  # the lead prints every step
   assert sorted(s["process"] for s in stopped) == [0, 1]
   assert stopped[0]["stopped_at"] == stopped[1]["stopped_at"] < 60
   assert checkpointing.manager(str(tmp_path)).latest_step() == stopped[0]["stopped_at"]
@@ -122,8 +126,7 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
 def test_sigterm_to_one_process_during_fine_tuning_both_save_its_step_and_resume(tmp_path):
   """Fine-tuning after pretraining on two processes: a SIGTERM to process 1 alone, once the
   evaluation began, makes both save the same fine-tuning step (JAX's preemption service, the
-  protocol's own step ids) and exit 75; the rerun resumes that step and both finish with the
-  same figures."""
+  protocol's own step ids) and exit 75; the rerun resumes that step and finishes."""
   settings = {
     "steps": 4,
     "batch": 16,
@@ -133,18 +136,7 @@ def test_sigterm_to_one_process_during_fine_tuning_both_save_its_step_and_resume
     "evals": {"finetune": {"steps": 60, "batch_size": 16, "checkpoint_every_steps": 0}},
   }
   cmd = [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
-  procs = two_processes(cmd)
-  for line in procs[0].stdout:
-    if line.startswith("evaluating:"):
-      break
-  else:
-    raise AssertionError(procs[0].stderr.read()[-3000:])
-  procs[1].send_signal(signal.SIGTERM)
-  stopped = []
-  for p in procs:
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 75, err[-3000:]
-    stopped.append(next(json.loads(l) for l in out.splitlines() if l.startswith('{"process"')))
+  stopped = sigterm_to_process_1(cmd, "evaluating:")
   step = stopped[0]["stopped_at"]
   assert stopped[1]["stopped_at"] == step and 0 < step < 60
   (folder,) = (tmp_path / "protocol_checkpoints").iterdir()
