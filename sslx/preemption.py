@@ -61,15 +61,25 @@ class StoppedEvaluating(Preempted):
     )
 
 
+_evaluating: list[tuple[int, str]] = []  # (step, directory) while `stop_evaluating` runs
+
+
 @contextlib.contextmanager
 def stop_evaluating(step: int, directory: str):
-  """While evaluating the checkpoint of `step` in `directory`: SIGTERM/SIGINT raise
-  `StoppedEvaluating` (exit 75, "run me again") at once instead of ending the process with
-  status 143, which launchers read as a failure (SLURM would not requeue it). Work inside
-  that checkpoints itself (fine-tuning, the augmented probe) installs its own `StopRequest`
-  meanwhile. One process only: with several, SIGTERM is JAX's preemption service's and the
-  evaluation runs on."""
-  if _multi_process() or threading.current_thread() is not threading.main_thread():
+  """While evaluating the checkpoint of `step` in `directory`, a signal ends the process with
+  `StoppedEvaluating` (exit 75, "run me again") instead of status 143, which launchers read
+  as a failure (SLURM would not requeue it). One process: SIGTERM/SIGINT raise it at once.
+  Several: SIGTERM is JAX's preemption service's, and every process raises it at the same
+  `evaluation_sync_point` (feature extraction calls one after every batch). Work inside that
+  checkpoints itself (fine-tuning, the augmented probe) has its own `StopRequest` meanwhile."""
+  if _multi_process():
+    _evaluating.append((step, directory))
+    try:
+      yield
+    finally:
+      _evaluating.pop()
+    return
+  if threading.current_thread() is not threading.main_thread():
     yield
     return
 
@@ -85,6 +95,15 @@ def stop_evaluating(step: int, directory: str):
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def evaluation_sync_point(call: int) -> None:
+  """Inside `stop_evaluating` on several processes: raises `StoppedEvaluating` on every
+  process at the same call once any of them got SIGTERM (`reached_preemption_sync_point`).
+  Every process must make the same calls with the same ids. Elsewhere: nothing."""
+  if _evaluating and multihost_utils.reached_preemption_sync_point(call):
+    step, directory = _evaluating[-1]
+    raise StoppedEvaluating(step, directory, "SIGTERM (preemption service)")
 
 
 def _multi_process() -> bool:

@@ -149,3 +149,23 @@ def test_sigterm_to_one_process_during_fine_tuning_both_save_its_step_and_resume
   assert f"resuming at step {step}" in outs[0]  # the lead prints
   results = json.loads((tmp_path / "results.json").read_text())
   assert 0.0 <= results["finetune"] <= 100.0
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_while_extracting_features_both_exit_75(tmp_path):
+  """The final evaluation's feature extraction on two processes: a SIGTERM to process 1 alone
+  stops both at the same batch (`preemption.evaluation_sync_point`) with exit 75 and no
+  results, instead of running on until the scheduler kills them."""
+  settings = {
+    "steps": 2,
+    "batch": 16,
+    "mesh": "all",
+    "checkpoint_every_steps": 0,
+    "eval_batch_size": 8,  # 63 + 250 batches: the signal lands inside them
+    "evals": {"knn": {"ks": [5]}},
+  }
+  cmd = [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
+  stopped = sigterm_to_process_1(cmd, "evaluating:")
+  assert [s["stopped_at"] for s in stopped] == [2, 2]  # the training step they evaluated
+  assert checkpointing.manager(str(tmp_path)).latest_step() == 2
+  assert not (tmp_path / "results.json").exists()
