@@ -306,3 +306,42 @@ def test_fine_tuning_alone_extracts_no_frozen_features(tmp_path, monkeypatch):
   config = tiny_simclr(steps=2, evals={"finetune": {"steps": 4, "batch_size": 16}})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results["finetune"] <= 100.0 and "knn@20" not in results
+
+
+class _FlatNet(nn.Module):
+  """The flattened pixels as features, no parameters: rows never mix."""
+
+  def __call__(self, x, train: bool = True):
+    return self.encode(x, train)
+
+  def encode(self, x, train: bool = True):
+    return x.reshape(x.shape[0], -1)
+
+
+def test_an_unreadable_record_counts_in_neither_loss_nor_accuracy():
+  """Read batch by batch, an unreadable record is a black row with label -1: the fine-tuning
+  step's loss, accuracy and update are those of the batch without it."""
+  import optax
+
+  method = _BNMethod(_FlatNet(), lambda x: x)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 2, 2, 3), dtype=np.uint8)
+  images[2] = 0
+  params = {
+    "model": {},
+    "head": {"kernel": jnp.asarray(rng.normal(size=(12, 4)), jnp.float32), "bias": jnp.zeros(4)},
+  }
+  cfg = dict(flip=False, label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0)
+  tx = optax.sgd(0.1)
+
+  def step(x, y):
+    state = finetune._State(params, {}, tx.init(params))
+    kw = dict(method=method, tx=tx, cfg=cfg, num_classes=4)
+    return finetune._train_step(state, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0), **kw)
+
+  with_bad, (loss, acc) = step(images, [1, 3, -1])
+  without, (loss_ok, acc_ok) = step(images[:2], [1, 3])
+  np.testing.assert_allclose(loss, loss_ok, rtol=1e-6)
+  assert float(acc) == float(acc_ok)
+  for a, b in zip(jax.tree.leaves(with_bad.params), jax.tree.leaves(without.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

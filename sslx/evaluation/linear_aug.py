@@ -79,10 +79,13 @@ def train_step(state: ProbeState, enc, images, labels, rng, *, encode, view, lrs
   feats = jax.lax.stop_gradient(encode(enc["params"], enc["batch_stats"], x))
   mean, var = feats.mean(0), feats.var(0)
 
+  valid = (labels >= 0).astype(jnp.float32)  # an unreadable record (-1) adds no loss
+
   def loss_fn(kb):
     logits = head_logits(state._replace(kernel=kb[0], bias=kb[1]), feats, mean, var)
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    per_head = optax.softmax_cross_entropy(logits, onehot[None]).mean(-1)  # [H]
+    ce = optax.softmax_cross_entropy(logits, onehot[None])  # [H, B]
+    per_head = (ce * valid).sum(-1) / jnp.maximum(valid.sum(), 1.0)
     return per_head.sum(), per_head
 
   (_, per_head), grads = jax.value_and_grad(loss_fn, has_aux=True)((state.kernel, state.bias))

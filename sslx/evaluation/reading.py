@@ -9,7 +9,8 @@ augmented probe and feature extraction take either a decoded array or a `SplitIm
 
 An unreadable record reads as a black image with label -1 (its source logs the file once);
 feature extraction leaves such rows out, as `data.decode_all` does, and the training
-protocols' one-hot targets for them are zero (label smoothing's uniform share aside).
+protocols count them in neither loss nor accuracy (their BatchNorm statistics still see the
+black image).
 """
 
 from __future__ import annotations
