@@ -151,3 +151,41 @@ def test_tiny_run_eval_every_steps_and_protocols(tmp_path):
   assert res["fewshot@25"] > 15.0 and res["fewshot@5"] > 12.0
   assert res["linear_aug"] > 15.0 and res["linear_aug_lr"] in (0.1, 1.0)
   jax.clear_caches()
+
+
+def test_augmented_probe_loss_skips_an_unreadable_row():
+  """A batch read batch by batch with an unreadable record (black, label -1): each head's loss
+  is the cross-entropy averaged over the readable rows alone (the batch statistics still see
+  every row, as the BatchNorm in front of the heads does)."""
+  import optax
+
+  from sslx import augment
+
+  rng = np.random.default_rng(2)
+  images = jnp.asarray(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+  labels = jnp.asarray([2, 0, -1, 1])
+  cfg = dict(linear_aug.DEFAULTS, crop_scale=(1.0, 1.0), flip=False)
+  view = linear_aug._view(cfg, 8)
+  lrs = jnp.asarray([0.1, 1.0])
+  state = linear_aug.ProbeState(
+    jnp.asarray(rng.normal(size=(2, 192, 3)), jnp.float32),
+    jnp.zeros((2, 3)),
+    (jnp.zeros((2, 192, 3)), jnp.zeros((2, 3))),
+    jnp.zeros(192),
+    jnp.ones(192),
+    jnp.zeros((), jnp.int32),
+  )
+
+  def encode(params, batch_stats, x):
+    return x.reshape(x.shape[0], -1)
+
+  key = jax.random.PRNGKey(0)
+  kw = dict(encode=encode, view=view, lrs=lrs, cfg=cfg, schedule=lambda step: 1.0)
+  _, per_head = linear_aug.train_step(
+    state, {"params": {}, "batch_stats": {}}, images, labels, key, **kw
+  )
+  feats = encode(None, None, augment.augment_batch(key, images, view))
+  logits = linear_aug.head_logits(state, feats, feats.mean(0), feats.var(0))  # [H, B, C]
+  readable = np.array([0, 1, 3])
+  ce = optax.softmax_cross_entropy(logits[:, readable], jax.nn.one_hot(labels[readable], 3))
+  np.testing.assert_allclose(per_head, ce.mean(-1), rtol=1e-5)
