@@ -75,10 +75,20 @@ def host_to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def rows_over_mesh(x: np.ndarray, mesh: Mesh, fill=0) -> jax.Array:
   """`x` [N, ...] split by rows over every device of `mesh` (`batch_sharding`), padded with
-  `fill` to a multiple of the device count."""
-  pad = (-len(x)) % mesh.size
-  x = np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
-  return host_to_global(x, batch_sharding(mesh))
+  `fill` to a multiple of the device count. Each device's rows are sliced from `x` as they
+  are placed: no padded copy of `x` (ImageNet's ResNet-50 features: 10 GB) is made."""
+  n = len(x)
+  total = n + (-n) % mesh.size
+
+  def rows(index):
+    start, stop, _ = index[0].indices(total)
+    part = x[start : min(stop, n)]
+    if stop > n:
+      pad = np.full((stop - max(start, n),) + x.shape[1:], fill, x.dtype)
+      part = np.concatenate([part, pad])
+    return part
+
+  return jax.make_array_from_callback((total,) + x.shape[1:], batch_sharding(mesh), rows)
 
 
 def _path_str(path) -> str:

@@ -148,8 +148,9 @@ def decode_in_memory(
   unknown = train.labels() is None or test.labels() is None
   small = decoded <= limit_gb * 2**30
   baselines = bool(config.get("eval_baselines"))
-  if small or not (baselines or (image_protocols and unknown)):
-    return baselines or (image_protocols and (unknown or small))
+  needed = baselines or (image_protocols and (unknown or small))
+  if small or not needed:
+    return needed
   images = (
     f"{len(train):,} train and {len(test):,} test images of {train.source!r} take "
     f"{decoded / 2**30:,.1f} GiB decoded at {size} px, past eval_decode_gb={limit_gb:g}"
