@@ -1,7 +1,7 @@
 """Stopping at a step boundary on SIGTERM / SIGINT, and when to save a periodic checkpoint.
 
 SIGTERM is how spot/preemptible VMs, SLURM time limits and Kubernetes stop a job. The
-trainer asks `StopRequest.due(step)` after every step; when it says yes, the trainer saves a
+trainer asks `StopRequest.due()` after every step; when it says yes, the trainer saves a
 checkpoint of that step, waits until it is committed and raises `Preempted`, whose exit status
 is `EXIT_RESTART` (75, EX_TEMPFAIL: "temporary failure, run me again"). Launchers read 75 as
 "restart me": the next run resumes from that checkpoint and loses no step.
@@ -12,9 +12,16 @@ is the default again (KeyboardInterrupt): Ctrl-C twice quits without waiting.
 Several processes (`jax.distributed` initialised): every process must save the same step.
 JAX's preemption service (started by `jax.distributed.initialize`) catches SIGTERM on any
 process, tells the others through the coordination service and agrees on a step;
-`multihost_utils.reached_preemption_sync_point(step)` is true on every process at that step.
+`multihost_utils.reached_preemption_sync_point(id)` is true on every process at the same call.
 No Python SIGTERM handler is installed then (it would replace the service's); stop a
 multi-host run with SIGTERM.
+
+The service stops at max(the ids the processes last passed) + 1, so an id must name the same
+point of the program on every process, whichever loop each is in when the notice arrives
+(the last training step and the first batch of evaluation, say). Every sync point of a process
+(training steps, a protocol's steps, evaluation's batches) therefore takes its id from one
+counter, `_sync_id`, instead of its own loop's index: the processes make the same calls in the
+same order, so the n-th call is the same point everywhere, and no id repeats.
 """
 
 from __future__ import annotations
@@ -61,6 +68,21 @@ class StoppedEvaluating(Preempted):
     )
 
 
+_calls = 0  # sync points passed by this process (`_sync_id`)
+
+
+def _sync_id() -> int:
+  global _calls
+  _calls += 1
+  return _calls
+
+
+def reached_sync_point() -> bool:
+  """Several processes: whether this call is the one the preemption service chose for every
+  process to stop at. Every process must make the same calls in the same order."""
+  return multihost_utils.reached_preemption_sync_point(_sync_id())
+
+
 _evaluating: list[tuple[int, str]] = []  # (step, directory) while `stop_evaluating` runs
 
 
@@ -70,7 +92,8 @@ def stop_evaluating(step: int, directory: str):
   `StoppedEvaluating` (exit 75, "run me again") instead of status 143, which launchers read
   as a failure (SLURM would not requeue it). One process: SIGTERM/SIGINT raise it at once.
   Several: SIGTERM is JAX's preemption service's, and every process raises it at the same
-  `evaluation_sync_point` (feature extraction calls one after every batch). Work inside that
+  `evaluation_sync_point` (feature extraction calls one after every batch, k-NN after every
+  chunk of queries, the frozen probe after every epoch). Work inside that
   checkpoints itself (fine-tuning, the augmented probe) has its own `StopRequest` meanwhile."""
   if _multi_process():
     _evaluating.append((step, directory))
@@ -97,11 +120,11 @@ def stop_evaluating(step: int, directory: str):
       signal.signal(s, handler)
 
 
-def evaluation_sync_point(call: int) -> None:
+def evaluation_sync_point() -> None:
   """Inside `stop_evaluating` on several processes: raises `StoppedEvaluating` on every
-  process at the same call once any of them got SIGTERM (`reached_preemption_sync_point`).
-  Every process must make the same calls with the same ids. Elsewhere: nothing."""
-  if _evaluating and multihost_utils.reached_preemption_sync_point(call):
+  process at the same call once any of them got SIGTERM (`reached_sync_point`). Every process
+  must make the same calls. Elsewhere: nothing."""
+  if _evaluating and reached_sync_point():
     step, directory = _evaluating[-1]
     raise StoppedEvaluating(step, directory, "SIGTERM (preemption service)")
 
@@ -140,10 +163,11 @@ class StopRequest:
     self._previous = {}
     return False
 
-  def due(self, step: int) -> bool:
-    """Whether to save and stop after `step`. Call after every step, on every process."""
+  def due(self) -> bool:
+    """Whether to save and stop after the step just taken. Call after every step, on every
+    process."""
     if self._multi:
-      if multihost_utils.reached_preemption_sync_point(step):
+      if reached_sync_point():
         if self.signal_time is None:
           self.signal_name, self.signal_time = "SIGTERM (preemption service)", time.monotonic()
         return True

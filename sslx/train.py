@@ -519,7 +519,7 @@ def _train_loop(config, run: _Run, writer):
           t_compile = time.perf_counter() - t0
           prog = progress.Progress(setup.total_steps, step, 2 * config.batch_size)
           t_loop = time.perf_counter()
-        if stop.due(step):
+        if stop.due():
           # A signal: this step is the next boundary. Save it, wait for the commit, exit 75.
           progress.console(f"{stop.signal_name} received: saving step {step} before exiting")
           save(step, force=True)

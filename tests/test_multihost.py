@@ -169,3 +169,22 @@ def test_sigterm_to_one_process_while_extracting_features_both_exit_75(tmp_path)
   assert [s["stopped_at"] for s in stopped] == [2, 2]  # the training step they evaluated
   assert checkpointing.manager(str(tmp_path)).latest_step() == 2
   assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_during_knn_both_exit_75(tmp_path):
+  """After extraction, k-NN on two processes: a SIGTERM to process 1 alone while the lead
+  reports k-NN's progress stops both at the same chunk of queries (its sync points draw their
+  ids from the counter extraction's used, so the ids agree across the loops) with exit 75."""
+  settings = {
+    "steps": 2,
+    "batch": 16,
+    "mesh": "all",
+    "checkpoint_every_steps": 0,
+    "tick_seconds": 0.2,
+    "evals": {"knn": {"ks": [5], "chunk": 1}},  # 2,000 queries one by one: seconds of k-NN
+  }
+  cmd = [sys.executable, "-m", "tests.train_worker", str(tmp_path), json.dumps(settings)]
+  stopped = sigterm_to_process_1(cmd, "pretrained: k-NN:")
+  assert [s["stopped_at"] for s in stopped] == [2, 2]
+  assert not (tmp_path / "results.json").exists()

@@ -197,3 +197,39 @@ def test_sigterm_while_evaluating_exits_75_and_the_rerun_evaluates_the_same_step
   assert checkpointing.manager(work).latest_step() == 6
   figures = [k for k in whole if k.startswith(("knn", "linear"))]
   assert figures and {k: again[k] for k in figures} == {k: whole[k] for k in figures}
+
+
+def test_every_sync_point_of_a_process_has_its_own_id_and_evaluation_stops_at_the_chosen_one(
+  monkeypatch,
+):
+  """Several processes (faked): training steps, extraction batches, k-NN chunks and the frozen
+  probe's epochs draw ids from one counter, so an id names one point of the program, and the
+  evaluation stops at the call whose id the preemption service chose, in whichever loop."""
+  from jax.experimental import multihost_utils
+
+  from sslx.evaluation import knn, linear
+
+  ids, chosen = [], {"id": None}
+
+  def service(i):
+    ids.append(i)
+    return i == chosen["id"]
+
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", service)
+  monkeypatch.setattr(preemption, "_multi_process", lambda: True)
+  stop = preemption.StopRequest()
+  assert not any(stop.due() for _ in range(3))  # three training steps
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 4, 64)
+  with preemption.stop_evaluating(3, "/ckpt"):
+    knn.knn_accuracy(x, y, x[:20], y[:20], 4, ks=(5,), chunk=8)  # 3 chunks
+    linear.linear_probe_accuracy(x, y, x, y, 4, epochs=4, batch_size=16)
+  assert ids == list(range(ids[0], ids[0] + 10))  # 3 + 3 + 4 calls, no id twice
+  chosen["id"] = ids[-1] + 5  # the service's choice: the probe's second epoch below
+  with preemption.stop_evaluating(3, "/ckpt"):
+    knn.knn_accuracy(x, y, x[:20], y[:20], 4, ks=(5,), chunk=8)
+    with pytest.raises(preemption.StoppedEvaluating, match="while evaluating step 3"):
+      linear.linear_probe_accuracy(x, y, x, y, 4, epochs=4, batch_size=16)
+  assert ids[-1] == chosen["id"] and len(ids) == 15
+  preemption.evaluation_sync_point()  # outside an evaluation: no sync point
+  assert len(ids) == 15

@@ -214,12 +214,12 @@ def extract_split(
       ticker.update(min(len(feats) * batch_size, n))
 
   previous = None
-  for i, (x, y) in enumerate(reading.device_batches(images, labels, index_batches, data_sharding)):
+  for x, y in reading.device_batches(images, labels, index_batches, data_sharding):
     out = fn(x, y)
     if previous is not None:
       fetch(previous)
     previous = out
-    preemption.evaluation_sync_point(i)  # several processes: stop together on SIGTERM
+    preemption.evaluation_sync_point()  # several processes: stop together on SIGTERM
   if previous is None:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
   fetch(previous)

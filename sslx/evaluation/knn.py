@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from sslx import losses, progress, sharding
+from sslx import losses, preemption, progress, sharding
 from sslx.evaluation import eval_splits, extract
 
 
@@ -130,6 +130,7 @@ def knn_accuracy(
     pred = np.asarray(out.addressable_data(0))
     correct += (pred[:, :, :n_real] == test_labels[start : start + n_real]).sum(-1)
     ticker.update(start + n_real)
+    preemption.evaluation_sync_point()  # several processes: stop together on SIGTERM
   ticker.finish()
   out = {}
   for k in ks:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import losses, progress, sharding
+from sslx import losses, preemption, progress, sharding
 
 
 def _optimizer(lr, weight_decay, total_steps: int):
@@ -73,6 +73,7 @@ def _fit(x, y, n, rng, lr, weight_decay, epochs: int, batch_size: int, num_class
     if ticker.due():  # wait for the epoch only when a line is due
       jax.block_until_ready(carry)
       ticker.update(i + 1)
+    preemption.evaluation_sync_point()  # several processes: stop together on SIGTERM
   ticker.finish()
   return carry[0]
 

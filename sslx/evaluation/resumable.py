@@ -113,7 +113,7 @@ class Resumable:
     `saved()` gives the JSON the protocol needs besides the state to finish as it would have."""
     if self.mngr is None or step >= self.total_steps:
       return
-    if self.stop.due(step):
+    if self.stop.due():
       progress.console(f"{self.stop.signal_name} received: saving {self.name} step {step}")
       self.save(step, state, saved())
       e = preemption.Preempted(step, str(self.mngr.directory), self.stop.seconds_since_signal())
