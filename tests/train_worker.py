@@ -4,8 +4,8 @@
 
 Trains `tests.helpers.tiny_simclr` with the JSON overrides (dotted keys) on a one-device mesh,
 or with "mesh": "all" on every device of every process; "tick_seconds" sets how often progress
-lines of evaluation print (so that a test can signal in the middle of one). On SIGTERM/SIGINT it prints one JSON
-line {"process", "stopped_at"} and exits with the trainer's status (75).
+lines of evaluation print (so that a test can signal in the middle of one). On SIGTERM/SIGINT
+it prints one JSON line {"process", "stopped_at"} and exits with the trainer's status (75).
 """
 
 import json
