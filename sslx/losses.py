@@ -59,6 +59,14 @@ def nt_xent(z: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
   return loss, accuracy
 
 
+def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """The mean of `values` over the entries `mask` keeps ([..., N] values, [N] or the same shape
+  mask), over `axis` (None: all); 0 where it keeps none. Masked patches or tokens in the
+  masked-modeling losses, readable rows in the protocols' losses."""
+  w = mask.astype(values.dtype)
+  return jnp.sum(values * w, axis=axis) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def softmax_cross_entropy(
   logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import paths, progress, sharding
+from sslx import losses, paths, progress, sharding
 from sslx.evaluation import Context, extract_split, reading, resumable  # noqa: F401
 from sslx.models import vit
 
@@ -261,15 +261,13 @@ def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_clas
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), cfg["label_smoothing"])
   x, targets = mix(r_mix, x, targets, cfg["mixup_alpha"], cfg["cutmix_alpha"])
 
-  # An unreadable record (label -1, read batch by batch: `reading`) counts in neither.
-  valid = (labels >= 0).astype(jnp.float32)
-  count = jnp.maximum(valid.sum(), 1.0)
+  valid = labels >= 0  # an unreadable record (-1, read batch by batch: `reading`) counts in neither
 
   def loss_fn(params):
     feats, bs = encoder_apply(method, params["model"], state.batch_stats, x, True, r_drop)
     logits = feats @ params["head"]["kernel"] + params["head"]["bias"]
-    loss = (optax.softmax_cross_entropy(logits, targets) * valid).sum() / count
-    acc = ((jnp.argmax(logits, -1) == labels) * valid).sum() / count
+    loss = losses.masked_mean(optax.softmax_cross_entropy(logits, targets), valid)
+    acc = losses.masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), valid)
     return loss, (bs, acc)
 
   (loss, (bs, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import augment, progress, sharding
+from sslx import augment, losses, progress, sharding
 from sslx.evaluation import extract_split, reading, resumable
 
 DEFAULTS = dict(
@@ -79,13 +79,12 @@ def train_step(state: ProbeState, enc, images, labels, rng, *, encode, view, lrs
   feats = jax.lax.stop_gradient(encode(enc["params"], enc["batch_stats"], x))
   mean, var = feats.mean(0), feats.var(0)
 
-  valid = (labels >= 0).astype(jnp.float32)  # an unreadable record (-1) adds no loss
+  valid = labels >= 0  # an unreadable record (-1) adds no loss
 
   def loss_fn(kb):
     logits = head_logits(state._replace(kernel=kb[0], bias=kb[1]), feats, mean, var)
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    ce = optax.softmax_cross_entropy(logits, onehot[None])  # [H, B]
-    per_head = (ce * valid).sum(-1) / jnp.maximum(valid.sum(), 1.0)
+    per_head = losses.masked_mean(optax.softmax_cross_entropy(logits, onehot[None]), valid, -1)
     return per_head.sum(), per_head
 
   (_, per_head), grads = jax.value_and_grad(loss_fn, has_aux=True)((state.kernel, state.bias))
@@ -175,11 +174,11 @@ def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
       _epochs(len(xtr), batch, int(cfg["epochs"]), cfg["seed"]), start, None
     )
     for i, (xb, yb) in enumerate(reading.device_batches(xtr, ytr, positions, data), start):
-      state, losses = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
+      state, per_head = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
       if (i + 1) % steps_per_epoch == 0:
         rates = prog.update(i + 1)
         progress.console(
-          "linear_aug " + prog.line(i + 1, {"loss_best_head": float(jnp.min(losses))}, rates)
+          "linear_aug " + prog.line(i + 1, {"loss_best_head": float(jnp.min(per_head))}, rates)
         )
       resume.after_step(i + 1, state, dict)
     resume.finish(state, {})

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslx import augment, checkpointing, models, paths
+from sslx import augment, checkpointing, losses, models, paths
 from sslx.methods import base, beit_tokenizer
 from sslx.models import vit as vit_lib
 
@@ -114,10 +114,8 @@ def masked_cross_entropy(logits, labels, mask):
   """(mean CE over masked positions, accuracy there); logits [B, N, V], labels [B, N]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, labels[:, :, None], axis=-1)[..., 0]
-  w = mask.astype(nll.dtype)
-  denom = jnp.maximum(jnp.sum(w), 1.0)
-  acc = jnp.sum((jnp.argmax(logits, -1) == labels) * w) / denom
-  return jnp.sum(nll * w) / denom, acc
+  acc = losses.masked_mean((jnp.argmax(logits, -1) == labels).astype(nll.dtype), mask)
+  return losses.masked_mean(nll, mask), acc
 
 
 # BEiT-base (§2.5): 40% of the patches masked in blocks of at least 16; the stage-one tokenizer

@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslx import augment, masking, models
+from sslx import augment, losses, masking, models
 from sslx.methods import base, mae
 from sslx.models import vit as vit_lib
 
@@ -90,9 +90,7 @@ def smooth_l1(pred, target, beta: float):
 
 def masked_smooth_l1(pred, target, mask, beta: float):
   """Mean over masked positions ([B, N] bool, True = masked) and channels."""
-  per_token = jnp.mean(smooth_l1(pred, target, beta), axis=-1)
-  w = mask.astype(per_token.dtype)
-  return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return losses.masked_mean(jnp.mean(smooth_l1(pred, target, beta), axis=-1), mask)
 
 
 def ema_decay(step, start: float, end: float, anneal_steps: int):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import augment, masking
+from sslx import augment, losses, masking
 from sslx.methods import base
 from sslx.models import precision
 from sslx.models import vit as vit_lib
@@ -124,9 +124,7 @@ def patch_targets(images, patch_size: int, norm_pix: bool):
 def masked_mse(pred, target, mask):
   """MAE's loss: per-patch mean squared error, averaged over masked patches only.
   pred, target [B, N, P]; mask [B, N] bool (True = masked). Visible patches get weight 0."""
-  per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
-  w = mask.astype(per_patch.dtype)
-  return jnp.sum(per_patch * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return losses.masked_mean(jnp.mean(jnp.square(pred - target), axis=-1), mask)
 
 
 class Forward(NamedTuple):
