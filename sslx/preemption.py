@@ -20,13 +20,14 @@ The service stops at max(the ids the processes last passed) + 1, so an id must n
 point of the program on every process, whichever loop each is in when the notice arrives
 (the last training step and the first batch of evaluation, say). Every sync point of a process
 (training steps, a protocol's steps, evaluation's batches) therefore takes its id from one
-counter, `_sync_id`, instead of its own loop's index: the processes make the same calls in the
+counter (`reached_sync_point`) instead of its own loop's index: the processes make the same calls in the
 same order, so the n-th call is the same point everywhere, and no id repeats.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import threading
 import time
@@ -68,19 +69,13 @@ class StoppedEvaluating(Preempted):
     )
 
 
-_calls = 0  # sync points passed by this process (`_sync_id`)
-
-
-def _sync_id() -> int:
-  global _calls
-  _calls += 1
-  return _calls
+_sync_ids = itertools.count(1)  # one id per sync point this process passes
 
 
 def reached_sync_point() -> bool:
   """Several processes: whether this call is the one the preemption service chose for every
   process to stop at. Every process must make the same calls in the same order."""
-  return multihost_utils.reached_preemption_sync_point(_sync_id())
+  return multihost_utils.reached_preemption_sync_point(next(_sync_ids))
 
 
 _evaluating: list[tuple[int, str]] = []  # (step, directory) while `stop_evaluating` runs
