@@ -20,8 +20,8 @@ The service stops at max(the ids the processes last passed) + 1, so an id must n
 point of the program on every process, whichever loop each is in when the notice arrives
 (the last training step and the first batch of evaluation, say). Every sync point of a process
 (training steps, a protocol's steps, evaluation's batches) therefore takes its id from one
-counter (`reached_sync_point`) instead of its own loop's index: the processes make the same calls in the
-same order, so the n-th call is the same point everywhere, and no id repeats.
+counter (`reached_sync_point`) instead of its own loop's index: the processes make the same
+calls in the same order, so the n-th call is the same point everywhere, and no id repeats.
 """
 
 from __future__ import annotations
