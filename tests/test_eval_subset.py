@@ -248,3 +248,47 @@ def test_evaluations_that_would_decode_a_split_past_memory_fail_before_any_work(
   config.eval_baselines = True  # raw pixels need the images whatever the protocols
   with pytest.raises(ValueError, match=r"eval_baselines: .* 186\.6 GiB .*eval_baselines=False"):
     train.check_eval_split(config, big)
+
+
+class _Records:
+  """Eight 4 px records, record i filled with 10·i and labelled i % 4; `bad` ones unreadable."""
+
+  image_size = 4
+
+  def __init__(self, bad):
+    self.bad = set(bad)
+
+  def __getitem__(self, i):
+    if i in self.bad:
+      return None
+    return {"image": np.full((4, 4, 3), 10 * i, np.uint8), "label": i % 4}
+
+
+def _read_batch(bad, stand_in):
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from sslx.evaluation import reading
+
+  images = reading.SplitImages(reading.Split(_Records(bad), np.arange(8), "train"), num_threads=1)
+  data_sharding = NamedSharding(sharding.make_mesh([("data", 8)]), PartitionSpec("data"))
+  ((x, y),) = reading.device_batches(images, None, [np.arange(8)], data_sharding, stand_in=stand_in)
+  return np.asarray(x)[:, 0, 0, 0], np.asarray(y)
+
+
+def test_training_batches_stand_in_a_readable_record_for_an_unreadable_one():
+  # the protocols' training batches: records 2 and 3 unreadable, both take record 4's place
+  # (image and label), so BatchNorm statistics and mixup partners see real images
+  x, y = _read_batch({2, 3}, stand_in=True)
+  np.testing.assert_array_equal(x, [0, 10, 40, 40, 40, 50, 60, 70])
+  np.testing.assert_array_equal(y, [0, 1, 0, 0, 0, 1, 2, 3])
+  # the last record's stand-in is the first readable one (cyclically)
+  x, y = _read_batch({0, 7}, stand_in=True)
+  np.testing.assert_array_equal(x, [10, 10, 20, 30, 40, 50, 60, 10])
+  np.testing.assert_array_equal(y, [1, 1, 2, 3, 0, 1, 2, 1])
+  # evaluation batches keep the row black with label -1 (left out of features and accuracy)
+  x, y = _read_batch({2, 3}, stand_in=False)
+  np.testing.assert_array_equal(x, [0, 10, 0, 0, 40, 50, 60, 70])
+  np.testing.assert_array_equal(y, [0, 1, -1, -1, 0, 1, 2, 3])
+  # nothing readable: nothing to stand in, the rows stay black with label -1 (no loss)
+  x, y = _read_batch(set(range(8)), stand_in=True)
+  assert (x == 0).all() and (y == -1).all()

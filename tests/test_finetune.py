@@ -318,8 +318,8 @@ class _FlatNet(nn.Module):
     return x.reshape(x.shape[0], -1)
 
 
-def test_an_unreadable_record_counts_in_neither_loss_nor_accuracy():
-  """Read batch by batch, an unreadable record is a black row with label -1: the fine-tuning
+def test_a_row_labelled_minus_one_counts_in_neither_loss_nor_accuracy():
+  """A row that nothing readable could stand in for is black with label -1: the fine-tuning
   step's loss, accuracy and update are those of the batch without it."""
   import optax
 

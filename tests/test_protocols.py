@@ -154,8 +154,8 @@ def test_tiny_run_eval_every_steps_and_protocols(tmp_path):
 
 
 def test_augmented_probe_loss_skips_an_unreadable_row():
-  """A batch read batch by batch with an unreadable record (black, label -1): each head's loss
-  is the cross-entropy averaged over the readable rows alone (the batch statistics still see
+  """A batch with a row that nothing readable could stand in for (black, label -1): each head's
+  loss is the cross-entropy averaged over the readable rows alone (the batch statistics still see
   every row, as the BatchNorm in front of the heads does)."""
   import optax
 

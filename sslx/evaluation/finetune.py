@@ -261,7 +261,8 @@ def _train_step(state: _State, images, labels, rng, *, method, tx, cfg, num_clas
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), cfg["label_smoothing"])
   x, targets = mix(r_mix, x, targets, cfg["mixup_alpha"], cfg["cutmix_alpha"])
 
-  valid = labels >= 0  # an unreadable record (-1, read batch by batch: `reading`) counts in neither
+  # -1: a row no readable record of its process could stand in for (`reading`): counts nowhere
+  valid = labels >= 0
 
   def loss_fn(params):
     feats, bs = encoder_apply(method, params["model"], state.batch_stats, x, True, r_drop)
@@ -362,7 +363,9 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
 
     # a resumed run takes the batches the uninterrupted one would have taken from `start` on
     positions = itertools.islice(_index_batches(len(xtr), batch, steps, cfg["seed"]), start, None)
-    for i, (xb, yb) in enumerate(reading.device_batches(xtr, ytr, positions, data), start):
+    for i, (xb, yb) in enumerate(
+      reading.device_batches(xtr, ytr, positions, data, stand_in=True), start
+    ):
       state, (loss, acc) = step_fn(state, xb, yb, jax.random.fold_in(rng, i))
       if i >= steps - tail:
         accs.append(acc)

@@ -79,7 +79,7 @@ def train_step(state: ProbeState, enc, images, labels, rng, *, encode, view, lrs
   feats = jax.lax.stop_gradient(encode(enc["params"], enc["batch_stats"], x))
   mean, var = feats.mean(0), feats.var(0)
 
-  valid = labels >= 0  # an unreadable record (-1) adds no loss
+  valid = labels >= 0  # -1: a row no readable record could stand in for (`reading`): no loss
 
   def loss_fn(kb):
     logits = head_logits(state._replace(kernel=kb[0], bias=kb[1]), feats, mean, var)
@@ -173,7 +173,9 @@ def augmented_probe(ctx, cfg: dict | None = None, mesh=None) -> dict:
     positions = itertools.islice(
       _epochs(len(xtr), batch, int(cfg["epochs"]), cfg["seed"]), start, None
     )
-    for i, (xb, yb) in enumerate(reading.device_batches(xtr, ytr, positions, data), start):
+    for i, (xb, yb) in enumerate(
+      reading.device_batches(xtr, ytr, positions, data, stand_in=True), start
+    ):
       state, per_head = step(state, enc, xb, yb, jax.random.fold_in(rng, i))
       if (i + 1) % steps_per_epoch == 0:
         rates = prog.update(i + 1)

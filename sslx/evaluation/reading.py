@@ -8,9 +8,11 @@ hold, the next batch in a background thread while the current one is used. Fine-
 augmented probe and feature extraction take either a decoded array or a `SplitImages`.
 
 An unreadable record reads as a black image with label -1 (its source logs the file once);
-feature extraction leaves such rows out, as `data.decode_all` does, and the training
-protocols count them in neither loss nor accuracy (their BatchNorm statistics still see the
-black image).
+feature extraction leaves such rows out, as `data.decode_all` does. The training protocols
+read with `stand_in=True`: the next readable record of the process's part of the batch takes
+the unreadable one's place, image and label, as the pretraining pipeline does, so that batch
+statistics, mixup partners and the loss see only real images. A process none of whose rows
+could be read leaves them black with label -1, which the protocols' losses leave out.
 """
 
 from __future__ import annotations
@@ -132,12 +134,27 @@ def local_rows(sharding, shape) -> np.ndarray:
   return np.unique(np.concatenate([rows[idx[0]] for idx in spans]))
 
 
-def _host_batch(images, labels, idx: np.ndarray, rows: np.ndarray):
-  """(images, labels) of the global batch `idx` (-1: padding) with this process's `rows` filled."""
+def stand_in_unreadable(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
+  """In place: each of `rows` with label -1 takes the image and label of the next row of
+  `rows` (cyclically) whose label is not -1; nothing changes when none is."""
+  rows = np.asarray(rows)
+  readable = rows[y[rows] >= 0]
+  if len(readable) == 0 or len(readable) == len(rows):
+    return
+  bad = rows[y[rows] < 0]
+  donors = readable[np.searchsorted(readable, bad) % len(readable)]
+  x[bad], y[bad] = x[donors], y[donors]
+
+
+def _host_batch(images, labels, idx: np.ndarray, rows: np.ndarray, stand_in: bool = False):
+  """(images, labels) of the global batch `idx` (-1: padding) with this process's `rows` filled;
+  with `stand_in`, unreadable records replaced (`stand_in_unreadable`)."""
   shape = (len(idx),) + tuple(images.shape[1:])
   if isinstance(images, SplitImages):
     x, y = np.zeros(shape, np.uint8), np.full(len(idx), -1, np.int32)
     images.read(idx, x, y, rows)
+    if stand_in:
+      stand_in_unreadable(x, y, rows)
     return x, y
   valid = idx >= 0
   x = np.zeros(shape, images.dtype)
@@ -147,12 +164,14 @@ def _host_batch(images, labels, idx: np.ndarray, rows: np.ndarray):
 
 
 def device_batches(
-  images, labels, index_batches: Iterable[np.ndarray], sharding
+  images, labels, index_batches: Iterable[np.ndarray], sharding, stand_in: bool = False
 ) -> Iterator[tuple[jax.Array, jax.Array]]:
   """(images [B, S, S, 3], labels [B]) as global arrays sharded by `sharding`, one per batch of
   positions in `index_batches` (-1: a padding row, black with label -1). `images` is a decoded
   array with its `labels`, or a `SplitImages` (labels from its records; `labels` unused),
-  of which only this process's rows are decoded, the next batch while this one is used."""
+  of which only this process's rows are decoded, the next batch while this one is used.
+  `stand_in` (training batches, no padding): an unreadable record's row takes a readable
+  one's image and label (`stand_in_unreadable`) instead of staying black with label -1."""
   batches = iter(index_batches)
   rows_for = {}
 
@@ -160,7 +179,7 @@ def device_batches(
     idx = np.asarray(idx)
     if len(idx) not in rows_for:
       rows_for[len(idx)] = local_rows(sharding, (len(idx),) + tuple(images.shape[1:]))
-    return _host_batch(images, labels, idx, rows_for[len(idx)])
+    return _host_batch(images, labels, idx, rows_for[len(idx)], stand_in)
 
   with futures.ThreadPoolExecutor(1) as prefetch:
     first = next(batches, None)
