@@ -274,11 +274,11 @@ def test_a_protocol_stopped_by_sigterm_resumes_and_equals_the_uninterrupted_one(
 
   consumed = []
 
-  def counting(images, labels, positions, sharding):
+  def counting(images, labels, positions, sharding, **kwargs):
     positions = list(positions)
     if len(images) == 256:  # the training batches (not the test set's extraction)
       consumed.append(len(positions))
-    return real(images, labels, positions, sharding)
+    return real(images, labels, positions, sharding, **kwargs)
 
   monkeypatch.setattr(finetune.reading, "device_batches", counting)
   resumed, resumed_params = protocol(_tiny_context(work), cfg)
