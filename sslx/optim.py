@@ -22,6 +22,7 @@ weight decay; they never get LARS trust-ratio adaptation (SimCLR, BYOL appendix)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -90,16 +91,23 @@ def warmup_steps_from(opt_cfg, steps_per_epoch: int) -> int:
 
 
 def make_optimizer(
-  opt_cfg, schedule: optax.Schedule, total_steps: int = 0
+  opt_cfg,
+  schedule: optax.Schedule,
+  total_steps: int = 0,
+  wrap: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = None,
 ) -> optax.GradientTransformation:
   """Builds the optax transformation named by `opt_cfg.name` with the decay mask, the
-  weight-decay schedule (over `total_steps`) and gradient clipping."""
+  weight-decay schedule (over `total_steps`) and gradient clipping. `wrap` (a method's
+  `wrap_optimizer`) wraps the optimizer inside the clipping, so that a wrapper that splits
+  the parameters into groups (DINO's frozen last layer) still clips their global norm."""
   clip = float(opt_cfg.get("grad_clip_norm", 0.0) or 0.0)
   if clip < 0:
     raise ValueError(f"optimizer.grad_clip_norm={clip} must be >= 0 (0 = no clipping)")
   if opt_cfg.get("weight_decay_end", None) is not None and total_steps <= 0:
     raise ValueError("optimizer.weight_decay_end needs the run's total_steps (> 0)")
   tx = _base_optimizer(opt_cfg, schedule, weight_decay_from(opt_cfg, total_steps))
+  if wrap is not None:
+    tx = wrap(tx)
   if clip > 0:
     return optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx

@@ -72,9 +72,9 @@ def _probe_labels(params):
 def make_tx(
   config, schedule, probe_lr: float, method, total_steps: int = 0
 ) -> optax.GradientTransformation:
-  """The method's optimizer for params["model"] (wrapped by `method.wrap_optimizer`); Adam
+  """The method's optimizer for params["model"] (`method.wrap_optimizer` inside the clip); Adam
   for the online probe."""
-  main = method.wrap_optimizer(optim.make_optimizer(config.optimizer, schedule, total_steps))
+  main = optim.make_optimizer(config.optimizer, schedule, total_steps, method.wrap_optimizer)
   return optax.multi_transform({"model": main, "probe": optax.adam(probe_lr)}, _probe_labels)
 
 

@@ -111,3 +111,21 @@ def test_byol_imagenet_preset_is_the_papers_300_epoch_setting():
   o = c.optimizer
   assert (o.name, o.base_lr, o.lr_scaling, o.weight_decay) == ("lars", 0.3, "linear", 1e-6)
   assert c.method.base_momentum == 0.99
+
+
+def test_clipping_covers_the_groups_a_method_splits_the_parameters_into():
+  # DINO's frozen last layer gives the prototypes an optimizer of their own; the clip still
+  # bounds the global norm of every gradient together (here: 5 -> 1), not each group's
+  from sslx.methods import dino
+
+  params = {"fc0": jnp.zeros(1), "last_v": jnp.zeros(1)}
+  g = {"fc0": jnp.full(1, 3.0), "last_v": jnp.full(1, 4.0)}
+  wrap = lambda tx: dino.freeze_last_layer(tx, 1)  # noqa: E731
+  tx = optim.make_optimizer(cfg(grad_clip_norm=1.0), optax.constant_schedule(1.0), 10, wrap)
+  state = tx.init(params)
+  frozen, state = tx.update(g, state, params)  # step 0: the prototypes frozen
+  assert float(frozen["last_v"][0]) == 0.0
+  assert float(frozen["fc0"][0]) == pytest.approx(-0.6, rel=1e-5)
+  updates, _ = tx.update(g, state, params)  # step 1: both move, clipped together
+  assert float(updates["fc0"][0]) == pytest.approx(-0.6, rel=1e-5)
+  assert float(updates["last_v"][0]) == pytest.approx(-0.8, rel=1e-5)
