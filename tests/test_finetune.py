@@ -71,6 +71,23 @@ def test_llrd_scales_per_vit_block():
   assert set(jax.tree.leaves(finetune.llrd_scales(cp, 0.5))) == {1.0}
 
 
+def test_weight_decay_spares_tokens_embeddings_and_biases_as_mae_and_beit():
+  vit = models.create_model("vit_tiny", patch_size=8, depth=2, rel_pos_bias=True)
+  params = jax.eval_shape(
+    lambda: vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  )["params"]
+  flat = {
+    jax.tree_util.keystr(p, simple=True, separator="/"): m
+    for p, m in jax.tree_util.tree_flatten_with_path(finetune.decay_mask(params))[0]
+  }
+  spared = {k for k, m in flat.items() if not m}
+  assert {"cls_token", "pos_embed"} <= spared
+  assert any(k.endswith("rel_pos_bias") for k in spared)
+  assert all(k.endswith(("bias", "scale", "cls_token", "pos_embed")) for k in spared)
+  decayed = {k for k, m in flat.items() if m}
+  assert decayed and all(k.endswith("kernel") for k in decayed)
+
+
 class _BNNet(nn.Module):
   """A BatchNorm on the flattened pixels: its batch statistics are the pixels' own."""
 

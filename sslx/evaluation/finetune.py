@@ -4,7 +4,9 @@ head (MAE / BEiT recipe, scaled down).
 AdamW with linear warm-up + cosine decay, layer-wise learning-rate decay for ViTs (a parameter
 in block i of L gets lr · decay^(L − i); patch/position embeddings decay^(L + 1)... i.e. the
 layer id is 0 for embeddings, i + 1 for block i, L + 1 for the final norm and the head, and the
-scale is decay^(L + 1 − id)), label smoothing and mixup. Works on any method whose network can
+scale is decay^(L + 1 − id)), weight decay on weight matrices only (not on biases, norms,
+the class and mask tokens, the position embeddings or BEiT's relative position bias: MAE's and
+BEiT's `no_weight_decay`), label smoothing and mixup. Works on any method whose network can
 run its encoder in training mode (`Method.encoder_apply`). Standalone, on the latest checkpoint
 of a run: `python -m sslx finetune` (sslx/cli/finetune.py).
 
@@ -156,6 +158,22 @@ class _State(NamedTuple):
   opt_state: Any
 
 
+# ViT parameters of more than one dimension that MAE and BEiT fine-tune without weight decay
+# (their models' `no_weight_decay()`: cls_token, pos_embed, relative_position_bias_table).
+NO_DECAY_NAMES = frozenset({"cls_token", "mask_token", "pos_embed", "rel_pos_bias"})
+
+
+def decay_mask(params):
+  """True for the leaves that get weight decay: more than one dimension and not named in
+  NO_DECAY_NAMES."""
+
+  def decayed(path, p):
+    names = {getattr(k, "key", None) for k in path}
+    return p.ndim > 1 and not names & NO_DECAY_NAMES
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
 def make_tx(params, cfg: dict, total_steps: int) -> optax.GradientTransformation:
   warmup = int(round(cfg["warmup_fraction"] * total_steps))
   schedule = optax.warmup_cosine_decay_schedule(
@@ -165,7 +183,7 @@ def make_tx(params, cfg: dict, total_steps: int) -> optax.GradientTransformation
     "model": llrd_scales(params["model"], cfg["layer_decay"]),
     "head": jax.tree.map(lambda _: 1.0, params["head"]),
   }
-  mask = jax.tree.map(lambda p: p.ndim > 1, params)
+  mask = decay_mask(params)
   return optax.chain(
     optax.adamw(schedule, weight_decay=cfg["weight_decay"], mask=mask), scale_by_tree(scales)
   )
@@ -315,7 +333,7 @@ def _initial_params(ctx: Context, sample: np.ndarray) -> dict:
 def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   """Fine-tunes ctx's encoder with a new linear head; returns ({"finetune": top-1 % on the
   test images, "finetune_train_loss": last loss, "finetune_train_acc": accuracy (%) on
-  the last quarter of the training batches (mixed targets' argmax when mixup is on)},
+  the last quarter of the training batches, against their own labels (mixed images too)},
   the fine-tuned params {"model", "head"})."""
   cfg = dict(DEFAULTS, **(dict(cfg) if cfg else {}))
   unknown = sorted(set(cfg) - set(DEFAULTS))
