@@ -199,6 +199,31 @@ def test_class_balanced_subsets_and_their_image_lists(tmp_path):
   )
 
 
+def test_drop_path_setting_replaces_the_encoders_rate_for_fine_tuning():
+  from sslx import methods
+  from sslx.methods import mae
+  from tests.test_mae import tiny_config
+
+  method = mae.create(tiny_config(), total_steps=4)
+  assert method.encoder.drop_path_rate == 0.0
+  tuned = finetune.with_drop_path(method, 0.5)
+  assert tuned.encoder.drop_path_rate == 0.5 and method.encoder.drop_path_rate == 0.0
+  x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+  v = jax.jit(method.init)(jax.random.PRNGKey(0), x[:2])
+  params = finetune.finetuned_params(method, v.params)
+
+  def feats(m, key):
+    return m.encoder_apply(params, {}, x, True, jax.random.PRNGKey(key))[0]
+
+  # without drop path the dropout key changes nothing; with it, blocks are dropped per image
+  np.testing.assert_array_equal(feats(method, 0), feats(method, 1))
+  assert not np.allclose(feats(tuned, 0), feats(tuned, 1))
+  # a network without drop path refuses the setting, naming it
+  cnn = methods.get("simclr").create(tiny_simclr(), total_steps=4)
+  with pytest.raises(ValueError, match="drop_path=0.1: .* has no drop path"):
+    finetune.with_drop_path(cnn, 0.1)
+
+
 @pytest.mark.slow
 def test_finetune_sharded_over_8_devices_equals_one_device(tmp_path):
   """Global BatchNorm and the gradient reductions over a batch sharded across the mesh: the

@@ -17,7 +17,9 @@ off), cutmix_alpha (0.0: off; with mixup on too, one of the two per batch, as ti
 label_fraction (0.0: all labels; 0.01 / 0.1 fine-tune on that class-balanced fraction, its
 image list written to the workdir as label_subset_<pct>pct.txt, the result named
 finetune_<pct>pct), flip (True: random horizontal flips), train_limit (0: all), seed (0),
-checkpoint_every_steps (1000).
+checkpoint_every_steps (1000), drop_path (None: the encoder's own `drop_path_rate`, as it
+was pretrained; a rate replaces it in every ViT of the method for fine-tuning: MAE and BEiT
+fine-tune ViT-B at 0.1).
 
 With a workdir (`python -m sslx finetune`, and the evaluation at the end of a run) a
 fine-tuning survives preemption as training does: its state is saved every
@@ -30,11 +32,13 @@ fine-tuned weights.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import re
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +63,7 @@ DEFAULTS = dict(
   train_limit=0,
   seed=0,
   checkpoint_every_steps=1000,
+  drop_path=None,
 )
 _BLOCK = re.compile(r"^block(\d+)$")
 _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "register")
@@ -67,6 +72,35 @@ _EMBED = ("patch_embed", "pos_embed", "cls_token", "cls", "mask_token", "registe
 def encoder_apply(method, params, batch_stats, images, train: bool, rng=None):
   """The encoder's features [B, D] and updated batch_stats (`Method.encoder_apply`)."""
   return method.encoder_apply(params, batch_stats, images, train, rng)
+
+
+def with_drop_path(method, rate: float):
+  """`method` with the stochastic-depth rate of every network in it that has one
+  (`drop_path_rate`: the ViTs) set to `rate`; refused when none has."""
+  found = []
+
+  def visit(module):
+    changes = {}
+    for f in dataclasses.fields(module):
+      value = getattr(module, f.name, None)
+      if f.name not in ("parent", "name") and isinstance(value, nn.Module):
+        changes[f.name] = visit(value)
+    if hasattr(module, "drop_path_rate"):
+      changes["drop_path_rate"] = rate
+      found.append(type(module).__name__)
+    return module.clone(**changes) if changes else module
+
+  fields = {
+    f.name: visit(getattr(method, f.name))
+    for f in dataclasses.fields(method)
+    if isinstance(getattr(method, f.name), nn.Module)
+  }
+  if not found:
+    raise ValueError(
+      f"evals.finetune.drop_path={rate}: {type(method).__name__}'s encoder has no drop path "
+      "(drop_path_rate: the ViTs have one); leave drop_path unset"
+    )
+  return dataclasses.replace(method, **fields)
 
 
 def finetuned_params(method, params):
@@ -339,6 +373,8 @@ def finetune(ctx: Context, cfg: dict | None = None) -> tuple[dict, Any]:
   unknown = sorted(set(cfg) - set(DEFAULTS))
   if unknown:
     raise ValueError(f"evals.finetune: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+  if cfg["drop_path"] is not None:
+    ctx = dataclasses.replace(ctx, method=with_drop_path(ctx.method, float(cfg["drop_path"])))
   fraction = float(cfg["label_fraction"])
   xtr, ytr = _training_set(ctx, cfg, fraction)
   mesh = ctx.mesh or sharding.make_mesh([("data", -1)])
