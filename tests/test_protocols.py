@@ -71,10 +71,52 @@ def test_ridge_primal_and_dual_agree_with_the_normal_equations():
     np.testing.assert_allclose(fewshot.ridge(x, t, 0.5), want, atol=1e-10)
 
 
-def test_fewshot_draws_are_class_balanced():
+def test_fewshot_draws_are_class_balanced_and_nested():
   y = np.repeat(np.arange(4), [3, 10, 10, 10])
-  idx = fewshot.sample_shots(y, 5, 4, np.random.default_rng(0))
+  orders = fewshot.class_orders(y, 4, np.random.default_rng(0))
+  idx = fewshot.sample_shots(orders, 5)
   assert np.bincount(y[idx]).tolist() == [3, 5, 5, 5]
+  # big_vision's draws: a draw's 1-shot images are among its 5-shot ones
+  assert set(fewshot.sample_shots(orders, 1)) <= set(idx)
+
+
+def _big_vision_fewshot(xtr, ytr, xte, yte, num_classes, l2_reg):
+  """big_vision's evaluators/fewshot_lsr.py, its eigendecomposition route, in numpy."""
+  mean, std = xtr.mean(0, keepdims=True), xtr.std(0, keepdims=True) + 1e-5
+  x = np.pad((xtr - mean) / std, ((0, 0), (0, 1)), constant_values=100.0)
+  y = 2.0 * np.eye(num_classes)[ytr] - 1.0
+  if x.shape[0] >= x.shape[1]:
+    eigs, q = np.linalg.eigh(x.T @ x)
+    rhs, lhs = q.T @ (x.T @ y), q
+  else:
+    eigs, q = np.linalg.eigh(x @ x.T)
+    rhs, lhs = q.T @ y, x.T @ q
+  w = (lhs / (eigs + l2_reg)[None]) @ rhs
+  xt = np.pad((xte - mean) / std, ((0, 0), (0, 1)), constant_values=100.0)
+  return 100.0 * np.mean(np.argmax(xt @ w, 1) == yte)
+
+
+def test_fewshot_equals_big_vision_and_ignores_each_dimensions_scale():
+  rng = np.random.default_rng(3)
+  xtr, ytr = _clusters(40, 5, 24, 4.0, 1)
+  xte, yte = _clusters(30, 5, 24, 4.0, 1)
+  xte = xte + rng.normal(0, 4.0, xte.shape)
+  scale = np.exp(rng.normal(0, 2, 24))  # dimensions on very different scales
+  xtr, xte = xtr * scale, xte * scale
+  out = fewshot.fewshot_accuracy(xtr, ytr, xte, yte, 5, shots=(2, 10), l2_reg=1024.0, draws=2)
+  for s in (2, 10):  # primal (60 > 25) and dual (10 < 25) forms
+    want = []
+    for d in range(2):
+      orders = fewshot.class_orders(ytr, 5, np.random.default_rng([0, d]))
+      idx = fewshot.sample_shots(orders, s)
+      want.append(_big_vision_fewshot(xtr[idx], ytr[idx], xte, yte, 5, 1024.0))
+    assert out[f"fewshot@{s}"] == pytest.approx(np.mean(want), abs=1e-9)
+  # per-dimension standardisation: rescaling the features changes nothing
+  again = fewshot.fewshot_accuracy(
+    xtr / scale, ytr, xte / scale, yte, 5, shots=(2, 10), l2_reg=1024.0, draws=2
+  )
+  assert again == out
+  assert 40.0 < out["fewshot@10"] < 100.0  # neither trivial nor chance (20)
 
 
 @dataclasses.dataclass(frozen=True)
