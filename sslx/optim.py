@@ -120,7 +120,7 @@ def _base_optimizer(opt_cfg, schedule, wd) -> optax.GradientTransformation:
     return optax.lars(
       schedule,
       weight_decay=wd,
-      weight_decay_mask=mask or decay_mask,
+      weight_decay_mask=True if mask is None else mask,
       trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
       trust_ratio_mask=decay_mask,
       momentum=opt_cfg.get("momentum", 0.9),

@@ -85,6 +85,13 @@ def test_decay_all_decays_biases_too():
   updates, _ = masked.update(zeros, masked.init(PARAMS), PARAMS)
   np.testing.assert_allclose(updates["b"], 0.0)
   np.testing.assert_allclose(updates["w"], -0.1 * PARAMS["w"], rtol=1e-6)
+  # LARS too: its biases keep their plain step (no trust ratio) but get the decay
+  for decay_all, want in ((True, -0.1), (False, 0.0)):
+    lars = optim.make_optimizer(
+      cfg(name="lars", weight_decay=0.1, decay_all=decay_all), optax.constant_schedule(1.0), 10
+    )
+    updates, _ = lars.update(zeros, lars.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates["b"], want * PARAMS["b"], rtol=1e-6)
 
 
 def test_presets_set_clipping_and_schedules():
