@@ -76,6 +76,42 @@ def test_exported_encoder_has_no_decoder():
   assert feats.shape == (4, 32)
 
 
+def _mae_reference_sincos(dim, side):
+  """MAE's get_2d_sincos_pos_embed (models' util/pos_embed.py), without the CLS row."""
+  grid = np.stack(np.meshgrid(np.arange(side, dtype=np.float64), np.arange(side)), 0)  # w first
+
+  def one(d, pos):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([one(dim // 2, grid[0]), one(dim // 2, grid[1])], axis=1)
+
+
+def test_encoder_position_embedding_is_the_fixed_sincos_table():
+  import optax
+
+  from sslx import optim
+  from tests.helpers import experiment
+
+  method = mae.create(tiny_config(), total_steps=1)
+  v = method.init(jax.random.PRNGKey(0), images())
+  pos = np.asarray(v.params["encoder"]["pos_embed"])[0]  # 8x8 patches of 4 px, 32 wide
+  np.testing.assert_allclose(pos, _mae_reference_sincos(32, 8), atol=1e-6)
+  # MAE gives it no gradient: the optimizer leaves it as it is (no weight decay either)
+  c = experiment("mae")
+  tx = method.wrap_optimizer(optim.make_optimizer(c.optimizer, optax.constant_schedule(1e-2), 10))
+  grads = jax.tree.map(jnp.ones_like, v.params)
+  updates, _ = tx.update(grads, tx.init(v.params), v.params)
+  assert not np.any(np.asarray(updates["encoder"]["pos_embed"]))
+  assert np.all(np.asarray(updates["encoder"]["cls_token"]) != 0)
+  # a learned one on request
+  learned = mae.create(override(tiny_config(), **{"method.fixed_pos_embed": False}), 1)
+  lv = learned.init(jax.random.PRNGKey(0), images())
+  assert np.std(np.asarray(lv.params["encoder"]["pos_embed"])) < 0.05
+  assert learned.wrap_optimizer(tx) is tx
+
+
 def test_masking_is_a_pure_function_of_the_rng():
   method = mae.create(tiny_config(), total_steps=1)
   x = images()

@@ -19,6 +19,11 @@ Config (`config.method`):
   mask_ratio:       fraction of patches masked (0.75, paper Fig. 5)
   decoder_dim, decoder_depth, decoder_heads: the light decoder (512, 8, 16 at ImageNet scale)
   norm_pix_loss:    standardise each target patch (True)
+  fixed_pos_embed:  the encoder's position embedding is MAE's fixed 2-D sin-cos table (True:
+                    initialised with it, `wrap_optimizer` gives it no updates, so no weight
+                    decay either); False: a learned one (N(0, 0.02) at init). Fine-tuning and
+                    the exported weights see it as an ordinary position embedding, as MAE's
+                    fine-tuning code does.
 Augmentation (`config.augment`): MAE uses only random-resized-crop (scale 0.2–1) and flip.
 
 `encoder_cost(...)` returns XLA's cost analysis of the encoder forward at a given ratio, for the
@@ -34,28 +39,15 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
 from sslx import augment, losses, masking
 from sslx.methods import base
 from sslx.models import precision
 from sslx.models import vit as vit_lib
 
-
-def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> np.ndarray:
-  """[gh·gw, dim] fixed 2-D sine-cosine position embedding (MAE's decoder; half the channels
-  encode the row, half the column, each as sin/cos of ω_k·pos with ω_k = 1/10000^(2k/(D/2)))."""
-  if dim % 4:
-    raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
-  gh, gw = grid
-  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
-
-  def one(pos):
-    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-  rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-  return np.concatenate([one(rows), one(cols)], axis=1).astype(np.float32)
+# the decoder's fixed table, and the encoder's initial one (MAE fixes both)
+sincos_pos_embed_2d = vit_lib.sincos_pos_embed_2d
 
 
 class MAEDecoder(nn.Module):
@@ -144,6 +136,21 @@ class MAE(base.MaskedImageMethod):
   preprocess: base.Preprocess
   mask_ratio: float
   norm_pix_loss: bool
+  fixed_pos_embed: bool = True
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` for every parameter but the encoder's fixed position embedding, which gets none."""
+    if not self.fixed_pos_embed:
+      return tx
+
+    def labels(params):
+      def label(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        return "fixed" if keys[:1] == ["encoder"] and keys[-1] == "pos_embed" else "trained"
+
+      return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"trained": tx, "fixed": optax.set_to_zero()}, labels)
 
   def _size(self, images):
     return self.view.crop_size if self.view is not None else images.shape[1]
@@ -265,6 +272,7 @@ PICTURES = ("reconstruction",)
 # fmt: off
 DEFAULTS = dict(
   mask_ratio=0.75, decoder_dim=512, decoder_depth=8, decoder_heads=16, norm_pix_loss=True,
+  fixed_pos_embed=True,
 )
 # fmt: on
 
@@ -304,6 +312,9 @@ def create(config, total_steps: int) -> MAE:
   ratio = float(m.mask_ratio)
   if not 0.0 <= ratio < 1.0:
     raise ValueError(f"method.mask_ratio={ratio} must be in [0, 1)")
+  fixed = bool(m.get("fixed_pos_embed", True))
+  if fixed:
+    encoder = encoder.clone(pos_embed_init="sincos")
   return MAE(
     encoder=encoder,
     decoder=decoder_from_config(config, encoder),
@@ -311,4 +322,5 @@ def create(config, total_steps: int) -> MAE:
     preprocess=base.Preprocess.from_config(config.dataset),
     mask_ratio=ratio,
     norm_pix_loss=bool(m.norm_pix_loss),
+    fixed_pos_embed=fixed,
   )

@@ -345,6 +345,26 @@ class Block(nn.Module):
     return y * m / keep
 
 
+POS_EMBED_INITS = ("normal", "sincos")
+
+
+def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> np.ndarray:
+  """[gh·gw, dim] fixed 2-D sine-cosine position embedding, as MAE's `get_2d_sincos_pos_embed`
+  (its patch rows; the CLS token gets none): the first half of the channels encodes the
+  column, the second half the row, each as [sin, cos] of ω_k·pos with ω_k = 1/10000^(k/(D/4))."""
+  if dim % 4:
+    raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
+  gh, gw = grid
+  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+
+  def one(pos):
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+  return np.concatenate([one(cols), one(rows)], axis=1).astype(np.float32)
+
+
 class ViT(nn.Module):
   """ViT encoder; see the module docstring."""
 
@@ -362,6 +382,9 @@ class ViT(nn.Module):
   mask_token: bool = False  # a learned [MASK] embedding for `token_mask` (iBOT / DINOv2)
   layer_scale: float = 0.0  # > 0: layer-scale init value (BEiT 0.1); 0 = no layer scale
   rel_pos_bias: bool = False  # one relative position bias shared by all blocks (BEiT)
+  # "normal": learned, N(0, 0.02) at init; "sincos": initialised with the fixed 2-D sin-cos
+  # table (`sincos_pos_embed_2d`; MAE keeps it fixed by giving it no updates)
+  pos_embed_init: str = "normal"
 
   @nn.compact
   def __call__(
@@ -452,7 +475,13 @@ class ViT(nn.Module):
       stored = self.get_variable("params", "pos_embed").shape
     else:
       stored = (1, n, self.dim)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), stored)
+    if self.pos_embed_init == "sincos":
+      side = int(round(np.sqrt(stored[1])))
+      table = sincos_pos_embed_2d(self.dim, grid if stored[1] == n else (side, side))
+      init = lambda key, shape: jnp.asarray(table)[None]  # noqa: E731
+    else:
+      init = nn.initializers.normal(0.02)
+    pos = self.param("pos_embed", init, stored)
     if stored[1] == n:
       return pos
     g0 = int(round(np.sqrt(stored[1])))
@@ -539,8 +568,13 @@ def _factory(name):
     remat: str = "none",
     layer_scale: float = 0.0,
     rel_pos_bias: bool = False,
+    pos_embed_init: str = "normal",
   ):
     precision.compute_dtype(dtype)
+    if pos_embed_init not in POS_EMBED_INITS:
+      raise ValueError(
+        f"model.pos_embed_init={pos_embed_init!r}: expected one of {POS_EMBED_INITS}"
+      )
     precision.check_remat(remat)
     return ViT(
       patch_size=patch_size,
@@ -556,6 +590,7 @@ def _factory(name):
       remat=remat,
       layer_scale=layer_scale,
       rel_pos_bias=rel_pos_bias,
+      pos_embed_init=pos_embed_init,
     )
 
   make.__name__ = name
