@@ -63,8 +63,8 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   """The mean of `values` over the entries `mask` keeps ([..., N] values, [N] or the same shape
   mask), over `axis` (None: all); 0 where it keeps none. Masked patches or tokens in the
   masked-modeling losses, readable rows in the protocols' losses."""
-  w = mask.astype(values.dtype)
-  return jnp.sum(values * w, axis=axis) / jnp.maximum(jnp.sum(w), 1.0)
+  w = jnp.broadcast_to(mask.astype(values.dtype), values.shape)
+  return jnp.sum(values * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)
 
 
 def softmax_cross_entropy(

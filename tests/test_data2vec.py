@@ -182,3 +182,14 @@ def test_short_cpu_run_learns(tmp_path, student, margin, measured):
   assert_learns(config, tmp_path, margin=margin, measured=measured)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["steps"] == 12 and "knn@5" in saved
+
+
+def test_loss_beta_zero_is_the_squared_error_with_finite_gradients():
+  pred = jnp.asarray([[[0.3, -1.2]]])
+  target = jnp.zeros_like(pred)
+  mask = jnp.asarray([[True]])
+  loss, grad = jax.value_and_grad(lambda p: data2vec.masked_smooth_l1(p, target, mask, 0.0))(pred)
+  assert float(loss) == pytest.approx((0.09 + 1.44) / 2)  # mean of x² over the channels
+  np.testing.assert_allclose(grad, [[[0.3, -1.2]]], rtol=1e-6)  # 2x / 2 channels
+  with pytest.raises(ValueError, match="loss_beta=-1.0 must be >= 0"):
+    data2vec._check_beta(-1.0)

@@ -55,3 +55,14 @@ def test_l2_normalize_zero_vector_is_finite():
   out = losses.l2_normalize(jnp.zeros((2, 3)))
   assert np.all(np.isfinite(np.asarray(out)))
   assert float(jnp.linalg.norm(losses.l2_normalize(jnp.ones((1, 4))))) == pytest.approx(1.0)
+
+
+def test_masked_mean_counts_the_entries_it_averages():
+  values = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  # a mask of the last axis broadcast over the rows: the mean of 1, 3, 4, 6
+  assert float(losses.masked_mean(values, jnp.asarray([True, False, True]))) == 3.5
+  # per row (axis=-1), each row over its own kept entries; a row that keeps none gives 0
+  per_row = losses.masked_mean(
+    values, jnp.asarray([[True, True, False], [False, False, False]]), -1
+  )
+  np.testing.assert_allclose(per_row, [1.5, 0.0])

@@ -35,7 +35,7 @@ Evaluation uses the student (`method.eval_encoder="student"`, the paper's; "teac
 the EMA encoder instead).
 
 Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm
-("layer" | "instance"), loss_beta (β of smooth L1; 2.0), ema_decay / ema_end_decay /
+("layer" | "instance"), loss_beta (β of smooth L1; 2.0; 0: squared error), ema_decay / ema_end_decay /
 ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
 runs), eval_encoder ("student" | "teacher"), student ("masked": data2vec's ViT on all tokens
 with mask tokens | "visible": data2vec 2.0's encoder on the visible patches and a decoder),
@@ -83,9 +83,18 @@ def average_targets(layers, target_norm: str = "layer"):
 
 
 def smooth_l1(pred, target, beta: float):
-  """Elementwise smooth L1 (Huber / β): ½(x)²/β if |x| < β else |x| − ½β (data2vec eq. 2)."""
+  """Elementwise smooth L1 (Huber / β): ½(x)²/β if |x| < β else |x| − ½β (data2vec eq. 2);
+  β = 0 is data2vec's L2 loss, x² (fairseq's `mse_loss`), not the β → 0 limit's |x|."""
+  if beta == 0:
+    return jnp.square(pred - target)
   d = jnp.abs(pred - target)
   return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+
+
+def _check_beta(beta: float) -> float:
+  if beta < 0:
+    raise ValueError(f"method.loss_beta={beta} must be >= 0 (0: the squared error)")
+  return beta
 
 
 def masked_smooth_l1(pred, target, mask, beta: float):
@@ -234,7 +243,7 @@ def create(config, total_steps: int) -> Data2Vec:
     mask_ratio=float(m.mask_ratio),
     top_k=top_k,
     target_norm=norm,
-    loss_beta=float(m.loss_beta),
+    loss_beta=_check_beta(float(m.loss_beta)),
     ema_start=float(m.ema_decay),
     ema_end=float(m.ema_end_decay),
     ema_anneal_steps=anneal,
