@@ -208,8 +208,8 @@ class MAE(base.MaskedImageMethod):
   def reconstruct(self, params, images, rng):
     """For the visualizer: (masked input, reconstruction) in [0, 1] pixel space, [B, S, S, 3]
     each, for uint8 images (no augmentation). With norm_pix_loss the predicted patches are
-    de-normalised with the true patch mean/variance (as the MAE demo does), and visible
-    patches are pasted from the original."""
+    de-normalised with the true patch mean and (unbiased, as the targets were normalised)
+    variance, as the MAE demo does, and visible patches are pasted from the original."""
     x = self.preprocess(images)
     f = self.forward(params, x, rng)
     p = self.encoder.patch_size
@@ -217,7 +217,9 @@ class MAE(base.MaskedImageMethod):
     raw = vit_lib.patchify(x, p)
     pred = f.pred
     if self.norm_pix_loss:
-      pred = pred * jnp.sqrt(raw.var(-1, keepdims=True) + 1e-6) + raw.mean(-1, keepdims=True)
+      pred = pred * jnp.sqrt(raw.var(-1, keepdims=True, ddof=1) + 1e-6) + raw.mean(
+        -1, keepdims=True
+      )
     m = f.mask[:, :, None]
     recon = jnp.where(m, pred, raw)
 
