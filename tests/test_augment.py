@@ -257,6 +257,9 @@ def test_blur_kernel_size_default_and_normalised():
   assert A._default_blur_kernel_size(224) == 23
   assert A._default_blur_kernel_size(64) == 7
   assert A._default_blur_kernel_size(32) == 3
+  # SimCLR floors where rounding would not: 96 px (DINO's local crops) 9, 256 px 25
+  assert A._default_blur_kernel_size(96) == 9
+  assert A._default_blur_kernel_size(256) == 25
   k = np.asarray(A._gaussian_kernel1d(1.3, 7))
   np.testing.assert_allclose(k.sum(), 1.0, atol=1e-6)
   np.testing.assert_allclose(k, k[::-1], atol=1e-7)
