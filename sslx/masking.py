@@ -72,8 +72,9 @@ def blockwise_masking(
 
   Repeat: s ~ U(min(min_block, R), R) with R = target − |M| the patches still to mask;
   r ~ U(aspect, 1/aspect) (log-uniform as in the released code); a = √(s·r), b = √(s/r)
-  (rows, cols) at a random top-left; M ← M ∪ block unless that would exceed the target (the
-  released code also rejects such blocks); until |M| = target (at most `max_blocks` tries).
+  (rows, cols) at a random top-left; M ← M ∪ block unless the block is as tall or as wide as
+  the grid, adds nothing, or would exceed the target (the released code's `_mask` rejects all
+  three); until |M| = target (at most `max_blocks` tries).
   Allowing blocks smaller than `min_block` once fewer than `min_block` patches remain makes
   the count exact; should the tries run out, random free patches complete it (rare)."""
   gh, gw = grid
@@ -99,14 +100,18 @@ def blockwise_masking(
       hi = jnp.maximum(remaining, lo)
       s = jax.random.uniform(ks, (), minval=lo, maxval=hi + 1e-6)
       r = jnp.exp(jax.random.uniform(kr, (), minval=log_lo, maxval=log_hi))
-      a = jnp.clip(jnp.round(jnp.sqrt(s * r)), 1, gh).astype(jnp.int32)
-      b = jnp.clip(jnp.round(jnp.sqrt(s / r)), 1, gw).astype(jnp.int32)
-      top = jax.random.randint(kt, (), 0, gh - a + 1)
-      left = jax.random.randint(kl, (), 0, gw - b + 1)
+      a = jnp.round(jnp.sqrt(s * r)).astype(jnp.int32)
+      b = jnp.round(jnp.sqrt(s / r)).astype(jnp.int32)
+      # BEiT's code draws a block only when it is shorter and narrower than the grid
+      fits = (a < gh) & (b < gw)
+      top = jax.random.randint(kt, (), 0, jnp.maximum(gh - a, 0) + 1)
+      left = jax.random.randint(kl, (), 0, jnp.maximum(gw - b, 0) + 1)
       block = (rows >= top) & (rows < top + a) & (cols >= left) & (cols < left + b)
       new = m | block
-      # BEiT's code rejects a block that would exceed the budget; that keeps the count exact.
-      return jnp.where(new.sum() <= target, new, m), k, i + 1
+      # ... and keeps it only when it adds patches without exceeding the budget (the count
+      # stays exact)
+      keep = fits & (new.sum() > m.sum()) & (new.sum() <= target)
+      return jnp.where(keep, new, m), k, i + 1
 
     m, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((gh, gw), bool), loop_key, 0))
     m = m.reshape(n)

@@ -57,6 +57,16 @@ def test_blockwise_masks_are_blocky():
   assert (neighbour & m).sum() / m.sum() > 0.9
 
 
+def test_blockwise_blocks_are_shorter_and_narrower_than_the_grid():
+  """BEiT's code rejects a block as tall or as wide as the grid: on the cpu preset's 8x8 grid
+  (26 patches, blocks of at least 8) about 13% of its masks have a fully masked row or column,
+  which only unions of blocks make; clipping such blocks to the grid instead gave 21%."""
+  m = np.asarray(masking.blockwise_masking(jax.random.PRNGKey(0), 4000, (8, 8), 26 / 64, 8))
+  m = m.reshape(-1, 8, 8)
+  full_line = (m.all(2).any(1) | m.all(1).any(1)).mean()
+  assert 0.10 < full_line < 0.16
+
+
 def test_ids_of_mask():
   mask = jnp.array([[True, False, True, False], [False, False, True, True]])
   np.testing.assert_array_equal(masking.ids_of_mask(mask, 2), [[0, 2], [2, 3]])
