@@ -71,6 +71,17 @@ def test_network_sees_only_lightness_and_prior_updates():
   assert out.shape == (4, 32, 32, 3) and 0 <= out.min() and out.max() <= 1
 
 
+def test_targets_subsample_the_ab_of_the_full_resolution_image():
+  # a red/blue checkerboard of 1 px squares: every 4th pixel is red, so the targets are
+  # saturated red; averaging 4x4 blocks would have given a purple of half the chroma
+  rgb = np.zeros((1, 8, 8, 3), np.float32)
+  red = np.add.outer(np.arange(8), np.arange(8)) % 2 == 0
+  rgb[0, red, 0], rgb[0, ~red, 2] = 1.0, 1.0
+  ab = np.asarray(colorization.target_ab(jnp.asarray(rgb), 2))
+  want = np.asarray(color.srgb_to_lab(jnp.asarray([[[[1.0, 0.0, 0.0]]]])))[0, 0, 0, 1:]
+  np.testing.assert_allclose(ab.reshape(-1, 2), np.tile(want, (4, 1)), atol=1e-3)
+
+
 @pytest.mark.slow
 def test_cpu_preset_short_run_learns(tmp_path):
   c = tiny("colorization", total_steps=16, **SMALL, **{"optimizer.base_lr": 3e-3})
