@@ -216,16 +216,20 @@ def _resample_matrix(in_size: int, out_size: int, start: Any, length: Any) -> Ar
   """``[out_size, in_size]`` weights resampling ``[start, start + length)`` to ``out_size``.
 
   The triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialias),
-  each row normalised to sum to 1; output pixel centre ``o + 0.5`` samples input coordinate
-  ``start + (o + 0.5) * length / out_size``. The same weights as
-  ``jax.image.scale_and_translate(method="linear", antialias=True)``, written directly: that
-  general routine's graph takes ~5x longer to compile inside every train step.
+  over the input pixels whose centres lie inside the box only, each row normalised to sum to
+  1: the box is cropped, then resized, as torchvision's RandomResizedCrop and PIL do, so no
+  pixel outside it reaches the edge of the output. Output pixel centre ``o + 0.5`` samples
+  input coordinate ``start + (o + 0.5) * length / out_size``. Inside the box these are the
+  weights of ``jax.image.scale_and_translate(method="linear", antialias=True)``, written
+  directly: that general routine's graph takes ~5x longer to compile inside every step.
   """
   inv_scale = length / out_size  # input pixels per output pixel
   kernel_scale = jnp.maximum(inv_scale, 1.0)
   sample = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - 0.5
-  dist = jnp.abs(sample[:, None] - jnp.arange(in_size, dtype=jnp.float32)[None, :])
-  weights = jnp.maximum(0.0, 1.0 - dist / kernel_scale)
+  centres = jnp.arange(in_size, dtype=jnp.float32) + 0.5
+  dist = jnp.abs(sample[:, None] - (centres[None, :] - 0.5))
+  in_box = (centres > start) & (centres < start + length)
+  weights = jnp.where(in_box[None, :], jnp.maximum(0.0, 1.0 - dist / kernel_scale), 0.0)
   total = jnp.sum(weights, axis=1, keepdims=True)
   weights = jnp.where(
     total > 1000.0 * 1.1920929e-07, weights / jnp.where(total != 0, total, 1.0), 0.0

@@ -133,11 +133,21 @@ def test_crop_and_resize_maps_box_to_output():
   y = A.crop_and_resize(jnp.asarray(x), (3, 5, 8, 8), 8)
   np.testing.assert_allclose(np.asarray(y), x[3:11, 5:13], atol=1e-6)
   # Bilinear 2x upsampling of a ramp reproduces the ramp at the half-pixel
-  # sample points: output centre o + 0.5 -> input x0 + (o + 0.5) / 2.
+  # sample points: output centre o + 0.5 -> input x0 + (o + 0.5) / 2, held at the box's
+  # edge pixels beyond their centres (cropped, then resized: PIL's and torchvision's).
   ramp = np.tile(np.arange(24, dtype=np.float32)[None, :, None], (20, 1, 3)) / 24
   up = np.asarray(A.crop_and_resize(jnp.asarray(ramp), (0, 4, 10, 8), 16))
-  expected = (4 + (np.arange(16) + 0.5) / 2 - 0.5) / 24
+  expected = np.clip(4 + (np.arange(16) + 0.5) / 2 - 0.5, 4, 11) / 24
   np.testing.assert_allclose(up[:, :, 0], np.tile(expected, (16, 1)), atol=1e-6)
+
+
+def test_no_pixel_outside_the_box_reaches_the_crop():
+  # white everywhere but a black box: up- and downscaled, the crop of the box stays black
+  x = np.ones((40, 40, 3), np.float32)
+  x[10:30, 20:30] = 0.0
+  for out in (60, 16, 7):
+    y = np.asarray(A.crop_and_resize(jnp.asarray(x), (10, 20, 20, 10), out))
+    assert np.abs(y).max() < 1e-6, out
 
 
 # ---------------------------------------------------------------- colour
