@@ -6,7 +6,7 @@
   ab_bins(grid)               the in-gamut ab bin centres, [Q, 2], computed here (nothing is
                               downloaded): a bin of the 10-wide grid centred on multiples of
                               10 is kept when some 8-bit sRGB colour (sampled on a 64³ lattice
-                              of the cube) falls in it. NOTE: this yields Q = 262 bins with
+                              of the cube) falls in it. NOTE: this yields Q = 261 bins with
                               exact sRGB; the paper's Q = 313 is its empirical hull from
                               ImageNet and is not reproduced by the gamut alone (every variant
                               tried — bin-centre in gamut for some L, convex hull of the gamut,
