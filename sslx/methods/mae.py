@@ -46,9 +46,6 @@ from sslx.methods import base
 from sslx.models import precision
 from sslx.models import vit as vit_lib
 
-# the decoder's fixed table, and the encoder's initial one (MAE fixes both)
-sincos_pos_embed_2d = vit_lib.sincos_pos_embed_2d
-
 
 class MAEDecoder(nn.Module):
   """The light decoder (MAE §3 "MAE decoder").
@@ -85,7 +82,7 @@ class MAEDecoder(nn.Module):
       axis=1,
     )
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)  # unshuffle
-    pos = jnp.asarray(sincos_pos_embed_2d(self.dim, self.grid), dtype)[None]
+    pos = jnp.asarray(vit_lib.sincos_pos_embed_2d(self.dim, self.grid), dtype)[None]
     tokens = jnp.concatenate([x[:, :1], tokens + pos], axis=1)
     mlp_dim = int(self.mlp_ratio * self.dim)
     for i in range(self.depth):

@@ -476,9 +476,8 @@ class ViT(nn.Module):
     else:
       stored = (1, n, self.dim)
     if self.pos_embed_init == "sincos":
-      side = int(round(np.sqrt(stored[1])))
-      table = sincos_pos_embed_2d(self.dim, grid if stored[1] == n else (side, side))
-      init = lambda key, shape: jnp.asarray(table)[None]  # noqa: E731
+      # runs only when the parameter is created, i.e. at this grid (stored is (1, n, dim))
+      init = lambda key, shape: jnp.asarray(sincos_pos_embed_2d(self.dim, grid))[None]  # noqa: E731
     else:
       init = nn.initializers.normal(0.02)
     pos = self.param("pos_embed", init, stored)
