@@ -98,6 +98,35 @@ def test_visible_student_sees_only_visible_patches():
   np.testing.assert_allclose(loss, data2vec.masked_smooth_l1(pred, y, m, 2.0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("student", ["masked", "visible"])
+def test_multi_mask_copies_share_one_teacher_pass(student):
+  """num_masks=M: each image's targets come from one teacher pass and M differently masked
+  copies of it train the student; with augmentation off that is the loss of the batch with
+  each image repeated M times (the same mask and dropout draws), and the online probe gets one
+  feature per image."""
+  overrides = {"augment.enabled": False}
+  one = data2vec.create(override(tiny_config(student=student), **overrides), total_steps=10)
+  three = data2vec.create(
+    override(tiny_config(student=student), **overrides, **{"method.num_masks": 3}),
+    total_steps=10,
+  )
+  assert three.num_masks == 3
+  x = images(2)
+  v = one.init(jax.random.PRNGKey(0), x)
+  key = jax.random.PRNGKey(5)
+  loss3, aux3 = three.loss(v.params, {}, v.method_state, x, key, 0)
+  loss1, aux1 = one.loss(v.params, {}, v.method_state, jnp.repeat(x, 3, axis=0), key, 0)
+  np.testing.assert_allclose(loss3, loss1, rtol=1e-6)
+  assert aux3.features.shape == (2, 32)
+  np.testing.assert_allclose(aux3.features, aux1.features[::3], atol=1e-6)
+  # the copies of an image are masked differently
+  _, mask_rng, _ = jax.random.split(key, 3)
+  masks = np.asarray(three.mask(mask_rng, jnp.repeat(one.preprocess(x), 3, axis=0)))
+  assert not (masks[0] == masks[1]).all() and not (masks[1] == masks[2]).all()
+  with pytest.raises(ValueError, match="num_masks=0"):
+    data2vec.create(override(tiny_config(), **{"method.num_masks": 0}), total_steps=10)
+
+
 def test_student_applies_drop_path_in_training():
   config = tiny_config()
   config.model.drop_path_rate = 0.5

@@ -39,7 +39,9 @@ Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), ta
 ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
 runs), eval_encoder ("student" | "teacher"), student ("masked": data2vec's ViT on all tokens
 with mask tokens | "visible": data2vec 2.0's encoder on the visible patches and a decoder),
-decoder_dim / decoder_depth / decoder_heads (the "visible" student's decoder).
+decoder_dim / decoder_depth / decoder_heads (the "visible" student's decoder), num_masks
+(data2vec 2.0's multi-mask training, M: each image's teacher targets are computed once and
+the student sees M independently masked copies of it, the loss averaged over all; 1: off).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Data2Vec(base.MaskTokenMethod):
   ema_anneal_steps: int
   eval_encoder: str = "student"
   decoder: mae.MAEDecoder | None = None  # set iff the student sees only visible patches
+  num_masks: int = 1  # masked copies of each image per step, one teacher pass (data2vec 2.0)
 
   def init(self, rng, images) -> base.Variables:
     if self.decoder is None:
@@ -167,13 +170,20 @@ class Data2Vec(base.MaskTokenMethod):
   def loss(self, params, batch_stats, method_state, images, rng, step):
     aug_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
     x = self.inputs(aug_rng, images)
-    mask = self.mask(mask_rng, x)
     y = self.targets(method_state["teacher"], x)
+    if self.num_masks > 1:
+      # data2vec 2.0's multi-mask training: M differently masked copies of each image share
+      # one teacher pass (its targets are tiled); copies are image-major, [b0, b0, ..., b1, ...]
+      x = jnp.repeat(x, self.num_masks, axis=0)
+      y = jnp.repeat(y, self.num_masks, axis=0)
+    mask = self.mask(mask_rng, x)
     if self.decoder is None:
       pred, features = self.predict(params, x, mask, drop_rng)
     else:
       pred, features = self.predict_visible(params, x, mask, drop_rng)
     loss = masked_smooth_l1(pred, y, mask, self.loss_beta)
+    if self.num_masks > 1:  # the online probe's features: one per image (its first copy)
+      features = features[:: self.num_masks]
     metrics = {
       "loss": loss,
       "ema_decay": ema_decay(step, self.ema_start, self.ema_end, self.ema_anneal_steps),
@@ -210,7 +220,7 @@ class Data2Vec(base.MaskTokenMethod):
 DEFAULTS = dict(
   mask_ratio=0.6, top_k=6, target_norm="layer", loss_beta=2.0, ema_decay=0.9998,
   ema_end_decay=0.9998, ema_anneal_steps=0, eval_encoder="student", student="masked",
-  decoder_dim=256, decoder_depth=2, decoder_heads=8,
+  decoder_dim=256, decoder_depth=2, decoder_heads=8, num_masks=1,
 )
 # fmt: on
 
@@ -249,4 +259,11 @@ def create(config, total_steps: int) -> Data2Vec:
     ema_anneal_steps=anneal,
     eval_encoder=eval_encoder,
     decoder=decoder,
+    num_masks=_check_num_masks(int(m.num_masks)),
   )
+
+
+def _check_num_masks(num_masks: int) -> int:
+  if num_masks < 1:
+    raise ValueError(f"method.num_masks={num_masks} must be >= 1")
+  return num_masks
