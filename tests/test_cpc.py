@@ -332,6 +332,35 @@ def test_patch_augmentation_is_the_only_randomness_when_image_augmentation_is_of
     assert (a != b) == random, (a, b)
 
 
+def test_patch_subcrop_keeps_a_random_window_of_every_patch():
+  """Oord et al.'s sub-crop: each patch keeps one keep x keep window, at every offset alike
+  over many patches, and the border around it reads as the mean colour (0 once normalised);
+  the loss sees nothing of the border's pixels."""
+  m = np.asarray(cpc.subcrop_mask(jax.random.PRNGKey(0), (40, 7, 7), 8, 6))[..., 0]
+  flat = m.reshape(-1, 8, 8)
+  assert set(np.unique(flat)) == {0.0, 1.0}
+  np.testing.assert_array_equal(flat.sum((1, 2)), 36)
+  rows, cols = flat.any(2), flat.any(1)  # the window is one contiguous block
+  np.testing.assert_array_equal(rows.sum(1), 6)
+  np.testing.assert_array_equal(cols.sum(1), 6)
+  offsets = np.argmax(rows, 1) * 3 + np.argmax(cols, 1)
+  counts = np.bincount(offsets, minlength=9)
+  assert counts.min() > 0.8 * len(flat) / 9 and counts.max() < 1.2 * len(flat) / 9
+  # with every other randomness off, the sub-crop makes the loss random, and a window of the
+  # whole patch is no sub-crop
+  images = some_images(2)
+  off = {"augment.enabled": False, "method.patch_augment": {}}
+  for keep, random in [(7, True), (8, False)]:
+    method = make(tiny_cpc(**off, **{"method.patch_subcrop": keep}))
+    v = jax.jit(method.init)(jax.random.PRNGKey(0), images)
+    loss_fn = jax.jit(method.loss)
+    a = float(loss_fn(v.params, {}, {}, images, jax.random.PRNGKey(1), 0)[0])
+    b = float(loss_fn(v.params, {}, {}, images, jax.random.PRNGKey(2), 0)[0])
+    assert (a != b) == random, (keep, a, b)
+  with pytest.raises(ValueError, match="patch_subcrop=9"):
+    make(tiny_cpc(**{"method.patch_subcrop": 9}))
+
+
 # -- bad settings ----------------------------------------------------------------------
 
 

@@ -220,6 +220,7 @@ class CPC(base.Method):
   steps: tuple
   temperature: float | None
   feature: str = "mean"
+  patch_subcrop: int = 0
 
   def _patches(self, x):
     return patch_grid(x, self.patch_size, self.patch_stride)
@@ -244,7 +245,7 @@ class CPC(base.Method):
       images: [B, S, S, 3] uint8, the global batch.
     """
     del step
-    image_rng, patch_rng = jax.random.split(rng)
+    image_rng, patch_rng, sub_rng = jax.random.split(rng, 3)
     x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
     if self.view is not None:
       x = augment.augment_batch(image_rng, x, self.view)  # [B, S, S, 3] in [0, 1]
@@ -254,7 +255,12 @@ class CPC(base.Method):
       # one image no longer share colour statistics the context could match instead of content.
       flat = patches.reshape((-1,) + patches.shape[3:])
       patches = augment.augment_batch(patch_rng, flat, self.patch_view).reshape(patches.shape)
-    z, per_direction = self.net.apply({"params": params}, self.preprocess(patches))
+    patches = self.preprocess(patches)
+    if self.patch_subcrop:
+      patches = patches * subcrop_mask(
+        sub_rng, patches.shape[:3], self.patch_size, self.patch_subcrop
+      )
+    z, per_direction = self.net.apply({"params": params}, patches)
     metrics = {}
     loss = acc = 0.0
     for name, (zd, c, predictions) in zip(DIRECTION_NAMES, per_direction):
@@ -288,6 +294,18 @@ class CPC(base.Method):
     return self.readout(z)
 
 
+def subcrop_mask(rng, grid_shape: tuple, patch: int, keep: int) -> jax.Array:
+  """[*grid_shape, P, P, 1] float: 1 on a random `keep` x `keep` window of each patch, 0 on
+  the border around it (Oord et al. 2018 §3.2: a random 60x60 sub-crop of every 64 px patch,
+  padded back). Applied to normalised patches, the border reads as the dataset's mean colour,
+  so neighbouring patches no longer continue each other's edge pixels."""
+  oy, ox = jax.random.randint(rng, (2, *grid_shape, 1, 1), 0, patch - keep + 1)
+  i = jnp.arange(patch)
+  rows = (i[:, None] >= oy) & (i[:, None] < oy + keep)
+  cols = (i[None, :] >= ox) & (i[None, :] < ox + keep)
+  return (rows & cols)[..., None].astype(jnp.float32)
+
+
 def check_steps(first_step: int, steps_ahead: int, rows: int, what: str) -> tuple:
   """The offsets k = first_step..steps_ahead, refused unless 1 <= first_step <= K < rows."""
   if not 1 <= first_step <= steps_ahead:
@@ -310,7 +328,7 @@ FEATURES = ("mean", "grid")
 DEFAULTS = dict(
   patch_size=8, patch_stride=4, first_step=1, steps_ahead=3, context_dim=256, context_layers=3,
   context_kernel_rows=3, temperature=0.0, patch_augment={}, directions=1, encoder_input_size=0,
-  feature="mean",
+  feature="mean", patch_subcrop=0,
 )
 # fmt: on
 
@@ -367,7 +385,16 @@ def create(config, total_steps: int) -> CPC:
     steps=steps,
     temperature=float(m.temperature) or None,
     feature=base.check_choice("feature", str(m.feature), FEATURES),
+    patch_subcrop=_check_subcrop(int(m.patch_subcrop), patch),
   )
+
+
+def _check_subcrop(keep: int, patch: int) -> int:
+  if not 0 <= keep <= patch:
+    raise ValueError(
+      f"method.patch_subcrop={keep} must be 0 (off) or a window of at most patch_size={patch} px"
+    )
+  return 0 if keep == patch else keep
 
 
 # -- 1-D sequences ------------------------------------------------------------------------
