@@ -151,7 +151,9 @@ def _layer_norm(a, eps=1e-5):
 
 
 def test_targets_are_the_vision_recipe():
-  method, x, v = setup()
+  config = override(tiny_config(), **{"method.target_norm": "layer"})
+  method, x = data2vec.create(config, total_steps=10), images()
+  v = method.init(jax.random.PRNGKey(0), x)
   xn = method.preprocess(x)
   y = method.targets(v.method_state["teacher"], xn)
   assert y.shape == (4, 64, 32)
@@ -167,6 +169,13 @@ def test_targets_are_the_vision_recipe():
   np.testing.assert_allclose(np.asarray(y).mean(-1), 0.0, atol=1e-5)
   inst = data2vec.average_targets([b[:, 1:] for b in blocks[-2:]], "instance")
   np.testing.assert_allclose(np.asarray(inst).mean(1), 0.0, atol=1e-4)
+  # data2vec 2.0's: instance norm per layer (over the tokens, per channel), averaged,
+  # layer-normalised (float64 by hand)
+  both = data2vec.average_targets([b[:, 1:] for b in blocks[-2:]], "instance_layer")
+  top = [np.asarray(b[:, 1:], np.float64) for b in blocks[-2:]]
+  inorm = [(a - a.mean(1, keepdims=True)) / np.sqrt(a.var(1, keepdims=True) + 1e-5) for a in top]
+  np.testing.assert_allclose(both, _layer_norm(sum(inorm) / 2), atol=2e-5)
+  np.testing.assert_allclose(inst, sum(inorm) / 2, atol=2e-5)
 
 
 def test_loss_only_at_masked_positions():

@@ -15,7 +15,8 @@ Self-supervised Learning in Speech, Vision and Language").
            norm), LN a parameter-free layer norm over channels (eps 1e-5) ("target_norm":
            "layer"). "instance" is the speech recipe's normalisation instead: an instance norm
            over the patch tokens of each image per channel on each layer, then the average
-           (§3.3 "Targets")
+           (§3.3 "Targets"); "instance_layer" is data2vec 2.0's image recipe (its released
+           `instance_norm_target_layer` and `layer_norm_targets`): that average, layer-normed
   loss:    smooth L1 (β) between a linear regression head on the student's final tokens and
            y_t, at masked positions only (§3.3 "Objective").
 
@@ -35,7 +36,7 @@ Evaluation uses the student (`method.eval_encoder="student"`, the paper's; "teac
 the EMA encoder instead).
 
 Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm
-("layer" | "instance"), loss_beta (β of smooth L1; 2.0; 0: squared error), ema_decay / ema_end_decay /
+("layer" | "instance" | "instance_layer"), loss_beta (β of smooth L1; 2.0; 0: squared error), ema_decay / ema_end_decay /
 ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
 runs), eval_encoder ("student" | "teacher"), student ("masked": data2vec's ViT on all tokens
 with mask tokens | "visible": data2vec 2.0's encoder on the visible patches and a decoder),
@@ -74,14 +75,20 @@ def layer_norm(x, eps: float = 1e-5):
   return (x - mean) / jnp.sqrt(var + eps)
 
 
+TARGET_NORMS = ("layer", "instance", "instance_layer")
+
+
 def average_targets(layers, target_norm: str = "layer"):
   """data2vec's target from the top-K layer outputs (each [B, N, D]): "layer" (vision):
-  LN(mean_l LN(a^l)); "instance" (speech): mean_l IN(a^l). Parameter-free norms, eps 1e-5."""
+  LN(mean_l LN(a^l)); "instance" (speech): mean_l IN(a^l); "instance_layer" (data2vec 2.0's
+  image recipe): LN(mean_l IN(a^l)). Parameter-free norms, eps 1e-5."""
   if target_norm == "layer":
     return layer_norm(sum(layer_norm(a) for a in layers) / len(layers))
   if target_norm == "instance":
     return sum(instance_norm(a) for a in layers) / len(layers)
-  raise ValueError(f"target_norm={target_norm!r}; valid: 'layer', 'instance'")
+  if target_norm == "instance_layer":
+    return layer_norm(sum(instance_norm(a) for a in layers) / len(layers))
+  raise ValueError(f"target_norm={target_norm!r}; valid: {TARGET_NORMS}")
 
 
 def smooth_l1(pred, target, beta: float):
@@ -234,8 +241,8 @@ def create(config, total_steps: int) -> Data2Vec:
   if not 1 <= top_k <= encoder.depth:
     raise ValueError(f"method.top_k={top_k} must be in [1, model.depth={encoder.depth}]")
   norm = m.target_norm
-  if norm not in ("instance", "layer"):
-    raise ValueError(f"method.target_norm={norm!r}; valid: 'layer', 'instance'")
+  if norm not in TARGET_NORMS:
+    raise ValueError(f"method.target_norm={norm!r}; valid: {TARGET_NORMS}")
   eval_encoder = base.check_eval_encoder(m.eval_encoder, EVAL_ENCODERS)
   anneal = int(m.ema_anneal_steps) or int(total_steps)
   if m.student not in STUDENTS:
