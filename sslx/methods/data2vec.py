@@ -36,13 +36,14 @@ Evaluation uses the student (`method.eval_encoder="student"`, the paper's; "teac
 the EMA encoder instead).
 
 Config (`config.method`): mask_ratio (0.6), top_k (6 of 12 blocks for ViT-B), target_norm
-("layer" | "instance" | "instance_layer"), loss_beta (β of smooth L1; 2.0; 0: squared error), ema_decay / ema_end_decay /
-ema_anneal_steps (0.9998 constant for ViT-B/16 in the released recipe; smaller for short
-runs), eval_encoder ("student" | "teacher"), student ("masked": data2vec's ViT on all tokens
-with mask tokens | "visible": data2vec 2.0's encoder on the visible patches and a decoder),
-decoder_dim / decoder_depth / decoder_heads (the "visible" student's decoder), num_masks
-(data2vec 2.0's multi-mask training, M: each image's teacher targets are computed once and
-the student sees M independently masked copies of it, the loss averaged over all; 1: off).
+("layer" | "instance" | "instance_layer"), loss_beta (β of smooth L1; 2.0; 0: squared
+error), ema_decay / ema_end_decay / ema_anneal_steps (0.9998 constant for ViT-B/16 in the
+released recipe; smaller for short runs), eval_encoder ("student" | "teacher"), student
+("masked": data2vec's ViT on all tokens with mask tokens | "visible": data2vec 2.0's encoder
+on the visible patches and a decoder), decoder_dim / decoder_depth / decoder_heads (the
+"visible" student's decoder), num_masks (data2vec 2.0's multi-mask training, M: each image's
+teacher targets are computed once and the student sees M independently masked copies of it,
+the loss averaged over all; 1: off).
 """
 
 from __future__ import annotations
