@@ -37,8 +37,8 @@ def cpu(opts) -> ml_collections.ConfigDict:
     # Views cropped to 24 px, evaluated on the whole 32 px image: a random-resized crop
     # enlarges what it keeps, so a smaller training view shows objects nearer the size they
     # have in the whole test image (Touvron et al. 2019, "Fixing the train-test resolution
-    # discrepancy"), and the step costs ~0.6x. 28 epochs: k-NN@20 55.85 against 54.95 with
-    # 32 px views in 0.6x the time; 20 px views 52.55 (BUILD_NOTES).
+    # discrepancy"), and the step costs about half as much. 28 epochs: k-NN@20 55.85 against
+    # 54.95 with 32 px views; 20 px views 52.55 (BUILD_NOTES).
     augment=cl.two_views(24, (0.2, 1.0)),
     optimizer=cl.optimizer("adamw", 2e-3, weight_decay=1e-4, warmup_epochs=1.0),
     batch_size=512,
