@@ -43,8 +43,10 @@ def tiny(name: str, **overrides):
 
 def tiny_simclr(steps: int = 6, batch: int = 32, **overrides):
   """The demo on the tiny preset with the narrow 2-layer CNN and heads the trainer tests were
-  written against, and a checkpoint every 3 steps (the resume tests stop between them)."""
+  written against, views at the images' own 32 px (models swapped in, such as a patch-16 ViT,
+  need them), and a checkpoint every 3 steps (the resume tests stop between them)."""
   fixed = {
+    "augment.crop_size": 32,
     "model.widths": (8, 16),
     "method.projector_hidden": (32,),
     "method.projector_dim": 16,
