@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from sslx import config_lib, data, train, weights
+from sslx.models import vit
 
 
 def export_checkpoint(
@@ -35,6 +36,10 @@ def export_checkpoint(
   # The side the method's encode resizes whole images to (jigsaw: its tile scale), else the
   # source's.
   size = int(setup.method.encoder_input(images[:1]).shape[1])
+  # A ViT trained on crops smaller or larger than that stores a position embedding for the
+  # crop's grid and resamples it in every forward pass at `size`; the exported model is built
+  # for `size`, so it gets that resampled embedding once (the same features, a plain model).
+  params = vit.pos_embed_for_images(params, (size, size))
   meta = weights.export(
     encoder, config.model.name, fmt, params, stats, setup.method.preprocess, size, out
   )

@@ -201,6 +201,43 @@ def test_safetensors_roundtrip_through_a_method(tmp_path):
 
 
 @pytest.mark.slow
+def test_export_of_a_vit_trained_on_smaller_views_builds_the_evaluated_grid(tmp_path):
+  """A ViT trained on 24 px views of 32 px images stores a 3x3 position embedding and
+  resamples it for the 4x4 grid evaluation sees. The export is the model evaluation uses: a
+  timm state dict with 4x4 (+ CLS) positions whose features, read back, equal method.encode's
+  on the whole 32 px images (and timm's own, with the peer)."""
+  from sslx import data, export, train
+
+  c = helpers.tiny_simclr(steps=2, evals={})
+  c.augment.crop_size = 24
+  c.model = dict(name="vit_tiny", patch_size=8, dim=32, depth=2, num_heads=2)
+  work = str(tmp_path / "run")
+  train.train_and_evaluate(c, work)
+  setup, state, _ = train.restore_latest(c, work)
+  assert [
+    leaf.shape[1]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params["model"])
+    if path[-1].key == "pos_embed"
+  ] == [9]  # the 3x3 grid of the training views
+  out = str(tmp_path / "vit.pth")
+  line = export.export_checkpoint(c, work, "timm", out, peer_python=PEER, verify=PEER is not None)
+  sd = weights.read_state_dict(out)
+  assert sd["pos_embed"].shape == (1, 1 + 16, 32)
+  source = data.build_source(c.dataset, "train")
+  images = np.stack([source[i]["image"] for i in range(8)])
+  want = np.asarray(setup.method.encode(state.params["model"], state.batch_stats, images))
+  encoder = weights.encoder_module(c)
+  like = encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  params, stats = weights.load_into(encoder, sd, like["params"], {})
+  assert params["pos_embed"].shape == (1, 16, 32)
+  pre = setup.method.preprocess
+  got = weights.encoder_features(encoder, params, stats, images, pre.mean, pre.std)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  if PEER:
+    assert line["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
 def test_cli_export_of_a_trained_run_verifies_and_init_from_reads_it(tmp_path):
   """Two steps of SimCLR with a tiny ViT, `python -m sslx export --format=timm --verify`
   (with the peer: max_abs_diff printed), then the trainer's init_from reading the file back:
