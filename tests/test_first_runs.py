@@ -1,7 +1,9 @@
 """tools/first_runs.py: the script that regenerates the first-runs table from real runs."""
 
+import datetime
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -49,6 +51,7 @@ def test_a_tiny_run_is_timed_and_tabulated(tmp_path):
   )
   assert rows[0]["name"] == "rotation" and rows[0]["metric"] == "linear"
   assert rows[0]["wall"] > 0 and rows[0]["commit"] == first_runs.source_version()
+  assert rows[0]["date"] == datetime.date.today().isoformat()
   assert json.loads((tmp_path / "rotation" / "results.json").read_text())["steps"] == 4
   assert "| rotation |" in (tmp_path / "first_runs.md").read_text()
 
@@ -57,14 +60,30 @@ def test_a_finished_run_is_read_with_the_commit_it_ran_at(tmp_path):
   out = tmp_path / "rotation"
   out.mkdir()
   (out / "results.json").write_text(json.dumps({"linear": 50.0}))
-  (out / "first_run.json").write_text(json.dumps({"wall_s": 120.0, "commit": "abc1234"}))
+  timing = {"wall_s": 120.0, "commit": "abc1234", "date": "2026-03-04"}
+  (out / "first_run.json").write_text(json.dumps(timing))
   results = first_runs.run("rotation", "", tmp_path)  # nothing is trained: it is finished
-  assert (results["wall_s"], results["commit"]) == (120.0, "abc1234")
-  (out / "first_run.json").write_text(json.dumps({"wall_s": 120.0}))  # older timing file
-  assert first_runs.run("rotation", "", tmp_path)["commit"] == "unknown"
+  assert (results["wall_s"], results["commit"], results["date"]) == (120.0, "abc1234", "2026-03-04")
+  # an older timing file: no commit, and the day is the one results.json was written
+  (out / "first_run.json").write_text(json.dumps({"wall_s": 120.0}))
+  written = datetime.datetime(2026, 5, 6, 12).timestamp()
+  os.utime(out / "results.json", (written, written))
+  results = first_runs.run("rotation", "", tmp_path)
+  assert (results["commit"], results["date"]) == ("unknown", "2026-05-06")
 
 
-def test_stamp_names_each_commit_when_runs_come_from_several():
-  rows = [dict(name=n, commit=c) for n, c in (("a", "111"), ("b", "222"), ("c", "111"))]
-  assert first_runs.stamp(rows[:1] + rows[2:], "2026-01-02") == "on 2026-01-02 at commit 111"
-  assert first_runs.stamp(rows, "2026-01-02") == "on 2026-01-02 at commits 111 (a, c); 222 (b)"
+def test_stamp_names_each_day_and_commit_when_runs_come_from_several():
+  rows = [
+    dict(name=n, commit=c, date=d)
+    for n, c, d in (
+      ("a", "111", "2026-01-02"),
+      ("b", "222", "2026-01-02"),
+      ("c", "111", "2026-01-02"),
+      ("d", "111", "2026-01-05"),
+    )
+  ]
+  assert first_runs.stamp(rows[:1] + rows[2:3]) == "on 2026-01-02 at commit 111"
+  assert first_runs.stamp(rows[:3]) == "on 2026-01-02 at commits 111 (a, c); 222 (b)"
+  assert first_runs.stamp(rows) == (
+    "on 2026-01-02 at commits 111 (a, c); 222 (b); on 2026-01-05 at commit 111 (d)"
+  )

@@ -93,11 +93,16 @@ def run(name: str, preset: str, workdir: pathlib.Path) -> dict:
     with open(out / "first_run.log", "w") as log:
       for c in [before, cmd] if before else [cmd]:
         subprocess.run(c, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    timing.write_text(json.dumps({"wall_s": time.perf_counter() - start, "commit": version}))
+    wall = time.perf_counter() - start
+    today = datetime.date.today().isoformat()
+    timing.write_text(json.dumps({"wall_s": wall, "commit": version, "date": today}))
   results = json.loads(results_path.read_text())
   meta = json.loads(timing.read_text()) if timing.exists() else {}
   results["wall_s"] = meta.get("wall_s")
   results["commit"] = meta.get("commit", "unknown")
+  # the day the run finished (older timing files hold none: the day results.json was written)
+  finished = datetime.date.fromtimestamp(results_path.stat().st_mtime).isoformat()
+  results["date"] = meta.get("date", finished)
   return results
 
 
@@ -121,19 +126,25 @@ def row(name: str, results: dict) -> dict:
     wall=wall,
     passed=passed,
     commit=results.get("commit", "unknown"),
+    date=results.get("date", "unknown"),
   )
 
 
-def stamp(rows: list[dict], date: str) -> str:
-  """The table's stamp: the date and the commit the runs were made at, or, when they come from
-  several commits, each commit with its runs."""
-  by_commit: dict[str, list[str]] = {}
+def stamp(rows: list[dict]) -> str:
+  """The table's stamp: the day and the commit the runs were made at; runs of several commits
+  are named under each commit, and runs of several days under each day."""
+  days: dict[str, dict[str, list[str]]] = {}
   for r in rows:
-    by_commit.setdefault(r["commit"], []).append(r["name"])
-  if len(by_commit) == 1:
-    return f"on {date} at commit {next(iter(by_commit))}"
-  parts = [f"{c} ({', '.join(names)})" for c, names in by_commit.items()]
-  return f"on {date} at commits {'; '.join(parts)}"
+    days.setdefault(r["date"], {}).setdefault(r["commit"], []).append(r["name"])
+
+  def commits(by_commit: dict[str, list[str]], named: bool) -> str:
+    if len(by_commit) == 1 and not named:
+      return f"commit {next(iter(by_commit))}"
+    parts = [f"{c} ({', '.join(names)})" for c, names in by_commit.items()]
+    return ("commit " if len(parts) == 1 else "commits ") + "; ".join(parts)
+
+  named = len(days) > 1
+  return "; ".join(f"on {d} at {commits(by, named)}" for d, by in days.items())
 
 
 def table(rows: list[dict], when: str) -> str:
@@ -208,7 +219,7 @@ def main(argv=None):
     parser.error(f"unknown experiments {unknown}; valid: {experiments()}")
   workdir = pathlib.Path(args.workdir)
   rows = [row(n, run(n, args.preset, workdir)) for n in names]
-  text = table(rows, stamp(rows, datetime.date.today().isoformat()))
+  text = table(rows, stamp(rows))
   print(text)
   (workdir / "first_runs.md").write_text(text + "\n")
   if not args.no_docs:
