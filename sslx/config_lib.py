@@ -252,7 +252,8 @@ def optimizer(
   `base_lr` scaled by the batch size as `lr_scaling` says (none | linear: ×B/256 | sqrt), with
   linear warm-up and a cosine decay to `final_lr_fraction` of the peak. Every optimizer's knobs
   are present (momentum and trust coefficient for LARS/SGD, b1/b2 for AdamW, grad_clip_norm:
-  0 = off) so any can be set from the command line; `extra` overrides them (and may add
+  0 = off, no_decay: parameter names kept out of weight decay) so any can be set from the
+  command line; `extra` overrides them (and may add
   weight_decay_end: a cosine weight-decay schedule, see sslx/optim.py)."""
   c = dict(
     name=name,
@@ -266,6 +267,7 @@ def optimizer(
     b1=0.9,
     b2=0.999,
     grad_clip_norm=0.0,
+    no_decay=(),
   )
   optional = {"nesterov", "eps", "decay_all", "warmup_steps", "weight_decay_end"}
   unknown = sorted(set(extra) - set(c) - optional)

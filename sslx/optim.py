@@ -13,6 +13,9 @@ Config (`config.optimizer`):
                   before the optimizer sees it (optax.clip_by_global_norm); 0 = off
   decay_all:      weight decay on every parameter, biases and norms included, as
                   torch.optim's weight_decay (MoCo's official SGD); default False
+  no_decay:       names of parameters that get neither weight decay nor LARS adaptation
+                  whatever their rank (BEiT's pretraining: ("pos_embed", "cls_token"), its
+                  model's `no_weight_decay()`); default ()
   warmup_epochs or warmup_steps; final_lr_fraction (cosine floor)
 
 Unless `decay_all`, biases and normalisation parameters (every leaf with ndim <= 1) get no
@@ -21,8 +24,9 @@ weight decay; they never get LARS trust-ratio adaptation (SimCLR, BYOL appendix)
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -33,9 +37,16 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
-def decay_mask(params: Any) -> Any:
-  """True for leaves that get weight decay / LARS adaptation: kernels, not biases or norms."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params: Any, no_decay: Collection[str] = ()) -> Any:
+  """True for leaves that get weight decay / LARS adaptation: kernels, not biases or norms,
+  and no leaf under a key named in `no_decay` (a method's own exclusions, such as BEiT's
+  position embedding and CLS token: `optimizer.no_decay`)."""
+  names = frozenset(no_decay)
+
+  def decayed(path, p):
+    return p.ndim > 1 and not names.intersection(getattr(k, "key", None) for k in path)
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def scaled_lr(opt_cfg, batch_size: int) -> float:
@@ -115,14 +126,15 @@ def make_optimizer(
 
 def _base_optimizer(opt_cfg, schedule, wd) -> optax.GradientTransformation:
   name = opt_cfg.name
-  mask = None if opt_cfg.get("decay_all", False) else decay_mask
+  kernels = functools.partial(decay_mask, no_decay=tuple(opt_cfg.get("no_decay", ()) or ()))
+  mask = None if opt_cfg.get("decay_all", False) else kernels
   if name == "lars":
     return optax.lars(
       schedule,
       weight_decay=wd,
       weight_decay_mask=True if mask is None else mask,
       trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
-      trust_ratio_mask=decay_mask,
+      trust_ratio_mask=kernels,
       momentum=opt_cfg.get("momentum", 0.9),
     )
   if name == "sgd":

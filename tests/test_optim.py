@@ -94,6 +94,54 @@ def test_decay_all_decays_biases_too():
     np.testing.assert_allclose(updates["b"], want * PARAMS["b"], rtol=1e-6)
 
 
+def test_no_decay_names_keep_matrices_out_of_decay_and_lars_adaptation():
+  """BEiT's pretraining excludes its position embedding and CLS token by name: with zero
+  gradients AdamW's update is -lr·wd·p on every other matrix and 0 on those, at any depth of
+  the tree; LARS leaves them its plain (unadapted, undecayed) step too."""
+  params = {
+    "vit": {"pos_embed": jnp.ones((1, 4, 3)), "cls_token": jnp.ones((1, 1, 3))},
+    "w": jnp.ones((3, 4)),
+    "b": jnp.ones((4,)),
+  }
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  names = ("pos_embed", "cls_token")
+  adamw = optim.make_optimizer(
+    cfg(name="adamw", weight_decay=0.1, no_decay=names), optax.constant_schedule(1.0), 10
+  )
+  updates, _ = adamw.update(zeros, adamw.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.1 * params["w"], rtol=1e-6)
+  for leaf in (updates["vit"]["pos_embed"], updates["vit"]["cls_token"], updates["b"]):
+    np.testing.assert_allclose(leaf, 0.0)
+  plain = optim.make_optimizer(
+    cfg(name="adamw", weight_decay=0.1), optax.constant_schedule(1.0), 10
+  )
+  updates, _ = plain.update(zeros, plain.init(params), params)
+  np.testing.assert_allclose(updates["vit"]["pos_embed"], -0.1 * params["vit"]["pos_embed"])
+  # LARS: a gradient of ones; the excluded leaves take the plain momentum-free step -lr·g
+  lars = optim.make_optimizer(
+    cfg(name="lars", weight_decay=0.1, momentum=0.0, no_decay=names),
+    optax.constant_schedule(1.0),
+    10,
+  )
+  ones = jax.tree.map(jnp.ones_like, params)
+  updates, _ = lars.update(ones, lars.init(params), params)
+  np.testing.assert_allclose(updates["vit"]["pos_embed"], -1.0, rtol=1e-6)
+  assert not np.allclose(updates["w"], -1.0)  # adapted: trust ratio · (g + wd·p)
+  assert optim.decay_mask(params, names) == {
+    "vit": {"pos_embed": False, "cls_token": False},
+    "w": True,
+    "b": False,
+  }
+
+
+def test_beit_paper_presets_keep_position_embedding_and_cls_token_out_of_decay():
+  from tests.helpers import experiment
+
+  for preset in ("cifar10", "imagenet"):
+    assert tuple(experiment("beit", preset).optimizer.no_decay) == ("pos_embed", "cls_token")
+  assert tuple(experiment("beit").optimizer.no_decay) == ()
+
+
 def test_presets_set_clipping_and_schedules():
   from tests.helpers import experiment
 

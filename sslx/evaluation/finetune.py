@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslx import losses, paths, progress, sharding
+from sslx import losses, optim, paths, progress, sharding
 from sslx.evaluation import Context, extract_split, reading, resumable  # noqa: F401
 from sslx.models import vit
 
@@ -200,12 +200,7 @@ NO_DECAY_NAMES = frozenset({"cls_token", "mask_token", "pos_embed", "rel_pos_bia
 def decay_mask(params):
   """True for the leaves that get weight decay: more than one dimension and not named in
   NO_DECAY_NAMES."""
-
-  def decayed(path, p):
-    names = {getattr(k, "key", None) for k in path}
-    return p.ndim > 1 and not names & NO_DECAY_NAMES
-
-  return jax.tree_util.tree_map_with_path(decayed, params)
+  return optim.decay_mask(params, NO_DECAY_NAMES)
 
 
 def make_tx(params, cfg: dict, total_steps: int) -> optax.GradientTransformation:
