@@ -87,3 +87,6 @@ def test_stamp_names_each_day_and_commit_when_runs_come_from_several():
   assert first_runs.stamp(rows) == (
     "on 2026-01-02 at commits 111 (a, c); 222 (b); on 2026-01-05 at commit 111 (d)"
   )
+  assert first_runs.stamp(rows[3:] + rows[:1]) == (
+    "on 2026-01-02 at commit 111 (a); on 2026-01-05 at commit 111 (d)"
+  )

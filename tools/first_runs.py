@@ -144,7 +144,7 @@ def stamp(rows: list[dict]) -> str:
     return ("commit " if len(parts) == 1 else "commits ") + "; ".join(parts)
 
   named = len(days) > 1
-  return "; ".join(f"on {d} at {commits(by, named)}" for d, by in days.items())
+  return "; ".join(f"on {d} at {commits(by, named)}" for d, by in sorted(days.items()))
 
 
 def table(rows: list[dict], when: str) -> str:
