@@ -18,9 +18,10 @@ r"""BEiT (Bao et al. 2022) stage-two experiment presets (train the tokenizer fir
   imagenet: ViT-B/16 with layer scale (init 0.1) and a relative position bias shared by the
       blocks, 75 of 196 patches masked blockwise (min block 16; `mask_ratio=75/196`, the
       released code's count — 0.4 would mask 78), batch 2048, AdamW lr 1.5e-3, β2 0.999,
-      weight decay 0.05 (likewise not on the position embedding and CLS token), gradient clipping at global norm 3, 10 warm-up epochs, 800 epochs,
-      drop path 0.1 (paper App. F / Table 9: 83.2% fine-tuned top-1 with the DALL-E
-      tokenizer). sslx keeps the absolute position embedding beside the relative bias.
+      weight decay 0.05 (likewise not on the position embedding and CLS token), gradient
+      clipping at global norm 3, 10 warm-up epochs, 800 epochs, drop path 0.1 (paper App. F /
+      Table 9: 83.2% fine-tuned top-1 with the DALL-E tokenizer). sslx keeps the absolute
+      position embedding beside the relative bias.
 """
 
 import ml_collections

@@ -219,7 +219,7 @@ def test_export_of_a_vit_trained_on_smaller_views_builds_the_evaluated_grid(tmp_
     for path, leaf in jax.tree_util.tree_leaves_with_path(state.params["model"])
     if path[-1].key == "pos_embed"
   ] == [9]  # the 3x3 grid of the training views
-  out = str(tmp_path / "vit.pth")
+  out = str(tmp_path / "vit.safetensors")
   line = export.export_checkpoint(c, work, "timm", out, peer_python=PEER, verify=PEER is not None)
   sd = weights.read_state_dict(out)
   assert sd["pos_embed"].shape == (1, 1 + 16, 32)
