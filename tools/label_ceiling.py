@@ -97,14 +97,22 @@ def train_with_labels(config, method, train_x, train_y, num_classes: int, seed: 
   return params["encoder"], init.params, losses
 
 
+_ENCODE = {}  # one compiled readout per method object: trained and untrained share it
+
+
 def features(method, params, images: np.ndarray, chunk: int = 500) -> np.ndarray:
-  encode = jax.jit(lambda p, x: method.encode(p, {}, x))
-  return np.concatenate(
-    [
-      np.asarray(encode(params, jnp.asarray(images[i : i + chunk])))
-      for i in range(0, len(images), chunk)
-    ]
-  )
+  """`method.encode` of `images` in chunks of `chunk` (one compilation, the last one padded)."""
+  if id(method) not in _ENCODE:
+    _ENCODE[id(method)] = (method, jax.jit(lambda p, x: method.encode(p, {}, x)))
+  encode = _ENCODE[id(method)][1]
+  out = []
+  for i in range(0, len(images), chunk):
+    x = images[i : i + chunk]
+    pad = chunk - len(x) if len(images) > chunk else 0
+    out.append(
+      np.asarray(encode(params, jnp.asarray(np.pad(x, ((0, pad),) + ((0, 0),) * 3))))[: len(x)]
+    )
+  return np.concatenate(out)
 
 
 def main(argv):
