@@ -74,6 +74,17 @@ def warmup_cosine(
   )
 
 
+def lr_schedule(opt_cfg, batch_size: int, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """A run's learning rate: `scaled_lr` for the batch, warm-up (`warmup_steps_from`), then
+  cosine decay to `final_lr_fraction` of the peak over `total_steps`."""
+  return warmup_cosine(
+    scaled_lr(opt_cfg, batch_size),
+    total_steps,
+    warmup_steps_from(opt_cfg, steps_per_epoch),
+    opt_cfg.get("final_lr_fraction", 0.0),
+  )
+
+
 def cosine_schedule(start: float, end: float, total_steps: int) -> optax.Schedule:
   """v(k) = end + (start − end)·(1 + cos(π·k/K))/2 for k in [0, K], then `end` (DINO's
   `cosine_scheduler` without warm-up)."""

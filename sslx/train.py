@@ -151,13 +151,7 @@ def build(
   spe = config_lib.steps_per_epoch(num_examples, config.batch_size)
   total = config_lib.total_steps(config, num_examples)
   method = methods.get(config.method.name).create(config, total_steps=total)
-  peak = optim.scaled_lr(config.optimizer, config.batch_size)
-  schedule = optim.warmup_cosine(
-    peak,
-    total,
-    optim.warmup_steps_from(config.optimizer, spe),
-    config.optimizer.get("final_lr_fraction", 0.0),
-  )
+  schedule = optim.lr_schedule(config.optimizer, config.batch_size, total, spe)
   tx = make_tx(config, schedule, config.online_probe.get("lr", 1e-3), method, total)
   sample = jax.ShapeDtypeStruct(sample_images.shape, sample_images.dtype)
   abstract = jax.eval_shape(

@@ -16,6 +16,7 @@ evaluation mode here); the config's method must define `encode(params, batch_sta
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sslx import config_lib, data, methods, optim, xla
+from sslx import config_lib, data, evaluation, methods, optim, sharding, xla
 from sslx.evaluation import knn
 from sslx.methods import base
 
@@ -54,12 +55,8 @@ def train_with_labels(config, method, train_x, train_y, num_classes: int, seed: 
   width = method.encode(init.params, {}, jnp.asarray(train_x[:2])).shape[-1]
   head = jnp.zeros((width, num_classes))  # the first step's loss is ln(classes)
   params = {"encoder": init.params, "head": head}
-  schedule = optim.warmup_cosine(  # as the trainer's
-    optim.scaled_lr(config.optimizer, batch),
-    steps,
-    optim.warmup_steps_from(config.optimizer, config_lib.steps_per_epoch(len(train_x), batch)),
-    config.optimizer.get("final_lr_fraction", 0.0),
-  )
+  spe = config_lib.steps_per_epoch(len(train_x), batch)
+  schedule = optim.lr_schedule(config.optimizer, batch, steps, spe)  # the trainer's
   tx = optim.make_optimizer(config.optimizer, schedule, steps)
   opt_state = tx.init(params)
 
@@ -97,22 +94,10 @@ def train_with_labels(config, method, train_x, train_y, num_classes: int, seed: 
   return params["encoder"], init.params, losses
 
 
-_ENCODE = {}  # one compiled readout per method object: trained and untrained share it
-
-
-def features(method, params, images: np.ndarray, chunk: int = 500) -> np.ndarray:
-  """`method.encode` of `images` in chunks of `chunk` (one compilation, the last one padded)."""
-  if id(method) not in _ENCODE:
-    _ENCODE[id(method)] = (method, jax.jit(lambda p, x: method.encode(p, {}, x)))
-  encode = _ENCODE[id(method)][1]
-  out = []
-  for i in range(0, len(images), chunk):
-    x = images[i : i + chunk]
-    pad = chunk - len(x) if len(images) > chunk else 0
-    out.append(
-      np.asarray(encode(params, jnp.asarray(np.pad(x, ((0, pad),) + ((0, 0),) * 3))))[: len(x)]
-    )
-  return np.concatenate(out)
+def features(method, params, images: np.ndarray) -> np.ndarray:
+  """`method.encode` of every image, extracted as evaluation extracts features."""
+  encode = functools.partial(method.encode, params, {})
+  return evaluation.extract(encode, images, sharding.local_mesh(), what="label-ceiling features")
 
 
 def main(argv):
