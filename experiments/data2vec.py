@@ -15,14 +15,16 @@ r"""data2vec (Baevski et al. 2022) image experiment presets.
       one and raw pixels (first-run figures in docs/results.md).
   cifar10: ViT-S/4 on 32 px, 60% blockwise masking, top-K = 6 of 12, layer-norm targets,
       smooth-L1 β 2, gradient clipping at global norm 3, EMA 0.999 → 0.9999, batch 512,
-      AdamW lr 1e-3·B/256, β2 0.999, weight decay 0.05, 40 warm-up epochs, 800 epochs (the
+      AdamW lr 1e-3·B/256, β2 0.999, weight decay 0.05 (not on the position embedding and CLS
+      token, as the released code's `no_weight_decay()`), 40 warm-up epochs, 800 epochs (the
       ViT-B recipe scaled to CIFAR).
         python -m sslx.main --config=experiments/data2vec.py:cifar10 \
           --config.dataset.path=/data/cifar10-{split}.tar.gz --workdir=...
   imagenet: ViT-B/16, 60% blockwise masking, K = 6, τ 0.9998 constant, batch 2048, AdamW lr
-      2e-3 (1e-3·B/1024), β2 0.999, weight decay 0.05, gradient clipping at global norm 3,
-      drop path 0.25, layer scale 1e-4, 40 warm-up epochs, 800 epochs (paper §4.1 "Computer
-      vision" and the released data2vec_vision command: 84.2% fine-tuned top-1 for ViT-B).
+      2e-3 (1e-3·B/1024), β2 0.999, weight decay 0.05 (likewise), gradient clipping at global
+      norm 3, drop path 0.25, layer scale 1e-4, 40 warm-up epochs, 800 epochs (paper §4.1
+      "Computer vision" and the released data2vec_vision command: 84.2% fine-tuned top-1 for
+      ViT-B).
       The student is evaluated (`method.eval_encoder="student"`).
 """
 
@@ -55,6 +57,11 @@ def cpu(opts) -> ml_collections.ConfigDict:
   return c
 
 
+def _no_decay():
+  """The released data2vec vision code is BEiT's: the same `no_weight_decay()` names."""
+  return cl.sibling(__file__, "beit").NO_DECAY
+
+
 def _masked_student(c, opts):
   """data2vec's own (all-token) student and its vision recipe: BEiT's augmentation (random
   resized crop, flip, colour jitter) and 60% blockwise masking."""
@@ -73,6 +80,7 @@ def cifar10(c, opts):
     weight_decay=0.05,
     warmup_epochs=40.0,
     grad_clip_norm=3.0,
+    no_decay=_no_decay(),
   )
   cl.cifar10_run(c, batch_size=512, epochs=800)
 
@@ -85,7 +93,12 @@ def imagenet(c, opts):
   # the released recipe: τ = 0.9998 from the first update on, not annealed
   c.method.update(top_k=6, ema_decay=0.9998, ema_end_decay=0.9998)
   c.optimizer = cl.optimizer(
-    "adamw", 2e-3, weight_decay=0.05, warmup_epochs=40.0, grad_clip_norm=3.0
+    "adamw",
+    2e-3,
+    weight_decay=0.05,
+    warmup_epochs=40.0,
+    grad_clip_norm=3.0,
+    no_decay=_no_decay(),
   )
   cl.imagenet_run(c, batch_size=2048, epochs=800)
 

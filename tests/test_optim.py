@@ -134,12 +134,14 @@ def test_no_decay_names_keep_matrices_out_of_decay_and_lars_adaptation():
   }
 
 
-def test_beit_paper_presets_keep_position_embedding_and_cls_token_out_of_decay():
+def test_beit_and_data2vec_paper_presets_keep_position_embedding_and_cls_token_out_of_decay():
   from tests.helpers import experiment
 
-  for preset in ("cifar10", "imagenet"):
-    assert tuple(experiment("beit", preset).optimizer.no_decay) == ("pos_embed", "cls_token")
-  assert tuple(experiment("beit").optimizer.no_decay) == ()
+  for name in ("beit", "data2vec"):
+    for preset in ("cifar10", "imagenet"):
+      no_decay = tuple(experiment(name, preset).optimizer.no_decay)
+      assert no_decay == ("pos_embed", "cls_token"), (name, preset)
+    assert tuple(experiment(name).optimizer.no_decay) == ()
 
 
 def test_presets_set_clipping_and_schedules():
