@@ -90,3 +90,77 @@ def test_stamp_names_each_day_and_commit_when_runs_come_from_several():
   assert first_runs.stamp(rows[3:] + rows[:1]) == (
     "on 2026-01-02 at commit 111 (a); on 2026-01-05 at commit 111 (d)"
   )
+
+
+def _rows(specs):
+  out = []
+  for name, commit, date, trained, wall in specs:
+    metric = first_runs.metric_of(name)
+    results = {
+      metric: trained,
+      "wall_s": wall,
+      "commit": commit,
+      "date": date,
+      "baselines": {"random_init": {metric: 41.2}, "raw_pixels": {metric: 38.8}},
+    }
+    out.append(first_runs.row(name, results))
+  return out
+
+
+@pytest.mark.parametrize(
+  "specs",
+  [
+    # one day, one commit: the stamp names no rows
+    [
+      ("simclr", "aaa1111", "2026-01-02", 55.85, 458.0),
+      ("mae", "aaa1111", "2026-01-02", 49.5, 310),
+    ],
+    # several commits over several days, a missing figure and a run over the budget
+    [
+      ("simclr", "aaa1111", "2026-01-02", 55.85, 458.0),
+      ("cpc", "bbb2222", "2026-01-02", None, 829.0),
+      ("dino", "aaa1111", "2026-01-05", 44.45, 449.0),
+      ("mae", "ccc3333", "2026-01-05", 49.5, None),
+    ],
+  ],
+)
+def test_rows_read_back_from_the_table_equal_the_rows_it_was_written_from(specs):
+  rows = _rows(specs)
+  back = first_runs.rows_in(first_runs.table(rows, first_runs.stamp(rows)))
+  for r in rows:
+    r["margin"] = None if r["margin"] is None else round(r["margin"], 2)
+  for r in back:
+    r["margin"] = None if r["margin"] is None else round(r["margin"], 2)
+  assert back == rows
+
+
+def test_the_committed_table_reads_back_to_itself():
+  block = first_runs.current_block(first_runs.REPO / "docs" / "results.md")
+  rows = first_runs.rows_in(block)
+  assert sorted(r["name"] for r in rows) == first_runs.experiments()
+  assert first_runs.table(rows, first_runs.stamp(rows)).strip() == block.strip()
+
+
+def test_one_rerun_keeps_every_other_row_of_the_docs(tmp_path):
+  out = tmp_path / "rotation"
+  out.mkdir()
+  results = {"linear": 60.25, "baselines": {"random_init": {"linear": 46.7}}}
+  (out / "results.json").write_text(json.dumps(results))
+  timing = {"wall_s": 250.0, "commit": "abc1234", "date": "2026-03-04"}
+  (out / "first_run.json").write_text(json.dumps(timing))
+  rows = first_runs.main(
+    ["--workdir", str(tmp_path), "--only=rotation", "--keep_other_rows", "--no_docs"]
+  )
+  kept = first_runs.rows_in(first_runs.current_block(first_runs.REPO / "docs" / "results.md"))
+  assert [r["name"] for r in rows] == first_runs.experiments()
+  by_name = {r["name"]: r for r in rows}
+  assert by_name["rotation"]["trained"] == 60.25 and by_name["rotation"]["commit"] == "abc1234"
+  assert [r for r in rows if r["name"] != "rotation"] == [
+    r for r in kept if r["name"] != "rotation"
+  ]
+  assert "| rotation | 4 min 10 s | linear | 60.25 |" in (tmp_path / "first_runs.md").read_text()
+
+
+def test_a_docs_table_without_a_stamp_is_refused():
+  with pytest.raises(ValueError, match="no 'Measured"):
+    first_runs.rows_in("| simclr | 1 min 00 s | knn@20 | 50.00 | 41.20 | 38.80 | +8.80 | yes |")

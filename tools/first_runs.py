@@ -14,6 +14,12 @@ between the `first-runs` markers in docs/results.md and README.md, stamped with 
 the commit each run was made at; nothing in that block is edited by hand. A run already
 finished in --workdir is read, not repeated (delete its folder to run it again): it keeps the
 commit it ran at, so a table mixing runs of several commits names each commit and its rows.
+
+    python tools/first_runs.py --workdir=/tmp/fr --only=cpc --keep_other_rows
+
+re-runs one experiment (its recipe changed) and keeps every other row as the table in
+docs/results.md states it, with the commit and day that row was measured at, instead of
+re-running all of them.
 """
 
 from __future__ import annotations
@@ -169,6 +175,45 @@ def table(rows: list[dict], when: str) -> str:
   return "\n".join(lines)
 
 
+def rows_in(block: str) -> list[dict]:
+  """The rows of a table `table` wrote, read back from its text (the inverse of `table` and
+  `stamp`, to the precision the table prints: hundredths of a point, whole seconds)."""
+  head = re.search(r"^Measured (.*) with `python tools/first_runs.py`", block, re.M)
+  if head is None:
+    raise ValueError("no 'Measured ... with `python tools/first_runs.py`' line in the block")
+  made: dict[str, tuple[str, str]] = {}  # name -> (commit, date)
+  every = None  # one day, one commit: it names no rows
+  for day, commits in re.findall(r"on (\d{4}-\d\d-\d\d) at (.*?)(?=; on \d{4}-|$)", head[1]):
+    for part in re.sub(r"^commits? ", "", commits).split("; "):
+      named = re.fullmatch(r"(\S+) \((.*)\)", part)
+      if named is None:
+        every = (part, day)
+        continue
+      for name in named[2].split(", "):
+        made[name] = (named[1], day)
+
+  def num(x):
+    return None if x == "–" else float(x)
+
+  rows = []
+  for line in re.findall(r"^\| (?!experiment |---).*\|$", block, re.M):
+    name, wall, metric, trained, untrained, pixels = [
+      c.strip() for c in line.strip("|").split("|")
+    ][:6]
+    if name not in made and every is None:
+      raise ValueError(f"the table's stamp names no commit for its row {name!r}")
+    commit, date = made.get(name, every)
+    minutes = re.fullmatch(r"(\d+) min (\d+) s", wall)
+    results = {metric: num(trained), "commit": commit, "date": date}
+    results["wall_s"] = 60 * int(minutes[1]) + int(minutes[2]) if minutes else None
+    results["baselines"] = {
+      "random_init": {metric: num(untrained)},
+      "raw_pixels": {metric: num(pixels)},
+    }
+    rows.append(row(name, results))
+  return rows
+
+
 def chart(rows: list[dict], out: pathlib.Path) -> None:
   import matplotlib
 
@@ -195,6 +240,13 @@ def chart(rows: list[dict], out: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def current_block(path: pathlib.Path) -> str:
+  text = path.read_text()
+  if BEGIN not in text or END not in text:
+    raise ValueError(f"{path} has no {BEGIN} ... {END} block to read")
+  return text.split(BEGIN, 1)[1].split(END, 1)[0]
+
+
 def replace_block(path: pathlib.Path, block: str, image_dir: str) -> None:
   text = path.read_text()
   if BEGIN not in text or END not in text:
@@ -212,13 +264,25 @@ def main(argv=None):
   parser.add_argument(
     "--no_docs", action="store_true", help="print the table, leave the docs untouched"
   )
+  parser.add_argument(
+    "--keep_other_rows",
+    action="store_true",
+    help="experiments not in --only keep their row of the table in docs/results.md",
+  )
   args = parser.parse_args(argv)
   names = [n for n in args.only.split(",") if n] or experiments()
   unknown = sorted(set(names) - set(experiments()))
   if unknown:
     parser.error(f"unknown experiments {unknown}; valid: {experiments()}")
+  kept = {}
+  if args.keep_other_rows:
+    kept = {r["name"]: r for r in rows_in(current_block(REPO / "docs" / "results.md"))}
+    missing = sorted(set(experiments()) - set(names) - set(kept))
+    if missing:
+      parser.error(f"docs/results.md has no row for {missing}: run them (add them to --only)")
   workdir = pathlib.Path(args.workdir)
-  rows = [row(n, run(n, args.preset, workdir)) for n in names]
+  ran = {n: row(n, run(n, args.preset, workdir)) for n in names}
+  rows = [ran[n] if n in ran else kept[n] for n in experiments() if n in ran or n in kept]
   text = table(rows, stamp(rows))
   print(text)
   (workdir / "first_runs.md").write_text(text + "\n")
