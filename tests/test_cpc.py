@@ -16,12 +16,18 @@ from tests.helpers import assert_learns, experiment, tiny
 
 def tiny_cpc(steps: int = 4, batch: int = 16, **overrides):
   """The tiny preset with a 2-layer 8/16-wide patch CNN, a 2-layer 16-wide context network and
-  no evaluation."""
+  no evaluation, on Oord et al.'s grid scaled to 32 px (8 px patches at stride 4: 7x7), each
+  patch resized to 16 px, predicted top to bottom, rows 1-3 ahead."""
   small = {
     "model.widths": (8, 16),
+    "method.patch_size": 8,
+    "method.patch_stride": 4,
+    "method.encoder_input_size": 16,
+    "method.directions": 1,
     "method.context_dim": 16,
     "method.context_layers": 2,
     "method.first_step": 1,
+    "method.steps_ahead": 3,
     "evals": {},
   }
   return tiny("cpc", **{"total_steps": steps, "batch_size": batch, **small, **overrides})
@@ -39,13 +45,19 @@ def some_images(n=4):
 # -- presets ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cifar10", "imagenet"])
-def test_presets_validate_and_build_a_seven_by_seven_grid(preset):
+@pytest.mark.parametrize(
+  "preset, grid, steps, directions",
+  [("cpu", 5, (3, 4), 4), ("cifar10", 7, (2, 3), 1), ("imagenet", 7, (2, 3, 4, 5), 1)],
+)
+def test_presets_validate_and_build_their_grid(preset, grid, steps, directions):
+  # the cpu demo: 16 px patches at stride 4 in four directions; the longer runs: Oord et al.'s
+  # 7x7 grid of patches a quarter of the image's side, top to bottom
   c = experiment("cpc", preset)
   config_lib.validate(c)
   method = methods.get("cpc").create(c, total_steps=10)
   size = c.augment.crop_size
-  assert cpc.grid_size(size, method.patch_size, method.patch_stride) == 7
+  assert cpc.grid_size(size, method.patch_size, method.patch_stride) == grid
+  assert method.steps == steps and method.net.directions == directions
   assert method.steps == tuple(range(c.method.first_step, c.method.steps_ahead + 1))
   assert method.patch_view is not None and method.patch_view.crop_size == method.patch_size
   assert "cpc_convnet" in models.available_models()
@@ -459,8 +471,8 @@ def test_1d_cpc_predicts_a_predictable_future_and_not_noise():
 def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   # 6 warm-up steps of 312: the short run must learn at once
   config = tiny("cpc", total_steps=30, batch_size=32, **{"optimizer.warmup_epochs": 0.02})
-  # 30 steps cut the held-out InfoNCE by 0.323 (seed 0); half of it is asked.
-  assert_learns(config, tmp_path, margin=0.16, measured=0.323)
+  # 30 steps cut the held-out InfoNCE by 0.302 (seed 0); half of it is asked.
+  assert_learns(config, tmp_path, margin=0.15, measured=0.302)
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["method"] == "cpc" and saved["steps"] == 30 and saved["knn@5"] > 10.0
   # Trained with the mean readout, read back with the grid's: the online probe, sized by the
@@ -470,5 +482,5 @@ def test_cpu_preset_short_run_learns_and_writes_results(tmp_path):
   images = some_images(2)
   grid = np.asarray(setup.method.encode(state.params["model"], {}, images))
   mean = np.asarray(make(tiny("cpc")).encode(state.params["model"], {}, images))
-  assert step == 30 and grid.shape == (2, 49 * mean.shape[1])
-  np.testing.assert_allclose(grid.reshape(2, 49, -1).mean(1), mean, rtol=1e-5, atol=1e-6)
+  assert step == 30 and grid.shape == (2, 25 * mean.shape[1])
+  np.testing.assert_allclose(grid.reshape(2, 25, -1).mean(1), mean, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 r"""How far an experiment's evaluated feature gets when its encoder is trained with labels.
 
     python tools/label_ceiling.py --config=experiments/cpc.py
-    python tools/label_ceiling.py --config=experiments/cpc.py --config.method.patch_size=16 ...
+    python tools/label_ceiling.py --config=experiments/cpc.py --config.method.patch_size=8 ...
 
 The method's own readout (`method.encode`: for CPC the mean of its patch embeddings) is trained
 end to end with a linear classifier on top, by cross-entropy on the labels, on the same data,

@@ -14,7 +14,7 @@ of the same sequence and all positions of the other sequences ("negatives drawn 
 positions and other images in the global batch"). For N_k = B·(T − k)·C targets this is one
 [N_k, N_k] logit matrix per k with the positives on its diagonal (`predictive_info_nce`).
 Memory grows as N_k²: 512 images x 6 rows x 7 columns at k = 1 is a 21,504² matrix (1.8 GB
-in float32); the cpu preset (batch 128, 7x7 grid, k >= 2) stays at 4,480².
+in float32); the cpu preset (batch 128, 5x5 grid, k >= 3) stays at 1,280² per direction.
 
 Images (this method, `create(config, total_steps)`):
   x [B, S, S, 3] → overlapping P x P patches at stride s, a G x G grid with
