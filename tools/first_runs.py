@@ -240,17 +240,19 @@ def chart(rows: list[dict], out: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def current_block(path: pathlib.Path) -> str:
+def _text_with_block(path: pathlib.Path, action: str) -> str:
   text = path.read_text()
   if BEGIN not in text or END not in text:
-    raise ValueError(f"{path} has no {BEGIN} ... {END} block to read")
-  return text.split(BEGIN, 1)[1].split(END, 1)[0]
+    raise ValueError(f"{path} has no {BEGIN} ... {END} block to {action}")
+  return text
+
+
+def current_block(path: pathlib.Path) -> str:
+  return _text_with_block(path, "read").split(BEGIN, 1)[1].split(END, 1)[0]
 
 
 def replace_block(path: pathlib.Path, block: str, image_dir: str) -> None:
-  text = path.read_text()
-  if BEGIN not in text or END not in text:
-    raise ValueError(f"{path} has no {BEGIN} ... {END} block to replace")
+  text = _text_with_block(path, "replace")
   block = block.replace("](first_runs.png)", f"]({image_dir}first_runs.png)")
   pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
   path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
@@ -281,8 +283,8 @@ def main(argv=None):
     if missing:
       parser.error(f"docs/results.md has no row for {missing}: run them (add them to --only)")
   workdir = pathlib.Path(args.workdir)
-  ran = {n: row(n, run(n, args.preset, workdir)) for n in names}
-  rows = [ran[n] if n in ran else kept[n] for n in experiments() if n in ran or n in kept]
+  by_name = {**kept, **{n: row(n, run(n, args.preset, workdir)) for n in names}}
+  rows = [by_name[n] for n in experiments() if n in by_name]
   text = table(rows, stamp(rows))
   print(text)
   (workdir / "first_runs.md").write_text(text + "\n")
